@@ -1,0 +1,3 @@
+from bitconvert.cli import main
+
+main()

@@ -1,0 +1,109 @@
+"""The canonical in-memory checkpoint: a config plus lazily loaded, named tensors.
+
+Every reader produces a :class:`Checkpoint`, every writer consumes one; they never meet. Tensor
+names are Hugging Face's (``model.layers.3.self_attn.q_proj.weight``) whatever the format. A
+quantized linear weight loads as a :class:`~bitconvert.ternary.TernaryWeight` when the source
+holds it quantized (codes + scale), so quantized-to-quantized conversions never requantize; a
+master holds it as a float tensor, and :func:`as_ternary` quantizes it on demand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Union
+
+import torch
+
+from .config import IGNORED_TENSOR_SUFFIXES, ModelConfig
+from .errors import CheckpointError
+from .ternary import LinearClass, TernaryScale, TernaryWeight, quantize, recover_ternary
+
+Value = Union[torch.Tensor, TernaryWeight]
+
+
+@dataclass
+class TensorEntry:
+    name: str
+    shape: tuple[int, ...]  # logical shape, unpacked
+    dtype: torch.dtype  # float dtype of a dense tensor, or of the scale of a stored ternary one
+    ternary: bool  # load() returns a TernaryWeight
+    source: str  # where it lives, for messages
+    load: Callable[[], Value]
+    #: for ternary entries: the scale alone, cheap, for writers that need scales before the codes
+    load_scale: Callable[[], TernaryScale] | None = None
+    #: how the source stores it, for people (e.g. "U8 packed + BF16 scale")
+    stored: str = ""
+
+
+@dataclass
+class Checkpoint:
+    format: str
+    path: Path
+    config: ModelConfig
+    tensors: dict[str, TensorEntry]
+    side_files: list[Path] = field(default_factory=list)
+    #: reader notes worth showing a user (ignored buffers, duplicated config keys, ...)
+    notes: list[str] = field(default_factory=list)
+    #: format-specific facts a writer may use (provenance, original dtypes)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def is_quantized_linear(self, name: str) -> bool:
+        return name in self._quantized
+
+    def __post_init__(self) -> None:
+        self._quantized = set(self.config.quantized_linear_names())
+
+    def source_linear_class(self) -> LinearClass | None:
+        """The scale convention the source was quantized with, where it says."""
+        if "linear_class" in self.info:
+            return self.info["linear_class"]
+        q = self.config.quantization
+        return q.linear_class if q else None
+
+
+def as_ternary(value: Value, linear_class: LinearClass, scale_dtype: torch.dtype) -> tuple[TernaryWeight, str]:
+    """The ternary form of a quantized linear weight, and how it was obtained.
+
+    ``"kept"``: already ternary (scale re-expressed only if class or dtype differ);
+    ``"recovered"``: a float tensor that is exactly codes x one magnitude (e.g. ``unpack`` output);
+    ``"quantized"``: absmean quantization of a latent master weight.
+    """
+    if isinstance(value, TernaryWeight):
+        scale = value.scale
+        if scale.linear_class is not linear_class or scale.dtype != scale_dtype:
+            scale = scale.to(linear_class, scale_dtype)
+        return TernaryWeight(value.codes, scale), "kept"
+    found = recover_ternary(value)
+    if found is not None:
+        codes, magnitude = found
+        scale = TernaryScale(magnitude, LinearClass.AUTOBITLINEAR).to(linear_class, scale_dtype)
+        return TernaryWeight(codes, scale), "recovered"
+    return quantize(value, linear_class, scale_dtype), "quantized"
+
+
+def as_dense(value: Value, dtype: torch.dtype) -> torch.Tensor:
+    """A float tensor: dense values cast, ternary weights dequantized (codes x mean|W|)."""
+    if isinstance(value, TernaryWeight):
+        return value.dequantize(dtype)
+    return value if value.dtype == dtype else value.to(dtype)
+
+
+def check_tensor_set(ckpt: Checkpoint) -> None:
+    """Missing, unexpected or misshapen tensors against the config: one error naming the first."""
+    expected = ckpt.config.expected_shapes()
+    for name, shape in expected.items():
+        entry = ckpt.tensors.get(name)
+        if entry is None:
+            raise CheckpointError(ckpt.path, "missing tensor", name)
+        if tuple(entry.shape) != shape:
+            raise CheckpointError(
+                entry.source, f"shape {list(entry.shape)} does not match the config, which implies {list(shape)}", name
+            )
+    for name, entry in ckpt.tensors.items():
+        if name not in expected:
+            raise CheckpointError(entry.source, "unexpected tensor: the config implies no such weight", name)
+
+
+def is_ignored_tensor(name: str) -> bool:
+    return name.endswith(IGNORED_TENSOR_SUFFIXES)

@@ -1,0 +1,328 @@
+"""The ``bitconvert`` command: parses arguments, calls the library, renders results.
+
+Exit codes: 0 success, 1 a checkpoint problem (or a failed check), 2 a usage problem.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import sys
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Callable, Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from . import __version__
+from .errors import BitconvertError, UsageError
+
+app = typer.Typer(
+    name="bitconvert",
+    help="Convert, verify and run BitNet b1.58 (ternary) checkpoints.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = Console()
+err = Console(stderr=True)
+_state = {"debug": False}
+
+DTYPE_CHOICES = {"bf16": "bfloat16", "f16": "float16", "f32": "float32"}
+
+# --- shared option types ----------------------------------------------------------------------
+Src = Annotated[Path, typer.Argument(help="Input checkpoint: a directory (HF safetensors) or file.")]
+Dst = Annotated[Path, typer.Argument(help="Output path; created only when the conversion succeeds.")]
+JsonOut = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
+Force = Annotated[bool, typer.Option("--force", help="Replace DST if it exists.")]
+MaxShard = Annotated[str, typer.Option("--max-shard-size", help="Largest safetensors shard, e.g. 5GB, 500MB.")]
+LinearClassOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--linear-class",
+        help="weight_scale convention: autobitlinear (mean|W|, multiply) or bitlinear (1/mean|W|, divide). "
+        "Default: the source's, else autobitlinear.",
+    ),
+]
+ScaleDtype = Annotated[str, typer.Option("--scale-dtype", help="dtype of packed weight_scale: bf16 or f32.")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="dtype of float tensors written: bf16, f16 or f32.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"bitconvert {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def parse_size(text: str) -> int:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)B?\s*", text, re.IGNORECASE)
+    if not m:
+        raise UsageError(f"cannot read size {text!r}; use e.g. 5GB, 500MB or a byte count")
+    number, unit, binary = float(m.group(1)), m.group(2).upper(), m.group(3)
+    base = 1024 if binary else 1000
+    size = int(number * base ** "_KMGT".index(unit or "_"))
+    if size <= 0:
+        raise UsageError(f"size must be positive, got {text!r}")
+    return size
+
+
+def parse_dtype(text: str, allowed: tuple[str, ...] = ("bf16", "f16", "f32")):
+    import torch
+
+    if text not in allowed:
+        raise UsageError(f"dtype must be one of {', '.join(allowed)}, got {text!r}")
+    return getattr(torch, DTYPE_CHOICES[text])
+
+
+def parse_linear_class(text: str | None):
+    from .ternary import LinearClass
+
+    if text is None:
+        return None
+    try:
+        return LinearClass(text)
+    except ValueError:
+        raise UsageError(f"--linear-class must be autobitlinear or bitlinear, got {text!r}") from None
+
+
+class _Terminated(Exception):
+    pass
+
+
+def _on_sigterm(signum, frame):  # turn SIGTERM into an exception so staged output is cleaned up
+    raise _Terminated()
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """One line on stderr and the right exit code; a traceback only with --debug."""
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    except BitconvertError as exc:
+        if _state["debug"]:
+            traceback.print_exc()
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+        raise typer.Exit(exc.exit_code)
+    except (KeyboardInterrupt, _Terminated):
+        err.print("interrupted; no output was left behind", highlight=False)
+        raise typer.Exit(130)
+    except MemoryError:
+        err.print("error: out of memory", highlight=False)
+        raise typer.Exit(1)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Callable[[int, int, str], None]]:
+    if not enabled or not err.is_terminal:
+        yield lambda done, total, name: None
+        return
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("tensors", total=None)
+
+        def update(done: int, total: int, name: str) -> None:
+            bar.update(task, completed=done, total=total, description=name[-48:] or "done")
+
+        yield update
+
+
+def _emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _print_conversion(result) -> None:
+    d = result.to_dict()
+    table = Table(show_header=False, box=None)
+    table.add_row("source", f"{d['src']} ({d['src_format']})")
+    table.add_row("output", f"{d['dst']} ({d['format']})")
+    table.add_row("tensors", str(d["tensors"]))
+    table.add_row("bytes written", f"{d['bytes_written']:,}")
+    if d["ternary_sources"]:
+        table.add_row("ternary weights", ", ".join(f"{v} {k}" for k, v in sorted(d["ternary_sources"].items())))
+    for k, v in d["details"].items():
+        table.add_row(k.replace("_", " "), str(v))
+    table.add_row("files", ", ".join(d["files"]))
+    table.add_row("time", f"{d['seconds']:.2f} s")
+    out.print(table)
+    for note in d["notes"]:
+        out.print(f"[yellow]note:[/] {note}", highlight=False)
+    for w in d["warnings"]:
+        out.print(f"[yellow]warning:[/] {w}", highlight=False)
+
+
+def run_conversion(src: Path, dst: Path, to: str, options, *, force: bool, json_out: bool) -> None:
+    from .convert import convert
+
+    with _progress(not json_out) as progress:
+        result = convert(src, dst, to, options, force=force, progress=progress)
+    if json_out:
+        _emit_json(result.to_dict())
+    else:
+        _print_conversion(result)
+
+
+def write_options(
+    *,
+    linear_class: str | None = None,
+    dtype: str = "bf16",
+    scale_dtype: str = "bf16",
+    max_shard_size: str = "5GB",
+    extra: dict[str, Any] | None = None,
+):
+    from .formats import WriteOptions
+
+    return WriteOptions(
+        linear_class=parse_linear_class(linear_class),
+        dtype=parse_dtype(dtype),
+        scale_dtype=parse_dtype(scale_dtype, ("bf16", "f32")),
+        max_shard_size=parse_size(max_shard_size),
+        extra=extra or {},
+    )
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+@app.command()
+def inspect(
+    src: Src,
+    json_out: JsonOut = False,
+    stats: Annotated[bool, typer.Option("--stats/--no-stats", help="Load ternary weights for code statistics.")] = True,
+) -> None:
+    """Show a checkpoint's format, architecture, tensors, sizes and ternary statistics."""
+    from .describe import describe_checkpoint
+
+    with _errors():
+        with _progress(not json_out) as progress:
+            info = describe_checkpoint(src, stats=stats, progress=progress)
+        if json_out:
+            _emit_json(info)
+            return
+        cfg = info["config"]
+        out.print(f"[bold]{info['path']}[/]: {info['format']}, architecture {info['architecture']}", highlight=False)
+        out.print(
+            f"hidden {cfg['hidden_size']}, intermediate {cfg['intermediate_size']}, layers {cfg['num_hidden_layers']}, "
+            f"heads {cfg['num_attention_heads']}/{cfg['num_key_value_heads']}, vocab {cfg['vocab_size']}, "
+            f"act {cfg['hidden_act']}, tied {cfg['tie_word_embeddings']}",
+            highlight=False,
+        )
+        q = cfg["quantization"]
+        out.print(f"quantization: {json.dumps(q) if q else 'none'}", highlight=False)
+        out.print(f"{len(info['files'])} weight file(s), {info['bytes_on_disk']:,} bytes; side files: "
+                  f"{', '.join(info['side_files']) or 'none'}", highlight=False)
+        table = Table("tensor", "shape", "stored", "codes -1/0/+1", "scale")
+        for r in info["tensors"]:
+            codes = r.get("codes")
+            scale = r.get("scale")
+            table.add_row(
+                r["name"],
+                "x".join(map(str, r["shape"])),
+                r["stored"],
+                f"{codes['minus']:.3f}/{codes['zero']:.3f}/{codes['plus']:.3f}" if codes else "",
+                f"{scale['value']:.6g} ({scale['linear_class']})" if scale else "",
+            )
+        out.print(table)
+        for note in info["notes"]:
+            out.print(f"[yellow]note:[/] {note}", highlight=False)
+
+
+@app.command()
+def pack(
+    src: Src,
+    dst: Dst,
+    linear_class: LinearClassOpt = None,
+    scale_dtype: ScaleDtype = "bf16",
+    dtype: DtypeOpt = "bf16",
+    max_shard_size: MaxShard = "5GB",
+    force: Force = False,
+    json_out: JsonOut = False,
+) -> None:
+    """Quantize a master (or re-pack any checkpoint) into transformers' packed 2-bit layout (hf-packed)."""
+    with _errors():
+        opts = write_options(linear_class=linear_class, dtype=dtype, scale_dtype=scale_dtype, max_shard_size=max_shard_size)
+        run_conversion(src, dst, "hf-packed", opts, force=force, json_out=json_out)
+
+
+@app.command()
+def unpack(
+    src: Src,
+    dst: Dst,
+    dtype: Annotated[str, typer.Option("--dtype", help="dtype of the written weights: bf16 or f32.")] = "bf16",
+    max_shard_size: MaxShard = "5GB",
+    force: Force = False,
+    json_out: JsonOut = False,
+) -> None:
+    """Write float weights (codes x mean|W|) in the HF master layout (hf-bf16)."""
+    with _errors():
+        if dtype not in ("bf16", "f32"):
+            raise UsageError(f"--dtype must be bf16 or f32, got {dtype!r}")
+        opts = write_options(dtype=dtype, max_shard_size=max_shard_size)
+        run_conversion(src, dst, "hf-bf16", opts, force=force, json_out=json_out)
+
+
+@app.command()
+def convert(
+    src: Src,
+    dst: Dst,
+    to: Annotated[str, typer.Option("--to", help="Output format: hf-bf16, hf-packed, ...")],
+    linear_class: LinearClassOpt = None,
+    scale_dtype: ScaleDtype = "bf16",
+    dtype: DtypeOpt = "bf16",
+    max_shard_size: MaxShard = "5GB",
+    force: Force = False,
+    json_out: JsonOut = False,
+) -> None:
+    """Convert SRC into any format bitconvert writes."""
+    with _errors():
+        opts = write_options(linear_class=linear_class, dtype=dtype, scale_dtype=scale_dtype, max_shard_size=max_shard_size)
+        run_conversion(src, dst, to, opts, force=force, json_out=json_out)
+
+
+@app.command()
+def formats() -> None:
+    """List the formats bitconvert reads and writes."""
+    from .formats import READERS, WRITERS, load_all
+
+    load_all()
+    for name in sorted(set(READERS) | set(WRITERS)):
+        modes = "/".join(m for m, reg in (("read", READERS), ("write", WRITERS)) if name in reg)
+        out.print(f"{name}\t{modes}", highlight=False)
+
+
+def main() -> None:
+    try:
+        app()
+    except SystemExit as exc:
+        # click reports usage errors with exit code 2 already; keep every other code as it is
+        raise exc
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,299 @@
+"""Model configuration: the three BitNet architectures, their tensor names, and HF config.json I/O."""
+
+from __future__ import annotations
+
+import copy
+import enum
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import CheckpointError
+from .ternary import LinearClass
+
+
+class Architecture(str, enum.Enum):
+    BITNET = "bitnet-b1.58"  # microsoft/bitnet-b1.58-2B-4T: BitNetForCausalLM, relu², sub-norms
+    BITNET_1BITLLM = "1bitllm"  # 1bitLLM/bitnet_b1_58-*: BitnetForCausalLM (remote code), silu, sub-norms
+    LLAMA = "llama"  # HF1BitLLM / Falcon3 1.58-bit: LlamaForCausalLM, no sub-norms, untied lm_head
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    hf_architecture: str
+    model_type: str
+    hidden_act: str
+    attn_sub_norm: str | None  # module path under ``model.layers.N.``
+    ffn_sub_norm: str | None
+    tied_by_default: bool
+
+
+ARCH_SPECS: dict[Architecture, ArchSpec] = {
+    Architecture.BITNET: ArchSpec(
+        "BitNetForCausalLM", "bitnet", "relu2", "self_attn.attn_sub_norm", "mlp.ffn_sub_norm", True
+    ),
+    Architecture.BITNET_1BITLLM: ArchSpec(
+        "BitnetForCausalLM", "llama", "silu", "self_attn.inner_attn_ln", "mlp.ffn_layernorm", True
+    ),
+    Architecture.LLAMA: ArchSpec("LlamaForCausalLM", "llama", "silu", None, None, False),
+}
+
+#: Linear layers that BitNet quantizes, by module path under ``model.layers.N.``.
+QUANTIZED_LINEARS = (
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+)
+
+#: Buffers some exporters save that carry no model state (recomputed from the config).
+IGNORED_TENSOR_SUFFIXES = (".rotary_emb.inv_freq",)
+
+
+class QuantMode(str, enum.Enum):
+    OFFLINE = "offline"  # packed (or float ternary) weights on disk
+    ONLINE = "online"  # latent float weights quantized in every forward pass
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """transformers' ``quantization_config`` for ``quant_method: "bitnet"``."""
+
+    linear_class: LinearClass = LinearClass.BITLINEAR
+    mode: QuantMode = QuantMode.OFFLINE
+    modules_to_not_convert: tuple[str, ...] = ()
+    use_rms_norm: bool = False
+    rms_norm_eps: float = 1e-6
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "QuantConfig":
+        return cls(
+            linear_class=LinearClass.parse(d.get("linear_class")),
+            mode=QuantMode(d.get("quantization_mode") or "offline"),
+            modules_to_not_convert=tuple(d.get("modules_to_not_convert") or ()),
+            use_rms_norm=bool(d.get("use_rms_norm", False)),
+            rms_norm_eps=float(d.get("rms_norm_eps") if d.get("rms_norm_eps") is not None else 1e-6),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "quant_method": "bitnet",
+            "linear_class": self.linear_class.value,
+            "quantization_mode": self.mode.value,
+            "use_rms_norm": self.use_rms_norm,
+            "rms_norm_eps": self.rms_norm_eps,
+        }
+        if self.modules_to_not_convert:
+            d["modules_to_not_convert"] = list(self.modules_to_not_convert)
+        return d
+
+
+@dataclass
+class ModelConfig:
+    architecture: Architecture
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    vocab_size: int
+    max_position_embeddings: int
+    rms_norm_eps: float
+    rope_theta: float
+    tie_word_embeddings: bool
+    hidden_act: str
+    head_dim: int
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    quantization: QuantConfig | None = None
+    #: the source config.json as read, so keys this model does not interpret survive a conversion
+    raw: dict[str, Any] = field(default_factory=dict)
+    #: keys that appeared more than once in the source config.json (the last one wins, as in transformers)
+    duplicate_keys: list[str] = field(default_factory=list)
+
+    @property
+    def spec(self) -> ArchSpec:
+        return ARCH_SPECS[self.architecture]
+
+    # --- tensor names -------------------------------------------------------------------------
+
+    def quantized_linear_names(self) -> list[str]:
+        names = [
+            f"model.layers.{i}.{lin}.weight" for i in range(self.num_hidden_layers) for lin in QUANTIZED_LINEARS
+        ]
+        skip = self.quantization.modules_to_not_convert if self.quantization else ()
+        return [n for n in names if not any(n.startswith(m + ".") or n == m for m in skip)]
+
+    def is_quantized_linear(self, name: str) -> bool:
+        return name in set(self.quantized_linear_names())
+
+    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every tensor this config implies, with its logical (unpacked) shape, in HF naming."""
+        h, i = self.hidden_size, self.intermediate_size
+        q_out = self.num_attention_heads * self.head_dim
+        kv_out = self.num_key_value_heads * self.head_dim
+        shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (self.vocab_size, h)}
+        for n in range(self.num_hidden_layers):
+            p = f"model.layers.{n}."
+            shapes[p + "input_layernorm.weight"] = (h,)
+            shapes[p + "post_attention_layernorm.weight"] = (h,)
+            shapes[p + "self_attn.q_proj.weight"] = (q_out, h)
+            shapes[p + "self_attn.k_proj.weight"] = (kv_out, h)
+            shapes[p + "self_attn.v_proj.weight"] = (kv_out, h)
+            shapes[p + "self_attn.o_proj.weight"] = (h, q_out)
+            shapes[p + "mlp.gate_proj.weight"] = (i, h)
+            shapes[p + "mlp.up_proj.weight"] = (i, h)
+            shapes[p + "mlp.down_proj.weight"] = (h, i)
+            if self.spec.attn_sub_norm:
+                shapes[p + self.spec.attn_sub_norm + ".weight"] = (q_out,)
+            if self.spec.ffn_sub_norm:
+                shapes[p + self.spec.ffn_sub_norm + ".weight"] = (i,)
+        shapes["model.norm.weight"] = (h,)
+        if not self.tie_word_embeddings:
+            shapes["lm_head.weight"] = (self.vocab_size, h)
+        return shapes
+
+    # --- consistency ----------------------------------------------------------------------------
+
+    def problems(self) -> list[str]:
+        """Inconsistencies that make the config unusable, each a short sentence."""
+        out = []
+        for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size"):
+            if getattr(self, key) <= 0:
+                out.append(f"{key} must be positive, got {getattr(self, key)}")
+        if self.num_attention_heads > 0 and self.num_key_value_heads > 0:
+            if self.num_attention_heads % self.num_key_value_heads:
+                out.append(
+                    f"num_key_value_heads ({self.num_key_value_heads}) does not divide "
+                    f"num_attention_heads ({self.num_attention_heads})"
+                )
+        elif self.num_key_value_heads <= 0:
+            out.append(f"num_key_value_heads must be positive, got {self.num_key_value_heads}")
+        if self.head_dim <= 0 or self.head_dim % 2:
+            out.append(f"head_dim must be a positive even number, got {self.head_dim}")
+        return out
+
+    # --- HF config.json -------------------------------------------------------------------------
+
+    @classmethod
+    def from_hf_dict(cls, d: dict[str, Any], path: str | Path = "config.json") -> "ModelConfig":
+        try:
+            arch = detect_architecture(d)
+            heads = int(d["num_attention_heads"])
+            hidden = int(d["hidden_size"])
+            rope = d.get("rope_parameters") or {}
+            rope_theta = d.get("rope_theta", rope.get("rope_theta", 10000.0))
+            spec = ARCH_SPECS[arch]
+            qc = d.get("quantization_config")
+            cfg = cls(
+                architecture=arch,
+                hidden_size=hidden,
+                intermediate_size=int(d["intermediate_size"]),
+                num_hidden_layers=int(d["num_hidden_layers"]),
+                num_attention_heads=heads,
+                num_key_value_heads=int(d.get("num_key_value_heads") or heads),
+                vocab_size=int(d["vocab_size"]),
+                max_position_embeddings=int(d.get("max_position_embeddings", 2048)),
+                rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
+                rope_theta=float(rope_theta),
+                # The shipped configs state tying explicitly; absent, transformers' class default applies.
+                tie_word_embeddings=bool(d.get("tie_word_embeddings", arch is Architecture.BITNET_1BITLLM)),
+                hidden_act=str(d.get("hidden_act", spec.hidden_act)),
+                head_dim=int(d.get("head_dim") or hidden // heads),
+                bos_token_id=d.get("bos_token_id"),
+                eos_token_id=d.get("eos_token_id"),
+                quantization=QuantConfig.from_dict(qc) if isinstance(qc, dict) else None,
+                raw=copy.deepcopy(d),
+            )
+        except CheckpointError:
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            missing = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise CheckpointError(path, f"config is not a usable BitNet model config: {missing}") from None
+        bad = cfg.problems()
+        if bad:
+            raise CheckpointError(path, "; ".join(bad))
+        return cfg
+
+    def to_hf_dict(self, quantization: QuantConfig | None, dtype: str) -> dict[str, Any]:
+        """A config.json for transformers; keys whose class default is wrong are written explicitly."""
+        d = copy.deepcopy(self.raw)
+        d.pop("quantization_config", None)
+        spec = self.spec
+        d["architectures"] = [spec.hf_architecture]
+        d["model_type"] = spec.model_type
+        d.update(
+            hidden_size=self.hidden_size,
+            intermediate_size=self.intermediate_size,
+            num_hidden_layers=self.num_hidden_layers,
+            num_attention_heads=self.num_attention_heads,
+            num_key_value_heads=self.num_key_value_heads,
+            vocab_size=self.vocab_size,
+            max_position_embeddings=self.max_position_embeddings,
+            rms_norm_eps=self.rms_norm_eps,
+            tie_word_embeddings=self.tie_word_embeddings,
+            hidden_act=self.hidden_act,
+            torch_dtype=dtype,
+        )
+        if "rope_parameters" in d and isinstance(d["rope_parameters"], dict):
+            d["rope_parameters"]["rope_theta"] = self.rope_theta
+        else:
+            d["rope_theta"] = self.rope_theta
+        if self.head_dim != self.hidden_size // self.num_attention_heads or "head_dim" in d:
+            d["head_dim"] = self.head_dim
+        if self.bos_token_id is not None:
+            d["bos_token_id"] = self.bos_token_id
+        if self.eos_token_id is not None:
+            d["eos_token_id"] = self.eos_token_id
+        if quantization is not None:
+            d["quantization_config"] = quantization.to_dict()
+        return d
+
+
+def detect_architecture(d: dict[str, Any]) -> Architecture:
+    archs = d.get("architectures") or []
+    name = archs[0] if archs else ""
+    for arch, spec in ARCH_SPECS.items():
+        if name == spec.hf_architecture:  # case matters: BitNet (2B-4T) vs Bitnet (1bitLLM)
+            return arch
+    if d.get("model_type") == "bitnet":
+        return Architecture.BITNET
+    if d.get("model_type") == "llama":
+        return Architecture.LLAMA
+    raise CheckpointError("config.json", f"unsupported architecture {name or d.get('model_type')!r}")
+
+
+def load_config_json(path: Path) -> tuple[dict[str, Any], list[str]]:
+    """Parse config.json like transformers does (last duplicate wins) and report duplicated keys."""
+    duplicates: list[str] = []
+
+    def keep_last(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in pairs:
+            if k in out:
+                duplicates.append(k)
+            out[k] = v
+        return out
+
+    try:
+        text = path.read_text(encoding="utf-8")
+        d = json.loads(text, object_pairs_hook=keep_last)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(path, f"cannot read config: {exc}") from None
+    if not isinstance(d, dict):
+        raise CheckpointError(path, "config is not a JSON object")
+    return d, duplicates
+
+
+def read_hf_config(path: Path) -> ModelConfig:
+    d, dups = load_config_json(path)
+    try:
+        cfg = ModelConfig.from_hf_dict(d, path)
+    except CheckpointError as exc:
+        raise CheckpointError(path, exc.problem) from None
+    cfg.duplicate_keys = dups
+    return cfg

@@ -1,0 +1,66 @@
+"""``inspect``: what a checkpoint is, tensor by tensor, as plain data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import TensorEntry
+from .formats import Progress, no_progress, open_checkpoint
+from .ternary import TernaryWeight, ternary_stats
+
+
+def _tensor_row(entry: TensorEntry, quantized: bool, stats: bool) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "name": entry.name,
+        "shape": list(entry.shape),
+        "stored": entry.stored,
+        "role": "ternary linear" if quantized else "dense",
+    }
+    if stats and quantized:
+        value = entry.load()
+        if isinstance(value, TernaryWeight):
+            row["codes"] = {k: round(v, 6) for k, v in ternary_stats(value.codes).items()}
+            row["scale"] = {"value": value.scale.item(), "linear_class": value.scale.linear_class.value,
+                            "mean_abs": value.scale.multiplier}
+        else:
+            row["latent_mean_abs"] = float(value.float().abs().mean())
+    return row
+
+
+def describe_checkpoint(path: str | Path, *, stats: bool = True, progress: Progress = no_progress) -> dict[str, Any]:
+    ckpt = open_checkpoint(path)
+    cfg = ckpt.config
+    files = sorted({e.source for e in ckpt.tensors.values()})
+    rows = []
+    for i, (name, entry) in enumerate(ckpt.tensors.items()):
+        progress(i, len(ckpt.tensors), name)
+        rows.append(_tensor_row(entry, ckpt.is_quantized_linear(name), stats))
+    progress(len(ckpt.tensors), len(ckpt.tensors), "")
+    q = cfg.quantization
+    return {
+        "path": str(path),
+        "format": ckpt.format,
+        "architecture": cfg.architecture.value,
+        "config": {
+            "hidden_size": cfg.hidden_size,
+            "intermediate_size": cfg.intermediate_size,
+            "num_hidden_layers": cfg.num_hidden_layers,
+            "num_attention_heads": cfg.num_attention_heads,
+            "num_key_value_heads": cfg.num_key_value_heads,
+            "head_dim": cfg.head_dim,
+            "vocab_size": cfg.vocab_size,
+            "max_position_embeddings": cfg.max_position_embeddings,
+            "rope_theta": cfg.rope_theta,
+            "rms_norm_eps": cfg.rms_norm_eps,
+            "hidden_act": cfg.hidden_act,
+            "tie_word_embeddings": cfg.tie_word_embeddings,
+            "quantization": q.to_dict() if q else None,
+        },
+        "files": files,
+        "bytes_on_disk": sum(Path(f).stat().st_size for f in files if Path(f).is_file()),
+        "side_files": [p.name for p in ckpt.side_files],
+        "tensors": rows,
+        "ternary_tensors": sum(1 for r in rows if r["role"] == "ternary linear"),
+        "notes": ckpt.notes,
+    }

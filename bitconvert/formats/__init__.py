@@ -1,0 +1,114 @@
+"""Format registry: one reader and one writer per format, registered by name.
+
+A reader knows how to recognise and open its layout; a writer how to lay a canonical
+:class:`~bitconvert.checkpoint.Checkpoint` out. They never import each other: conversions go
+reader -> Checkpoint -> writer.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import torch
+
+from ..checkpoint import Checkpoint
+from ..errors import CheckpointError, UsageError
+from ..ternary import LinearClass
+
+#: progress(done, total, current tensor name)
+Progress = Callable[[int, int, str], None]
+
+
+def no_progress(done: int, total: int, name: str) -> None:
+    return None
+
+
+@dataclass
+class WriteOptions:
+    """Everything a writer may be asked; each writer reads the fields that concern it."""
+
+    linear_class: LinearClass | None = None  # None: keep the source's, else autobitlinear
+    dtype: torch.dtype = torch.bfloat16  # dense tensors (embedding, norms, unpacked weights)
+    scale_dtype: torch.dtype = torch.bfloat16  # packed weight_scale
+    max_shard_size: int = 5 * 1024**3
+    extra: dict[str, Any] = field(default_factory=dict)  # format-specific options, documented by each writer
+
+
+@dataclass
+class WriteReport:
+    format: str
+    files: list[str] = field(default_factory=list)
+    tensors: int = 0
+    bytes_written: int = 0
+    #: how each quantized weight was obtained: kept / recovered / quantized -> count
+    ternary_sources: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Reader(Protocol):
+    name: str
+
+    def detect(self, path: Path) -> bool: ...
+
+    def read(self, path: Path) -> Checkpoint: ...
+
+
+class Writer(Protocol):
+    name: str
+    #: True when the output is a directory, False for a single file (e.g. GGUF)
+    writes_directory: bool
+
+    def write(self, ckpt: Checkpoint, out: Path, options: WriteOptions, progress: Progress) -> WriteReport: ...
+
+
+READERS: dict[str, Reader] = {}
+WRITERS: dict[str, Writer] = {}
+
+# Format modules register themselves on import; this list is the only place that names them.
+_FORMAT_MODULES = ["hf_bf16", "hf_packed"]
+
+
+def register_reader(reader: Reader) -> Reader:
+    READERS[reader.name] = reader
+    return reader
+
+
+def register_writer(writer: Writer) -> Writer:
+    WRITERS[writer.name] = writer
+    return writer
+
+
+def load_all() -> None:
+    for mod in _FORMAT_MODULES:
+        importlib.import_module(f"{__name__}.{mod}")
+
+
+def writer_for(name: str) -> Writer:
+    load_all()
+    if name not in WRITERS:
+        raise UsageError(f"unknown output format {name!r}; choose one of: {', '.join(sorted(WRITERS))}")
+    return WRITERS[name]
+
+
+def detect_format(path: Path) -> str:
+    load_all()
+    if not path.exists():
+        raise UsageError(f"{path}: no such file or directory")
+    for name, reader in READERS.items():
+        if reader.detect(path):
+            return name
+    raise CheckpointError(path, "not a checkpoint bitconvert can read (no config.json with safetensors weights, no GGUF)")
+
+
+def open_checkpoint(path: str | Path, format: str | None = None) -> Checkpoint:
+    path = Path(path)
+    load_all()
+    if format is None:
+        format = detect_format(path)
+    elif format not in READERS:
+        raise UsageError(f"unknown input format {format!r}; choose one of: {', '.join(sorted(READERS))}")
+    return READERS[format].read(path)

@@ -1,0 +1,158 @@
+"""``hf-bf16``: float master weights in HF safetensors (e.g. microsoft/bitnet-b1.58-2B-4T-bf16).
+
+A master's linear weights are latent floats that BitNet quantizes on the fly. ``unpack`` output is
+a master too, whose weights are exactly codes x mean|W|; it records each original stored scale in
+the safetensors metadata so a later ``pack`` gets the scale back bit for bit even where the
+reciprocal convention (bitlinear) could not be recovered from the float values alone.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import Checkpoint, TensorEntry, as_dense, check_tensor_set, is_ignored_tensor
+from ..config import QuantConfig, QuantMode
+from ..errors import CheckpointError
+from ..safetensors_io import DTYPE_NAMES, DTYPES, PlannedTensor, SafetensorsFile, StoredTensor
+from ..ternary import LinearClass, TernaryScale, TernaryWeight, recover_ternary
+from . import Progress, WriteOptions, WriteReport, register_reader, register_writer
+from .hf_common import (
+    SCALE_HINTS_KEY,
+    copy_side_files,
+    looks_like_hf,
+    ordered_names,
+    read_hf_directory,
+    write_json,
+    write_safetensors_dir,
+)
+from .hf_packed import is_packed_directory
+
+NAME = "hf-bf16"
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _encode_scale(scale: TernaryScale) -> list[str]:
+    raw = scale.value.reshape(1).contiguous().view(torch.uint8).numpy().tobytes()
+    return [scale.linear_class.value, DTYPE_NAMES[scale.dtype], raw.hex()]
+
+
+def _decode_scale(item: object) -> TernaryScale | None:
+    try:
+        cls, dtype, hexbits = item  # type: ignore[misc]
+        raw = bytearray.fromhex(hexbits)
+        value = torch.frombuffer(raw, dtype=DTYPES[dtype]).clone().reshape(1)
+        scale = TernaryScale(value, LinearClass(cls))
+        return scale if scale.is_valid() else None
+    except (TypeError, ValueError, KeyError):
+        return None
+
+
+def _load_master(st: SafetensorsFile, t: StoredTensor, hint: TernaryScale | None) -> torch.Tensor | TernaryWeight:
+    w = st.read(t.name)
+    if hint is None:
+        return w
+    # Trust the recorded scale only while the values are still exactly codes x that scale.
+    magnitude = hint.magnitude(w.dtype)
+    found = recover_ternary(w)
+    if found is not None and torch.equal(found[1].reshape(()), magnitude):
+        return TernaryWeight(found[0], hint)
+    if not bool(w.any()):
+        return TernaryWeight(torch.zeros(w.shape, dtype=torch.int8), hint)
+    return w
+
+
+class HFBF16Reader:
+    name = NAME
+
+    def detect(self, path: Path) -> bool:
+        return looks_like_hf(path) and not is_packed_directory(read_hf_directory(path))
+
+    def read(self, path: Path) -> Checkpoint:
+        d = read_hf_directory(path)
+        cfg = d.config
+        notes = list(d.notes)
+        hints: dict[str, TernaryScale] = {}
+        raw_hints = d.metadata_value(SCALE_HINTS_KEY)
+        if raw_hints:
+            try:
+                for name, item in json.loads(raw_hints).items():
+                    scale = _decode_scale(item)
+                    if scale is not None:
+                        hints[name] = scale
+            except (ValueError, AttributeError):
+                notes.append(f"ignored unreadable {SCALE_HINTS_KEY} metadata")
+        entries: dict[str, TensorEntry] = {}
+        for name in ordered_names(cfg, d.stored):
+            st, t = d.stored[name]
+            if is_ignored_tensor(name):
+                notes.append(f"ignored buffer {name}")
+                continue
+            if t.dtype not in FLOAT_DTYPES:
+                raise CheckpointError(st.path, f"a master checkpoint holds float tensors, found {DTYPE_NAMES[t.dtype]}", name)
+            hint = hints.get(name) if cfg.is_quantized_linear(name) else None
+            entries[name] = TensorEntry(
+                name,
+                t.shape,
+                t.dtype,
+                False,
+                str(st.path),
+                lambda st=st, t=t, h=hint: _load_master(st, t, h),
+                (lambda h=hint: h) if hint is not None else None,
+                stored=DTYPE_NAMES[t.dtype],
+            )
+        info = {}
+        classes = {s.linear_class for s in hints.values()}
+        if len(classes) == 1:
+            info["linear_class"] = classes.pop()
+        ckpt = Checkpoint(NAME, path, cfg, entries, d.side_files, notes, info)
+        check_tensor_set(ckpt)
+        return ckpt
+
+
+class HFBF16Writer:
+    name = NAME
+    writes_directory = True
+
+    def write(self, ckpt: Checkpoint, out: Path, options: WriteOptions, progress: Progress) -> WriteReport:
+        cfg = ckpt.config
+        report = WriteReport(NAME)
+        names = ordered_names(cfg, ckpt.tensors)
+        plan = [PlannedTensor(n, options.dtype, ckpt.tensors[n].shape) for n in names]
+        hints = {}
+        for n in names:
+            e = ckpt.tensors[n]
+            if e.load_scale is not None:
+                hints[n] = _encode_scale(e.load_scale())
+        metadata = {"format": "pt"}
+        if hints:
+            metadata[SCALE_HINTS_KEY] = json.dumps(hints, separators=(",", ":"))
+        dequantized = 0
+
+        def produce(t: PlannedTensor) -> torch.Tensor:
+            nonlocal dequantized
+            value = ckpt.tensors[t.name].load()
+            dequantized += isinstance(value, TernaryWeight)
+            return as_dense(value, options.dtype)
+
+        write_safetensors_dir(out, plan, produce, options.max_shard_size, metadata, progress, report)
+        src_q = cfg.quantization or QuantConfig()
+        # transformers quantizes float masters on the fly only through AutoBitLinear's online mode.
+        quant = QuantConfig(
+            linear_class=LinearClass.AUTOBITLINEAR,
+            mode=QuantMode.ONLINE,
+            modules_to_not_convert=src_q.modules_to_not_convert,
+            use_rms_norm=src_q.use_rms_norm,
+            rms_norm_eps=src_q.rms_norm_eps,
+        )
+        write_json(out / "config.json", cfg.to_hf_dict(quant, str(options.dtype).removeprefix("torch.")))
+        report.files += ["config.json"] + copy_side_files(ckpt.side_files, out)
+        if dequantized:
+            report.ternary_sources = {"dequantized": dequantized}
+        return report
+
+
+register_reader(HFBF16Reader())
+register_writer(HFBF16Writer())

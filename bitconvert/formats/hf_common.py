@@ -1,0 +1,179 @@
+"""What the two Hugging Face safetensors layouts share: the directory, the index, side files, shards."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+
+from ..config import ModelConfig, read_hf_config
+from ..errors import CheckpointError
+from ..safetensors_io import PlannedTensor, SafetensorsFile, SafetensorsWriter, StoredTensor
+from . import Progress, WriteReport
+
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+#: Weight files in formats that can run code when loaded, or that another reader owns.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+NOT_SIDE_FILES = PICKLE_SUFFIXES + (".safetensors", ".gguf", ".h5", ".msgpack", ".onnx", ".npz", ".npy")
+#: safetensors metadata key under which ``unpack`` records the exact stored scales
+SCALE_HINTS_KEY = "bitconvert.ternary_scales"
+
+
+@dataclass
+class HFDirectory:
+    path: Path
+    config: ModelConfig
+    stored: dict[str, tuple[SafetensorsFile, StoredTensor]]
+    side_files: list[Path]
+    notes: list[str]
+
+    def metadata_value(self, key: str) -> str | None:
+        for f, _ in self.stored.values():
+            if key in f.metadata:
+                return f.metadata[key]
+        return None
+
+
+def looks_like_hf(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").is_file()
+
+
+def _weight_files(path: Path) -> list[Path]:
+    index = path / INDEX_NAME
+    if index.is_file():
+        try:
+            data = json.loads(index.read_text(encoding="utf-8"))
+            weight_map = data["weight_map"]
+            if not isinstance(weight_map, dict):
+                raise TypeError("weight_map is not an object")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(index, f"malformed index: {exc}") from None
+        files: list[Path] = []
+        root = path.resolve()
+        for tensor, fname in weight_map.items():
+            if (
+                not isinstance(fname, str)
+                or not fname
+                or "/" in fname
+                or "\\" in fname
+                or fname in (".", "..")
+                or (root / fname).resolve().parent != root
+            ):
+                raise CheckpointError(index, f"index entry {fname!r} points outside the checkpoint directory", tensor)
+            p = path / fname
+            if not p.is_file():
+                raise CheckpointError(index, f"index names shard {fname!r}, which does not exist", tensor)
+            if p not in files:
+                files.append(p)
+        return files
+    single = path / SINGLE_NAME
+    if single.is_file():
+        return [single]
+    shards = sorted(p for p in path.glob("*.safetensors") if p.is_file())
+    if shards:
+        return shards
+    pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise CheckpointError(
+            path / pickles[0],
+            "pickle weights are not loaded (unpickling can run arbitrary code); convert them to safetensors first",
+        )
+    raise CheckpointError(path, "no safetensors weights found")
+
+
+def read_hf_directory(path: Path) -> HFDirectory:
+    config = read_hf_config(path / "config.json")
+    notes = [f"config.json names {k!r} more than once; the last value is used" for k in dict.fromkeys(config.duplicate_keys)]
+    stored: dict[str, tuple[SafetensorsFile, StoredTensor]] = {}
+    for f in _weight_files(path):
+        st = SafetensorsFile(f)
+        for name, t in st.tensors.items():
+            if name in stored:
+                raise CheckpointError(f, f"tensor also stored in {stored[name][0].path.name}", name)
+            stored[name] = (st, t)
+    ignored_pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if ignored_pickles:
+        notes.append(f"ignored pickle files (never loaded): {', '.join(ignored_pickles)}")
+    return HFDirectory(path, config, stored, side_files(path), notes)
+
+
+def side_files(path: Path) -> list[Path]:
+    """Top-level files that travel with the weights: tokenizer, generation config, licence, card."""
+    out = []
+    for p in sorted(path.iterdir()):
+        if p.name.startswith(".") or p.name in ("config.json", INDEX_NAME) or not p.is_file():
+            continue
+        if p.suffix in NOT_SIDE_FILES:
+            continue
+        out.append(p)
+    return out
+
+
+def copy_side_files(files: Iterable[Path], out: Path) -> list[str]:
+    names = []
+    for f in files:
+        shutil.copyfile(f, out / f.name)
+        names.append(f.name)
+    return names
+
+
+def plan_shards(plan: list[PlannedTensor], max_shard_size: int) -> list[list[PlannedTensor]]:
+    """Greedy, order-preserving: a shard closes when the next tensor would take it past the limit."""
+    shards: list[list[PlannedTensor]] = [[]]
+    size = 0
+    for t in plan:
+        if shards[-1] and size + t.nbytes > max_shard_size:
+            shards.append([])
+            size = 0
+        shards[-1].append(t)
+        size += t.nbytes
+    return shards
+
+
+def write_safetensors_dir(
+    out: Path,
+    plan: list[PlannedTensor],
+    produce: Callable[[PlannedTensor], torch.Tensor],
+    max_shard_size: int,
+    metadata: dict[str, str],
+    progress: Progress,
+    report: WriteReport,
+) -> None:
+    """Write ``plan`` as one file or as shards plus an index, producing each tensor just in time."""
+    shards = plan_shards(plan, max_shard_size)
+    n = len(shards)
+    names = [SINGLE_NAME] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+    weight_map: dict[str, str] = {}
+    done = 0
+    for fname, shard in zip(names, shards):
+        with SafetensorsWriter(out / fname, shard, metadata) as w:
+            for t in shard:
+                progress(done, len(plan), t.name)
+                w.write(t.name, produce(t))
+                weight_map[t.name] = fname
+                done += 1
+        report.files.append(fname)
+    total = sum(t.nbytes for t in plan)
+    if n > 1:
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (out / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+        report.files.append(INDEX_NAME)
+    report.tensors = len(plan)
+    report.bytes_written = total
+    progress(len(plan), len(plan), "")
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def ordered_names(config: ModelConfig, names: Iterable[str]) -> list[str]:
+    """The config's natural order (embedding, layers by number, final norm, head), then the rest."""
+    want = list(config.expected_shapes())
+    rank = {n: i for i, n in enumerate(want)}
+    return sorted(names, key=lambda n: (rank.get(n, len(want)), n))

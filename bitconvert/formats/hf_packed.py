@@ -1,0 +1,171 @@
+"""``hf-packed``: transformers' ``quant_method: "bitnet"`` layout, 2-bit codes in U8 plus weight_scale."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import Checkpoint, TensorEntry, as_dense, as_ternary, check_tensor_set, is_ignored_tensor
+from ..config import QuantConfig, QuantMode
+from ..errors import CheckpointError
+from ..safetensors_io import DTYPE_NAMES, PlannedTensor, SafetensorsFile, StoredTensor
+from ..ternary import (
+    VALUES_PER_BYTE,
+    LinearClass,
+    TernaryScale,
+    TernaryWeight,
+    first_invalid_code,
+    pack_codes,
+    unpack_codes,
+)
+from . import Progress, WriteOptions, WriteReport, register_reader, register_writer
+from .hf_common import (
+    HFDirectory,
+    copy_side_files,
+    looks_like_hf,
+    ordered_names,
+    read_hf_directory,
+    write_json,
+    write_safetensors_dir,
+)
+
+NAME = "hf-packed"
+
+
+def scale_name(weight_name: str) -> str:
+    return weight_name[: -len("weight")] + "weight_scale"
+
+
+def is_packed_directory(d: HFDirectory) -> bool:
+    return any(
+        name.endswith(".weight_scale") or (d.config.is_quantized_linear(name) and t.dtype == torch.uint8)
+        for name, (_, t) in d.stored.items()
+    )
+
+
+def _load_scale(st: SafetensorsFile, t: StoredTensor, linear_class: LinearClass, weight: str) -> TernaryScale:
+    if t.shape not in ((1,), ()) or not t.dtype.is_floating_point:
+        raise CheckpointError(st.path, f"weight_scale must be one float, got {DTYPE_NAMES[t.dtype]} {list(t.shape)}", t.name)
+    scale = TernaryScale(st.read(t.name).reshape(1), linear_class)
+    if not scale.is_valid():
+        raise CheckpointError(st.path, f"weight_scale is {scale.item()}, not finite and positive", t.name)
+    return scale
+
+
+def _load_codes(st: SafetensorsFile, t: StoredTensor) -> torch.Tensor:
+    raw = st.read(t.name)
+    if t.dtype == torch.uint8:
+        bad = first_invalid_code(raw)
+        if bad is not None:
+            raise CheckpointError(st.path, f"packed code 3 (not ternary) at row {bad[0]}, column {bad[1]}", t.name)
+        return unpack_codes(raw)
+    # transformers' offline AutoBitLinear also accepts the codes unpacked, as floats.
+    if not bool(((raw == -1) | (raw == 0) | (raw == 1)).all()):
+        raise CheckpointError(st.path, "unpacked ternary weight holds values other than -1, 0, 1", t.name)
+    return raw.to(torch.int8)
+
+
+class HFPackedReader:
+    name = NAME
+
+    def detect(self, path: Path) -> bool:
+        return looks_like_hf(path) and is_packed_directory(read_hf_directory(path))
+
+    def read(self, path: Path) -> Checkpoint:
+        d = read_hf_directory(path)
+        cfg = d.config
+        notes = list(d.notes)
+        if cfg.quantization is None:
+            notes.append("packed weights but no quantization_config: weight_scale read as transformers' default, bitlinear")
+        linear_class = cfg.quantization.linear_class if cfg.quantization else LinearClass.BITLINEAR
+        entries: dict[str, TensorEntry] = {}
+        scales_used = set()
+        for name in ordered_names(cfg, d.stored):
+            st, t = d.stored[name]
+            if name.endswith(".weight_scale"):
+                continue
+            if is_ignored_tensor(name):
+                notes.append(f"ignored buffer {name}")
+                continue
+            if not cfg.is_quantized_linear(name):
+                entries[name] = TensorEntry(
+                    name, t.shape, t.dtype, False, str(st.path), lambda st=st, t=t: st.read(t.name), stored=DTYPE_NAMES[t.dtype]
+                )
+                continue
+            sname = scale_name(name)
+            if sname not in d.stored:
+                raise CheckpointError(st.path, f"quantized weight has no {sname.rsplit('.', 1)[-1]}", name)
+            scales_used.add(sname)
+            sst, stt = d.stored[sname]
+            shape = (t.shape[0] * VALUES_PER_BYTE, *t.shape[1:]) if t.dtype == torch.uint8 else t.shape
+
+            def load_scale(sst=sst, stt=stt, name=name) -> TernaryScale:
+                return _load_scale(sst, stt, linear_class, name)
+
+            def load(st=st, t=t, load_scale=load_scale) -> TernaryWeight:
+                return TernaryWeight(_load_codes(st, t), load_scale())
+
+            stored = f"{DTYPE_NAMES[t.dtype]}{' packed' if t.dtype == torch.uint8 else ''} + {DTYPE_NAMES[stt.dtype]} scale"
+            entries[name] = TensorEntry(name, shape, stt.dtype, True, str(st.path), load, load_scale, stored)
+        orphans = sorted(n for n in d.stored if n.endswith(".weight_scale") and n not in scales_used)
+        if orphans:
+            raise CheckpointError(d.stored[orphans[0]][0].path, "weight_scale belongs to no quantized weight", orphans[0])
+        ckpt = Checkpoint(NAME, path, cfg, entries, d.side_files, notes)
+        check_tensor_set(ckpt)
+        return ckpt
+
+
+class HFPackedWriter:
+    name = NAME
+    writes_directory = True
+
+    def write(self, ckpt: Checkpoint, out: Path, options: WriteOptions, progress: Progress) -> WriteReport:
+        cfg = ckpt.config
+        linear_class = options.linear_class or ckpt.source_linear_class() or LinearClass.AUTOBITLINEAR
+        report = WriteReport(NAME)
+        plan: list[PlannedTensor] = []
+        for name in ordered_names(cfg, ckpt.tensors):
+            e = ckpt.tensors[name]
+            if ckpt.is_quantized_linear(name):
+                rows, cols = e.shape
+                if rows % VALUES_PER_BYTE:
+                    raise CheckpointError(e.source, f"{rows} output rows, not a multiple of 4: cannot be packed", name)
+                plan.append(PlannedTensor(name, torch.uint8, (rows // VALUES_PER_BYTE, cols)))
+                plan.append(PlannedTensor(scale_name(name), options.scale_dtype, (1,)))
+            else:
+                plan.append(PlannedTensor(name, options.dtype, e.shape))
+
+        pending_scales: dict[str, torch.Tensor] = {}
+        how = Counter()
+
+        def produce(t: PlannedTensor) -> torch.Tensor:
+            if t.name in pending_scales:
+                return pending_scales.pop(t.name)
+            entry = ckpt.tensors[t.name]
+            if not ckpt.is_quantized_linear(t.name):
+                return as_dense(entry.load(), options.dtype)
+            tw, source = as_ternary(entry.load(), linear_class, options.scale_dtype)
+            how[source] += 1
+            pending_scales[scale_name(t.name)] = tw.scale.value.reshape(1)
+            return pack_codes(tw.codes)
+
+        write_safetensors_dir(out, plan, produce, options.max_shard_size, {"format": "pt"}, progress, report)
+        src_q = cfg.quantization or QuantConfig()
+        quant = QuantConfig(
+            linear_class=linear_class,
+            mode=QuantMode.OFFLINE,
+            modules_to_not_convert=src_q.modules_to_not_convert,
+            use_rms_norm=src_q.use_rms_norm,
+            rms_norm_eps=src_q.rms_norm_eps,
+        )
+        write_json(out / "config.json", cfg.to_hf_dict(quant, str(options.dtype).removeprefix("torch.")))
+        report.files += ["config.json"] + copy_side_files(ckpt.side_files, out)
+        report.ternary_sources = dict(how)
+        report.details["linear_class"] = linear_class.value
+        return report
+
+
+register_reader(HFPackedReader())
+register_writer(HFPackedWriter())

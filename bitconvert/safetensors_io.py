@@ -1,0 +1,223 @@
+"""Bounded safetensors reading and streaming writing, one tensor at a time.
+
+The reader checks the whole header against the file before any tensor is touched (a truncated
+or hostile file fails at once with a one-line reason) and reads a tensor with ``pread`` so only
+that tensor is resident. The writer lays out the header from a plan of names, dtypes and shapes,
+then streams each tensor's bytes; nothing but the tensor being written is held.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from .errors import CheckpointError
+
+DTYPES: dict[str, torch.dtype] = {
+    "BOOL": torch.bool,
+    "U8": torch.uint8,
+    "I8": torch.int8,
+    "I16": torch.int16,
+    "I32": torch.int32,
+    "I64": torch.int64,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F32": torch.float32,
+    "F64": torch.float64,
+}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+#: safetensors itself refuses headers above 100 MB.
+MAX_HEADER_BYTES = 100_000_000
+MAX_DIMS = 8
+
+
+def itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+@dataclass(frozen=True)
+class StoredTensor:
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    offset: int  # absolute offset of the first byte in the file
+    nbytes: int
+
+
+def _no_duplicates(path: Path):
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in pairs:
+            if k in out:
+                raise CheckpointError(path, f"header names {k!r} twice")
+            out[k] = v
+        return out
+
+    return hook
+
+
+class SafetensorsFile:
+    """A validated view of one .safetensors file; tensors are read on demand."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            size = self.path.stat().st_size
+            with open(self.path, "rb") as f:
+                head = f.read(8)
+                if len(head) < 8:
+                    raise CheckpointError(self.path, f"not a safetensors file: {size} bytes, shorter than its header")
+                n = int.from_bytes(head, "little")
+                if n < 2 or n > MAX_HEADER_BYTES or n > size - 8:
+                    raise CheckpointError(
+                        self.path, f"not a safetensors file or truncated: header length {n} for a file of {size} bytes"
+                    )
+                raw = f.read(n)
+        except OSError as exc:
+            raise CheckpointError(self.path, f"cannot read: {exc.strerror or exc}") from None
+        try:
+            header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates(self.path))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CheckpointError(self.path, f"header is not valid JSON: {exc}") from None
+        if not isinstance(header, dict):
+            raise CheckpointError(self.path, "header is not a JSON object")
+        meta = header.pop("__metadata__", None) or {}
+        if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+            raise CheckpointError(self.path, "__metadata__ must map strings to strings")
+        self.metadata: dict[str, str] = meta
+        self.data_start = 8 + n
+        self.tensors: dict[str, StoredTensor] = {}
+        spans = []
+        for name, info in header.items():
+            t = self._parse_entry(name, info)
+            self.tensors[name] = t
+            spans.append((t.offset - self.data_start, t.offset - self.data_start + t.nbytes, name))
+        spans.sort()
+        end = 0
+        for start, stop, name in spans:
+            if start != end:
+                raise CheckpointError(self.path, f"tensor data is not contiguous at byte {start}", name)
+            end = stop
+        available = size - self.data_start
+        if end > available:
+            raise CheckpointError(
+                self.path, f"file is truncated: the header declares {end} bytes of tensor data, the file holds {available}"
+            )
+        if end < available:
+            raise CheckpointError(self.path, f"{available - end} unexpected bytes after the tensor data")
+
+    def _parse_entry(self, name: str, info: Any) -> StoredTensor:
+        if not isinstance(info, dict):
+            raise CheckpointError(self.path, "header entry is not an object", name)
+        dtype = DTYPES.get(info.get("dtype"))  # type: ignore[arg-type]
+        if dtype is None:
+            raise CheckpointError(self.path, f"unsupported dtype {info.get('dtype')!r}", name)
+        shape = info.get("shape")
+        if (
+            not isinstance(shape, list)
+            or len(shape) > MAX_DIMS
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+        ):
+            raise CheckpointError(self.path, f"malformed shape {shape!r}", name)
+        offs = info.get("data_offsets")
+        if (
+            not isinstance(offs, list)
+            or len(offs) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offs)
+            or not 0 <= offs[0] <= offs[1]
+        ):
+            raise CheckpointError(self.path, f"malformed data_offsets {offs!r}", name)
+        nbytes = math.prod(shape) * itemsize(dtype)
+        if offs[1] - offs[0] != nbytes:
+            raise CheckpointError(
+                self.path, f"data_offsets span {offs[1] - offs[0]} bytes, shape {shape} needs {nbytes}", name
+            )
+        return StoredTensor(name, dtype, tuple(shape), self.data_start + offs[0], nbytes)
+
+    def read(self, name: str) -> torch.Tensor:
+        t = self.tensors[name]
+        buf = bytearray(t.nbytes)
+        if t.nbytes:
+            try:
+                fd = os.open(self.path, os.O_RDONLY)
+                try:
+                    view = memoryview(buf)
+                    done = 0
+                    while done < t.nbytes:
+                        got = os.preadv(fd, [view[done:]], t.offset + done)
+                        if got <= 0:
+                            raise CheckpointError(self.path, "file ended while reading the tensor", name)
+                        done += got
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                raise CheckpointError(self.path, f"cannot read: {exc.strerror or exc}", name) from None
+            return torch.frombuffer(buf, dtype=t.dtype).reshape(t.shape)
+        return torch.empty(t.shape, dtype=t.dtype)
+
+
+@dataclass(frozen=True)
+class PlannedTensor:
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * itemsize(self.dtype)
+
+
+class SafetensorsWriter:
+    """Writes one file whose tensors are known up front, streaming their data in plan order."""
+
+    def __init__(self, path: Path, plan: Iterable[PlannedTensor], metadata: dict[str, str] | None = None) -> None:
+        self.path = path
+        self.plan = list(plan)
+        header: dict[str, Any] = {}
+        if metadata:
+            header["__metadata__"] = dict(metadata)
+        offset = 0
+        for t in self.plan:
+            header[t.name] = {"dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
+            offset += t.nbytes
+        raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
+        self._file = open(path, "xb")
+        self._file.write(len(raw).to_bytes(8, "little"))
+        self._file.write(raw)
+        self._next = 0
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        want = self.plan[self._next]
+        if name != want.name or tensor.dtype != want.dtype or tuple(tensor.shape) != want.shape:
+            raise ValueError(
+                f"writer expected {want.name} {want.dtype} {want.shape}, got {name} {tensor.dtype} {tuple(tensor.shape)}"
+            )
+        t = tensor.detach().contiguous().cpu()
+        if t.numel():
+            self._file.write(memoryview(t.view(torch.uint8).reshape(-1).numpy()))
+        self._next += 1
+
+    def close(self) -> None:
+        if self._next != len(self.plan):
+            missing = self.plan[self._next].name
+            self._file.close()
+            raise ValueError(f"{self.path}: closed before tensor {missing} was written")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+
+    def __enter__(self) -> "SafetensorsWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._file.close()

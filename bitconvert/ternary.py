@@ -1,0 +1,192 @@
+"""Ternary math for BitNet b1.58 weights: absmean quantization, scale conventions, 2-bit packing.
+
+Pure functions on tensors: no files, no printing. Every other module that needs to know how a
+ternary weight is quantized, scaled or packed asks this one.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import torch
+
+#: transformers and the BitNet papers clamp mean|W| from below at this value.
+MEAN_ABS_FLOOR = 1e-5
+#: Packed HF layout: four 2-bit codes per byte, along the output (row) dimension.
+VALUES_PER_BYTE = 4
+
+
+class LinearClass(str, enum.Enum):
+    """What a stored ``weight_scale`` means; the two conventions are reciprocal to each other."""
+
+    AUTOBITLINEAR = "autobitlinear"  # weight_scale = mean|W|; the layer multiplies its output by it
+    BITLINEAR = "bitlinear"  # weight_scale = 1/mean|W|; the layer divides its output by it
+
+    @classmethod
+    def parse(cls, value: str | None) -> "LinearClass":
+        # transformers' BitNetQuantConfig defaults to bitlinear when the key is absent.
+        return cls(value) if value else cls.BITLINEAR
+
+
+@dataclass(frozen=True)
+class TernaryScale:
+    """A per-tensor scale exactly as stored: a one-element tensor in its on-disk dtype and its meaning."""
+
+    value: torch.Tensor
+    linear_class: LinearClass
+
+    def __post_init__(self) -> None:
+        if self.value.numel() != 1:
+            raise ValueError(f"a ternary scale has one element, got shape {tuple(self.value.shape)}")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.value.dtype
+
+    def item(self) -> float:
+        return float(self.value.reshape(()).double())
+
+    @property
+    def multiplier(self) -> float:
+        """The factor applied to ``codes @ x``, i.e. mean|W| (float64, from the stored value)."""
+        v = self.item()
+        return v if self.linear_class is LinearClass.AUTOBITLINEAR else 1.0 / v
+
+    def magnitude(self, dtype: torch.dtype) -> torch.Tensor:
+        """mean|W| rounded once into ``dtype`` (0-dim), from the stored value in float64."""
+        v = self.value.reshape(()).double()
+        return (v if self.linear_class is LinearClass.AUTOBITLINEAR else 1.0 / v).to(dtype)
+
+    def is_valid(self) -> bool:
+        v = self.item()
+        return v > 0 and v != float("inf") and v == v
+
+    def to(self, linear_class: LinearClass, dtype: torch.dtype) -> "TernaryScale":
+        """Re-express this scale; exact unless the class flips or the dtype narrows."""
+        if linear_class is self.linear_class:
+            value = self.value.reshape(1).to(dtype)
+        else:
+            value = (1.0 / self.value.reshape(1).double()).to(dtype)
+        return TernaryScale(value, linear_class)
+
+    def same_as(self, other: "TernaryScale") -> bool:
+        return (
+            self.linear_class is other.linear_class
+            and self.dtype == other.dtype
+            and torch.equal(self.value.reshape(1), other.value.reshape(1))
+        )
+
+
+@dataclass(frozen=True)
+class TernaryWeight:
+    """A quantized linear weight: codes in {-1, 0, 1} (int8, ``[out, in]``) and its one scale."""
+
+    codes: torch.Tensor
+    scale: TernaryScale
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.codes.shape)
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """codes x mean|W|: the weight the layer effectively multiplies with (exact in ``dtype``)."""
+        return self.codes.to(dtype) * self.scale.magnitude(dtype)
+
+
+def absmean_quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes and mean|W| of a latent weight, bit-identical to transformers' ``WeightQuant``.
+
+    The arithmetic follows it step by step in fp32: ``s = 1 / max(mean|W|, 1e-5)``, codes
+    ``clamp(round(W * s), -1, 1)`` with round-half-to-even. Returns (int8 codes, fp32 mean|W|).
+    """
+    w = weight.float()
+    mean_abs = w.abs().mean().clamp(min=MEAN_ABS_FLOOR)
+    inv = 1.0 / mean_abs
+    codes = (w * inv).round().clamp(-1, 1).to(torch.int8)
+    return codes, mean_abs
+
+
+def quantize(
+    weight: torch.Tensor, linear_class: LinearClass, scale_dtype: torch.dtype = torch.bfloat16
+) -> TernaryWeight:
+    """Quantize a latent float weight and express its scale in ``linear_class``'s convention."""
+    codes, mean_abs = absmean_quantize(weight)
+    if linear_class is LinearClass.AUTOBITLINEAR:
+        value = mean_abs.reshape(1)
+    else:
+        value = (1.0 / mean_abs).reshape(1)  # fp32 reciprocal, the ``s`` of WeightQuant
+    return TernaryWeight(codes, TernaryScale(value.to(scale_dtype), linear_class))
+
+
+def recover_ternary(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """If ``weight`` is already codes x one magnitude (what ``unpack`` writes), return both.
+
+    Returns (int8 codes, the magnitude as a one-element tensor in ``weight``'s dtype), or None
+    when the tensor takes more than one non-zero magnitude or is all zeros. Requantizing such a
+    tensor would rescale it by the fraction of non-zero codes; recovering it is exact.
+    """
+    if weight.numel() == 0 or not weight.is_floating_point():
+        return None
+    magnitude = weight.abs().amax()
+    if not bool(magnitude > 0) or not bool(torch.isfinite(magnitude)):
+        return None
+    a = weight.abs()
+    if not bool(((a == magnitude) | (a == 0)).all()):
+        return None
+    return torch.sign(weight).to(torch.int8), magnitude.reshape(1)
+
+
+def pack_codes(codes: torch.Tensor) -> torch.Tensor:
+    """Pack int codes {-1,0,1} ``[R, C]`` into the HF row-block layout, uint8 ``[R/4, C]``.
+
+    Byte ``[r, c]`` holds ``codes[r + i*R/4, c] + 1`` in bits ``2i..2i+1`` (lowest first).
+    The input is not modified.
+    """
+    if codes.dim() != 2:
+        raise ValueError(f"pack_codes expects a 2-D tensor, got shape {tuple(codes.shape)}")
+    rows, cols = codes.shape
+    if rows % VALUES_PER_BYTE:
+        raise ValueError(f"rows ({rows}) must be a multiple of {VALUES_PER_BYTE} to pack")
+    c = (codes.to(torch.int16) + 1).to(torch.uint8).reshape(VALUES_PER_BYTE, rows // VALUES_PER_BYTE, cols)
+    return c[0] | (c[1] << 2) | (c[2] << 4) | (c[3] << 6)
+
+
+def unpack_codes(packed: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`pack_codes`: uint8 ``[R/4, C]`` to int8 codes ``[4*R/4, C]``.
+
+    Code 3 (invalid) comes back as 2; call :func:`first_invalid_code` to reject it first.
+    """
+    if packed.dtype != torch.uint8 or packed.dim() != 2:
+        raise ValueError(f"unpack_codes expects a 2-D uint8 tensor, got {packed.dtype} {tuple(packed.shape)}")
+    planes = torch.stack([(packed >> (2 * i)) & 3 for i in range(VALUES_PER_BYTE)])
+    return planes.reshape(-1, packed.shape[1]).to(torch.int8) - 1
+
+
+def first_invalid_code(packed: torch.Tensor) -> tuple[int, int] | None:
+    """Position (unpacked row, column) of the first 2-bit field holding 3, or None if all are valid."""
+    bad = (packed & (packed >> 1)) & 0x55  # a field is 3 exactly when both its bits are set
+    if not bool(bad.any()):
+        return None
+    r, c = (int(v) for v in torch.nonzero(bad)[0])
+    byte = int(bad[r, c])
+    plane = next(i for i in range(VALUES_PER_BYTE) if byte & (1 << (2 * i)))
+    return r + plane * packed.shape[0], c
+
+
+def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token absmax int8 quantization (last dim): (int8 values, fp32 scale ``127/max|x|``)."""
+    xf = x.float()
+    scale = 127.0 / xf.abs().amax(dim=-1, keepdim=True).clamp(min=MEAN_ABS_FLOOR)
+    q = (xf * scale).round().clamp(-128, 127).to(torch.int8)
+    return q, scale
+
+
+def ternary_stats(codes: torch.Tensor) -> dict[str, float]:
+    """Fractions of -1, 0 and +1 among the codes."""
+    n = codes.numel() or 1
+    return {
+        "minus": int((codes == -1).sum()) / n,
+        "zero": int((codes == 0).sum()) / n,
+        "plus": int((codes == 1).sum()) / n,
+    }
