@@ -291,17 +291,47 @@ def unpack(
 def convert(
     src: Src,
     dst: Dst,
-    to: Annotated[str, typer.Option("--to", help="Output format: hf-bf16, hf-packed, ...")],
+    to: Annotated[str, typer.Option("--to", help="Output format (see `bitconvert formats`).")],
     linear_class: LinearClassOpt = None,
     scale_dtype: ScaleDtype = "bf16",
     dtype: DtypeOpt = "bf16",
     max_shard_size: MaxShard = "5GB",
+    gguf_type: Annotated[
+        str, typer.Option("--gguf-type", help="GGUF weight type: tq2_0, tq1_0, i2_s, f16, bf16, f32.")
+    ] = "tq2_0",
+    embed_type: Annotated[str, typer.Option("--embed-type", help="GGUF token_embd type: f16, bf16, f32, q8_0.")] = "f16",
+    allow_fallback: Annotated[
+        bool, typer.Option("--allow-fallback", help="GGUF: write tensors a ternary type cannot hold as F16.")
+    ] = False,
+    tp: Annotated[int, typer.Option("--tp", help="Nanotron: tensor-parallel size to write.")] = 1,
+    rope_interleaved: Annotated[
+        Optional[bool], typer.Option("--rope-interleaved/--no-rope-interleaved", help="Nanotron: RoPE layout.")
+    ] = None,
+    nanotron_version: Annotated[str, typer.Option("--nanotron-version", help="Nanotron checkpoint version.")] = "1.4",
+    allow_approximate: Annotated[
+        bool, typer.Option("--allow-approximate", help="Accept a conversion that cannot be exact (packed -> Nanotron).")
+    ] = False,
+    push_to: Annotated[
+        Optional[str], typer.Option("--push-to", help="Upload the result to this Hub repo (ORG/NAME) when done.")
+    ] = None,
     force: Force = False,
     json_out: JsonOut = False,
 ) -> None:
     """Convert SRC into any format bitconvert writes."""
     with _errors():
-        opts = write_options(linear_class=linear_class, dtype=dtype, scale_dtype=scale_dtype, max_shard_size=max_shard_size)
+        extra = {
+            "gguf_type": gguf_type,
+            "embed_type": embed_type,
+            "allow_fallback": allow_fallback,
+            "tp": tp,
+            "rope_interleaved": rope_interleaved,
+            "nanotron_version": nanotron_version,
+            "allow_approximate": allow_approximate,
+            "push_to": push_to,
+        }
+        opts = write_options(
+            linear_class=linear_class, dtype=dtype, scale_dtype=scale_dtype, max_shard_size=max_shard_size, extra=extra
+        )
         run_conversion(src, dst, to, opts, force=force, json_out=json_out)
 
 
@@ -314,6 +344,10 @@ def formats() -> None:
     for name in sorted(set(READERS) | set(WRITERS)):
         modes = "/".join(m for m, reg in (("read", READERS), ("write", WRITERS)) if name in reg)
         out.print(f"{name}\t{modes}", highlight=False)
+
+
+# Commands of the later capabilities live in their own modules and register on ``app``.
+from . import cli_hub, cli_runtime, cli_verify  # noqa: E402,F401
 
 
 def main() -> None:

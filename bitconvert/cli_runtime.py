@@ -1,0 +1,5 @@
+"""`run` and `logits`: the reference PyTorch runtime from the command line."""
+
+from __future__ import annotations
+
+from .cli import app  # noqa: F401
