@@ -99,11 +99,14 @@ def absmean_quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
     The arithmetic follows it step by step in fp32: ``s = 1 / max(mean|W|, 1e-5)``, codes
     ``clamp(round(W * s), -1, 1)`` with round-half-to-even. Returns (int8 codes, fp32 mean|W|).
+    Works in place on one fp32 copy: these tensors are large and allocations cost page faults.
     """
     w = weight.float()
+    if w.data_ptr() == weight.data_ptr():
+        w = w.clone()  # never mutate the caller's tensor
     mean_abs = w.abs().mean().clamp(min=MEAN_ABS_FLOOR)
     inv = 1.0 / mean_abs
-    codes = (w * inv).round().clamp(-1, 1).to(torch.int8)
+    codes = w.mul_(inv).round_().clamp_(-1, 1).to(torch.int8)
     return codes, mean_abs
 
 
@@ -128,6 +131,10 @@ def recover_ternary(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] |
     """
     if weight.numel() == 0 or not weight.is_floating_point():
         return None
+    # A latent master fails within its first values; look there before scanning everything.
+    head = weight.reshape(-1)[:4096].abs()
+    if int(torch.unique(head[head != 0]).numel()) > 1:
+        return None
     magnitude = weight.abs().amax()
     if not bool(magnitude > 0) or not bool(torch.isfinite(magnitude)):
         return None
@@ -148,8 +155,12 @@ def pack_codes(codes: torch.Tensor) -> torch.Tensor:
     rows, cols = codes.shape
     if rows % VALUES_PER_BYTE:
         raise ValueError(f"rows ({rows}) must be a multiple of {VALUES_PER_BYTE} to pack")
-    c = (codes.to(torch.int16) + 1).to(torch.uint8).reshape(VALUES_PER_BYTE, rows // VALUES_PER_BYTE, cols)
-    return c[0] | (c[1] << 2) | (c[2] << 4) | (c[3] << 6)
+    c = (codes.to(torch.int8) + 1).view(torch.uint8).reshape(VALUES_PER_BYTE, rows // VALUES_PER_BYTE, cols)
+    packed = c[3].clone()
+    for plane in (2, 1, 0):  # in place: one pass per plane, no temporaries
+        packed <<= 2
+        packed |= c[plane]
+    return packed
 
 
 def unpack_codes(packed: torch.Tensor) -> torch.Tensor:

@@ -115,7 +115,8 @@ def test_side_files_config_and_tying(tmp_path):
     out = tmp_path / "p"
     assert run_cli("pack", FIXTURES / "bitnet-2b4t-master", out).returncode == 0
     assert listing(out) == [
-        "config.json", "generation_config.json", "model.safetensors", "special_tokens_map.json",
+        "bitconvert_provenance.json", "config.json", "generation_config.json", "model.safetensors",
+        "special_tokens_map.json",
         "tokenizer.json", "tokenizer_config.json",
     ]
     for f in ("tokenizer.json", "generation_config.json"):

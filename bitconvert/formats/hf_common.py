@@ -6,7 +6,8 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
@@ -150,14 +151,18 @@ def write_safetensors_dir(
     names = [SINGLE_NAME] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
     weight_map: dict[str, str] = {}
     done = 0
-    for fname, shard in zip(names, shards):
-        with SafetensorsWriter(out / fname, shard, metadata) as w:
-            for t in shard:
-                progress(done, len(plan), t.name)
-                w.write(t.name, produce(t))
-                weight_map[t.name] = fname
-                done += 1
-        report.files.append(fname)
+    tensors = produced_ahead(plan, produce)
+    try:
+        for fname, shard in zip(names, shards):
+            with SafetensorsWriter(out / fname, shard, metadata) as w:
+                for t in shard:
+                    progress(done, len(plan), t.name)
+                    w.write(t.name, next(tensors))
+                    weight_map[t.name] = fname
+                    done += 1
+            report.files.append(fname)
+    finally:
+        tensors.close()
     total = sum(t.nbytes for t in plan)
     if n > 1:
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
@@ -166,6 +171,27 @@ def write_safetensors_dir(
     report.tensors = len(plan)
     report.bytes_written = total
     progress(len(plan), len(plan), "")
+
+
+def produced_ahead(plan: list[PlannedTensor], produce: Callable[[PlannedTensor], torch.Tensor]) -> Iterator[torch.Tensor]:
+    """Yield ``produce(t)`` for each planned tensor in order, computing the next while the caller writes.
+
+    Reading and quantizing one tensor overlaps writing the previous one (torch and file I/O both
+    release the GIL); at most two produced tensors are alive at once. ``produce`` runs on one
+    worker thread, in plan order, so writers may keep state between calls.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bitconvert-produce") as pool:
+        pending = pool.submit(produce, plan[0]) if plan else None
+        for i in range(len(plan)):
+            tensor = pending.result()
+            pending = pool.submit(produce, plan[i + 1]) if i + 1 < len(plan) else None
+            try:
+                yield tensor
+            except GeneratorExit:
+                if pending is not None:
+                    pending.cancel()
+                raise
+            del tensor
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

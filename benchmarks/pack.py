@@ -1,0 +1,100 @@
+"""Benchmark: ``bitconvert pack`` of a full-size 2B-4T bf16 master vs plain copies of the same data.
+
+    python benchmarks/pack.py [--dir bench-out/2b4t-bf16] [--layers 30] [--json]
+
+Runs each job in its own process, in one run, and reports wall time and peak RSS (from wait4):
+- bitconvert pack          master (4.8 GB) -> packed (1.18 GB), quantizing every linear weight
+- copy (bytes)             the master file copied byte for byte with fsync: the I/O floor
+- safetensors load+save    every tensor read with safetensors and written back with save_file
+All outputs are fsynced. The input is read once beforehand so every job starts from a warm page cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.synthetic import write_synthetic  # noqa: E402
+
+COPY_BYTES = """
+import os, shutil, sys
+src, dst = sys.argv[1:3]
+with open(src, 'rb') as a, open(dst, 'wb') as b:
+    shutil.copyfileobj(a, b, 16 << 20)
+    b.flush(); os.fsync(b.fileno())
+"""
+LOAD_SAVE = """
+import os, sys
+from safetensors.torch import load_file, save_file
+src, dst = sys.argv[1:3]
+save_file(load_file(src), dst, metadata={'format': 'pt'})
+fd = os.open(dst, os.O_RDONLY); os.fsync(fd); os.close(fd)
+"""
+
+
+def timed(cmd: list[str]) -> dict:
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({code}): {err.strip()[-500:]}")
+    return {"wall_s": round(wall, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+
+
+def warm(path: Path) -> None:
+    with open(path, "rb") as f:
+        while f.read(64 << 20):
+            pass
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dir", type=Path, default=ROOT / "bench-out" / "2b4t-bf16")
+    ap.add_argument("--layers", type=int, default=30)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    master = args.dir
+    if not (master / "model.safetensors").is_file():
+        write_synthetic(master, args.layers)
+    work = master.parent / "pack-bench"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    src_file = master / "model.safetensors"
+    size = src_file.stat().st_size
+    py = sys.executable
+    results = {}
+    try:
+        warm(src_file)
+        results["bitconvert pack"] = timed([py, "-m", "bitconvert", "pack", str(master), str(work / "packed")])
+        results["copy (bytes, fsync)"] = timed([py, "-c", COPY_BYTES, str(src_file), str(work / "copy.safetensors")])
+        results["safetensors load+save"] = timed([py, "-c", LOAD_SAVE, str(src_file), str(work / "ls.safetensors")])
+        packed_size = sum(p.stat().st_size for p in (work / "packed").glob("*.safetensors"))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    base = results["bitconvert pack"]["wall_s"]
+    for r in results.values():
+        r["pack_speedup"] = round(r["wall_s"] / base, 2) if base else None
+    summary = {"master_bytes": size, "packed_bytes": packed_size, "jobs": results}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return
+    print(f"master {size:,} B -> packed {packed_size:,} B ({size / packed_size:.2f}x smaller)")
+    print(f"{'job':<26}{'wall s':>9}{'peak RSS MB':>13}{'time / pack':>13}")
+    for name, r in results.items():
+        print(f"{name:<26}{r['wall_s']:>9.2f}{r['peak_rss_mb']:>13.1f}{r['pack_speedup']:>12.2f}x")
+
+
+if __name__ == "__main__":
+    main()
