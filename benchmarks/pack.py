@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.peakmem import BITCONVERT, run_measured  # noqa: E402
 from benchmarks.synthetic import write_synthetic  # noqa: E402
 
 COPY_BYTES = """
@@ -41,16 +39,12 @@ fd = os.open(dst, os.O_RDONLY); os.fsync(fd); os.close(fd)
 """
 
 
-def timed(cmd: list[str]) -> dict:
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    err = proc.stderr.read().decode() if proc.stderr else ""
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({code}): {err.strip()[-500:]}")
-    return {"wall_s": round(wall, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+def timed(code: str, *args: str) -> dict:
+    r = run_measured(code, *map(str, args))
+    if r.pop("returncode") != 0:
+        raise SystemExit(f"job failed: {r['stderr'].strip()[-500:]}")
+    r.pop("stderr")
+    return r
 
 
 def warm(path: Path) -> None:
@@ -73,13 +67,12 @@ def main() -> None:
     work.mkdir()
     src_file = master / "model.safetensors"
     size = src_file.stat().st_size
-    py = sys.executable
     results = {}
     try:
         warm(src_file)
-        results["bitconvert pack"] = timed([py, "-m", "bitconvert", "pack", str(master), str(work / "packed")])
-        results["copy (bytes, fsync)"] = timed([py, "-c", COPY_BYTES, str(src_file), str(work / "copy.safetensors")])
-        results["safetensors load+save"] = timed([py, "-c", LOAD_SAVE, str(src_file), str(work / "ls.safetensors")])
+        results["bitconvert pack"] = timed(BITCONVERT, "pack", master, work / "packed")
+        results["copy (bytes, fsync)"] = timed(COPY_BYTES, src_file, work / "copy.safetensors")
+        results["safetensors load+save"] = timed(LOAD_SAVE, src_file, work / "ls.safetensors")
         packed_size = sum(p.stat().st_size for p in (work / "packed").glob("*.safetensors"))
     finally:
         shutil.rmtree(work, ignore_errors=True)

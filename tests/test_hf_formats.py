@@ -334,3 +334,26 @@ def test_float_ternary_weights_in_packed_checkpoint(tmp_path):
     out = tmp_path / "o"
     assert run_cli("pack", src, out).returncode == 0
     assert torch.equal(read_all(out)[name], pack_codes(codes))
+
+
+def _peak_rss_mb(*args: str) -> float:
+    from benchmarks.peakmem import run_bitconvert
+
+    r = run_bitconvert(*args)
+    assert r["returncode"] == 0, r["stderr"]
+    return r["peak_rss_mb"]
+
+
+def test_peak_memory_is_bounded_by_a_tensor_not_the_model(tmp_path):
+    """Packing a 0.5 GB master costs about one tensor of memory above the interpreter's own."""
+    from fixtures.make_fixtures import make_checkpoint
+
+    src = make_checkpoint(tmp_path / "m", "llama", "master", hidden=1024, intermediate=4096, layers=16,
+                          heads=8, kv_heads=8)
+    model_mb = (src / "model.safetensors").stat().st_size / 2**20
+    assert model_mb > 450
+    baseline = _peak_rss_mb("inspect", FIXTURES / "llama-packed", "--json")  # torch loaded, tiny model
+    peak = _peak_rss_mb("pack", src, tmp_path / "p")
+    largest_mb = 4096 * 1024 * 4 / 2**20  # one fp32 working copy of the largest weight: 16 MB
+    print(f"\nmodel {model_mb:.0f} MB, baseline {baseline:.0f} MB, pack peak {peak:.0f} MB")
+    assert peak - baseline < 8 * largest_mb, (peak, baseline)

@@ -1,0 +1,56 @@
+"""Run a Python job in a fresh process and measure its own peak RSS (VmHWM), wall time included.
+
+``wait4``'s ru_maxrss is no use here: Linux carries the parent's high-water mark across fork and
+exec, so a child of a big process reports the parent's size. VmHWM of the child's own address
+space, read as it exits, is the child's real peak.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+_PRELUDE = """
+import atexit, sys
+def _report(path=sys.argv.pop(1)):
+    hwm = next(l for l in open('/proc/self/status') if l.startswith('VmHWM'))
+    open(path, 'w').write(hwm.split()[1])
+atexit.register(_report)
+"""
+
+
+def run_measured(code: str, *args: str, env: dict | None = None) -> dict:
+    """Run ``code`` (with ``sys.argv[1:] == args``); return wall seconds, peak RSS MB and exit code."""
+    fd, report = tempfile.mkstemp(prefix="bitconvert-hwm-")
+    os.close(fd)
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-c", _PRELUDE + code, report, *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    wall = time.perf_counter() - start
+    try:
+        with open(report) as f:
+            kb = int(f.read() or 0)
+    finally:
+        os.unlink(report)
+    return {"wall_s": round(wall, 2), "peak_rss_mb": round(kb / 1024, 1), "returncode": proc.returncode,
+            "stderr": proc.stderr[-2000:]}
+
+
+BITCONVERT = "import sys\nfrom bitconvert.cli import main\nsys.argv[0] = 'bitconvert'\nmain()\n"
+
+
+def run_bitconvert(*args: str) -> dict:
+    return run_measured(BITCONVERT, *map(str, args))
+
+
+if __name__ == "__main__":
+    print(json.dumps(run_bitconvert(*sys.argv[1:])))
