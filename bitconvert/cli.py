@@ -29,7 +29,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-out = Console()
+# Wide enough for tensor names when output goes to a file or pipe (rich assumes 80 columns there).
+out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 _state = {"debug": False}
 
@@ -237,7 +238,10 @@ def inspect(
         out.print(f"quantization: {json.dumps(q) if q else 'none'}", highlight=False)
         out.print(f"{len(info['files'])} weight file(s), {info['bytes_on_disk']:,} bytes; side files: "
                   f"{', '.join(info['side_files']) or 'none'}", highlight=False)
-        table = Table("tensor", "shape", "stored", "codes -1/0/+1", "scale")
+        table = Table()
+        table.add_column("tensor", overflow="fold")
+        for col in ("shape", "stored", "codes -1/0/+1", "scale"):
+            table.add_column(col, overflow="fold")
         for r in info["tensors"]:
             codes = r.get("codes")
             scale = r.get("scale")
@@ -332,7 +336,12 @@ def convert(
         opts = write_options(
             linear_class=linear_class, dtype=dtype, scale_dtype=scale_dtype, max_shard_size=max_shard_size, extra=extra
         )
-        run_conversion(src, dst, to, opts, force=force, json_out=json_out)
+        if push_to:  # convert, then upload DST as one commit (cli_hub renders both)
+            from .cli_hub import convert_and_push
+
+            convert_and_push(src, dst, to, opts, push_to, force=force, json_out=json_out)
+        else:
+            run_conversion(src, dst, to, opts, force=force, json_out=json_out)
 
 
 @app.command()
