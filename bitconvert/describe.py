@@ -28,6 +28,12 @@ def _tensor_row(entry: TensorEntry, quantized: bool, stats: bool) -> dict[str, A
     return row
 
 
+def _bytes_on_disk(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
 def describe_checkpoint(path: str | Path, *, stats: bool = True, progress: Progress = no_progress) -> dict[str, Any]:
     ckpt = open_checkpoint(path)
     cfg = ckpt.config
@@ -58,7 +64,7 @@ def describe_checkpoint(path: str | Path, *, stats: bool = True, progress: Progr
             "quantization": q.to_dict() if q else None,
         },
         "files": files,
-        "bytes_on_disk": sum(Path(f).stat().st_size for f in files if Path(f).is_file()),
+        "bytes_on_disk": _bytes_on_disk(Path(ckpt.path)),
         "side_files": [p.name for p in ckpt.side_files],
         "tensors": rows,
         "ternary_tensors": sum(1 for r in rows if r["role"] == "ternary linear"),

@@ -1,0 +1,597 @@
+"""nanotron: exact round trips at any TP size, resharding, the layout against Nanotron's sharding rule,
+the packed -> Nanotron approximation, and what bad input does."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from bitconvert.convert import convert
+from bitconvert.errors import CheckpointError, UsageError
+from bitconvert.formats import WriteOptions, open_checkpoint
+from bitconvert.ternary import TernaryWeight, unpack_codes
+from conftest import FIXTURES, make_checkpoint, read_all, run_cli
+
+KINDS = ["bitnet-2b4t", "1bitllm", "llama"]
+PROVENANCE = "bitconvert_provenance.json"  # written by convert() itself, names the source: not compared
+SHARD = "model_weight_pp-rank-0-of-1_tp-rank-{r}-of-{t}.safetensors"
+
+
+def to(src: Path, dst: Path, fmt: str, dtype=torch.bfloat16, **extra) -> dict:
+    return convert(src, dst, fmt, WriteOptions(dtype=dtype, extra=extra)).report
+
+
+def master_dtype(kind: str) -> torch.dtype:
+    return torch.float16 if kind == "1bitllm" else torch.bfloat16
+
+
+@pytest.fixture(scope="module")
+def masters(tmp_path_factory) -> dict[str, Path]:
+    """Masters whose 4 key/value heads split 1, 2 and 4 ways (Nanotron needs kv_heads % tp == 0)."""
+    root = tmp_path_factory.mktemp("masters")
+    return {k: make_checkpoint(root / k, k, "master", heads=4, kv_heads=4, seed=11) for k in KINDS}
+
+
+def shard(path: Path) -> tuple[torch.Tensor, dict]:
+    """The tensor and metadata of one Nanotron file, read with the official safetensors library."""
+    with safe_open(str(path), "pt") as f:
+        assert list(f.keys()) == ["data"]
+        return f.get_tensor("data"), (f.metadata() or {})
+
+
+def tree(path: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(path).as_posix(): p.read_bytes()
+        for p in sorted(path.rglob("*"))
+        if p.is_file() and p.name != PROVENANCE
+    }
+
+
+# --- exactness ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("tp", [1, 2, 4])
+def test_master_round_trip_is_bit_identical(tmp_path, masters, kind, tp):
+    src, nt, back = masters[kind], tmp_path / "nt", tmp_path / "back"
+    dtype = master_dtype(kind)
+    report = to(src, nt, "nanotron", dtype, tp=tp)
+    assert report.ternary_sources == {"latent": 14}
+    assert len(list((nt / "model/model").rglob("*.safetensors"))) == report.tensors
+    to(nt, back, "hf-bf16", dtype)
+    a, b = read_all(src), read_all(back)
+    assert sorted(a) == sorted(b)
+    for name in a:
+        assert a[name].dtype == b[name].dtype and torch.equal(a[name], b[name]), name
+    assert json.loads((back / "config.json").read_text())["architectures"] == json.loads(
+        (src / "config.json").read_text()
+    )["architectures"]
+    assert (back / "tokenizer.json").read_bytes() == (src / "tokenizer.json").read_bytes()
+
+
+@pytest.mark.parametrize("rope", [True, False])
+def test_round_trip_either_rope_layout(tmp_path, masters, rope):
+    src, nt, back = masters["llama"], tmp_path / "nt", tmp_path / "back"
+    to(src, nt, "nanotron", tp=2, rope_interleaved=rope)
+    assert open_checkpoint(nt).info["rope_interleaved"] is rope
+    to(nt, back, "hf-bf16")
+    a, b = read_all(src), read_all(back)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+@pytest.mark.parametrize("kind", ["bitnet-2b4t", "llama"])
+def test_reshard_equals_direct_conversion_byte_for_byte(tmp_path, masters, kind):
+    src = masters[kind]
+    for tp in (1, 2, 4):
+        to(src, tmp_path / f"direct{tp}", "nanotron", tp=tp)
+    to(tmp_path / "direct2", tmp_path / "2to1", "nanotron", tp=1)
+    to(tmp_path / "direct4", tmp_path / "4to2", "nanotron", tp=2)
+    to(tmp_path / "direct1", tmp_path / "1to4", "nanotron", tp=4)
+    for got, want in (("2to1", "direct1"), ("4to2", "direct2"), ("1to4", "direct4")):
+        a, b = tree(tmp_path / got), tree(tmp_path / want)
+        assert sorted(a) == sorted(b)
+        for name in a:
+            assert a[name] == b[name], f"{got} vs {want}: {name}"
+
+
+def test_nanotron_to_packed_equals_packing_the_master(tmp_path, masters):
+    src = masters["bitnet-2b4t"]
+    to(src, tmp_path / "nt", "nanotron", tp=4)
+    to(tmp_path / "nt", tmp_path / "via", "hf-packed")
+    to(src, tmp_path / "direct", "hf-packed")
+    a, b = read_all(tmp_path / "via"), read_all(tmp_path / "direct")
+    assert sorted(a) == sorted(b) and sum(v.dtype == torch.uint8 for v in a.values()) == 14
+    for name in a:
+        assert a[name].dtype == b[name].dtype and torch.equal(a[name], b[name]), name
+
+
+def test_runtime_logits_equal_on_nanotron_and_source(tmp_path, masters):
+    runtime = pytest.importorskip("bitconvert.runtime")
+    tokens = [315, 5, 17, 42, 99, 7, 250]
+    for kind in ("bitnet-2b4t", "llama"):
+        nt = tmp_path / kind
+        to(masters[kind], nt, "nanotron", tp=2)
+        want = runtime.compute_logits(masters[kind], tokens)
+        got = runtime.compute_logits(nt, tokens)
+        assert torch.equal(got, want), kind
+    to(FIXTURES / "llama-packed", tmp_path / "approx", "nanotron", tp=2, allow_approximate=True)
+    assert torch.equal(
+        runtime.compute_logits(tmp_path / "approx", tokens), runtime.compute_logits(FIXTURES / "llama-packed", tokens)
+    )
+
+
+# --- the layout against Nanotron's rule ------------------------------------------------------------
+
+
+def test_toy_layout_matches_nanotron_sharding_rule(tmp_path):
+    """Expected slices written out by hand from FORMATS.md §5 for hidden 64, 4 heads of 16, 2 kv heads, I=128."""
+    src = make_checkpoint(tmp_path / "src", "llama", "master", layers=1, heads=4, kv_heads=2, seed=3)
+    nt = tmp_path / "nt"
+    to(src, nt, "nanotron", tp=2, rope_interleaved=False)
+    hf = read_all(src)
+    q, k, v = (hf[f"model.layers.0.self_attn.{x}_proj.weight"] for x in "qkv")
+    gate, up = hf["model.layers.0.mlp.gate_proj.weight"], hf["model.layers.0.mlp.up_proj.weight"]
+    o, down = hf["model.layers.0.self_attn.o_proj.weight"], hf["model.layers.0.mlp.down_proj.weight"]
+    embed, head = hf["model.embed_tokens.weight"], hf["lm_head.weight"]
+    n = "None,None,None"
+    expected = {
+        # path: {rank: (shard contents, local_global_slices_pairs, unsharded_shape)}
+        "decoder/0/pp_block/attn/qkv_proj": {
+            0: (
+                torch.cat([q[0:32], k[0:16], v[0:16]]),
+                f"0,32,None|{n}#0,32,None|{n};32,48,None|{n}#64,80,None|{n};48,64,None|{n}#96,112,None|{n}",
+                "(128, 64)",
+            ),
+            1: (
+                torch.cat([q[32:64], k[16:32], v[16:32]]),
+                f"0,32,None|{n}#32,64,None|{n};32,48,None|{n}#80,96,None|{n};48,64,None|{n}#112,128,None|{n}",
+                "(128, 64)",
+            ),
+        },
+        "decoder/0/pp_block/mlp/gate_up_proj": {
+            0: (
+                torch.cat([gate[0:64], up[0:64]]),
+                f"0,64,None|{n}#0,64,None|{n};64,128,None|{n}#128,192,None|{n}",
+                "(256, 64)",
+            ),
+            1: (
+                torch.cat([gate[64:], up[64:]]),
+                f"0,64,None|{n}#64,128,None|{n};64,128,None|{n}#192,256,None|{n}",
+                "(256, 64)",
+            ),
+        },
+        "decoder/0/pp_block/attn/o_proj": {
+            0: (o[:, 0:32], f"{n}|{n}#{n}|0,32,None", "(64, 64)"),
+            1: (o[:, 32:64], f"{n}|{n}#{n}|32,64,None", "(64, 64)"),
+        },
+        "decoder/0/pp_block/mlp/down_proj": {
+            0: (down[:, 0:64], f"{n}|{n}#{n}|0,64,None", "(64, 128)"),
+            1: (down[:, 64:128], f"{n}|{n}#{n}|64,128,None", "(64, 128)"),
+        },
+        "token_position_embeddings/pp_block/token_embedding": {
+            0: (embed[0:160], f"{n}|{n}#0,160,None|{n}", "(320, 64)"),
+            1: (embed[160:320], f"{n}|{n}#160,320,None|{n}", "(320, 64)"),
+        },
+        "lm_head/pp_block": {
+            0: (head[0:160], f"{n}|{n}#0,160,None|{n}", "(320, 64)"),
+            1: (head[160:320], f"{n}|{n}#160,320,None|{n}", "(320, 64)"),
+        },
+    }
+    root = nt / "model/model"
+    for path, ranks in expected.items():
+        assert sorted(p.name for p in (root / path).iterdir()) == [SHARD.format(r=r, t=2) for r in (0, 1)], path
+        for r, (data, pairs, shape) in ranks.items():
+            got, meta = shard(root / path / SHARD.format(r=r, t=2))
+            assert meta == {"version": "1.4", "local_global_slices_pairs": pairs, "unsharded_shape": shape}, path
+            assert got.dtype == torch.bfloat16 and torch.equal(got, data), (path, r)
+    norms = {
+        "decoder/0/pp_block/input_layernorm": "model.layers.0.input_layernorm.weight",
+        "decoder/0/pp_block/post_attention_layernorm": "model.layers.0.post_attention_layernorm.weight",
+        "final_layer_norm/pp_block": "model.norm.weight",
+    }
+    for path, name in norms.items():
+        assert [p.name for p in (root / path).iterdir()] == ["model_weight.safetensors"]
+        got, meta = shard(root / path / "model_weight.safetensors")
+        assert meta == {} and torch.equal(got, hf[name])
+    folders = sorted(p.parent.relative_to(root).as_posix() for p in root.rglob("*.safetensors"))
+    assert sorted(set(folders)) == sorted([*expected, *norms])
+
+
+def test_tied_embedding_and_sub_norms_placement(tmp_path, masters):
+    nt = tmp_path / "nt"
+    to(masters["bitnet-2b4t"], nt, "nanotron", tp=2)
+    root = nt / "model/model"
+    assert not (root / "lm_head").exists()  # Nanotron saves a tied weight once, under the embedding
+    hf = read_all(masters["bitnet-2b4t"])
+    for path, name, width in (
+        ("decoder/1/pp_block/attn/attn_sub_norm", "model.layers.1.self_attn.attn_sub_norm.weight", 64),
+        ("decoder/1/pp_block/mlp/ffn_sub_norm", "model.layers.1.mlp.ffn_sub_norm.weight", 128),
+    ):
+        got, meta = shard(root / path / "model_weight.safetensors")
+        assert got.shape == (width,) and meta == {} and torch.equal(got, hf[name])
+
+
+def test_interleaved_rope_permutes_q_and_k_rows_within_heads(tmp_path, masters):
+    nt = tmp_path / "nt"
+    to(masters["llama"], nt, "nanotron", tp=1)  # default: interleaved, what Nanotron's BitNet model applies
+    hf = read_all(masters["llama"])
+    qkv, _ = shard(nt / "model/model/decoder/0/pp_block/attn/qkv_proj" / SHARD.format(r=0, t=1))
+    d = 16  # head_dim: interleaved row 2j of a head is rotate_half row j, row 2j+1 is row j + d/2
+    order = [h * d + (j // 2) + (j % 2) * (d // 2) for h in range(4) for j in range(d)]
+    assert torch.equal(qkv[0:64], hf["model.layers.0.self_attn.q_proj.weight"][order])
+    assert torch.equal(qkv[64:128], hf["model.layers.0.self_attn.k_proj.weight"][order])
+    assert torch.equal(qkv[128:192], hf["model.layers.0.self_attn.v_proj.weight"])  # v is not rotated
+    meta = json.loads((nt / "checkpoint_metadata.json").read_text())
+    assert meta["custom_metas"]["bitconvert"]["rope_interleaved"] is True
+
+
+# --- side files against Nanotron's strict parsers ----------------------------------------------------
+
+#: PR #180's LlamaBitNetConfig fields, the dataclass Nanotron builds with Cls(**model_config.json).
+BITNET_CONFIG_FIELDS = {
+    "bos_token_id": int, "eos_token_id": int, "hidden_act": str, "hidden_size": int, "initializer_range": float,
+    "intermediate_size": int, "is_bitnet_config": bool, "max_position_embeddings": int, "num_attention_heads": int,
+    "num_hidden_layers": int, "num_key_value_heads": int, "pad_token_id": (int, type(None)), "pretraining_tp": int,
+    "rms_norm_eps": float, "rope_scaling": (dict, type(None)), "tie_word_embeddings": bool, "use_cache": bool,
+    "vocab_size": int,
+}
+#: Config sections and their fields present in both checkpoint versions' Config dataclasses (1.4 and 1.5).
+YAML_FIELDS = {
+    "general": {
+        "project", "run", "seed", "step", "consumed_train_samples", "benchmark_csv_path", "ignore_sanity_checks"
+    },
+    "parallelism": {"dp", "pp", "tp", "pp_engine", "tp_mode", "tp_linear_async_communication", "expert_parallel_size"},
+    "model": {"model_config", "init_method", "dtype", "make_vocab_size_divisible_by", "ddp_bucket_cap_mb"},
+    "tokenizer": {"tokenizer_name_or_path", "tokenizer_revision", "tokenizer_max_length"},
+}
+
+
+@pytest.mark.parametrize("version", ["1.4", "1.5"])
+def test_side_files_fit_nanotron_dataclasses(tmp_path, masters, version):
+    nt = tmp_path / "nt"
+    to(masters["bitnet-2b4t"], nt, "nanotron", tp=4, nanotron_version=version)
+    mc = json.loads((nt / "model_config.json").read_text())
+    assert set(mc) == set(BITNET_CONFIG_FIELDS) and mc["is_bitnet_config"] is True
+    for key, typ in BITNET_CONFIG_FIELDS.items():
+        assert isinstance(mc[key], typ) and (typ is bool or not isinstance(mc[key], bool)), key
+    doc = yaml.safe_load((nt / "config.yaml").read_text())
+    assert set(doc) == set(YAML_FIELDS)  # general, parallelism, model are required; tokenizer too in 1.4
+    for section, allowed in YAML_FIELDS.items():
+        assert set(doc[section]) <= allowed, section
+    assert doc["model"]["model_config"] == mc and doc["parallelism"]["tp"] == 4
+    assert doc["model"]["init_method"] == {"std": 0.02} and doc["model"]["dtype"] == "bfloat16"
+    # Config.__post_init__'s model checks
+    assert mc["num_attention_heads"] % 4 == 0 and mc["num_key_value_heads"] >= 4
+    meta = json.loads((nt / "checkpoint_metadata.json").read_text())
+    base = {"version", "tp", "dp", "metas", "custom_metas"}
+    assert set(meta) == (base | {"cp"} if version == "1.5" else base)
+    assert meta["version"] == version and meta["tp"] == 4 and meta["dp"] == 1
+    metas = meta["metas"]  # TrainingMetadata.__post_init__: the totals equal the sums over data stages
+    assert metas["consumed_train_samples"] == sum(s["consumed_train_samples"] for s in metas["data_stages"])
+    assert metas["data_stages"][0]["start_training_step"] == 1
+    for f in (nt / "model/model").rglob("model_weight_*.safetensors"):
+        assert shard(f)[1]["version"] == version
+
+
+# --- packed sources ----------------------------------------------------------------------------
+
+
+def test_packed_source_needs_allow_approximate(tmp_path):
+    with pytest.raises(UsageError, match="--allow-approximate"):
+        to(FIXTURES / "llama-packed", tmp_path / "nt", "nanotron", tp=2)
+    assert not (tmp_path / "nt").exists()
+    r = run_cli("convert", FIXTURES / "bitnet-2b4t-packed", tmp_path / "nt", "--to", "nanotron")
+    assert r.returncode == 2 and "--allow-approximate" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "nt").exists() and not list(tmp_path.iterdir())
+
+
+def test_unpack_output_counts_as_packed(tmp_path):
+    to(FIXTURES / "llama-packed", tmp_path / "u", "hf-bf16")  # what `bitconvert unpack` does
+    with pytest.raises(UsageError, match="--allow-approximate"):
+        to(tmp_path / "u", tmp_path / "nt", "nanotron")
+    to(tmp_path / "u", tmp_path / "nt", "nanotron", allow_approximate=True)
+    to(tmp_path / "nt", tmp_path / "p", "hf-packed")
+    a, b = read_all(FIXTURES / "llama-packed"), read_all(tmp_path / "p")
+    assert all(torch.equal(a[n], b[n]) and a[n].dtype == b[n].dtype for n in a)
+
+
+def _effective(latent: torch.Tensor) -> torch.Tensor:
+    """Nanotron's BitNet weight quantization of one rank's tensor, written here from FORMATS.md §1."""
+    w = latent.double()
+    m = w.abs().mean().clamp(min=1e-5)
+    return (w / m).round().clamp(-1, 1) * m
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_packed_approximation_report_and_exact_way_back(tmp_path, tp):
+    src, nt = FIXTURES / "bitnet-2b4t-packed", tmp_path / "nt"
+    report = to(src, nt, "nanotron", torch.float32, tp=tp, allow_approximate=True)
+    assert report.ternary_sources == {"approximated": 14}
+    errors = report.details["approximation"]
+    assert len(errors) == 14 and report.warnings and "approximated" in report.warnings[0]
+    packed = read_all(src)
+    # Independent recomputation of the reported error for the o_proj of layer 0 (split on dim 1).
+    codes = unpack_codes(packed["model.layers.0.self_attn.o_proj.weight"]).double()
+    want = codes * packed["model.layers.0.self_attn.o_proj.weight_scale"].double()  # autobitlinear: mean|W|
+    folder = nt / "model/model/decoder/0/pp_block/attn/o_proj"
+    got = torch.cat([_effective(shard(folder / SHARD.format(r=r, t=tp))[0]) for r in range(tp)], dim=1)
+    rel = float((got - want).norm() / want.norm())
+    assert rel == pytest.approx(errors["model.layers.0.self_attn.o_proj.weight"]["relative_error"], rel=1e-3, abs=1e-6)
+    if tp == 1:  # one unfused, unsplit matrix: t * mean|W| / p is exact (FORMATS.md §5)
+        for name in ("o_proj", "down_proj"):
+            full = f"model.layers.1.{'self_attn' if name == 'o_proj' else 'mlp'}.{name}.weight"
+            assert errors[full]["relative_error"] < 1e-6 and errors[full]["codes_changed"] == 0
+        assert rel < 1e-6
+    # fused q|k|v share one scale per rank, so they cannot all be exact
+    assert max(errors[f"model.layers.0.self_attn.{x}_proj.weight"]["relative_error"] for x in "qkv") > 1e-4
+    to(nt, tmp_path / "back", "hf-packed")
+    back = read_all(tmp_path / "back")
+    assert sorted(back) == sorted(packed)
+    for name in packed:
+        assert back[name].dtype == packed[name].dtype and torch.equal(back[name], packed[name]), name
+
+
+def test_packed_reshard_equals_direct(tmp_path):
+    src = FIXTURES / "llama-packed"
+    to(src, tmp_path / "d2", "nanotron", tp=2, allow_approximate=True)
+    to(src, tmp_path / "d1", "nanotron", tp=1, allow_approximate=True)
+    with pytest.raises(UsageError):  # still ternary weights behind the latent ones
+        to(tmp_path / "d2", tmp_path / "r1", "nanotron", tp=1)
+    to(tmp_path / "d2", tmp_path / "r1", "nanotron", tp=1, allow_approximate=True)
+    assert tree(tmp_path / "r1") == tree(tmp_path / "d1")
+
+
+# --- tensor-parallel limits ---------------------------------------------------------------------
+
+
+def test_vocab_is_padded_for_tp_and_stripped_on_read(tmp_path):
+    src = make_checkpoint(tmp_path / "src", "llama", "master", hidden=48, intermediate=96, heads=3, kv_heads=3, seed=5)
+    nt = tmp_path / "nt"
+    report = to(src, nt, "nanotron", tp=3)
+    assert report.details["vocab_padding"].startswith("320 -> 321")
+    assert json.loads((nt / "model_config.json").read_text())["vocab_size"] == 321
+    for path in ("token_position_embeddings/pp_block/token_embedding", "lm_head/pp_block"):
+        last, meta = shard(nt / "model/model" / path / SHARD.format(r=2, t=3))
+        assert meta["unsharded_shape"] == "(321, 48)" and last.shape == (107, 48)
+        assert not last[-1].any()  # the padding row
+    to(nt, tmp_path / "back", "hf-bf16")
+    a, b = read_all(src), read_all(tmp_path / "back")
+    assert all(torch.equal(a[n], b[n]) for n in a) and b["lm_head.weight"].shape[0] == 320
+
+
+def test_fewer_kv_heads_than_tp_is_refused(tmp_path):
+    r = run_cli("convert", FIXTURES / "llama-master", tmp_path / "nt", "--to", "nanotron", "--tp", "4")
+    assert r.returncode == 2 and "2 key/value heads" in r.stderr and "num_key_value_heads >= tp" in r.stderr
+    assert not (tmp_path / "nt").exists()
+    with pytest.raises(UsageError, match="--tp 3"):
+        to(FIXTURES / "llama-master", tmp_path / "nt", "nanotron", tp=3)
+    with pytest.raises(UsageError, match="--nanotron-version"):
+        to(FIXTURES / "llama-master", tmp_path / "nt", "nanotron", nanotron_version="2.0")
+    assert not (tmp_path / "nt").exists()
+
+
+# --- foreign checkpoints ------------------------------------------------------------------------
+
+
+def test_reads_plain_llama_config_without_custom_metas(tmp_path, masters):
+    """A checkpoint Nanotron itself wrote: upstream LlamaConfig, no bitconvert record, numpy-style shapes."""
+    nt = tmp_path / "nt"
+    to(masters["llama"], nt, "nanotron", tp=2, rope_interleaved=False)
+    mc = json.loads((nt / "model_config.json").read_text())
+    del mc["is_bitnet_config"]
+    mc.update(is_llama_config=True, rope_theta=500000.0, rope_interleaved=False)
+    (nt / "model_config.json").write_text(json.dumps(mc))
+    (nt / "checkpoint_metadata.json").unlink()
+    f = nt / "model/model/decoder/0/pp_block/attn/qkv_proj" / SHARD.format(r=1, t=2)
+    data, meta = shard(f)
+    meta["unsharded_shape"] = "(np.int64(192), 64)"
+    save_file({"data": data}, str(f), metadata=meta)
+    ckpt = open_checkpoint(nt)
+    assert ckpt.format == "nanotron" and ckpt.config.architecture.value == "llama"
+    assert ckpt.config.rope_theta == 500000.0 and any("plain Llama" in n for n in ckpt.notes)
+    hf = read_all(masters["llama"])
+    for name, entry in ckpt.tensors.items():
+        assert torch.equal(entry.load(), hf[name]), name
+
+
+def test_checkpoint_saved_by_nanotron_itself(tmp_path, masters):
+    """Nanotron's save writes custom_metas: null; the architecture comes back from the sub-norms and activation."""
+    nt = tmp_path / "nt"
+    to(masters["bitnet-2b4t"], nt, "nanotron", tp=2)
+    meta_path = nt / "checkpoint_metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta["custom_metas"] = None
+    meta_path.write_text(json.dumps(meta))
+    ckpt = open_checkpoint(nt)
+    assert ckpt.config.architecture.value == "bitnet-b1.58" and ckpt.config.hidden_act == "relu2"
+    assert ckpt.config.rope_theta == 10000.0 and any("no bitconvert record" in n for n in ckpt.notes)
+    hf = read_all(masters["bitnet-2b4t"])
+    assert all(torch.equal(e.load(), hf[n]) for n, e in ckpt.tensors.items())
+
+
+def test_changed_weights_drop_the_recorded_ternary_scale(tmp_path):
+    nt = tmp_path / "nt"
+    to(FIXTURES / "llama-packed", nt, "nanotron", tp=2, allow_approximate=True)
+    assert all(e.ternary for n, e in open_checkpoint(nt).tensors.items() if "_proj" in n)
+    f = nt / "model/model/decoder/1/pp_block/mlp/down_proj" / SHARD.format(r=0, t=2)
+    data, meta = shard(f)
+    save_file({"data": data * 1.5}, str(f), metadata=meta)  # as if fine-tuned
+    ckpt = open_checkpoint(nt)
+    entry = ckpt.tensors["model.layers.1.mlp.down_proj.weight"]
+    assert not entry.ternary and not isinstance(entry.load(), TernaryWeight)
+    assert sum(e.ternary for e in ckpt.tensors.values()) == 13 and any("no longer match" in n for n in ckpt.notes)
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+
+def _break_missing_shard(nt: Path) -> None:
+    (nt / "model/model/decoder/1/pp_block/mlp/down_proj" / SHARD.format(r=1, t=2)).unlink()
+
+
+def _break_mixed_tp(nt: Path) -> None:
+    folder = nt / "model/model/decoder/0/pp_block/attn/o_proj"
+    for r in (0, 1):
+        os.rename(folder / SHARD.format(r=r, t=2), folder / SHARD.format(r=r, t=4))
+    for r in (2, 3):
+        shutil.copy(folder / SHARD.format(r=0, t=4), folder / SHARD.format(r=r, t=4))
+
+
+def _break_mixed_ranks_in_one_param(nt: Path) -> None:
+    folder = nt / "model/model/decoder/0/pp_block/attn/o_proj"
+    os.rename(folder / SHARD.format(r=1, t=2), folder / SHARD.format(r=1, t=3))
+
+
+def _break_overlap(nt: Path) -> None:
+    f = nt / "model/model/decoder/0/pp_block/mlp/gate_up_proj" / SHARD.format(r=1, t=2)
+    data, meta = shard(f)
+    meta["local_global_slices_pairs"] = meta["local_global_slices_pairs"].replace("#64,128,None", "#0,64,None")
+    save_file({"data": data}, str(f), metadata=meta)
+
+
+def _break_out_of_range(nt: Path) -> None:
+    f = nt / "model/model/token_position_embeddings/pp_block/token_embedding" / SHARD.format(r=1, t=2)
+    data, meta = shard(f)
+    meta["local_global_slices_pairs"] = meta["local_global_slices_pairs"].replace("160,320", "170,330")
+    save_file({"data": data}, str(f), metadata=meta)
+
+
+def _break_metadata_key(nt: Path) -> None:
+    f = nt / "model/model/lm_head/pp_block" / SHARD.format(r=0, t=2)
+    data, meta = shard(f)
+    del meta["unsharded_shape"]
+    save_file({"data": data}, str(f), metadata=meta)
+
+
+def _break_symlink(nt: Path) -> None:
+    outside = nt.parent / "elsewhere"
+    shutil.move(nt / "model/model/final_layer_norm/pp_block", outside)
+    os.symlink(outside, nt / "model/model/final_layer_norm/pp_block")
+
+
+def _break_meta_tp(nt: Path) -> None:
+    p = nt / "checkpoint_metadata.json"
+    p.write_text(p.read_text().replace('"tp": 2', '"tp": 4'))
+
+
+def _break_extra_layer(nt: Path) -> None:
+    shutil.copytree(nt / "model/model/decoder/1", nt / "model/model/decoder/2")
+
+
+def _break_model_config(nt: Path) -> None:
+    p = nt / "model_config.json"
+    p.write_text(p.read_text().replace('"hidden_size": 64', '"hidden_size": 128'))
+
+
+def _break_two_tensors(nt: Path) -> None:
+    f = nt / "model/model/decoder/0/pp_block/input_layernorm/model_weight.safetensors"
+    data, _ = shard(f)
+    save_file({"data": data, "extra": data.clone()}, str(f))
+
+
+BREAKS = {
+    "missing shard": (_break_missing_shard, "missing shard tp-rank-1-of-2"),
+    "mixed tp sizes": (_break_mixed_tp, "mismatched ranks"),
+    "mixed ranks in one param": (_break_mixed_ranks_in_one_param, "mismatched ranks"),
+    "overlapping slices": (_break_overlap, "does not tile"),
+    "slice out of range": (_break_out_of_range, "outside a dimension"),
+    "metadata key missing": (_break_metadata_key, "lacks 'unsharded_shape'"),
+    "symlink outside": (_break_symlink, "points outside the checkpoint"),
+    "metadata tp": (_break_meta_tp, "tp=4"),
+    "unexpected parameter": (_break_extra_layer, "unexpected parameter"),
+    "config disagrees": (_break_model_config, "hidden_size is 128"),
+    "two tensors in a file": (_break_two_tensors, "holds one tensor, 'data'"),
+}
+
+
+@pytest.mark.parametrize("case", list(BREAKS))
+def test_bad_checkpoint_is_one_line_error_and_no_output(tmp_path, masters, case):
+    nt = tmp_path / "nt"
+    to(masters["llama"], nt, "nanotron", tp=2)
+    breaker, message = BREAKS[case]
+    breaker(nt)
+    with pytest.raises(CheckpointError, match=message.replace("(", r"\(")) as caught:
+        to(nt, tmp_path / "out", "hf-bf16")
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("case", ["missing shard", "symlink outside"])
+def test_bad_checkpoint_on_the_command_line(tmp_path, masters, case):
+    nt = tmp_path / "nt"
+    to(masters["llama"], nt, "nanotron", tp=2)
+    breaker, message = BREAKS[case]
+    breaker(nt)
+    r = run_cli("convert", nt, tmp_path / "out", "--to", "hf-bf16")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1 and message in lines[0] and "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+# --- streaming ----------------------------------------------------------------------------------
+
+
+def test_reading_touches_each_stored_byte_once(tmp_path, masters, monkeypatch):
+    """Every HF tensor is read from exactly its rows of each rank file: no whole-model or whole-param load."""
+    from bitconvert.formats import nanotron
+
+    nt = tmp_path / "nt"
+    to(masters["bitnet-2b4t"], nt, "nanotron", tp=4)
+    reads: list[int] = []
+    real = nanotron._read_rows
+
+    def counting(shard_, start, stop):
+        out = real(shard_, start, stop)
+        reads.append(out.numel() * out.element_size())
+        return out
+
+    monkeypatch.setattr(nanotron, "_read_rows", counting)
+    to(nt, tmp_path / "back", "hf-bf16")
+    stored = sum(shard(f)[0].numel() * 2 for f in (nt / "model/model").rglob("*.safetensors"))
+    assert sum(reads) == stored
+    assert max(reads) <= 320 // 4 * 64 * 2  # one rank's block of the largest tensor (the embedding)
+
+
+MEMORY_SCRIPT = """
+import sys
+from pathlib import Path
+from bitconvert.convert import convert
+from bitconvert.formats import WriteOptions, open_checkpoint
+
+def status(key):  # this process's own memory (ru_maxrss would carry the parent's peak over the fork)
+    line = next(l for l in open("/proc/self/status") if l.startswith(key + ":"))
+    return int(line.split()[1]) * 1024
+
+src, nt, back = map(Path, sys.argv[1:4])
+open_checkpoint(src)  # imports and warm-up outside the measured part
+resident = status("VmRSS")
+convert(src, nt, "nanotron", WriteOptions(extra={"tp": 2}))
+convert(nt, back, "hf-bf16", WriteOptions())
+print(status("VmHWM") - resident)  # an upper bound on what the two conversions added
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads resident memory from /proc")
+def test_peak_memory_is_far_below_model_size(tmp_path):
+    """A ~100 MB model converts both ways with peak RSS growth of a few of its largest tensors."""
+    src = make_checkpoint(tmp_path / "big", "llama", "master", hidden=512, intermediate=1536, layers=16,
+                          heads=8, kv_heads=8, seed=1)
+    size = (src / "model.safetensors").stat().st_size
+    r = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, src, tmp_path / "nt", tmp_path / "back"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    grew = int(r.stdout.strip().splitlines()[-1])
+    largest = 2 * 1536 * 512 * 2  # the fused gate_up_proj in bf16
+    assert size > 90e6 and grew < 0.4 * size, (grew, size)
+    assert grew < 12 * largest, (grew, largest)
