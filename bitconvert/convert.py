@@ -48,11 +48,24 @@ def convert(
     progress: Progress = no_progress,
 ) -> ConvertResult:
     """Convert the checkpoint at ``src`` into format ``to`` at ``dst``; ``dst`` appears only when complete."""
-    src, dst = Path(src), Path(dst)
+    from .hub import resolve_source
+    from .provenance import BackgroundHashes, write_conversion_provenance
+
     start = time.perf_counter()
     writer = writer_for(to)
+    source = resolve_source(src)  # hf://ORG/NAME[@REV] -> local snapshot; local paths unchanged
+    shown_src, src, dst = source.uri or str(src), source.path, Path(dst)
     check_paths(src, dst, force)
     ckpt = open_checkpoint(src, src_format)
-    with staged_output(dst, directory=writer.writes_directory, force=force) as scratch:
-        report = writer.write(ckpt, scratch, options or WriteOptions(), progress)
-    return ConvertResult(str(src), ckpt.format, str(dst), report, time.perf_counter() - start, list(ckpt.notes))
+    # Source hashes for the provenance file are computed alongside the conversion, not after it.
+    hashes = BackgroundHashes(source.path, source.files) if writer.writes_directory else None
+    try:
+        with staged_output(dst, directory=writer.writes_directory, force=force) as scratch:
+            report = writer.write(ckpt, scratch, options or WriteOptions(), progress)
+            if hashes is not None:  # where it came from, for the model card (bitconvert_provenance.json)
+                files = hashes.result()
+                report.files.append(write_conversion_provenance(scratch, source, ckpt.format, report, files))
+    finally:
+        if hashes is not None:
+            hashes.cancel()
+    return ConvertResult(shown_src, ckpt.format, str(dst), report, time.perf_counter() - start, list(ckpt.notes))

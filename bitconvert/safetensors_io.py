@@ -106,8 +106,11 @@ class SafetensorsFile:
             end = stop
         available = size - self.data_start
         if end > available:
+            cut = next(name for start, stop, name in spans if stop > available)  # the first tensor the file lacks
             raise CheckpointError(
-                self.path, f"file is truncated: the header declares {end} bytes of tensor data, the file holds {available}"
+                self.path,
+                f"file is truncated: the header declares {end} bytes of tensor data, the file holds {available}",
+                cut,
             )
         if end < available:
             raise CheckpointError(self.path, f"{available - end} unexpected bytes after the tensor data")

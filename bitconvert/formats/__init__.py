@@ -69,7 +69,7 @@ READERS: dict[str, Reader] = {}
 WRITERS: dict[str, Writer] = {}
 
 # Format modules register themselves on import; this list is the only place that names them.
-_FORMAT_MODULES = ["hf_bf16", "hf_packed"]
+_FORMAT_MODULES = ["hf_bf16", "hf_packed", "gguf", "nanotron"]
 
 
 def register_reader(reader: Reader) -> Reader:
@@ -105,7 +105,9 @@ def detect_format(path: Path) -> str:
 
 
 def open_checkpoint(path: str | Path, format: str | None = None) -> Checkpoint:
-    path = Path(path)
+    from ..hub import local_source  # hf://ORG/NAME[@REV] -> local snapshot; other paths unchanged
+
+    path = local_source(path)
     load_all()
     if format is None:
         format = detect_format(path)

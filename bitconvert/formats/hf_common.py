@@ -63,7 +63,7 @@ def _weight_files(path: Path) -> list[Path]:
                 or "/" in fname
                 or "\\" in fname
                 or fname in (".", "..")
-                or (root / fname).resolve().parent != root
+                or (root / fname).parent.resolve() != root  # stays in this folder; the file may be a symlink (HF cache)
             ):
                 raise CheckpointError(index, f"index entry {fname!r} points outside the checkpoint directory", tensor)
             p = path / fname

@@ -1,0 +1,170 @@
+"""The README.md model card written when an upload has none: Hub front matter, format, loading, provenance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import __version__
+
+ARCH_NAMES = {
+    "bitnet-b1.58": "BitNetForCausalLM (microsoft/bitnet-b1.58-2B-4T family: relu², sub-norms)",
+    "1bitllm": "BitnetForCausalLM (1bitLLM family: SiLU, sub-norms)",
+    "llama": "LlamaForCausalLM (HF1BitLLM / Falcon3 1.58-bit family)",
+}
+
+
+@dataclass
+class CardInput:
+    repo_id: str  # where the card will live
+    format: str  # bitconvert format name, e.g. hf-packed
+    architecture: str  # bitconvert Architecture value
+    files: list[str] = field(default_factory=list)  # files of the upload, for loading hints
+    provenance: dict[str, Any] | None = None
+    #: how the ternary weights are stored, as the reader labels them (e.g. "U8 packed + BF16 scale", "I2_S")
+    storage: list[str] = field(default_factory=list)
+    linear_class: str | None = None  # autobitlinear | bitlinear, where known
+
+
+def _family(fmt: str) -> str:
+    if fmt.startswith("hf-"):
+        return "hf"
+    if "gguf" in fmt:
+        return "gguf"
+    if "nanotron" in fmt:
+        return "nanotron"
+    return "other"
+
+
+LIBRARY = {"hf": "transformers", "gguf": "gguf", "nanotron": "nanotron"}
+
+
+def front_matter(card: CardInput) -> str:
+    """The YAML block the Hub reads, produced by huggingface_hub's own ModelCardData."""
+    from huggingface_hub import ModelCardData
+
+    prov = card.provenance or {}
+    data = ModelCardData(
+        library_name=LIBRARY.get(_family(card.format)),
+        tags=["bitnet", "1.58-bit", card.format],
+        base_model=prov.get("base_model") or None,
+        license=prov.get("license") or None,
+        pipeline_tag="text-generation",
+    )
+    return data.to_yaml()
+
+
+_SCALE_MEANING = {
+    "autobitlinear": "the scale is mean|W| and multiplies the output",
+    "bitlinear": "the scale is 1/mean|W| and divides the output",
+}
+
+
+def _scale_meaning(card: CardInput) -> str:
+    meaning = _SCALE_MEANING.get(card.linear_class or "")
+    return f" (here `{card.linear_class}`: {meaning})." if meaning else "."
+
+
+def _storage(card: CardInput) -> str:
+    return f" Ternary weights stored as: {', '.join(card.storage)}." if card.storage else ""
+
+
+def _format_text(card: CardInput) -> str:
+    fam = _family(card.format)
+    if card.format == "hf-packed":
+        return (
+            "transformers' packed BitNet layout (`quantization_config.quant_method: bitnet`, offline mode): each "
+            "quantized linear weight is stored as uint8 holding four ternary codes per byte (row blocks), next to "
+            "a one-element `weight_scale` whose meaning is set by `quantization_config.linear_class`"
+            + _scale_meaning(card)
+        )
+    if card.format == "hf-bf16":
+        return (
+            "Float master weights in the Hugging Face safetensors layout; the linear weights are quantized to "
+            "ternary (absmean, one scale per tensor) when the model runs."
+        )
+    if fam == "gguf":
+        return "A GGUF file with ternary weight types, for llama.cpp-family runtimes."
+    if fam == "nanotron":
+        return "A Nanotron checkpoint (one safetensors file per parameter and tensor-parallel rank)."
+    return f"the `{card.format}` layout written by bitconvert."
+
+
+def _loading(card: CardInput) -> str:
+    fam, repo = _family(card.format), card.repo_id
+    if fam == "hf":
+        if card.architecture == "1bitllm":
+            return (
+                "`BitnetForCausalLM` is not part of transformers: load it with the original 1bitLLM modelling code "
+                "(`trust_remote_code=True` on a repository that ships it), or convert it with bitconvert.\n"
+            )
+        return (
+            "With transformers:\n\n```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+            f'tokenizer = AutoTokenizer.from_pretrained("{repo}")\n'
+            f'model = AutoModelForCausalLM.from_pretrained("{repo}", torch_dtype="bfloat16")\n```\n'
+        )
+    if fam == "gguf":
+        gguf = next((f for f in card.files if f.endswith(".gguf")), "model.gguf")
+        if any("I2_S" in s.upper() for s in [card.format, gguf, *card.storage]):
+            return (
+                "With bitnet.cpp (I2_S is its own type; upstream llama.cpp cannot read it):\n\n```sh\n"
+                f"hf download {repo} {gguf} --local-dir model\n"
+                f'python run_inference.py -m model/{gguf} -p "Hello"\n```\n'
+            )
+        text = f'With llama.cpp:\n\n```sh\nllama-cli -hf {repo} -p "Hello"\n```\n'
+        if card.architecture == "bitnet-b1.58":
+            text += (
+                "\nNote: upstream llama.cpp computes this architecture's feed-forward with SiLU, while the model "
+                "uses relu²; its outputs there are wrong. Use a runtime that implements relu² (e.g. bitnet.cpp).\n"
+            )
+        return text
+    if fam == "nanotron":
+        return "With Nanotron's BitNet support (huggingface/nanotron PR #180), loading this directory.\n"
+    return "With bitconvert (`bitconvert inspect`, `bitconvert convert`).\n"
+
+
+def _cell(value: Any) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ") if value not in (None, "") else "unknown"
+
+
+def _provenance(card: CardInput) -> str:
+    prov = card.provenance
+    if not prov:
+        return "Not converted by bitconvert (no provenance file); origin unknown.\n"
+    src = prov.get("source") or {}
+    if src.get("repo_id"):
+        where = f"[{src['repo_id']}](https://huggingface.co/{src['repo_id']}) at `{src.get('revision') or 'main'}`"
+        if src.get("commit"):
+            where += f" (commit `{src['commit']}`)"
+    else:
+        where = f"local path `{src.get('path')}`" if src.get("path") else "unknown"
+    rows = [
+        ("Source", where),
+        ("Source format", _cell(src.get("format"))),
+        ("Base model", _cell(prov.get("base_model"))),
+        ("bitconvert version", _cell(prov.get("bitconvert_version"))),
+        ("Command", f"`{prov['command']}`" if prov.get("command") else "library call"),
+    ]
+    out = "| | |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
+    files = prov.get("source_files") or []
+    if files:
+        out += "\nSource files:\n\n| file | bytes | sha256 |\n|---|---:|---|\n"
+        out += "".join(f"| {_cell(f.get('path'))} | {f.get('size', '')} | `{f.get('sha256', '')}` |\n" for f in files)
+    return out
+
+
+def render_card(card: CardInput) -> str:
+    from .hub import scrub_secrets
+
+    name = card.repo_id.split("/")[-1]
+    arch = ARCH_NAMES.get(card.architecture, card.architecture)
+    body = (
+        f"# {name}\n\n"
+        f"A BitNet b1.58 checkpoint: every linear weight is -1, 0 or +1 with one scale per tensor. "
+        f"Architecture: {arch}.\n\n"
+        f"## Format: `{card.format}`\n\n{_format_text(card)}{_storage(card)}\n\n"
+        f"## How to load\n\n{_loading(card)}\n"
+        f"## Provenance\n\n{_provenance(card)}\n"
+        f"Card generated by bitconvert {__version__}.\n"
+    )
+    return scrub_secrets(f"---\n{front_matter(card)}\n---\n\n{body}")

@@ -1,0 +1,160 @@
+"""The small provenance file ``convert`` leaves in a directory output; the model card reads it.
+
+It answers "where did these weights come from?": the source (local path, or Hub repo with the
+resolved commit), the sha256 of every source file, the bitconvert version and the command. It holds
+nothing secret: the Hub token never reaches it (bitconvert takes the token only from the
+environment or the token file, never from the command line), and any text that could carry it is
+scrubbed before writing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Iterable
+
+from . import __version__
+
+PROVENANCE_NAME = "bitconvert_provenance.json"
+SCHEMA = 1
+_CHUNK = 8 * 1024 * 1024
+
+
+class HashingCancelled(Exception):
+    pass
+
+
+def sha256_file(path: Path, stop: threading.Event | None = None) -> str:
+    """Streamed, so a multi-gigabyte shard never sits in memory; ``stop`` ends it early."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            if stop is not None and stop.is_set():
+                raise HashingCancelled(str(path))
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class BackgroundHashes:
+    """Hash the source files on a thread while a conversion reads them (hashlib releases the GIL)."""
+
+    def __init__(self, root: Path, names: Iterable[str] | None = None) -> None:
+        self._stop = threading.Event()
+        self._result: list[dict[str, Any]] | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(root, names), daemon=True, name="bitconvert-sha256")
+        self._thread.start()
+
+    def _run(self, root: Path, names: Iterable[str] | None) -> None:
+        try:
+            self._result = source_files(root, names, self._stop)
+        except BaseException as exc:  # handed to whoever asks for the result
+            self._error = exc
+
+    def result(self) -> list[dict[str, Any]]:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+    def cancel(self) -> None:
+        self._stop.set()
+
+
+def current_command() -> str | None:
+    """The bitconvert command line of this process, or None when bitconvert runs as a library."""
+    argv0 = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    is_cli = argv0 == "bitconvert" or (argv0 == "__main__.py" and Path(sys.argv[0]).parent.name == "bitconvert")
+    return shlex.join(["bitconvert", *sys.argv[1:]]) if is_cli else None
+
+
+def visible_files(root: Path) -> list[Path]:
+    """Every file of a checkpoint directory, sorted; dot files and dot folders are local state, not content."""
+    return sorted(
+        p for p in root.rglob("*") if p.is_file() and not any(s.startswith(".") for s in p.relative_to(root).parts)
+    )
+
+
+def source_files(
+    root: Path, names: Iterable[str] | None = None, stop: threading.Event | None = None
+) -> list[dict[str, Any]]:
+    """Size and sha256 of each source file; ``names`` (paths relative to ``root``) or every visible file."""
+    if root.is_file():
+        return [{"path": root.name, "size": root.stat().st_size, "sha256": sha256_file(root, stop)}]
+    if names is None:
+        names = [p.relative_to(root).as_posix() for p in visible_files(root)]
+    out = []
+    for name in names:
+        p = root / name
+        out.append({"path": name, "size": p.stat().st_size, "sha256": sha256_file(p, stop)})
+    return out
+
+
+def read_provenance(path: Path) -> dict[str, Any] | None:
+    """The provenance stored in directory ``path``, or None when there is none (or it is unreadable)."""
+    f = path / PROVENANCE_NAME if path.is_dir() else None
+    if f is None or not f.is_file():
+        return None
+    try:
+        data = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # provenance is informative only: a damaged file must not block a conversion
+    return data if isinstance(data, dict) else None
+
+
+def build_provenance(
+    *,
+    source: dict[str, Any],
+    files: list[dict[str, Any]],
+    output_format: str,
+    output_files: list[str],
+    base_model: str | None,
+    license: str | None = None,
+    command: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "schema": SCHEMA,
+        "tool": "bitconvert",
+        "bitconvert_version": __version__,
+        "command": command,
+        "source": source,
+        "source_files": files,
+        "base_model": base_model,
+        "license": license,
+        "output": {"format": output_format, "files": output_files},
+    }
+
+
+def write_provenance(out_dir: Path, data: dict[str, Any], scrub=lambda text: text) -> str:
+    """Write ``data`` into ``out_dir``; ``scrub`` removes secrets from the serialized text. Returns the name."""
+    text = scrub(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    (out_dir / PROVENANCE_NAME).write_text(text, encoding="utf-8")
+    return PROVENANCE_NAME
+
+
+def write_conversion_provenance(
+    out_dir: Path, source, src_format: str, report, files: list[dict[str, Any]] | None = None
+) -> str:
+    """Provenance of one conversion: ``source`` is a :class:`bitconvert.hub.SourceRef`, ``report`` the writer's;
+    ``files`` the source hashes when already computed (see :class:`BackgroundHashes`)."""
+    from .hub import scrub_secrets
+
+    upstream = read_provenance(source.path) if source.path.is_dir() else None
+    # The model these weights are a conversion of: the Hub repo they came from, else what the source says.
+    base_model = source.repo_id or (upstream or {}).get("base_model")
+    license = source.license or (upstream or {}).get("license")
+    data = build_provenance(
+        source={**source.describe(), "format": src_format},
+        files=files if files is not None else source_files(source.path, source.files),
+        output_format=report.format,
+        output_files=[*report.files, PROVENANCE_NAME],
+        base_model=base_model,
+        license=license,
+        command=current_command(),
+    )
+    return write_provenance(out_dir, data, scrub_secrets)
