@@ -68,4 +68,6 @@ def convert(
     finally:
         if hashes is not None:
             hashes.cancel()
+    if not writer.writes_directory:
+        report.files = [dst.name]  # the writer only saw the staging path
     return ConvertResult(shown_src, ckpt.format, str(dst), report, time.perf_counter() - start, list(ckpt.notes))

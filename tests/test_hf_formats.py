@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import struct
@@ -16,7 +15,7 @@ import pytest
 import torch
 
 from bitconvert.formats import open_checkpoint
-from bitconvert.ternary import LinearClass, pack_codes
+from bitconvert.ternary import pack_codes
 from conftest import FIXTURES, read_all, run_cli
 
 MASTERS = ["bitnet-2b4t-master", "1bitllm-master", "llama-master"]

@@ -8,7 +8,6 @@ reciprocal convention (bitlinear) could not be recovered from the float values a
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -16,11 +15,11 @@ import torch
 from ..checkpoint import Checkpoint, TensorEntry, as_dense, check_tensor_set, is_ignored_tensor
 from ..config import QuantConfig, QuantMode
 from ..errors import CheckpointError
-from ..safetensors_io import DTYPE_NAMES, DTYPES, PlannedTensor, SafetensorsFile, StoredTensor
+from ..safetensors_io import DTYPE_NAMES, PlannedTensor, SafetensorsFile, StoredTensor
+from ..scale_hints import SCALE_HINTS_KEY, decode_hints, encode_hints
 from ..ternary import LinearClass, TernaryScale, TernaryWeight, recover_ternary
 from . import Progress, WriteOptions, WriteReport, register_reader, register_writer
 from .hf_common import (
-    SCALE_HINTS_KEY,
     copy_side_files,
     looks_like_hf,
     ordered_names,
@@ -32,22 +31,6 @@ from .hf_packed import is_packed_directory
 
 NAME = "hf-bf16"
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-def _encode_scale(scale: TernaryScale) -> list[str]:
-    raw = scale.value.reshape(1).contiguous().view(torch.uint8).numpy().tobytes()
-    return [scale.linear_class.value, DTYPE_NAMES[scale.dtype], raw.hex()]
-
-
-def _decode_scale(item: object) -> TernaryScale | None:
-    try:
-        cls, dtype, hexbits = item  # type: ignore[misc]
-        raw = bytearray.fromhex(hexbits)
-        value = torch.frombuffer(raw, dtype=DTYPES[dtype]).clone().reshape(1)
-        scale = TernaryScale(value, LinearClass(cls))
-        return scale if scale.is_valid() else None
-    except (TypeError, ValueError, KeyError):
-        return None
 
 
 def _load_master(st: SafetensorsFile, t: StoredTensor, hint: TernaryScale | None) -> torch.Tensor | TernaryWeight:
@@ -78,11 +61,8 @@ class HFBF16Reader:
         raw_hints = d.metadata_value(SCALE_HINTS_KEY)
         if raw_hints:
             try:
-                for name, item in json.loads(raw_hints).items():
-                    scale = _decode_scale(item)
-                    if scale is not None:
-                        hints[name] = scale
-            except (ValueError, AttributeError):
+                hints = decode_hints(raw_hints)
+            except ValueError:
                 notes.append(f"ignored unreadable {SCALE_HINTS_KEY} metadata")
         entries: dict[str, TensorEntry] = {}
         for name in ordered_names(cfg, d.stored):
@@ -121,14 +101,10 @@ class HFBF16Writer:
         report = WriteReport(NAME)
         names = ordered_names(cfg, ckpt.tensors)
         plan = [PlannedTensor(n, options.dtype, ckpt.tensors[n].shape) for n in names]
-        hints = {}
-        for n in names:
-            e = ckpt.tensors[n]
-            if e.load_scale is not None:
-                hints[n] = _encode_scale(e.load_scale())
+        hints = {n: ckpt.tensors[n].load_scale() for n in names if ckpt.tensors[n].load_scale is not None}
         metadata = {"format": "pt"}
         if hints:
-            metadata[SCALE_HINTS_KEY] = json.dumps(hints, separators=(",", ":"))
+            metadata[SCALE_HINTS_KEY] = encode_hints(hints)
         dequantized = 0
 
         def produce(t: PlannedTensor) -> torch.Tensor:

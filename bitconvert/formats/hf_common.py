@@ -21,8 +21,6 @@ SINGLE_NAME = "model.safetensors"
 #: Weight files in formats that can run code when loaded, or that another reader owns.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 NOT_SIDE_FILES = PICKLE_SUFFIXES + (".safetensors", ".gguf", ".h5", ".msgpack", ".onnx", ".npz", ".npy")
-#: safetensors metadata key under which ``unpack`` records the exact stored scales
-SCALE_HINTS_KEY = "bitconvert.ternary_scales"
 
 
 @dataclass

@@ -1,0 +1,261 @@
+"""Byte codecs for the GGML tensor types bitconvert reads and writes, vectorized in torch.
+
+Ternary codes travel as int8 tensors in {-1, 0, 1}, shape ``[rows, cols]`` (PyTorch order; a GGML
+row is a PyTorch row, ``ne[0] = cols``). Block types cut each row into blocks along ``cols``.
+
+- TQ2_0: 256 values -> 64 bytes ``qs`` + fp16 ``d``. Value ``j`` of a block sits in byte
+  ``(j // 128) * 32 + j % 32`` at shift ``2 * ((j % 128) // 32)``; stored code = t + 1.
+- TQ1_0: 256 values -> 48 bytes ``qs`` + 4 bytes ``qh`` + fp16 ``d``; five trits per byte in base 3
+  (first trit most significant), the byte stored as ``ceil(v * 256 / 243)`` so a trit is read back
+  as ``((byte * 3**n) mod 256) * 3 >> 8``. ``qs[0:32]`` hold values ``m + 32n``, ``qs[32:48]`` hold
+  ``160 + m + 16n``, ``qh[0:4]`` hold ``240 + j + 4m`` (four trits, times 3).
+- I2_S (bitnet.cpp, x86 layout): the flattened tensor in 128-value blocks of 32 bytes; value ``j``
+  goes to byte ``j % 32`` at shift ``6 - 2 * (j // 32)``; then one float32 scale and padding up to
+  32 bytes. Codes 0, 1, 2 mean -1, 0, +1.
+
+Pure functions: no files. Encoders trust their codes to be in {-1, 0, 1}; decoders read a stored
+code 3 (invalid) as 2, so callers reject it first with :func:`first_code_3`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+# GGML type ids (upstream llama.cpp; I2_S is bitnet.cpp's fork, whose ids clash with upstream's).
+F32, F16, Q8_0, BF16, TQ1_0, TQ2_0 = 0, 1, 8, 30, 34, 35
+I2_S = 36
+TL1, TL2 = 38, 39
+
+QK_K = 256  # TQ block
+QK_I2_S = 128  # I2_S block (x86)
+I2_S_TAIL = 32  # bytes after the packed codes: the fp32 scale, then padding
+QK8_0 = 32
+
+
+@dataclass(frozen=True)
+class GGMLType:
+    id: int
+    name: str
+    block: int  # values per block along ne[0]
+    block_bytes: int
+
+
+TYPES: dict[int, GGMLType] = {
+    t.id: t
+    for t in (
+        GGMLType(F32, "F32", 1, 4),
+        GGMLType(F16, "F16", 1, 2),
+        GGMLType(BF16, "BF16", 1, 2),
+        GGMLType(Q8_0, "Q8_0", QK8_0, 34),
+        GGMLType(TQ1_0, "TQ1_0", QK_K, 54),
+        GGMLType(TQ2_0, "TQ2_0", QK_K, 66),
+        # I2_S declares one byte per value to ggml; its real size is special-cased (see nbytes).
+        GGMLType(I2_S, "I2_S", 1, 1),
+    )
+}
+TYPE_BY_NAME = {t.name: t for t in TYPES.values()}
+FLOAT_TYPES = {F32: torch.float32, F16: torch.float16, BF16: torch.bfloat16}
+TERNARY_TYPES = (TQ1_0, TQ2_0, I2_S)
+FP16_ONE = 0x3C00
+
+
+def nbytes(type_id: int, shape: tuple[int, ...]) -> int:
+    """Bytes a tensor of ``shape`` (PyTorch order) takes in a GGUF data section, unpadded."""
+    t = TYPES[type_id]
+    n = math.prod(shape)
+    if type_id == I2_S:
+        return n // 4 + I2_S_TAIL
+    cols = shape[-1] if shape else 1
+    return (n // cols) * (cols // t.block) * t.block_bytes if cols else 0
+
+
+# --- byte lanes ------------------------------------------------------------------------------------
+# Codes are packed and unpacked eight at a time: a uint8 tensor viewed as int64 words holds eight
+# byte lanes, and as long as no lane leaves 0..255 (2-bit fields, base-3 digits up to 242) one word
+# operation does the work of eight byte operations.
+
+_ONES = 0x0101010101010101
+_LOW7 = 0x7F7F7F7F7F7F7F7F
+_HIGH = 0x8080808080808080 - (1 << 64)  # as a signed int64
+_TWO_BITS = 0x0303030303030303
+
+
+def _stored_words(codes: torch.Tensor) -> torch.Tensor:
+    """int8 codes in {-1, 0, 1} (numel % 8 == 0) -> their stored codes t + 1, as int64 words of 8 lanes."""
+    x = codes.to(torch.int8).contiguous().view(torch.int64)
+    return ((x & _LOW7) + _ONES) ^ (x & _HIGH)  # lane-wise +1, no carry between lanes
+
+
+def _minus_one(words: torch.Tensor) -> torch.Tensor:
+    """Lane-wise stored code (0..3) - 1, as int8: 0 -> -1, 1 -> 0, 2 -> 1 (3 -> 2, rejected by callers)."""
+    return (((words | _HIGH) - _ONES) ^ _HIGH).view(torch.int8)
+
+
+def _blocks(codes: torch.Tensor, block: int) -> torch.Tensor:
+    """Stored codes (t + 1) as int64 words ``[rows, blocks, block / 8]``."""
+    if codes.dim() != 2 or codes.shape[1] % block:
+        raise ValueError(f"rows of {block}-value blocks expected, got shape {tuple(codes.shape)}")
+    return _stored_words(codes).reshape(codes.shape[0], codes.shape[1] // block, block // 8)
+
+
+def _d_bytes(d: torch.Tensor | float, rows: int, nblocks: int) -> torch.Tensor:
+    """fp16 ``d`` per block as little-endian bytes ``[rows, nblocks, 2]``."""
+    d16 = torch.as_tensor(d, dtype=torch.float32).to(torch.float16)
+    if d16.numel() == 1:
+        d16 = torch.full((rows, nblocks), float(d16.reshape(())), dtype=torch.float16)
+    return d16.reshape(rows, nblocks).contiguous().view(torch.uint8).reshape(rows, nblocks, 2)
+
+
+# --- TQ2_0 ----------------------------------------------------------------------------------------
+
+
+def encode_tq2_0(codes: torch.Tensor, d: torch.Tensor | float = 1.0) -> torch.Tensor:
+    """int8 codes ``[R, C]`` (C % 256 == 0) -> uint8 ``[R, C/256 * 66]``; ``d`` scalar or per block."""
+    w = _blocks(codes, QK_K)
+    rows, nb = w.shape[:2]
+    w = w.reshape(rows, nb, 2, 4, 4)  # half, 2-bit plane, 32 values as 4 words
+    qs = w[:, :, :, 0] | (w[:, :, :, 1] << 2) | (w[:, :, :, 2] << 4) | (w[:, :, :, 3] << 6)
+    out = torch.empty(rows, nb, 66, dtype=torch.uint8)
+    out[:, :, :64] = qs.view(torch.uint8).reshape(rows, nb, 64)
+    out[:, :, 64:] = _d_bytes(d, rows, nb)
+    return out.reshape(rows, nb * 66)
+
+
+def decode_tq2_0(raw: torch.Tensor, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 ``[R, C/256 * 66]`` -> (int8 codes ``[R, C]`` with stored code 3 as 2, fp16 d ``[R, C/256]``)."""
+    rows, nb = raw.shape[0], cols // QK_K
+    b = raw.reshape(rows, nb, 66)
+    w = b[:, :, :64].contiguous().view(torch.int64).reshape(rows, nb, 2, 1, 4)
+    shifts = torch.tensor([0, 2, 4, 6], dtype=torch.int64).reshape(4, 1)
+    codes = _minus_one((w >> shifts) & _TWO_BITS).reshape(rows, cols)
+    d = b[:, :, 64:].contiguous().view(torch.float16).reshape(rows, nb)
+    return codes, d
+
+
+def tq2_0_raw_codes(raw: torch.Tensor, cols: int) -> torch.Tensor:
+    """The 2-bit fields of a TQ2_0 tensor, uint8 ``[R, C/256, 64]``, for validity checks."""
+    return raw.reshape(raw.shape[0], cols // QK_K, 66)[:, :, :64]
+
+
+# --- TQ1_0 ----------------------------------------------------------------------------------------
+
+_POW4 = torch.tensor([81, 27, 9, 3], dtype=torch.uint8).reshape(4, 1)
+_MUL5 = torch.tensor([1, 3, 9, 27, 81], dtype=torch.int16)
+_MUL4 = torch.tensor([1, 3, 9, 27], dtype=torch.int16)
+#: byte stored for a base-3 value v (0..242): ceil(v * 256 / 243)
+_TQ1_BYTE = ((torch.arange(243, dtype=torch.int32) * 256 + 242) // 243).to(torch.uint8)
+
+
+def encode_tq1_0(codes: torch.Tensor, d: torch.Tensor | float = 1.0) -> torch.Tensor:
+    """int8 codes ``[R, C]`` (C % 256 == 0) -> uint8 ``[R, C/256 * 54]``; ``d`` scalar or per block."""
+    w = _blocks(codes, QK_K)  # 32 words of 8 stored codes per block
+    rows, nb = w.shape[:2]
+    # five digits (0..2) weighted 81, 27, 9, 3, 1 sum to at most 242: no lane overflows
+    w0 = w[:, :, :20].reshape(rows, nb, 5, 4)
+    v0 = 81 * w0[:, :, 0] + 27 * w0[:, :, 1] + 9 * w0[:, :, 2] + 3 * w0[:, :, 3] + w0[:, :, 4]
+    w1 = w[:, :, 20:30].reshape(rows, nb, 5, 2)
+    v1 = 81 * w1[:, :, 0] + 27 * w1[:, :, 1] + 9 * w1[:, :, 2] + 3 * w1[:, :, 3] + w1[:, :, 4]
+    wh = w[:, :, 30:].contiguous().view(torch.uint8).reshape(rows, nb, 4, 4)
+    vh = (wh * _POW4).sum(-2, dtype=torch.uint8)
+    out = torch.empty(rows, nb, 54, dtype=torch.uint8)
+    out[:, :, :32] = _TQ1_BYTE[v0.view(torch.uint8).reshape(rows, nb, 32).long()]
+    out[:, :, 32:48] = _TQ1_BYTE[v1.view(torch.uint8).reshape(rows, nb, 16).long()]
+    out[:, :, 48:52] = _TQ1_BYTE[vh.long()]
+    out[:, :, 52:] = _d_bytes(d, rows, nb)
+    return out.reshape(rows, nb * 54)
+
+
+def _trits(q: torch.Tensor, mul: torch.Tensor) -> torch.Tensor:
+    """Trits of base-3 bytes ``q [..., k]`` -> ``[..., len(mul), k]`` in {0, 1, 2}."""
+    x = (q.to(torch.int16).unsqueeze(-2) * mul.reshape(-1, 1)) & 0xFF
+    return (x * 3) >> 8
+
+
+def decode_tq1_0(raw: torch.Tensor, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 ``[R, C/256 * 54]`` -> (int8 codes ``[R, C]``, fp16 d ``[R, C/256]``).
+
+    A byte that is no valid encoding decodes to some trits anyway; :func:`tq1_0_is_canonical`
+    tells whether re-encoding gives the same bytes.
+    """
+    rows, nb = raw.shape[0], cols // QK_K
+    b = raw.reshape(rows, nb, 54)
+    t0 = _trits(b[:, :, :32], _MUL5).reshape(rows, nb, 160)
+    t1 = _trits(b[:, :, 32:48], _MUL5).reshape(rows, nb, 80)
+    th = _trits(b[:, :, 48:52], _MUL4).reshape(rows, nb, 16)
+    codes = torch.cat([t0, t1, th], dim=-1).reshape(rows, cols).to(torch.int8) - 1
+    d = b[:, :, 52:].contiguous().view(torch.float16).reshape(rows, nb)
+    return codes, d
+
+
+# --- I2_S -----------------------------------------------------------------------------------------
+
+
+def encode_i2_s(codes: torch.Tensor, scale: float) -> torch.Tensor:
+    """int8 codes (any shape, numel % 128 == 0) and the fp32 magnitude -> uint8 ``[numel/4 + 32]``."""
+    n = codes.numel()
+    if n % QK_I2_S:
+        raise ValueError(f"I2_S needs a multiple of {QK_I2_S} values, got {n}")
+    w = _stored_words(codes.reshape(-1)).reshape(n // QK_I2_S, 4, 4)  # block, 2-bit group, 4 words
+    packed = (w[:, 0] << 6) | (w[:, 1] << 4) | (w[:, 2] << 2) | w[:, 3]
+    out = torch.zeros(n // 4 + I2_S_TAIL, dtype=torch.uint8)
+    out[: n // 4] = packed.view(torch.uint8).reshape(-1)
+    out[n // 4 : n // 4 + 4] = torch.tensor([scale], dtype=torch.float32).view(torch.uint8)
+    return out
+
+
+def decode_i2_s(raw: torch.Tensor, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 ``[numel/4 + 32]`` -> (int8 codes of ``shape``, fp32 scale as a one-element tensor).
+
+    Only the four scale bytes of the tail are read: writers differ in what follows them.
+    """
+    n = math.prod(shape)
+    w = raw[: n // 4].contiguous().view(torch.int64).reshape(n // QK_I2_S, 1, 4)
+    shifts = torch.tensor([6, 4, 2, 0], dtype=torch.int64).reshape(4, 1)
+    codes = _minus_one((w >> shifts) & _TWO_BITS).reshape(shape)
+    scale = raw[n // 4 : n // 4 + 4].clone().view(torch.float32).reshape(1)
+    return codes, scale
+
+
+# --- Q8_0 -----------------------------------------------------------------------------------------
+
+
+def _round_half_away(x: torch.Tensor) -> torch.Tensor:
+    """C ``roundf``: halves away from zero, exact for every float32 (no ``+0.5`` rounding slip)."""
+    a = x.abs()
+    f = a.floor()
+    return torch.sign(x) * (f + torch.floor(2 * (a - f)))
+
+
+def encode_q8_0(x: torch.Tensor) -> torch.Tensor:
+    """float ``[R, C]`` (C % 32 == 0) -> uint8 ``[R, C/32 * 34]``, byte-identical to ggml's reference."""
+    rows, cols = x.shape
+    nb = cols // QK8_0
+    b = x.float().reshape(rows, nb, QK8_0)
+    d = b.abs().amax(dim=-1, keepdim=True) / 127
+    inv = torch.where(d == 0, torch.zeros_like(d), 1.0 / d)
+    q = _round_half_away(b * inv).to(torch.int8)
+    out = torch.empty(rows, nb, 34, dtype=torch.uint8)
+    out[:, :, :2] = d.to(torch.float16).view(torch.uint8).reshape(rows, nb, 2)
+    out[:, :, 2:] = q.view(torch.uint8)
+    return out.reshape(rows, nb * 34)
+
+
+def decode_q8_0(raw: torch.Tensor, cols: int) -> torch.Tensor:
+    rows, nb = raw.shape[0], cols // QK8_0
+    b = raw.reshape(rows, nb, 34)
+    d = b[:, :, :2].contiguous().view(torch.float16).float()
+    q = b[:, :, 2:].contiguous().view(torch.int8).float()
+    return (q * d).reshape(rows, cols)
+
+
+# --- checks ---------------------------------------------------------------------------------------
+
+
+def first_code_3(fields: torch.Tensor) -> int | None:
+    """Index (in bytes of ``fields``, flattened) of the first byte holding a 2-bit field equal to 3."""
+    bad = (fields & (fields >> 1)) & 0x55
+    hits = torch.nonzero(bad.reshape(-1))
+    return int(hits[0]) if hits.numel() else None

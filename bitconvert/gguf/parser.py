@@ -1,0 +1,298 @@
+"""A bounded GGUF parser: the header is checked against the file before any tensor is read.
+
+gguf-py's reader trusts every length it reads (an array of 2**62 items makes it allocate without
+end) and cannot read bitnet.cpp's I2_S. This parser checks what ggml's C parser checks: every
+string and array length against the bytes left, no duplicate keys or tensor names, at most four
+dimensions, overflow-checked sizes, tensor offsets aligned and equal to the running total, and all
+data inside the file. A malformed file fails with one :class:`CheckpointError` line, quickly and in
+little memory. Tensor bytes are then read one tensor at a time with ``pread``.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gguf.constants import GGMLQuantizationType
+
+from ..errors import CheckpointError
+from . import codecs
+
+MAGIC = b"GGUF"
+MAX_DIMS = 4
+MAX_NAME = 64  # ggml's GGML_MAX_NAME, terminating NUL included
+INT64_MAX = 2**63 - 1
+DEFAULT_ALIGNMENT = 32
+
+# GGUF value types
+(UINT8, INT8, UINT16, INT16, UINT32, INT32, FLOAT32, BOOL, STRING, ARRAY, UINT64, INT64, FLOAT64) = range(13)
+SCALAR_FORMATS: dict[int, tuple[str, int]] = {
+    UINT8: ("<B", 1),
+    INT8: ("<b", 1),
+    UINT16: ("<H", 2),
+    INT16: ("<h", 2),
+    UINT32: ("<I", 4),
+    INT32: ("<i", 4),
+    FLOAT32: ("<f", 4),
+    BOOL: ("<?", 1),
+    UINT64: ("<Q", 8),
+    INT64: ("<q", 8),
+    FLOAT64: ("<d", 8),
+}
+NUMPY_DTYPES = {
+    UINT8: "<u1", INT8: "<i1", UINT16: "<u2", INT16: "<i2", UINT32: "<u4", INT32: "<i4",
+    FLOAT32: "<f4", BOOL: "<u1", UINT64: "<u8", INT64: "<i8", FLOAT64: "<f8",
+}  # fmt: skip
+TYPE_NAMES = {
+    UINT8: "u8", INT8: "i8", UINT16: "u16", INT16: "i16", UINT32: "u32", INT32: "i32", FLOAT32: "f32",
+    BOOL: "bool", STRING: "str", ARRAY: "arr", UINT64: "u64", INT64: "i64", FLOAT64: "f64",
+}  # fmt: skip
+_KNOWN_UNSUPPORTED = {codecs.TL1: "TL1 (bitnet.cpp kernel-tile layout, not portable)", codecs.TL2: "TL2 or MXFP4"}
+
+
+@dataclass(frozen=True)
+class KV:
+    type: int  # GGUF value type
+    value: Any  # python scalar, str, or list / numpy array for arrays
+    item_type: int | None = None  # for arrays
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    type: int  # GGML type id
+    shape: tuple[int, ...]  # PyTorch order (ne reversed)
+    offset: int  # absolute offset in the file
+    nbytes: int
+
+    @property
+    def type_name(self) -> str:
+        t = codecs.TYPES.get(self.type)
+        return t.name if t else f"type {self.type}"
+
+
+class _Cursor:
+    """Sequential little-endian reads that never go past the end of the file."""
+
+    def __init__(self, f, size: int, path: Path) -> None:
+        self.f, self.size, self.path, self.pos = f, size, path, 0
+
+    @property
+    def left(self) -> int:
+        return self.size - self.pos
+
+    def fail(self, problem: str) -> CheckpointError:
+        return CheckpointError(self.path, f"malformed GGUF header at byte {self.pos}: {problem}")
+
+    def take(self, n: int, what: str) -> bytes:
+        if n < 0 or n > self.left:
+            raise self.fail(f"{what} needs {n} bytes, only {self.left} left in the file")
+        raw = self.f.read(n)
+        if len(raw) != n:
+            raise self.fail(f"file ended while reading {what}")
+        self.pos += n
+        return raw
+
+    def scalar(self, vtype: int, what: str) -> Any:
+        fmt, size = SCALAR_FORMATS[vtype]
+        return struct.unpack(fmt, self.take(size, what))[0]
+
+    def u32(self, what: str) -> int:
+        return self.scalar(UINT32, what)
+
+    def u64(self, what: str) -> int:
+        return self.scalar(UINT64, what)
+
+    def string(self, what: str) -> str:
+        n = self.u64(f"{what} length")
+        return self.take(n, what).decode("utf-8", errors="surrogateescape")
+
+
+def _value(cur: _Cursor, vtype: int, key: str) -> KV:
+    if vtype in SCALAR_FORMATS:
+        return KV(vtype, cur.scalar(vtype, f"value of {key!r}"))
+    if vtype == STRING:
+        return KV(vtype, cur.string(f"value of {key!r}"))
+    if vtype != ARRAY:
+        raise cur.fail(f"key {key!r} has unknown value type {vtype}")
+    item = cur.u32(f"item type of {key!r}")
+    count = cur.u64(f"length of {key!r}")
+    if item in SCALAR_FORMATS:
+        size = SCALAR_FORMATS[item][1]
+        if count > cur.left // size:
+            raise cur.fail(f"array {key!r} declares {count} items of {size} bytes, only {cur.left} bytes left")
+        arr = np.frombuffer(cur.take(count * size, f"array {key!r}"), dtype=NUMPY_DTYPES[item])
+        return KV(ARRAY, arr.astype(bool) if item == BOOL else arr, item)
+    if item == STRING:
+        if count > cur.left // 8:  # every string takes at least its 8-byte length
+            raise cur.fail(f"array {key!r} declares {count} strings, only {cur.left} bytes left")
+        return KV(ARRAY, [cur.string(f"item {i} of {key!r}") for i in range(count)], item)
+    raise cur.fail(f"array {key!r} has item type {item}, which GGUF does not allow in arrays")
+
+
+class GGUFFile:
+    """A validated view of one GGUF file: metadata, tensor infos, and per-tensor reads."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            size = self.path.stat().st_size
+            with open(self.path, "rb") as f:
+                self._parse(_Cursor(f, size, self.path))
+        except OSError as exc:
+            raise CheckpointError(self.path, f"cannot read: {exc.strerror or exc}") from None
+
+    def _parse(self, cur: _Cursor) -> None:
+        magic = cur.take(4, "the magic") if cur.left >= 4 else b""
+        if magic != MAGIC:
+            raise CheckpointError(self.path, "not a GGUF file (no GGUF magic)")
+        self.version = cur.u32("the version")
+        if self.version in (1,):
+            raise CheckpointError(self.path, "GGUF version 1 is not supported (llama.cpp dropped it too)")
+        if self.version not in (2, 3):
+            if self.version & 0xFFFF == 0:
+                raise CheckpointError(self.path, "big-endian GGUF is not supported")
+            raise CheckpointError(self.path, f"unknown GGUF version {self.version}")
+        n_tensors = cur.scalar(INT64, "the tensor count")
+        n_kv = cur.scalar(INT64, "the key count")
+        # A tensor info takes at least 8+4+4+8 bytes (empty name, no dims), a key/value at least 8+4+1.
+        if not 0 <= n_tensors <= cur.left // 24:
+            raise cur.fail(f"{n_tensors} tensors cannot fit in the {cur.left} bytes left")
+        if not 0 <= n_kv <= cur.left // 13:
+            raise cur.fail(f"{n_kv} keys cannot fit in the {cur.left} bytes left")
+
+        self.metadata: dict[str, KV] = {}
+        for _ in range(n_kv):
+            key = cur.string("a key")
+            if key in self.metadata:
+                raise cur.fail(f"duplicate key {key!r}")
+            self.metadata[key] = _value(cur, cur.u32(f"type of {key!r}"), key)
+
+        align = self.metadata.get("general.alignment")
+        self.alignment = DEFAULT_ALIGNMENT
+        if align is not None:
+            if align.type != UINT32 or align.value == 0 or align.value & (align.value - 1):
+                raise CheckpointError(self.path, f"general.alignment must be a power-of-two u32, got {align.value!r}")
+            self.alignment = align.value
+
+        infos: list[tuple[str, int, tuple[int, ...], int]] = []
+        names: set[str] = set()
+        for _ in range(n_tensors):
+            name = cur.string("a tensor name")
+            if len(name.encode("utf-8", errors="surrogateescape")) >= MAX_NAME:
+                raise cur.fail(f"tensor name {name[:80]!r} is longer than {MAX_NAME - 1} bytes")
+            if name in names:
+                raise cur.fail(f"duplicate tensor {name!r}")
+            names.add(name)
+            n_dims = cur.u32(f"dimension count of {name!r}")
+            if n_dims > MAX_DIMS:
+                raise cur.fail(f"tensor {name!r} has {n_dims} dimensions, at most {MAX_DIMS} allowed")
+            ne = [cur.scalar(INT64, f"dimensions of {name!r}") for _ in range(n_dims)]
+            gtype = cur.u32(f"type of {name!r}")
+            offset = cur.u64(f"offset of {name!r}")
+            self._check_tensor(name, ne, gtype)
+            infos.append((name, gtype, tuple(reversed(ne)), offset))
+
+        self.data_start = -(-cur.pos // self.alignment) * self.alignment
+        self.tensors: dict[str, TensorInfo] = {}
+        expected = 0
+        for name, gtype, shape, offset in infos:
+            size = codecs.nbytes(gtype, shape)
+            if offset % self.alignment:
+                raise CheckpointError(self.path, f"data offset {offset} is not aligned to {self.alignment}", name)
+            if offset != expected:
+                raise CheckpointError(self.path, f"data offset {offset}, expected {expected} (overlap or gap)", name)
+            expected += -(-size // self.alignment) * self.alignment
+            self.tensors[name] = TensorInfo(name, gtype, shape, self.data_start + offset, size)
+        if self.tensors:
+            last = list(self.tensors.values())[-1]
+            end = last.offset + last.nbytes
+            if end > cur.size:
+                raise CheckpointError(
+                    self.path, f"file is truncated: tensor data ends at byte {end}, the file has {cur.size} bytes"
+                )
+
+    def _check_tensor(self, name: str, ne: list[int], gtype: int) -> None:
+        if gtype not in codecs.TYPES:
+            what = _KNOWN_UNSUPPORTED.get(gtype) or f"{_ggml_type_name(gtype)} (id {gtype})"
+            raise CheckpointError(self.path, f"tensor type {what} is not supported", name)
+        n = 1
+        for d in ne:
+            if d < 0:
+                raise CheckpointError(self.path, f"negative dimension {d}", name)
+            if d and n > INT64_MAX // d:
+                raise CheckpointError(self.path, f"dimensions {ne} overflow a 64-bit element count", name)
+            n *= d
+        t = codecs.TYPES[gtype]
+        if ne and ne[0] % t.block:
+            raise CheckpointError(
+                self.path, f"row length {ne[0]} is not a multiple of {t.name}'s block of {t.block}", name
+            )
+        if gtype == codecs.I2_S and n % codecs.QK_I2_S:
+            raise CheckpointError(self.path, f"I2_S tensor of {n} values, not a multiple of {codecs.QK_I2_S}", name)
+        if n * max(t.block_bytes, 4) // t.block > INT64_MAX // 2:
+            raise CheckpointError(self.path, f"dimensions {ne} give a byte size beyond 64 bits", name)
+
+    # --- access -------------------------------------------------------------------------------
+
+    def get(self, key: str, default: Any = None) -> Any:
+        kv = self.metadata.get(key)
+        return default if kv is None else kv.value
+
+    def read_raw(self, name: str, start: int = 0, length: int | None = None) -> torch.Tensor:
+        """The tensor's bytes (or ``length`` of them from ``start``) as uint8, read with pread."""
+        t = self.tensors[name]
+        length = t.nbytes - start if length is None else length
+        if not 0 <= start <= start + length <= t.nbytes:
+            raise ValueError(f"byte range {start}+{length} outside tensor {name} of {t.nbytes} bytes")
+        buf = bytearray(length)
+        if length:
+            try:
+                fd = os.open(self.path, os.O_RDONLY)
+                try:
+                    view = memoryview(buf)
+                    done = 0
+                    while done < length:
+                        got = os.preadv(fd, [view[done:]], t.offset + start + done)
+                        if got <= 0:
+                            raise CheckpointError(self.path, "file ended while reading the tensor", name)
+                        done += got
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                raise CheckpointError(self.path, f"cannot read: {exc.strerror or exc}", name) from None
+        return torch.frombuffer(buf, dtype=torch.uint8) if length else torch.empty(0, dtype=torch.uint8)
+
+    def read_float(self, name: str) -> torch.Tensor:
+        """A float tensor (F32/F16/BF16 as stored, Q8_0 dequantized to F32)."""
+        t = self.tensors[name]
+        raw = self.read_raw(name)
+        if t.type in codecs.FLOAT_TYPES:
+            return raw.view(codecs.FLOAT_TYPES[t.type]).reshape(t.shape)
+        if t.type == codecs.Q8_0:
+            cols = t.shape[-1]
+            return codecs.decode_q8_0(raw.reshape(-1, cols // codecs.QK8_0 * 34), cols).reshape(t.shape)
+        raise CheckpointError(self.path, f"{t.type_name} is not a float type", name)
+
+
+def _ggml_type_name(gtype: int) -> str:
+    try:
+        return GGMLQuantizationType(gtype).name
+    except ValueError:
+        return "unknown"
+
+
+def is_gguf(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == MAGIC
+    except OSError:
+        return False

@@ -1,0 +1,544 @@
+"""GGUF: codecs against gguf-py, exact round trips, llama.cpp-converted files, metadata, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import time
+import tracemalloc
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+import torch
+
+from bitconvert.checkpoint import as_ternary
+from bitconvert.convert import convert
+from bitconvert.errors import CheckpointError
+from bitconvert.formats import WriteOptions, open_checkpoint
+from bitconvert.formats.gguf import permute_qk
+from bitconvert.gguf import codecs
+from bitconvert.gguf.parser import GGUFFile
+from bitconvert.ternary import LinearClass, TernaryWeight, absmean_quantize
+from conftest import FIXTURES, make_checkpoint, read_all, run_cli
+
+KINDS = ("1bitllm", "bitnet-2b4t", "llama")
+DIMS = dict(hidden=256, intermediate=512, layers=2, heads=4, kv_heads=2)  # TQ rows: multiples of 256
+Q = gguf.GGMLQuantizationType
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    """Packed and master checkpoints whose rows are multiples of 256 (what TQ types need)."""
+    root = tmp_path_factory.mktemp("gguf-models")
+    out = {}
+    for kind in KINDS:
+        for layout in ("packed", "master"):
+            out[f"{kind}-{layout}"] = make_checkpoint(
+                root / f"{kind}-{layout}", kind, layout, **DIMS, seed=3
+            )
+    return out
+
+
+def to_gguf(src: Path, dst: Path, gguf_type: str = "tq2_0", **extra) -> dict:
+    opts = WriteOptions(extra={"gguf_type": gguf_type, **extra})
+    return convert(src, dst, "gguf", opts).to_dict()
+
+
+def random_codes(rows: int, cols: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(-1, 2, (rows, cols), generator=g).to(torch.int8)
+
+
+# --- codecs ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("qtype", [Q.TQ2_0, Q.TQ1_0])
+def test_tq_encoding_is_byte_identical_to_gguf_py(qtype):
+    codes = random_codes(48, 1024)
+    codes[3, :256] = 0  # an all-zero block
+    enc = codecs.encode_tq2_0 if qtype == Q.TQ2_0 else codecs.encode_tq1_0
+    ours = enc(codes, 1.0).numpy()
+    theirs = gguf.quants.quantize(codes.float().numpy(), qtype)
+    # gguf-py sets d = max|block|, i.e. 0 for the all-zero block; every other byte must agree.
+    bsize = codecs.TYPES[int(qtype)].block_bytes
+    theirs_d1 = theirs.reshape(48, 4, bsize).copy()
+    theirs_d1[3, 0, -2:] = np.frombuffer(np.float16(1.0).tobytes(), dtype=np.uint8)
+    assert np.array_equal(ours, theirs_d1.reshape(48, -1))
+    assert np.array_equal(gguf.quants.dequantize(ours, qtype), codes.float().numpy())
+
+
+@pytest.mark.parametrize("kind", ["tq2_0", "tq1_0"])
+def test_tq_decode_inverts_encode_with_per_block_d(kind):
+    codes = random_codes(8, 512, seed=1)
+    d = torch.rand(8, 2) + 0.5
+    enc, dec = {
+        "tq2_0": (codecs.encode_tq2_0, codecs.decode_tq2_0),
+        "tq1_0": (codecs.encode_tq1_0, codecs.decode_tq1_0),
+    }[kind]
+    back, d_back = dec(enc(codes, d), 512)
+    assert torch.equal(back, codes)
+    assert torch.equal(d_back, d.to(torch.float16))
+
+
+def test_tq2_0_layout_matches_the_spec():
+    # value j of a block: byte (j // 128) * 32 + j % 32, shift 2 * ((j % 128) // 32), code t + 1
+    codes = random_codes(1, 256, seed=2)
+    raw = codecs.encode_tq2_0(codes).numpy()[0]
+    for j in range(256):
+        byte, shift = (j // 128) * 32 + j % 32, 2 * ((j % 128) // 32)
+        assert (raw[byte] >> shift) & 3 == codes[0, j] + 1
+    assert raw[64:66].view(np.float16)[0] == 1.0
+
+
+def test_i2_s_layout_matches_bitnet_cpp():
+    # value j of each 128-block: byte j % 32, bits 6 - 2 * (j // 32); fp32 scale right after n/4 bytes
+    codes = random_codes(4, 256, seed=3)
+    raw = codecs.encode_i2_s(codes, 0.0123).numpy()
+    flat = codes.reshape(-1).numpy()
+    assert raw.size == flat.size // 4 + 32
+    for i, t in enumerate(flat):
+        block, j = divmod(i, 128)
+        assert (raw[block * 32 + j % 32] >> (6 - 2 * (j // 32))) & 3 == t + 1
+    assert raw[256:260].view(np.float32)[0] == np.float32(0.0123)
+    back, scale = codecs.decode_i2_s(torch.from_numpy(raw), (4, 256))
+    assert torch.equal(back, codes) and scale.item() == np.float32(0.0123)
+
+
+def test_q8_0_is_byte_identical_to_gguf_py():
+    x = torch.randn(16, 256) * 3
+    x[0, :32] = 0
+    x[1, 5] = 0.5 * (x[1, :32].abs().max() / 127)  # a value that lands on .5 after scaling
+    assert np.array_equal(codecs.encode_q8_0(x).numpy(), gguf.quants.quantize(x.numpy(), Q.Q8_0))
+
+
+# --- round trips ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("gguf_type", ["tq2_0", "tq1_0", "i2_s", "f16"])
+def test_packed_gguf_packed_is_byte_identical(models, tmp_path, kind, gguf_type):
+    src = models[f"{kind}-packed"]
+    to_gguf(src, tmp_path / "m.gguf", gguf_type, embed_type="bf16")
+    convert(tmp_path / "m.gguf", tmp_path / "back", "hf-packed")
+    a, b = read_all(src), read_all(tmp_path / "back")
+    assert set(a) == set(b)
+    for name in a:
+        assert a[name].dtype == b[name].dtype and torch.equal(a[name], b[name]), name
+    cfg_a = json.loads((src / "config.json").read_text())
+    cfg_b = json.loads((tmp_path / "back" / "config.json").read_text())
+    assert cfg_b["quantization_config"]["linear_class"] == cfg_a["quantization_config"]["linear_class"]
+
+
+def test_default_f16_embedding_keeps_every_ternary_tensor(models, tmp_path):
+    src = models["llama-packed"]
+    to_gguf(src, tmp_path / "m.gguf")
+    convert(tmp_path / "m.gguf", tmp_path / "back", "hf-packed")
+    a, b = read_all(src), read_all(tmp_path / "back")
+    for name in a:
+        if name.endswith(("_proj.weight", "weight_scale")):
+            assert torch.equal(a[name], b[name]), name
+    assert torch.equal(b["lm_head.weight"], a["lm_head.weight"].to(torch.float16).to(torch.bfloat16))
+
+
+def test_master_is_quantized_like_transformers(models, tmp_path):
+    src = models["bitnet-2b4t-master"]
+    to_gguf(src, tmp_path / "m.gguf")
+    ck = open_checkpoint(tmp_path / "m.gguf")
+    master = read_all(src)
+    for name in ck.config.quantized_linear_names():
+        tw = ck.tensors[name].load()
+        codes, mean_abs = absmean_quantize(master[name])
+        assert torch.equal(tw.codes, codes), name
+        assert tw.scale.value.dtype == torch.float32 and tw.scale.item() == mean_abs.item()
+
+
+# --- cross-check with gguf-py's reader ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("gguf_type,qtype", [("tq2_0", Q.TQ2_0), ("tq1_0", Q.TQ1_0)])
+def test_gguf_py_dequantizes_our_file_to_codes_times_scale(models, tmp_path, gguf_type, qtype):
+    src = models["1bitllm-packed"]
+    to_gguf(src, tmp_path / "m.gguf", gguf_type)
+    reader = gguf.GGUFReader(tmp_path / "m.gguf")
+    tensors = {t.name: t for t in reader.tensors}
+    ck = open_checkpoint(src)
+    checked = 0
+    for hf in ck.config.quantized_linear_names():
+        gname = hf.replace("model.layers.", "blk.").replace("self_attn.q_proj", "attn_q").replace(
+            "self_attn.k_proj", "attn_k").replace("self_attn.v_proj", "attn_v").replace(
+            "self_attn.o_proj", "attn_output").replace("mlp.gate_proj", "ffn_gate").replace(
+            "mlp.up_proj", "ffn_up").replace("mlp.down_proj", "ffn_down")  # fmt: skip
+        t, s = tensors[gname], tensors[gname.removesuffix(".weight") + ".scale"]
+        assert t.tensor_type == qtype and s.tensor_type == Q.F32 and list(s.shape) == [1]
+        tw, _ = as_ternary(ck.tensors[hf].load(), LinearClass.AUTOBITLINEAR, torch.float32)
+        deq = gguf.quants.dequantize(t.data, qtype) * s.data.reshape(())
+        expect = tw.codes.float().numpy() * tw.scale.value.numpy().reshape(())
+        assert deq.shape == expect.shape and np.array_equal(deq, expect), hf
+        checked += 1
+    assert checked == 14
+    fields = reader.fields
+    assert fields["general.architecture"].contents() == "bitnet"
+    assert "output.weight" not in tensors
+    assert tensors["token_embd.weight"].tensor_type == Q.F16
+    assert tensors["blk.0.attn_norm.weight"].tensor_type == Q.F32
+    assert tensors["blk.0.ffn_sub_norm.weight"].tensor_type == Q.F32
+    assert fields["general.quantized_by"].contents().startswith("bitconvert ")
+    assert fields["general.file_type"].contents() == {"tq2_0": 37, "tq1_0": 36}[gguf_type]
+
+
+def test_metadata_llama_cpp_reads(models, tmp_path):
+    src = models["bitnet-2b4t-packed"]
+    to_gguf(src, tmp_path / "m.gguf")
+    f = gguf.GGUFReader(tmp_path / "m.gguf").fields
+    cfg = json.loads((src / "config.json").read_text())
+    want = {
+        "bitnet.context_length": cfg["max_position_embeddings"],
+        "bitnet.embedding_length": 256,
+        "bitnet.block_count": 2,
+        "bitnet.feed_forward_length": 512,
+        "bitnet.attention.head_count": 4,
+        "bitnet.attention.head_count_kv": 2,
+        "bitnet.rope.dimension_count": 64,
+        "bitnet.vocab_size": cfg["vocab_size"],
+        "bitnet.hidden_activation": "relu2",
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": "llama-bpe",
+        "tokenizer.ggml.bos_token_id": cfg["bos_token_id"],
+        "tokenizer.ggml.eos_token_id": cfg["eos_token_id"],
+    }
+    for key, value in want.items():
+        assert f[key].contents() == value, key
+    assert f["bitnet.rope.freq_base"].contents() == cfg["rope_theta"]
+    assert math.isclose(f["bitnet.attention.layer_norm_rms_epsilon"].contents(), cfg["rms_norm_eps"], rel_tol=1e-6)
+    tok = json.loads((src / "tokenizer.json").read_text())
+    tokens = f["tokenizer.ggml.tokens"].contents()
+    assert len(tokens) == cfg["vocab_size"]
+    for text, tid in tok["model"]["vocab"].items():
+        assert tokens[tid] == text
+    types = f["tokenizer.ggml.token_type"].contents()
+    assert types[cfg["bos_token_id"]] == 3 and types[0] == 1
+    assert f["tokenizer.ggml.merges"].contents() == [" ".join(m) for m in tok["model"]["merges"]]
+    assert "{{ bos_token }}" in f["tokenizer.chat_template"].contents()
+
+
+def test_llama_arch_permutes_q_k_and_folds_the_scale(models, tmp_path):
+    src = models["llama-packed"]
+    result = to_gguf(src, tmp_path / "m.gguf")
+    assert any("folded" in w for w in result["warnings"])
+    reader = gguf.GGUFReader(tmp_path / "m.gguf")
+    tensors = {t.name: t for t in reader.tensors}
+    assert reader.fields["general.architecture"].contents() == "llama"
+    assert "output.weight" in tensors and not any(n.endswith(".scale") for n in tensors)
+    ck = open_checkpoint(src)
+    for hf, gname, heads in (
+        ("model.layers.1.self_attn.q_proj.weight", "blk.1.attn_q.weight", 4),
+        ("model.layers.1.self_attn.k_proj.weight", "blk.1.attn_k.weight", 2),
+    ):
+        tw, _ = as_ternary(ck.tensors[hf].load(), LinearClass.AUTOBITLINEAR, torch.float64)
+        deq = gguf.quants.dequantize(tensors[gname].data, Q.TQ2_0)
+        d = np.float16(tw.scale.item())
+        # independent of our permute_qk: row r of head h, half i -> row h*D + 2*r + i
+        rows = tw.codes.shape[0]
+        hd = rows // heads
+        expect = np.empty((rows, tw.codes.shape[1]), dtype=np.float32)
+        c = tw.codes.float().numpy()
+        for h in range(heads):
+            for r in range(hd // 2):
+                for i in range(2):
+                    expect[h * hd + 2 * r + i] = c[h * hd + i * hd // 2 + r]
+        assert np.array_equal(deq, expect * np.float32(d)), hf
+        assert torch.equal(permute_qk(tw.codes, heads), torch.from_numpy(expect).to(torch.int8))
+
+
+# --- llama.cpp-converted files ----------------------------------------------------------------------
+
+
+def _write_like_llama_cpp(path: Path, ckpt_dir: Path, perturb: bool = False) -> dict[str, TernaryWeight]:
+    """A bitnet GGUF as llama.cpp's converter makes it: codes x scale in float, TQ2_0 via gguf-py,
+    so every block's d is max|x| (fp16) and all-zero blocks get d = 0; no .scale tensors."""
+    ck = open_checkpoint(ckpt_dir)
+    w = gguf.GGUFWriter(path, "bitnet")
+    cfg = ck.config
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_rope_freq_base(cfg.rope_theta)
+    w.add_vocab_size(cfg.vocab_size)
+    truth = {}
+    for hf, e in ck.tensors.items():
+        gname = {
+            "model.embed_tokens.weight": "token_embd.weight",
+            "model.norm.weight": "output_norm.weight",
+        }.get(hf)
+        if gname is None:
+            layer, rest = hf.removeprefix("model.layers.").split(".", 1)
+            short = {
+                "input_layernorm.weight": "attn_norm", "post_attention_layernorm.weight": "ffn_norm",
+                "self_attn.q_proj.weight": "attn_q", "self_attn.k_proj.weight": "attn_k",
+                "self_attn.v_proj.weight": "attn_v", "self_attn.o_proj.weight": "attn_output",
+                "mlp.gate_proj.weight": "ffn_gate", "mlp.up_proj.weight": "ffn_up", "mlp.down_proj.weight": "ffn_down",
+                "self_attn.inner_attn_ln.weight": "attn_sub_norm", "mlp.ffn_layernorm.weight": "ffn_sub_norm",
+            }[rest]  # fmt: skip
+            gname = f"blk.{layer}.{short}.weight"
+        value = e.load()
+        if ck.is_quantized_linear(hf):
+            tw, _ = as_ternary(value, LinearClass.AUTOBITLINEAR, torch.float32)
+            codes = tw.codes.clone()
+            codes[0, :256] = 0  # an all-zero block: ggml writes d = 0 there
+            truth[hf] = TernaryWeight(codes, tw.scale)
+            x = codes.float() * tw.scale.value
+            if perturb and hf.endswith("0.self_attn.q_proj.weight"):
+                x[1, :256] *= 2
+            w.add_tensor(gname, gguf.quants.quantize(x.numpy(), Q.TQ2_0), raw_dtype=Q.TQ2_0)
+        else:
+            w.add_tensor(gname, value.float().numpy())
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return truth
+
+
+def test_reads_llama_cpp_folded_scales(models, tmp_path):
+    path = tmp_path / "llamacpp.gguf"
+    truth = _write_like_llama_cpp(path, models["1bitllm-packed"])
+    ck = open_checkpoint(path)
+    assert ck.config.architecture.value == "1bitllm"
+    for hf, want in truth.items():
+        tw = ck.tensors[hf].load()
+        assert isinstance(tw, TernaryWeight), hf
+        assert torch.equal(tw.codes, want.codes), hf
+        assert tw.scale.dtype == torch.float16 and tw.scale.item() == float(want.scale.value.to(torch.float16))
+
+
+def test_reads_unequal_block_scales_as_float_and_says_why(models, tmp_path):
+    path = tmp_path / "llamacpp.gguf"
+    _write_like_llama_cpp(path, models["1bitllm-packed"], perturb=True)
+    ck = open_checkpoint(path)
+    w = ck.tensors["model.layers.0.self_attn.q_proj.weight"].load()
+    assert not isinstance(w, TernaryWeight) and w.dtype == torch.float32
+    assert any("model.layers.0.self_attn.q_proj.weight" in n and "different scales" in n for n in ck.notes)
+
+
+def test_gguf_tokenizer_rebuilt_as_tokenizer_json(models, tmp_path):
+    from tokenizers import Tokenizer
+
+    src = models["1bitllm-packed"]
+    to_gguf(src, tmp_path / "m.gguf")
+    convert(tmp_path / "m.gguf", tmp_path / "back", "hf-packed")
+    a = Tokenizer.from_file(str(src / "tokenizer.json"))
+    b = Tokenizer.from_file(str(tmp_path / "back" / "tokenizer.json"))
+    text = (FIXTURES / "tokenizer" / "tokenizer.json").read_text()[:3000] + " Hello world! 3.14159 <|eot_id|>"
+    assert a.encode(text).ids == b.encode(text).ids
+    tcfg = json.loads((tmp_path / "back" / "tokenizer_config.json").read_text())
+    assert tcfg["bos_token"] == "<|begin_of_text|>" and "chat_template" in tcfg
+
+
+def test_gguf_to_gguf_keeps_the_tokenizer_and_codes(models, tmp_path):
+    to_gguf(models["1bitllm-packed"], tmp_path / "a.gguf", "i2_s")
+    to_gguf(tmp_path / "a.gguf", tmp_path / "b.gguf", "tq1_0")
+    fa, fb = GGUFFile(tmp_path / "a.gguf"), GGUFFile(tmp_path / "b.gguf")
+    for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.pre", "tokenizer.chat_template"):
+        assert fa.get(key) == fb.get(key), key
+    a, b = open_checkpoint(tmp_path / "a.gguf"), open_checkpoint(tmp_path / "b.gguf")
+    for name in a.config.quantized_linear_names():
+        ta, tb = a.tensors[name].load(), b.tensors[name].load()
+        assert torch.equal(ta.codes, tb.codes) and ta.scale.same_as(tb.scale)
+
+
+def test_i2_s_file_layout(models, tmp_path):
+    to_gguf(models["bitnet-2b4t-packed"], tmp_path / "m.gguf", "i2_s")
+    f = GGUFFile(tmp_path / "m.gguf")
+    assert f.get("general.architecture") == "bitnet-b1.58" and f.get("general.file_type") == 40
+    assert f.tensors["token_embd.weight"].type == codecs.F16
+    assert f.tensors["blk.0.attn_norm.weight"].type == codecs.F32
+    t = f.tensors["blk.0.ffn_down.weight"]
+    assert t.type == codecs.I2_S and t.nbytes == 256 * 512 // 4 + 32
+    assert "output.weight" not in f.tensors and not any(n.endswith(".scale") for n in f.tensors)
+    raw = f.read_raw(t.name)
+    ck = open_checkpoint(models["bitnet-2b4t-packed"])
+    tw = ck.tensors["model.layers.0.mlp.down_proj.weight"].load()
+    assert raw[256 * 512 // 4 :][:4].view(torch.float32).item() == float(tw.scale.magnitude(torch.float32))
+
+
+# --- CLI ------------------------------------------------------------------------------------------
+
+
+def test_rows_not_multiple_of_256_fail_naming_the_tensor(tmp_path):
+    dst = tmp_path / "m.gguf"
+    r = run_cli("convert", FIXTURES / "1bitllm-packed", dst, "--to", "gguf")
+    assert r.returncode == 1, r.stderr
+    assert "model.layers.0.self_attn.q_proj.weight" in r.stderr and "256" in r.stderr and "--allow-fallback" in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) <= 3
+    assert not dst.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_allow_fallback_writes_f16_and_lists_tensors(tmp_path):
+    dst = tmp_path / "m.gguf"
+    result = to_gguf(FIXTURES / "1bitllm-packed", dst, allow_fallback=True)
+    assert any("written as F16" in w and "model.layers.1.mlp.down_proj.weight" in w for w in result["warnings"])
+    f = GGUFFile(dst)
+    assert f.tensors["blk.0.attn_q.weight"].type == codecs.F16 and "blk.0.attn_q.scale" in f.tensors
+    a, b = open_checkpoint(FIXTURES / "1bitllm-packed"), open_checkpoint(dst)
+    for name in a.config.quantized_linear_names():
+        ta, tb = a.tensors[name].load(), b.tensors[name].load()
+        assert torch.equal(ta.codes, tb.codes) and ta.scale.same_as(tb.scale), name
+
+
+def test_bad_gguf_type_is_a_usage_error(tmp_path):
+    r = run_cli("convert", FIXTURES / "1bitllm-packed", tmp_path / "m.gguf", "--to", "gguf", "--gguf-type", "q4_0")
+    assert r.returncode == 2 and "--gguf-type" in r.stderr and "tq2_0" in r.stderr
+
+
+def test_inspect_reads_gguf(models, tmp_path):
+    from bitconvert.describe import describe_checkpoint
+
+    to_gguf(models["1bitllm-packed"], tmp_path / "m.gguf", "tq1_0")
+    info = describe_checkpoint(tmp_path / "m.gguf")
+    assert info["format"] == "gguf" and info["ternary_tensors"] == 14
+    row = next(t for t in info["tensors"] if t["name"] == "model.layers.0.mlp.up_proj.weight")
+    assert row["stored"].startswith("TQ1_0") and abs(sum(row["codes"].values()) - 1) < 1e-9
+
+
+# --- hardening ------------------------------------------------------------------------------------
+
+
+def _header(n_tensors: int, n_kv: int, version: int = 3) -> bytes:
+    return b"GGUF" + struct.pack("<Iqq", version, n_tensors, n_kv)
+
+
+def _s(text: str) -> bytes:
+    raw = text.encode()
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def _tensor(name: str, ne: list[int], gtype: int, offset: int) -> bytes:
+    return _s(name) + struct.pack("<I", len(ne)) + struct.pack(f"<{len(ne)}q", *ne) + struct.pack("<IQ", gtype, offset)
+
+
+def _kv_u32(key: str, v: int) -> bytes:
+    return _s(key) + struct.pack("<II", 4, v)
+
+
+def _padded(head: bytes, data: bytes = b"") -> bytes:
+    return head + b"\0" * (-len(head) % 32) + data
+
+
+MALFORMED = {
+    "huge array": (_header(0, 1) + _s("a") + struct.pack("<IIQ", 9, 4, 2**62), "declares"),
+    "huge string": (_header(0, 1) + _s("a") + struct.pack("<IQ", 8, 2**60), "bytes"),
+    "huge string array": (_header(0, 1) + _s("a") + struct.pack("<IIQ", 9, 8, 2**40), "strings"),
+    "huge key count": (_header(0, 2**40), "keys cannot fit"),
+    "huge tensor count": (_header(2**40, 0), "tensors cannot fit"),
+    "truncated key": (_header(0, 1) + struct.pack("<Q", 100) + b"abc" * 10, "only"),
+    "duplicate key": (_header(0, 2) + _kv_u32("x", 1) + _kv_u32("x", 2), "duplicate key"),
+    "nested array": (_header(0, 1) + _s("a") + struct.pack("<IIQ", 9, 9, 1), "item type 9"),
+    "unknown value type": (_header(0, 1) + _s("a") + struct.pack("<I", 77), "unknown value type"),
+    "five dims": (_padded(_header(1, 0) + _tensor("t", [1, 1, 1, 1, 1], 0, 0), b"\0" * 32), "at most 4"),
+    "duplicate tensor": (
+        _padded(_header(2, 0) + _tensor("t", [8], 0, 0) + _tensor("t", [8], 0, 32), b"\0" * 64), "duplicate tensor"
+    ),
+    "overflowing dims": (_padded(_header(1, 0) + _tensor("t", [2**40, 2**40], 0, 0)), "overflow"),
+    "negative dim": (_padded(_header(1, 0) + _tensor("t", [-4], 0, 0)), "negative"),
+    "unknown type": (_padded(_header(1, 0) + _tensor("t", [8], 99, 0), b"\0" * 32), "not supported"),
+    "TL1 type": (_padded(_header(1, 0) + _tensor("t", [8], 38, 0), b"\0" * 32), "TL1"),
+    "misaligned offset": (_padded(_header(1, 0) + _tensor("t", [8], 0, 8), b"\0" * 64), "not aligned"),
+    "gap": (_padded(_header(2, 0) + _tensor("a", [8], 0, 0) + _tensor("b", [8], 0, 64), b"\0" * 96), "expected 32"),
+    "truncated data": (_padded(_header(1, 0) + _tensor("t", [1024], 0, 0), b"\0" * 32), "truncated"),
+    "bad block": (_padded(_header(1, 0) + _tensor("t", [100], 35, 0), b"\0" * 32), "multiple"),
+    "bad alignment": (_header(0, 1) + _kv_u32("general.alignment", 48), "power-of-two"),
+    "long name": (_padded(_header(1, 0) + _tensor("n" * 80, [8], 0, 0), b"\0" * 32), "longer than"),
+    "version 1": (_header(0, 0, version=1), "version 1"),
+    "big endian": (b"GGUF" + struct.pack(">Iqq", 3, 0, 0), "big-endian"),
+    "not gguf": (b"GGML" + b"\0" * 60, "no GGUF magic"),
+    "empty": (b"", "no GGUF magic"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_header_fails_fast_in_little_memory(tmp_path, case):
+    data, words = MALFORMED[case]
+    path = tmp_path / "bad.gguf"
+    path.write_bytes(data)
+    tracemalloc.start()
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError) as info:
+        GGUFFile(path)
+    elapsed = time.perf_counter() - start
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert elapsed < 1.0 and peak < 4 * 2**20
+    message = str(info.value)
+    assert str(path) in message and words in message and "\n" not in message
+
+
+def test_gguf_py_hangs_where_we_fail_fast_documented(tmp_path):
+    # the 52-byte file of FORMATS.md: an array of 2**62 u32 items, rejected from its length alone
+    data = _header(0, 1) + _s("a") + struct.pack("<IIQ", 9, 4, 2**62)
+    assert len(data) <= 52
+    path = tmp_path / "bomb.gguf"
+    path.write_bytes(data)
+    r = run_cli("inspect", path)
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "bomb.gguf" in r.stderr
+
+
+def test_truncated_real_file_and_bad_codes(models, tmp_path):
+    to_gguf(models["1bitllm-packed"], tmp_path / "m.gguf")
+    data = (tmp_path / "m.gguf").read_bytes()
+    (tmp_path / "cut.gguf").write_bytes(data[: len(data) - 100])
+    with pytest.raises(CheckpointError, match="truncated"):
+        open_checkpoint(tmp_path / "cut.gguf")
+    f = GGUFFile(tmp_path / "m.gguf")
+    t = f.tensors["blk.0.attn_v.weight"]
+    bad = bytearray(data)
+    bad[t.offset + 66 * 3] = 0xFF  # code 3 in a TQ2_0 block
+    (tmp_path / "bad.gguf").write_bytes(bytes(bad))
+    ck = open_checkpoint(tmp_path / "bad.gguf")
+    with pytest.raises(CheckpointError, match="code 3"):
+        ck.tensors["model.layers.0.self_attn.v_proj.weight"].load()
+
+
+def test_unquantized_linears_stay_dense_and_in_order(models, tmp_path):
+    # modules_to_not_convert: such a linear is written F16 and, in the llama architecture, its
+    # Q/K rows are permuted like the ternary ones; reading undoes it.
+    src = tmp_path / "src"
+    make_checkpoint(src, "llama", "master", **DIMS, seed=4)
+    cfg = json.loads((src / "config.json").read_text())
+    keep = ["model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.k_proj"]
+    cfg["quantization_config"] = {"quant_method": "bitnet", "modules_to_not_convert": keep}
+    (src / "config.json").write_text(json.dumps(cfg))
+    to_gguf(src, tmp_path / "m.gguf")
+    f = GGUFFile(tmp_path / "m.gguf")
+    assert f.tensors["blk.0.attn_q.weight"].type == codecs.F16 and f.tensors["blk.1.attn_k.weight"].type == codecs.F16
+    assert f.tensors["blk.1.attn_q.weight"].type == codecs.TQ2_0
+    master = read_all(src)
+    stored = f.read_float("blk.0.attn_q.weight")
+    assert torch.equal(stored, permute_qk(master["model.layers.0.self_attn.q_proj.weight"].to(torch.float16), 4))
+    ck = open_checkpoint(tmp_path / "m.gguf")
+    for name in (m + ".weight" for m in keep):
+        back = ck.tensors[name].load()
+        assert not isinstance(back, TernaryWeight) and torch.equal(back, master[name].to(torch.float16)), name
+
+
+def test_failure_mid_stream_leaves_nothing(models, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    src = tmp_path / "src"
+    shutil.copytree(models["1bitllm-packed"], src)
+    tensors = load_file(str(src / "model.safetensors"))
+    tensors["model.layers.1.mlp.down_proj.weight"][5, 7] = 0xFF  # code 3: found only when loaded
+    save_file(tensors, str(src / "model.safetensors"), metadata={"format": "pt"})
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(CheckpointError, match="code 3"):
+        to_gguf(src, out / "m.gguf")
+    assert list(out.iterdir()) == []
