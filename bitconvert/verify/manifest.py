@@ -1,0 +1,102 @@
+"""A sha256 per tensor, of what the tensor *is* rather than how one format lays it out.
+
+Ternary weights hash their int8 codes, shape and exact stored scale (value bytes, dtype and
+convention); other tensors their dtype, shape and bytes. A packed checkpoint and the same model
+re-packed or sharded differently therefore share a manifest, while any changed code, scale bit
+or dense value changes the tensor's hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import CheckpointError
+from ..safetensors_io import DTYPE_NAMES
+from ..ternary import TernaryWeight
+from .report import Check
+
+MANIFEST_VERSION = 1
+
+
+def _feed(h: "hashlib._Hash", t: torch.Tensor) -> None:
+    t = t.detach().cpu().contiguous().reshape(-1)
+    if t.numel():
+        h.update(memoryview(t.view(torch.uint8).numpy()))
+
+
+def tensor_digest(value: torch.Tensor | TernaryWeight) -> dict[str, Any]:
+    """The manifest entry of one loaded tensor: kind, shape, dtype and sha256."""
+    h = hashlib.sha256()
+    if isinstance(value, TernaryWeight):
+        scale = value.scale
+        head = f"ternary|{list(value.shape)}|{scale.linear_class.value}|{DTYPE_NAMES[scale.dtype]}|"
+        h.update(head.encode())
+        _feed(h, value.codes.to(torch.int8))
+        h.update(b"|")
+        _feed(h, scale.value.reshape(1))
+        dtype = DTYPE_NAMES[scale.dtype]
+        return {"kind": "ternary", "shape": list(value.shape), "dtype": dtype, "sha256": h.hexdigest()}
+    head = f"dense|{list(value.shape)}|{DTYPE_NAMES[value.dtype]}|"
+    h.update(head.encode())
+    _feed(h, value)
+    return {"kind": "dense", "shape": list(value.shape), "dtype": DTYPE_NAMES[value.dtype], "sha256": h.hexdigest()}
+
+
+def new_manifest(src_format: str, tensors: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "bitconvert_manifest": MANIFEST_VERSION,
+        "algorithm": "sha256",
+        "content": "ternary: codes int8 + stored scale (value, dtype, linear class); dense: dtype + bytes",
+        "src_format": src_format,
+        "tensors": tensors,
+    }
+
+
+def write_manifest(manifest: dict[str, Any], path: str | Path) -> None:
+    Path(path).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(path, f"cannot read manifest: {exc}") from None
+    if not isinstance(data, dict) or data.get("bitconvert_manifest") != MANIFEST_VERSION:
+        raise CheckpointError(path, f"not a bitconvert manifest (version {MANIFEST_VERSION})")
+    tensors = data.get("tensors")
+    if not isinstance(tensors, dict) or not all(
+        isinstance(v, dict) and isinstance(v.get("sha256"), str) for v in tensors.values()
+    ):
+        raise CheckpointError(path, "manifest 'tensors' must map names to objects with a sha256")
+    return data
+
+
+def check_manifest(expected: dict[str, Any], actual: dict[str, dict[str, Any] | None]) -> list[Check]:
+    """One check per tensor named by either side; ``actual[name]`` is None when it could not be read."""
+    want = expected["tensors"]
+    checks = []
+    for name in list(want) + [n for n in actual if n not in want]:
+        if name not in want:
+            checks.append(Check("manifest", False, "tensor is not in the manifest", name))
+            continue
+        if name not in actual:
+            checks.append(Check("manifest", False, "tensor in the manifest is missing from the checkpoint", name))
+            continue
+        got = actual[name]
+        if got is None:
+            checks.append(Check("manifest", False, "tensor could not be read, so not hashed", name))
+            continue
+        ok = got["sha256"] == want[name]["sha256"]
+        detail = "sha256 matches" if ok else (
+            f"sha256 {got['sha256'][:16]}... differs from the manifest's {want[name]['sha256'][:16]}..."
+            f" ({got['kind']} {got['dtype']} {got['shape']} vs {want[name].get('kind')} "
+            f"{want[name].get('dtype')} {want[name].get('shape')})"
+        )
+        checks.append(Check("manifest", ok, detail, name))
+    return checks

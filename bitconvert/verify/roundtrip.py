@@ -1,0 +1,82 @@
+"""``verify SRC --roundtrip FORMAT``: SRC -> FORMAT -> SRC's format in a temporary directory.
+
+Both legs are written with SRC's own choices (dense dtype, scale dtype, scale convention), so a
+lossless format brings every code, scale bit and dense value back; the report holds the checks of
+the intermediate against SRC (``there.*``) and of the result against SRC (``back.*``), with the
+strict thresholds of :class:`~bitconvert.verify.compare.Thresholds`.
+
+A master's latent float weights cannot pass through a ternary format; for those the comparison is
+of the ternary model they quantize to (codes and scale), as everywhere in ``verify``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import Checkpoint
+from ..convert import convert
+from ..errors import BitconvertError, CheckpointError
+from ..formats import Progress, WriteOptions, no_progress, open_checkpoint, writer_for
+from .compare import Thresholds, verify_against
+from .report import Check, VerifyReport
+
+
+def options_like(ckpt: Checkpoint) -> WriteOptions:
+    """Write options that reproduce ``ckpt``'s own storage choices."""
+    dense = Counter(e.dtype for n, e in ckpt.tensors.items() if not e.ternary)
+    scales = Counter(e.dtype for e in ckpt.tensors.values() if e.ternary)
+    return WriteOptions(
+        linear_class=ckpt.source_linear_class(),
+        dtype=dense.most_common(1)[0][0] if dense else torch.bfloat16,
+        scale_dtype=scales.most_common(1)[0][0] if scales else torch.bfloat16,
+    )
+
+
+def _target_path(tmp: Path, stem: str, fmt: str) -> Path:
+    if writer_for(fmt).writes_directory:
+        return tmp / stem
+    return tmp / (f"{stem}.gguf" if "gguf" in fmt else f"{stem}.{fmt}")
+
+
+def verify_roundtrip(
+    src: str | Path,
+    fmt: str,
+    *,
+    thresholds: Thresholds = Thresholds(),
+    options: WriteOptions | None = None,
+    logits: bool = False,
+    progress: Progress = no_progress,
+) -> VerifyReport:
+    """Convert ``src`` to ``fmt`` and back, and compare both results with ``src``."""
+    src = Path(src)
+    report = VerifyReport(str(src), mode="roundtrip", against=fmt)
+    writer_for(fmt)  # an unknown format is a usage error before any work
+    try:
+        ckpt = open_checkpoint(src)
+    except CheckpointError as exc:
+        report.add(Check("open", False, f"{exc.path}: {exc.problem}", exc.tensor))
+        return report
+    opts = options or options_like(ckpt)
+    if any(not e.ternary for n, e in ckpt.tensors.items() if ckpt.is_quantized_linear(n)):
+        report.notes.append("SRC holds latent float weights: they are compared through their absmean quantization")
+    with tempfile.TemporaryDirectory(prefix="bitconvert-roundtrip-") as tmp:
+        mid = _target_path(Path(tmp), "there", fmt)
+        back = _target_path(Path(tmp), "back", ckpt.format)
+        for leg, (a, b, to) in {"convert": (src, mid, fmt), "convert_back": (mid, back, ckpt.format)}.items():
+            try:
+                convert(a, b, to, opts)
+            except CheckpointError as exc:
+                report.add(Check(leg, False, f"{exc.path}: {exc.problem}", exc.tensor))
+                return report
+            except BitconvertError as exc:  # e.g. the format needs an option to accept this source
+                report.add(Check(leg, False, str(exc)))
+                return report
+            report.add(Check(leg, True, f"{Path(a).name} -> {to}"))
+        report.extend(verify_against(mid, src, thresholds=thresholds, logits=logits, progress=progress), "there.")
+        report.extend(verify_against(back, src, thresholds=thresholds, logits=logits, progress=progress), "back.")
+    report.figures["failed"] = len(report.failures)
+    return report
