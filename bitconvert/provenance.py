@@ -21,7 +21,7 @@ from . import __version__
 
 PROVENANCE_NAME = "bitconvert_provenance.json"
 SCHEMA = 1
-_CHUNK = 8 * 1024 * 1024
+_CHUNK = 1024 * 1024
 
 
 class HashingCancelled(Exception):
