@@ -138,7 +138,7 @@ def ensure_master(master: Path, layers: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dir", type=Path, default=ROOT / "bench-out" / "gguf-2b4t-bf16")
+    ap.add_argument("--dir", type=Path, default=ROOT / "bench-out" / "2b4t-bf16")
     ap.add_argument("--layers", type=int, default=30)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()

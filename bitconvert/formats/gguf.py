@@ -35,9 +35,9 @@ from ..errors import CheckpointError, UsageError
 from ..gguf import codecs, metadata, names, tokenizer
 from ..gguf.parser import GGUFFile, TensorInfo, is_gguf
 from ..gguf.writer import KV, GGUFStreamWriter, PlannedGGUFTensor
+from ..scale_hints import decode_scale, encode_scale
 from ..ternary import LinearClass, TernaryScale, TernaryWeight, recover_ternary
 from . import Progress, WriteOptions, WriteReport, register_reader, register_writer
-from ..scale_hints import decode_scale, encode_scale
 from .hf_common import ordered_names
 
 NAME = "gguf"

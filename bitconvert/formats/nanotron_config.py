@@ -19,6 +19,7 @@ import yaml
 
 from ..config import ModelConfig
 from ..errors import CheckpointError, UsageError
+from ..jsonfile import read_json_object
 from ..safetensors_io import DTYPE_NAMES, DTYPES
 from ..ternary import LinearClass, TernaryScale
 
@@ -185,16 +186,6 @@ class NanotronMeta:
     notes: list[str] = field(default_factory=list)
 
 
-def load_json_object(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(path, f"cannot read: {exc}") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(path, "not a JSON object")
-    return data
-
-
 def _int_field(d: dict[str, Any], key: str, path: Path, default: int | None = None) -> int:
     v = d.get(key, default)
     if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
@@ -227,7 +218,7 @@ def _hf_dict_from_nanotron(mc: dict[str, Any], sub_norms: bool) -> dict[str, Any
 def read_meta(path: Path, sub_norms: bool) -> NanotronMeta:
     """Parse model_config.json (and checkpoint_metadata.json when present) into the canonical config."""
     mc_path = path / MODEL_CONFIG
-    mc = load_json_object(mc_path)
+    mc = read_json_object(mc_path)
     notes: list[str] = []
     for key in _REQUIRED:
         _int_field(mc, key, mc_path)
@@ -240,7 +231,7 @@ def read_meta(path: Path, sub_norms: bool) -> NanotronMeta:
     tp = version = None
     custom: dict[str, Any] = {}
     if meta_path.is_file():
-        meta = load_json_object(meta_path)
+        meta = read_json_object(meta_path)
         tp = _int_field(meta, "tp", meta_path)
         version = str(meta.get("version")) if meta.get("version") is not None else None
         cm = meta.get("custom_metas") or {}

@@ -15,7 +15,7 @@ from .. import __version__
 from ..config import ARCH_SPECS, Architecture, ModelConfig
 from ..errors import CheckpointError
 from .parser import GGUFFile
-from .writer import KV, kv_str, kv_u32, kv_f32
+from .writer import KV, kv_f32, kv_str, kv_u32
 
 ARCH_BITNET = "bitnet"
 ARCH_BITNET_B158 = "bitnet-b1.58"

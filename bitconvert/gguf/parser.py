@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from gguf.constants import GGMLQuantizationType
 
 from ..errors import CheckpointError

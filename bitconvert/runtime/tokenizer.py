@@ -14,6 +14,7 @@ from typing import Any
 
 from ..checkpoint import Checkpoint
 from ..errors import CheckpointError
+from ..jsonfile import read_json_object
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
@@ -36,16 +37,6 @@ def _ids(value: Any) -> list[int]:
     return []
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(path, f"cannot read: {exc}") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(path, "not a JSON object")
-    return data
-
-
 class TextTokenizer:
     def __init__(self, tokenizer_path: Path, config: dict[str, Any], chat_template: str | None) -> None:
         from tokenizers import Tokenizer
@@ -66,7 +57,7 @@ class TextTokenizer:
         files = {p.name: p for p in ckpt.side_files}
         if TOKENIZER_FILE not in files:
             return None
-        config = _read_json(files[TOKENIZER_CONFIG]) if TOKENIZER_CONFIG in files else {}
+        config = read_json_object(files[TOKENIZER_CONFIG]) if TOKENIZER_CONFIG in files else {}
         template = None
         if TEMPLATE_FILE in files:
             template = files[TEMPLATE_FILE].read_text(encoding="utf-8")
@@ -123,7 +114,7 @@ def stop_token_ids(ckpt: Checkpoint, tokenizer: TextTokenizer | None = None) -> 
     ids = set(_ids(ckpt.config.eos_token_id))
     files = {p.name: p for p in ckpt.side_files}
     if GENERATION_CONFIG in files:
-        ids |= set(_ids(_read_json(files[GENERATION_CONFIG]).get("eos_token_id")))
+        ids |= set(_ids(read_json_object(files[GENERATION_CONFIG]).get("eos_token_id")))
     if tokenizer is not None and tokenizer.eos_token:
         eos = tokenizer.tokenizer.token_to_id(tokenizer.eos_token)
         if eos is not None:
