@@ -32,6 +32,7 @@ DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
 }
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 #: safetensors itself refuses headers above 100 MB.
 MAX_HEADER_BYTES = 100_000_000
 MAX_DIMS = 8
@@ -145,24 +146,30 @@ class SafetensorsFile:
 
     def read(self, name: str) -> torch.Tensor:
         t = self.tensors[name]
-        buf = bytearray(t.nbytes)
-        if t.nbytes:
-            try:
-                fd = os.open(self.path, os.O_RDONLY)
-                try:
-                    view = memoryview(buf)
-                    done = 0
-                    while done < t.nbytes:
-                        got = os.preadv(fd, [view[done:]], t.offset + done)
-                        if got <= 0:
-                            raise CheckpointError(self.path, "file ended while reading the tensor", name)
-                        done += got
-                finally:
-                    os.close(fd)
-            except OSError as exc:
-                raise CheckpointError(self.path, f"cannot read: {exc.strerror or exc}", name) from None
-            return torch.frombuffer(buf, dtype=t.dtype).reshape(t.shape)
-        return torch.empty(t.shape, dtype=t.dtype)
+        if not t.nbytes:
+            return torch.empty(t.shape, dtype=t.dtype)
+        buf = read_exact(self.path, t.offset, t.nbytes, name)
+        return torch.frombuffer(buf, dtype=t.dtype).reshape(t.shape)
+
+
+def read_exact(path: Path, offset: int, length: int, tensor: str | None = None) -> bytearray:
+    """``length`` bytes at ``offset`` with pread: only they become resident, whatever the file's size."""
+    buf = bytearray(length)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            view = memoryview(buf)
+            done = 0
+            while done < length:
+                got = os.preadv(fd, [view[done:]], offset + done)
+                if got <= 0:
+                    raise CheckpointError(path, "file ended while reading the tensor", tensor)
+                done += got
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise CheckpointError(path, f"cannot read: {exc.strerror or exc}", tensor) from None
+    return buf
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import torch
 from ..checkpoint import Checkpoint, TensorEntry, as_dense, check_tensor_set, is_ignored_tensor
 from ..config import QuantConfig, QuantMode
 from ..errors import CheckpointError
-from ..safetensors_io import DTYPE_NAMES, PlannedTensor, SafetensorsFile, StoredTensor
+from ..safetensors_io import DTYPE_NAMES, FLOAT_DTYPES, PlannedTensor, SafetensorsFile, StoredTensor
 from ..scale_hints import SCALE_HINTS_KEY, decode_hints, encode_hints
 from ..ternary import LinearClass, TernaryScale, TernaryWeight, recover_ternary
 from . import Progress, WriteOptions, WriteReport, register_reader, register_writer
@@ -30,7 +30,6 @@ from .hf_common import (
 from .hf_packed import is_packed_directory
 
 NAME = "hf-bf16"
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _load_master(st: SafetensorsFile, t: StoredTensor, hint: TernaryScale | None) -> torch.Tensor | TernaryWeight:

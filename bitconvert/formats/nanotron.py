@@ -25,7 +25,15 @@ import torch
 from ..checkpoint import Checkpoint, TensorEntry, Value, as_dense, check_tensor_set
 from ..config import ModelConfig
 from ..errors import CheckpointError, UsageError
-from ..safetensors_io import DTYPE_NAMES, PlannedTensor, SafetensorsFile, SafetensorsWriter, StoredTensor, itemsize
+from ..safetensors_io import (
+    DTYPE_NAMES,
+    FLOAT_DTYPES,
+    PlannedTensor,
+    SafetensorsFile,
+    SafetensorsWriter,
+    StoredTensor,
+    itemsize,
+)
 from ..ternary import LinearClass, TernaryScale, TernaryWeight, absmean_quantize, recover_ternary
 from . import Progress, WriteOptions, WriteReport, register_reader, register_writer
 from .hf_common import NOT_SIDE_FILES, copy_side_files
@@ -68,7 +76,6 @@ from .nanotron_layout import (
 )
 
 NAME = "nanotron"
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 Bounds = tuple[tuple[int, int], ...]
 
 

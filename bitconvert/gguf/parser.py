@@ -10,7 +10,6 @@ little memory. Tensor bytes are then read one tensor at a time with ``pread``.
 
 from __future__ import annotations
 
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 from gguf.constants import GGMLQuantizationType
 
 from ..errors import CheckpointError
+from ..safetensors_io import read_exact
 from . import codecs
 
 MAGIC = b"GGUF"
@@ -250,23 +250,10 @@ class GGUFFile:
         length = t.nbytes - start if length is None else length
         if not 0 <= start <= start + length <= t.nbytes:
             raise ValueError(f"byte range {start}+{length} outside tensor {name} of {t.nbytes} bytes")
-        buf = bytearray(length)
-        if length:
-            try:
-                fd = os.open(self.path, os.O_RDONLY)
-                try:
-                    view = memoryview(buf)
-                    done = 0
-                    while done < length:
-                        got = os.preadv(fd, [view[done:]], t.offset + start + done)
-                        if got <= 0:
-                            raise CheckpointError(self.path, "file ended while reading the tensor", name)
-                        done += got
-                finally:
-                    os.close(fd)
-            except OSError as exc:
-                raise CheckpointError(self.path, f"cannot read: {exc.strerror or exc}", name) from None
-        return torch.frombuffer(buf, dtype=torch.uint8) if length else torch.empty(0, dtype=torch.uint8)
+        if not length:
+            return torch.empty(0, dtype=torch.uint8)
+        buf = read_exact(self.path, t.offset + start, length, name)
+        return torch.frombuffer(buf, dtype=torch.uint8)
 
     def read_float(self, name: str) -> torch.Tensor:
         """A float tensor (F32/F16/BF16 as stored, Q8_0 dequantized to F32)."""
