@@ -37,9 +37,12 @@ _state = {"debug": False}
 DTYPE_CHOICES = {"bf16": "bfloat16", "f16": "float16", "f32": "float32"}
 
 # --- shared option types ----------------------------------------------------------------------
-Src = Annotated[Path, typer.Argument(help="Input checkpoint: a directory (HF safetensors) or file.")]
+Src = Annotated[
+    Path, typer.Argument(help="Input checkpoint: a directory (HF safetensors), a file, or hf://ORG/NAME[@REV].")
+]
 Dst = Annotated[Path, typer.Argument(help="Output path; created only when the conversion succeeds.")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
+Device = Annotated[str, typer.Option("--device", help="Runtime device: cpu or cuda.")]
 Force = Annotated[bool, typer.Option("--force", help="Replace DST if it exists.")]
 MaxShard = Annotated[str, typer.Option("--max-shard-size", help="Largest safetensors shard, e.g. 5GB, 500MB.")]
 LinearClassOpt = Annotated[
@@ -279,6 +282,14 @@ def unpack(
     src: Src,
     dst: Dst,
     dtype: Annotated[str, typer.Option("--dtype", help="dtype of the written weights: bf16 or f32.")] = "bf16",
+    online_exact: Annotated[
+        bool,
+        typer.Option(
+            "--online-exact",
+            help="Write codes x mean|W|/p (p: non-zero fraction), so that online quantization "
+            "(transformers' online mode) gives back the packed layer instead of scaling it by p.",
+        ),
+    ] = False,
     max_shard_size: MaxShard = "5GB",
     force: Force = False,
     json_out: JsonOut = False,
@@ -288,6 +299,7 @@ def unpack(
         if dtype not in ("bf16", "f32"):
             raise UsageError(f"--dtype must be bf16 or f32, got {dtype!r}")
         opts = write_options(dtype=dtype, max_shard_size=max_shard_size)
+        opts.extra["online_master"] = online_exact
         run_conversion(src, dst, "hf-bf16", opts, force=force, json_out=json_out)
 
 

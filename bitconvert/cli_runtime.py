@@ -8,11 +8,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli import Force, JsonOut, Src, _emit_json, _errors, _progress, app, err, out
+from .cli import Device, Force, JsonOut, Src, _emit_json, _errors, _progress, app, err, out
 from .cli_verify import parse_tokens
 from .errors import UsageError
 
-Device = Annotated[str, typer.Option("--device", help="cpu or cuda.")]
 ComputeDtype = Annotated[
     str, typer.Option("--dtype", help="Compute dtype of activations and dense weights: f32, bf16 or f16.")
 ]

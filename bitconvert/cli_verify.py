@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from .cli import JsonOut, Src, _emit_json, _errors, _progress, app, err, out
+from .cli import Device, JsonOut, Src, _emit_json, _errors, _progress, app, err, out
 from .errors import UsageError
 
 
@@ -70,7 +70,7 @@ def verify(
     min_argmax_agreement: Annotated[
         float, typer.Option("--min-argmax-agreement", help="Fraction of positions whose top token must agree.")
     ] = 1.0,
-    device: Annotated[str, typer.Option("--device", help="Runtime device for --logits: cpu or cuda.")] = "cpu",
+    device: Device = "cpu",
     junit: Annotated[
         Optional[Path], typer.Option("--junit", metavar="FILE", help="Write JUnit XML, one test case per check.")
     ] = None,

@@ -49,7 +49,7 @@ def convert(
 ) -> ConvertResult:
     """Convert the checkpoint at ``src`` into format ``to`` at ``dst``; ``dst`` appears only when complete."""
     from .hub import resolve_source
-    from .provenance import BackgroundHashes, write_conversion_provenance
+    from .provenance import BackgroundHashes, conversion_provenance, known_source_files, write_conversion_provenance
 
     start = time.perf_counter()
     writer = writer_for(to)
@@ -57,8 +57,20 @@ def convert(
     shown_src, src, dst = source.uri or str(src), source.path, Path(dst)
     check_paths(src, dst, force)
     ckpt = open_checkpoint(src, src_format)
-    # Source hashes for the provenance file are computed alongside the conversion, not after it.
-    hashes = BackgroundHashes(source.path, source.files) if writer.writes_directory else None
+    if source.repo_id is not None:  # writers that name the model or its origin (GGUF) read these
+        ckpt.info["model_name"] = source.repo_id.split("/")[-1]
+        ckpt.info["source_repo"] = source.repo_id
+        if source.license:
+            ckpt.info["license"] = source.license
+    if writer.writes_directory:
+        # Source hashes for the provenance file are computed alongside the conversion, not after it.
+        hashes = BackgroundHashes(source.path, source.files)
+    else:
+        # A single file carries its provenance in its header, written before any tensor: hashes
+        # only where known without reading (see known_source_files).
+        hashes = None
+        files = known_source_files(source.path, source.files)
+        ckpt.info["provenance"] = conversion_provenance(source, ckpt.format, writer.name, [dst.name], files)
     try:
         with staged_output(dst, directory=writer.writes_directory, force=force) as scratch:
             report = writer.write(ckpt, scratch, options or WriteOptions(), progress)

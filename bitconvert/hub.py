@@ -563,7 +563,7 @@ def plan_upload(
         card_text = _read_card(given)
         card_origin = f"card from {card_path}" if card_path is not None else "card kept"
     else:
-        provenance = read_provenance(root) if root.is_dir() else None
+        provenance = read_provenance(root)
         if source.repo_id is not None:
             # Re-hosting an hf:// source: that repository is what these weights came from, unless its own
             # provenance names an earlier one.

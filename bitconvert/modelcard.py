@@ -149,8 +149,13 @@ def _provenance(card: CardInput) -> str:
     files = prov.get("source_files") or []
     if files:
         out += "\nSource files:\n\n| file | bytes | sha256 |\n|---|---:|---|\n"
-        out += "".join(f"| {_cell(f.get('path'))} | {f.get('size', '')} | `{f.get('sha256', '')}` |\n" for f in files)
+        out += "".join(f"| {_cell(f.get('path'))} | {f.get('size', '')} | {_sha_cell(f.get('sha256'))} |\n" for f in files)
     return out
+
+
+def _sha_cell(sha: object) -> str:
+    # Single-file outputs record hashes only where known without reading the source (Hub files).
+    return f"`{sha}`" if isinstance(sha, str) and sha else "not recorded"
 
 
 def render_card(card: CardInput) -> str:

@@ -18,8 +18,11 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from . import __version__
+from .errors import CheckpointError
 
 PROVENANCE_NAME = "bitconvert_provenance.json"
+#: where single-file outputs (GGUF) keep the same JSON: a string key of their own header
+PROVENANCE_KEY = "bitconvert.provenance"
 SCHEMA = 1
 _CHUNK = 1024 * 1024
 
@@ -95,14 +98,39 @@ def source_files(
     return out
 
 
+def known_source_files(root: Path, names: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """Size of each source file, and its sha256 only where known without reading the file.
+
+    For single-file outputs (GGUF) the provenance goes into the header, which is written before
+    any tensor, so there is no time to hash the source alongside. A Hub cache names each LFS blob
+    by its sha256, so files that came from the Hub keep their hash; local files get ``None``.
+    """
+    if root.is_file():
+        paths = {root.name: root}
+    else:
+        if names is None:
+            names = [p.relative_to(root).as_posix() for p in visible_files(root)]
+        paths = {name: root / name for name in names}
+    out = []
+    for name, p in paths.items():
+        blob = p.resolve().name if p.is_symlink() else ""
+        sha = blob if len(blob) == 64 and all(c in "0123456789abcdef" for c in blob) else None
+        out.append({"path": name, "size": p.stat().st_size, "sha256": sha})
+    return out
+
+
 def read_provenance(path: Path) -> dict[str, Any] | None:
-    """The provenance stored in directory ``path``, or None when there is none (or it is unreadable)."""
-    f = path / PROVENANCE_NAME if path.is_dir() else None
-    if f is None or not f.is_file():
-        return None
+    """The provenance of the checkpoint at ``path`` (its provenance file, or a GGUF's header key), or None."""
     try:
-        data = json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        if path.is_file():
+            from .gguf.parser import GGUFFile, is_gguf
+
+            text = GGUFFile(path).get(PROVENANCE_KEY) if is_gguf(path) else None
+        else:
+            f = path / PROVENANCE_NAME
+            text = f.read_text(encoding="utf-8") if f.is_file() else None
+        data = json.loads(text) if isinstance(text, str) else None
+    except (OSError, ValueError, CheckpointError):
         return None  # provenance is informative only: a damaged file must not block a conversion
     return data if isinstance(data, dict) else None
 
@@ -130,31 +158,37 @@ def build_provenance(
     }
 
 
-def write_provenance(out_dir: Path, data: dict[str, Any], scrub=lambda text: text) -> str:
-    """Write ``data`` into ``out_dir``; ``scrub`` removes secrets from the serialized text. Returns the name."""
-    text = scrub(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    (out_dir / PROVENANCE_NAME).write_text(text, encoding="utf-8")
-    return PROVENANCE_NAME
+def conversion_provenance(
+    source, src_format: str, output_format: str, output_files: list[str], files: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Provenance of one conversion: ``source`` is a :class:`bitconvert.hub.SourceRef`; ``files`` its files."""
+    upstream = read_provenance(source.path)
+    # The model these weights are a conversion of: the Hub repo they came from, else what the source says.
+    return build_provenance(
+        source={**source.describe(), "format": src_format},
+        files=files,
+        output_format=output_format,
+        output_files=output_files,
+        base_model=source.repo_id or (upstream or {}).get("base_model"),
+        license=source.license or (upstream or {}).get("license"),
+        command=current_command(),
+    )
+
+
+def provenance_text(data: dict[str, Any]) -> str:
+    """``data`` as JSON with anything secret scrubbed."""
+    from .hub import scrub_secrets
+
+    return scrub_secrets(json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def write_conversion_provenance(
     out_dir: Path, source, src_format: str, report, files: list[dict[str, Any]] | None = None
 ) -> str:
-    """Provenance of one conversion: ``source`` is a :class:`bitconvert.hub.SourceRef`, ``report`` the writer's;
-    ``files`` the source hashes when already computed (see :class:`BackgroundHashes`)."""
-    from .hub import scrub_secrets
-
-    upstream = read_provenance(source.path) if source.path.is_dir() else None
-    # The model these weights are a conversion of: the Hub repo they came from, else what the source says.
-    base_model = source.repo_id or (upstream or {}).get("base_model")
-    license = source.license or (upstream or {}).get("license")
-    data = build_provenance(
-        source={**source.describe(), "format": src_format},
-        files=files if files is not None else source_files(source.path, source.files),
-        output_format=report.format,
-        output_files=[*report.files, PROVENANCE_NAME],
-        base_model=base_model,
-        license=license,
-        command=current_command(),
-    )
-    return write_provenance(out_dir, data, scrub_secrets)
+    """Write a directory output's provenance file; ``files`` the source hashes when already computed
+    (see :class:`BackgroundHashes`). Returns the file's name."""
+    if files is None:
+        files = source_files(source.path, source.files)
+    data = conversion_provenance(source, src_format, report.format, [*report.files, PROVENANCE_NAME], files)
+    (out_dir / PROVENANCE_NAME).write_text(provenance_text(data), encoding="utf-8")
+    return PROVENANCE_NAME

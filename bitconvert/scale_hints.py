@@ -17,6 +17,11 @@ from .ternary import LinearClass, TernaryScale
 
 #: metadata key (safetensors ``__metadata__`` / GGUF string) holding the JSON map name -> scale
 SCALE_HINTS_KEY = "bitconvert.ternary_scales"
+#: metadata key saying how float weights relate to their hinted scale: absent or ``VALUES_EXACT``
+#: for codes x mean|W|, ``VALUES_ONLINE`` for codes x mean|W| / p (see TernaryWeight.online_master)
+VALUES_KEY = "bitconvert.ternary_values"
+VALUES_EXACT = "codes*scale"
+VALUES_ONLINE = "codes*scale/nonzero_fraction"
 
 
 def encode_scale(scale: TernaryScale) -> list[str]:

@@ -93,6 +93,24 @@ class TernaryWeight:
         """codes x mean|W|: the weight the layer effectively multiplies with (exact in ``dtype``)."""
         return self.codes.to(dtype) * self.scale.magnitude(dtype)
 
+    def online_magnitude(self, dtype: torch.dtype) -> torch.Tensor:
+        """mean|W| / p rounded once into ``dtype`` (0-dim), p the fraction of non-zero codes.
+
+        Online quantization (transformers' AutoBitLinear ``online`` mode, any absmean QAT) derives
+        the scale from the float values as mean|values|. For codes x mean|W| that is p x mean|W|,
+        which shrinks the layer by p; for codes x (mean|W| / p) it is mean|W| again (up to one
+        rounding in ``dtype``), and the codes come back unchanged since |codes / p| >= 1 clamps to 1.
+        """
+        nonzero = int(torch.count_nonzero(self.codes))
+        v = self.scale.magnitude(torch.float64)
+        if nonzero:
+            v = v * (self.codes.numel() / nonzero)
+        return v.to(dtype)
+
+    def online_master(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """codes x (mean|W| / p): floats that online absmean quantization maps back to this weight."""
+        return self.codes.to(dtype) * self.online_magnitude(dtype)
+
 
 #: elements per step when mapping a weight to codes: small enough to stay in cache
 _CHUNK = 1 << 16

@@ -48,6 +48,68 @@ def test_pack_unpack_pack_is_byte_identical(tmp_path, master, linear_class, unpa
     assert json.loads((p2 / "config.json").read_text())["quantization_config"]["linear_class"] == linear_class
 
 
+@pytest.mark.parametrize("linear_class", ["autobitlinear", "bitlinear"])
+@pytest.mark.parametrize("unpack_dtype", ["bf16", "f32"])
+def test_online_exact_unpack_requantizes_to_the_packed_layer(tmp_path, linear_class, unpack_dtype):
+    """--online-exact floats: absmean quantization (transformers' WeightQuant) gives the packed codes and
+    mean|W| back to one rounding of the dtype, and pack restores scales bit for bit."""
+    from bitconvert.ternary import LinearClass, TernaryScale, absmean_quantize, unpack_codes
+
+    cls = LinearClass(linear_class)
+    p1, u, p2 = tmp_path / "p1", tmp_path / "u", tmp_path / "p2"
+    assert run_cli("pack", FIXTURES / "bitnet-2b4t-master", p1, "--linear-class", linear_class).returncode == 0
+    r = run_cli("unpack", p1, u, "--dtype", unpack_dtype, "--online-exact")
+    assert r.returncode == 0, r.stderr
+    packed, floats = read_all(p1), read_all(u)
+    names = [k for k, v in packed.items() if v.dtype == torch.uint8]
+    rel_step = 2.0**-8 if unpack_dtype == "bf16" else 2.0**-23
+    for name in names:
+        codes = unpack_codes(packed[name])
+        magnitude = TernaryScale(packed[name + "_scale"], cls).magnitude(torch.float64)
+        got_codes, got_mean = absmean_quantize(floats[name])
+        assert torch.equal(got_codes, codes), name
+        assert abs(float(got_mean) / float(magnitude) - 1) <= 2 * rel_step, name
+        p = float(codes.count_nonzero()) / codes.numel()
+        assert p < 0.9  # the compensation matters: plain codes x mean|W| would requantize to p x mean|W|
+    r = run_cli("pack", u, p2, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["ternary_sources"] == {"kept": 14}
+    assert (p1 / "model.safetensors").read_bytes() == (p2 / "model.safetensors").read_bytes()
+    if unpack_dtype == "f32":  # the runtime (online quantization, as transformers) computes the packed model
+        assert run_cli("verify", u, "--against", p1, "--logits").returncode == 0
+        plain = tmp_path / "plain"
+        assert run_cli("unpack", p1, plain, "--dtype", "f32").returncode == 0
+        assert run_cli("verify", plain, "--against", p1, "--logits").returncode == 1
+
+    # Without the recorded scales the same floats still mean what online quantization makes of them.
+    from safetensors.torch import save_file
+
+    (u / "model.safetensors").unlink()
+    save_file(floats, str(u / "model.safetensors"), metadata={"format": "pt", "bitconvert.ternary_values":
+                                                              "codes*scale/nonzero_fraction"})
+    p3 = tmp_path / "p3"
+    r = run_cli("pack", u, p3, "--linear-class", "autobitlinear", "--scale-dtype", "f32", "--json")
+    assert r.returncode == 0, r.stderr
+    again = read_all(p3)
+    for name in names:
+        assert torch.equal(unpack_codes(again[name]), unpack_codes(packed[name])), name
+        expect = TernaryScale(packed[name + "_scale"], cls).magnitude(torch.float64)
+        assert abs(float(again[name + "_scale"]) / float(expect) - 1) <= 2 * rel_step, name
+
+
+def test_unknown_float_values_metadata_is_refused(tmp_path):
+    p1, u = tmp_path / "p1", tmp_path / "u"
+    assert run_cli("pack", FIXTURES / "llama-master", p1).returncode == 0
+    assert run_cli("unpack", p1, u).returncode == 0
+    from safetensors.torch import save_file
+
+    tensors = read_all(u)
+    save_file(tensors, str(u / "model.safetensors"), metadata={"format": "pt", "bitconvert.ternary_values": "x"})
+    r = run_cli("pack", u, tmp_path / "p2")
+    assert r.returncode == 1 and "unknown bitconvert.ternary_values 'x'" in r.stderr
+    assert not (tmp_path / "p2").exists()
+
+
 def test_unpacked_values_recovered_without_hints(tmp_path):
     """autobitlinear scales come back from the float values alone (no metadata needed)."""
     p1, u = tmp_path / "p1", tmp_path / "u"

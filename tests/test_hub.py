@@ -600,8 +600,18 @@ def test_hf_input_downloads_only_what_the_format_needs_then_works_offline(tmp_pa
     assert pinned.returncode == 0, pinned.stderr
     missing = cli(offline, "inspect", "hf://org/src@nope", "--no-stats")
     assert missing.returncode == 1 and "not in the local cache" in one_line_error(missing)
+
+    # every command that reads a checkpoint takes hf:// as SRC and for --against
+    checks = {
+        "verify": cli(offline, "verify", "hf://org/src", "--against", src, "--logits", "--json"),
+        "verify --against": cli(offline, "verify", src, "--against", "hf://org/src", "--json"),
+        "logits": cli(offline, "logits", "hf://org/src", "--tokens", "1,2,3", "--out", tmp_path / "l.npy", "--json"),
+    }
+    for what, run in checks.items():
+        assert run.returncode == 0, (what, run.stderr)
+    assert json.loads(checks["verify"].stdout)["passed"] is True
     assert hub.requests == []
-    assert_no_token(tmp_path, online, p, pinned, missing)
+    assert_no_token(tmp_path, online, p, pinned, missing, *checks.values())
 
 
 def test_convert_hf_input_push_to(tmp_path, hub, env):
@@ -626,6 +636,49 @@ def test_convert_hf_input_push_to(tmp_path, hub, env):
     assert bad.returncode == 2 and not never.exists()
     one_line_error(bad)
     assert_no_token(tmp_path, p, bad)
+
+
+def test_gguf_from_hub_names_its_origin_and_carries_provenance(tmp_path, hub, env):
+    """A GGUF made from hf:// is named after the repo, points at it, and keeps its provenance in the
+    header (read here with gguf-py); upload's card is made from that header."""
+    import gguf
+
+    src = FIXTURES / "bitnet-2b4t-packed"
+    sha = seed_repo(hub, "org/tiny-bitnet", src, {"README.md": b"---\nlicense: mit\n---\n# card\n"})
+    out = tmp_path / "tiny.gguf"
+    p = cli(env, "convert", "hf://org/tiny-bitnet", out, "--to", "gguf", "--allow-fallback", "--json")
+    assert p.returncode == 0, p.stderr
+    reader = gguf.GGUFReader(out)
+
+    def text(key):
+        field = reader.fields[key]
+        return bytes(field.parts[field.data[0]]).decode()
+
+    assert text("general.name") == "tiny-bitnet"
+    assert text("general.source.url") == text("general.source.repo_url") == "https://huggingface.co/org/tiny-bitnet"
+    assert text("general.license") == "mit"
+    prov = json.loads(text("bitconvert.provenance"))
+    assert prov["source"]["commit"] == sha and prov["base_model"] == "org/tiny-bitnet"
+    assert prov["output"] == {"format": "gguf", "files": ["tiny.gguf"]}
+    blobs = {f["path"]: f["sha256"] for f in prov["source_files"]}
+    assert blobs["model.safetensors"] == hashlib.sha256((src / "model.safetensors").read_bytes()).hexdigest()
+
+    plan = cli(env, "upload", out, "org/tiny-gguf", "--dry-run", "--json")
+    assert plan.returncode == 0, plan.stderr
+    card = json.loads(plan.stdout)["card"]
+    assert sha in card and "base_model: org/tiny-bitnet" in card and blobs["model.safetensors"] in card
+
+    # a local source: named after its folder, no URL, hashes not recorded rather than guessed
+    local = tmp_path / "local.gguf"
+    assert cli(env, "convert", src, local, "--to", "gguf", "--allow-fallback").returncode == 0
+    lreader = gguf.GGUFReader(local)
+    field = lreader.fields["general.name"]
+    assert bytes(field.parts[field.data[0]]).decode() == "bitnet-2b4t-packed"
+    assert "general.source.url" not in lreader.fields
+    field = lreader.fields["bitconvert.provenance"]
+    lprov = json.loads(bytes(field.parts[field.data[0]]).decode())
+    assert lprov["source"]["path"] == str(src) and all(f["sha256"] is None for f in lprov["source_files"])
+    assert_no_token(tmp_path, p, plan)
 
 
 def test_missing_repo_and_unreachable_hub_are_one_line_errors(tmp_path, hub, env, packed, inproc):

@@ -152,3 +152,27 @@ def test_pack_codes_match_transformers_pack_weights():
     g = torch.Generator().manual_seed(1)
     codes = torch.randint(-1, 2, (64, 40), generator=g, dtype=torch.int8)
     assert torch.equal(pack_codes(codes), pack_weights(codes.clone().to(torch.int32)))
+
+
+@pytest.mark.parametrize("arch,linear_class", CASES, ids=[c[0] for c in CASES])
+def test_online_exact_unpack_runs_the_packed_model_in_transformers_online_mode(tmp_path, arch, linear_class):
+    """transformers' online mode on `unpack --online-exact` output computes the packed model (to bf16
+    rounding of the scales); on plain `unpack` output it scales every layer by p."""
+    master = make_master(tmp_path, arch)
+    packed = tmp_path / "p"
+    # f32 throughout: transformers' offline path computes in the checkpoint's dtype.
+    r = run_cli("pack", master, packed, "--linear-class", linear_class.value, "--dtype", "f32", "--scale-dtype", "f32")
+    assert r.returncode == 0, r.stderr
+    for flag in ([], ["--online-exact"]):
+        r = run_cli("unpack", packed, tmp_path / f"u{len(flag)}", "--dtype", "f32", *flag)
+        assert r.returncode == 0, r.stderr
+    ref = AutoModelForCausalLM.from_pretrained(packed, dtype=torch.float32)
+    exact = AutoModelForCausalLM.from_pretrained(tmp_path / "u1", dtype=torch.float32)
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "u0", dtype=torch.float32)
+    with torch.no_grad():
+        want, got, off = (m(TOKENS).logits[0] for m in (ref, exact, plain))
+    exact_diff = float((got - want).abs().max())
+    plain_diff = float((off - want).abs().max())
+    print(f"\n{arch}: max abs logit diff vs packed: --online-exact {exact_diff:.3g}, plain unpack {plain_diff:.3g}")
+    assert exact_diff < 1e-3 * float(want.abs().max())
+    assert plain_diff > 100 * exact_diff

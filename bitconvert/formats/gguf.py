@@ -34,7 +34,8 @@ from ..config import Architecture, ModelConfig
 from ..errors import CheckpointError, UsageError
 from ..gguf import codecs, metadata, names, tokenizer
 from ..gguf.parser import GGUFFile, TensorInfo, is_gguf
-from ..gguf.writer import KV, GGUFStreamWriter, PlannedGGUFTensor
+from ..gguf.writer import KV, GGUFStreamWriter, PlannedGGUFTensor, kv_str
+from ..provenance import PROVENANCE_KEY, provenance_text
 from ..scale_hints import decode_scale, encode_scale
 from ..ternary import LinearClass, TernaryScale, TernaryWeight, recover_ternary
 from . import Progress, WriteOptions, WriteReport, register_reader, register_writer
@@ -270,6 +271,9 @@ class GGUFReader:
             "gguf_tokenizer": tokenizer.from_gguf(f),
             "gguf_file_type": f.get("general.file_type"),
         }
+        for key, field in (("general.name", "model_name"), ("general.source.url", "source_url"), ("general.license", "license")):
+            if isinstance(f.get(key), str) and f.get(key):
+                info[field] = f.get(key)
         classes = {s.linear_class for s in hints.values()}
         if len(classes) == 1:
             info["linear_class"] = classes.pop()
@@ -333,7 +337,8 @@ class GGUFWriter:
         self._check_layout(cfg, arch, report)
 
         md: dict[str, KV] = {}
-        md.update(metadata.general(ckpt.path.name, arch, metadata.FILE_TYPES[gguf_type], ckpt.info.get("source_url")))
+        name, source_url, license = metadata.origin(ckpt.info, ckpt.path)
+        md.update(metadata.general(name, arch, metadata.FILE_TYPES[gguf_type], source_url, license))
         md.update(metadata.hyperparameters(cfg, arch))
         tok = ckpt.info.get("gguf_tokenizer")
         if tok:
@@ -348,6 +353,8 @@ class GGUFWriter:
             if p.role != "dense" and e.load_scale is not None:
                 hints[p.hf] = encode_scale(e.load_scale())
         md.update(metadata.bitconvert_keys(cfg, ckpt.format, scale_mode, hints))
+        if ckpt.info.get("provenance"):
+            md[PROVENANCE_KEY] = kv_str(provenance_text(ckpt.info["provenance"]))
 
         flat = [t for p in plans for t in ((p.tensor, p.scale) if p.scale else (p.tensor,))]
         how: Counter = Counter()

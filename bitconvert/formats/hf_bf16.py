@@ -1,9 +1,11 @@
 """``hf-bf16``: float master weights in HF safetensors (e.g. microsoft/bitnet-b1.58-2B-4T-bf16).
 
 A master's linear weights are latent floats that BitNet quantizes on the fly. ``unpack`` output is
-a master too, whose weights are exactly codes x mean|W|; it records each original stored scale in
-the safetensors metadata so a later ``pack`` gets the scale back bit for bit even where the
-reciprocal convention (bitlinear) could not be recovered from the float values alone.
+a master too, whose weights are exactly codes x mean|W| (or, with the writer option
+``online_master``, codes x mean|W| / p, which online quantization maps back to the packed layer);
+it records each original stored scale in the safetensors metadata so a later ``pack`` gets the
+scale back bit for bit even where the reciprocal convention (bitlinear) could not be recovered
+from the float values alone.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from ..checkpoint import Checkpoint, TensorEntry, as_dense, check_tensor_set, is
 from ..config import QuantConfig, QuantMode
 from ..errors import CheckpointError
 from ..safetensors_io import DTYPE_NAMES, FLOAT_DTYPES, PlannedTensor, SafetensorsFile, StoredTensor
-from ..scale_hints import SCALE_HINTS_KEY, decode_hints, encode_hints
-from ..ternary import LinearClass, TernaryScale, TernaryWeight, recover_ternary
+from ..scale_hints import SCALE_HINTS_KEY, VALUES_EXACT, VALUES_KEY, VALUES_ONLINE, decode_hints, encode_hints
+from ..ternary import LinearClass, TernaryScale, TernaryWeight, quantize, recover_ternary
 from . import Progress, WriteOptions, WriteReport, register_reader, register_writer
 from .hf_common import (
     copy_side_files,
@@ -32,17 +34,24 @@ from .hf_packed import is_packed_directory
 NAME = "hf-bf16"
 
 
-def _load_master(st: SafetensorsFile, t: StoredTensor, hint: TernaryScale | None) -> torch.Tensor | TernaryWeight:
+def _load_master(
+    st: SafetensorsFile, t: StoredTensor, hint: TernaryScale | None, online: bool
+) -> torch.Tensor | TernaryWeight:
     w = st.read(t.name)
-    if hint is None:
-        return w
-    # Trust the recorded scale only while the values are still exactly codes x that scale.
-    magnitude = hint.magnitude(w.dtype)
     found = recover_ternary(w)
-    if found is not None and torch.equal(found[1].reshape(()), magnitude):
-        return TernaryWeight(found[0], hint)
-    if not bool(w.any()):
-        return TernaryWeight(torch.zeros(w.shape, dtype=torch.int8), hint)
+    if found is None:
+        if hint is not None and not bool(w.any()):
+            return TernaryWeight(torch.zeros(w.shape, dtype=torch.int8), hint)
+        return w
+    codes, magnitude = found
+    if hint is not None:
+        # Trust the recorded scale only while the values are still exactly what unpack wrote from it.
+        kept = TernaryWeight(codes, hint)
+        if torch.equal(magnitude.reshape(()), kept.online_magnitude(w.dtype) if online else hint.magnitude(w.dtype)):
+            return kept
+    if online:
+        # Values meant for online quantization: their scale is mean|values|, not the magnitude.
+        return quantize(w, LinearClass.AUTOBITLINEAR, torch.float32)
     return w
 
 
@@ -57,6 +66,10 @@ class HFBF16Reader:
         cfg = d.config
         notes = list(d.notes)
         hints: dict[str, TernaryScale] = {}
+        values = d.metadata_value(VALUES_KEY) or VALUES_EXACT
+        if values not in (VALUES_EXACT, VALUES_ONLINE):
+            raise CheckpointError(path, f"unknown {VALUES_KEY} {values!r} in the safetensors metadata")
+        online = values == VALUES_ONLINE
         raw_hints = d.metadata_value(SCALE_HINTS_KEY)
         if raw_hints:
             try:
@@ -78,11 +91,11 @@ class HFBF16Reader:
                 t.dtype,
                 False,
                 str(st.path),
-                lambda st=st, t=t, h=hint: _load_master(st, t, h),
+                lambda st=st, t=t, h=hint: _load_master(st, t, h, online),
                 (lambda h=hint: h) if hint is not None else None,
                 stored=DTYPE_NAMES[t.dtype],
             )
-        info = {}
+        info = {"float_values": values}
         classes = {s.linear_class for s in hints.values()}
         if len(classes) == 1:
             info["linear_class"] = classes.pop()
@@ -101,16 +114,20 @@ class HFBF16Writer:
         names = ordered_names(cfg, ckpt.tensors)
         plan = [PlannedTensor(n, options.dtype, ckpt.tensors[n].shape) for n in names]
         hints = {n: ckpt.tensors[n].load_scale() for n in names if ckpt.tensors[n].load_scale is not None}
+        online = bool((options.extra or {}).get("online_master"))
         metadata = {"format": "pt"}
         if hints:
             metadata[SCALE_HINTS_KEY] = encode_hints(hints)
+            metadata[VALUES_KEY] = VALUES_ONLINE if online else VALUES_EXACT
         dequantized = 0
 
         def produce(t: PlannedTensor) -> torch.Tensor:
             nonlocal dequantized
             value = ckpt.tensors[t.name].load()
-            dequantized += isinstance(value, TernaryWeight)
-            return as_dense(value, options.dtype)
+            if not isinstance(value, TernaryWeight):
+                return as_dense(value, options.dtype)
+            dequantized += 1
+            return value.online_master(options.dtype) if online else value.dequantize(options.dtype)
 
         write_safetensors_dir(out, plan, produce, options.max_shard_size, metadata, progress, report)
         src_q = cfg.quantization or QuantConfig()

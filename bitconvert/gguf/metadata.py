@@ -9,6 +9,7 @@ I2_S files of 2B-4T use ``bitnet-b1.58`` (older files ``bitnet-25``). Llama-layo
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from .. import __version__
@@ -28,6 +29,8 @@ KEY_HF_CONFIG = "bitconvert.hf_config"
 KEY_SCALES = "bitconvert.ternary_scales"
 KEY_SOURCE_FORMAT = "bitconvert.source_format"
 KEY_SCALE_MODE = "bitconvert.scale_mode"
+
+HUB_URL = "https://huggingface.co/"
 
 # llama_ftype values written as general.file_type
 FILE_TYPES = {"f32": 0, "f16": 1, "bf16": 32, "tq1_0": 36, "tq2_0": 37, "i2_s": 40}
@@ -60,7 +63,9 @@ def hyperparameters(cfg: ModelConfig, arch: str) -> dict[str, KV]:
     }
 
 
-def general(name: str, arch: str, file_type: int, source: str | None) -> dict[str, KV]:
+def general(
+    name: str, arch: str, file_type: int, source_url: str | None = None, license: str | None = None
+) -> dict[str, KV]:
     md = {
         "general.architecture": kv_str(arch),
         "general.type": kv_str("model"),
@@ -69,9 +74,25 @@ def general(name: str, arch: str, file_type: int, source: str | None) -> dict[st
         "general.file_type": kv_u32(file_type),
         "general.quantization_version": kv_u32(2),
     }
-    if source:
-        md["general.source.url"] = kv_str(source)
+    if source_url:
+        md["general.source.url"] = kv_str(source_url)
+        if source_url.startswith(HUB_URL):
+            md["general.source.repo_url"] = kv_str(source_url)
+    if license:
+        md["general.license"] = kv_str(license)
     return md
+
+
+def origin(info: dict[str, Any], path: Path) -> tuple[str, str | None, str | None]:
+    """(general.name, general.source.url, general.license) for a checkpoint's ``info`` and ``path``.
+
+    A Hub source names the model and its URL; a GGUF source passes on its own; otherwise the name
+    is the file's stem or the directory's name (never a Hub cache's commit-hash folder).
+    """
+    repo = info.get("source_repo")
+    url = f"{HUB_URL}{repo}" if repo else info.get("source_url")
+    name = info.get("model_name") or (path.stem if path.suffix == ".gguf" else path.name)
+    return name, url, info.get("license")
 
 
 def bitconvert_keys(cfg: ModelConfig, source_format: str, scale_mode: str, scales: dict[str, Any]) -> dict[str, KV]:

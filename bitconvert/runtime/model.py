@@ -29,6 +29,7 @@ from ..checkpoint import Checkpoint
 from ..config import ARCH_SPECS, QUANTIZED_LINEARS, ModelConfig
 from ..errors import CheckpointError, UsageError
 from ..formats import Progress, no_progress, open_checkpoint
+from ..scale_hints import VALUES_ONLINE
 from ..ternary import LinearClass, TernaryWeight, quantize
 from .cache import KVCache
 from .linear import DenseLinear, TernaryLinear, kernels_usable, rms_norm
@@ -272,7 +273,8 @@ def load_model(
                 # (s = 1/mean|W| in fp32). A reader may hand such floats over as codes + a recorded
                 # scale (unpack output); their float values are exactly codes x that magnitude.
                 if isinstance(value, TernaryWeight):
-                    value = value.dequantize(entry.dtype)
+                    online = ckpt.info.get("float_values") == VALUES_ONLINE
+                    value = value.online_master(entry.dtype) if online else value.dequantize(entry.dtype)
                     recorded += 1
                 value = quantize(value, LinearClass.BITLINEAR, torch.float32)
             parts[name] = TernaryLinear(value, dev, input_rms_norm_eps=input_norm_eps, use_kernel=kernel)
