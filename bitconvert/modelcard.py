@@ -149,7 +149,9 @@ def _provenance(card: CardInput) -> str:
     files = prov.get("source_files") or []
     if files:
         out += "\nSource files:\n\n| file | bytes | sha256 |\n|---|---:|---|\n"
-        out += "".join(f"| {_cell(f.get('path'))} | {f.get('size', '')} | {_sha_cell(f.get('sha256'))} |\n" for f in files)
+        out += "".join(
+            f"| {_cell(f.get('path'))} | {f.get('size', '')} | {_sha_cell(f.get('sha256'))} |\n" for f in files
+        )
     return out
 
 

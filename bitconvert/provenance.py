@@ -83,19 +83,24 @@ def visible_files(root: Path) -> list[Path]:
     )
 
 
+def _source_paths(root: Path, names: Iterable[str] | None) -> dict[str, Path]:
+    """Source files by their recorded name: ``root`` itself when it is a file, else ``names``
+    (paths relative to ``root``) or every visible file below it."""
+    if root.is_file():
+        return {root.name: root}
+    if names is None:
+        names = [p.relative_to(root).as_posix() for p in visible_files(root)]
+    return {name: root / name for name in names}
+
+
 def source_files(
     root: Path, names: Iterable[str] | None = None, stop: threading.Event | None = None
 ) -> list[dict[str, Any]]:
-    """Size and sha256 of each source file; ``names`` (paths relative to ``root``) or every visible file."""
-    if root.is_file():
-        return [{"path": root.name, "size": root.stat().st_size, "sha256": sha256_file(root, stop)}]
-    if names is None:
-        names = [p.relative_to(root).as_posix() for p in visible_files(root)]
-    out = []
-    for name in names:
-        p = root / name
-        out.append({"path": name, "size": p.stat().st_size, "sha256": sha256_file(p, stop)})
-    return out
+    """Size and sha256 of each source file (see _source_paths for which)."""
+    return [
+        {"path": name, "size": p.stat().st_size, "sha256": sha256_file(p, stop)}
+        for name, p in _source_paths(root, names).items()
+    ]
 
 
 def known_source_files(root: Path, names: Iterable[str] | None = None) -> list[dict[str, Any]]:
@@ -105,14 +110,8 @@ def known_source_files(root: Path, names: Iterable[str] | None = None) -> list[d
     any tensor, so there is no time to hash the source alongside. A Hub cache names each LFS blob
     by its sha256, so files that came from the Hub keep their hash; local files get ``None``.
     """
-    if root.is_file():
-        paths = {root.name: root}
-    else:
-        if names is None:
-            names = [p.relative_to(root).as_posix() for p in visible_files(root)]
-        paths = {name: root / name for name in names}
     out = []
-    for name, p in paths.items():
+    for name, p in _source_paths(root, names).items():
         blob = p.resolve().name if p.is_symlink() else ""
         sha = blob if len(blob) == 64 and all(c in "0123456789abcdef" for c in blob) else None
         out.append({"path": name, "size": p.stat().st_size, "sha256": sha})

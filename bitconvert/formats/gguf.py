@@ -271,9 +271,11 @@ class GGUFReader:
             "gguf_tokenizer": tokenizer.from_gguf(f),
             "gguf_file_type": f.get("general.file_type"),
         }
-        for key, field in (("general.name", "model_name"), ("general.source.url", "source_url"), ("general.license", "license")):
-            if isinstance(f.get(key), str) and f.get(key):
-                info[field] = f.get(key)
+        origin_keys = {"general.name": "model_name", "general.source.url": "source_url", "general.license": "license"}
+        for key, field in origin_keys.items():
+            value = f.get(key)
+            if isinstance(value, str) and value:
+                info[field] = value
         classes = {s.linear_class for s in hints.values()}
         if len(classes) == 1:
             info["linear_class"] = classes.pop()
