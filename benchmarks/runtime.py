@@ -77,7 +77,6 @@ def make_model(out: Path, layers: int, vocab: int, seed: int = 0) -> Path:
     import torch
 
     from bitconvert.convert import convert
-    from bitconvert.formats import WriteOptions
     from bitconvert.safetensors_io import PlannedTensor, SafetensorsWriter
     from bitconvert.ternary import LinearClass
 
@@ -120,7 +119,7 @@ def make_model(out: Path, layers: int, vocab: int, seed: int = 0) -> Path:
     }
     (master / "config.json").write_text(json.dumps(config, indent=2))
     packed = out / "packed"
-    convert(master, packed, "hf-packed", WriteOptions(linear_class=LinearClass.AUTOBITLINEAR))
+    convert(master, packed, "hf-packed", {"linear_class": LinearClass.AUTOBITLINEAR})
     return packed
 
 

@@ -6,7 +6,6 @@ Exit codes: 0 success, 1 a checkpoint problem (or a failed check), 2 a usage pro
 from __future__ import annotations
 
 import json
-import re
 import signal
 import sys
 import traceback
@@ -34,7 +33,6 @@ out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 _state = {"debug": False}
 
-DTYPE_CHOICES = {"bf16": "bfloat16", "f16": "float16", "f32": "float32"}
 
 # --- shared option types ----------------------------------------------------------------------
 Src = Annotated[
@@ -44,7 +42,9 @@ Dst = Annotated[Path, typer.Argument(help="Output path; created only when the co
 JsonOut = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
 Device = Annotated[str, typer.Option("--device", help="Runtime device: cpu or cuda.")]
 Force = Annotated[bool, typer.Option("--force", help="Replace DST if it exists.")]
-MaxShard = Annotated[str, typer.Option("--max-shard-size", help="Largest safetensors shard, e.g. 5GB, 500MB.")]
+MaxShard = Annotated[
+    Optional[str], typer.Option("--max-shard-size", help="Largest safetensors shard, e.g. 5GB, 500MB. Default 5GB.")
+]
 LinearClassOpt = Annotated[
     Optional[str],
     typer.Option(
@@ -53,8 +53,12 @@ LinearClassOpt = Annotated[
         "Default: the source's, else autobitlinear.",
     ),
 ]
-ScaleDtype = Annotated[str, typer.Option("--scale-dtype", help="dtype of packed weight_scale: bf16 or f32.")]
-DtypeOpt = Annotated[str, typer.Option("--dtype", help="dtype of float tensors written: bf16, f16 or f32.")]
+ScaleDtype = Annotated[
+    Optional[str], typer.Option("--scale-dtype", help="dtype of packed weight_scale: bf16 or f32. Default bf16.")
+]
+DtypeOpt = Annotated[
+    Optional[str], typer.Option("--dtype", help="dtype of float tensors written: bf16, f16 or f32. Default bf16.")
+]
 
 
 def _version(value: bool) -> None:
@@ -76,35 +80,10 @@ def _root(
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def parse_size(text: str) -> int:
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)B?\s*", text, re.IGNORECASE)
-    if not m:
-        raise UsageError(f"cannot read size {text!r}; use e.g. 5GB, 500MB or a byte count")
-    number, unit, binary = float(m.group(1)), m.group(2).upper(), m.group(3)
-    base = 1024 if binary else 1000
-    size = int(number * base ** "_KMGT".index(unit or "_"))
-    if size <= 0:
-        raise UsageError(f"size must be positive, got {text!r}")
-    return size
-
-
 def parse_dtype(text: str, allowed: tuple[str, ...] = ("bf16", "f16", "f32")):
-    import torch
+    from .formats.options import dtype_parser
 
-    if text not in allowed:
-        raise UsageError(f"dtype must be one of {', '.join(allowed)}, got {text!r}")
-    return getattr(torch, DTYPE_CHOICES[text])
-
-
-def parse_linear_class(text: str | None):
-    from .ternary import LinearClass
-
-    if text is None:
-        return None
-    try:
-        return LinearClass(text)
-    except ValueError:
-        raise UsageError(f"--linear-class must be autobitlinear or bitlinear, got {text!r}") from None
+    return dtype_parser("--dtype", allowed)(text)
 
 
 class _Terminated(Exception):
@@ -192,23 +171,9 @@ def run_conversion(src: Path, dst: Path, to: str, options, *, force: bool, json_
         _print_conversion(result)
 
 
-def write_options(
-    *,
-    linear_class: str | None = None,
-    dtype: str = "bf16",
-    scale_dtype: str = "bf16",
-    max_shard_size: str = "5GB",
-    extra: dict[str, Any] | None = None,
-):
-    from .formats import WriteOptions
-
-    return WriteOptions(
-        linear_class=parse_linear_class(linear_class),
-        dtype=parse_dtype(dtype),
-        scale_dtype=parse_dtype(scale_dtype, ("bf16", "f32")),
-        max_shard_size=parse_size(max_shard_size),
-        extra=extra or {},
-    )
+def given_options(**values: Any) -> dict[str, Any]:
+    """The write options the user actually gave (None means "not given"; pass a flag as ``flag or None``)."""
+    return {k: v for k, v in values.items() if v is not None}
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -265,15 +230,17 @@ def pack(
     src: Src,
     dst: Dst,
     linear_class: LinearClassOpt = None,
-    scale_dtype: ScaleDtype = "bf16",
-    dtype: DtypeOpt = "bf16",
-    max_shard_size: MaxShard = "5GB",
+    scale_dtype: ScaleDtype = None,
+    dtype: DtypeOpt = None,
+    max_shard_size: MaxShard = None,
     force: Force = False,
     json_out: JsonOut = False,
 ) -> None:
     """Quantize a master (or re-pack any checkpoint) into transformers' packed 2-bit layout (hf-packed)."""
     with _errors():
-        opts = write_options(linear_class=linear_class, dtype=dtype, scale_dtype=scale_dtype, max_shard_size=max_shard_size)
+        opts = given_options(
+            linear_class=linear_class, dtype=dtype, scale_dtype=scale_dtype, max_shard_size=max_shard_size
+        )
         run_conversion(src, dst, "hf-packed", opts, force=force, json_out=json_out)
 
 
@@ -290,7 +257,7 @@ def unpack(
             "(transformers' online mode) gives back the packed layer instead of scaling it by p.",
         ),
     ] = False,
-    max_shard_size: MaxShard = "5GB",
+    max_shard_size: MaxShard = None,
     force: Force = False,
     json_out: JsonOut = False,
 ) -> None:
@@ -298,8 +265,7 @@ def unpack(
     with _errors():
         if dtype not in ("bf16", "f32"):
             raise UsageError(f"--dtype must be bf16 or f32, got {dtype!r}")
-        opts = write_options(dtype=dtype, max_shard_size=max_shard_size)
-        opts.extra["online_master"] = online_exact
+        opts = given_options(dtype=dtype, max_shard_size=max_shard_size, online_exact=online_exact or None)
         run_conversion(src, dst, "hf-bf16", opts, force=force, json_out=json_out)
 
 
@@ -309,21 +275,25 @@ def convert(
     dst: Dst,
     to: Annotated[str, typer.Option("--to", help="Output format (see `bitconvert formats`).")],
     linear_class: LinearClassOpt = None,
-    scale_dtype: ScaleDtype = "bf16",
-    dtype: DtypeOpt = "bf16",
-    max_shard_size: MaxShard = "5GB",
+    scale_dtype: ScaleDtype = None,
+    dtype: DtypeOpt = None,
+    max_shard_size: MaxShard = None,
     gguf_type: Annotated[
-        str, typer.Option("--gguf-type", help="GGUF weight type: tq2_0, tq1_0, i2_s, f16, bf16, f32.")
-    ] = "tq2_0",
-    embed_type: Annotated[str, typer.Option("--embed-type", help="GGUF token_embd type: f16, bf16, f32, q8_0.")] = "f16",
+        Optional[str], typer.Option("--gguf-type", help="GGUF weight type: tq2_0 (default), tq1_0, i2_s, f16, bf16, f32.")
+    ] = None,
+    embed_type: Annotated[
+        Optional[str], typer.Option("--embed-type", help="GGUF token_embd type: f16 (default), bf16, f32, q8_0.")
+    ] = None,
     allow_fallback: Annotated[
         bool, typer.Option("--allow-fallback", help="GGUF: write tensors a ternary type cannot hold as F16.")
     ] = False,
-    tp: Annotated[int, typer.Option("--tp", help="Nanotron: tensor-parallel size to write.")] = 1,
+    tp: Annotated[Optional[str], typer.Option("--tp", help="Nanotron: tensor-parallel size to write (default 1).")] = None,
     rope_interleaved: Annotated[
         Optional[bool], typer.Option("--rope-interleaved/--no-rope-interleaved", help="Nanotron: RoPE layout.")
     ] = None,
-    nanotron_version: Annotated[str, typer.Option("--nanotron-version", help="Nanotron checkpoint version.")] = "1.4",
+    nanotron_version: Annotated[
+        Optional[str], typer.Option("--nanotron-version", help="Nanotron checkpoint version: 1.4 (default) or 1.5.")
+    ] = None,
     allow_approximate: Annotated[
         bool, typer.Option("--allow-approximate", help="Accept a conversion that cannot be exact (packed -> Nanotron).")
     ] = False,
@@ -335,19 +305,22 @@ def convert(
 ) -> None:
     """Convert SRC into any format bitconvert writes."""
     with _errors():
-        extra = {
-            "gguf_type": gguf_type,
-            "embed_type": embed_type,
-            "allow_fallback": allow_fallback,
-            "tp": tp,
-            "rope_interleaved": rope_interleaved,
-            "nanotron_version": nanotron_version,
-            "allow_approximate": allow_approximate,
-            "push_to": push_to,
-        }
-        opts = write_options(
-            linear_class=linear_class, dtype=dtype, scale_dtype=scale_dtype, max_shard_size=max_shard_size, extra=extra
+        opts = given_options(
+            linear_class=linear_class,
+            dtype=dtype,
+            scale_dtype=scale_dtype,
+            max_shard_size=max_shard_size,
+            gguf_type=gguf_type,
+            embed_type=embed_type,
+            allow_fallback=allow_fallback or None,
+            tp=tp,
+            rope_interleaved=rope_interleaved,
+            nanotron_version=nanotron_version,
+            allow_approximate=allow_approximate or None,
         )
+        from .formats import options_for
+
+        opts = options_for(to, opts)  # refuses, before any work, an option that --to does not take
         if push_to:  # convert, then upload DST as one commit (cli_hub renders both)
             from .cli_hub import convert_and_push
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Mapping
 
-from .formats import Progress, WriteOptions, WriteReport, no_progress, open_checkpoint, writer_for
+from .formats import Progress, WriteReport, no_progress, open_checkpoint, options_for, writer_for
 from .staging import check_paths, staged_output
 
 
@@ -41,18 +42,23 @@ def convert(
     src: str | Path,
     dst: str | Path,
     to: str,
-    options: WriteOptions | None = None,
+    options: Mapping[str, Any] | Any = None,
     *,
     force: bool = False,
     src_format: str | None = None,
     progress: Progress = no_progress,
 ) -> ConvertResult:
-    """Convert the checkpoint at ``src`` into format ``to`` at ``dst``; ``dst`` appears only when complete."""
+    """Convert the checkpoint at ``src`` into format ``to`` at ``dst``; ``dst`` appears only when complete.
+
+    ``options``: the writer's options dataclass, or a mapping of its field names to values (strings
+    as on the command line, or typed); an option that ``to`` does not take is a UsageError.
+    """
     from .hub import resolve_source
     from .provenance import BackgroundHashes, conversion_provenance, known_source_files, write_conversion_provenance
 
     start = time.perf_counter()
     writer = writer_for(to)
+    options = options_for(to, options)
     source = resolve_source(src)  # hf://ORG/NAME[@REV] -> local snapshot; local paths unchanged
     shown_src, src, dst = source.uri or str(src), source.path, Path(dst)
     check_paths(src, dst, force)
@@ -73,7 +79,7 @@ def convert(
         ckpt.info["provenance"] = conversion_provenance(source, ckpt.format, writer.name, [dst.name], files)
     try:
         with staged_output(dst, directory=writer.writes_directory, force=force) as scratch:
-            report = writer.write(ckpt, scratch, options or WriteOptions(), progress)
+            report = writer.write(ckpt, scratch, options, progress)
             if hashes is not None:  # where it came from, for the model card (bitconvert_provenance.json)
                 files = hashes.result()
                 report.files.append(write_conversion_provenance(scratch, source, ckpt.format, report, files))

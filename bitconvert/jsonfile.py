@@ -1,4 +1,10 @@
-"""Reading a JSON object from a checkpoint's side file, with the project's one-line errors."""
+"""Reading JSON from checkpoint files, with the project's one-line errors and bounded literals.
+
+Every JSON text bitconvert reads (safetensors headers, config.json, the index, Nanotron's files,
+tokenizer.json, metadata values) goes through :func:`parse_json_text`, so that a hostile file ends
+in a :class:`CheckpointError`: nesting beyond the interpreter's recursion limit, integer literals
+too long to convert, ``NaN``/``Infinity`` and undecodable bytes are all refused in one line.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +14,47 @@ from typing import Any
 
 from .errors import CheckpointError
 
+#: the longest number literal accepted: far beyond any real dimension or float, far below the
+#: lengths where int() conversion is refused or slow
+MAX_NUMBER_DIGITS = 64
+
+
+def _int(text: str) -> int:
+    if len(text) > MAX_NUMBER_DIGITS:
+        raise ValueError(f"integer literal of {len(text)} digits")
+    return int(text)
+
+
+def _float(text: str) -> float:
+    if len(text) > MAX_NUMBER_DIGITS:
+        raise ValueError(f"number literal of {len(text)} characters")
+    return float(text)
+
+
+def _constant(text: str) -> Any:
+    raise ValueError(f"{text} is not a JSON number")
+
+
+def parse_json_text(text: str | bytes, source: str | Path, what: str = "JSON", object_pairs_hook=None) -> Any:
+    """The parsed value of ``text``; a CheckpointError naming ``source`` for anything malformed."""
+    try:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        return json.loads(
+            text, parse_int=_int, parse_float=_float, parse_constant=_constant, object_pairs_hook=object_pairs_hook
+        )
+    except RecursionError:
+        raise CheckpointError(source, f"cannot read {what}: nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        raise CheckpointError(source, f"cannot read {what}: {exc}") from None
+
 
 def read_json_object(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(path, f"cannot read: {exc}") from None
+        text = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(path, f"cannot read: {exc.strerror or exc}") from None
+    data = parse_json_text(text, path)
     if not isinstance(data, dict):
         raise CheckpointError(path, "not a JSON object")
     return data

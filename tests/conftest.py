@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,8 @@ from safetensors import safe_open
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
 sys.path.insert(0, str(ROOT))
+# CLI subprocesses import this checkout's bitconvert, whichever copy is installed
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
 
 from fixtures.make_fixtures import FIXTURES as FIXTURE_KINDS  # noqa: E402
 from fixtures.make_fixtures import fixture_path, make_checkpoint  # noqa: E402,F401

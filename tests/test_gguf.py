@@ -17,7 +17,7 @@ import torch
 from bitconvert.checkpoint import as_ternary
 from bitconvert.convert import convert
 from bitconvert.errors import CheckpointError
-from bitconvert.formats import WriteOptions, open_checkpoint
+from bitconvert.formats import open_checkpoint
 from bitconvert.formats.gguf import permute_qk
 from bitconvert.gguf import codecs
 from bitconvert.gguf.parser import GGUFFile
@@ -43,7 +43,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
 
 
 def to_gguf(src: Path, dst: Path, gguf_type: str = "tq2_0", **extra) -> dict:
-    opts = WriteOptions(extra={"gguf_type": gguf_type, **extra})
+    opts = {"gguf_type": gguf_type, **extra}
     return convert(src, dst, "gguf", opts).to_dict()
 
 

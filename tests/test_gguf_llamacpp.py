@@ -15,7 +15,6 @@ import pytest
 import torch
 
 from bitconvert.convert import convert
-from bitconvert.formats import WriteOptions
 from conftest import make_checkpoint
 
 runtime = pytest.importorskip("bitconvert.runtime", reason="bitconvert.runtime (reference runtime) is not available")
@@ -53,7 +52,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
 
 
 def write_gguf(src: Path, dst: Path, gguf_type: str, **extra) -> Path:
-    convert(src, dst, "gguf", WriteOptions(extra={"gguf_type": gguf_type, **extra}))
+    convert(src, dst, "gguf", {"gguf_type": gguf_type, **extra})
     return dst
 
 

@@ -728,11 +728,11 @@ def test_card_front_matter_parses_with_huggingface_hub(fmt, arch, lib):
 def test_sharded_and_single_file_selection(tmp_path, hub, inproc):
     """An index pulls exactly its shards (a stray top-level safetensors stays on the Hub); a path picks one file."""
     from bitconvert.convert import convert
-    from bitconvert.formats import WriteOptions, open_checkpoint
+    from bitconvert.formats import open_checkpoint
     from bitconvert.hub import HubError, resolve_source
 
     sharded = tmp_path / "sharded"
-    convert(FIXTURES / "llama-packed", sharded, "hf-packed", WriteOptions(max_shard_size=20_000))
+    convert(FIXTURES / "llama-packed", sharded, "hf-packed", {"max_shard_size": 20_000})
     shards = sorted(p.name for p in sharded.glob("model-*.safetensors"))
     assert len(shards) > 1
     strays = {"consolidated.safetensors": b"\0" * 64, "a.gguf": b"GGUF", "b.gguf": b"GGUF"}
@@ -752,7 +752,7 @@ def test_sharded_and_single_file_selection(tmp_path, hub, inproc):
     # a repository holding one GGUF file resolves to that file, whatever else sits beside it
     gdir = tmp_path / "g"
     gdir.mkdir()
-    convert(FIXTURES / "llama-packed", gdir / "m.gguf", "gguf", WriteOptions(extra={"allow_fallback": True}))
+    convert(FIXTURES / "llama-packed", gdir / "m.gguf", "gguf", {"allow_fallback": True})
     seed_repo(hub, "org/g", gdir, {"README.md": b"# card\n", "pytorch_model.bin": b"pickle", "sub/x.gguf": b"GGUF"})
     g = resolve_source("hf://org/g", endpoint=hub.base)
     assert g.path.name == "m.gguf" and g.path.read_bytes() == (gdir / "m.gguf").read_bytes() and g.files == ["m.gguf"]

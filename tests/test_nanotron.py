@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 
 from bitconvert.convert import convert
 from bitconvert.errors import CheckpointError, UsageError
-from bitconvert.formats import WriteOptions, open_checkpoint
+from bitconvert.formats import open_checkpoint
 from bitconvert.ternary import TernaryWeight, unpack_codes
 from conftest import FIXTURES, make_checkpoint, read_all, run_cli
 
@@ -28,7 +28,7 @@ SHARD = "model_weight_pp-rank-0-of-1_tp-rank-{r}-of-{t}.safetensors"
 
 
 def to(src: Path, dst: Path, fmt: str, dtype=torch.bfloat16, **extra) -> dict:
-    return convert(src, dst, fmt, WriteOptions(dtype=dtype, extra=extra)).report
+    return convert(src, dst, fmt, {"dtype": dtype, **extra}).report
 
 
 def master_dtype(kind: str) -> torch.dtype:
@@ -566,7 +566,7 @@ MEMORY_SCRIPT = """
 import sys
 from pathlib import Path
 from bitconvert.convert import convert
-from bitconvert.formats import WriteOptions, open_checkpoint
+from bitconvert.formats import open_checkpoint
 
 def status(key):  # this process's own memory (ru_maxrss would carry the parent's peak over the fork)
     line = next(l for l in open("/proc/self/status") if l.startswith(key + ":"))
@@ -575,8 +575,8 @@ def status(key):  # this process's own memory (ru_maxrss would carry the parent'
 src, nt, back = map(Path, sys.argv[1:4])
 open_checkpoint(src)  # imports and warm-up outside the measured part
 resident = status("VmRSS")
-convert(src, nt, "nanotron", WriteOptions(extra={"tp": 2}))
-convert(nt, back, "hf-bf16", WriteOptions())
+convert(src, nt, "nanotron", {"tp": 2})
+convert(nt, back, "hf-bf16", {})
 print(status("VmHWM") - resident)  # an upper bound on what the two conversions added
 """
 

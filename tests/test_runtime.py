@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 
 from bitconvert.cli import app
 from bitconvert.convert import convert
-from bitconvert.formats import WriteOptions, open_checkpoint
+from bitconvert.formats import open_checkpoint
 from bitconvert.runtime import Generation, TextTokenizer, compute_logits, generate, load_model
 from bitconvert.ternary import LinearClass
 from conftest import FIXTURES, make_checkpoint, read_all, run_cli
@@ -222,7 +222,7 @@ def test_any_format_runs_the_same_model(tmp_path):
     """A master, its exact pack (fp32 bitlinear scales), Nanotron and GGUF copies: one set of logits."""
     src = make_checkpoint(tmp_path / "src", "bitnet-2b4t", "master", hidden=256, intermediate=512, heads=4, kv_heads=2)
     exact = tmp_path / "exact"
-    convert(src, exact, "hf-packed", WriteOptions(linear_class=LinearClass.BITLINEAR, scale_dtype=torch.float32))
+    convert(src, exact, "hf-packed", {"linear_class": LinearClass.BITLINEAR, "scale_dtype": torch.float32})
     nanotron = tmp_path / "nanotron"
     convert(src, nanotron, "nanotron")
     packed = tmp_path / "packed"

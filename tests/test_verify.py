@@ -21,7 +21,6 @@ from typer.testing import CliRunner
 
 from bitconvert.cli import app
 from bitconvert.convert import convert
-from bitconvert.formats import WriteOptions
 from bitconvert.ternary import LinearClass
 from bitconvert.verify import Thresholds, verify_against, verify_integrity, verify_roundtrip
 from conftest import FIXTURES, make_checkpoint, read_all, run_cli
@@ -105,7 +104,7 @@ def test_pack_and_unpack_outputs_pass_against_their_source(tmp_path, source):
 def test_repacked_with_the_other_convention_needs_a_scale_tolerance(tmp_path):
     """bitlinear <-> autobitlinear re-expresses scales (1/x in bf16): exact codes, scales within 1 ulp."""
     out = tmp_path / "bitlinear"
-    convert(PACKED, out, "hf-packed", WriteOptions(linear_class=LinearClass.BITLINEAR))
+    convert(PACKED, out, "hf-packed", {"linear_class": LinearClass.BITLINEAR})
     assert verify_against(out, PACKED).passed  # compared as SRC stores it: what the converter had to write
     back = verify_against(PACKED, out)
     worst = back.figures["scale_max_rel_diff"]
@@ -255,7 +254,7 @@ def test_manifest_round_trip_and_tamper(tmp_path):
     assert cli("verify", PACKED, "--manifest-check", manifest).returncode == 0
     # the same model re-packed into shards has the same content
     resharded = tmp_path / "resharded"
-    convert(PACKED, resharded, "hf-packed", WriteOptions(max_shard_size=20_000))
+    convert(PACKED, resharded, "hf-packed", {"max_shard_size": 20_000})
     assert len(list(resharded.glob("*.safetensors"))) > 1
     report = verify_integrity(resharded, manifest_check=manifest)
     assert report.passed and sum(c.name == "manifest" for c in report.checks) == 24
@@ -314,7 +313,7 @@ def test_logits_agree_for_exact_conversions(tmp_path):
     """A master and its pack with fp32 bitlinear scales are the same model: the runtime agrees."""
     master = FIXTURES / "llama-master"
     packed = tmp_path / "packed"
-    convert(master, packed, "hf-packed", WriteOptions(linear_class=LinearClass.BITLINEAR, scale_dtype=torch.float32))
+    convert(master, packed, "hf-packed", {"linear_class": LinearClass.BITLINEAR, "scale_dtype": torch.float32})
     r, data = verify_json(packed, "--against", master, "--logits")
     assert r.returncode == 0, failing(r)
     assert data["figures"]["against.logits_max_abs_diff"] == 0.0

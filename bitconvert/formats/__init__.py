@@ -10,13 +10,11 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
-
-import torch
+from typing import Any, Callable, Mapping, Protocol
 
 from ..checkpoint import Checkpoint
 from ..errors import CheckpointError, UsageError
-from ..ternary import LinearClass
+from .options import build_options
 
 #: progress(done, total, current tensor name)
 Progress = Callable[[int, int, str], None]
@@ -24,17 +22,6 @@ Progress = Callable[[int, int, str], None]
 
 def no_progress(done: int, total: int, name: str) -> None:
     return None
-
-
-@dataclass
-class WriteOptions:
-    """Everything a writer may be asked; each writer reads the fields that concern it."""
-
-    linear_class: LinearClass | None = None  # None: keep the source's, else autobitlinear
-    dtype: torch.dtype = torch.bfloat16  # dense tensors (embedding, norms, unpacked weights)
-    scale_dtype: torch.dtype = torch.bfloat16  # packed weight_scale
-    max_shard_size: int = 5 * 1024**3
-    extra: dict[str, Any] = field(default_factory=dict)  # format-specific options, documented by each writer
 
 
 @dataclass
@@ -61,8 +48,10 @@ class Writer(Protocol):
     name: str
     #: True when the output is a directory, False for a single file (e.g. GGUF)
     writes_directory: bool
+    #: the frozen dataclass of this writer's options (see formats/options.py)
+    Options: type
 
-    def write(self, ckpt: Checkpoint, out: Path, options: WriteOptions, progress: Progress) -> WriteReport: ...
+    def write(self, ckpt: Checkpoint, out: Path, options: Any, progress: Progress) -> WriteReport: ...
 
 
 READERS: dict[str, Reader] = {}
@@ -92,6 +81,15 @@ def writer_for(name: str) -> Writer:
     if name not in WRITERS:
         raise UsageError(f"unknown output format {name!r}; choose one of: {', '.join(sorted(WRITERS))}")
     return WRITERS[name]
+
+
+def options_for(fmt: str, given: Mapping[str, Any] | Any = None) -> Any:
+    """The options of writer ``fmt`` from ``given`` (field name -> value, or a ready instance).
+
+    An option that ``fmt`` does not take is a UsageError naming the formats that take it.
+    """
+    writer = writer_for(fmt)
+    return build_options(fmt, writer.Options, given, {n: w.Options for n, w in WRITERS.items()})
 
 
 def detect_format(path: Path) -> str:

@@ -1,8 +1,6 @@
 """``gguf``: llama.cpp / bitnet.cpp model files, read and written tensor by tensor.
 
-Writer (``WriteOptions.extra``): ``gguf_type`` tq2_0 (default) | tq1_0 | i2_s | f16 | bf16 | f32,
-``embed_type`` f16 (default) | bf16 | f32 | q8_0 for ``token_embd`` (and an untied ``output``),
-``allow_fallback``: write quantized linears a ternary type cannot hold as F16 instead of failing.
+Writer options: :class:`GGUFOptions`.
 
 Scales stay exact. TQ types in the ``bitnet`` architecture store codes with block ``d = 1`` plus an
 F32 ``[1]`` tensor ``blk.N.<name>.scale`` that llama.cpp multiplies into the matmul output. The
@@ -18,7 +16,6 @@ folded per block (codes and the scale are recovered when every non-zero block ha
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import weakref
@@ -31,15 +28,16 @@ import torch
 
 from ..checkpoint import Checkpoint, TensorEntry, Value, as_dense, as_ternary, check_tensor_set
 from ..config import Architecture, ModelConfig
-from ..errors import CheckpointError, UsageError
+from ..errors import CheckpointError
 from ..gguf import codecs, metadata, names, tokenizer
 from ..gguf.parser import GGUFFile, TensorInfo, is_gguf
 from ..gguf.writer import KV, GGUFStreamWriter, PlannedGGUFTensor, kv_str
 from ..provenance import PROVENANCE_KEY, provenance_text
-from ..scale_hints import decode_scale, encode_scale
+from ..scale_records import SCALES_KEY, decode_records, encode_record
 from ..ternary import LinearClass, TernaryScale, TernaryWeight, recover_ternary
-from . import Progress, WriteOptions, WriteReport, register_reader, register_writer
+from . import Progress, WriteReport, register_reader, register_writer
 from .hf_common import ordered_names
+from .options import choice_parser, option, parse_flag
 
 NAME = "gguf"
 GGUF_TYPES = {"tq2_0": codecs.TQ2_0, "tq1_0": codecs.TQ1_0, "i2_s": codecs.I2_S, "f16": codecs.F16,
@@ -81,21 +79,13 @@ def _needs_permute(gguf_arch: str, name: str) -> bool:
 # --- reader ---------------------------------------------------------------------------------------
 
 
-def _scale_hints(f: GGUFFile, notes: list[str]) -> dict[str, TernaryScale]:
-    raw = f.get(metadata.KEY_SCALES)
+def _scale_hints(f: GGUFFile) -> dict[str, TernaryScale]:
+    raw = f.get(SCALES_KEY)
+    if raw is None:
+        return {}
     if not isinstance(raw, str):
-        return {}
-    try:
-        items = json.loads(raw).items()
-    except (ValueError, AttributeError):
-        notes.append(f"ignored unreadable {metadata.KEY_SCALES} metadata")
-        return {}
-    hints = {}
-    for name, item in items:
-        scale = decode_scale(item)
-        if scale is not None:
-            hints[name] = scale
-    return hints
+        raise CheckpointError(f.path, f"{SCALES_KEY} is not a string")
+    return {name: r.scale for name, r in decode_records(raw, f.path).items()}
 
 
 def _scale(stored: torch.Tensor, hint: TernaryScale | None) -> TernaryScale:
@@ -225,7 +215,7 @@ class GGUFReader:
         notes: list[str] = []
         tied = "output.weight" not in f.tensors
         arch, cfg = metadata.read_config(f, tied, notes)
-        hints = _scale_hints(f, notes)
+        hints = _scale_hints(f)
         expected = cfg.expected_shapes()
         used: set[str] = set()
         entries: dict[str, TensorEntry] = {}
@@ -311,22 +301,28 @@ class _Plan:
     scale: PlannedGGUFTensor | None = None
 
 
-def _option(extra: dict, key: str, default: str, allowed: dict) -> str:
-    value = str(extra.get(key) or default).lower()
-    if value not in allowed:
-        raise UsageError(f"--{key.replace('_', '-')} must be one of {', '.join(allowed)}, got {value!r}")
-    return value
+@dataclass(frozen=True)
+class GGUFOptions:
+    gguf_type: str = option(
+        "tq2_0", "--gguf-type", "weight type of quantized linears: " + ", ".join(GGUF_TYPES),
+        choice_parser("--gguf-type", GGUF_TYPES),
+    )  # fmt: skip
+    embed_type: str = option(
+        "f16", "--embed-type", "type of token_embd (and an untied output): " + ", ".join(EMBED_TYPES),
+        choice_parser("--embed-type", EMBED_TYPES),
+    )  # fmt: skip
+    allow_fallback: bool = option(
+        False, "--allow-fallback", "write quantized linears a ternary type cannot hold as F16", parse_flag
+    )
 
 
 class GGUFWriter:
     name = NAME
     writes_directory = False
+    Options = GGUFOptions
 
-    def write(self, ckpt: Checkpoint, out: Path, options: WriteOptions, progress: Progress) -> WriteReport:
-        extra = options.extra or {}
-        gguf_type = _option(extra, "gguf_type", "tq2_0", GGUF_TYPES)
-        embed_type = _option(extra, "embed_type", "f16", EMBED_TYPES)
-        allow_fallback = bool(extra.get("allow_fallback"))
+    def write(self, ckpt: Checkpoint, out: Path, options: GGUFOptions, progress: Progress) -> WriteReport:
+        gguf_type, embed_type, allow_fallback = options.gguf_type, options.embed_type, options.allow_fallback
         cfg = ckpt.config
         arch = metadata.gguf_architecture(cfg.architecture, gguf_type)
         wtype = GGUF_TYPES[gguf_type]
@@ -353,7 +349,7 @@ class GGUFWriter:
         for p in plans:
             e = ckpt.tensors[p.hf]
             if p.role != "dense" and e.load_scale is not None:
-                hints[p.hf] = encode_scale(e.load_scale())
+                hints[p.hf] = encode_record(e.load_scale())
         md.update(metadata.bitconvert_keys(cfg, ckpt.format, scale_mode, hints))
         if ckpt.info.get("provenance"):
             md[PROVENANCE_KEY] = kv_str(provenance_text(ckpt.info["provenance"]))

@@ -10,6 +10,7 @@ from the float values alone.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,9 +19,17 @@ from ..checkpoint import Checkpoint, TensorEntry, as_dense, check_tensor_set, is
 from ..config import QuantConfig, QuantMode
 from ..errors import CheckpointError
 from ..safetensors_io import DTYPE_NAMES, FLOAT_DTYPES, PlannedTensor, SafetensorsFile, StoredTensor
-from ..scale_hints import SCALE_HINTS_KEY, VALUES_EXACT, VALUES_KEY, VALUES_ONLINE, decode_hints, encode_hints
+from ..scale_records import (
+    SCALES_KEY,
+    VALUES_EXACT,
+    VALUES_KEY,
+    VALUES_ONLINE,
+    decode_records,
+    encode_record,
+    encode_records,
+)
 from ..ternary import LinearClass, TernaryScale, TernaryWeight, quantize, recover_ternary
-from . import Progress, WriteOptions, WriteReport, register_reader, register_writer
+from . import Progress, WriteReport, register_reader, register_writer
 from .hf_common import (
     copy_side_files,
     looks_like_hf,
@@ -30,6 +39,7 @@ from .hf_common import (
     write_safetensors_dir,
 )
 from .hf_packed import is_packed_directory
+from .options import dtype_field, max_shard_size_field, option, parse_flag
 
 NAME = "hf-bf16"
 
@@ -70,12 +80,9 @@ class HFBF16Reader:
         if values not in (VALUES_EXACT, VALUES_ONLINE):
             raise CheckpointError(path, f"unknown {VALUES_KEY} {values!r} in the safetensors metadata")
         online = values == VALUES_ONLINE
-        raw_hints = d.metadata_value(SCALE_HINTS_KEY)
+        raw_hints = d.metadata_value(SCALES_KEY)
         if raw_hints:
-            try:
-                hints = decode_hints(raw_hints)
-            except ValueError:
-                notes.append(f"ignored unreadable {SCALE_HINTS_KEY} metadata")
+            hints = {n: r.scale for n, r in decode_records(raw_hints, path).items()}
         entries: dict[str, TensorEntry] = {}
         for name in ordered_names(cfg, d.stored):
             st, t = d.stored[name]
@@ -104,20 +111,34 @@ class HFBF16Reader:
         return ckpt
 
 
+@dataclass(frozen=True)
+class HFBF16Options:
+    dtype: torch.dtype | None = dtype_field("dtype of the written weights: bf16, f16 or f32; default bf16")
+    max_shard_size: int = max_shard_size_field()
+    online_exact: bool = option(
+        False,
+        "--online-exact",
+        "write codes x mean|W|/p (p: non-zero fraction) so that online quantization gives back the packed layer",
+        parse_flag,
+    )
+
+
 class HFBF16Writer:
     name = NAME
     writes_directory = True
+    Options = HFBF16Options
 
-    def write(self, ckpt: Checkpoint, out: Path, options: WriteOptions, progress: Progress) -> WriteReport:
+    def write(self, ckpt: Checkpoint, out: Path, options: HFBF16Options, progress: Progress) -> WriteReport:
         cfg = ckpt.config
+        dtype = options.dtype or torch.bfloat16
         report = WriteReport(NAME)
         names = ordered_names(cfg, ckpt.tensors)
-        plan = [PlannedTensor(n, options.dtype, ckpt.tensors[n].shape) for n in names]
+        plan = [PlannedTensor(n, dtype, ckpt.tensors[n].shape) for n in names]
         hints = {n: ckpt.tensors[n].load_scale() for n in names if ckpt.tensors[n].load_scale is not None}
-        online = bool((options.extra or {}).get("online_master"))
+        online = options.online_exact
         metadata = {"format": "pt"}
         if hints:
-            metadata[SCALE_HINTS_KEY] = encode_hints(hints)
+            metadata[SCALES_KEY] = encode_records({n: encode_record(s) for n, s in hints.items()})
             metadata[VALUES_KEY] = VALUES_ONLINE if online else VALUES_EXACT
         dequantized = 0
 
@@ -125,9 +146,9 @@ class HFBF16Writer:
             nonlocal dequantized
             value = ckpt.tensors[t.name].load()
             if not isinstance(value, TernaryWeight):
-                return as_dense(value, options.dtype)
+                return as_dense(value, dtype)
             dequantized += 1
-            return value.online_master(options.dtype) if online else value.dequantize(options.dtype)
+            return value.online_master(dtype) if online else value.dequantize(dtype)
 
         write_safetensors_dir(out, plan, produce, options.max_shard_size, metadata, progress, report)
         src_q = cfg.quantization or QuantConfig()
@@ -139,7 +160,7 @@ class HFBF16Writer:
             use_rms_norm=src_q.use_rms_norm,
             rms_norm_eps=src_q.rms_norm_eps,
         )
-        write_json(out / "config.json", cfg.to_hf_dict(quant, str(options.dtype).removeprefix("torch.")))
+        write_json(out / "config.json", cfg.to_hf_dict(quant, str(dtype).removeprefix("torch.")))
         report.files += ["config.json"] + copy_side_files(ckpt.side_files, out)
         if dequantized:
             report.ternary_sources = {"dequantized": dequantized}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,7 +21,7 @@ from ..ternary import (
     pack_codes,
     unpack_codes,
 )
-from . import Progress, WriteOptions, WriteReport, register_reader, register_writer
+from . import Progress, WriteReport, register_reader, register_writer
 from .hf_common import (
     HFDirectory,
     copy_side_files,
@@ -30,6 +31,7 @@ from .hf_common import (
     write_json,
     write_safetensors_dir,
 )
+from .options import dtype_field, dtype_parser, linear_class_field, max_shard_size_field, option
 
 NAME = "hf-packed"
 
@@ -117,12 +119,24 @@ class HFPackedReader:
         return ckpt
 
 
+@dataclass(frozen=True)
+class HFPackedOptions:
+    linear_class: LinearClass | None = linear_class_field()
+    scale_dtype: torch.dtype = option(
+        torch.bfloat16, "--scale-dtype", "dtype of each weight_scale: bf16 or f32", dtype_parser("--scale-dtype", ("bf16", "f32"))
+    )
+    dtype: torch.dtype | None = dtype_field("dtype of dense tensors (embedding, norms): bf16, f16 or f32; default bf16")
+    max_shard_size: int = max_shard_size_field()
+
+
 class HFPackedWriter:
     name = NAME
     writes_directory = True
+    Options = HFPackedOptions
 
-    def write(self, ckpt: Checkpoint, out: Path, options: WriteOptions, progress: Progress) -> WriteReport:
+    def write(self, ckpt: Checkpoint, out: Path, options: HFPackedOptions, progress: Progress) -> WriteReport:
         cfg = ckpt.config
+        dtype = options.dtype or torch.bfloat16
         linear_class = options.linear_class or ckpt.source_linear_class() or LinearClass.AUTOBITLINEAR
         report = WriteReport(NAME)
         plan: list[PlannedTensor] = []
@@ -135,7 +149,7 @@ class HFPackedWriter:
                 plan.append(PlannedTensor(name, torch.uint8, (rows // VALUES_PER_BYTE, cols)))
                 plan.append(PlannedTensor(scale_name(name), options.scale_dtype, (1,)))
             else:
-                plan.append(PlannedTensor(name, options.dtype, e.shape))
+                plan.append(PlannedTensor(name, dtype, e.shape))
 
         pending_scales: dict[str, torch.Tensor] = {}
         how = Counter()
@@ -145,7 +159,7 @@ class HFPackedWriter:
                 return pending_scales.pop(t.name)
             entry = ckpt.tensors[t.name]
             if not ckpt.is_quantized_linear(t.name):
-                return as_dense(entry.load(), options.dtype)
+                return as_dense(entry.load(), dtype)
             tw, source = as_ternary(entry.load(), linear_class, options.scale_dtype)
             how[source] += 1
             pending_scales[scale_name(t.name)] = tw.scale.value.reshape(1)
@@ -160,7 +174,7 @@ class HFPackedWriter:
             use_rms_norm=src_q.use_rms_norm,
             rms_norm_eps=src_q.rms_norm_eps,
         )
-        write_json(out / "config.json", cfg.to_hf_dict(quant, str(options.dtype).removeprefix("torch.")))
+        write_json(out / "config.json", cfg.to_hf_dict(quant, str(dtype).removeprefix("torch.")))
         report.files += ["config.json"] + copy_side_files(ckpt.side_files, out)
         report.ternary_sources = dict(how)
         report.details["linear_class"] = linear_class.value

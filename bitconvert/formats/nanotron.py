@@ -34,8 +34,9 @@ from ..safetensors_io import (
     StoredTensor,
     itemsize,
 )
+from ..scale_records import NANOTRON_SCALES_KEY, encode_record
 from ..ternary import LinearClass, TernaryScale, TernaryWeight, absmean_quantize, recover_ternary
-from . import Progress, WriteOptions, WriteReport, register_reader, register_writer
+from . import Progress, WriteReport, register_reader, register_writer
 from .hf_common import NOT_SIDE_FILES, copy_side_files
 from .nanotron_config import (
     CHECKPOINT_METADATA,
@@ -47,7 +48,6 @@ from .nanotron_config import (
     checkpoint_metadata_dict,
     config_yaml_text,
     dump_json,
-    encode_scale,
     model_config_dict,
     read_meta,
 )
@@ -423,7 +423,7 @@ class _Approximation:
         nonzero = int(codes.count_nonzero())
         written = torch.tensor(m * codes.numel() / nonzero if nonzero else 0.0, dtype=torch.float64).to(dtype)
         self.targets[part.hf_name] = (codes, m)
-        self.scales[part.hf_name] = encode_scale(tw.scale, written)
+        self.scales[part.hf_name] = encode_record(tw.scale, written)
         return codes.to(dtype) * written
 
     def measure(self, spec: ParamSpec, effective: torch.Tensor) -> None:
@@ -482,10 +482,11 @@ def _check_tensor_parallel(cfg: ModelConfig, specs: list[ParamSpec], tp: int) ->
 class NanotronWriter:
     name = NAME
     writes_directory = True
+    Options = NanotronOptions
 
-    def write(self, ckpt: Checkpoint, out: Path, options: WriteOptions, progress: Progress) -> WriteReport:
-        opts = NanotronOptions.from_extra(options.extra)
-        cfg, tp, dtype = ckpt.config, opts.tp, options.dtype
+    def write(self, ckpt: Checkpoint, out: Path, options: NanotronOptions, progress: Progress) -> WriteReport:
+        opts = options
+        cfg, tp, dtype = ckpt.config, opts.tp, options.dtype or torch.bfloat16
         vocab_rows = padded_vocab(cfg.vocab_size, tp)
         specs = param_specs(cfg, vocab_rows)
         _check_tensor_parallel(cfg, specs, tp)
@@ -510,7 +511,7 @@ class NanotronWriter:
                 local = torch.empty(local_shape(spec, tp), dtype=dtype)
                 for loc, glob in pairs:
                     local[loc] = full[glob]
-                meta = shard_metadata(spec, tp, rank, opts.version)
+                meta = shard_metadata(spec, tp, rank, opts.nanotron_version)
                 self._write_file(folder / shard_file_name(rank, tp), local, meta, out, report)
                 if effective is not None:
                     eff = _nanotron_effective(local)
@@ -521,7 +522,7 @@ class NanotronWriter:
         progress(len(specs), len(specs), "")
         self._write_side_files(ckpt, out, opts, vocab_rows, dtype, approx, report)
         report.ternary_sources = dict(how)
-        report.details.update(tp=tp, nanotron_version=opts.version, rope_interleaved=opts.rope_interleaved)
+        report.details.update(tp=tp, nanotron_version=opts.nanotron_version, rope_interleaved=opts.rope_interleaved)
         if vocab_rows != cfg.vocab_size:
             report.details["vocab_padding"] = f"{cfg.vocab_size} -> {vocab_rows} rows (zeros) for tp={tp}"
         if approx.results:
@@ -594,10 +595,10 @@ class NanotronWriter:
         if cfg.spec.attn_sub_norm:
             custom["sub_norms"] = {cfg.spec.attn_sub_norm: ATTN_SUB_NORM, cfg.spec.ffn_sub_norm: FFN_SUB_NORM}
         if approx.scales:
-            custom["ternary_scales"] = dict(sorted(approx.scales.items()))
+            custom[NANOTRON_SCALES_KEY] = dict(sorted(approx.scales.items()))
         dump_json(out / MODEL_CONFIG, mc, sort_keys=False)
         (out / CONFIG_YAML).write_text(config_yaml_text(mc, opts.tp, dtype), encoding="utf-8")
-        meta = checkpoint_metadata_dict(opts.version, opts.tp, custom, cfg.max_position_embeddings)
+        meta = checkpoint_metadata_dict(opts.nanotron_version, opts.tp, custom, cfg.max_position_embeddings)
         dump_json(out / CHECKPOINT_METADATA, meta, sort_keys=True)  # sorted, as Nanotron writes it
         report.files += [MODEL_CONFIG, CONFIG_YAML, CHECKPOINT_METADATA]
         report.files += copy_side_files([f for f in ckpt.side_files if f.name not in OWN_FILES], out)

@@ -20,8 +20,9 @@ import yaml
 from ..config import ModelConfig
 from ..errors import CheckpointError, UsageError
 from ..jsonfile import read_json_object
-from ..safetensors_io import DTYPE_NAMES, DTYPES
-from ..ternary import LinearClass, TernaryScale
+from ..scale_records import NANOTRON_SCALES_KEY, decode_records
+from ..ternary import TernaryScale
+from .options import choice_parser, dtype_field, option, parse_flag
 
 MODEL_CONFIG = "model_config.json"
 CONFIG_YAML = "config.yaml"
@@ -127,47 +128,29 @@ def dump_json(path: Path, data: dict[str, Any], *, sort_keys: bool) -> None:
 # --- exact ternary scales in custom_metas ----------------------------------------------------------
 
 
-def encode_scale(scale: TernaryScale, written: torch.Tensor) -> list[str]:
-    """The stored scale exactly, and the magnitude actually written to the shards (to check it still holds)."""
-
-    def bits(t: torch.Tensor) -> str:
-        return t.reshape(1).contiguous().view(torch.uint8).numpy().tobytes().hex()
-
-    stored = [scale.linear_class.value, DTYPE_NAMES[scale.dtype], bits(scale.value)]
-    return stored + [DTYPE_NAMES[written.dtype], bits(written)]
-
-
-def decode_scale(item: Any) -> tuple[TernaryScale, torch.Tensor] | None:
-    try:
-        cls, dtype, hexbits, wdtype, whex = item
-        value = torch.frombuffer(bytearray.fromhex(hexbits), dtype=DTYPES[dtype]).clone().reshape(1)
-        written = torch.frombuffer(bytearray.fromhex(whex), dtype=DTYPES[wdtype]).clone().reshape(())
-        scale = TernaryScale(value, LinearClass(cls))
-        return (scale, written) if scale.is_valid() else None
-    except (TypeError, ValueError, KeyError):
-        return None
-
-
 # --- options ------------------------------------------------------------------------------------
 
 
-@dataclass
-class NanotronOptions:
-    tp: int = 1
-    rope_interleaved: bool = True  # what PR #180's model (and Nanotron before the flag existed) applies
-    version: str = "1.4"
-    allow_approximate: bool = False
+def _parse_tp(value: Any) -> int:
+    try:
+        tp = int(value) if not isinstance(value, bool) else 0
+    except (TypeError, ValueError):
+        tp = 0
+    if tp < 1 or str(tp) != str(value).strip():
+        raise UsageError(f"--tp must be a positive integer, got {value!r}")
+    return tp
 
-    @classmethod
-    def from_extra(cls, extra: dict[str, Any]) -> "NanotronOptions":
-        tp = extra.get("tp", 1)
-        if not isinstance(tp, int) or isinstance(tp, bool) or tp < 1:
-            raise UsageError(f"--tp must be a positive integer, got {tp!r}")
-        version = str(extra.get("nanotron_version") or "1.4")
-        if version not in VERSIONS:
-            raise UsageError(f"--nanotron-version must be one of {', '.join(VERSIONS)}, got {version!r}")
-        rope = extra.get("rope_interleaved")
-        return cls(tp, True if rope is None else bool(rope), version, bool(extra.get("allow_approximate", False)))
+
+@dataclass(frozen=True)
+class NanotronOptions:
+    tp: int = option(1, "--tp", "tensor-parallel size to write", _parse_tp)
+    #: interleaved is what PR #180's model (and Nanotron before the flag existed) applies
+    rope_interleaved: bool = option(True, "--rope-interleaved/--no-rope-interleaved", "RoPE row layout", parse_flag)
+    nanotron_version: str = option("1.4", "--nanotron-version", "checkpoint version", choice_parser("--nanotron-version", VERSIONS))
+    allow_approximate: bool = option(
+        False, "--allow-approximate", "accept a conversion that cannot be exact (packed -> Nanotron)", parse_flag
+    )
+    dtype: torch.dtype | None = dtype_field("dtype of the written parameters: bf16, f16 or f32; default bf16")
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -275,10 +258,10 @@ def read_meta(path: Path, sub_norms: bool) -> NanotronMeta:
         rope = True
         notes.append("RoPE row order not recorded: read as interleaved, what Nanotron's BitNet model applies")
     scales = {}
-    raw_scales = custom.get("ternary_scales")
-    if isinstance(raw_scales, dict):
-        for name, item in raw_scales.items():
-            found = decode_scale(item)
-            if found is not None:
-                scales[name] = found
+    raw_scales = custom.get(NANOTRON_SCALES_KEY)
+    if raw_scales is not None:
+        for name, record in decode_records(raw_scales, path / CHECKPOINT_METADATA).items():
+            if record.written is None:
+                raise CheckpointError(path / CHECKPOINT_METADATA, "scale record without the written value", name)
+            scales[name] = (record.scale, record.written)
     return NanotronMeta(config, vocab_rows, rope, tp, version, scales, notes)

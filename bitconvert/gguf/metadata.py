@@ -15,6 +15,7 @@ from typing import Any
 from .. import __version__
 from ..config import ARCH_SPECS, Architecture, ModelConfig
 from ..errors import CheckpointError
+from ..scale_records import SCALES_KEY, encode_records
 from .parser import GGUFFile
 from .writer import KV, kv_f32, kv_str, kv_u32
 
@@ -26,7 +27,6 @@ READABLE_ARCHS = (ARCH_BITNET, ARCH_BITNET_B158, ARCH_BITNET_25, ARCH_LLAMA)
 
 #: bitconvert's own keys: exact provenance a later conversion can use
 KEY_HF_CONFIG = "bitconvert.hf_config"
-KEY_SCALES = "bitconvert.ternary_scales"
 KEY_SOURCE_FORMAT = "bitconvert.source_format"
 KEY_SCALE_MODE = "bitconvert.scale_mode"
 
@@ -102,7 +102,7 @@ def bitconvert_keys(cfg: ModelConfig, source_format: str, scale_mode: str, scale
         KEY_HF_CONFIG: kv_str(json.dumps(cfg.to_hf_dict(cfg.quantization, "bfloat16"), separators=(",", ":"))),
     }
     if scales:
-        md[KEY_SCALES] = kv_str(json.dumps(scales, separators=(",", ":")))
+        md[SCALES_KEY] = kv_str(encode_records(scales))
     return md
 
 

@@ -12,6 +12,7 @@ of the ternary model they quantize to (codes and scale), as everywhere in ``veri
 from __future__ import annotations
 
 import tempfile
+from typing import Any, Mapping
 from collections import Counter
 from pathlib import Path
 
@@ -20,20 +21,23 @@ import torch
 from ..checkpoint import Checkpoint
 from ..convert import convert
 from ..errors import BitconvertError, CheckpointError
-from ..formats import Progress, WriteOptions, no_progress, open_checkpoint, writer_for
+from ..formats import Progress, no_progress, open_checkpoint, writer_for
+from ..formats.options import fields_of
 from .compare import Thresholds, verify_against
 from .report import Check, VerifyReport
 
 
-def options_like(ckpt: Checkpoint) -> WriteOptions:
-    """Write options that reproduce ``ckpt``'s own storage choices."""
+def options_like(ckpt: Checkpoint, fmt: str) -> dict[str, Any]:
+    """The options of writer ``fmt`` that reproduce ``ckpt``'s own storage choices."""
     dense = Counter(e.dtype for n, e in ckpt.tensors.items() if not e.ternary)
     scales = Counter(e.dtype for e in ckpt.tensors.values() if e.ternary)
-    return WriteOptions(
-        linear_class=ckpt.source_linear_class(),
-        dtype=dense.most_common(1)[0][0] if dense else torch.bfloat16,
-        scale_dtype=scales.most_common(1)[0][0] if scales else torch.bfloat16,
-    )
+    wanted = {
+        "linear_class": ckpt.source_linear_class(),
+        "dtype": dense.most_common(1)[0][0] if dense else torch.bfloat16,
+        "scale_dtype": scales.most_common(1)[0][0] if scales else torch.bfloat16,
+    }
+    taken = fields_of(writer_for(fmt).Options)
+    return {k: v for k, v in wanted.items() if k in taken}
 
 
 def _target_path(tmp: Path, stem: str, fmt: str) -> Path:
@@ -47,7 +51,7 @@ def verify_roundtrip(
     fmt: str,
     *,
     thresholds: Thresholds = Thresholds(),
-    options: WriteOptions | None = None,
+    options: Mapping[str, Any] | None = None,
     logits: bool = False,
     progress: Progress = no_progress,
 ) -> VerifyReport:
@@ -60,13 +64,16 @@ def verify_roundtrip(
     except CheckpointError as exc:
         report.add(Check("open", False, f"{exc.path}: {exc.problem}", exc.tensor))
         return report
-    opts = options or options_like(ckpt)
     if any(not e.ternary for n, e in ckpt.tensors.items() if ckpt.is_quantized_linear(n)):
         report.notes.append("SRC holds latent float weights: they are compared through their absmean quantization")
     with tempfile.TemporaryDirectory(prefix="bitconvert-roundtrip-") as tmp:
         mid = _target_path(Path(tmp), "there", fmt)
         back = _target_path(Path(tmp), "back", ckpt.format)
-        for leg, (a, b, to) in {"convert": (src, mid, fmt), "convert_back": (mid, back, ckpt.format)}.items():
+        legs = {
+            "convert": (src, mid, fmt, options or options_like(ckpt, fmt)),
+            "convert_back": (mid, back, ckpt.format, options_like(ckpt, ckpt.format)),
+        }
+        for leg, (a, b, to, opts) in legs.items():
             try:
                 convert(a, b, to, opts)
             except CheckpointError as exc:
