@@ -90,8 +90,8 @@ fd = os.open(dst, os.O_RDONLY); os.fsync(fd); os.close(fd)
 
 COMPARE_CODES = r"""
 import sys, torch
-from bitconvert.gguf.parser import GGUFFile
-from bitconvert.gguf import codecs
+from bitconvert.formats.gguf.parser import GGUFFile
+from bitconvert.formats.gguf import codecs
 a, b = GGUFFile(sys.argv[1]), GGUFFile(sys.argv[2])
 n = 0
 for name, t in a.tensors.items():

@@ -28,7 +28,7 @@ from .provenance import PROVENANCE_NAME, read_provenance, sha256_file, visible_f
 SCHEME = "hf://"
 CARD_NAME = "README.md"
 
-# Files the Hugging Face directory readers use, besides the weights (see formats/hf_common.py).
+# Files the Hugging Face directory readers use, besides the weights (see formats/hf/common.py).
 HF_SIDE_FILES = (
     "config.json",
     "generation_config.json",
@@ -47,7 +47,7 @@ LICENSE_GLOBS = ("LICENSE*", "LICENCE*", "NOTICE*", "USE_POLICY*")
 HF_INDEX = "model.safetensors.index.json"
 HF_SINGLE = "model.safetensors"
 NANOTRON_FILES = ("config.yaml", "model_config.json", "checkpoint_metadata.json")
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")  # as formats/hf_common.py (which imports torch)
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")  # as formats/hf/common.py (which imports torch)
 
 _NAME = r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?"
 _REPO_ID = re.compile(rf"{_NAME}/{_NAME}")

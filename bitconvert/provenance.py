@@ -122,7 +122,7 @@ def read_provenance(path: Path) -> dict[str, Any] | None:
     """The provenance of the checkpoint at ``path`` (its provenance file, or a GGUF's header key), or None."""
     try:
         if path.is_file():
-            from .gguf.parser import GGUFFile, is_gguf
+            from .formats.gguf.parser import GGUFFile, is_gguf
 
             text = GGUFFile(path).get(PROVENANCE_KEY) if is_gguf(path) else None
         else:

@@ -13,16 +13,16 @@ import gguf
 import numpy as np
 import pytest
 import torch
+from conftest import FIXTURES, make_checkpoint, read_all, run_cli
 
 from bitconvert.checkpoint import as_ternary
 from bitconvert.convert import convert
 from bitconvert.errors import CheckpointError
 from bitconvert.formats import open_checkpoint
-from bitconvert.formats.gguf import permute_qk
-from bitconvert.gguf import codecs
-from bitconvert.gguf.parser import GGUFFile
+from bitconvert.formats.gguf import codecs
+from bitconvert.formats.gguf.format import permute_qk
+from bitconvert.formats.gguf.parser import GGUFFile
 from bitconvert.ternary import LinearClass, TernaryWeight, absmean_quantize
-from conftest import FIXTURES, make_checkpoint, read_all, run_cli
 
 KINDS = ("1bitllm", "bitnet-2b4t", "llama")
 DIMS = dict(hidden=256, intermediate=512, layers=2, heads=4, kv_heads=2)  # TQ rows: multiples of 256

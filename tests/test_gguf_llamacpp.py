@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_checkpoint
 
 from bitconvert.convert import convert
-from conftest import make_checkpoint
 
 runtime = pytest.importorskip("bitconvert.runtime", reason="bitconvert.runtime (reference runtime) is not available")
 
@@ -96,7 +96,7 @@ def test_llama_cpp_honours_the_scale_tensors(models, tmp_path):
     # Same codes, every .scale doubled: llama.cpp's logits must move (the scale is not ignored).
     src = models["1bitllm"]
     a = write_gguf(src, tmp_path / "a.gguf", "tq2_0")
-    from bitconvert.gguf.parser import GGUFFile
+    from bitconvert.formats.gguf.parser import GGUFFile
 
     f = GGUFFile(a)
     data = bytearray(a.read_bytes())

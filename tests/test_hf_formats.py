@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import FIXTURES, read_all, run_cli
 
 from bitconvert.formats import open_checkpoint
 from bitconvert.ternary import pack_codes
-from conftest import FIXTURES, read_all, run_cli
 
 MASTERS = ["bitnet-2b4t-master", "1bitllm-master", "llama-master"]
 
@@ -383,8 +383,9 @@ def test_interrupted_run_leaves_nothing(tmp_path):
 def test_float_ternary_weights_in_packed_checkpoint(tmp_path):
     """transformers' offline AutoBitLinear also accepts unpacked codes as floats; we read them too."""
     src = copy_fixture(tmp_path, "bitnet-2b4t-packed")
-    from bitconvert.ternary import unpack_codes
     from safetensors.torch import save_file
+
+    from bitconvert.ternary import unpack_codes
 
     tensors = read_all(src / "model.safetensors")
     name = "model.layers.0.self_attn.k_proj.weight"

@@ -20,11 +20,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import FIXTURES, read_all, run_cli
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file, save_file
 from werkzeug.wrappers import Request, Response
-
-from conftest import FIXTURES, read_all, run_cli
 
 TOKEN = "hf_bitconvertFAKEtoken0123456789secret"
 LFS_SUFFIXES = (".safetensors", ".gguf", ".bin")

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import FIXTURES, make_checkpoint, read_all, run_cli
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -20,7 +21,6 @@ from bitconvert.convert import convert
 from bitconvert.errors import CheckpointError, UsageError
 from bitconvert.formats import open_checkpoint
 from bitconvert.ternary import TernaryWeight, unpack_codes
-from conftest import FIXTURES, make_checkpoint, read_all, run_cli
 
 KINDS = ["bitnet-2b4t", "1bitllm", "llama"]
 PROVENANCE = "bitconvert_provenance.json"  # written by convert() itself, names the source: not compared
@@ -543,7 +543,7 @@ def test_bad_checkpoint_on_the_command_line(tmp_path, masters, case):
 
 def test_reading_touches_each_stored_byte_once(tmp_path, masters, monkeypatch):
     """Every HF tensor is read from exactly its rows of each rank file: no whole-model or whole-param load."""
-    from bitconvert.formats import nanotron
+    from bitconvert.formats.nanotron import format as nanotron
 
     nt = tmp_path / "nt"
     to(masters["bitnet-2b4t"], nt, "nanotron", tp=4)

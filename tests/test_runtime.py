@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import FIXTURES, make_checkpoint, read_all, run_cli
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
@@ -29,7 +30,6 @@ from bitconvert.convert import convert
 from bitconvert.formats import open_checkpoint
 from bitconvert.runtime import Generation, TextTokenizer, compute_logits, generate, load_model
 from bitconvert.ternary import LinearClass
-from conftest import FIXTURES, make_checkpoint, read_all, run_cli
 
 PROMPT = [5, 17, 99, 3, 250, 42, 7, 7, 130, 64, 1, 200, 31, 8, 77, 150]
 NEW_TOKENS = 32

@@ -18,12 +18,12 @@ import torch
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
+from conftest import read_all, run_cli  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from transformers import AutoModelForCausalLM, BitNetConfig, LlamaConfig  # noqa: E402
 from transformers.integrations.bitnet import WeightQuant, pack_weights  # noqa: E402
 
 from bitconvert.ternary import LinearClass, pack_codes  # noqa: E402
-from conftest import read_all, run_cli  # noqa: E402
 
 TOKENS = torch.tensor([[5, 17, 99, 3, 250, 42, 7, 7, 130, 64, 1, 200]])
 DIMS = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,

@@ -15,15 +15,14 @@ from xml.etree import ElementTree as ET
 
 import pytest
 import torch
+from conftest import FIXTURES, make_checkpoint, read_all, run_cli
 from safetensors.torch import save_file
-
 from typer.testing import CliRunner
 
 from bitconvert.cli import app
 from bitconvert.convert import convert
 from bitconvert.ternary import LinearClass
 from bitconvert.verify import Thresholds, verify_against, verify_integrity, verify_roundtrip
-from conftest import FIXTURES, make_checkpoint, read_all, run_cli
 
 PACKED = FIXTURES / "bitnet-2b4t-packed"
 LLAMA_PACKED = FIXTURES / "llama-packed"

@@ -58,7 +58,7 @@ READERS: dict[str, Reader] = {}
 WRITERS: dict[str, Writer] = {}
 
 # Format modules register themselves on import; this list is the only place that names them.
-_FORMAT_MODULES = ["hf_bf16", "hf_packed", "gguf", "nanotron"]
+_FORMAT_MODULES = ["hf.bf16", "hf.packed", "gguf.format", "nanotron.format"]
 
 
 def register_reader(reader: Reader) -> Reader:

@@ -12,9 +12,9 @@ of the ternary model they quantize to (codes and scale), as everywhere in ``veri
 from __future__ import annotations
 
 import tempfile
-from typing import Any, Mapping
 from collections import Counter
 from pathlib import Path
+from typing import Any, Mapping
 
 import torch
 

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from gguf.constants import GGMLQuantizationType
 
-from ..errors import CheckpointError
-from ..safetensors_io import read_exact
+from ...errors import CheckpointError
+from ...safetensors_io import read_exact
 from . import codecs
 
 MAGIC = b"GGUF"

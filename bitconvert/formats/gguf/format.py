@@ -26,18 +26,18 @@ from typing import Callable, Iterator
 
 import torch
 
-from ..checkpoint import Checkpoint, TensorEntry, Value, as_dense, as_ternary, check_tensor_set
-from ..config import Architecture, ModelConfig
-from ..errors import CheckpointError
-from ..gguf import codecs, metadata, names, tokenizer
-from ..gguf.parser import GGUFFile, TensorInfo, is_gguf
-from ..gguf.writer import KV, GGUFStreamWriter, PlannedGGUFTensor, kv_str
-from ..provenance import PROVENANCE_KEY, provenance_text
-from ..scale_records import SCALES_KEY, decode_records, encode_record
-from ..ternary import LinearClass, TernaryScale, TernaryWeight, recover_ternary
-from . import Progress, WriteReport, register_reader, register_writer
-from .hf_common import ordered_names
-from .options import choice_parser, option, parse_flag
+from ...checkpoint import Checkpoint, TensorEntry, Value, as_dense, as_ternary, check_tensor_set
+from ...config import Architecture, ModelConfig
+from ...errors import CheckpointError
+from ...provenance import PROVENANCE_KEY, provenance_text
+from ...scale_records import SCALES_KEY, decode_records, encode_record
+from ...ternary import LinearClass, TernaryScale, TernaryWeight, recover_ternary
+from .. import Progress, WriteReport, register_reader, register_writer
+from ..hf.common import ordered_names
+from ..options import choice_parser, option, parse_flag
+from . import codecs, metadata, names, tokenizer
+from .parser import GGUFFile, TensorInfo, is_gguf
+from .stream_writer import KV, GGUFStreamWriter, PlannedGGUFTensor, kv_str
 
 NAME = "gguf"
 GGUF_TYPES = {"tq2_0": codecs.TQ2_0, "tq1_0": codecs.TQ1_0, "i2_s": codecs.I2_S, "f16": codecs.F16,

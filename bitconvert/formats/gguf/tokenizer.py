@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .parser import GGUFFile
-from .writer import KV, kv_bool, kv_i32s, kv_str, kv_strs, kv_u32
+from .stream_writer import KV, kv_bool, kv_i32s, kv_str, kv_strs, kv_u32
 
 # token types (llama.cpp / gguf-py TokenType)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6

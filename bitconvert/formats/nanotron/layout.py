@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import ModelConfig
+from ...config import ModelConfig
 
 UNSHARDED_FILE = "model_weight.safetensors"
 SHARD_FILE_RE = re.compile(r"model_weight_pp-rank-(\d+)-of-(\d+)_tp-rank-(\d+)-of-(\d+)\.safetensors")

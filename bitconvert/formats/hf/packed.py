@@ -8,11 +8,11 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import Checkpoint, TensorEntry, as_dense, as_ternary, check_tensor_set, is_ignored_tensor
-from ..config import QuantConfig, QuantMode
-from ..errors import CheckpointError
-from ..safetensors_io import DTYPE_NAMES, PlannedTensor, SafetensorsFile, StoredTensor
-from ..ternary import (
+from ...checkpoint import Checkpoint, TensorEntry, as_dense, as_ternary, check_tensor_set, is_ignored_tensor
+from ...config import QuantConfig, QuantMode
+from ...errors import CheckpointError
+from ...safetensors_io import DTYPE_NAMES, PlannedTensor, SafetensorsFile, StoredTensor
+from ...ternary import (
     VALUES_PER_BYTE,
     LinearClass,
     TernaryScale,
@@ -21,8 +21,9 @@ from ..ternary import (
     pack_codes,
     unpack_codes,
 )
-from . import Progress, WriteReport, register_reader, register_writer
-from .hf_common import (
+from .. import Progress, WriteReport, register_reader, register_writer
+from ..options import dtype_field, dtype_parser, linear_class_field, max_shard_size_field, option
+from .common import (
     HFDirectory,
     copy_side_files,
     looks_like_hf,
@@ -31,7 +32,6 @@ from .hf_common import (
     write_json,
     write_safetensors_dir,
 )
-from .options import dtype_field, dtype_parser, linear_class_field, max_shard_size_field, option
 
 NAME = "hf-packed"
 

@@ -17,12 +17,12 @@ from typing import Any
 import torch
 import yaml
 
-from ..config import ModelConfig
-from ..errors import CheckpointError, UsageError
-from ..jsonfile import read_json_object
-from ..scale_records import NANOTRON_SCALES_KEY, decode_records
-from ..ternary import TernaryScale
-from .options import choice_parser, dtype_field, option, parse_flag
+from ...config import ModelConfig
+from ...errors import CheckpointError, UsageError
+from ...jsonfile import read_json_object
+from ...scale_records import NANOTRON_SCALES_KEY, decode_records
+from ...ternary import TernaryScale
+from ..options import choice_parser, dtype_field, option, parse_flag
 
 MODEL_CONFIG = "model_config.json"
 CONFIG_YAML = "config.yaml"

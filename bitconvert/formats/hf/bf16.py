@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import Checkpoint, TensorEntry, as_dense, check_tensor_set, is_ignored_tensor
-from ..config import QuantConfig, QuantMode
-from ..errors import CheckpointError
-from ..safetensors_io import DTYPE_NAMES, FLOAT_DTYPES, PlannedTensor, SafetensorsFile, StoredTensor
-from ..scale_records import (
+from ...checkpoint import Checkpoint, TensorEntry, as_dense, check_tensor_set, is_ignored_tensor
+from ...config import QuantConfig, QuantMode
+from ...errors import CheckpointError
+from ...safetensors_io import DTYPE_NAMES, FLOAT_DTYPES, PlannedTensor, SafetensorsFile, StoredTensor
+from ...scale_records import (
     SCALES_KEY,
     VALUES_EXACT,
     VALUES_KEY,
@@ -28,9 +28,10 @@ from ..scale_records import (
     encode_record,
     encode_records,
 )
-from ..ternary import LinearClass, TernaryScale, TernaryWeight, quantize, recover_ternary
-from . import Progress, WriteReport, register_reader, register_writer
-from .hf_common import (
+from ...ternary import LinearClass, TernaryScale, TernaryWeight, quantize, recover_ternary
+from .. import Progress, WriteReport, register_reader, register_writer
+from ..options import dtype_field, max_shard_size_field, option, parse_flag
+from .common import (
     copy_side_files,
     looks_like_hf,
     ordered_names,
@@ -38,8 +39,7 @@ from .hf_common import (
     write_json,
     write_safetensors_dir,
 )
-from .hf_packed import is_packed_directory
-from .options import dtype_field, max_shard_size_field, option, parse_flag
+from .packed import is_packed_directory
 
 NAME = "hf-bf16"
 

@@ -12,12 +12,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
-from ..config import ARCH_SPECS, Architecture, ModelConfig
-from ..errors import CheckpointError
-from ..scale_records import SCALES_KEY, encode_records
+from ... import __version__
+from ...config import ARCH_SPECS, Architecture, ModelConfig
+from ...errors import CheckpointError
+from ...scale_records import SCALES_KEY, encode_records
 from .parser import GGUFFile
-from .writer import KV, kv_f32, kv_str, kv_u32
+from .stream_writer import KV, kv_f32, kv_str, kv_u32
 
 ARCH_BITNET = "bitnet"
 ARCH_BITNET_B158 = "bitnet-b1.58"

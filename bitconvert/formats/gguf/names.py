@@ -10,7 +10,7 @@ import re
 
 from gguf.constants import MODEL_TENSOR, TENSOR_NAMES
 
-from ..config import ModelConfig
+from ...config import ModelConfig
 
 _GLOBAL = {
     "model.embed_tokens.weight": MODEL_TENSOR.TOKEN_EMBD,

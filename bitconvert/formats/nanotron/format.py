@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import Checkpoint, TensorEntry, Value, as_dense, check_tensor_set
-from ..config import ModelConfig
-from ..errors import CheckpointError, UsageError
-from ..safetensors_io import (
+from ...checkpoint import Checkpoint, TensorEntry, Value, as_dense, check_tensor_set
+from ...config import ModelConfig
+from ...errors import CheckpointError, UsageError
+from ...safetensors_io import (
     DTYPE_NAMES,
     FLOAT_DTYPES,
     PlannedTensor,
@@ -34,11 +34,11 @@ from ..safetensors_io import (
     StoredTensor,
     itemsize,
 )
-from ..scale_records import NANOTRON_SCALES_KEY, encode_record
-from ..ternary import LinearClass, TernaryScale, TernaryWeight, absmean_quantize, recover_ternary
-from . import Progress, WriteReport, register_reader, register_writer
-from .hf_common import NOT_SIDE_FILES, copy_side_files
-from .nanotron_config import (
+from ...scale_records import NANOTRON_SCALES_KEY, encode_record
+from ...ternary import LinearClass, TernaryScale, TernaryWeight, absmean_quantize, recover_ternary
+from .. import Progress, WriteReport, register_reader, register_writer
+from ..hf.common import NOT_SIDE_FILES, copy_side_files
+from .config import (
     CHECKPOINT_METADATA,
     CONFIG_YAML,
     MODEL_CONFIG,
@@ -51,7 +51,7 @@ from .nanotron_config import (
     model_config_dict,
     read_meta,
 )
-from .nanotron_layout import (
+from .layout import (
     ATTN_SUB_NORM,
     DATA_KEY,
     FFN_SUB_NORM,

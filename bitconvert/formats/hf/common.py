@@ -11,10 +11,10 @@ from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
-from ..config import ModelConfig, read_hf_config
-from ..errors import CheckpointError
-from ..safetensors_io import PlannedTensor, SafetensorsFile, SafetensorsWriter, StoredTensor
-from . import Progress, WriteReport
+from ...config import ModelConfig, read_hf_config
+from ...errors import CheckpointError
+from ...safetensors_io import PlannedTensor, SafetensorsFile, SafetensorsWriter, StoredTensor
+from .. import Progress, WriteReport
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
