@@ -73,8 +73,8 @@ def upload(
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
 ) -> None:
     """Verify SRC, then upload it to the Hub as one commit, with a model card. Token: HF_TOKEN or `hf auth login`."""
-    from .hub import plan_upload
-    from .hub import upload as send
+    from .hub.upload import plan_upload
+    from .hub.upload import upload as send
 
     with _errors():
         with _progress(not json_out) as progress:
@@ -100,8 +100,10 @@ def convert_and_push(src, dst, to: str, options, push_to: str, *, force: bool, j
     """``convert --push-to``: convert, then upload DST; one JSON object with both when --json."""
     from .convert import convert
     from .errors import BitconvertError
-    from .hub import HubError, check_repo_id, plan_upload
-    from .hub import upload as send
+    from .hub.errors import HubError
+    from .hub.source import check_repo_id
+    from .hub.upload import plan_upload
+    from .hub.upload import upload as send
 
     check_repo_id(push_to)  # a typo should fail before the conversion, not after it
     with _progress(not json_out) as progress:

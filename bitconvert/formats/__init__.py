@@ -103,7 +103,7 @@ def detect_format(path: Path) -> str:
 
 
 def open_checkpoint(path: str | Path, format: str | None = None) -> Checkpoint:
-    from ..hub import local_source  # hf://ORG/NAME[@REV] -> local snapshot; other paths unchanged
+    from ..hub.source import local_source  # hf://ORG/NAME[@REV] -> local snapshot; other paths unchanged
 
     path = local_source(path)
     load_all()
