@@ -35,6 +35,7 @@ def _print_plan(plan, *, dry_run: bool) -> None:
     for op in d["operations"]:
         line = f"add {op['sha256']} {op['size']:>14,} {op['path']}  ({op['origin']})"
         out.print(line, highlight=False, markup=False, soft_wrap=True)
+    _print_skipped(d["skipped"])
     out.print(f"{len(d['operations'])} files, {d['total_bytes']:,} bytes, one commit", highlight=False)
     if dry_run:
         out.rule("README.md")
@@ -53,6 +54,12 @@ def _print_result(result) -> None:
     out.print(f"parent {d['parent_commit']}; {len(d['files'])} files, {d['total_bytes']:,} bytes", highlight=False,
               soft_wrap=True)
     out.print(d["pr_url"] or d["commit_url"], highlight=False, markup=False, soft_wrap=True)
+    _print_skipped(d["skipped"])
+
+
+def _print_skipped(skipped: list[dict]) -> None:
+    for skip in skipped:
+        out.print(f"skip {skip['path']}  ({skip['reason']})", highlight=False, markup=False, soft_wrap=True)
 
 
 def upload(
@@ -70,6 +77,9 @@ def upload(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the operations and the card; send nothing.")
     ] = False,
+    include_pickles: Annotated[
+        bool, typer.Option("--include-pickles", help="Also upload pickle files (*.bin, *.pt, ...); left out otherwise.")
+    ] = False,
     json_out: JsonOut = False,
 ) -> None:
     """Verify SRC, then upload it to the Hub as one commit, with a model card. Token: HF_TOKEN or `hf auth login`."""
@@ -79,7 +89,7 @@ def upload(
     with progress_bar(not json_out) as progress:
         plan = plan_upload(
             src, repo_id, revision=revision, create_pr=create_pr, private=private,
-            commit_message=commit_message, card_file=card, progress=progress,
+            commit_message=commit_message, card_file=card, progress=progress, include_pickles=include_pickles,
         )
     if dry_run:
         if json_out:

@@ -12,7 +12,7 @@ from ..errors import CheckpointError, UsageError
 from ..provenance import read_provenance, sha256_file, visible_files
 from .errors import HubError, hub_errors
 from .secrets import one_line, scrub_secrets
-from .source import SourceRef, check_repo_id, resolve_source
+from .source import PICKLE_SUFFIXES, SourceRef, check_repo_id, resolve_source
 
 CARD_NAME = "README.md"
 
@@ -45,6 +45,8 @@ class UploadPlan:
     card_origin: str
     verify: dict[str, Any]
     source: SourceRef | None = field(repr=False, default=None)
+    #: files of SRC left out of the upload: {"path", "reason"}
+    skipped: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def total_bytes(self) -> int:
@@ -61,6 +63,7 @@ class UploadPlan:
             "format": self.format,
             "verify": self.verify,
             "operations": [f.to_dict() for f in self.files],
+            "skipped": self.skipped,
             "total_bytes": self.total_bytes,
             "card_origin": self.card_origin,
             "card": self.card,
@@ -90,6 +93,7 @@ class UploadResult:
             "created_repo": self.created_repo,
             "created_branch": self.created_branch,
             "files": [f.to_dict() for f in self.plan.files],
+            "skipped": self.plan.skipped,
             "total_bytes": self.plan.total_bytes,
         }
 
@@ -122,12 +126,15 @@ def plan_upload(
     card_file: str | os.PathLike | None = None,
     endpoint: str | None = None,
     progress=None,
+    include_pickles: bool = False,
 ) -> UploadPlan:
     """Everything ``upload`` would send, computed locally: verify SRC, list files with sha256, make the card.
 
     No network for a local SRC (an hf:// SRC is first resolved, from the cache when offline). This
     is the whole of ``--dry-run``. ``progress(done, total, tensor)`` follows the integrity checks.
     Stages: check the request, resolve and verify SRC, list its files, choose the card.
+    Pickles (``*.bin``, ``*.pt``, ...) are left out and listed in ``skipped`` unless ``include_pickles``;
+    a symlink that resolves outside SRC is refused (a local file must not leave the machine by accident).
     """
     from ..formats import no_progress, open_checkpoint
 
@@ -137,7 +144,7 @@ def plan_upload(
         raise UsageError(f"{src}: no such file or directory")
     verify = _verify_or_refuse(source.path, progress or no_progress)
     ckpt = open_checkpoint(source.path)
-    files = _checkpoint_files(source, replaced_card=card_path is not None)
+    files, skipped = _checkpoint_files(source, replaced_card=card_path is not None, include_pickles=include_pickles)
     card_text, card_origin, card_file_entry = _choose_card(source, ckpt, repo_id, files, card_path)
     if card_file_entry is not None:
         files.append(card_file_entry)
@@ -155,6 +162,7 @@ def plan_upload(
         card_origin=card_origin,
         verify=verify,
         source=source,
+        skipped=skipped,
     )
 
 
@@ -173,23 +181,44 @@ def _check_request(
     return card_path
 
 
-def _checkpoint_files(source: SourceRef, *, replaced_card: bool) -> list[PlannedFile]:
-    """SRC's files with size and sha256; an existing README.md is left out when --card replaces it."""
+def _checkpoint_files(
+    source: SourceRef, *, replaced_card: bool, include_pickles: bool
+) -> tuple[list[PlannedFile], list[dict[str, str]]]:
+    """SRC's files with size and sha256, and those left out: an existing README.md when --card replaces
+    it, pickles unless asked for."""
     root = source.path
     # An hf:// source uploads what was selected for it, not whatever else sits in the cached snapshot.
     if root.is_file():
         paths = [root]
     else:
         paths = [root / f for f in source.files] if source.files is not None else visible_files(root)
-    files = []
+    files, skipped = [], []
     for p in paths:
         rel = p.name if root.is_file() else p.relative_to(root).as_posix()
         if rel == CARD_NAME and replaced_card:
+            skipped.append({"path": rel, "reason": "replaced by --card"})
             continue
+        if rel.lower().endswith(PICKLE_SUFFIXES) and not include_pickles:
+            skipped.append({"path": rel, "reason": "pickle (add --include-pickles to upload it)"})
+            continue
+        if source.repo_id is None and not root.is_file():
+            _refuse_outside_link(root, p)
         st = p.stat()
         origin = "card kept" if rel == CARD_NAME else "checkpoint"
         files.append(PlannedFile(rel, st.st_size, sha256_file(p), origin, local=p, mtime_ns=st.st_mtime_ns))
-    return files
+    return files, skipped
+
+
+def _refuse_outside_link(root: Path, path: Path) -> None:
+    """A file reached through a symlink that leads out of SRC (``notes.txt -> ~/.cache/huggingface/token``)
+    is refused, not uploaded. (hf:// snapshots are exempt: their snapshot -> blob links are the cache's own.)"""
+    target = path.resolve()
+    base = root.resolve()
+    if target != base and base not in target.parents:
+        link = next((q for q in [path, *path.parents] if q.is_symlink()), path)
+        raise CheckpointError(
+            link, f"is a symlink to {os.readlink(link)} ({target}), outside {root}; nothing was uploaded"
+        )
 
 
 def _choose_card(
