@@ -174,9 +174,7 @@ def convert(
 
 def formats() -> None:
     """List the formats bitconvert reads and writes."""
-    from ..formats import READERS, WRITERS, load_all
+    from ..formats import CATALOGUE
 
-    load_all()
-    for name in sorted(set(READERS) | set(WRITERS)):
-        modes = "/".join(m for m, reg in (("read", READERS), ("write", WRITERS)) if name in reg)
+    for name, (_, modes) in sorted(CATALOGUE.items()):
         out.print(f"{name}\t{modes}", highlight=False)
