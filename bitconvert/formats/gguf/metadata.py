@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from gguf.constants import GGML_QUANT_VERSION, Keys
+
 from ... import __version__
 from ...config import ARCH_SPECS, Architecture, ModelConfig
 from ...errors import CheckpointError
@@ -31,9 +33,9 @@ KEY_SOURCE_FORMAT = "bitconvert.source_format"
 KEY_SCALE_MODE = "bitconvert.scale_mode"
 
 HUB_URL = "https://huggingface.co/"
-
-# llama_ftype values written as general.file_type
-FILE_TYPES = {"f32": 0, "f16": 1, "bf16": 32, "tq1_0": 36, "tq2_0": 37, "i2_s": 40}
+#: bitconvert's FFN activation key (gguf-py names none): ``relu2`` (2B-4T) or ``silu`` (1bitLLM)
+HIDDEN_ACTIVATION = "{arch}.hidden_activation"
+_LLM, _ATTN, _ROPE, _GEN, _TOK = Keys.LLM, Keys.Attention, Keys.Rope, Keys.General, Keys.Tokenizer
 
 
 def gguf_architecture(arch: Architecture, gguf_type: str) -> str:
@@ -46,40 +48,41 @@ def gguf_architecture(arch: Architecture, gguf_type: str) -> str:
 
 def hyperparameters(cfg: ModelConfig, arch: str) -> dict[str, KV]:
     """Every key llama.cpp's loader reads for ``arch``, plus the FFN activation."""
-    return {
-        f"{arch}.vocab_size": kv_u32(cfg.vocab_size),
-        f"{arch}.context_length": kv_u32(cfg.max_position_embeddings),
-        f"{arch}.embedding_length": kv_u32(cfg.hidden_size),
-        f"{arch}.block_count": kv_u32(cfg.num_hidden_layers),
-        f"{arch}.feed_forward_length": kv_u32(cfg.intermediate_size),
-        f"{arch}.attention.head_count": kv_u32(cfg.num_attention_heads),
-        f"{arch}.attention.head_count_kv": kv_u32(cfg.num_key_value_heads),
-        f"{arch}.attention.key_length": kv_u32(cfg.head_dim),
-        f"{arch}.attention.value_length": kv_u32(cfg.head_dim),
-        f"{arch}.attention.layer_norm_rms_epsilon": kv_f32(cfg.rms_norm_eps),
-        f"{arch}.rope.freq_base": kv_f32(cfg.rope_theta),
-        f"{arch}.rope.dimension_count": kv_u32(cfg.head_dim),
-        f"{arch}.hidden_activation": kv_str(cfg.hidden_act),
+    md = {
+        _LLM.VOCAB_SIZE: kv_u32(cfg.vocab_size),
+        _LLM.CONTEXT_LENGTH: kv_u32(cfg.max_position_embeddings),
+        _LLM.EMBEDDING_LENGTH: kv_u32(cfg.hidden_size),
+        _LLM.BLOCK_COUNT: kv_u32(cfg.num_hidden_layers),
+        _LLM.FEED_FORWARD_LENGTH: kv_u32(cfg.intermediate_size),
+        _ATTN.HEAD_COUNT: kv_u32(cfg.num_attention_heads),
+        _ATTN.HEAD_COUNT_KV: kv_u32(cfg.num_key_value_heads),
+        _ATTN.KEY_LENGTH: kv_u32(cfg.head_dim),
+        _ATTN.VALUE_LENGTH: kv_u32(cfg.head_dim),
+        _ATTN.LAYERNORM_RMS_EPS: kv_f32(cfg.rms_norm_eps),
+        _ROPE.FREQ_BASE: kv_f32(cfg.rope_theta),
+        _ROPE.DIMENSION_COUNT: kv_u32(cfg.head_dim),
+        HIDDEN_ACTIVATION: kv_str(cfg.hidden_act),
     }
+    return {key.format(arch=arch): value for key, value in md.items()}
 
 
 def general(
     name: str, arch: str, file_type: int, source_url: str | None = None, license: str | None = None
 ) -> dict[str, KV]:
     md = {
-        "general.architecture": kv_str(arch),
-        "general.type": kv_str("model"),
-        "general.name": kv_str(name),
-        "general.quantized_by": kv_str(f"bitconvert {__version__}"),
-        "general.file_type": kv_u32(file_type),
-        "general.quantization_version": kv_u32(2),
+        _GEN.ARCHITECTURE: kv_str(arch),
+        _GEN.TYPE: kv_str("model"),
+        _GEN.NAME: kv_str(name),
+        _GEN.QUANTIZED_BY: kv_str(f"bitconvert {__version__}"),
+        _GEN.FILE_TYPE: kv_u32(file_type),
+        _GEN.QUANTIZATION_VERSION: kv_u32(GGML_QUANT_VERSION),
     }
     if source_url:
-        md["general.source.url"] = kv_str(source_url)
+        md[_GEN.SOURCE_URL] = kv_str(source_url)
         if source_url.startswith(HUB_URL):
-            md["general.source.repo_url"] = kv_str(source_url)
+            md[_GEN.SOURCE_REPO_URL] = kv_str(source_url)
     if license:
-        md["general.license"] = kv_str(license)
+        md[_GEN.LICENSE] = kv_str(license)
     return md
 
 
@@ -120,12 +123,12 @@ def _int(f: GGUFFile, key: str, default: int | None = None) -> int:
 
 
 def source_architecture(f: GGUFFile) -> tuple[str, Architecture]:
-    arch = f.get("general.architecture")
+    arch = f.get(_GEN.ARCHITECTURE)
     if not isinstance(arch, str):
-        raise CheckpointError(f.path, "metadata key general.architecture is missing")
+        raise CheckpointError(f.path, f"metadata key {_GEN.ARCHITECTURE} is missing")
     if arch not in READABLE_ARCHS:
         raise CheckpointError(f.path, f"GGUF architecture {arch!r} is not a BitNet model bitconvert reads")
-    act = f.get(f"{arch}.hidden_activation")
+    act = f.get(HIDDEN_ACTIVATION.format(arch=arch))
     if arch == ARCH_LLAMA:
         return arch, Architecture.LLAMA
     if arch == ARCH_BITNET:
@@ -143,27 +146,29 @@ def _token_id(f: GGUFFile, key: str) -> int | None:
 def derived_hf_config(f: GGUFFile, arch: str, kind: Architecture, tied: bool) -> dict[str, Any]:
     """An HF config.json dict rebuilt from the GGUF hyperparameters alone."""
     spec = ARCH_SPECS[kind]
-    hidden = _int(f, f"{arch}.embedding_length")
-    heads = _int(f, f"{arch}.attention.head_count")
-    tokens = f.get("tokenizer.ggml.tokens")
-    vocab = _int(f, f"{arch}.vocab_size", len(tokens) if isinstance(tokens, list) else None)
+    hidden = _int(f, _LLM.EMBEDDING_LENGTH.format(arch=arch))
+    heads = _int(f, _ATTN.HEAD_COUNT.format(arch=arch))
+    tokens = f.get(_TOK.LIST)
+    vocab = _int(f, _LLM.VOCAB_SIZE.format(arch=arch), len(tokens) if isinstance(tokens, list) else None)
     d: dict[str, Any] = {
         "architectures": [spec.hf_architecture],
         "model_type": spec.model_type,
         "hidden_size": hidden,
-        "intermediate_size": _int(f, f"{arch}.feed_forward_length"),
-        "num_hidden_layers": _int(f, f"{arch}.block_count"),
+        "intermediate_size": _int(f, _LLM.FEED_FORWARD_LENGTH.format(arch=arch)),
+        "num_hidden_layers": _int(f, _LLM.BLOCK_COUNT.format(arch=arch)),
         "num_attention_heads": heads,
-        "num_key_value_heads": _int(f, f"{arch}.attention.head_count_kv", heads),
+        "num_key_value_heads": _int(f, _ATTN.HEAD_COUNT_KV.format(arch=arch), heads),
         "vocab_size": vocab,
-        "max_position_embeddings": _int(f, f"{arch}.context_length", 2048),
-        "rms_norm_eps": float(f.get(f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)),
-        "rope_theta": float(f.get(f"{arch}.rope.freq_base", 10000.0)),
+        "max_position_embeddings": _int(f, _LLM.CONTEXT_LENGTH.format(arch=arch), 2048),
+        "rms_norm_eps": float(f.get(_ATTN.LAYERNORM_RMS_EPS.format(arch=arch), 1e-6)),
+        "rope_theta": float(f.get(_ROPE.FREQ_BASE.format(arch=arch), 10000.0)),
         "tie_word_embeddings": tied,
-        "hidden_act": f.get(f"{arch}.hidden_activation") or spec.hidden_act,
-        "head_dim": _int(f, f"{arch}.attention.key_length", _int(f, f"{arch}.rope.dimension_count", hidden // heads)),
+        "hidden_act": f.get(HIDDEN_ACTIVATION.format(arch=arch)) or spec.hidden_act,
+        "head_dim": _int(
+            f, _ATTN.KEY_LENGTH.format(arch=arch), _int(f, _ROPE.DIMENSION_COUNT.format(arch=arch), hidden // heads)
+        ),
     }
-    for key, hf in (("tokenizer.ggml.bos_token_id", "bos_token_id"), ("tokenizer.ggml.eos_token_id", "eos_token_id")):
+    for key, hf in ((_TOK.BOS_ID, "bos_token_id"), (_TOK.EOS_ID, "eos_token_id")):
         tid = _token_id(f, key)
         if tid is not None:
             d[hf] = tid
