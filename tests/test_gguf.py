@@ -589,3 +589,120 @@ def test_non_canonical_tq1_0_is_one_line_error(models, tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "blk.1.ffn_up.weight" in lines[0] and "TQ1_0" in lines[0] and "canonical" in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+# --- hostile metadata, through the CLI ------------------------------------------------------------
+
+
+def rewrite_gguf(src: Path, dst: Path, changes: dict) -> Path:
+    """``src`` with metadata keys replaced (a KV) or removed (None); tensors copied byte for byte."""
+    from bitconvert.formats.gguf.stream_writer import GGUFStreamWriter, PlannedGGUFTensor
+
+    f = GGUFFile(src)
+    md = dict(f.metadata)
+    for key, kv in changes.items():
+        if kv is None:
+            md.pop(key, None)
+        else:
+            md[key] = kv
+    plan = [PlannedGGUFTensor(t.name, t.type, t.shape) for t in f.tensors.values()]
+    with GGUFStreamWriter(dst, md, plan) as w:
+        for t in f.tensors.values():
+            w.write(t.name, f.read_raw(t.name))
+    return dst
+
+
+def one_line_failure(r, *words: str) -> str:
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def good_gguf(models, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("good") / "m.gguf"
+    to_gguf(models["bitnet-2b4t-packed"], path)
+    return path
+
+
+def _kv(kind: str, value):
+    from bitconvert.formats.gguf import stream_writer as sw
+
+    return {"u32": sw.kv_u32, "str": sw.kv_str, "f32": sw.kv_f32, "strs": sw.kv_strs}[kind](value)
+
+
+HOSTILE = {
+    "zero heads": ({"bitnet.attention.head_count": ("u32", 0)}, ["bitnet.attention.head_count", "is 0"]),
+    "text epsilon": ({"bitnet.attention.layer_norm_rms_epsilon": ("str", "tiny")}, ["epsilon", "not a number"]),
+    "nan epsilon": ({"bitnet.attention.layer_norm_rms_epsilon": ("f32", float("nan"))}, ["finite and positive"]),
+    "zero rope base": ({"bitnet.rope.freq_base": ("f32", 0.0)}, ["bitnet.rope.freq_base", "finite and positive"]),
+    "text layers": ({"bitnet.block_count": ("str", "2")}, ["bitnet.block_count", "not an integer"]),
+    "kv over heads": ({"bitnet.attention.head_count_kv": ("u32", 8)}, ["head_count_kv", "is 8"]),
+    "bos outside": ({"tokenizer.ggml.bos_token_id": ("u32", 10**6)}, ["bos_token_id", "not a token id"]),
+    "no architecture": ({"general.architecture": None}, ["general.architecture", "missing"]),
+    "activation number": ({"bitnet.hidden_activation": ("u32", 2)}, ["hidden_activation", "not a string"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_metadata_is_one_line(good_gguf, tmp_path, case):
+    changes, words = HOSTILE[case]
+    bad = rewrite_gguf(good_gguf, tmp_path / "bad.gguf", {k: v and _kv(*v) for k, v in changes.items()})
+    one_line_failure(run_cli("inspect", bad, "--no-stats"), str(bad), *words)
+
+
+def test_forged_block_count_is_refused_fast_in_little_memory(good_gguf, tmp_path):
+    bad = rewrite_gguf(good_gguf, tmp_path / "bad.gguf", {"bitnet.block_count": _kv("u32", 10**9)})
+    tracemalloc.start()
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match="block_count is 1000000000") as info:
+        open_checkpoint(bad)
+    elapsed = time.perf_counter() - start
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert elapsed < 1.0 and peak < 100 * 2**20, (elapsed, peak)
+    assert "tensors" in str(info.value)
+    one_line_failure(run_cli("convert", bad, tmp_path / "out", "--to", "hf-packed"), "block_count")
+    assert not (tmp_path / "out").exists()
+
+
+def test_token_that_is_not_utf8_is_one_line(good_gguf, tmp_path):
+    tokens = list(GGUFFile(good_gguf).get("tokenizer.ggml.tokens"))
+    tokens[7] = b"ab\xffcd".decode("utf-8", "surrogateescape")  # stored as those raw bytes
+    bad = rewrite_gguf(good_gguf, tmp_path / "bad.gguf", {"tokenizer.ggml.tokens": _kv("strs", tokens)})
+    assert b"ab\xffcd" in bad.read_bytes()
+    r = run_cli("convert", bad, tmp_path / "out", "--to", "hf-packed")
+    one_line_failure(r, "tokenizer.ggml.tokens item 7", "UTF-8")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unreadable_embedded_config_falls_back_to_the_gguf_keys(good_gguf, tmp_path):
+    deep = "[" * 100_000 + "]" * 100_000
+    for text in (deep, '{"hidden_size": 1e400}', "[1]", '{"num_attention_heads": 0}'):
+        bad = rewrite_gguf(good_gguf, tmp_path / "bad.gguf", {"bitconvert.hf_config": _kv("str", text)})
+        ck = open_checkpoint(bad)
+        assert ck.config.num_hidden_layers == 2
+        assert any("ignored unreadable bitconvert.hf_config" in n for n in ck.notes), text[:20]
+        bad.unlink()
+
+
+def test_unreadable_tokenizer_json_is_an_error_unless_no_tokenizer(models, tmp_path):
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(models["1bitllm-packed"], src)
+    (src / "tokenizer.json").write_text('{"model": {"type": "BPE", ')
+    out = tmp_path / "m.gguf"
+    r = run_cli("convert", src, out, "--to", "gguf")
+    one_line_failure(r, "tokenizer.json", "--no-tokenizer")
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+    r = run_cli("convert", src, out, "--to", "gguf", "--no-tokenizer")
+    assert r.returncode == 0, r.stderr
+    f = GGUFFile(out)
+    assert not any(k.startswith("tokenizer.") for k in f.metadata)
+    r = run_cli("convert", src, tmp_path / "x", "--to", "hf-packed", "--no-tokenizer")
+    assert r.returncode == 2 and "--no-tokenizer" in r.stderr

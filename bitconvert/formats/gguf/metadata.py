@@ -9,14 +9,18 @@ I2_S files of 2B-4T use ``bitnet-b1.58`` (older files ``bitnet-25``). Llama-layo
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from gguf.constants import GGML_QUANT_VERSION, Keys
 
 from ... import __version__
 from ...config import ARCH_SPECS, Architecture, ModelConfig
 from ...errors import CheckpointError
+from ...jsonfile import parse_json_text
 from ...scale_records import SCALES_KEY, encode_records
 from .parser import GGUFFile
 from .stream_writer import KV, kv_f32, kv_str, kv_u32
@@ -110,25 +114,53 @@ def bitconvert_keys(cfg: ModelConfig, source_format: str, scale_mode: str, scale
 
 
 # --- reading ----------------------------------------------------------------------------------
+# Every number is checked where it is read: a key of the wrong type, zero, non-finite, or more than
+# the file could hold ends in one CheckpointError line before anything is sized by it.
+
+U32_MAX = 2**32 - 1
 
 
-def _int(f: GGUFFile, key: str, default: int | None = None) -> int:
+def _value(f: GGUFFile, key: str, default: Any) -> Any:
     v = f.get(key, default)
     if v is None:
         raise CheckpointError(f.path, f"metadata key {key} is missing")
-    try:
-        return int(v)
-    except (TypeError, ValueError):
-        raise CheckpointError(f.path, f"metadata key {key} is not a number: {v!r}") from None
+    return v
+
+
+def _count(f: GGUFFile, key: str, limit: int, why: str, default: int | None = None) -> int:
+    """A positive integer key, at most ``limit`` (``why`` says what bounds it)."""
+    v = _value(f, key, default)
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise CheckpointError(f.path, f"metadata key {key} is not an integer: {v!r:.80}")
+    if not 1 <= int(v) <= limit:
+        raise CheckpointError(f.path, f"metadata key {key} is {int(v)}, must be from 1 to {limit} ({why})")
+    return int(v)
+
+
+def _positive_float(f: GGUFFile, key: str, default: float) -> float:
+    v = _value(f, key, default)
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise CheckpointError(f.path, f"metadata key {key} is not a number: {v!r:.80}")
+    x = float(v)
+    if not math.isfinite(x) or x <= 0:
+        raise CheckpointError(f.path, f"metadata key {key} must be finite and positive, got {x}")
+    return x
+
+
+def _text(f: GGUFFile, key: str, default: str | None) -> str | None:
+    v = f.get(key, default)
+    if v is not None and not isinstance(v, str):
+        raise CheckpointError(f.path, f"metadata key {key} is not a string: {v!r:.80}")
+    return v
 
 
 def source_architecture(f: GGUFFile) -> tuple[str, Architecture]:
-    arch = f.get(_GEN.ARCHITECTURE)
-    if not isinstance(arch, str):
+    arch = _text(f, _GEN.ARCHITECTURE, None)
+    if arch is None:
         raise CheckpointError(f.path, f"metadata key {_GEN.ARCHITECTURE} is missing")
     if arch not in READABLE_ARCHS:
-        raise CheckpointError(f.path, f"GGUF architecture {arch!r} is not a BitNet model bitconvert reads")
-    act = f.get(HIDDEN_ACTIVATION.format(arch=arch))
+        raise CheckpointError(f.path, f"GGUF architecture {arch!r:.80} is not a BitNet model bitconvert reads")
+    act = _text(f, HIDDEN_ACTIVATION.format(arch=arch), None)
     if arch == ARCH_LLAMA:
         return arch, Architecture.LLAMA
     if arch == ARCH_BITNET:
@@ -138,63 +170,103 @@ def source_architecture(f: GGUFFile) -> tuple[str, Architecture]:
     return arch, Architecture.BITNET_1BITLLM if act == "silu" else Architecture.BITNET
 
 
-def _token_id(f: GGUFFile, key: str) -> int | None:
+def _token_id(f: GGUFFile, key: str, vocab: int) -> int | None:
     v = f.get(key)
-    return int(v) if isinstance(v, int) else None
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= int(v) < vocab:
+        raise CheckpointError(f.path, f"metadata key {key} is {v!r:.80}, not a token id below {vocab}")
+    return int(v)
 
 
 def derived_hf_config(f: GGUFFile, arch: str, kind: Architecture, tied: bool) -> dict[str, Any]:
-    """An HF config.json dict rebuilt from the GGUF hyperparameters alone."""
+    """An HF config.json dict rebuilt from the GGUF hyperparameters alone, each checked as read."""
     spec = ARCH_SPECS[kind]
-    hidden = _int(f, _LLM.EMBEDDING_LENGTH.format(arch=arch))
-    heads = _int(f, _ATTN.HEAD_COUNT.format(arch=arch))
+    key = {name: k.format(arch=arch) for name, k in _HYPER_KEYS.items()}
+    values = f.size  # a dimension or count of values is bounded by the bytes that hold them
+    # Every layer has tensors of its own: a block count above the tensor count cannot be true, and
+    # checking it first keeps a forged one from sizing per-layer lists.
+    layers = _count(f, key["layers"], len(f.tensors), f"the file holds {len(f.tensors)} tensors")
+    hidden = _count(f, key["hidden"], values, "the file's size")
+    heads = _count(f, key["heads"], hidden, "at most one head per embedding value")
+    kv_heads = _count(f, key["kv_heads"], heads, "at most one per attention head", heads)
     tokens = f.get(_TOK.LIST)
-    vocab = _int(f, _LLM.VOCAB_SIZE.format(arch=arch), len(tokens) if isinstance(tokens, list) else None)
+    vocab = _count(f, key["vocab"], values, "the file's size", len(tokens) if isinstance(tokens, list) else None)
+    head_dim = _head_dim(f, key, hidden, heads)
     d: dict[str, Any] = {
         "architectures": [spec.hf_architecture],
         "model_type": spec.model_type,
         "hidden_size": hidden,
-        "intermediate_size": _int(f, _LLM.FEED_FORWARD_LENGTH.format(arch=arch)),
-        "num_hidden_layers": _int(f, _LLM.BLOCK_COUNT.format(arch=arch)),
+        "intermediate_size": _count(f, key["ffn"], values, "the file's size"),
+        "num_hidden_layers": layers,
         "num_attention_heads": heads,
-        "num_key_value_heads": _int(f, _ATTN.HEAD_COUNT_KV.format(arch=arch), heads),
+        "num_key_value_heads": kv_heads,
         "vocab_size": vocab,
-        "max_position_embeddings": _int(f, _LLM.CONTEXT_LENGTH.format(arch=arch), 2048),
-        "rms_norm_eps": float(f.get(_ATTN.LAYERNORM_RMS_EPS.format(arch=arch), 1e-6)),
-        "rope_theta": float(f.get(_ROPE.FREQ_BASE.format(arch=arch), 10000.0)),
+        "max_position_embeddings": _count(f, key["context"], U32_MAX, "a u32", 2048),
+        "rms_norm_eps": _positive_float(f, key["eps"], 1e-6),
+        "rope_theta": _positive_float(f, key["rope_base"], 10000.0),
         "tie_word_embeddings": tied,
-        "hidden_act": f.get(HIDDEN_ACTIVATION.format(arch=arch)) or spec.hidden_act,
-        "head_dim": _int(
-            f, _ATTN.KEY_LENGTH.format(arch=arch), _int(f, _ROPE.DIMENSION_COUNT.format(arch=arch), hidden // heads)
-        ),
+        "hidden_act": _text(f, key["act"], spec.hidden_act),
+        "head_dim": head_dim,
     }
-    for key, hf in ((_TOK.BOS_ID, "bos_token_id"), (_TOK.EOS_ID, "eos_token_id")):
-        tid = _token_id(f, key)
+    for tkey, hf in ((_TOK.BOS_ID, "bos_token_id"), (_TOK.EOS_ID, "eos_token_id")):
+        tid = _token_id(f, tkey, vocab)
         if tid is not None:
             d[hf] = tid
     return d
 
 
+def _head_dim(f: GGUFFile, key: dict[str, str], hidden: int, heads: int) -> int:
+    """The key length, else the RoPE dimension count, else hidden / heads (which must divide)."""
+    for name in ("key_length", "rope_dim"):
+        if f.get(key[name]) is not None:
+            return _count(f, key[name], f.size, "the file's size")
+    if hidden % heads:
+        raise CheckpointError(f.path, f"{key['hidden']} ({hidden}) is not a multiple of {key['heads']} ({heads})")
+    return hidden // heads
+
+
+_HYPER_KEYS = {
+    "layers": _LLM.BLOCK_COUNT, "hidden": _LLM.EMBEDDING_LENGTH, "ffn": _LLM.FEED_FORWARD_LENGTH,
+    "heads": _ATTN.HEAD_COUNT, "kv_heads": _ATTN.HEAD_COUNT_KV, "vocab": _LLM.VOCAB_SIZE,
+    "context": _LLM.CONTEXT_LENGTH, "eps": _ATTN.LAYERNORM_RMS_EPS, "rope_base": _ROPE.FREQ_BASE,
+    "act": HIDDEN_ACTIVATION, "key_length": _ATTN.KEY_LENGTH, "rope_dim": _ROPE.DIMENSION_COUNT,
+}  # fmt: skip
 _COMPARED = (
     "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
     "vocab_size", "head_dim", "tie_word_embeddings",
 )  # fmt: skip
+#: what a broken embedded config can raise inside ModelConfig.from_hf_dict
+_CONFIG_ERRORS = (CheckpointError, ArithmeticError, AttributeError, TypeError, ValueError)
+
+
+def recorded_config(f: GGUFFile, notes: list[str]) -> ModelConfig | None:
+    """bitconvert's embedded config.json (``bitconvert.hf_config``), or None with a note when unusable."""
+    recorded = f.get(KEY_HF_CONFIG)
+    if recorded is None:
+        return None
+    try:
+        if not isinstance(recorded, str):
+            raise CheckpointError(f.path, "not a string")
+        d = parse_json_text(recorded, f.path, KEY_HF_CONFIG)
+        if not isinstance(d, dict):
+            raise CheckpointError(f.path, "not a JSON object")
+        return ModelConfig.from_hf_dict(d, f.path)
+    except _CONFIG_ERRORS as exc:
+        problem = exc.problem if isinstance(exc, CheckpointError) else f"{type(exc).__name__}: {exc}"
+        notes.append(f"ignored unreadable {KEY_HF_CONFIG}: {problem:.200}")
+        return None
 
 
 def read_config(f: GGUFFile, tied: bool, notes: list[str]) -> tuple[str, ModelConfig]:
     """The model config: bitconvert's recorded config.json when it agrees with the GGUF keys, else derived."""
     arch, kind = source_architecture(f)
     derived = ModelConfig.from_hf_dict(derived_hf_config(f, arch, kind, tied), f.path)
-    recorded = f.get(KEY_HF_CONFIG)
-    if isinstance(recorded, str):
-        try:
-            cfg = ModelConfig.from_hf_dict(json.loads(recorded), f.path)
-        except (ValueError, CheckpointError) as exc:
-            notes.append(f"ignored unreadable {KEY_HF_CONFIG}: {exc}")
-        else:
-            differ = [k for k in _COMPARED if getattr(cfg, k) != getattr(derived, k)]
-            if cfg.architecture is derived.architecture and not differ:
-                return arch, cfg
-            what = ", ".join(differ) or "architecture"
-            notes.append(f"ignored {KEY_HF_CONFIG}: it disagrees with the GGUF metadata on {what}")
+    cfg = recorded_config(f, notes)
+    if cfg is not None:
+        differ = [k for k in _COMPARED if getattr(cfg, k) != getattr(derived, k)]
+        if cfg.architecture is derived.architecture and not differ:
+            return arch, cfg
+        what = ", ".join(differ) or "architecture"
+        notes.append(f"ignored {KEY_HF_CONFIG}: it disagrees with the GGUF metadata on {what}")
     return arch, derived

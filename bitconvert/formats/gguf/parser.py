@@ -149,6 +149,7 @@ class GGUFFile:
         self.path = Path(path)
         try:
             size = self.path.stat().st_size
+            self.size = size  # bytes in the file: what any count read from the header is bounded by
             with open(self.path, "rb") as f:
                 self._parse(_Cursor(f, size, self.path))
         except OSError as exc:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from gguf.constants import Keys, TokenType
 
 from ...errors import CheckpointError
@@ -122,6 +123,11 @@ def from_side_files(
         out.warnings.append(vocab)
         return out
     tokens, types = vocab
+    merges = [" ".join(map(str, m)) if isinstance(m, list) else str(m) for m in model.get("merges") or []]
+    if _not_utf8("\n".join(tokens)) or _not_utf8("\n".join(merges)):  # JSON escapes can spell lone surrogates
+        raise CheckpointError(
+            by_name["tokenizer.json"], f"holds a token or merge that is not valid UTF-8; {NO_TOKENIZER_HINT}"
+        )
     pre = _pre_type(tok.get("pre_tokenizer"))
     if pre is None:
         pre = "default"
@@ -130,7 +136,7 @@ def from_side_files(
     out.kv[_TOK.PRE] = kv_str(pre)
     out.kv[_TOK.LIST] = kv_strs(tokens)
     out.kv[_TOK.TOKEN_TYPE] = kv_i32s(types)
-    out.kv[_TOK.MERGES] = kv_strs(" ".join(m) if isinstance(m, list) else str(m) for m in model.get("merges") or [])
+    out.kv[_TOK.MERGES] = kv_strs(merges)
     tcfg = _load_json(by_name.get("tokenizer_config.json"))
     out.kv.update(_special_tokens(tok, tcfg, tokens, bos_id, eos_id))
     return out
@@ -198,6 +204,23 @@ def from_gguf(f: GGUFFile) -> dict[str, KV]:
 # --- GGUF -> tokenizer.json -----------------------------------------------------------------------
 
 
+def _check_utf8(f: GGUFFile, key: str, texts: list[str]) -> None:
+    """JSON files hold UTF-8 only: a GGUF string of other bytes (kept as surrogates) is refused by name."""
+    try:
+        "\n".join(texts).encode("utf-8")
+    except UnicodeEncodeError:
+        bad = next(i for i, t in enumerate(texts) if _not_utf8(t))
+        raise CheckpointError(f.path, f"{key} item {bad} is not valid UTF-8: {texts[bad]!r:.60}") from None
+
+
+def _not_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def write_hf_tokenizer(f: GGUFFile, out: Path) -> list[Path]:
     """Rebuild ``tokenizer.json`` and ``tokenizer_config.json`` in ``out`` from a gpt2-model GGUF.
 
@@ -210,7 +233,10 @@ def write_hf_tokenizer(f: GGUFFile, out: Path) -> list[Path]:
     types = f.get(_TOK.TOKEN_TYPE)
     if not isinstance(tokens, list) or not isinstance(merges, list):
         return []
-    types = [int(t) for t in types] if types is not None and len(types) == len(tokens) else [NORMAL] * len(tokens)
+    _check_utf8(f, _TOK.LIST, tokens)
+    _check_utf8(f, _TOK.MERGES, merges)
+    integral = isinstance(types, np.ndarray) and types.dtype.kind in "iu" and len(types) == len(tokens)
+    types = types.tolist() if integral else [NORMAL] * len(tokens)
     vocab, added = {}, []
     for i, (text, kind) in enumerate(zip(tokens, types)):
         if kind in (CONTROL, USER_DEFINED):
@@ -271,6 +297,7 @@ def write_hf_tokenizer(f: GGUFFile, out: Path) -> list[Path]:
     if isinstance(pad_id, int) and 0 <= pad_id < len(tokens):
         tcfg["pad_token"] = tokens[pad_id]
     if isinstance(f.get(_TOK.CHAT_TEMPLATE), str):
+        _check_utf8(f, _TOK.CHAT_TEMPLATE, [f.get(_TOK.CHAT_TEMPLATE)])
         tcfg["chat_template"] = f.get(_TOK.CHAT_TEMPLATE)
     files = [out / "tokenizer.json", out / "tokenizer_config.json"]
     files[0].write_text(json.dumps(tok, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
