@@ -22,7 +22,7 @@ from ...config import ARCH_SPECS, Architecture, ModelConfig
 from ...errors import CheckpointError
 from ...jsonfile import parse_json_text
 from ...scale_records import SCALES_KEY, encode_records
-from .parser import GGUFFile
+from .parser import FLOAT32, GGUFFile
 from .stream_writer import KV, kv_f32, kv_str, kv_u32
 
 ARCH_BITNET = "bitnet"
@@ -144,6 +144,10 @@ def _positive_float(f: GGUFFile, key: str, default: float) -> float:
     x = float(v)
     if not math.isfinite(x) or x <= 0:
         raise CheckpointError(f.path, f"metadata key {key} must be finite and positive, got {x}")
+    kv = f.metadata.get(key)
+    if kv is not None and kv.type == FLOAT32:
+        # the shortest decimal that is this float32 (1e-05, not its binary value 9.999999747378752e-06)
+        return float(str(np.float32(x)))
     return x
 
 
@@ -236,6 +240,7 @@ _COMPARED = (
     "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
     "vocab_size", "head_dim", "tie_word_embeddings",
 )  # fmt: skip
+_COMPARED_F32 = ("rms_norm_eps", "rope_theta")  # the GGUF keys hold float32: agree once rounded to it
 #: what a broken embedded config can raise inside ModelConfig.from_hf_dict
 _CONFIG_ERRORS = (CheckpointError, ArithmeticError, AttributeError, TypeError, ValueError)
 
@@ -258,15 +263,25 @@ def recorded_config(f: GGUFFile, notes: list[str]) -> ModelConfig | None:
         return None
 
 
-def read_config(f: GGUFFile, tied: bool, notes: list[str]) -> tuple[str, ModelConfig]:
-    """The model config: bitconvert's recorded config.json when it agrees with the GGUF keys, else derived."""
+def read_config(f: GGUFFile, tied: bool, notes: list[str]) -> tuple[str, ModelConfig, dict[str, str]]:
+    """(GGUF architecture, the model config, the precision of its float fields where it is not exact).
+
+    bitconvert's recorded config.json when it agrees with the GGUF keys (exact); else the config
+    derived from the keys, whose floats are as precise as their GGUF type (float32 as llama.cpp writes).
+    """
     arch, kind = source_architecture(f)
     derived = ModelConfig.from_hf_dict(derived_hf_config(f, arch, kind, tied), f.path)
     cfg = recorded_config(f, notes)
     if cfg is not None:
         differ = [k for k in _COMPARED if getattr(cfg, k) != getattr(derived, k)]
+        differ += [k for k in _COMPARED_F32 if np.float32(getattr(cfg, k)) != np.float32(getattr(derived, k))]
         if cfg.architecture is derived.architecture and not differ:
-            return arch, cfg
+            return arch, cfg, {}
         what = ", ".join(differ) or "architecture"
         notes.append(f"ignored {KEY_HF_CONFIG}: it disagrees with the GGUF metadata on {what}")
-    return arch, derived
+    precision = {}
+    for field, name in (("rms_norm_eps", "eps"), ("rope_theta", "rope_base")):
+        kv = f.metadata.get(_HYPER_KEYS[name].format(arch=arch))
+        if kv is None or kv.type == FLOAT32:  # absent: the default, as llama.cpp would read it (float32)
+            precision[field] = "float32"
+    return arch, derived, precision

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ...checkpoint import Checkpoint, TensorEntry, Value, check_tensor_set
-from ...config import ModelConfig
+from ...config import ModelConfig, QuantConfig, QuantMode
 from ...errors import CheckpointError
 from ...scale_records import SCALES_KEY, decode_records
 from ...ternary import LinearClass, TernaryScale, TernaryWeight, recover_ternary
@@ -159,7 +159,7 @@ class GGUFReader:
     def read(self, path: Path) -> Checkpoint:
         f = GGUFFile(path)
         notes: list[str] = []
-        arch, cfg = metadata.read_config(f, "output.weight" not in f.tensors, notes)
+        arch, cfg, precision = metadata.read_config(f, "output.weight" not in f.tensors, notes)
         hints = _scale_hints(f)
         used: set[str] = set()
         entries: dict[str, TensorEntry] = {}
@@ -167,7 +167,12 @@ class GGUFReader:
         for gname, hf in names.from_gguf_table(cfg).items():
             entries[hf] = _entry(f, arch, cfg, gname, (hf, expected[hf]), hints.get(hf), used, notes)
         _check_unused(f, used, notes)
-        ckpt = Checkpoint(NAME, path, cfg, entries, [], notes, _info(f, arch, hints))
+        info = _info(f, arch, hints)
+        if precision:
+            info["config_precision"] = precision
+        if any(e.ternary for e in entries.values()):
+            cfg.quantization = _held_quantization(cfg.quantization, info.get("linear_class", LinearClass.AUTOBITLINEAR))
+        ckpt = Checkpoint(NAME, path, cfg, entries, [], notes, info)
         check_tensor_set(ckpt)
         ckpt.side_files = _tokenizer_side_files(f, ckpt, notes)
         return ckpt
@@ -205,6 +210,13 @@ def _entry(
         hf, expected, dtype, coded or scale is not None, str(f.path), src.load,
         src.load_scale if cheap_scale else None, _stored_label(t, scale),
     )  # fmt: skip
+
+
+def _held_quantization(recorded: QuantConfig | None, linear_class: LinearClass) -> QuantConfig:
+    """The quantization config of what the file holds: stored codes and scales (offline), whatever the
+    recorded source config said (a master's is online), keeping the modules it leaves unquantized."""
+    src = recorded or QuantConfig()
+    return QuantConfig(linear_class, QuantMode.OFFLINE, src.modules_to_not_convert, src.use_rms_norm, src.rms_norm_eps)
 
 
 def _check_unused(f: GGUFFile, used: set[str], notes: list[str]) -> None:
