@@ -131,6 +131,9 @@ def convert(
     allow_fallback: Annotated[
         bool, typer.Option("--allow-fallback", help="GGUF: write tensors a ternary type cannot hold as F16.")
     ] = False,
+    no_tokenizer: Annotated[
+        bool, typer.Option("--no-tokenizer", help="GGUF: write no tokenizer (else an unreadable one is an error).")
+    ] = False,
     tp: Annotated[Optional[str], typer.Option("--tp", help="Nanotron: tensor-parallel size to write (default 1).")] = None,
     rope_interleaved: Annotated[
         Optional[bool], typer.Option("--rope-interleaved/--no-rope-interleaved", help="Nanotron: RoPE layout.")
@@ -156,6 +159,7 @@ def convert(
         gguf_type=gguf_type,
         embed_type=embed_type,
         allow_fallback=allow_fallback or None,
+        no_tokenizer=no_tokenizer or None,
         tp=tp,
         rope_interleaved=rope_interleaved,
         nanotron_version=nanotron_version,

@@ -8,6 +8,7 @@ reader -> Checkpoint -> writer.
 from __future__ import annotations
 
 import importlib
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
@@ -112,13 +113,32 @@ def detect_format(path: Path) -> str:
     raise CheckpointError(path, "not a checkpoint bitconvert can read (no config.json with safetensors weights, no GGUF)")
 
 
+#: what readers parsed while one checkpoint is being opened, so that detection (several readers
+#: looking at the same files) and reading parse each header once; empty outside open_checkpoint
+_OPENING: ContextVar[dict | None] = ContextVar("bitconvert_opening", default=None)
+
+
+def parsed_once(key: Any, parse: Callable[[], Any]) -> Any:
+    """``parse()``, computed once per key while a checkpoint is being opened (every call otherwise)."""
+    memo = _OPENING.get()
+    if memo is None:
+        return parse()
+    if key not in memo:
+        memo[key] = parse()
+    return memo[key]
+
+
 def open_checkpoint(path: str | Path, format: str | None = None) -> Checkpoint:
     from ..hub.source import local_source  # hf://ORG/NAME[@REV] -> local snapshot; other paths unchanged
 
     path = local_source(path)
     load_all()
-    if format is None:
-        format = detect_format(path)
-    elif format not in READERS:
-        raise UsageError(f"unknown input format {format!r}; choose one of: {', '.join(sorted(READERS))}")
-    return READERS[format].read(path)
+    token = _OPENING.set({})
+    try:
+        if format is None:
+            format = detect_format(path)
+        elif format not in READERS:
+            raise UsageError(f"unknown input format {format!r}; choose one of: {', '.join(sorted(READERS))}")
+        return READERS[format].read(path)
+    finally:
+        _OPENING.reset(token)
