@@ -419,17 +419,61 @@ def test_checkpoint_saved_by_nanotron_itself(tmp_path, masters):
     assert all(torch.equal(e.load(), hf[n]) for n, e in ckpt.tensors.items())
 
 
-def test_changed_weights_drop_the_recorded_ternary_scale(tmp_path):
+def test_changed_weights_are_a_one_line_error_at_load(tmp_path):
+    """The recorded scale is checked when a weight is loaded (opening reads no data): a stale record stops."""
     nt = tmp_path / "nt"
     to(FIXTURES / "llama-packed", nt, "nanotron", tp=2, allow_approximate=True)
     assert all(e.ternary for n, e in open_checkpoint(nt).tensors.items() if "_proj" in n)
     f = nt / "model/model/decoder/1/pp_block/mlp/down_proj" / SHARD.format(r=0, t=2)
     data, meta = shard(f)
-    save_file({"data": data * 1.5}, str(f), metadata=meta)  # as if fine-tuned
+    save_file({"data": data * 1.5}, str(f), metadata=meta)  # as if edited in place
+    ckpt = open_checkpoint(nt)  # still opens: nothing is read yet
+    assert isinstance(ckpt.tensors["model.layers.0.mlp.down_proj.weight"].load(), TernaryWeight)
+    with pytest.raises(CheckpointError, match="no longer equals the ternary weight") as caught:
+        ckpt.tensors["model.layers.1.mlp.down_proj.weight"].load()
+    assert "delete that record" in str(caught.value) and "\n" not in str(caught.value)
+    r = run_cli("convert", nt, tmp_path / "out", "--to", "hf-packed")
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "no longer equals" in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_opening_reads_no_tensor_data(tmp_path, monkeypatch):
+    """Opening (what `inspect --no-stats` does) reads headers only, even where scales are recorded."""
+    from bitconvert.formats.nanotron import reader as nanotron
+
+    nt = tmp_path / "nt"
+    to(FIXTURES / "llama-packed", nt, "nanotron", tp=2, allow_approximate=True)
+    reads: list[int] = []
+    real = nanotron._read_rows
+
+    def counting(shard_, start, stop):
+        out = real(shard_, start, stop)
+        reads.append(out.numel() * out.element_size())
+        return out
+
+    monkeypatch.setattr(nanotron, "_read_rows", counting)
     ckpt = open_checkpoint(nt)
-    entry = ckpt.tensors["model.layers.1.mlp.down_proj.weight"]
-    assert not entry.ternary and not isinstance(entry.load(), TernaryWeight)
-    assert sum(e.ternary for e in ckpt.tensors.values()) == 13 and any("no longer match" in n for n in ckpt.notes)
+    assert sum(e.ternary for e in ckpt.tensors.values()) == 14 and reads == []
+    ckpt.tensors["model.layers.0.self_attn.o_proj.weight"].load()
+    assert sum(reads) == 64 * 64 * 2  # the one tensor asked for, once
+    r = run_cli("inspect", "--no-stats", "--json", nt)
+    assert r.returncode == 0, r.stderr
+
+
+def test_wrong_size_scale_record_is_a_one_line_error(tmp_path):
+    nt = tmp_path / "nt"
+    to(FIXTURES / "llama-packed", nt, "nanotron", tp=1, allow_approximate=True)
+    p = nt / "checkpoint_metadata.json"
+    meta = json.loads(p.read_text())
+    records = meta["custom_metas"]["bitconvert"]["ternary_scales"]
+    name = "model.layers.0.mlp.up_proj.weight"
+    records[name][2] += "00"  # one byte too many for its dtype
+    p.write_text(json.dumps(meta))
+    r = run_cli("convert", nt, tmp_path / "out", "--to", "hf-packed")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "checkpoint_metadata.json" in lines[0] and name in lines[0] and "bytes" in lines[0]
+    assert not (tmp_path / "out").exists()
 
 
 # --- bad input ----------------------------------------------------------------------------------
@@ -543,7 +587,7 @@ def test_bad_checkpoint_on_the_command_line(tmp_path, masters, case):
 
 def test_reading_touches_each_stored_byte_once(tmp_path, masters, monkeypatch):
     """Every HF tensor is read from exactly its rows of each rank file: no whole-model or whole-param load."""
-    from bitconvert.formats.nanotron import format as nanotron
+    from bitconvert.formats.nanotron import reader as nanotron
 
     nt = tmp_path / "nt"
     to(masters["bitnet-2b4t"], nt, "nanotron", tp=4)

@@ -1,0 +1,258 @@
+"""Writing Nanotron checkpoints: one Nanotron parameter (e.g. a fused ``qkv_proj``) built and cut per rank.
+
+Nanotron's BitNet keeps latent float weights and quantizes each per-rank shard of a fused weight
+with its own scale, so latent masters convert exactly while packed (ternary) weights can only be
+approximated; see :class:`_Approximation`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ...checkpoint import Checkpoint, Value, as_dense
+from ...config import ModelConfig
+from ...errors import UsageError
+from ...safetensors_io import PlannedTensor, SafetensorsWriter
+from ...scale_records import NANOTRON_SCALES_KEY, encode_record
+from ...ternary import LinearClass, TernaryScale, TernaryWeight, absmean_quantize, recover_ternary
+from .. import Progress, WriteReport, register_writer
+from ..hf.common import copy_side_files
+from .config import (
+    CHECKPOINT_METADATA,
+    CONFIG_YAML,
+    MODEL_CONFIG,
+    OWN_FILES,
+    NanotronOptions,
+    checkpoint_metadata_dict,
+    config_yaml_text,
+    dump_json,
+    model_config_dict,
+)
+from .layout import (
+    ATTN_SUB_NORM,
+    DATA_KEY,
+    FFN_SUB_NORM,
+    UNSHARDED_FILE,
+    ParamSpec,
+    Part,
+    local_shape,
+    padded_vocab,
+    param_specs,
+    rank_slices,
+    shard_file_name,
+    shard_metadata,
+    shard_problem,
+    to_interleaved,
+)
+
+NAME = "nanotron"
+
+
+@dataclass
+class _Approximation:
+    """Packed weights written as latent ones, and how far Nanotron's own re-quantization lands from them.
+
+    A ternary weight ``t`` with magnitude ``m`` is written as ``t * m / p`` (``p``: fraction of
+    non-zero codes): Nanotron recomputes ``mean|W| = m`` from that, so one unfused, unsplit matrix
+    comes back exactly. Fused and split weights get one scale per rank-local shard of the fused
+    tensor instead of one per original tensor; the report measures that difference per tensor.
+    """
+
+    targets: dict[str, tuple[torch.Tensor, float]] = field(default_factory=dict)  # codes in param row order, m
+    scales: dict[str, list[str]] = field(default_factory=dict)
+    results: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def latent_for(self, part: Part, tw: TernaryWeight, dtype: torch.dtype, rope: bool) -> torch.Tensor:
+        codes = tw.codes
+        if part.rope_heads and rope:
+            codes = to_interleaved(codes, part.rope_heads)
+        m = tw.scale.multiplier
+        nonzero = int(codes.count_nonzero())
+        written = torch.tensor(m * codes.numel() / nonzero if nonzero else 0.0, dtype=torch.float64).to(dtype)
+        self.targets[part.hf_name] = (codes, m)
+        self.scales[part.hf_name] = encode_record(tw.scale, written)
+        return codes.to(dtype) * written
+
+    def measure(self, spec: ParamSpec, effective: torch.Tensor) -> None:
+        """Compare Nanotron's effective weight (per-rank quantized, in param rows) with the packed one."""
+        for part in spec.parts:
+            if part.hf_name not in self.targets:
+                continue
+            codes, m = self.targets.pop(part.hf_name)
+            got = effective[part.start : part.start + part.rows].double()
+            want = codes.double() * m
+            norm = float(want.norm())
+            err = float((got - want).norm())
+            self.results[part.hf_name] = {
+                "relative_error": err / norm if norm else err,
+                "codes_changed": int((torch.sign(got).to(torch.int8) != codes).sum()),
+            }
+
+
+def _nanotron_effective(local: torch.Tensor) -> torch.Tensor:
+    """What Nanotron's BitNet layer multiplies with: absmean-quantized with this shard's own scale (fp32)."""
+    codes, mean_abs = absmean_quantize(local)
+    return codes.float() * mean_abs
+
+
+def _ternary_of(value: Value) -> TernaryWeight | None:
+    """The ternary weight behind a value: stored codes, or a float that is exactly codes x one magnitude."""
+    if isinstance(value, TernaryWeight):
+        return value
+    found = recover_ternary(value)
+    if found is None:
+        return None
+    return TernaryWeight(found[0], TernaryScale(found[1], LinearClass.AUTOBITLINEAR))
+
+
+def _approximation_refused(ckpt: Checkpoint, name: str) -> UsageError:
+    return UsageError(
+        f"{ckpt.path}: {name} is a ternary (packed) weight; Nanotron keeps latent weights and re-quantizes each "
+        "per-rank shard of a fused weight with its own scale, so it can only be approximated: pass --allow-approximate"
+    )
+
+
+def _check_tensor_parallel(cfg: ModelConfig, specs: list[ParamSpec], tp: int) -> None:
+    if cfg.num_key_value_heads % tp:
+        raise UsageError(
+            f"--tp {tp}: the model has {cfg.num_key_value_heads} key/value heads; Nanotron needs them to split evenly "
+            "across ranks (its config check requires num_key_value_heads >= tp; it does not replicate key/value heads)"
+        )
+    if cfg.num_attention_heads % tp:
+        raise UsageError(f"--tp {tp}: Nanotron needs num_attention_heads ({cfg.num_attention_heads}) divisible by tp")
+    for spec in specs:
+        problem = shard_problem(spec, tp)
+        if problem:
+            raise UsageError(f"--tp {tp}: {problem}")
+
+
+class NanotronWriter:
+    name = NAME
+    writes_directory = True
+    Options = NanotronOptions
+
+    def write(self, ckpt: Checkpoint, out: Path, options: NanotronOptions, progress: Progress) -> WriteReport:
+        opts = options
+        cfg, tp, dtype = ckpt.config, opts.tp, options.dtype or torch.bfloat16
+        vocab_rows = padded_vocab(cfg.vocab_size, tp)
+        specs = param_specs(cfg, vocab_rows)
+        _check_tensor_parallel(cfg, specs, tp)
+        self._refuse_early(ckpt, opts)
+        report = WriteReport(NAME)
+        approx = _Approximation()
+        how: Counter = Counter()
+        root = out / "model" / "model"
+        for i, spec in enumerate(specs):
+            progress(i, len(specs), spec.path)
+            full = self._build_param(ckpt, spec, opts, dtype, approx, how)
+            folder = root / spec.path
+            folder.mkdir(parents=True, exist_ok=True)
+            if not spec.sharded:
+                self._write_file(folder / UNSHARDED_FILE, full, None, out, report)
+                continue
+            # Packed-derived parts: rebuild Nanotron's effective weight rank by rank to measure the gap.
+            measured = any(p.hf_name in approx.targets for p in spec.parts)
+            effective = torch.empty(spec.shape, dtype=torch.float32) if measured else None
+            for rank in range(tp):
+                pairs = rank_slices(spec, tp, rank)
+                local = torch.empty(local_shape(spec, tp), dtype=dtype)
+                for loc, glob in pairs:
+                    local[loc] = full[glob]
+                meta = shard_metadata(spec, tp, rank, opts.nanotron_version)
+                self._write_file(folder / shard_file_name(rank, tp), local, meta, out, report)
+                if effective is not None:
+                    eff = _nanotron_effective(local)
+                    for loc, glob in pairs:
+                        effective[glob] = eff[loc]
+            if effective is not None:
+                approx.measure(spec, effective)
+        progress(len(specs), len(specs), "")
+        self._write_side_files(ckpt, out, opts, vocab_rows, dtype, approx, report)
+        report.ternary_sources = dict(how)
+        report.details.update(tp=tp, nanotron_version=opts.nanotron_version, rope_interleaved=opts.rope_interleaved)
+        if vocab_rows != cfg.vocab_size:
+            report.details["vocab_padding"] = f"{cfg.vocab_size} -> {vocab_rows} rows (zeros) for tp={tp}"
+        if approx.results:
+            worst = max(approx.results, key=lambda n: approx.results[n]["relative_error"])
+            report.details["approximation"] = approx.results
+            report.warnings.append(
+                f"{len(approx.results)} ternary weights approximated for Nanotron's per-(fused, per-rank) scale; "
+                f"worst relative error {approx.results[worst]['relative_error']:.3g} on {worst}"
+            )
+        if cfg.rope_theta != 10000.0:
+            report.warnings.append(
+                f"model_config.json has no rope_theta field; this model's {cfg.rope_theta:g} is recorded in "
+                f"{CHECKPOINT_METADATA} custom_metas.bitconvert.rope_theta for your Nanotron model to use"
+            )
+        return report
+
+    @staticmethod
+    def _refuse_early(ckpt: Checkpoint, opts: NanotronOptions) -> None:
+        """Fail before writing when a weight is plainly ternary and approximation was not allowed."""
+        if opts.allow_approximate:
+            return
+        names = [n for n in ckpt.config.quantized_linear_names() if n in ckpt.tensors]
+        for name in names:
+            if ckpt.tensors[name].ternary:
+                raise _approximation_refused(ckpt, name)
+        hinted = next((n for n in names if ckpt.tensors[n].load_scale is not None), None)
+        if hinted is not None and _ternary_of(ckpt.tensors[hinted].load()) is not None:
+            raise _approximation_refused(ckpt, hinted)
+
+    @staticmethod
+    def _build_param(ckpt, spec: ParamSpec, opts, dtype, approx: _Approximation, how: Counter) -> torch.Tensor:
+        covered = sum(p.rows for p in spec.parts)
+        full = (torch.zeros if covered < spec.shape[0] else torch.empty)(spec.shape, dtype=dtype)
+        for part in spec.parts:
+            value = ckpt.tensors[part.hf_name].load()
+            tw = _ternary_of(value) if ckpt.is_quantized_linear(part.hf_name) else None
+            if tw is not None:
+                if not opts.allow_approximate:
+                    raise _approximation_refused(ckpt, part.hf_name)
+                w = approx.latent_for(part, tw, dtype, opts.rope_interleaved)
+                how["approximated"] += 1
+            else:
+                w = as_dense(value, dtype)
+                if part.rope_heads and opts.rope_interleaved:
+                    w = to_interleaved(w, part.rope_heads)
+                if ckpt.is_quantized_linear(part.hf_name):
+                    how["latent"] += 1
+            full[part.start : part.start + part.rows] = w
+        return full
+
+    @staticmethod
+    def _write_file(path: Path, tensor: torch.Tensor, metadata, out: Path, report: WriteReport) -> None:
+        planned = PlannedTensor(DATA_KEY, tensor.dtype, tuple(tensor.shape))
+        with SafetensorsWriter(path, [planned], metadata) as w:
+            w.write(DATA_KEY, tensor)
+        report.files.append(path.relative_to(out).as_posix())
+        report.tensors += 1
+        report.bytes_written += planned.nbytes
+
+    @staticmethod
+    def _write_side_files(ckpt, out: Path, opts: NanotronOptions, vocab_rows: int, dtype, approx, report) -> None:
+        cfg = ckpt.config
+        mc = model_config_dict(cfg, vocab_rows)
+        custom = {
+            "hf_config": cfg.raw,
+            "vocab_size": cfg.vocab_size,
+            "rope_interleaved": opts.rope_interleaved,
+            "rope_theta": cfg.rope_theta,
+        }
+        if cfg.spec.attn_sub_norm:
+            custom["sub_norms"] = {cfg.spec.attn_sub_norm: ATTN_SUB_NORM, cfg.spec.ffn_sub_norm: FFN_SUB_NORM}
+        if approx.scales:
+            custom[NANOTRON_SCALES_KEY] = dict(sorted(approx.scales.items()))
+        dump_json(out / MODEL_CONFIG, mc, sort_keys=False)
+        (out / CONFIG_YAML).write_text(config_yaml_text(mc, opts.tp, dtype), encoding="utf-8")
+        meta = checkpoint_metadata_dict(opts.nanotron_version, opts.tp, custom, cfg.max_position_embeddings)
+        dump_json(out / CHECKPOINT_METADATA, meta, sort_keys=True)  # sorted, as Nanotron writes it
+        report.files += [MODEL_CONFIG, CONFIG_YAML, CHECKPOINT_METADATA]
+        report.files += copy_side_files([f for f in ckpt.side_files if f.name not in OWN_FILES], out)
+
+
+register_writer(NanotronWriter())
