@@ -4,4 +4,4 @@ The reader (``reader``) and the writer (``writer``) know nothing of each other; 
 layout rule (``layout``) and the side-file schemas (``config``).
 """
 
-from . import reader, writer  # noqa: F401  (each registers itself)
+from . import reader, writer  # noqa: F401  (importing them registers them)

@@ -15,7 +15,7 @@ import torch
 
 from ...checkpoint import Checkpoint, Value, as_dense
 from ...config import ModelConfig
-from ...errors import UsageError
+from ...errors import CheckpointError, UsageError
 from ...safetensors_io import PlannedTensor, SafetensorsWriter
 from ...scale_records import NANOTRON_SCALES_KEY, encode_record
 from ...ternary import LinearClass, TernaryScale, TernaryWeight, absmean_quantize, recover_ternary
@@ -24,6 +24,7 @@ from ..hf.common import copy_side_files
 from .config import (
     CHECKPOINT_METADATA,
     CONFIG_YAML,
+    KEPT_FILE,
     MODEL_CONFIG,
     OWN_FILES,
     NanotronOptions,
@@ -32,11 +33,11 @@ from .config import (
     dump_json,
     model_config_dict,
 )
+from .flavors import FLAVORS, Flavor, losses
 from .layout import (
-    ATTN_SUB_NORM,
     DATA_KEY,
-    FFN_SUB_NORM,
     UNSHARDED_FILE,
+    ModelLayout,
     ParamSpec,
     Part,
     local_shape,
@@ -47,6 +48,7 @@ from .layout import (
     shard_metadata,
     shard_problem,
     to_interleaved,
+    unplaced_tensors,
 )
 
 NAME = "nanotron"
@@ -130,52 +132,115 @@ def _check_tensor_parallel(cfg: ModelConfig, specs: list[ParamSpec], tp: int) ->
             raise UsageError(f"--tp {tp}: {problem}")
 
 
+def _resolve(ckpt: Checkpoint, opts: NanotronOptions) -> _Plan:
+    """What will be written, checked against the flavor before anything is: refusals come first."""
+    cfg, tp = ckpt.config, opts.tp
+    flavor = FLAVORS[opts.flavor]
+    rope = opts.rope_interleaved
+    if rope is None:
+        rope = not flavor.rope_in_config  # PR #180 interleaves; main's config default keeps HF order
+    elif not rope and not flavor.rope_in_config:
+        raise UsageError(f"--no-rope-interleaved: {flavor.title} applies interleaved RoPE only (use --nanotron-flavor main)")
+    version = opts.nanotron_version or flavor.versions[0]
+    if version not in flavor.versions:
+        raise UsageError(f"--nanotron-version {version}: {flavor.title} loads checkpoint version {flavor.versions[0]} only")
+    vocab_rows = padded_vocab(cfg.vocab_size, tp)
+    specs = param_specs(cfg, vocab_rows, ModelLayout(flavor.mlp, flavor.decoder_norms))
+    _check_tensor_parallel(cfg, specs, tp)
+    lost = losses(cfg, flavor)  # after the usage errors: a bad option is reported as such first
+    if lost and not opts.allow_lossy:
+        raise CheckpointError(
+            ckpt.path,
+            f"--nanotron-flavor {flavor.name} would lose {'; '.join(lost)}. Pass --allow-lossy to convert anyway"
+            + ("" if flavor.name == "pr178" else " or try --nanotron-flavor pr178"),
+        )
+    return _Plan(flavor, tp, opts.dtype or torch.bfloat16, rope, version, vocab_rows, specs, lost)
+
+
+@dataclass
+class _Plan:
+    flavor: Flavor
+    tp: int
+    dtype: torch.dtype
+    rope_interleaved: bool
+    version: str
+    vocab_rows: int
+    specs: list[ParamSpec]
+    lost: list[str]
+
+
 class NanotronWriter:
     name = NAME
     writes_directory = True
     Options = NanotronOptions
 
     def write(self, ckpt: Checkpoint, out: Path, options: NanotronOptions, progress: Progress) -> WriteReport:
-        opts = options
-        cfg, tp, dtype = ckpt.config, opts.tp, options.dtype or torch.bfloat16
-        vocab_rows = padded_vocab(cfg.vocab_size, tp)
-        specs = param_specs(cfg, vocab_rows)
-        _check_tensor_parallel(cfg, specs, tp)
-        self._refuse_early(ckpt, opts)
+        plan = _resolve(ckpt, options)
+        self._refuse_early(ckpt, options)
         report = WriteReport(NAME)
         approx = _Approximation()
         how: Counter = Counter()
-        root = out / "model" / "model"
-        for i, spec in enumerate(specs):
-            progress(i, len(specs), spec.path)
-            full = self._build_param(ckpt, spec, opts, dtype, approx, how)
-            folder = root / spec.path
-            folder.mkdir(parents=True, exist_ok=True)
-            if not spec.sharded:
-                self._write_file(folder / UNSHARDED_FILE, full, None, out, report)
-                continue
-            # Packed-derived parts: rebuild Nanotron's effective weight rank by rank to measure the gap.
-            measured = any(p.hf_name in approx.targets for p in spec.parts)
-            effective = torch.empty(spec.shape, dtype=torch.float32) if measured else None
-            for rank in range(tp):
-                pairs = rank_slices(spec, tp, rank)
-                local = torch.empty(local_shape(spec, tp), dtype=dtype)
-                for loc, glob in pairs:
-                    local[loc] = full[glob]
-                meta = shard_metadata(spec, tp, rank, opts.nanotron_version)
-                self._write_file(folder / shard_file_name(rank, tp), local, meta, out, report)
-                if effective is not None:
-                    eff = _nanotron_effective(local)
-                    for loc, glob in pairs:
-                        effective[glob] = eff[loc]
+        for i, spec in enumerate(plan.specs):
+            progress(i, len(plan.specs), spec.path)
+            full = self._build_param(ckpt, spec, options, plan, approx, how)
+            self._write_param(spec, full, plan, out, approx, report)
+        progress(len(plan.specs), len(plan.specs), "")
+        kept = self._write_kept(ckpt, plan, out, report)
+        self._write_side_files(ckpt, out, plan, approx, kept, report)
+        self._finish_report(ckpt.config, plan, approx, how, report)
+        return report
+
+    def _write_param(self, spec: ParamSpec, full: torch.Tensor, plan: _Plan, out: Path, approx, report) -> None:
+        folder = out / "model" / "model" / spec.path
+        folder.mkdir(parents=True, exist_ok=True)
+        if not spec.sharded:
+            self._write_file(folder / UNSHARDED_FILE, full, None, out, report)
+            return
+        # Packed-derived parts: rebuild Nanotron's effective weight rank by rank to measure the gap.
+        measured = any(p.hf_name in approx.targets for p in spec.parts)
+        effective = torch.empty(spec.shape, dtype=torch.float32) if measured else None
+        for rank in range(plan.tp):
+            pairs = rank_slices(spec, plan.tp, rank)
+            local = torch.empty(local_shape(spec, plan.tp), dtype=plan.dtype)
+            for loc, glob in pairs:
+                local[loc] = full[glob]
+            meta = shard_metadata(spec, plan.tp, rank, plan.version)
+            self._write_file(folder / shard_file_name(rank, plan.tp), local, meta, out, report)
             if effective is not None:
-                approx.measure(spec, effective)
-        progress(len(specs), len(specs), "")
-        self._write_side_files(ckpt, out, opts, vocab_rows, dtype, approx, report)
+                eff = _nanotron_effective(local)
+                for loc, glob in pairs:
+                    effective[glob] = eff[loc]
+        if effective is not None:
+            approx.measure(spec, effective)
+
+    @staticmethod
+    def _write_kept(ckpt: Checkpoint, plan: _Plan, out: Path, report: WriteReport) -> list[str]:
+        """Tensors the flavor's model has no parameter for, beside the model where Nanotron never looks.
+
+        Only reached with --allow-lossy. Nanotron neither loads nor saves them; they let bitconvert
+        give the source back exactly from this very checkpoint.
+        """
+        names = unplaced_tensors(ckpt.config, plan.specs)
+        if not names:
+            return []
+        shapes = ckpt.config.expected_shapes()
+        planned = [PlannedTensor(n, plan.dtype, shapes[n]) for n in names]
+        with SafetensorsWriter(out / KEPT_FILE, planned, None) as w:
+            for name in names:
+                w.write(name, as_dense(ckpt.tensors[name].load(), plan.dtype))
+        report.files.append(KEPT_FILE)
+        report.tensors += len(names)
+        report.bytes_written += sum(p.nbytes for p in planned)
+        return names
+
+    @staticmethod
+    def _finish_report(cfg, plan: _Plan, approx: _Approximation, how: Counter, report: WriteReport) -> None:
         report.ternary_sources = dict(how)
-        report.details.update(tp=tp, nanotron_version=opts.nanotron_version, rope_interleaved=opts.rope_interleaved)
-        if vocab_rows != cfg.vocab_size:
-            report.details["vocab_padding"] = f"{cfg.vocab_size} -> {vocab_rows} rows (zeros) for tp={tp}"
+        report.details.update(
+            flavor=plan.flavor.name, tp=plan.tp, nanotron_version=plan.version, rope_interleaved=plan.rope_interleaved
+        )
+        if plan.vocab_rows != cfg.vocab_size:
+            report.details["vocab_padding"] = f"{cfg.vocab_size} -> {plan.vocab_rows} rows (zeros) for tp={plan.tp}"
         if approx.results:
             worst = max(approx.results, key=lambda n: approx.results[n]["relative_error"])
             report.details["approximation"] = approx.results
@@ -183,12 +248,7 @@ class NanotronWriter:
                 f"{len(approx.results)} ternary weights approximated for Nanotron's per-(fused, per-rank) scale; "
                 f"worst relative error {approx.results[worst]['relative_error']:.3g} on {worst}"
             )
-        if cfg.rope_theta != 10000.0:
-            report.warnings.append(
-                f"model_config.json has no rope_theta field; this model's {cfg.rope_theta:g} is recorded in "
-                f"{CHECKPOINT_METADATA} custom_metas.bitconvert.rope_theta for your Nanotron model to use"
-            )
-        return report
+        report.warnings += [f"lost in Nanotron ({plan.flavor.name}): {loss}" for loss in plan.lost]
 
     @staticmethod
     def _refuse_early(ckpt: Checkpoint, opts: NanotronOptions) -> None:
@@ -204,20 +264,20 @@ class NanotronWriter:
             raise _approximation_refused(ckpt, hinted)
 
     @staticmethod
-    def _build_param(ckpt, spec: ParamSpec, opts, dtype, approx: _Approximation, how: Counter) -> torch.Tensor:
+    def _build_param(ckpt, spec: ParamSpec, opts, plan: _Plan, approx: _Approximation, how: Counter) -> torch.Tensor:
         covered = sum(p.rows for p in spec.parts)
-        full = (torch.zeros if covered < spec.shape[0] else torch.empty)(spec.shape, dtype=dtype)
+        full = (torch.zeros if covered < spec.shape[0] else torch.empty)(spec.shape, dtype=plan.dtype)
         for part in spec.parts:
             value = ckpt.tensors[part.hf_name].load()
             tw = _ternary_of(value) if ckpt.is_quantized_linear(part.hf_name) else None
             if tw is not None:
                 if not opts.allow_approximate:
                     raise _approximation_refused(ckpt, part.hf_name)
-                w = approx.latent_for(part, tw, dtype, opts.rope_interleaved)
+                w = approx.latent_for(part, tw, plan.dtype, plan.rope_interleaved)
                 how["approximated"] += 1
             else:
-                w = as_dense(value, dtype)
-                if part.rope_heads and opts.rope_interleaved:
+                w = as_dense(value, plan.dtype)
+                if part.rope_heads and plan.rope_interleaved:
                     w = to_interleaved(w, part.rope_heads)
                 if ckpt.is_quantized_linear(part.hf_name):
                     how["latent"] += 1
@@ -234,22 +294,25 @@ class NanotronWriter:
         report.bytes_written += planned.nbytes
 
     @staticmethod
-    def _write_side_files(ckpt, out: Path, opts: NanotronOptions, vocab_rows: int, dtype, approx, report) -> None:
+    def _write_side_files(ckpt, out: Path, plan: _Plan, approx, kept: list[str], report) -> None:
         cfg = ckpt.config
-        mc = model_config_dict(cfg, vocab_rows)
+        mc = model_config_dict(cfg, plan.vocab_rows, plan.flavor, plan.rope_interleaved)
         custom = {
             "hf_config": cfg.raw,
             "vocab_size": cfg.vocab_size,
-            "rope_interleaved": opts.rope_interleaved,
+            "rope_interleaved": plan.rope_interleaved,
             "rope_theta": cfg.rope_theta,
+            "flavor": plan.flavor.name,
         }
-        if cfg.spec.attn_sub_norm:
-            custom["sub_norms"] = {cfg.spec.attn_sub_norm: ATTN_SUB_NORM, cfg.spec.ffn_sub_norm: FFN_SUB_NORM}
+        if plan.lost:
+            custom["lost"] = plan.lost
+        if kept:
+            custom["kept"] = {"file": KEPT_FILE, "tensors": kept}
         if approx.scales:
             custom[NANOTRON_SCALES_KEY] = dict(sorted(approx.scales.items()))
         dump_json(out / MODEL_CONFIG, mc, sort_keys=False)
-        (out / CONFIG_YAML).write_text(config_yaml_text(mc, opts.tp, dtype), encoding="utf-8")
-        meta = checkpoint_metadata_dict(opts.nanotron_version, opts.tp, custom, cfg.max_position_embeddings)
+        (out / CONFIG_YAML).write_text(config_yaml_text(mc, plan.tp, plan.dtype), encoding="utf-8")
+        meta = checkpoint_metadata_dict(plan.version, plan.tp, custom, cfg.max_position_embeddings)
         dump_json(out / CHECKPOINT_METADATA, meta, sort_keys=True)  # sorted, as Nanotron writes it
         report.files += [MODEL_CONFIG, CONFIG_YAML, CHECKPOINT_METADATA]
         report.files += copy_side_files([f for f in ckpt.side_files if f.name not in OWN_FILES], out)
