@@ -139,7 +139,7 @@ def test_runtime_logits_equal_on_nanotron_and_source(tmp_path, masters):
 
 
 def test_toy_layout_matches_nanotron_sharding_rule(tmp_path):
-    """Expected slices written out by hand from FORMATS.md §5 for hidden 64, 4 heads of 16, 2 kv heads, I=128."""
+    """Expected slices written out by hand from Nanotron's sharding rule (docs/nanotron.md) for hidden 64, 4 heads of 16, 2 kv heads, I=128."""
     src = make_checkpoint(tmp_path / "src", "llama", "master", layers=1, heads=4, kv_heads=2, seed=3)
     nt = tmp_path / "nt"
     to(src, nt, "nanotron", tp=2, rope_interleaved=False, flavor="main", nanotron_version="1.4")
@@ -352,7 +352,7 @@ def test_unpack_output_counts_as_packed(tmp_path):
 
 
 def _effective(latent: torch.Tensor) -> torch.Tensor:
-    """Nanotron's BitNet weight quantization of one rank's tensor, written here from FORMATS.md §1."""
+    """Nanotron's BitNet weight quantization of one rank's tensor, written here from its BitLinear (weight_quant: absmean, round, clamp)."""
     w = latent.double()
     m = w.abs().mean().clamp(min=1e-5)
     return (w / m).round().clamp(-1, 1) * m
@@ -373,7 +373,7 @@ def test_packed_approximation_report_and_exact_way_back(tmp_path, tp):
     got = torch.cat([_effective(shard(folder / SHARD.format(r=r, t=tp))[0]) for r in range(tp)], dim=1)
     rel = float((got - want).norm() / want.norm())
     assert rel == pytest.approx(errors["model.layers.0.self_attn.o_proj.weight"]["relative_error"], rel=1e-3, abs=1e-6)
-    if tp == 1:  # one unfused, unsplit matrix: t * mean|W| / p is exact (FORMATS.md §5)
+    if tp == 1:  # one unfused, unsplit matrix: t * mean|W| / p is exact (docs/nanotron.md, "Packed sources")
         for name in ("o_proj", "down_proj"):
             full = f"model.layers.1.{'self_attn' if name == 'o_proj' else 'mlp'}.{name}.weight"
             assert errors[full]["relative_error"] < 1e-6 and errors[full]["codes_changed"] == 0
