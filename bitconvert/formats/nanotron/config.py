@@ -257,7 +257,7 @@ def _check_against_record(mc: dict[str, Any], config: ModelConfig, mc_path: Path
         raise CheckpointError(mc_path, "tie_word_embeddings disagrees with the recorded Hugging Face config")
 
 
-def _rebuilt_config(mc: dict, custom: dict, sub_norms: bool, mc_path: Path, meta: NanotronMeta) -> ModelConfig:
+def _rebuilt_config(mc: dict, custom: dict, sub_norms: bool, mc_path: Path, notes: list, warnings: list) -> ModelConfig:
     """The HF config from model_config.json alone (plus what survives of a record), and what it evidently lost."""
     d = _hf_dict_from_nanotron(mc, sub_norms)
     for key in ("vocab_size", "rope_theta"):  # the record's, where the files kept it while the model lost parts
@@ -265,21 +265,62 @@ def _rebuilt_config(mc: dict, custom: dict, sub_norms: bool, mc_path: Path, meta
             d[key] = custom[key]
     config = ModelConfig.from_hf_dict(d, mc_path)
     if not custom:  # Nanotron rewrites checkpoint_metadata.json without custom_metas whenever it saves
-        meta.notes.append(
+        notes.append(
             f"no bitconvert record in {CHECKPOINT_METADATA}: Hugging Face config rebuilt from model_config.json "
             f"({config.architecture.value}, rope_theta {config.rope_theta:g})"
         )
         if "rope_theta" not in mc:
-            meta.warnings.append(
+            warnings.append(
                 f"rope_theta is absent from {MODEL_CONFIG} and no record says it: read as Nanotron's "
                 f"{NANOTRON_ROPE_THETA:g} (2B-4T-style models use 500000); set it in config.json if it was not"
             )
     if config.hidden_act == "relu2" and not config.spec.attn_sub_norm:
-        meta.warnings.append(
+        warnings.append(
             "relu2 without the attention/FFN sub-norms: evidently a 2B-4T-style model that lost its sub-norms in "
             "Nanotron; read as LlamaForCausalLM with relu2"
         )
     return config
+
+
+def _recorded_config(
+    path: Path, mc: dict, custom: dict, sub_norm_folders: bool, kept: set[str], warnings: list
+) -> ModelConfig | None:
+    """The Hugging Face config bitconvert recorded, while the checkpoint still holds all of its tensors."""
+    hf = custom.get("hf_config")
+    if not isinstance(hf, dict):
+        return None
+    config = ModelConfig.from_hf_dict(hf, path / CHECKPOINT_METADATA)
+    _check_against_record(mc, config, path / MODEL_CONFIG)
+    sub_norm = config.spec.attn_sub_norm
+    if sub_norm and not sub_norm_folders and f"model.layers.0.{sub_norm}.weight" not in kept:
+        warnings.append(
+            f"the recorded {config.architecture.value} model's sub-norms are not in this checkpoint "
+            "(no Nanotron model has them)"
+        )
+        return None
+    return config
+
+
+def _rope_order(mc: dict, custom: dict, flavor: str, notes: list) -> bool:
+    if "rope_interleaved" in custom:
+        return bool(custom["rope_interleaved"])
+    if "rope_interleaved" in mc:
+        return bool(mc["rope_interleaved"])
+    if flavor == "llama":  # the PRs' BitNet model interleaves, always
+        notes.append("RoPE row order not recorded: read as interleaved, what Nanotron applied before rope_interleaved")
+    return True
+
+
+def _recorded_scales(path: Path, custom: dict) -> dict[str, tuple[TernaryScale, torch.Tensor]]:
+    raw = custom.get(NANOTRON_SCALES_KEY)
+    if raw is None:
+        return {}
+    scales = {}
+    for name, record in decode_records(raw, path / CHECKPOINT_METADATA).items():
+        if record.written is None:
+            raise CheckpointError(path / CHECKPOINT_METADATA, "scale record without the written value", name)
+        scales[name] = (record.scale, record.written)
+    return scales
 
 
 def read_meta(path: Path, sub_norm_folders: bool, kept: set[str]) -> NanotronMeta:
@@ -294,38 +335,19 @@ def read_meta(path: Path, sub_norm_folders: bool, kept: set[str]) -> NanotronMet
     if not mc.get("is_bitnet_config") and not mc.get("is_llama_config"):
         raise CheckpointError(mc_path, "names no Llama-family model (neither is_bitnet_config nor is_llama_config)")
     notes: list[str] = []
+    warnings: list[str] = []
     tp, version, custom = _read_record(path, notes)
-    meta = NanotronMeta(None, mc["vocab_size"], True, tp, version, "bitnet" if mc.get("is_bitnet_config") else "llama",
-                        record=custom, notes=notes)  # type: ignore[arg-type]
-    if meta.flavor == "llama" and custom.get("flavor") != "main":
+    flavor = "bitnet" if mc.get("is_bitnet_config") else "llama"
+    if flavor == "llama" and custom.get("flavor") != "main":
         notes.append("model_config.json is a plain Llama config (no is_bitnet_config); linears read as BitNet latents")
-    hf = custom.get("hf_config")
-    config = ModelConfig.from_hf_dict(hf, path / CHECKPOINT_METADATA) if isinstance(hf, dict) else None
-    if config is not None:
-        _check_against_record(mc, config, mc_path)
-        sub_norm = config.spec.attn_sub_norm
-        if sub_norm and not sub_norm_folders and f"model.layers.0.{sub_norm}.weight" not in kept:
-            meta.warnings.append(
-                f"the recorded {config.architecture.value} model's sub-norms are not in this checkpoint "
-                "(no Nanotron model has them)"
-            )
-            config = None
-    meta.config = config or _rebuilt_config(mc, custom, sub_norm_folders, mc_path, meta)
-    if meta.vocab_rows < meta.config.vocab_size:
-        raise CheckpointError(mc_path, f"vocab_size {meta.vocab_rows} is below the model's vocabulary ({meta.config.vocab_size})")
-    if "rope_interleaved" in custom:
-        meta.rope_interleaved = bool(custom["rope_interleaved"])
-    elif "rope_interleaved" in mc:
-        meta.rope_interleaved = bool(mc["rope_interleaved"])
-    elif meta.flavor == "llama":  # the PRs' BitNet model interleaves, always
-        notes.append("RoPE row order not recorded: read as interleaved, what Nanotron applied before rope_interleaved")
+    config = _recorded_config(path, mc, custom, sub_norm_folders, kept, warnings)
+    if config is None:
+        config = _rebuilt_config(mc, custom, sub_norm_folders, mc_path, notes, warnings)
+    if mc["vocab_size"] < config.vocab_size:
+        raise CheckpointError(mc_path, f"vocab_size {mc['vocab_size']} is below the model's vocabulary ({config.vocab_size})")
+    rope = _rope_order(mc, custom, flavor, notes)
     if custom.get("lost"):
         notes.append(f"written with --allow-lossy for {custom.get('flavor', 'Nanotron')}, whose model lacks: "
                      + "; ".join(map(str, custom["lost"])))
-    raw_scales = custom.get(NANOTRON_SCALES_KEY)
-    if raw_scales is not None:
-        for name, record in decode_records(raw_scales, path / CHECKPOINT_METADATA).items():
-            if record.written is None:
-                raise CheckpointError(path / CHECKPOINT_METADATA, "scale record without the written value", name)
-            meta.scales[name] = (record.scale, record.written)
-    return meta
+    scales = _recorded_scales(path, custom)
+    return NanotronMeta(config, mc["vocab_size"], rope, tp, version, flavor, scales, custom, notes, warnings)
