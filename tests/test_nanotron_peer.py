@@ -124,7 +124,7 @@ def _case(peer_runs, flavor, tp, kind):
 
 @pytest.mark.parametrize(("flavor", "tp", "kind"), CASES)
 def test_nanotron_loads_every_parameter_with_the_masters_values(peer_runs, flavor, tp, kind):
-    master, ckpt, _, report, ranks = _case(peer_runs, flavor, tp, kind)
+    _, ckpt, _, report, ranks = _case(peer_runs, flavor, tp, kind)
     for rank, result in enumerate(ranks):
         assert "error" not in result, f"rank {rank}: {result.get('error')}"
         assert result["model_config_class"] == CONFIG_CLASS[flavor]
