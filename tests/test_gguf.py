@@ -480,7 +480,7 @@ def test_malformed_header_fails_fast_in_little_memory(tmp_path, case):
 
 
 def test_gguf_py_hangs_where_we_fail_fast_documented(tmp_path):
-    # the 52-byte file of FORMATS.md: an array of 2**62 u32 items, rejected from its length alone
+    # a 52-byte file declaring an array of 2**62 u32 items, rejected from its length alone
     data = _header(0, 1) + _s("a") + struct.pack("<IIQ", 9, 4, 2**62)
     assert len(data) <= 52
     path = tmp_path / "bomb.gguf"
