@@ -72,6 +72,8 @@ def print_inspection(info: dict) -> None:
     out.print(table)
     for note in info["notes"]:
         out.print(f"[yellow]note:[/] {note}", highlight=False)
+    for warning in info["warnings"]:
+        out.print(f"[yellow]warning:[/] {warning}", highlight=False)
 
 
 def pack(
@@ -139,10 +141,18 @@ def convert(
         Optional[bool], typer.Option("--rope-interleaved/--no-rope-interleaved", help="Nanotron: RoPE layout.")
     ] = None,
     nanotron_version: Annotated[
-        Optional[str], typer.Option("--nanotron-version", help="Nanotron checkpoint version: 1.4 (default) or 1.5.")
+        Optional[str],
+        typer.Option("--nanotron-version", help="Nanotron checkpoint version: 1.4 or 1.5 (default: the flavor's)."),
     ] = None,
     allow_approximate: Annotated[
         bool, typer.Option("--allow-approximate", help="Accept a conversion that cannot be exact (packed -> Nanotron).")
+    ] = False,
+    nanotron_flavor: Annotated[
+        Optional[str],
+        typer.Option("--nanotron-flavor", help="Nanotron code to load it: pr180 (BitNet PR head, default), pr178, main."),
+    ] = None,
+    allow_lossy: Annotated[
+        bool, typer.Option("--allow-lossy", help="Convert although the target cannot hold all of the model (warns).")
     ] = False,
     push_to: Annotated[
         Optional[str], typer.Option("--push-to", help="Upload the result to this Hub repo (ORG/NAME) when done.")
@@ -164,6 +174,8 @@ def convert(
         rope_interleaved=rope_interleaved,
         nanotron_version=nanotron_version,
         allow_approximate=allow_approximate or None,
+        flavor=nanotron_flavor,
+        allow_lossy=allow_lossy or None,
     )
     from ..formats import options_for
 

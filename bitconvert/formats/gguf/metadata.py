@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from gguf.constants import GGML_QUANT_VERSION, Keys
 
 from ... import __version__
