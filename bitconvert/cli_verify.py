@@ -71,6 +71,14 @@ def verify(
         float, typer.Option("--min-argmax-agreement", help="Fraction of positions whose top token must agree.")
     ] = 1.0,
     device: Device = "cpu",
+    # --- issue 13 item 5: --target (consumer rules, bitconvert/verify/targets.py) ---
+    target: Annotated[
+        Optional[str],
+        typer.Option("--target", metavar="CONSUMER",
+                     help="Check what CONSUMER computes from SRC (transformers, llama.cpp, bitnet.cpp, "
+                          "bitnet.cpp-arm, nanotron-pr180, nanotron-pr178, nanotron-main); see docs/consumers.md."),
+    ] = None,
+    # --- end --target ---
     junit: Annotated[
         Optional[Path], typer.Option("--junit", metavar="FILE", help="Write JUnit XML, one test case per check.")
     ] = None,
@@ -92,6 +100,10 @@ def verify(
         if manifest_check is not None and not manifest_check.is_file():
             raise UsageError(f"{manifest_check}: no such file")
         ids = parse_tokens(tokens) if tokens is not None else None
+        if target is not None:  # an unknown consumer is a usage error before any reading
+            from .verify.targets import consumer
+
+            consumer(target)
         th = Thresholds(max_code_mismatches, scale_rtol, atol, logits_atol, min_argmax_agreement)
         with _progress(not json_out) as progress:
             report = verify_integrity(src, manifest_check=manifest_check, progress=progress)
@@ -103,6 +115,10 @@ def verify(
             if roundtrip is not None:
                 other = verify_roundtrip(src, roundtrip, thresholds=th, logits=logits, progress=progress)
                 _merge(report, other, "roundtrip.")
+            if target is not None:  # --target: consumer rules (issue 13 item 5)
+                from .verify.targets import verify_target
+
+                _merge(report, verify_target(src, target), "target.")
         written = None
         if manifest is not None:
             if report.passed and report.manifest is not None:

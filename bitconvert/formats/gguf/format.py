@@ -260,6 +260,8 @@ class GGUFReader:
             "gguf_architecture": arch,
             "gguf_tokenizer": tokenizer.from_gguf(f),
             "gguf_file_type": f.get("general.file_type"),
+            # GGUF's dtypes are its own conventions (F32 norms, the --embed-type); the model's are recorded
+            "container_dtypes": True,
         }
         origin_keys = {"general.name": "model_name", "general.source.url": "source_url", "general.license": "license"}
         for key, field in origin_keys.items():

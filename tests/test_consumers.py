@@ -1,0 +1,291 @@
+"""``verify --target CONSUMER``: every rule of bitconvert/verify/targets.py has a test here; where the
+consumer runs on this machine (transformers, llama-cpp-python 0.3.36, Nanotron's own code on CPU)
+the test runs it and shows the fact the rule states."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import FIXTURES, ROOT, make_checkpoint, run_cli
+
+from bitconvert.convert import convert
+from bitconvert.errors import UsageError
+from bitconvert.formats import open_checkpoint
+from bitconvert.verify import CONSUMERS, verify_target
+from bitconvert.verify.consumer_checks import Facts, fused_error, llamacpp_scale_tensors
+
+TOKENS = [315, 39, 276, 75, 78, 270, 257, 75, 67, 0, 220, 51, 261, 220, 80, 84]
+WIDE = dict(hidden=256, intermediate=512, layers=2, heads=4, kv_heads=2)  # TQ rows: multiples of 256
+PEERS = ROOT.parent / "shared" / "peers"
+
+
+def outcome(src, target: str) -> dict[str, bool]:
+    """rule name -> passed, for one consumer."""
+    return {c.name.split(".")[-1]: c.passed for c in verify_target(src, target).checks}
+
+
+def check_of(src, target: str, rule: str):
+    return next(c for c in verify_target(src, target).checks if c.name == f"{target}.{rule}")
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("wide")
+    return {kind: make_checkpoint(root / kind, kind, "packed", **WIDE, seed=5) for kind in ("1bitllm", "bitnet-2b4t")}
+
+
+@pytest.fixture(scope="module")
+def ggufs(wide, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("ggufs")
+    out = {}
+    for kind, gtype in (("1bitllm", "tq2_0"), ("bitnet-2b4t", "tq2_0"), ("bitnet-2b4t", "i2_s")):
+        out[f"{kind}-{gtype}"] = root / f"{kind}-{gtype}.gguf"
+        convert(wide[kind], out[f"{kind}-{gtype}"], "gguf", {"gguf_type": gtype})
+    return out
+
+
+# --- the table ----------------------------------------------------------------------------------
+
+
+def test_every_rule_names_its_upstream_source():
+    assert set(CONSUMERS) >= {"transformers", "llama.cpp", "bitnet.cpp", "bitnet.cpp-arm", "nanotron-pr180",
+                              "nanotron-pr178", "nanotron-main"}
+    for who in CONSUMERS.values():
+        assert who.rules
+        for rule in who.rules:
+            assert rule.fact and rule.source, (who.name, rule.name)
+            assert "shared" not in rule.source and ("/" in rule.source or "github.com" in rule.source)
+
+
+def test_unknown_consumer_is_a_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="known consumers: transformers"):
+        verify_target(FIXTURES / "llama-packed", "vllm")
+    r = run_cli("verify", FIXTURES / "llama-packed", "--target", "vllm")
+    assert r.returncode == 2 and "unknown --target 'vllm'" in r.stderr
+
+
+def test_cli_exit_codes_name_the_consumer_and_the_difference(wide, tmp_path):
+    r = run_cli("verify", wide["1bitllm"], "--target", "llama.cpp", "--json")
+    assert r.returncode == 0, r.stdout
+    r = run_cli("verify", FIXTURES / "bitnet-2b4t-packed", "--target", "llama.cpp", "--junit", tmp_path / "j.xml")
+    assert r.returncode == 1
+    assert "FAIL target.llama.cpp.ffn_activation:" in r.stderr and "runs with SiLU" in r.stderr
+    assert "FAIL target.llama.cpp.tensor_types:" in r.stderr and "not a multiple of 256" in r.stderr
+    assert 'classname="verify.target.llama.cpp.ffn_activation"' in (tmp_path / "j.xml").read_text()
+
+
+# --- transformers -------------------------------------------------------------------------------
+
+
+def test_transformers_format_rule(ggufs):
+    assert outcome(FIXTURES / "llama-packed", "transformers")["format"]
+    assert outcome(FIXTURES / "llama-master", "transformers")["format"]
+    c = check_of(ggufs["1bitllm-tq2_0"], "transformers", "format")
+    assert not c.passed and "no GGUF loader for architecture 'bitnet'" in c.detail
+
+
+def _pack_f32(master: Path, out: Path, *extra: str) -> Path:
+    # transformers' offline BitNet layers run in the checkpoint's dtype: f32 for a strict comparison
+    r = run_cli("pack", master, out, "--dtype", "f32", "--scale-dtype", "f32", *extra)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def _transformers_logits(path: Path) -> torch.Tensor:
+    pytest.importorskip("accelerate")
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return model(torch.tensor([TOKENS])).logits[0].float()
+
+
+def _flip_linear_class(src: Path, out: Path) -> Path:
+    shutil.copytree(src, out)
+    cfg = json.loads((out / "config.json").read_text())
+    q = cfg["quantization_config"]
+    q["linear_class"] = {"autobitlinear": "bitlinear", "bitlinear": "autobitlinear"}[q["linear_class"]]
+    (out / "config.json").write_text(json.dumps(cfg))
+    return out
+
+
+def test_transformers_reads_weight_scale_by_linear_class(tmp_path):
+    from bitconvert.runtime import compute_logits
+
+    packed = _pack_f32(FIXTURES / "bitnet-2b4t-master", tmp_path / "p")
+    flipped = _flip_linear_class(packed, tmp_path / "flipped")
+    ours, theirs = compute_logits(packed, TOKENS), _transformers_logits(packed)
+    flipped_theirs = _transformers_logits(flipped)
+    assert (ours - theirs).abs().max().item() < 1e-4
+    # the same bytes under the other linear_class: transformers computes another model
+    assert (flipped_theirs - theirs).abs().max().item() > 1.0
+    assert outcome(packed, "transformers")["scale_meaning"]
+    c = check_of(flipped, "transformers", "scale_meaning")
+    assert not c.passed and "written for the other linear_class" in c.detail and c.figure > 1
+
+
+def test_transformers_drops_the_1bitllm_sub_norms(tmp_path):
+    from bitconvert.runtime import compute_logits
+
+    packed = _pack_f32(FIXTURES / "1bitllm-master", tmp_path / "p")
+    ours, theirs = compute_logits(packed, TOKENS), _transformers_logits(packed)
+    diff = (ours - theirs).abs().max().item()
+    print(f"\n1bitLLM layout: max |logit diff| transformers vs runtime {diff:.3g}")
+    assert diff > 1e-2  # vs < 1e-4 for the 2B-4T layout above
+    c = check_of(packed, "transformers", "layout")
+    assert not c.passed and "inner_attn_ln" in c.detail
+    assert outcome(FIXTURES / "bitnet-2b4t-packed", "transformers")["layout"]
+
+
+# --- llama.cpp ----------------------------------------------------------------------------------
+
+
+def _llama_cpp():
+    return pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (see tests/test_gguf_llamacpp.py)")
+
+
+def llama_cpp_logits(path: Path) -> torch.Tensor:
+    llm = _llama_cpp().Llama(model_path=str(path), n_ctx=64, logits_all=True, verbose=False, n_threads=2)
+    try:
+        llm.eval(TOKENS)
+        return torch.tensor(np.array(llm.scores[: len(TOKENS)]), dtype=torch.float32)
+    finally:
+        llm.close()
+
+
+def min_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1).min())
+
+
+def test_llama_cpp_ffn_activation(ggufs):
+    from bitconvert.runtime import compute_logits
+
+    silu, relu2 = ggufs["1bitllm-tq2_0"], ggufs["bitnet-2b4t-tq2_0"]
+    cos_silu = min_cosine(compute_logits(silu, TOKENS), llama_cpp_logits(silu))
+    cos_relu2 = min_cosine(compute_logits(relu2, TOKENS), llama_cpp_logits(relu2))
+    print(f"\nllama.cpp vs runtime, min cosine: SiLU model {cos_silu:.6f}, relu² model {cos_relu2:.6f}")
+    assert cos_silu > 0.9995 and cos_relu2 < 0.999
+    assert all(outcome(silu, "llama.cpp").values())
+    c = check_of(relu2, "llama.cpp", "ffn_activation")
+    assert not c.passed and "'relu2'" in c.detail
+
+
+def test_llama_cpp_refuses_bitnet_cpp_files(ggufs):
+    path = ggufs["bitnet-2b4t-i2_s"]
+    with pytest.raises((ValueError, RuntimeError)):
+        llama_cpp_logits(path)
+    got = outcome(path, "llama.cpp")
+    assert not got["architecture"] and not got["tensor_types"]
+    assert "'bitnet-b1.58'" in check_of(path, "llama.cpp", "architecture").detail
+
+
+def test_tq_rows_must_be_multiples_of_256():
+    gguf = pytest.importorskip("gguf")
+    with pytest.raises(gguf.quants.QuantError):  # llama.cpp's own quantizer (gguf-py) refuses 64-wide rows
+        gguf.quants.quantize(np.zeros((4, 64), dtype=np.float32), gguf.GGMLQuantizationType.TQ2_0)
+    c = check_of(FIXTURES / "llama-packed", "llama.cpp", "tensor_types")
+    assert not c.passed and c.figure == 14 and "rows of 64 values" in c.detail
+
+
+def test_llama_cpp_honours_bitnet_scale_tensors(ggufs, tmp_path):
+    from bitconvert.formats.gguf.parser import GGUFFile
+    from bitconvert.runtime import compute_logits
+
+    src = ggufs["1bitllm-tq2_0"]
+    data = bytearray(src.read_bytes())
+    for t in GGUFFile(src).tensors.values():
+        if t.name.endswith(".scale"):
+            v = np.frombuffer(bytes(data[t.offset : t.offset + 4]), dtype=np.float32) * 3
+            data[t.offset : t.offset + 4] = v.tobytes()
+    patched = tmp_path / "patched.gguf"
+    patched.write_bytes(bytes(data))
+    theirs = llama_cpp_logits(patched)
+    assert min_cosine(theirs, llama_cpp_logits(src)) < 0.99  # the scales are used ...
+    assert min_cosine(theirs, compute_logits(patched, TOKENS)) > 0.9995  # ... as the runtime uses them
+    assert outcome(patched, "llama.cpp")["scale_tensors"]
+
+
+class _FakeGGUF:
+    """Just what the scale rule reads of a GGUF: the architecture and the tensor names."""
+
+    def __init__(self, arch: str, tensors: list[str]):
+        self.arch, self.tensors = arch, dict.fromkeys(tensors)
+
+    def get(self, key: str):
+        return self.arch if key == "general.architecture" else None
+
+
+def test_llama_architecture_loads_no_scale_tensors(ggufs):
+    ckpt = open_checkpoint(ggufs["1bitllm-tq2_0"])
+    with_scales = _FakeGGUF("llama", ["blk.0.attn_q.weight", "blk.0.attn_q.scale"])
+    found = llamacpp_scale_tensors(Facts(ckpt, with_scales))
+    assert not found.passed and found.tensor == "blk.0.attn_q.scale"
+    assert llamacpp_scale_tensors(Facts(ckpt, _FakeGGUF("llama", ["blk.0.attn_q.weight"]))).passed
+    assert llamacpp_scale_tensors(Facts(ckpt, _FakeGGUF("bitnet", ["blk.0.attn_q.scale"]))).passed
+
+
+# --- bitnet.cpp ---------------------------------------------------------------------------------
+
+
+def test_bitnet_cpp_rules(wide, ggufs):
+    for target in ("bitnet.cpp", "bitnet.cpp-arm"):
+        c = check_of(wide["bitnet-2b4t"], target, "ffn_activation")
+        assert not c.passed and "390c3077" in c.detail
+        assert outcome(wide["1bitllm"], target)["ffn_activation"]
+    assert outcome(wide["1bitllm"], "bitnet.cpp")["i2_s_rows"]
+    c = check_of(FIXTURES / "llama-packed", "bitnet.cpp", "i2_s_rows")
+    assert not c.passed and "not a multiple of 128" in c.detail
+    assert not outcome(ggufs["bitnet-2b4t-i2_s"], "bitnet.cpp-arm")["i2_s_layout"]
+    assert outcome(ggufs["1bitllm-tq2_0"], "bitnet.cpp-arm")["i2_s_layout"]
+    assert not outcome(wide["1bitllm"], "bitnet.cpp-arm")["i2_s_layout"]  # convert would write the x86 layout
+
+
+# --- Nanotron (its own code, on CPU) ------------------------------------------------------------
+
+TREES = {"nanotron-pr180": "pr180-2239f41e", "nanotron-pr178": "pr178-e1c3c1a5", "nanotron-main": "main-2411b022"}
+SUB_NORM_NAMES = ("sub_norm", "inner_attn_ln", "ffn_layernorm")
+
+
+def nanotron_probe(tree: str, master: Path, out: Path) -> dict:
+    if not (PEERS / "nanotron" / tree).is_dir():
+        pytest.skip(f"Nanotron tree {tree} is not in ../shared/peers")
+    cmd = [sys.executable, str(ROOT / "tests" / "nanotron_consumer_probe.py"), str(PEERS / "nanotron"), tree,
+           str(master), str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=out.parent)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("target", list(TREES))
+def test_nanotron_rules_by_running_nanotron(target, tmp_path):
+    master = FIXTURES / "bitnet-2b4t-master"  # rope_theta 500000, relu², sub-norms
+    probe = nanotron_probe(TREES[target], master, tmp_path / "probe.json")
+    params = probe["parameters"]
+    # sub_norms: Nanotron builds no sub-norm parameter
+    assert params and not any(s in p for p in params for s in SUB_NORM_NAMES)
+    assert not outcome(master, target)["sub_norms"]
+    assert outcome(FIXTURES / "llama-master", target)["sub_norms"]
+    if target == "nanotron-pr180":  # no decoder norms at all
+        assert not any("input_layernorm" in p or "post_attention_layernorm" in p for p in params)
+        assert not outcome(master, target)["decoder_norms"]
+    if target == "nanotron-main":  # plain linears: the latent weight runs unquantized
+        assert probe["o_proj_class"] == "TensorParallelRowLinear" and probe["o_proj_is_plain_matmul"]
+        assert not outcome(master, target)["quantization"]
+        return
+    # rope_theta: the BitNet config cannot hold it, every rotary module uses 10000
+    assert "rope_theta" not in probe["config_fields"] and probe["rope_bases"] == [10000.0]
+    c = check_of(master, target, "rope_theta")
+    assert not c.passed and c.figure == 500000.0
+    assert outcome(FIXTURES / "1bitllm-master", target)["rope_theta"]
+    # fused_scales: Nanotron's weight_quant on the fused q/k/v, as bitconvert measures it
+    ours = fused_error(open_checkpoint(master), 0, "qkv_proj")
+    assert probe["fused_qkv_relative_error"] > 0.01
+    assert ours == pytest.approx(probe["fused_qkv_relative_error"], rel=1e-4)
+    assert not outcome(master, target)["fused_scales"]
