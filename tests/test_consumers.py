@@ -289,3 +289,12 @@ def test_nanotron_rules_by_running_nanotron(target, tmp_path):
     assert probe["fused_qkv_relative_error"] > 0.01
     assert ours == pytest.approx(probe["fused_qkv_relative_error"], rel=1e-4)
     assert not outcome(master, target)["fused_scales"]
+
+
+def test_docs_list_every_rule():
+    doc = (ROOT / "docs" / "consumers.md").read_text()
+    for who in CONSUMERS.values():
+        section = doc.split(f"### `{who.name}`:", 1)[1].split("###", 1)[0]
+        for rule in who.rules:
+            assert f"| `{rule.name}` | {rule.fact} | {rule.source} |" in section, (who.name, rule.name)
+    assert "docs/consumers.md" in (ROOT / "README.md").read_text()

@@ -76,7 +76,7 @@ def test_online_exact_unpack_requantizes_to_the_packed_layer(tmp_path, linear_cl
         assert abs(float(got_mean) / float(magnitude) - 1) <= 2 * rel_step, name
         p = float(codes.count_nonzero()) / codes.numel()
         assert p < 0.9  # the compensation matters: plain codes x mean|W| would requantize to p x mean|W|
-    r = run_cli("pack", u, p2, "--json")
+    r = run_cli("pack", u, p2, "--json", "--dtype", "bf16")  # the master's dtype; else the f32 of u is kept
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["ternary_sources"] == {"kept": 14}
     assert (p1 / "model.safetensors").read_bytes() == (p2 / "model.safetensors").read_bytes()
