@@ -19,14 +19,14 @@ from pathlib import Path
 
 PEERS, TREE, MASTER, OUT = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4])
 sys.path.insert(0, str(PEERS / "cpu-shims"))
-import nanotron_cpu  # noqa: E402
+import nanotron_cpu
 
 torch = nanotron_cpu.setup(str(PEERS / TREE), factories=False)
 
-from nanotron.config import ParallelismArgs  # noqa: E402
-from nanotron.models import build_model  # noqa: E402
-from nanotron.parallel import ParallelContext  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
+from nanotron.config import ParallelismArgs
+from nanotron.models import build_model
+from nanotron.parallel import ParallelContext
+from safetensors.torch import load_file
 
 MAIN = TREE.startswith("main")
 if MAIN:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
+
 import torch
 
 from ..checkpoint import Checkpoint

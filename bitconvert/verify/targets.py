@@ -10,9 +10,9 @@ shows the fact by running it. docs/consumers.md lists the same table for people.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from ..errors import CheckpointError, UsageError
 from ..formats import open_checkpoint
