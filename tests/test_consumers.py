@@ -19,7 +19,7 @@ from bitconvert.convert import convert
 from bitconvert.errors import UsageError
 from bitconvert.formats import open_checkpoint
 from bitconvert.verify import CONSUMERS, verify_target
-from bitconvert.verify.consumer_checks import Facts, fused_error, llamacpp_scale_tensors
+from bitconvert.verify.consumer_checks import fused_error
 
 TOKENS = [315, 39, 276, 75, 78, 270, 257, 75, 67, 0, 220, 51, 261, 220, 80, 84]
 WIDE = {"hidden": 256, "intermediate": 512, "layers": 2, "heads": 4, "kv_heads": 2}  # TQ rows: multiples of 256
@@ -212,23 +212,53 @@ def test_llama_cpp_honours_bitnet_scale_tensors(ggufs, tmp_path):
     assert outcome(patched, "llama.cpp")["scale_tensors"]
 
 
-class _FakeGGUF:
-    """Just what the scale rule reads of a GGUF: the architecture and the tensor names."""
+def with_scale_tensors(src: Path, out: Path, value: float) -> Path:
+    """A copy of a GGUF made with gguf-py (llama.cpp's own library), plus an F32 ``.scale`` tensor of
+    ``value`` for every ternary weight, as the ``bitnet`` architecture has them."""
+    gguf = pytest.importorskip("gguf")
+    reader = gguf.GGUFReader(str(src))
+    writer = gguf.GGUFWriter(str(out), str(reader.fields["general.architecture"].contents()))
+    for field in reader.fields.values():
+        if field.name == "general.architecture" or field.name.startswith("GGUF."):
+            continue
+        kind = field.types[0]
+        sub = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(field.name, field.contents(), kind, sub_type=sub)
+    ternary = {gguf.GGMLQuantizationType.TQ1_0, gguf.GGMLQuantizationType.TQ2_0}
+    extra = [(t.name.removesuffix(".weight") + ".scale", np.array([value], dtype=np.float32))
+             for t in reader.tensors if t.tensor_type in ternary]
+    for t in reader.tensors:
+        writer.add_tensor_info(t.name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
+    for name, data in extra:
+        writer.add_tensor_info(name, data.shape, data.dtype, data.nbytes, gguf.GGMLQuantizationType.F32)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for t in reader.tensors:
+        writer.write_tensor_data(t.data, tensor_endianess=reader.endianess)
+    for _, data in extra:
+        writer.write_tensor_data(data)
+    writer.close()
+    return out
 
-    def __init__(self, arch: str, tensors: list[str]):
-        self.arch, self.tensors = arch, dict.fromkeys(tensors)
 
-    def get(self, key: str):
-        return self.arch if key == "general.architecture" else None
+def test_llama_cpp_honours_scale_tensors_in_the_llama_architecture_too(tmp_path):
+    # Older llama.cpp loaded .scale tensors for `bitnet` only; at 0c1e57098 a generic pass loads
+    # them for every architecture. Measured: a `llama` file with .scale tensors of 2 is computed
+    # as the runtime computes it (scales applied), not as the file without them.
+    from bitconvert.runtime import compute_logits
 
-
-def test_llama_architecture_loads_no_scale_tensors(ggufs):
-    ckpt = open_checkpoint(ggufs["1bitllm-tq2_0"])
-    with_scales = _FakeGGUF("llama", ["blk.0.attn_q.weight", "blk.0.attn_q.scale"])
-    found = llamacpp_scale_tensors(Facts(ckpt, with_scales))
-    assert not found.passed and found.tensor == "blk.0.attn_q.scale"
-    assert llamacpp_scale_tensors(Facts(ckpt, _FakeGGUF("llama", ["blk.0.attn_q.weight"]))).passed
-    assert llamacpp_scale_tensors(Facts(ckpt, _FakeGGUF("bitnet", ["blk.0.attn_q.scale"]))).passed
+    src = make_checkpoint(tmp_path / "llama", "llama", "packed", **WIDE, seed=5)
+    plain = tmp_path / "plain.gguf"
+    convert(src, plain, "gguf", {"gguf_type": "tq2_0"})
+    scaled = with_scale_tensors(plain, tmp_path / "scaled.gguf", 2.0)
+    ours, theirs = compute_logits(scaled, TOKENS), llama_cpp_logits(scaled)
+    assert min_cosine(ours, compute_logits(plain, TOKENS)) < 0.99  # the scales matter ...
+    assert min_cosine(theirs, ours) > 0.9995  # ... and llama.cpp applies them like the runtime
+    for path in (plain, scaled):
+        assert outcome(path, "llama.cpp")["scale_tensors"]
+    c = check_of(scaled, "llama.cpp", "scale_tensors")
+    assert c.figure == 14 and "'llama' too" in c.detail
 
 
 # --- bitnet.cpp ---------------------------------------------------------------------------------

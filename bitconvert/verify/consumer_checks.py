@@ -147,14 +147,17 @@ def llamacpp_ffn_activation(f: Facts) -> Finding:
 
 
 def llamacpp_scale_tensors(f: Facts) -> Finding:
+    """Always passes for the build checked (it multiplies ``.scale`` tensors in for every
+    architecture); says where the scale lives, and what older builds did."""
     arch = f.gguf_arch("tq2_0")
     scales = [t for t in f.gguf.tensors if t.endswith(names.SCALE_SUFFIX)] if f.gguf is not None else []
-    if arch == metadata.ARCH_LLAMA and scales:
-        return Finding(False, f"{len(scales)} F32 .scale tensors in a 'llama' GGUF: llama.cpp's llama architecture "
-                              "loads none of them (its weights lose those scales)", float(len(scales)), 0.0, scales[0])
+    if scales:
+        return Finding(True, f"{len(scales)} F32 .scale tensors, multiplied in by llama.cpp's generic per-tensor "
+                             f"scale pass in architecture {arch!r} too (builds before it: 'bitnet' only)",
+                       float(len(scales)), tensor=scales[0])
     if arch == metadata.ARCH_LLAMA:
-        return Finding(True, "architecture 'llama': each tensor scale is in the fp16 block d (rounded to fp16)")
-    return Finding(True, f"architecture {arch!r}: llama.cpp multiplies the F32 .scale tensors in")
+        return Finding(True, "architecture 'llama' without .scale tensors: each tensor scale is in the fp16 block d")
+    return Finding(True, f"architecture {arch!r}: no .scale tensors")
 
 
 # --- bitnet.cpp ---------------------------------------------------------------------------------

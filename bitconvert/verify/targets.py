@@ -109,10 +109,11 @@ CONSUMERS: dict[str, Consumer] = {
                  f"{LLAMA_CPP} gguf-py/gguf/constants.py:5793-5794 (types), :5957 (QK_K = 256), :5988-5989",
                  c.llamacpp_tensor_types),
             _LLAMACPP_ACTIVATION,
-            Rule("scale_tensors", "the `bitnet` architecture multiplies optional F32 `blk.N.*.scale` tensors in; "
-                                  "the `llama` architecture loads none",
-                 f"{LLAMA_CPP} src/llama-model.cpp (LLM_ARCH_BITNET: wq_scale ... = create_tensor(tn(..., \"scale\", "
-                 "i), {1}, TENSOR_NOT_REQUIRED); LLM_ARCH_LLAMA: no scale tensors)", c.llamacpp_scale_tensors),
+            Rule("scale_tensors", "multiplies optional F32 `blk.N.*.scale` [1] tensors in, in every architecture "
+                                  "(a generic pass; before it, only `bitnet` loaded them)",
+                 f"{LLAMA_CPP} src/llama-model.cpp (\"generic pass: load optional per-tensor .scale tensors\": "
+                 "wq_s = create_tensor(tn(LLM_TENSOR_ATTN_Q, \"scale\", i), {1}, TENSOR_NOT_REQUIRED), ...)",
+                 c.llamacpp_scale_tensors),
         )),
         Consumer("bitnet.cpp", "bitnet.cpp on x86 (I2_S, 128-value blocks)", (
             _BITNETCPP_ACTIVATION, _BITNETCPP_ROWS,
