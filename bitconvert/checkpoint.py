@@ -50,6 +50,8 @@ class Checkpoint:
     notes: list[str] = field(default_factory=list)
     #: format-specific facts a writer may use (provenance, original dtypes)
     info: dict[str, Any] = field(default_factory=dict)
+    #: what the source evidently lost before bitconvert saw it (a reader's warnings; shown like a writer's)
+    warnings: list[str] = field(default_factory=list)
 
     def is_quantized_linear(self, name: str) -> bool:
         return name in self._quantized

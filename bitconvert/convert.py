@@ -53,7 +53,7 @@ def convert(
     ``options``: the writer's options dataclass, or a mapping of its field names to values (strings
     as on the command line, or typed); an option that ``to`` does not take is a UsageError.
     """
-    from .hub import resolve_source
+    from .hub.source import resolve_source
     from .provenance import BackgroundHashes, conversion_provenance, known_source_files, write_conversion_provenance
 
     start = time.perf_counter()
@@ -88,4 +88,5 @@ def convert(
             hashes.cancel()
     if not writer.writes_directory:
         report.files = [dst.name]  # the writer only saw the staging path
+    report.warnings[:0] = [f"source: {w}" for w in ckpt.warnings]
     return ConvertResult(shown_src, ckpt.format, str(dst), report, time.perf_counter() - start, list(ckpt.notes))

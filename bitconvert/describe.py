@@ -69,4 +69,5 @@ def describe_checkpoint(path: str | Path, *, stats: bool = True, progress: Progr
         "tensors": rows,
         "ternary_tensors": sum(1 for r in rows if r["role"] == "ternary linear"),
         "notes": ckpt.notes,
+        "warnings": ckpt.warnings,
     }

@@ -15,7 +15,7 @@ import torch
 
 from ..checkpoint import Checkpoint
 from ..config import Architecture, ModelConfig
-from ..formats.gguf import codecs, metadata, names
+from ..formats.gguf import codecs, metadata, names, types
 from ..formats.gguf.parser import GGUFFile
 from ..ternary import TernaryWeight
 
@@ -124,7 +124,7 @@ def llamacpp_architecture(f: Facts) -> Finding:
 
 def llamacpp_tensor_types(f: Facts) -> Finding:
     if f.gguf is not None:
-        unknown = [t.name for t in f.gguf.tensors.values() if t.type == codecs.I2_S]
+        unknown = [t.name for t in f.gguf.tensors.values() if t.type == types.I2_S]
         if unknown:
             return Finding(False, f"{len(unknown)} I2_S tensors: a bitnet.cpp type (id 36) llama.cpp does not have",
                            float(len(unknown)), 0.0, unknown[0])
@@ -184,7 +184,7 @@ def bitnetcpp_rows(f: Facts) -> Finding:
 
 def bitnetcpp_arm_i2_s_layout(f: Facts) -> Finding:
     if f.gguf is not None:
-        i2s = [t.name for t in f.gguf.tensors.values() if t.type == codecs.I2_S]
+        i2s = [t.name for t in f.gguf.tensors.values() if t.type == types.I2_S]
         if not i2s:
             return Finding(True, "no I2_S tensors")
         return Finding(False, f"{len(i2s)} I2_S tensors in the x86 layout (blocks of 128) bitconvert reads and "
