@@ -21,6 +21,9 @@ from .ternary import LinearClass, TernaryScale, TernaryWeight, quantize, recover
 
 Value = Union[torch.Tensor, TernaryWeight]
 
+#: float dtypes as config.json names them (``torch_dtype``), which writers keep
+DECLARED_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
 
 @dataclass
 class TensorEntry:
@@ -55,6 +58,33 @@ class Checkpoint:
 
     def __post_init__(self) -> None:
         self._quantized = set(self.config.quantized_linear_names())
+
+    def declared_dtype(self) -> torch.dtype | None:
+        """The float dtype the source's config.json states (``torch_dtype``, or transformers 5's ``dtype``)."""
+        for key in ("torch_dtype", "dtype"):
+            value = self.config.raw.get(key)
+            if isinstance(value, str) and value in DECLARED_DTYPES:
+                return DECLARED_DTYPES[value]
+        return None
+
+    def model_dtype(self) -> torch.dtype:
+        """The dtype a writer states for the model when not told otherwise: the declared one, else
+        the embedding's, else bf16."""
+        embed = self.tensors.get("model.embed_tokens.weight")
+        if embed is not None and not embed.ternary and embed.dtype in DECLARED_DTYPES.values():
+            return self.declared_dtype() or embed.dtype
+        return self.declared_dtype() or torch.bfloat16
+
+    def source_dtype(self, name: str) -> torch.dtype:
+        """The dtype a dense tensor keeps when no dtype is asked for: its own where it is stored as
+        floats, unless the format imposes its dtypes (``info["container_dtypes"]``, GGUF) and the
+        model's is recorded; quantized embeddings and dequantized ternary weights: :meth:`model_dtype`."""
+        entry = self.tensors[name]
+        if entry.ternary or entry.dtype not in DECLARED_DTYPES.values():
+            return self.model_dtype()
+        if self.info.get("container_dtypes"):
+            return self.declared_dtype() or entry.dtype
+        return entry.dtype
 
     def source_linear_class(self) -> LinearClass | None:
         """The scale convention the source was quantized with, where it says."""

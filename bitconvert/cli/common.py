@@ -58,7 +58,7 @@ ScaleDtype = Annotated[
     Optional[str], typer.Option("--scale-dtype", help="dtype of packed weight_scale: bf16 or f32. Default bf16.")
 ]
 DtypeOpt = Annotated[
-    Optional[str], typer.Option("--dtype", help="dtype of float tensors written: bf16, f16 or f32. Default bf16.")
+    Optional[str], typer.Option("--dtype", help="dtype of float tensors written: bf16, f16 or f32. Default: the source's.")
 ]
 
 

@@ -96,7 +96,9 @@ def pack(
 def unpack(
     src: Src,
     dst: Dst,
-    dtype: Annotated[str, typer.Option("--dtype", help="dtype of the written weights: bf16 or f32.")] = "bf16",
+    dtype: Annotated[
+        Optional[str], typer.Option("--dtype", help="dtype of the written weights: bf16 or f32. Default: the source's.")
+    ] = None,
     online_exact: Annotated[
         bool,
         typer.Option(
@@ -110,7 +112,7 @@ def unpack(
     json_out: JsonOut = False,
 ) -> None:
     """Write float weights (codes x mean|W|) in the HF master layout (hf-bf16)."""
-    if dtype not in ("bf16", "f32"):
+    if dtype is not None and dtype not in ("bf16", "f32"):
         raise UsageError(f"--dtype must be bf16 or f32, got {dtype!r}")
     opts = given_options(dtype=dtype, max_shard_size=max_shard_size, online_exact=online_exact or None)
     run_conversion(src, dst, "hf-bf16", opts, force=force, json_out=json_out)

@@ -5,6 +5,8 @@
 - :func:`verify_against` -- two checkpoints in any formats: codes, scales, dense tensors, and
   optionally the reference runtime's logits.
 - :func:`verify_roundtrip` -- SRC -> FORMAT -> SRC's format in a temporary directory, compared.
+- :func:`verify_target` -- what a consumer (transformers, llama.cpp, bitnet.cpp, Nanotron) is known
+  to compute from SRC, against the reference runtime (the rule table: :mod:`.targets`).
 
 Each returns a :class:`VerifyReport` of :class:`Check` entries; nothing is printed.
 """
@@ -16,8 +18,10 @@ from .integrity import verify_integrity
 from .manifest import read_manifest, write_manifest
 from .report import Check, VerifyReport, check_line
 from .roundtrip import verify_roundtrip
+from .targets import CONSUMERS, verify_target
 
 __all__ = [
+    "CONSUMERS",
     "Check",
     "Thresholds",
     "VerifyReport",
@@ -26,5 +30,6 @@ __all__ = [
     "verify_against",
     "verify_integrity",
     "verify_roundtrip",
+    "verify_target",
     "write_manifest",
 ]

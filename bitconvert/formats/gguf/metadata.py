@@ -101,11 +101,16 @@ def origin(info: dict[str, Any], path: Path) -> tuple[str, str | None, str | Non
     return name, url, info.get("license")
 
 
+def source_config(cfg: ModelConfig) -> dict[str, Any]:
+    """The source's config.json as it was read (its dtype included), for ``bitconvert.hf_config``."""
+    return cfg.raw if cfg.raw else cfg.to_hf_dict(cfg.quantization, "bfloat16")
+
+
 def bitconvert_keys(cfg: ModelConfig, source_format: str, scale_mode: str, scales: dict[str, Any]) -> dict[str, KV]:
     md = {
         KEY_SOURCE_FORMAT: kv_str(source_format),
         KEY_SCALE_MODE: kv_str(scale_mode),
-        KEY_HF_CONFIG: kv_str(json.dumps(cfg.to_hf_dict(cfg.quantization, "bfloat16"), separators=(",", ":"))),
+        KEY_HF_CONFIG: kv_str(json.dumps(source_config(cfg), separators=(",", ":"))),
     }
     if scales:
         md[SCALES_KEY] = kv_str(encode_records(scales))

@@ -234,6 +234,8 @@ def _info(f: GGUFFile, arch: str, hints: dict[str, TernaryScale]) -> dict:
         "gguf_architecture": arch,
         "gguf_tokenizer": tokenizer.from_gguf(f),
         "gguf_file_type": f.get(metadata.Keys.General.FILE_TYPE),
+        # GGUF's dtypes are its own conventions (F32 norms, the --embed-type); the model's are recorded
+        "container_dtypes": True,
     }
     for key, field in ORIGIN_KEYS.items():
         value = f.get(key)

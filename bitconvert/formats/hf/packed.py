@@ -125,7 +125,9 @@ class HFPackedOptions:
     scale_dtype: torch.dtype = option(
         torch.bfloat16, "--scale-dtype", "dtype of each weight_scale: bf16 or f32", dtype_parser("--scale-dtype", ("bf16", "f32"))
     )
-    dtype: torch.dtype | None = dtype_field("dtype of dense tensors (embedding, norms): bf16, f16 or f32; default bf16")
+    dtype: torch.dtype | None = dtype_field(
+        "dtype of dense tensors (embedding, norms): bf16, f16 or f32; default: the source's, per tensor"
+    )
     max_shard_size: int = max_shard_size_field()
 
 
@@ -136,7 +138,7 @@ class HFPackedWriter:
 
     def write(self, ckpt: Checkpoint, out: Path, options: HFPackedOptions, progress: Progress) -> WriteReport:
         cfg = ckpt.config
-        dtype = options.dtype or torch.bfloat16
+        dtype = options.dtype or ckpt.model_dtype()  # what config.json states
         linear_class = options.linear_class or ckpt.source_linear_class() or LinearClass.AUTOBITLINEAR
         report = WriteReport(NAME)
         plan: list[PlannedTensor] = []
@@ -149,7 +151,7 @@ class HFPackedWriter:
                 plan.append(PlannedTensor(name, torch.uint8, (rows // VALUES_PER_BYTE, cols)))
                 plan.append(PlannedTensor(scale_name(name), options.scale_dtype, (1,)))
             else:
-                plan.append(PlannedTensor(name, dtype, e.shape))
+                plan.append(PlannedTensor(name, options.dtype or ckpt.source_dtype(name), e.shape))
 
         pending_scales: dict[str, torch.Tensor] = {}
         how = Counter()
@@ -159,7 +161,7 @@ class HFPackedWriter:
                 return pending_scales.pop(t.name)
             entry = ckpt.tensors[t.name]
             if not ckpt.is_quantized_linear(t.name):
-                return as_dense(entry.load(), dtype)
+                return as_dense(entry.load(), t.dtype)
             tw, source = as_ternary(entry.load(), linear_class, options.scale_dtype)
             how[source] += 1
             pending_scales[scale_name(t.name)] = tw.scale.value.reshape(1)
