@@ -15,6 +15,7 @@ from ...safetensors_io import DTYPE_NAMES, PlannedTensor, SafetensorsFile, Store
 from ...ternary import (
     VALUES_PER_BYTE,
     LinearClass,
+    NonFiniteWeight,
     TernaryScale,
     TernaryWeight,
     first_invalid_code,
@@ -160,7 +161,10 @@ class HFPackedWriter:
             entry = ckpt.tensors[t.name]
             if not ckpt.is_quantized_linear(t.name):
                 return as_dense(entry.load(), dtype)
-            tw, source = as_ternary(entry.load(), linear_class, options.scale_dtype)
+            try:
+                tw, source = as_ternary(entry.load(), linear_class, options.scale_dtype)
+            except NonFiniteWeight as exc:
+                raise CheckpointError(entry.source, str(exc), t.name) from None
             how[source] += 1
             pending_scales[scale_name(t.name)] = tw.scale.value.reshape(1)
             return pack_codes(tw.codes)
