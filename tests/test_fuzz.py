@@ -10,20 +10,28 @@ import os
 
 import pytest
 
-from tests.fuzz.runner import BAD, Worker, corpus_cases, default_cache, run_campaign
+from tests.fuzz.runner import BAD, Worker, corpus_cases, default_cache, run_many
 from tests.fuzz.targets import PARSERS
 
 INPUTS = int(os.environ.get("BITCONVERT_FUZZ_INPUTS", "2000"))
 
 
+@pytest.fixture(scope="module")
+def bounded_pass():
+    """One seeded pass over every parser, three at a time (the CI budget: 90 s on two shared cores)."""
+    return {r.parser: r for r in run_many(list(PARSERS), jobs=3, inputs=INPUTS, seed=0)}
+
+
 @pytest.mark.parametrize("parser", PARSERS)
-def test_bounded_pass(parser):
-    result = run_campaign(parser, inputs=INPUTS, seed=0)
+def test_bounded_pass(bounded_pass, parser):
+    result = bounded_pass[parser]
     assert result.total == INPUTS
     listed = "\n".join(f"#{f.index} {f.context} {f.outcome}: {f.detail}" for f in result.findings[:20])
     assert result.bad == 0, f"{result.bad} of {result.total} inputs failed:\n{listed}"
-    # both sides of the boundary are exercised: the seeds (and some mutants) open, most mutants are refused
-    assert result.counts["accepted"] >= 1 and result.counts["refused"] >= INPUTS // 4, result.counts
+    # both sides of the boundary are exercised: the seeds (and some mutants) open, many mutants are refused
+    # (the tokenizer readers warn and carry on rather than refuse, so only they may refuse nothing)
+    assert result.counts["accepted"] >= 1, result.counts
+    assert parser == "tokenizer" or result.counts["refused"] >= INPUTS // 4, result.counts
 
 
 CASES = corpus_cases()

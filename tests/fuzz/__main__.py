@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
-from .runner import BAD, CORPUS, run_campaign
+from .runner import CORPUS, run_many
 from .targets import PARSERS
 
 
@@ -26,22 +27,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--inputs", type=int, help="inputs per parser (default 2000 unless --seconds is given)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save", action="store_true", help=f"keep failing inputs in {CORPUS}")
+    ap.add_argument("--jobs", type=int, default=3, help="parsers fuzzed at the same time (default 3)")
     args = ap.parse_args(argv)
     inputs = args.inputs if args.inputs or args.seconds else 2000
     bad = 0
-    for parser in args.parser or PARSERS:
-        result = run_campaign(
-            parser,
-            inputs=inputs,
-            seconds=args.seconds,
-            seed=args.seed,
-            progress=lambda r, s: print("  " + _line(r, s), flush=True),
-            save_to=CORPUS if args.save else None,
-        )
+    start = time.perf_counter()
+    results = run_many(
+        list(args.parser or PARSERS),
+        jobs=args.jobs,
+        inputs=inputs,
+        seconds=args.seconds,
+        seed=args.seed,
+        save_to=CORPUS if args.save else None,
+        verbose=True,
+    )
+    for result in results:
         print(_line(result, result.seconds) + f"  ({result.seconds:.1f} s)", flush=True)
         for f in result.findings[:50]:
             print(f"    #{f.index} {f.context} {f.outcome}: {f.detail}")
         bad += result.bad
+    print(f"all parsers: {time.perf_counter() - start:.1f} s wall")
     return 1 if bad else 0
 
 

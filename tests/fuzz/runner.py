@@ -20,8 +20,10 @@ import tempfile
 import time
 import traceback
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from .targets import PARSERS, all_targets
 
@@ -234,6 +236,27 @@ def run_campaign(
         worker.stop()
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _drive(job: tuple[str, dict]) -> Result:
+    parser, kwargs = job
+    verbose = kwargs.pop("verbose", False)
+    progress = (lambda r, s: print(f"  {r.parser:12s} {r.total:8d} inputs  {r.total / s:7.1f}/s", flush=True)) if verbose else None
+    return run_campaign(parser, progress=progress, **kwargs)
+
+
+def run_many(parsers: list[str], *, jobs: int = 2, **kwargs) -> Iterator[Result]:
+    """Campaigns for several parsers, ``jobs`` at a time, each driven from its own spawned process
+    (spawned, not forked: each driver forks its worker, which must not inherit another's threads).
+    Results come in the order they finish."""
+    if jobs <= 1:
+        for parser in parsers:
+            yield _drive((parser, dict(kwargs)))
+        return
+    with ProcessPoolExecutor(min(jobs, len(parsers)), mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(_drive, (p, dict(kwargs))) for p in parsers]
+        for future in as_completed(futures):
+            yield future.result()
 
 
 def signature(finding: Finding) -> str:
