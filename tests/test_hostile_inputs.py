@@ -279,3 +279,41 @@ def test_non_finite_master_weight(tmp_path, value):
     poke_bf16(src / "model.safetensors", name, 2 * cols + 5, value)
     line = refused(src, tmp_path, name, "non-finite value", "index [2, 5]")
     assert str(value) in line
+
+
+# --- the depth bound itself ----------------------------------------------------------------------------
+
+
+def _reference_depth(value) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_reference_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_reference_depth(v) for v in value), default=0)
+    return 0
+
+
+def test_json_depth_counts_structure_not_strings():
+    """Brackets, quotes and backslashes inside strings never count; the measured depth is exact."""
+    import random
+
+    from bitconvert.errors import CheckpointError
+    from bitconvert.jsonfile import MAX_DEPTH, _depth, parse_json_text
+
+    rng = random.Random(12)
+    leaves = [1, None, 2.5, "a[b", "]]}", '\\"[', "\\\\", 'x\\\\"[[', '"', "\\", "{"]
+
+    def value(depth: int):
+        if depth > 10 or rng.random() < 0.3:
+            return rng.choice(leaves)
+        if rng.random() < 0.5:
+            return [value(depth + 1) for _ in range(rng.randrange(4))]
+        return {rng.choice(["k", "[", '\\"{', "}", '"']) + str(i): value(depth + 1) for i in range(rng.randrange(4))}
+
+    for _ in range(2000):
+        v = value(0)
+        text = json.dumps(v, ensure_ascii=rng.random() < 0.5).encode()
+        assert _depth(text) == _reference_depth(v), text
+    ok = '["' + "[" * 500 + '", ' + "[" * (MAX_DEPTH - 1) + "]" * (MAX_DEPTH - 1) + "]"
+    assert _reference_depth(parse_json_text(ok, "x")) == MAX_DEPTH
+    with pytest.raises(CheckpointError, match="nested too deeply"):
+        parse_json_text("[" + ok + "]", "x")
