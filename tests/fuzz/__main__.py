@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from .runner import CORPUS, run_many
 from .targets import PARSERS
@@ -27,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--inputs", type=int, help="inputs per parser (default 2000 unless --seconds is given)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save", action="store_true", help=f"keep failing inputs in {CORPUS}")
+    ap.add_argument("--save-to", type=Path, metavar="DIR", help="keep failing inputs in DIR instead")
     ap.add_argument("--jobs", type=int, default=3, help="parsers fuzzed at the same time (default 3)")
     args = ap.parse_args(argv)
     inputs = args.inputs if args.inputs or args.seconds else 2000
@@ -38,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         inputs=inputs,
         seconds=args.seconds,
         seed=args.seed,
-        save_to=CORPUS if args.save else None,
+        save_to=args.save_to or (CORPUS if args.save else None),
         verbose=True,
     )
     for result in results:
