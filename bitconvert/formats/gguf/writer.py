@@ -1,0 +1,300 @@
+"""The ``gguf`` writer: a :class:`Checkpoint` laid out as one GGUF file, tensor by tensor.
+
+Three stages: **plan** (each tensor's GGUF name, type and shape, and how its scale is kept),
+**metadata** (hyperparameters, tokenizer, provenance, exact scale records), **stream** (each tensor
+loaded, encoded through the type table in ``types.py``, and written in plan order).
+
+Scales stay exact. TQ types in the ``bitnet`` architecture store codes with block ``d = 1`` plus an
+F32 ``[1]`` tensor ``blk.N.<name>.scale`` that llama.cpp multiplies into the matmul output. The
+``llama`` architecture loads no such tensor, so there the scale is folded into every block's fp16
+``d`` (rounded; reported). I2_S keeps one fp32 scale after the packed codes, as bitnet.cpp does.
+Each stored scale is also recorded bit for bit under ``bitconvert.ternary_scales`` so converting
+back restores it exactly, whatever its dtype and convention.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from ...checkpoint import Checkpoint, Value, as_dense, as_ternary
+from ...config import Architecture, ModelConfig
+from ...errors import CheckpointError
+from ...provenance import PROVENANCE_KEY, provenance_text
+from ...scale_records import encode_record
+from ...ternary import LinearClass
+from .. import Progress, WriteReport
+from ..hf.common import ordered_names
+from ..options import choice_parser, option, parse_flag
+from . import metadata, names, tokenizer, types
+from .stream_writer import KV, GGUFStreamWriter, PlannedGGUFTensor, kv_str
+from .types import GGMLType
+
+NAME = "gguf"
+WEIGHT_TYPES = ("tq2_0", "tq1_0", "i2_s", "f16", "bf16", "f32")  # what --gguf-type takes
+EMBED_TYPES = ("f16", "bf16", "f32", "q8_0")  # what --embed-type takes
+EMBEDDINGS = ("model.embed_tokens.weight", "lm_head.weight")
+DENSE_SLAB = 1 << 22  # values converted at a time when writing a float tensor
+SCALE_MODES = {
+    "tensor": "exact: codes with d = 1 and an F32 .scale tensor per weight",
+    "folded": "folded into each block's fp16 d",
+    "in-data": "exact: fp32 after the packed codes",
+    "dequantized": "dequantized: codes x mean|W| per value",
+}
+
+
+@dataclass(frozen=True)
+class GGUFOptions:
+    gguf_type: str = option(
+        "tq2_0", "--gguf-type", "weight type of quantized linears: " + ", ".join(WEIGHT_TYPES),
+        choice_parser("--gguf-type", WEIGHT_TYPES),
+    )  # fmt: skip
+    embed_type: str = option(
+        "f16", "--embed-type", "type of token_embd (and an untied output): " + ", ".join(EMBED_TYPES),
+        choice_parser("--embed-type", EMBED_TYPES),
+    )  # fmt: skip
+    allow_fallback: bool = option(
+        False, "--allow-fallback", "write quantized linears a ternary type cannot hold as F16", parse_flag
+    )
+    no_tokenizer: bool = option(
+        False, "--no-tokenizer", "write no tokenizer (else an unreadable tokenizer.json is an error)", parse_flag
+    )
+
+
+def scale_mode(wtype: GGMLType, arch: str) -> str:
+    """Where a quantized weight's scale goes for this type and architecture (see SCALE_MODES)."""
+    if wtype.kind != "ternary":
+        return "dequantized"
+    if wtype.flat:
+        return "in-data"
+    return "folded" if arch == metadata.ARCH_LLAMA else "tensor"
+
+
+@dataclass
+class _Tensor:
+    hf: str
+    tensor: PlannedGGUFTensor
+    role: str  # "ternary" | "fallback" | "dense"
+    scale: PlannedGGUFTensor | None = None
+    heads: int | None = None  # llama-architecture q/k: rows permuted per head
+
+
+@dataclass
+class _Plan:
+    """Stage 1: what the file will hold, decided before any tensor is loaded."""
+
+    arch: str
+    wtype: GGMLType
+    mode: str
+    tensors: list[_Tensor] = field(default_factory=list)
+    fallbacks: list[str] = field(default_factory=list)
+
+    def flat(self) -> list[PlannedGGUFTensor]:
+        return [t for p in self.tensors for t in ((p.tensor, p.scale) if p.scale else (p.tensor,))]
+
+
+class GGUFWriter:
+    name = NAME
+    writes_directory = False
+    Options = GGUFOptions
+
+    def write(self, ckpt: Checkpoint, out: Path, options: GGUFOptions, progress: Progress) -> WriteReport:
+        report = WriteReport(NAME)
+        plan = plan_tensors(ckpt, options)
+        _check_layout(ckpt.config, plan.arch, report)
+        md = _metadata(ckpt, plan, options, report)
+        how, folded_err = _stream(ckpt, plan, md, out, progress)
+        report.tensors = len(plan.flat())
+        report.bytes_written = out.stat().st_size
+        report.ternary_sources = dict(how)
+        report.details.update(
+            gguf_type=options.gguf_type, architecture=plan.arch, token_embd=options.embed_type,
+            scale=SCALE_MODES[plan.mode],
+        )  # fmt: skip
+        _report_losses(plan, options, how, folded_err, report)
+        return report
+
+
+# --- stage 1: plan --------------------------------------------------------------------------------
+
+
+def plan_tensors(ckpt: Checkpoint, options: GGUFOptions) -> _Plan:
+    cfg = ckpt.config
+    wtype = types.BY_OPTION[options.gguf_type]
+    arch = metadata.gguf_architecture(cfg.architecture, options.gguf_type)
+    plan = _Plan(arch, wtype, scale_mode(wtype, arch))
+    etype = types.BY_OPTION[options.embed_type]
+    for hf in ordered_names(cfg, ckpt.tensors):
+        e = ckpt.tensors[hf]
+        gname = names.to_gguf(hf, cfg)
+        if gname is None:
+            raise CheckpointError(e.source, "no GGUF name for this tensor", hf)
+        heads = names.permuted_heads(arch, hf, cfg)
+        if ckpt.is_quantized_linear(hf):
+            plan.tensors.append(_plan_quantized(plan, hf, gname, e.shape, e.source, options.allow_fallback))
+            plan.tensors[-1].heads = heads
+            continue
+        if hf in EMBEDDINGS:
+            dense = etype
+            if not etype.fits(e.shape):
+                problem = f"rows of {e.shape[-1]} values cannot be stored as {etype.name} (blocks of {etype.block})"
+                raise CheckpointError(e.source, problem, hf)
+        else:  # norms F32; a linear left unquantized (modules_to_not_convert) F16, as llama.cpp does
+            dense = types.TYPES[types.F32 if len(e.shape) == 1 else types.F16]
+        plan.tensors.append(_Tensor(hf, PlannedGGUFTensor(gname, dense.id, e.shape), "dense", heads=heads))
+    return plan
+
+
+def _plan_quantized(plan: _Plan, hf: str, gname: str, shape: tuple, source: str, allow_fallback: bool) -> _Tensor:
+    wtype = plan.wtype
+    scale = PlannedGGUFTensor(names.scale_name(gname), types.F32, (1,))
+    if shape[-1] % wtype.block == 0:
+        return _Tensor(
+            hf, PlannedGGUFTensor(gname, wtype.id, shape), "ternary", scale if plan.mode == "tensor" else None
+        )
+    if not allow_fallback:
+        problem = (
+            f"rows of {shape[-1]} values are not a multiple of {wtype.block}, which {wtype.name} needs "
+            "(pass --allow-fallback to write such tensors as F16)"
+        )
+        raise CheckpointError(source, problem, hf)
+    plan.fallbacks.append(hf)
+    # upstream llama.cpp's bitnet graph multiplies .scale in (checked); bitnet.cpp's is unverified
+    keep_scale = plan.arch == metadata.ARCH_BITNET and wtype.kind == "ternary" and not wtype.flat
+    return _Tensor(hf, PlannedGGUFTensor(gname, types.F16, shape), "fallback", scale if keep_scale else None)
+
+
+# --- stage 2: metadata ----------------------------------------------------------------------------
+
+
+def _metadata(ckpt: Checkpoint, plan: _Plan, options: GGUFOptions, report: WriteReport) -> dict[str, KV]:
+    cfg = ckpt.config
+    md: dict[str, KV] = {}
+    name, source_url, license = metadata.origin(ckpt.info, ckpt.path)
+    md.update(metadata.general(name, plan.arch, plan.wtype.file_type, source_url, license))
+    md.update(metadata.hyperparameters(cfg, plan.arch))
+    if not options.no_tokenizer:
+        md.update(_tokenizer(ckpt, report))
+    records = {}
+    for p in plan.tensors:
+        e = ckpt.tensors[p.hf]
+        if p.role != "dense" and e.load_scale is not None:
+            records[p.hf] = encode_record(e.load_scale())
+    md.update(metadata.bitconvert_keys(cfg, ckpt.format, plan.mode, records))
+    if ckpt.info.get("provenance"):
+        md[PROVENANCE_KEY] = kv_str(provenance_text(ckpt.info["provenance"]))
+    return md
+
+
+def _tokenizer(ckpt: Checkpoint, report: WriteReport) -> dict[str, KV]:
+    """A GGUF source's tokenizer keys as they were; else keys built from tokenizer.json."""
+    carried = ckpt.info.get("gguf_tokenizer")
+    if carried:
+        return carried
+    cfg = ckpt.config
+    tmeta = tokenizer.from_side_files(ckpt.side_files, cfg.vocab_size, cfg.bos_token_id, cfg.eos_token_id)
+    report.warnings += tmeta.warnings
+    return tmeta.kv
+
+
+# --- stage 3: stream ------------------------------------------------------------------------------
+
+
+def _stream(ckpt: Checkpoint, plan: _Plan, md: dict[str, KV], out: Path, progress: Progress) -> tuple[Counter, float]:
+    """Every tensor loaded, encoded and written in plan order; (how each weight was obtained, the
+    largest relative rounding of a scale folded into fp16 d)."""
+    how: Counter = Counter()
+    folded_err = 0.0
+    total = len(plan.tensors)
+    with GGUFStreamWriter(out, md, plan.flat()) as w:
+        for i, p in enumerate(plan.tensors):
+            progress(i, total, p.hf)
+            value = ckpt.tensors[p.hf].load()
+            if p.role == "dense":
+                if p.heads:
+                    value = names.permute_qk(as_dense(value, torch.float32), p.heads)
+                w.write_parts(p.tensor.name, _dense_parts(value, p, ckpt))
+                continue
+            # float64 holds every stored scale exactly; each output dtype is then rounded to once.
+            tw, source = as_ternary(value, LinearClass.AUTOBITLINEAR, torch.float64)
+            how[source] += 1
+            del value
+            codes = names.permute_qk(tw.codes, p.heads) if p.heads else tw.codes
+            mag = tw.scale.value.reshape(1)
+            w.write(p.tensor.name, _encode_ternary(p, plan.mode, codes, mag))
+            if plan.mode == "folded" and p.role == "ternary":
+                folded_err = max(folded_err, abs(float(mag.to(torch.float16)) / float(mag) - 1.0))
+            if p.scale is not None:
+                w.write(p.scale.name, mag.to(torch.float32))
+        progress(total, total, "")
+    return how, folded_err
+
+
+def _encode_ternary(p: _Tensor, mode: str, codes: torch.Tensor, mag: torch.Tensor) -> torch.Tensor:
+    """The bytes of one quantized weight: codes (and the scale where the data holds it) in its type."""
+    t = types.TYPES[p.tensor.type]
+    if t.kind == "ternary":
+        if mode == "in-data":
+            return t.encode(codes, float(mag.to(torch.float32)))
+        d = mag.to(torch.float16).float() if mode == "folded" else 1.0
+        return t.encode(codes, d)
+    if p.scale is not None:  # F16 fallback beside an exact .scale tensor
+        return t.encode(codes.to(t.torch_dtype))
+    return t.encode(codes.to(t.torch_dtype) * mag.to(t.torch_dtype))  # codes x mean|W| in that dtype
+
+
+def _dense_parts(value: Value, p: _Tensor, ckpt: Checkpoint) -> Iterator[torch.Tensor]:
+    """The tensor converted a slab of rows at a time: an embedding is never held twice."""
+    t = types.TYPES[p.tensor.type]
+    w = value if isinstance(value, torch.Tensor) else as_dense(value, torch.float32)
+    rows = w.reshape(-1, p.tensor.shape[-1]) if w.dim() > 1 else w.reshape(1, -1)
+    step = max(1, DENSE_SLAB // max(1, rows.shape[1]))
+    for i in range(0, rows.shape[0], step):
+        chunk = rows[i : i + step]
+        if t.max_finite is not None and chunk.dtype != t.torch_dtype and chunk.numel():
+            lo, hi = torch.aminmax(chunk)  # one cheap pass; isfinite on the converted result is far slower
+            if float(hi) >= t.max_finite or float(lo) <= -t.max_finite:
+                problem = f"values overflow {t.name}; choose --embed-type bf16 or f32"
+                raise CheckpointError(ckpt.tensors[p.hf].source, problem, p.hf)
+        yield t.encode(chunk)
+
+
+# --- report ---------------------------------------------------------------------------------------
+
+
+def _check_layout(cfg: ModelConfig, arch: str, report: WriteReport) -> None:
+    if arch == metadata.ARCH_LLAMA:
+        return
+    if cfg.num_attention_heads * cfg.head_dim != cfg.hidden_size:
+        report.warnings.append(
+            f"heads x head_dim ({cfg.num_attention_heads} x {cfg.head_dim}) differs from hidden_size "
+            f"({cfg.hidden_size}): llama.cpp's {arch!r} architecture cannot load this model"
+        )
+    if not cfg.tie_word_embeddings:
+        report.warnings.append(
+            f"untied embeddings: output.weight written, which llama.cpp's {arch!r} architecture refuses to load"
+        )
+    if cfg.architecture is Architecture.BITNET and arch == metadata.ARCH_BITNET:
+        report.warnings.append(
+            "upstream llama.cpp runs the bitnet architecture with SiLU; this relu² model (2B-4T) gives wrong "
+            "logits there (bitnet.cpp's I2_S build, --gguf-type i2_s, applies relu²)"
+        )
+
+
+def _report_losses(plan: _Plan, options: GGUFOptions, how: Counter, folded_err: float, report: WriteReport) -> None:
+    if plan.mode == "folded" and how:
+        report.warnings.append(
+            f"llama.cpp's {plan.arch!r} architecture loads no .scale tensors: each tensor scale was folded into the "
+            f"fp16 block scale d (largest relative rounding {folded_err:.2e}); "
+            "bitconvert.ternary_scales keeps the exact values"
+        )
+    if plan.fallbacks:
+        report.warnings.append(
+            f"{len(plan.fallbacks)} tensor(s) written as F16 because their rows are not a multiple of the "
+            f"{options.gguf_type.upper()} block: {', '.join(plan.fallbacks)}"
+        )
+        report.details["fallback_f16"] = len(plan.fallbacks)
