@@ -34,6 +34,7 @@ SPIKE_BYTES = 200 * 2**20
 AS_HEADROOM = 1536 * 2**20
 CORPUS = Path(__file__).resolve().parent / "corpus"
 BAD = ("unexpected", "slow", "memory")
+MAX_FINDINGS = 200
 
 
 @dataclass
@@ -225,7 +226,8 @@ def run_campaign(
             result.counts[outcome] += 1
             if outcome in BAD:
                 finding = Finding(parser, i, context, outcome, detail, data)
-                result.findings.append(finding)
+                if len(result.findings) < MAX_FINDINGS:  # counted always, kept (with their bytes) up to a bound
+                    result.findings.append(finding)
                 if save_to is not None and signature(finding) not in kept:  # one case per kind of failure
                     kept.add(signature(finding))
                     save_finding(finding, save_to)
