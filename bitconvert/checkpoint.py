@@ -17,7 +17,7 @@ import torch
 
 from .config import IGNORED_TENSOR_SUFFIXES, ModelConfig
 from .errors import CheckpointError
-from .ternary import LinearClass, TernaryScale, TernaryWeight, quantize, recover_ternary
+from .ternary import LinearClass, NonFiniteWeight, TernaryScale, TernaryWeight, quantize, recover_ternary
 
 Value = Union[torch.Tensor, TernaryWeight]
 
@@ -112,6 +112,16 @@ def as_ternary(value: Value, linear_class: LinearClass, scale_dtype: torch.dtype
         scale = TernaryScale(magnitude, LinearClass.AUTOBITLINEAR).to(linear_class, scale_dtype)
         return TernaryWeight(codes, scale), "recovered"
     return quantize(value, linear_class, scale_dtype), "quantized"
+
+
+def entry_as_ternary(
+    entry: TensorEntry, value: Value, linear_class: LinearClass, scale_dtype: torch.dtype
+) -> tuple[TernaryWeight, str]:
+    """:func:`as_ternary` of ``entry``'s loaded ``value``; a NaN/Inf latent weight is refused naming it."""
+    try:
+        return as_ternary(value, linear_class, scale_dtype)
+    except NonFiniteWeight as exc:
+        raise CheckpointError(entry.source, str(exc), entry.name) from None
 
 
 def as_dense(value: Value, dtype: torch.dtype) -> torch.Tensor:

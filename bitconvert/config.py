@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import copy
 import enum
-import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import CheckpointError
+from .jsonfile import parse_json_text
 from .ternary import LinearClass
+
+#: Upper bounds on what a config may declare, checked before any per-layer list is built. Far
+#: beyond real models (the deepest have a few hundred layers; GGUF stores these counts as u32),
+#: small enough that the name and shape lists a config implies stay a few megabytes.
+MAX_LAYERS = 10_000
+MAX_DIM = 2**31 - 1
 
 
 class Architecture(str, enum.Enum):
@@ -71,12 +78,15 @@ class QuantConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "QuantConfig":
+        skip = d.get("modules_to_not_convert") or []
+        if not isinstance(skip, list) or not all(isinstance(m, str) for m in skip):
+            raise ValueError(f"quantization_config.modules_to_not_convert must be a list of names, got {skip!r:.80}")
         return cls(
             linear_class=LinearClass.parse(d.get("linear_class")),
             mode=QuantMode(d.get("quantization_mode") or "offline"),
-            modules_to_not_convert=tuple(d.get("modules_to_not_convert") or ()),
+            modules_to_not_convert=tuple(skip),
             use_rms_norm=bool(d.get("use_rms_norm", False)),
-            rms_norm_eps=float(d.get("rms_norm_eps") if d.get("rms_norm_eps") is not None else 1e-6),
+            rms_norm_eps=positive_float(d, "rms_norm_eps", 1e-6, "quantization_config."),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -131,6 +141,20 @@ class ModelConfig:
     def is_quantized_linear(self, name: str) -> bool:
         return name in set(self.quantized_linear_names())
 
+    def implied_tensor_count(self) -> int:
+        """How many tensors :meth:`expected_shapes` lists, computed without building it."""
+        per_layer = 9 + bool(self.spec.attn_sub_norm) + bool(self.spec.ffn_sub_norm)
+        return 2 + self.num_hidden_layers * per_layer + (not self.tie_word_embeddings)
+
+    def check_fits(self, stored: int, where: str | Path, what: str = "tensors") -> None:
+        """Refuse a config that implies more tensors than the files hold, before any list is built."""
+        need = self.implied_tensor_count()
+        if need > stored:
+            raise CheckpointError(
+                where,
+                f"the config implies {need} tensors ({self.num_hidden_layers} layers), the files hold {stored} {what}",
+            )
+
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every tensor this config implies, with its logical (unpacked) shape, in HF naming."""
         h, i = self.hidden_size, self.intermediate_size
@@ -183,29 +207,35 @@ class ModelConfig:
     def from_hf_dict(cls, d: dict[str, Any], path: str | Path = "config.json") -> "ModelConfig":
         try:
             arch = detect_architecture(d)
-            heads = int(d["num_attention_heads"])
-            hidden = int(d["hidden_size"])
+            heads = count(d, "num_attention_heads", MAX_DIM)
+            hidden = count(d, "hidden_size", MAX_DIM)
+            head_dim = count(d, "head_dim", MAX_DIM, None)
+            if head_dim is None:
+                if hidden % heads:
+                    raise ValueError(f"hidden_size {hidden} is not a multiple of num_attention_heads {heads}")
+                head_dim = hidden // heads
             rope = d.get("rope_parameters") or {}
-            rope_theta = d.get("rope_theta", rope.get("rope_theta", 10000.0))
+            if not isinstance(rope, dict):
+                raise ValueError(f"rope_parameters must be an object, got {rope!r:.80}")
             spec = ARCH_SPECS[arch]
             qc = d.get("quantization_config")
             cfg = cls(
                 architecture=arch,
                 hidden_size=hidden,
-                intermediate_size=int(d["intermediate_size"]),
-                num_hidden_layers=int(d["num_hidden_layers"]),
+                intermediate_size=count(d, "intermediate_size", MAX_DIM),
+                num_hidden_layers=count(d, "num_hidden_layers", MAX_LAYERS),
                 num_attention_heads=heads,
-                num_key_value_heads=int(d.get("num_key_value_heads") or heads),
-                vocab_size=int(d["vocab_size"]),
-                max_position_embeddings=int(d.get("max_position_embeddings", 2048)),
-                rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
-                rope_theta=float(rope_theta),
+                num_key_value_heads=count(d, "num_key_value_heads", MAX_DIM, heads),
+                vocab_size=count(d, "vocab_size", MAX_DIM),
+                max_position_embeddings=count(d, "max_position_embeddings", 2**63 - 1, 2048),
+                rms_norm_eps=positive_float(d, "rms_norm_eps", 1e-6),
+                rope_theta=positive_float(d, "rope_theta", None) or positive_float(rope, "rope_theta", 10000.0),
                 # The shipped configs state tying explicitly; absent, transformers' class default applies.
                 tie_word_embeddings=bool(d.get("tie_word_embeddings", arch is Architecture.BITNET_1BITLLM)),
                 hidden_act=str(d.get("hidden_act", spec.hidden_act)),
-                head_dim=int(d.get("head_dim") or hidden // heads),
-                bos_token_id=d.get("bos_token_id"),
-                eos_token_id=d.get("eos_token_id"),
+                head_dim=head_dim,
+                bos_token_id=token_ids(d, "bos_token_id", single=True),
+                eos_token_id=token_ids(d, "eos_token_id"),
                 quantization=QuantConfig.from_dict(qc) if isinstance(qc, dict) else None,
                 raw=copy.deepcopy(d),
             )
@@ -256,8 +286,44 @@ class ModelConfig:
         return d
 
 
+def count(d: dict[str, Any], key: str, bound: int, default: Any = ...) -> Any:
+    """``d[key]`` as a positive whole number no larger than ``bound`` (``default`` when absent or null)."""
+    value = d.get(key)
+    if value is None:
+        if default is ...:
+            raise KeyError(key)
+        return default
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)  # 2048.0 is 2048; 1e400 and 2048.5 are refused below
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{key} must be a whole number, got {value!r:.80}")
+    if not 0 < value <= bound:
+        raise ValueError(f"{key} must be between 1 and {bound}, got {value}")
+    return value
+
+
+def positive_float(d: dict[str, Any], key: str, default: float | None, prefix: str = "") -> float | None:
+    value = d.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{prefix}{key} must be a finite positive number, got {value!r:.80}")
+    return float(value)
+
+
+def token_ids(d: dict[str, Any], key: str, single: bool = False) -> int | list[int] | None:
+    """A token id (or, for eos, a list of them) as transformers accepts it; null stays None."""
+    value = d.get(key)
+    ids = [value] if single or not isinstance(value, list) else value
+    if value is None or all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i <= MAX_DIM for i in ids):
+        return value
+    raise ValueError(f"{key} must be a token id{'' if single else ' or a list of them'}, got {value!r:.80}")
+
+
 def detect_architecture(d: dict[str, Any]) -> Architecture:
     archs = d.get("architectures") or []
+    if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+        raise ValueError(f"architectures must be a list of class names, got {archs!r:.80}")
     name = archs[0] if archs else ""
     for arch, spec in ARCH_SPECS.items():
         if name == spec.hf_architecture:  # case matters: BitNet (2B-4T) vs Bitnet (1bitLLM)
@@ -266,7 +332,7 @@ def detect_architecture(d: dict[str, Any]) -> Architecture:
         return Architecture.BITNET
     if d.get("model_type") == "llama":
         return Architecture.LLAMA
-    raise CheckpointError("config.json", f"unsupported architecture {name or d.get('model_type')!r}")
+    raise CheckpointError("config.json", f"unsupported architecture {name or d.get('model_type')!r:.80}")
 
 
 def load_config_json(path: Path) -> tuple[dict[str, Any], list[str]]:
@@ -282,10 +348,10 @@ def load_config_json(path: Path) -> tuple[dict[str, Any], list[str]]:
         return out
 
     try:
-        text = path.read_text(encoding="utf-8")
-        d = json.loads(text, object_pairs_hook=keep_last)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(path, f"cannot read config: {exc}") from None
+        text = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(path, f"cannot read config: {exc.strerror or exc}") from None
+    d = parse_json_text(text, path, "config", object_pairs_hook=keep_last)
     if not isinstance(d, dict):
         raise CheckpointError(path, "config is not a JSON object")
     return d, duplicates

@@ -18,6 +18,7 @@ from typing import Any, Iterable
 import torch
 
 from .errors import CheckpointError
+from .jsonfile import parse_json_text
 
 DTYPES: dict[str, torch.dtype] = {
     "BOOL": torch.bool,
@@ -82,10 +83,7 @@ class SafetensorsFile:
                 raw = f.read(n)
         except OSError as exc:
             raise CheckpointError(self.path, f"cannot read: {exc.strerror or exc}") from None
-        try:
-            header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates(self.path))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CheckpointError(self.path, f"header is not valid JSON: {exc}") from None
+        header = parse_json_text(raw, self.path, "the header", object_pairs_hook=_no_duplicates(self.path))
         if not isinstance(header, dict):
             raise CheckpointError(self.path, "header is not a JSON object")
         meta = header.pop("__metadata__", None) or {}
@@ -119,16 +117,17 @@ class SafetensorsFile:
     def _parse_entry(self, name: str, info: Any) -> StoredTensor:
         if not isinstance(info, dict):
             raise CheckpointError(self.path, "header entry is not an object", name)
-        dtype = DTYPES.get(info.get("dtype"))  # type: ignore[arg-type]
+        name_of_dtype = info.get("dtype")
+        dtype = DTYPES.get(name_of_dtype) if isinstance(name_of_dtype, str) else None
         if dtype is None:
-            raise CheckpointError(self.path, f"unsupported dtype {info.get('dtype')!r}", name)
+            raise CheckpointError(self.path, f"unsupported dtype {name_of_dtype!r:.80}", name)
         shape = info.get("shape")
         if (
             not isinstance(shape, list)
             or len(shape) > MAX_DIMS
             or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
         ):
-            raise CheckpointError(self.path, f"malformed shape {shape!r}", name)
+            raise CheckpointError(self.path, f"malformed shape {shape!r:.80}", name)
         offs = info.get("data_offsets")
         if (
             not isinstance(offs, list)
@@ -136,7 +135,7 @@ class SafetensorsFile:
             or not all(isinstance(o, int) and not isinstance(o, bool) for o in offs)
             or not 0 <= offs[0] <= offs[1]
         ):
-            raise CheckpointError(self.path, f"malformed data_offsets {offs!r}", name)
+            raise CheckpointError(self.path, f"malformed data_offsets {offs!r:.80}", name)
         nbytes = math.prod(shape) * itemsize(dtype)
         if offs[1] - offs[0] != nbytes:
             raise CheckpointError(

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import BitconvertError
+
 #: transformers and the BitNet papers clamp mean|W| from below at this value.
 MEAN_ABS_FLOOR = 1e-5
 #: Packed HF layout: four 2-bit codes per byte, along the output (row) dimension.
@@ -116,6 +118,29 @@ class TernaryWeight:
 _CHUNK = 1 << 16
 
 
+class NonFiniteWeight(BitconvertError, ValueError):
+    """A latent weight holds NaN or Inf: absmean quantization would give a NaN/Inf scale.
+
+    A project error (exit 1) even where a caller does not name the tensor; callers that know it
+    re-raise a CheckpointError naming the tensor and its file.
+    """
+
+    def __init__(self, index: tuple[int, ...], value: float) -> None:
+        self.index = index
+        self.value = value
+        super().__init__(f"non-finite value {value} at index {list(index)}: cannot quantize")
+
+
+def first_non_finite(weight: torch.Tensor) -> tuple[tuple[int, ...], float] | None:
+    """Index and value of the first NaN/Inf in ``weight`` (row-major order), or None."""
+    bad = torch.nonzero(~torch.isfinite(weight.reshape(-1)))
+    if not bad.numel():
+        return None
+    flat = int(bad[0])
+    index = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), weight.shape)) if weight.dim() else ()
+    return index, float(weight.reshape(-1)[flat])
+
+
 def absmean_quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Codes and mean|W| of a latent weight, bit-identical to transformers' ``WeightQuant``.
 
@@ -128,8 +153,15 @@ def absmean_quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     absolute = weight.float()
     if absolute.data_ptr() == weight.data_ptr():
         absolute = absolute.clone()  # never mutate the caller's tensor
-    mean_abs = absolute.abs_().mean().clamp(min=MEAN_ABS_FLOOR)
+    mean_abs = absolute.abs_().mean()
     del absolute
+    # one cheap test per tensor: any NaN or Inf makes the mean non-finite (an overflowing sum of
+    # finite values does too, so look for the element before blaming one)
+    if not bool(torch.isfinite(mean_abs)):
+        found = first_non_finite(weight)
+        if found is not None:
+            raise NonFiniteWeight(*found)
+    mean_abs = mean_abs.clamp(min=MEAN_ABS_FLOOR)
     inv = 1.0 / mean_abs
     flat = weight.reshape(-1)
     codes = torch.empty(flat.shape, dtype=torch.int8)

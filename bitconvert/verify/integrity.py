@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ from ..checkpoint import Checkpoint
 from ..config import QuantMode
 from ..errors import CheckpointError
 from ..formats import Progress, no_progress, open_checkpoint
+from ..jsonfile import parse_json_text
 from ..ternary import TernaryWeight, ternary_stats
 from .manifest import check_manifest, new_manifest, read_manifest, tensor_digest
 from .report import Check, VerifyReport
@@ -190,9 +190,12 @@ def _side_file_checks(ckpt: Checkpoint, report: VerifyReport) -> None:
         if p.suffix != ".json":
             continue
         try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            report.add(Check("side_files", False, f"{p.name}: not valid JSON: {exc}"))
+            data = parse_json_text(p.read_bytes(), p.name)
+        except OSError as exc:
+            report.add(Check("side_files", False, f"{p.name}: cannot read: {exc.strerror or exc}"))
+            continue
+        except CheckpointError as exc:
+            report.add(Check("side_files", False, f"{p.name}: not valid JSON: {exc.problem}"))
             continue
         if p.name == "tokenizer.json":
             report.add(_tokenizer_check(p, ckpt.config.vocab_size))

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError
+from ..jsonfile import parse_json_text
 from ..safetensors_io import DTYPE_NAMES
 from ..ternary import TernaryWeight
 from .report import Check
@@ -64,9 +65,10 @@ def write_manifest(manifest: dict[str, Any], path: str | Path) -> None:
 def read_manifest(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(path, f"cannot read manifest: {exc}") from None
+        text = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(path, f"cannot read manifest: {exc.strerror or exc}") from None
+    data = parse_json_text(text, path, "manifest")
     if not isinstance(data, dict) or data.get("bitconvert_manifest") != MANIFEST_VERSION:
         raise CheckpointError(path, f"not a bitconvert manifest (version {MANIFEST_VERSION})")
     tensors = data.get("tensors")

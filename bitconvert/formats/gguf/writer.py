@@ -21,7 +21,7 @@ from typing import Iterator
 
 import torch
 
-from ...checkpoint import Checkpoint, Value, as_dense, as_ternary
+from ...checkpoint import Checkpoint, Value, as_dense, entry_as_ternary
 from ...config import Architecture, ModelConfig
 from ...errors import CheckpointError
 from ...provenance import PROVENANCE_KEY, provenance_text
@@ -213,14 +213,15 @@ def _stream(ckpt: Checkpoint, plan: _Plan, md: dict[str, KV], out: Path, progres
     with GGUFStreamWriter(out, md, plan.flat()) as w:
         for i, p in enumerate(plan.tensors):
             progress(i, total, p.hf)
-            value = ckpt.tensors[p.hf].load()
+            entry = ckpt.tensors[p.hf]
+            value = entry.load()
             if p.role == "dense":
                 if p.heads:
                     value = names.permute_qk(as_dense(value, torch.float32), p.heads)
                 w.write_parts(p.tensor.name, _dense_parts(value, p, ckpt))
                 continue
             # float64 holds every stored scale exactly; each output dtype is then rounded to once.
-            tw, source = as_ternary(value, LinearClass.AUTOBITLINEAR, torch.float64)
+            tw, source = entry_as_ternary(entry, value, LinearClass.AUTOBITLINEAR, torch.float64)
             how[source] += 1
             del value
             codes = names.permute_qk(tw.codes, p.heads) if p.heads else tw.codes

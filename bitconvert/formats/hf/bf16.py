@@ -28,7 +28,7 @@ from ...scale_records import (
     encode_record,
     encode_records,
 )
-from ...ternary import LinearClass, TernaryScale, TernaryWeight, quantize, recover_ternary
+from ...ternary import LinearClass, NonFiniteWeight, TernaryScale, TernaryWeight, quantize, recover_ternary
 from .. import Progress, WriteReport, register_reader, register_writer
 from ..options import dtype_field, max_shard_size_field, option, parse_flag
 from .common import (
@@ -61,7 +61,10 @@ def _load_master(
             return kept
     if online:
         # Values meant for online quantization: their scale is mean|values|, not the magnitude.
-        return quantize(w, LinearClass.AUTOBITLINEAR, torch.float32)
+        try:
+            return quantize(w, LinearClass.AUTOBITLINEAR, torch.float32)
+        except NonFiniteWeight as exc:
+            raise CheckpointError(st.path, str(exc), t.name) from None
     return w
 
 

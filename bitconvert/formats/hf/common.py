@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ import torch
 
 from ...config import ModelConfig, read_hf_config
 from ...errors import CheckpointError
+from ...jsonfile import read_json_object
 from ...safetensors_io import PlannedTensor, SafetensorsFile, SafetensorsWriter, StoredTensor
 from .. import Progress, WriteReport, parsed_once
 
@@ -42,40 +44,41 @@ def looks_like_hf(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").is_file()
 
 
+#: the longest file name Linux, macOS and Windows file systems accept, in bytes
+MAX_NAME_BYTES = 255
+
+
 def _weight_files(path: Path) -> list[Path]:
     index = path / INDEX_NAME
     if index.is_file():
-        try:
-            data = json.loads(index.read_text(encoding="utf-8"))
-            weight_map = data["weight_map"]
-            if not isinstance(weight_map, dict):
-                raise TypeError("weight_map is not an object")
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise CheckpointError(index, f"malformed index: {exc}") from None
+        weight_map = read_json_object(index, "index").get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(index, "malformed index: weight_map is missing or not an object")
         files: list[Path] = []
-        root = path.resolve()
         for tensor, fname in weight_map.items():
             if (
                 not isinstance(fname, str)
                 or not fname
                 or "/" in fname
                 or "\\" in fname
+                or "\0" in fname
                 or fname in (".", "..")
-                or (root / fname).parent.resolve() != root  # stays in this folder; the file may be a symlink (HF cache)
             ):
-                raise CheckpointError(index, f"index entry {fname!r} points outside the checkpoint directory", tensor)
+                raise CheckpointError(index, f"index entry {fname!r:.80} points outside the checkpoint directory", tensor)
+            if len(fname.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+                raise CheckpointError(index, f"index entry {fname!r:.80}... is longer than {MAX_NAME_BYTES} bytes", tensor)
             p = path / fname
-            if not p.is_file():
-                raise CheckpointError(index, f"index names shard {fname!r}, which does not exist", tensor)
             if p not in files:
+                if not p.is_file():
+                    raise CheckpointError(index, f"index names shard {fname!r}, which does not exist", tensor)
                 files.append(p)
-        return files
+        return [check_inside(p, path) for p in files]
     single = path / SINGLE_NAME
     if single.is_file():
-        return [single]
+        return [check_inside(single, path)]
     shards = sorted(p for p in path.glob("*.safetensors") if p.is_file())
     if shards:
-        return shards
+        return [check_inside(p, path) for p in shards]
     pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickles:
         raise CheckpointError(
@@ -91,7 +94,7 @@ def read_hf_directory(path: Path) -> HFDirectory:
 
 
 def _parse_hf_directory(path: Path) -> HFDirectory:
-    config = read_hf_config(path / "config.json")
+    config = read_hf_config(check_inside(path / "config.json", path))
     notes = [f"config.json names {k!r} more than once; the last value is used" for k in dict.fromkeys(config.duplicate_keys)]
     stored: dict[str, tuple[SafetensorsFile, StoredTensor]] = {}
     for f in _weight_files(path):
@@ -100,6 +103,7 @@ def _parse_hf_directory(path: Path) -> HFDirectory:
             if name in stored:
                 raise CheckpointError(f, f"tensor also stored in {stored[name][0].path.name}", name)
             stored[name] = (st, t)
+    config.check_fits(len(stored), path / "config.json", "tensors in their safetensors headers")
     ignored_pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if ignored_pickles:
         notes.append(f"ignored pickle files (never loaded): {', '.join(ignored_pickles)}")
@@ -114,16 +118,39 @@ def side_files(path: Path) -> list[Path]:
             continue
         if p.suffix in NOT_SIDE_FILES:
             continue
-        out.append(p)
+        out.append(check_inside(p, path))
     return out
 
 
 def copy_side_files(files: Iterable[Path], out: Path) -> list[str]:
     names = []
     for f in files:
-        shutil.copyfile(f, out / f.name)
+        shutil.copyfile(check_inside(f, f.parent), out / f.name)
         names.append(f.name)
     return names
+
+
+def check_inside(p: Path, root: Path) -> Path:
+    """``p`` itself when it resolves inside ``root``; a CheckpointError naming the link and its target otherwise.
+
+    A symlink out of a checkpoint folder (``notes.txt -> /etc/passwd``) would carry a file from
+    elsewhere on this machine into the output or an upload. The one exception is the Hugging Face
+    cache's own layout: files in ``<repo>/snapshots/<rev>/`` are links into ``<repo>/blobs/``.
+    """
+    target = p.resolve()
+    base = root.resolve()
+    if target.is_relative_to(base) or _hf_cache_blob(root, target):
+        return p
+    raise CheckpointError(p, f"is a link to {target}, outside the checkpoint folder {base}: refused")
+
+
+def _hf_cache_blob(root: Path, target: Path) -> bool:
+    root = Path(os.path.abspath(root))
+    for folder in (root, *root.parents):
+        if folder.parent.name == "snapshots":
+            blobs = (folder.parent.parent / "blobs").resolve()
+            return target.is_relative_to(blobs)
+    return False
 
 
 def plan_shards(plan: list[PlannedTensor], max_shard_size: int) -> list[list[PlannedTensor]]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ...checkpoint import Checkpoint, TensorEntry, as_dense, as_ternary, check_tensor_set, is_ignored_tensor
+from ...checkpoint import Checkpoint, TensorEntry, as_dense, check_tensor_set, entry_as_ternary, is_ignored_tensor
 from ...config import QuantConfig, QuantMode
 from ...errors import CheckpointError
 from ...safetensors_io import DTYPE_NAMES, PlannedTensor, SafetensorsFile, StoredTensor
@@ -162,7 +162,7 @@ class HFPackedWriter:
             entry = ckpt.tensors[t.name]
             if not ckpt.is_quantized_linear(t.name):
                 return as_dense(entry.load(), t.dtype)
-            tw, source = as_ternary(entry.load(), linear_class, options.scale_dtype)
+            tw, source = entry_as_ternary(entry, entry.load(), linear_class, options.scale_dtype)
             how[source] += 1
             pending_scales[scale_name(t.name)] = tw.scale.value.reshape(1)
             return pack_codes(tw.codes)
