@@ -109,15 +109,15 @@ def run_quantize_i2_s(exe: Path, values: np.ndarray) -> bytes:
 
 # --- the converters ------------------------------------------------------------------------------
 
-#: llama.cpp's converter reads the 1bitLLM vocab with sentencepiece; our test models carry a
-#: BPE tokenizer.json, so its set_vocab is pointed at its own BPE reader (no effect on tensors).
+#: llama.cpp's converter reads the 1bitLLM vocab with sentencepiece, and does not know our test
+#: models' BPE pre-tokenizer: its set_vocab is skipped (no vocab in the file; tensors untouched).
 LLAMA_CPP_DRIVER = r"""
 import sys
 sys.path.insert(0, {peer!r})
 sys.path.insert(0, {peer!r} + "/gguf-py")
 import convert_hf_to_gguf as c
 from conversion import bitnet
-bitnet.BitnetModel.set_vocab = lambda self: self._set_vocab_gpt2()
+bitnet.BitnetModel.set_vocab = lambda self: None
 sys.argv = ["convert_hf_to_gguf.py", *sys.argv[1:]]
 c.main()
 """
@@ -134,33 +134,36 @@ def run_llama_cpp_converter(model: Path, out: Path, outtype: str) -> Path:
 
 
 #: bitnet.cpp's converter imports a gguf-py fork; this directory's llama.cpp gguf-py runs it with
-#: these additions only: the I2_S type (id 36, four values per byte; the converter writes the
-#: bytes itself), the bitnet-b1.58 architecture (names as upstream's bitnet), and a sentencepiece
-#: stand-in (the test models carry a BPE tokenizer.json, read by the converter's gpt2 path).
+#: these additions only: the I2_S/TL1/TL2 type ids (36, 38, 39; the converter writes I2_S bytes
+#: itself), the bitnet-b1.58 architecture (tensor names as upstream's bitnet, plus the 2B-4T
+#: sub-norm names attn_sub_norm / ffn_sub_norm), a stand-in for
+#: llama.cpp's old ``convert`` module (its two names are used by LlamaModel only), and its
+#: set_vocab skipped (it wants sentencepiece or a known BPE pre-tokenizer; no effect on tensors).
 BITNET_DRIVER = r"""
-import sys, types, enum
+import sys, types, enum, runpy
 sys.path.insert(0, {peer!r} + "/gguf-py")
-sys.modules.setdefault("sentencepiece", types.SimpleNamespace(SentencePieceProcessor=None))
+sys.modules["convert"] = types.SimpleNamespace(LlamaHfVocab=None, permute=None)
 import gguf
 from gguf import constants as k
 
-def extend(enum_cls, name, value):
+def extend(enum_cls, **more):
     members = {{m.name: m.value for m in enum_cls}}
-    members[name] = value
+    members.update(more)
     return enum.IntEnum(enum_cls.__name__, members)
 
-k.GGMLQuantizationType = gguf.GGMLQuantizationType = extend(k.GGMLQuantizationType, "I2_S", 36)
-k.GGMLQuantizationType = gguf.GGMLQuantizationType = extend(gguf.GGMLQuantizationType, "TL1", 38)
-k.GGMLQuantizationType = gguf.GGMLQuantizationType = extend(gguf.GGMLQuantizationType, "TL2", 39)
-k.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.I2_S] = (4, 1)
-k.MODEL_ARCH = gguf.MODEL_ARCH = extend(k.MODEL_ARCH, "BITNET_B158", max(m.value for m in k.MODEL_ARCH) + 1)
+k.GGMLQuantizationType = gguf.GGMLQuantizationType = extend(k.GGMLQuantizationType, I2_S=36, TL1=38, TL2=39)
+k.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.I2_S] = (1, 1)  # shape given in values; bytes written as they are
+k.MODEL_ARCH = gguf.MODEL_ARCH = extend(k.MODEL_ARCH, BITNET_B158=max(m.value for m in k.MODEL_ARCH) + 1)
 k.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.BITNET_B158] = "bitnet-b1.58"
 k.MODEL_TENSORS[gguf.MODEL_ARCH.BITNET_B158] = k.MODEL_TENSORS[gguf.MODEL_ARCH.BITNET]
-for mod in (gguf, k):
-    pass
+names = gguf.TensorNameMap.block_mappings_cfg
+names[k.MODEL_TENSOR.ATTN_SUB_NORM] += ("model.layers.{{bid}}.self_attn.attn_sub_norm",)
+names[k.MODEL_TENSOR.FFN_SUB_NORM] += ("model.layers.{{bid}}.mlp.ffn_sub_norm",)
+g = runpy.run_path({script!r}, run_name="bitnet_converter")
+g["BitnetModel"].set_vocab = lambda self: None
 sys.argv = ["convert-hf-to-gguf-bitnet.py", *sys.argv[1:]]
-import runpy
-runpy.run_path({script!r}, run_name="__main__")
+g["main"].__globals__["args"] = g["parse_args"]()
+g["main"]()
 """
 
 

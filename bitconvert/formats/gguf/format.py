@@ -26,16 +26,17 @@ from typing import Callable, Iterator
 
 import torch
 
-from ...checkpoint import Checkpoint, TensorEntry, Value, as_dense, as_ternary, check_tensor_set
+from ...checkpoint import Checkpoint, TensorEntry, Value, as_dense, check_tensor_set
 from ...config import Architecture, ModelConfig
-from ...errors import CheckpointError
+from ...errors import CheckpointError, UsageError
+from ...recipes import GGUF_RECIPES, Recipe, recipe_ternary, tq_block_d
 from ...provenance import PROVENANCE_KEY, provenance_text
 from ...scale_records import SCALES_KEY, decode_records, encode_record
 from ...ternary import LinearClass, TernaryScale, TernaryWeight, recover_ternary
 from .. import Progress, WriteReport, register_reader, register_writer
 from ..hf.common import ordered_names
-from ..options import choice_parser, option, parse_flag
-from . import codecs, metadata, names, tokenizer
+from ..options import choice_parser, option, parse_flag, recipe_field
+from . import codecs, i2s_layouts, metadata, names, tokenizer
 from .parser import GGUFFile, TensorInfo, is_gguf
 from .stream_writer import KV, GGUFStreamWriter, PlannedGGUFTensor, kv_str
 
@@ -105,6 +106,7 @@ class _TensorSource:
     hint: TernaryScale | None
     heads: int | None  # set for llama-architecture q/k, whose rows are permuted on disk
     notes: list[str]
+    i2s_layout: str = i2s_layouts.DEFAULT_LAYOUT
 
     def fail(self, problem: str) -> CheckpointError:
         return CheckpointError(self.f.path, problem, self.info.name)
@@ -119,7 +121,7 @@ class _TensorSource:
         return s
 
     def load_scale(self) -> TernaryScale:
-        if self.info.type == codecs.I2_S:
+        if self.info.type == codecs.I2_S:  # the scale sits after the codes in every layout
             raw = self.f.read_raw(self.info.name, self.info.nbytes - codecs.I2_S_TAIL, 4)
             return _scale(self._check_positive(raw.view(torch.float32)), self.hint)
         s = self._tensor_scale()
@@ -138,7 +140,7 @@ class _TensorSource:
     def load(self) -> Value:
         t = self.info
         if t.type == codecs.I2_S:
-            codes, s = codecs.decode_i2_s(self._raw_checked(), t.shape)
+            codes, s = i2s_layouts.decode(self._raw_checked(), t.shape, self.i2s_layout)
             return TernaryWeight(self._order(codes), _scale(self._check_positive(s), self.hint))
         if t.type in TQ_TYPES:
             return self._load_tq()
@@ -216,6 +218,7 @@ class GGUFReader:
         tied = "output.weight" not in f.tensors
         arch, cfg = metadata.read_config(f, tied, notes)
         hints = _scale_hints(f)
+        layout = _i2s_layout(f, notes)
         expected = cfg.expected_shapes()
         used: set[str] = set()
         entries: dict[str, TensorEntry] = {}
@@ -234,7 +237,7 @@ class GGUFReader:
             if t.type in (codecs.I2_S, *TQ_TYPES) and not quantized:
                 raise CheckpointError(path, f"{t.type_name} is only read for quantized linear weights", gname)
             src = _TensorSource(
-                f, t, hf, scale, hints.get(hf), _heads_for(hf, cfg) if _needs_permute(arch, hf) else None, notes
+                f, t, hf, scale, hints.get(hf), _heads_for(hf, cfg) if _needs_permute(arch, hf) else None, notes, layout
             )
             ternary = t.type in (codecs.I2_S, *TQ_TYPES) or scale is not None
             cheap_scale = t.type == codecs.I2_S or scale is not None
@@ -261,6 +264,8 @@ class GGUFReader:
             "gguf_tokenizer": tokenizer.from_gguf(f),
             "gguf_file_type": f.get("general.file_type"),
         }
+        if any(t.type == codecs.I2_S for t in f.tensors.values()):
+            info["i2s_layout"] = layout if f.get(I2S_LAYOUT_KEY) is not None else f"{layout} (assumed: not recorded)"
         origin_keys = {"general.name": "model_name", "general.source.url": "source_url", "general.license": "license"}
         for key, field in origin_keys.items():
             value = f.get(key)
@@ -275,6 +280,21 @@ class GGUFReader:
         check_tensor_set(ckpt)
         ckpt.side_files = _tokenizer_side_files(f, ckpt, notes)
         return ckpt
+
+
+def _i2s_layout(f: GGUFFile, notes: list[str]) -> str:
+    """The I2_S byte layout bitconvert recorded, else x86 (bitnet.cpp's default, the official files')."""
+    recorded = f.get(I2S_LAYOUT_KEY)
+    if recorded is None:
+        if any(t.type == codecs.I2_S for t in f.tensors.values()):
+            notes.append(
+                "I2_S layout not recorded in the file: read as x86 (bitnet.cpp's default build, the official files); "
+                "the bytes cannot tell x86, x86-rows and arm apart"
+            )
+        return i2s_layouts.DEFAULT_LAYOUT
+    if recorded not in i2s_layouts.LAYOUTS:
+        raise CheckpointError(f.path, f"{I2S_LAYOUT_KEY} is {recorded!r}, not one of {', '.join(i2s_layouts.LAYOUTS)}")
+    return recorded
 
 
 def _tokenizer_side_files(f: GGUFFile, ckpt: Checkpoint, notes: list[str]) -> list[Path]:
@@ -314,6 +334,43 @@ class GGUFOptions:
     allow_fallback: bool = option(
         False, "--allow-fallback", "write quantized linears a ternary type cannot hold as F16", parse_flag
     )
+    recipe: Recipe = recipe_field(
+        GGUF_RECIPES,
+        "how a master is quantized: transformers (exact fp32 scale, default), llama.cpp (tq types: fp16 d = "
+        "max|x| per block, as convert_hf_to_gguf.py) or bitnet.cpp (i2_s: its converter's folded scale)",
+    )
+    i2s_layout: str | None = option(
+        None, "--i2s-layout", "I2_S byte layout (bitnet.cpp build): x86 (default, official files), x86-rows or arm",
+        choice_parser("--i2s-layout", i2s_layouts.LAYOUTS),
+    )  # fmt: skip
+
+
+I2S_LAYOUT_KEY = "bitconvert.i2s_layout"
+
+
+def _check_recipe(ckpt: Checkpoint, options: GGUFOptions, wtype: int) -> None:
+    """Refuse a recipe or layout where it cannot do what its producer does."""
+    if options.i2s_layout is not None and wtype != codecs.I2_S:
+        raise UsageError(f"--i2s-layout applies to --gguf-type i2_s only, not {options.gguf_type}")
+    if wtype == codecs.I2_S and not options.allow_fallback:
+        layout = options.i2s_layout or i2s_layouts.DEFAULT_LAYOUT
+        for name, e in ckpt.tensors.items():
+            problem = ckpt.is_quantized_linear(name) and i2s_layouts.layout_problem(layout, tuple(e.shape))
+            if problem:
+                raise CheckpointError(e.source, problem, name)
+    recipe = options.recipe
+    if recipe is Recipe.TRANSFORMERS:
+        return
+    if recipe is Recipe.LLAMA_CPP and wtype not in TQ_TYPES:
+        raise UsageError(f"--recipe llama.cpp writes tq1_0 or tq2_0, as llama.cpp's converter; not {options.gguf_type}")
+    if recipe is Recipe.BITNET_CPP and wtype != codecs.I2_S:
+        raise UsageError(f"--recipe bitnet.cpp writes i2_s, as bitnet.cpp's converter; not {options.gguf_type}")
+    stored = [n for n, e in ckpt.tensors.items() if e.ternary]
+    if stored:
+        raise UsageError(
+            f"--recipe {recipe.value} quantizes a float master, but {ckpt.path} ({ckpt.format}) already holds ternary "
+            f"codes (e.g. {stored[0]}), which are never requantized: drop --recipe"
+        )
 
 
 class GGUFWriter:
@@ -326,8 +383,12 @@ class GGUFWriter:
         cfg = ckpt.config
         arch = metadata.gguf_architecture(cfg.architecture, gguf_type)
         wtype = GGUF_TYPES[gguf_type]
+        _check_recipe(ckpt, options, wtype)
+        layout = options.i2s_layout or i2s_layouts.DEFAULT_LAYOUT
         report = WriteReport(NAME)
-        if wtype in TQ_TYPES:
+        if options.recipe is Recipe.LLAMA_CPP:
+            scale_mode = "blocks"
+        elif wtype in TQ_TYPES:
             scale_mode = "tensor" if arch != metadata.ARCH_LLAMA else "folded"
         else:
             scale_mode = "in-data" if wtype == codecs.I2_S else "dequantized"
@@ -351,6 +412,8 @@ class GGUFWriter:
             if p.role != "dense" and e.load_scale is not None:
                 hints[p.hf] = encode_record(e.load_scale())
         md.update(metadata.bitconvert_keys(cfg, ckpt.format, scale_mode, hints))
+        if wtype == codecs.I2_S:
+            md[I2S_LAYOUT_KEY] = kv_str(layout)
         if ckpt.info.get("provenance"):
             md[PROVENANCE_KEY] = kv_str(provenance_text(ckpt.info["provenance"]))
 
@@ -367,7 +430,7 @@ class GGUFWriter:
                     w.write_parts(p.tensor.name, self._dense_parts(value, p, ckpt))
                     continue
                 # float64 holds every stored scale exactly; each output dtype is then rounded to once.
-                tw, source = as_ternary(value, LinearClass.AUTOBITLINEAR, torch.float64)
+                tw, source = recipe_ternary(value, options.recipe, LinearClass.AUTOBITLINEAR, torch.float64)
                 how[source] += 1
                 del value
                 codes = permute_qk(tw.codes, _heads_for(p.hf, cfg)) if _needs_permute(arch, p.hf) else tw.codes
@@ -378,14 +441,16 @@ class GGUFWriter:
                     else:
                         w.write(p.tensor.name, codes.to(torch.float16) * mag.to(torch.float16))
                 elif p.tensor.type in TQ_TYPES:
-                    if scale_mode == "folded":
+                    if scale_mode == "blocks":  # llama.cpp's: fp16 d = max|x| per block, 0 for zeros
+                        w.write(p.tensor.name, ENCODERS[p.tensor.type](codes, tq_block_d(codes, mag)))
+                    elif scale_mode == "folded":
                         d = mag.to(torch.float16)
                         folded_err = max(folded_err, abs(float(d) / float(mag) - 1.0))
                         w.write(p.tensor.name, ENCODERS[p.tensor.type](codes, d.float()))
                     else:
                         w.write(p.tensor.name, ENCODERS[p.tensor.type](codes, 1.0))
                 elif p.tensor.type == codecs.I2_S:
-                    w.write(p.tensor.name, codecs.encode_i2_s(codes, float(mag.to(torch.float32))))
+                    w.write(p.tensor.name, _encode_i2_s(codes, mag, layout, ckpt.tensors[p.hf].source, p.hf))
                 else:  # f16 / bf16 / f32: codes x mean|W| in that dtype
                     dtype = codecs.FLOAT_TYPES[p.tensor.type]
                     w.write(p.tensor.name, codes.to(dtype) * mag.to(dtype))
@@ -396,8 +461,11 @@ class GGUFWriter:
         report.bytes_written = out.stat().st_size
         report.ternary_sources = dict(how)
         report.details.update(
-            gguf_type=gguf_type, architecture=arch, token_embd=embed_type, scale=_SCALE_MODES[scale_mode]
+            gguf_type=gguf_type, architecture=arch, token_embd=embed_type, scale=_SCALE_MODES[scale_mode],
+            recipe=options.recipe.value,
         )
+        if wtype == codecs.I2_S:
+            report.details["i2s_layout"] = layout
         if scale_mode == "folded" and how:
             report.warnings.append(
                 f"llama.cpp's {arch!r} architecture loads no .scale tensors: each tensor scale was folded into the "
@@ -491,7 +559,15 @@ class GGUFWriter:
             )
 
 
+def _encode_i2_s(codes: torch.Tensor, mag: torch.Tensor, layout: str, source: str, name: str) -> torch.Tensor:
+    problem = i2s_layouts.layout_problem(layout, tuple(codes.shape))
+    if problem:
+        raise CheckpointError(source, problem, name)
+    return i2s_layouts.encode(codes, float(mag.to(torch.float32)), layout)
+
+
 _SCALE_MODES = {
+    "blocks": "llama.cpp's: fp16 d = max|x| per 256-value block (the magnitude rounded to fp16)",
     "tensor": "exact: codes with d = 1 and an F32 .scale tensor per weight",
     "folded": "folded into each block's fp16 d",
     "in-data": "exact: fp32 after the packed codes",
