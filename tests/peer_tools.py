@@ -110,14 +110,16 @@ def run_quantize_i2_s(exe: Path, values: np.ndarray) -> bytes:
 # --- the converters ------------------------------------------------------------------------------
 
 #: llama.cpp's converter reads the 1bitLLM vocab with sentencepiece, and does not know our test
-#: models' BPE pre-tokenizer: its set_vocab is skipped (no vocab in the file; tensors untouched).
+#: models' BPE pre-tokenizer by its hash: its set_vocab is pointed at its own BPE reader with the
+#: pre-tokenizer named (llama-bpe, the split our test tokenizer uses). Tensors are untouched.
 LLAMA_CPP_DRIVER = r"""
 import sys
 sys.path.insert(0, {peer!r})
 sys.path.insert(0, {peer!r} + "/gguf-py")
 import convert_hf_to_gguf as c
 from conversion import bitnet
-bitnet.BitnetModel.set_vocab = lambda self: None
+bitnet.BitnetModel.get_vocab_base_pre = lambda self, tokenizer: "llama-bpe"
+bitnet.BitnetModel.set_vocab = lambda self: self._set_vocab_gpt2()
 sys.argv = ["convert_hf_to_gguf.py", *sys.argv[1:]]
 c.main()
 """
