@@ -69,4 +69,6 @@ def describe_checkpoint(path: str | Path, *, stats: bool = True, progress: Progr
         "tensors": rows,
         "ternary_tensors": sum(1 for r in rows if r["role"] == "ternary linear"),
         "notes": ckpt.notes,
+        # GGUF I2_S: the byte layout (bitnet.cpp build) as recorded, or "... (assumed: not recorded)"
+        **({"i2s_layout": ckpt.info["i2s_layout"]} if "i2s_layout" in ckpt.info else {}),
     }

@@ -77,3 +77,56 @@ def test_layout_problems_are_named():
     assert layout_problem("arm", (1, 64)) is None
     with pytest.raises(ValueError, match="multiple of 4"):
         i2s_layouts.encode(torch.zeros(6, 256, dtype=torch.int8), 1.0, "x86-rows")
+
+
+# --- through the GGUF writer and reader ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_gguf_files_in_each_layout_read_back_and_say_so(layout, tmp_path):
+    from conftest import make_checkpoint, run_cli
+
+    from bitconvert.convert import convert
+    from bitconvert.describe import describe_checkpoint
+    from bitconvert.formats import open_checkpoint
+    from bitconvert.formats.gguf.parser import GGUFFile
+
+    src = make_checkpoint(tmp_path / "src", "llama", "packed", hidden=128, intermediate=256, seed=1)
+    out = tmp_path / f"m-{layout}.gguf"
+    convert(src, out, "gguf", {"gguf_type": "i2_s", "i2s_layout": layout})
+    assert GGUFFile(out).get("bitconvert.i2s_layout") == layout
+    a, b = open_checkpoint(src), open_checkpoint(out)
+    for name in a.tensors:
+        if a.is_quantized_linear(name):
+            assert torch.equal(a.tensors[name].load().codes, b.tensors[name].load().codes), name
+    info = describe_checkpoint(out, stats=False)
+    assert info["i2s_layout"] == layout
+    shown = run_cli("inspect", out, "--no-stats")
+    assert f"I2_S ({layout} layout)" in shown.stdout
+
+
+def test_unrecorded_layout_is_assumed_x86_and_said(tmp_path):
+    from peer_tools import run_bitnet_converter
+
+    from bitconvert.describe import describe_checkpoint
+    from conftest import make_checkpoint
+
+    master = make_checkpoint(tmp_path / "m", "1bitllm", "master", hidden=128, intermediate=256, seed=2)
+    theirs = run_bitnet_converter(master, tmp_path / "theirs.gguf")
+    info = describe_checkpoint(theirs, stats=False)
+    assert info["i2s_layout"] == "x86 (assumed: not recorded)"
+    assert any("cannot tell x86, x86-rows and arm apart" in n for n in info["notes"])
+
+
+def test_layout_option_is_refused_where_it_does_not_apply(tmp_path):
+    from conftest import FIXTURES
+
+    from bitconvert.convert import convert
+    from bitconvert.errors import CheckpointError, UsageError
+
+    with pytest.raises(UsageError, match="--i2s-layout applies to --gguf-type i2_s only"):
+        convert(FIXTURES / "llama-packed", tmp_path / "a.gguf", "gguf", {"gguf_type": "tq2_0", "i2s_layout": "arm"})
+    with pytest.raises(UsageError, match="--i2s-layout must be one of x86, x86-rows, arm"):
+        convert(FIXTURES / "llama-packed", tmp_path / "a.gguf", "gguf", {"gguf_type": "i2_s", "i2s_layout": "neon"})
+    assert not (tmp_path / "a.gguf").exists()
+    assert CheckpointError  # shape refusals are covered by test_layout_problems_are_named
