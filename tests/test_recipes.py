@@ -7,6 +7,7 @@ onebitllms runs from PyPI (test extra); llama.cpp's and bitnet.cpp's converters 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -96,10 +97,25 @@ def quantized_tensors(path: Path) -> dict[str, bytes]:
     return {t.name: bytes(f.read_raw(t.name).numpy()) for t in f.tensors.values() if t.type_name in ("TQ1_0", "TQ2_0", "I2_S")}
 
 
-@pytest.mark.parametrize("gguf_type", ["tq2_0", "tq1_0"])
-def test_llama_cpp_recipe_reproduces_llama_cpp(masters, tmp_path, gguf_type):
+def as_bf16_master(master: Path, out: Path) -> Path:
+    """The same model with bf16 weights: llama.cpp's converter folds those in fp32, not fp16."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(master, out)
+    tensors = {k: v.to(torch.bfloat16) for k, v in load_file(str(master / "model.safetensors")).items()}
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["torch_dtype"] = "bfloat16"
+    (out / "config.json").write_text(json.dumps(cfg))
+    return out
+
+
+@pytest.mark.parametrize("gguf_type,dtype", [("tq2_0", "f16"), ("tq1_0", "f16"), ("tq2_0", "bf16")])
+def test_llama_cpp_recipe_reproduces_llama_cpp(masters, tmp_path, gguf_type, dtype):
     # 1bitLLM naming: llama.cpp's converter maps its sub-norms (inner_attn_ln, ffn_layernorm)
     master = masters["1bitllm"]  # an fp16 latent master, as 1bitLLM's
+    if dtype == "bf16":
+        master = as_bf16_master(master, tmp_path / "bf16-master")
     theirs = quantized_tensors(run_llama_cpp_converter(master, tmp_path / "theirs.gguf", gguf_type))
     convert(master, tmp_path / "ours.gguf", "gguf", {"gguf_type": gguf_type, "recipe": "llama.cpp"})
     ours = quantized_tensors(tmp_path / "ours.gguf")
