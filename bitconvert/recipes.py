@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from .checkpoint import Value, as_ternary
-from .ternary import MEAN_ABS_FLOOR, LinearClass, TernaryScale, TernaryWeight, recover_ternary
+from .ternary import MEAN_ABS_FLOOR, LinearClass, TernaryScale, TernaryWeight, quantize, recover_ternary
 
 #: ggml's TQ block: 256 values along a row, one fp16 ``d`` each
 TQ_BLOCK = 256
@@ -128,8 +128,6 @@ def quantize_with(weight: torch.Tensor, recipe: Recipe, linear_class: LinearClas
         return onebitllms_quantize(weight)
     if recipe in (Recipe.LLAMA_CPP, Recipe.BITNET_CPP):
         return converter_fold(weight)
-    from .ternary import quantize
-
     return quantize(weight, linear_class, scale_dtype)
 
 

@@ -83,6 +83,16 @@ def test_onebitllms_refuses_what_it_cannot_reproduce(kind, tmp_path):
         convert(FIXTURES / "llama-master", tmp_path / "o", "hf-packed", {"recipe": "llama.cpp"})
 
 
+def test_recipe_leaves_already_ternary_floats_alone_and_says_so(tmp_path):
+    unpacked = tmp_path / "unpacked"
+    convert(FIXTURES / "llama-packed", unpacked, "hf-bf16")
+    result = convert(unpacked, tmp_path / "repacked", "hf-packed", {"recipe": "onebitllms"})
+    assert sum(result.report.ternary_sources.values()) == 14 and "quantized" not in result.report.ternary_sources
+    assert any("not requantized with --recipe onebitllms" in w for w in result.report.warnings)
+    original, repacked = read_all(FIXTURES / "llama-packed"), read_all(tmp_path / "repacked")
+    assert all(torch.equal(original[n], repacked[n]) for n in original if original[n].dtype == torch.uint8)
+
+
 # --- GGUF: the converters ------------------------------------------------------------------------
 
 
