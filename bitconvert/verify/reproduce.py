@@ -125,6 +125,9 @@ def _options_like(pub: Checkpoint, recipe: Recipe) -> dict[str, Any] | None:
     if (recipe is Recipe.LLAMA_CPP and gguf_type == "i2_s") or (recipe is Recipe.BITNET_CPP and gguf_type != "i2_s"):
         return None  # llama.cpp's converter writes TQ types only, bitnet.cpp's I2_S only
     options = {"recipe": recipe, "gguf_type": gguf_type}
+    embed = f.tensors.get("token_embd.weight")
+    if embed is not None and embed.type_name.lower() in ("f16", "bf16", "f32", "q8_0"):
+        options["embed_type"] = embed.type_name.lower()
     if gguf_type == "i2_s":
         options["i2s_layout"] = str(pub.info.get("i2s_layout", "x86")).split(" ")[0]
     return options
