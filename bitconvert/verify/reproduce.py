@@ -90,14 +90,17 @@ def verify_reproduce(
     report = best.report
     report.against = str(master)
     exact = report.passed
-    detail = (
-        f"recipe {best.recipe.value} reproduces it bit for bit"
-        if exact
-        else f"no recipe reproduces it; closest: {best.recipe.value}"
-    )
+    matching = [a.recipe.value for a in attempts if a.report.passed]
+    if len(matching) > 1:  # e.g. bitnet.cpp's folded scale equals the exact one for every tensor here
+        detail = f"recipes {', '.join(matching)} reproduce it bit for bit (they agree on this master)"
+    elif exact:
+        detail = f"recipe {best.recipe.value} reproduces it bit for bit"
+    else:
+        detail = f"no recipe reproduces it; closest: {best.recipe.value}"
     report.checks.insert(0, Check("reproduce.recipe", exact, detail))
     report.figures["recipe"] = best.recipe.value
     report.figures["reproduced"] = exact
+    report.figures["reproducing_recipes"] = matching
     report.figures["recipes"] = {
         a.recipe.value: {"codes_differing": a.score[0], "scales_differing": a.score[1], "failed_checks": a.score[2]}
         for a in attempts
