@@ -200,7 +200,7 @@ class _TensorSource:
 
 def _stored_label(t: TensorInfo, scale: TensorInfo | None, i2s_layout: str = "") -> str:
     if t.type == codecs.I2_S:
-        return f"I2_S ({i2s_layout} layout) + F32 scale in data"
+        return f"I2_S ({i2s_layout}) + F32 scale in data"
     if scale is not None:
         return f"{t.type_name} + F32 scale tensor"
     return t.type_name + (" (scale in block d)" if t.type in TQ_TYPES else "")
@@ -250,7 +250,7 @@ class GGUFReader:
                 dtype = torch.float32 if cheap_scale else torch.float16
             entries[hf] = TensorEntry(
                 hf, expected[hf], dtype, ternary, str(path), src.load, src.load_scale if cheap_scale else None,
-                _stored_label(t, scale, layout if f.get(I2S_LAYOUT_KEY) is not None else f"{layout}? unrecorded"),
+                _stored_label(t, scale, f"{layout} layout" + ("" if f.get(I2S_LAYOUT_KEY) is not None else " assumed")),
             )  # fmt: skip
         for gname in f.tensors:
             if gname in used:
