@@ -106,10 +106,10 @@ def test_gguf_files_in_each_layout_read_back_and_say_so(layout, tmp_path):
 
 
 def test_unrecorded_layout_is_assumed_x86_and_said(tmp_path):
+    from conftest import make_checkpoint
     from peer_tools import run_bitnet_converter
 
     from bitconvert.describe import describe_checkpoint
-    from conftest import make_checkpoint
 
     master = make_checkpoint(tmp_path / "m", "1bitllm", "master", hidden=128, intermediate=256, seed=2)
     theirs = run_bitnet_converter(master, tmp_path / "theirs.gguf")

@@ -22,7 +22,7 @@ from bitconvert.formats.gguf.parser import GGUFFile
 from bitconvert.recipes import Recipe, converter_fold, onebitllms_quantize, tq_block_d
 from bitconvert.ternary import absmean_quantize, pack_codes
 
-GGUF_DIMS = dict(hidden=256, intermediate=512, layers=2, heads=4, kv_heads=2)  # TQ rows: multiples of 256
+GGUF_DIMS = {"hidden": 256, "intermediate": 512, "layers": 2, "heads": 4, "kv_heads": 2}  # TQ rows: multiples of 256
 
 
 def run_onebitllms(master: Path, out: Path) -> Path:
@@ -147,7 +147,7 @@ def test_bitnet_cpp_recipe_reproduces_bitnet_cpp(masters, tmp_path):
 def test_converter_fold_codes_are_transformers_codes():
     w = torch.randn(32, 256, generator=torch.Generator().manual_seed(2)).to(torch.float16)
     tw = converter_fold(w)
-    codes, mean = absmean_quantize(w)
+    codes, _ = absmean_quantize(w)
     assert torch.equal(tw.codes, codes)
     assert tw.scale.dtype == torch.float16  # fp16 masters: the folded magnitude is rounded to fp16
     d = tq_block_d(tw.codes, tw.scale.value)

@@ -20,7 +20,7 @@ from bitconvert.verify.reproduce import verify_reproduce
 
 MASTER = FIXTURES / "llama-master"
 TARGET = "model.layers.1.mlp.up_proj.weight"
-GGUF_DIMS = dict(hidden=256, intermediate=512, layers=2, heads=4, kv_heads=2)
+GGUF_DIMS = {"hidden": 256, "intermediate": 512, "layers": 2, "heads": 4, "kv_heads": 2}
 
 
 @pytest.fixture(scope="module")
