@@ -91,14 +91,14 @@ fd = os.open(dst, os.O_RDONLY); os.fsync(fd); os.close(fd)
 COMPARE_CODES = r"""
 import sys, torch
 from bitconvert.formats.gguf.parser import GGUFFile
-from bitconvert.formats.gguf import codecs
+from bitconvert.formats.gguf import codecs, types
 a, b = GGUFFile(sys.argv[1]), GGUFFile(sys.argv[2])
 n = 0
 for name, t in a.tensors.items():
-    if t.type != codecs.TQ2_0:
+    if t.type != types.TQ2_0:
         continue
     u = b.tensors[name]
-    assert u.type == codecs.TQ2_0 and u.shape == t.shape, name
+    assert u.type == types.TQ2_0 and u.shape == t.shape, name
     rows, cols = t.shape
     ca, da = codecs.decode_tq2_0(a.read_raw(name).reshape(rows, -1), cols)
     cb, db = codecs.decode_tq2_0(b.read_raw(name).reshape(rows, -1), cols)

@@ -53,7 +53,7 @@ def convert(
     ``options``: the writer's options dataclass, or a mapping of its field names to values (strings
     as on the command line, or typed); an option that ``to`` does not take is a UsageError.
     """
-    from .hub import resolve_source
+    from .hub.source import resolve_source
     from .provenance import BackgroundHashes, conversion_provenance, known_source_files, write_conversion_provenance
 
     start = time.perf_counter()

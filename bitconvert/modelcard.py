@@ -161,7 +161,7 @@ def _sha_cell(sha: object) -> str:
 
 
 def render_card(card: CardInput) -> str:
-    from .hub import scrub_secrets
+    from .hub.secrets import scrub_secrets
 
     name = card.repo_id.split("/")[-1]
     arch = ARCH_NAMES.get(card.architecture, card.architecture)

@@ -160,7 +160,7 @@ def build_provenance(
 def conversion_provenance(
     source, src_format: str, output_format: str, output_files: list[str], files: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """Provenance of one conversion: ``source`` is a :class:`bitconvert.hub.SourceRef`; ``files`` its files."""
+    """Provenance of one conversion: ``source`` is a :class:`bitconvert.hub.source.SourceRef`; ``files`` its files."""
     upstream = read_provenance(source.path)
     # The model these weights are a conversion of: the Hub repo they came from, else what the source says.
     return build_provenance(
@@ -176,7 +176,7 @@ def conversion_provenance(
 
 def provenance_text(data: dict[str, Any]) -> str:
     """``data`` as JSON with anything secret scrubbed."""
-    from .hub import scrub_secrets
+    from .hub.secrets import scrub_secrets
 
     return scrub_secrets(json.dumps(data, indent=2, sort_keys=False) + "\n")
 

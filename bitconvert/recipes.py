@@ -118,7 +118,9 @@ def tq_block_d(codes: torch.Tensor, magnitude: torch.Tensor, block: int = TQ_BLO
     return torch.where(used, d, torch.zeros((), dtype=torch.float16))
 
 
-def quantize_with(weight: torch.Tensor, recipe: Recipe, linear_class: LinearClass, scale_dtype: torch.dtype) -> TernaryWeight:
+def quantize_with(
+    weight: torch.Tensor, recipe: Recipe, linear_class: LinearClass, scale_dtype: torch.dtype
+) -> TernaryWeight:
     """A latent weight quantized as ``recipe``'s producer does, its scale in that producer's form.
 
     ``transformers`` honours ``linear_class`` and ``scale_dtype``; the others store what their

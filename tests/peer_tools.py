@@ -93,7 +93,9 @@ def compile_quantize_i2_s(tmp: Path, layout: str) -> Path:
     src = tmp / "quantize_i2_s_harness.cpp"
     src.write_text(harness_source(), encoding="utf-8")
     exe = tmp / f"quantize_i2_s_{layout}"
-    subprocess.run([cxx, "-O1", *BUILDS[layout], "-o", str(exe), str(src)], check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [cxx, "-O1", *BUILDS[layout], "-o", str(exe), str(src)], check=True, capture_output=True, timeout=120
+    )
     return exe
 
 
@@ -175,7 +177,9 @@ def run_bitnet_converter(model: Path, out: Path, outtype: str = "i2_s") -> Path:
         pytest.skip(f"bitnet.cpp's converter not found at {script}")
     driver = out.parent / "bitnet_driver.py"
     driver.write_text(BITNET_DRIVER.format(peer=str(LLAMA_CPP), script=str(script)), encoding="utf-8")
-    _run([sys.executable, str(driver), str(model), "--outfile", str(out), "--outtype", outtype], "bitnet.cpp's converter")
+    _run(
+        [sys.executable, str(driver), str(model), "--outfile", str(out), "--outtype", outtype], "bitnet.cpp's converter"
+    )
     return out
 
 

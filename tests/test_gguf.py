@@ -19,8 +19,8 @@ from bitconvert.checkpoint import as_ternary
 from bitconvert.convert import convert
 from bitconvert.errors import CheckpointError
 from bitconvert.formats import open_checkpoint
-from bitconvert.formats.gguf import codecs
-from bitconvert.formats.gguf.format import permute_qk
+from bitconvert.formats.gguf import codecs, types
+from bitconvert.formats.gguf.names import permute_qk
 from bitconvert.formats.gguf.parser import GGUFFile
 from bitconvert.ternary import LinearClass, TernaryWeight, absmean_quantize
 
@@ -63,7 +63,7 @@ def test_tq_encoding_is_byte_identical_to_gguf_py(qtype):
     ours = enc(codes, 1.0).numpy()
     theirs = gguf.quants.quantize(codes.float().numpy(), qtype)
     # gguf-py sets d = max|block|, i.e. 0 for the all-zero block; every other byte must agree.
-    bsize = codecs.TYPES[int(qtype)].block_bytes
+    bsize = types.TYPES[int(qtype)].block_bytes
     theirs_d1 = theirs.reshape(48, 4, bsize).copy()
     theirs_d1[3, 0, -2:] = np.frombuffer(np.float16(1.0).tobytes(), dtype=np.uint8)
     assert np.array_equal(ours, theirs_d1.reshape(48, -1))
@@ -357,10 +357,10 @@ def test_i2_s_file_layout(models, tmp_path):
     to_gguf(models["bitnet-2b4t-packed"], tmp_path / "m.gguf", "i2_s")
     f = GGUFFile(tmp_path / "m.gguf")
     assert f.get("general.architecture") == "bitnet-b1.58" and f.get("general.file_type") == 40
-    assert f.tensors["token_embd.weight"].type == codecs.F16
-    assert f.tensors["blk.0.attn_norm.weight"].type == codecs.F32
+    assert f.tensors["token_embd.weight"].type == types.F16
+    assert f.tensors["blk.0.attn_norm.weight"].type == types.F32
     t = f.tensors["blk.0.ffn_down.weight"]
-    assert t.type == codecs.I2_S and t.nbytes == 256 * 512 // 4 + 32
+    assert t.type == types.I2_S and t.nbytes == 256 * 512 // 4 + 32
     assert "output.weight" not in f.tensors and not any(n.endswith(".scale") for n in f.tensors)
     raw = f.read_raw(t.name)
     ck = open_checkpoint(models["bitnet-2b4t-packed"])
@@ -385,7 +385,7 @@ def test_allow_fallback_writes_f16_and_lists_tensors(tmp_path):
     result = to_gguf(FIXTURES / "1bitllm-packed", dst, allow_fallback=True)
     assert any("written as F16" in w and "model.layers.1.mlp.down_proj.weight" in w for w in result["warnings"])
     f = GGUFFile(dst)
-    assert f.tensors["blk.0.attn_q.weight"].type == codecs.F16 and "blk.0.attn_q.scale" in f.tensors
+    assert f.tensors["blk.0.attn_q.weight"].type == types.F16 and "blk.0.attn_q.scale" in f.tensors
     a, b = open_checkpoint(FIXTURES / "1bitllm-packed"), open_checkpoint(dst)
     for name in a.config.quantized_linear_names():
         ta, tb = a.tensors[name].load(), b.tensors[name].load()
@@ -480,7 +480,7 @@ def test_malformed_header_fails_fast_in_little_memory(tmp_path, case):
 
 
 def test_gguf_py_hangs_where_we_fail_fast_documented(tmp_path):
-    # the 52-byte file of FORMATS.md: an array of 2**62 u32 items, rejected from its length alone
+    # a 52-byte file declaring an array of 2**62 u32 items, rejected from its length alone
     data = _header(0, 1) + _s("a") + struct.pack("<IIQ", 9, 4, 2**62)
     assert len(data) <= 52
     path = tmp_path / "bomb.gguf"
@@ -516,8 +516,8 @@ def test_unquantized_linears_stay_dense_and_in_order(models, tmp_path):
     (src / "config.json").write_text(json.dumps(cfg))
     to_gguf(src, tmp_path / "m.gguf")
     f = GGUFFile(tmp_path / "m.gguf")
-    assert f.tensors["blk.0.attn_q.weight"].type == codecs.F16 and f.tensors["blk.1.attn_k.weight"].type == codecs.F16
-    assert f.tensors["blk.1.attn_q.weight"].type == codecs.TQ2_0
+    assert f.tensors["blk.0.attn_q.weight"].type == types.F16 and f.tensors["blk.1.attn_k.weight"].type == types.F16
+    assert f.tensors["blk.1.attn_q.weight"].type == types.TQ2_0
     master = read_all(src)
     stored = f.read_float("blk.0.attn_q.weight")
     assert torch.equal(stored, permute_qk(master["model.layers.0.self_attn.q_proj.weight"].to(torch.float16), 4))
@@ -542,3 +542,167 @@ def test_failure_mid_stream_leaves_nothing(models, tmp_path):
     with pytest.raises(CheckpointError, match="code 3"):
         to_gguf(src, out / "m.gguf")
     assert list(out.iterdir()) == []
+
+
+# --- the type table -------------------------------------------------------------------------------
+
+
+def test_type_table_agrees_with_gguf_py_and_the_codecs():
+    # ids and sizes are gguf-py's; each codec writes exactly the bytes the record says
+    for t in types.TYPES.values():
+        if t.id == types.I2_S:
+            continue  # bitnet.cpp's type: gguf-py has no id 36
+        q = Q(t.id)
+        assert q.name == t.name and gguf.GGML_QUANT_SIZES[q] == (t.block, t.block_bytes)
+    codes = random_codes(4, 512, seed=7)
+    values = codes.float() * 127  # exact in every float type, Q8_0 included (d = 1)
+    for t in types.TYPES.values():
+        data = t.encode(codes, 1.0) if t.kind == "ternary" else t.encode(values)
+        assert data.view(torch.uint8).numel() == t.nbytes((4, 512)), t.name
+        if t.kind == "ternary":
+            back, _ = t.decode_codes(data.view(torch.uint8).reshape(-1), (4, 512))
+            assert torch.equal(back, codes) and t.first_invalid(data.view(torch.uint8).reshape(-1), (4, 512)) is None
+        else:
+            assert torch.equal(t.decode_values(data.view(torch.uint8).reshape(-1), (4, 512)).float(), values), t.name
+
+
+def test_tq1_0_canonical_bytes_are_exactly_what_the_encoder_writes():
+    # every byte value, decoded and re-encoded: canonical iff it comes back unchanged
+    block = codecs.encode_tq1_0(torch.zeros(1, 256, dtype=torch.int8)).clone()
+    for pos in (0, 40, 49):  # a qs byte of the first and second group, a qh byte
+        for value in range(256):
+            raw = block.clone()
+            raw[0, pos] = value
+            codes, _ = codecs.decode_tq1_0(raw, 256)
+            same = torch.equal(codecs.encode_tq1_0(codes), raw)
+            assert (codecs.tq1_0_first_noncanonical(raw, 256) is None) == same, (pos, value)
+
+
+def test_non_canonical_tq1_0_is_one_line_error(models, tmp_path):
+    to_gguf(models["1bitllm-packed"], tmp_path / "m.gguf", "tq1_0")
+    data = bytearray((tmp_path / "m.gguf").read_bytes())
+    t = GGUFFile(tmp_path / "m.gguf").tensors["blk.1.ffn_up.weight"]
+    data[t.offset + 54 * 5 + 3] = 1  # byte 1 in qs: no five trits encode to it
+    (tmp_path / "bad.gguf").write_bytes(bytes(data))
+    r = run_cli("convert", tmp_path / "bad.gguf", tmp_path / "out", "--to", "hf-packed")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "blk.1.ffn_up.weight" in lines[0] and "TQ1_0" in lines[0] and "canonical" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+# --- hostile metadata, through the CLI ------------------------------------------------------------
+
+
+def rewrite_gguf(src: Path, dst: Path, changes: dict) -> Path:
+    """``src`` with metadata keys replaced (a KV) or removed (None); tensors copied byte for byte."""
+    from bitconvert.formats.gguf.stream_writer import GGUFStreamWriter, PlannedGGUFTensor
+
+    f = GGUFFile(src)
+    md = dict(f.metadata)
+    for key, kv in changes.items():
+        if kv is None:
+            md.pop(key, None)
+        else:
+            md[key] = kv
+    plan = [PlannedGGUFTensor(t.name, t.type, t.shape) for t in f.tensors.values()]
+    with GGUFStreamWriter(dst, md, plan) as w:
+        for t in f.tensors.values():
+            w.write(t.name, f.read_raw(t.name))
+    return dst
+
+
+def one_line_failure(r, *words: str) -> str:
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def good_gguf(models, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("good") / "m.gguf"
+    to_gguf(models["bitnet-2b4t-packed"], path)
+    return path
+
+
+def _kv(kind: str, value):
+    from bitconvert.formats.gguf import stream_writer as sw
+
+    return {"u32": sw.kv_u32, "str": sw.kv_str, "f32": sw.kv_f32, "strs": sw.kv_strs}[kind](value)
+
+
+HOSTILE = {
+    "zero heads": ({"bitnet.attention.head_count": ("u32", 0)}, ["bitnet.attention.head_count", "is 0"]),
+    "text epsilon": ({"bitnet.attention.layer_norm_rms_epsilon": ("str", "tiny")}, ["epsilon", "not a number"]),
+    "nan epsilon": ({"bitnet.attention.layer_norm_rms_epsilon": ("f32", float("nan"))}, ["finite and positive"]),
+    "zero rope base": ({"bitnet.rope.freq_base": ("f32", 0.0)}, ["bitnet.rope.freq_base", "finite and positive"]),
+    "text layers": ({"bitnet.block_count": ("str", "2")}, ["bitnet.block_count", "not an integer"]),
+    "kv over heads": ({"bitnet.attention.head_count_kv": ("u32", 8)}, ["head_count_kv", "is 8"]),
+    "bos outside": ({"tokenizer.ggml.bos_token_id": ("u32", 10**6)}, ["bos_token_id", "not a token id"]),
+    "no architecture": ({"general.architecture": None}, ["general.architecture", "missing"]),
+    "activation number": ({"bitnet.hidden_activation": ("u32", 2)}, ["hidden_activation", "not a string"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_metadata_is_one_line(good_gguf, tmp_path, case):
+    changes, words = HOSTILE[case]
+    bad = rewrite_gguf(good_gguf, tmp_path / "bad.gguf", {k: v and _kv(*v) for k, v in changes.items()})
+    one_line_failure(run_cli("inspect", bad, "--no-stats"), str(bad), *words)
+
+
+def test_forged_block_count_is_refused_fast_in_little_memory(good_gguf, tmp_path):
+    bad = rewrite_gguf(good_gguf, tmp_path / "bad.gguf", {"bitnet.block_count": _kv("u32", 10**9)})
+    tracemalloc.start()
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match="block_count is 1000000000") as info:
+        open_checkpoint(bad)
+    elapsed = time.perf_counter() - start
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert elapsed < 1.0 and peak < 100 * 2**20, (elapsed, peak)
+    assert "tensors" in str(info.value)
+    one_line_failure(run_cli("convert", bad, tmp_path / "out", "--to", "hf-packed"), "block_count")
+    assert not (tmp_path / "out").exists()
+
+
+def test_token_that_is_not_utf8_is_one_line(good_gguf, tmp_path):
+    tokens = list(GGUFFile(good_gguf).get("tokenizer.ggml.tokens"))
+    tokens[7] = b"ab\xffcd".decode("utf-8", "surrogateescape")  # stored as those raw bytes
+    bad = rewrite_gguf(good_gguf, tmp_path / "bad.gguf", {"tokenizer.ggml.tokens": _kv("strs", tokens)})
+    assert b"ab\xffcd" in bad.read_bytes()
+    r = run_cli("convert", bad, tmp_path / "out", "--to", "hf-packed")
+    one_line_failure(r, "tokenizer.ggml.tokens item 7", "UTF-8")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unreadable_embedded_config_falls_back_to_the_gguf_keys(good_gguf, tmp_path):
+    deep = "[" * 100_000 + "]" * 100_000
+    for text in (deep, '{"hidden_size": 1e400}', "[1]", '{"num_attention_heads": 0}'):
+        bad = rewrite_gguf(good_gguf, tmp_path / "bad.gguf", {"bitconvert.hf_config": _kv("str", text)})
+        ck = open_checkpoint(bad)
+        assert ck.config.num_hidden_layers == 2
+        assert any("ignored unreadable bitconvert.hf_config" in n for n in ck.notes), text[:20]
+        bad.unlink()
+
+
+def test_unreadable_tokenizer_json_is_an_error_unless_no_tokenizer(models, tmp_path):
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(models["1bitllm-packed"], src)
+    (src / "tokenizer.json").write_text('{"model": {"type": "BPE", ')
+    out = tmp_path / "m.gguf"
+    r = run_cli("convert", src, out, "--to", "gguf")
+    one_line_failure(r, "tokenizer.json", "--no-tokenizer")
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+    r = run_cli("convert", src, out, "--to", "gguf", "--no-tokenizer")
+    assert r.returncode == 0, r.stderr
+    f = GGUFFile(out)
+    assert not any(k.startswith("tokenizer.") for k in f.metadata)
+    r = run_cli("convert", src, tmp_path / "x", "--to", "hf-packed", "--no-tokenizer")
+    assert r.returncode == 2 and "--no-tokenizer" in r.stderr

@@ -359,7 +359,7 @@ def local_files(root: Path) -> dict[str, bytes]:
 
 def test_parse_hf_uri():
     from bitconvert.errors import UsageError
-    from bitconvert.hub import HubRef, parse_hf_uri
+    from bitconvert.hub.source import HubRef, parse_hf_uri
 
     assert parse_hf_uri("hf://org/name") == HubRef("org/name")
     assert parse_hf_uri(Path("hf://org/name@dev")) == HubRef("org/name", "dev")  # pathlib folds the //
@@ -372,7 +372,8 @@ def test_parse_hf_uri():
 
 
 def test_layout_selection_skips_pickles_and_other_formats():
-    from bitconvert.hub import HubError, HubRef, _layout_files
+    from bitconvert.hub.errors import HubError
+    from bitconvert.hub.source import HubRef, _layout_files
 
     ref = HubRef("org/name")
     repo = ["config.json", "model.safetensors", "pytorch_model.bin", "README.md", "tokenizer.json", "LICENSE",
@@ -487,7 +488,7 @@ def test_dry_run_sends_nothing(tmp_path, hub, env, packed):
 
 
 def test_card_kept_or_replaced(tmp_path, packed):
-    from bitconvert.hub import plan_upload
+    from bitconvert.hub.upload import plan_upload
 
     (packed / "README.md").write_text("---\nlicense: apache-2.0\n---\n# my own card\n")
     kept = plan_upload(packed, "org/c").to_dict()
@@ -523,7 +524,7 @@ def test_failing_verify_sends_nothing(tmp_path, hub, env):
     line = one_line_error(p)
     assert "integrity" in line and "nothing was uploaded" in line and "model.norm.weight" in line
     from bitconvert.errors import CheckpointError
-    from bitconvert.hub import plan_upload
+    from bitconvert.hub.upload import plan_upload
 
     with pytest.raises(CheckpointError, match="integrity"):
         plan_upload(bad, "org/bad")  # what --dry-run runs
@@ -681,7 +682,8 @@ def test_gguf_from_hub_names_its_origin_and_carries_provenance(tmp_path, hub, en
 
 
 def test_missing_repo_and_unreachable_hub_are_one_line_errors(tmp_path, hub, env, packed, inproc):
-    from bitconvert.hub import HubError, resolve_source
+    from bitconvert.hub.errors import HubError
+    from bitconvert.hub.source import resolve_source
 
     with pytest.raises(HubError, match=r"^hf://org/absent: repository not found"):
         resolve_source("hf://org/absent", endpoint=hub.base)
@@ -728,7 +730,8 @@ def test_sharded_and_single_file_selection(tmp_path, hub, inproc):
     """An index pulls exactly its shards (a stray top-level safetensors stays on the Hub); a path picks one file."""
     from bitconvert.convert import convert
     from bitconvert.formats import open_checkpoint
-    from bitconvert.hub import HubError, resolve_source
+    from bitconvert.hub.errors import HubError
+    from bitconvert.hub.source import resolve_source
 
     sharded = tmp_path / "sharded"
     convert(FIXTURES / "llama-packed", sharded, "hf-packed", {"max_shard_size": 20_000})
@@ -758,7 +761,7 @@ def test_sharded_and_single_file_selection(tmp_path, hub, inproc):
     assert open_checkpoint(g.path).format == "gguf"
 
     # Re-hosting an hf:// source uploads its selection, not b.gguf now sitting in the same cached snapshot.
-    from bitconvert.hub import plan_upload
+    from bitconvert.hub.upload import plan_upload
 
     assert (got.path / "b.gguf").is_file()
     plan = plan_upload("hf://org/sharded", "org/copy", endpoint=hub.base)

@@ -59,7 +59,9 @@ def test_transformers_recipe_differs_from_onebitllms(onebitllms_out, tmp_path):
     bytes_differ = sum(int((theirs_t[n] != ours_t[n]).sum()) for n in packed)
     total = sum(theirs_t[n].numel() for n in packed)
     scales_differ = sum(not torch.equal(theirs_t[n], ours_t[n]) for n in theirs_t if n.endswith("weight_scale"))
-    print(f"\ntransformers vs onebitllms: {bytes_differ} of {total} packed bytes, {scales_differ} of {len(packed)} scales")
+    print(
+        f"\ntransformers vs onebitllms: {bytes_differ} of {total} packed bytes, {scales_differ} of {len(packed)} scales"
+    )
     assert bytes_differ > 0 and scales_differ > 0
 
 
@@ -78,7 +80,12 @@ def test_onebitllms_refuses_what_it_cannot_reproduce(kind, tmp_path):
     with pytest.raises(UsageError, match="never requantized"):
         convert(FIXTURES / f"{kind}-packed", tmp_path / "o", "hf-packed", {"recipe": "onebitllms"})
     with pytest.raises(UsageError, match="autobitlinear"):
-        convert(FIXTURES / "llama-master", tmp_path / "o", "hf-packed", {"recipe": "onebitllms", "linear_class": "autobitlinear"})
+        convert(
+            FIXTURES / "llama-master",
+            tmp_path / "o",
+            "hf-packed",
+            {"recipe": "onebitllms", "linear_class": "autobitlinear"},
+        )
     with pytest.raises(UsageError, match="--recipe must be one of transformers, onebitllms"):
         convert(FIXTURES / "llama-master", tmp_path / "o", "hf-packed", {"recipe": "llama.cpp"})
 
@@ -99,12 +106,18 @@ def test_recipe_leaves_already_ternary_floats_alone_and_says_so(tmp_path):
 @pytest.fixture(scope="module")
 def masters(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("recipe-masters")
-    return {kind: make_checkpoint(root / kind, kind, "master", **GGUF_DIMS, seed=7) for kind in ("1bitllm", "bitnet-2b4t")}
+    return {
+        kind: make_checkpoint(root / kind, kind, "master", **GGUF_DIMS, seed=7) for kind in ("1bitllm", "bitnet-2b4t")
+    }
 
 
 def quantized_tensors(path: Path) -> dict[str, bytes]:
     f = GGUFFile(path)
-    return {t.name: bytes(f.read_raw(t.name).numpy()) for t in f.tensors.values() if t.type_name in ("TQ1_0", "TQ2_0", "I2_S")}
+    return {
+        t.name: bytes(f.read_raw(t.name).numpy())
+        for t in f.tensors.values()
+        if t.type_name in ("TQ1_0", "TQ2_0", "I2_S")
+    }
 
 
 def as_bf16_master(master: Path, out: Path) -> Path:

@@ -8,13 +8,16 @@ reader -> Checkpoint -> writer.
 from __future__ import annotations
 
 import importlib
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
 
-from ..checkpoint import Checkpoint
 from ..errors import CheckpointError, UsageError
 from .options import build_options
+
+if TYPE_CHECKING:  # the registry itself needs no tensors: `bitconvert formats` must not import torch
+    from ..checkpoint import Checkpoint
 
 #: progress(done, total, current tensor name)
 Progress = Callable[[int, int, str], None]
@@ -57,8 +60,16 @@ class Writer(Protocol):
 READERS: dict[str, Reader] = {}
 WRITERS: dict[str, Writer] = {}
 
-# Format modules register themselves on import; this list is the only place that names them.
-_FORMAT_MODULES = ["hf.bf16", "hf.packed", "gguf.format", "nanotron.format"]
+# Format modules register themselves on import; this table is the only place that names them, with
+# what each registers, so that listing the formats imports none of them (nor torch). A test checks
+# it against what the modules register.
+CATALOGUE: dict[str, tuple[str, str]] = {
+    "hf-bf16": ("hf.bf16", "read/write"),
+    "hf-packed": ("hf.packed", "read/write"),
+    "gguf": ("gguf.format", "read/write"),
+    "nanotron": ("nanotron.format", "read/write"),
+}
+_FORMAT_MODULES = list(dict.fromkeys(module for module, _ in CATALOGUE.values()))
 
 
 def register_reader(reader: Reader) -> Reader:
@@ -102,13 +113,32 @@ def detect_format(path: Path) -> str:
     raise CheckpointError(path, "not a checkpoint bitconvert can read (no config.json with safetensors weights, no GGUF)")
 
 
+#: what readers parsed while one checkpoint is being opened, so that detection (several readers
+#: looking at the same files) and reading parse each header once; empty outside open_checkpoint
+_OPENING: ContextVar[dict | None] = ContextVar("bitconvert_opening", default=None)
+
+
+def parsed_once(key: Any, parse: Callable[[], Any]) -> Any:
+    """``parse()``, computed once per key while a checkpoint is being opened (every call otherwise)."""
+    memo = _OPENING.get()
+    if memo is None:
+        return parse()
+    if key not in memo:
+        memo[key] = parse()
+    return memo[key]
+
+
 def open_checkpoint(path: str | Path, format: str | None = None) -> Checkpoint:
-    from ..hub import local_source  # hf://ORG/NAME[@REV] -> local snapshot; other paths unchanged
+    from ..hub.source import local_source  # hf://ORG/NAME[@REV] -> local snapshot; other paths unchanged
 
     path = local_source(path)
     load_all()
-    if format is None:
-        format = detect_format(path)
-    elif format not in READERS:
-        raise UsageError(f"unknown input format {format!r}; choose one of: {', '.join(sorted(READERS))}")
-    return READERS[format].read(path)
+    token = _OPENING.set({})
+    try:
+        if format is None:
+            format = detect_format(path)
+        elif format not in READERS:
+            raise UsageError(f"unknown input format {format!r}; choose one of: {', '.join(sorted(READERS))}")
+        return READERS[format].read(path)
+    finally:
+        _OPENING.reset(token)

@@ -64,9 +64,13 @@ def verify_reproduce(
         try:
             candidates = [Recipe(recipe)]
         except ValueError:
-            raise UsageError(f"--recipe must be auto or one of {', '.join(r.value for r in allowed)}, got {recipe!r}") from None
+            raise UsageError(
+                f"--recipe must be auto or one of {', '.join(r.value for r in allowed)}, got {recipe!r}"
+            ) from None
         if candidates[0] not in allowed:
-            raise UsageError(f"--recipe {recipe} does not write {pub.format}; it takes: {', '.join(r.value for r in allowed)}")
+            raise UsageError(
+                f"--recipe {recipe} does not write {pub.format}; it takes: {', '.join(r.value for r in allowed)}"
+            )
     attempts: list[_Attempt] = []
     skipped: list[str] = []
     with tempfile.TemporaryDirectory(prefix="bitconvert-reproduce-") as tmp:
@@ -191,7 +195,11 @@ def _compare_ternary(name: str, a: Value, b: Value, report: VerifyReport) -> Non
     same = torch.equal(sa.value.reshape(1), sb.value.reshape(1))
     rel = 0.0 if same else abs(sa.item() - sb.item()) / abs(sb.item() or 1.0)
     how = f"{sa.linear_class.value} {DTYPE_NAMES[sa.dtype]}"
-    detail = f"scale identical ({how})" if same else f"scale differs: published {sa.item():.9g}, rebuilt {sb.item():.9g} ({how})"
+    detail = (
+        f"scale identical ({how})"
+        if same
+        else f"scale differs: published {sa.item():.9g}, rebuilt {sb.item():.9g} ({how})"
+    )
     report.add(Check("reproduce.scale", same, detail, name, rel, 0.0))
 
 
@@ -211,7 +219,11 @@ def _compare_dense(name: str, a: Value, b: Value, report: VerifyReport) -> None:
         return
     same = a.dtype == b.dtype and torch.equal(a, b)
     worst = 0.0 if same else float((a.double() - b.to(a.dtype).double()).abs().max())
-    detail = "identical" if same else f"values differ (max abs diff {worst:.6g}; {DTYPE_NAMES[a.dtype]} vs {DTYPE_NAMES[b.dtype]})"
+    detail = (
+        "identical"
+        if same
+        else f"values differ (max abs diff {worst:.6g}; {DTYPE_NAMES[a.dtype]} vs {DTYPE_NAMES[b.dtype]})"
+    )
     report.add(Check("reproduce.dense", same, detail, name, worst, 0.0))
 
 

@@ -14,62 +14,23 @@ row is a PyTorch row, ``ne[0] = cols``). Block types cut each row into blocks al
   32 bytes. Codes 0, 1, 2 mean -1, 0, +1.
 
 Pure functions: no files. Encoders trust their codes to be in {-1, 0, 1}; decoders read a stored
-code 3 (invalid) as 2, so callers reject it first with :func:`first_code_3`.
+code 3 (invalid) as 2, and a TQ1_0 byte that no trits encode as some trits, so callers reject such
+bytes first with the checks at the end (:func:`first_code_3`, :func:`tq1_0_first_noncanonical`).
+Which function serves which GGML type is recorded once, in ``types.py``.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf.constants import QK_K as _QK_K
 
-# GGML type ids (upstream llama.cpp; I2_S is bitnet.cpp's fork, whose ids clash with upstream's).
-F32, F16, Q8_0, BF16, TQ1_0, TQ2_0 = 0, 1, 8, 30, 34, 35
-I2_S = 36
-TL1, TL2 = 38, 39
-
-QK_K = 256  # TQ block
+QK_K = _QK_K  # TQ block
 QK_I2_S = 128  # I2_S block (x86)
 I2_S_TAIL = 32  # bytes after the packed codes: the fp32 scale, then padding
-QK8_0 = 32
-
-
-@dataclass(frozen=True)
-class GGMLType:
-    id: int
-    name: str
-    block: int  # values per block along ne[0]
-    block_bytes: int
-
-
-TYPES: dict[int, GGMLType] = {
-    t.id: t
-    for t in (
-        GGMLType(F32, "F32", 1, 4),
-        GGMLType(F16, "F16", 1, 2),
-        GGMLType(BF16, "BF16", 1, 2),
-        GGMLType(Q8_0, "Q8_0", QK8_0, 34),
-        GGMLType(TQ1_0, "TQ1_0", QK_K, 54),
-        GGMLType(TQ2_0, "TQ2_0", QK_K, 66),
-        # I2_S declares one byte per value to ggml; its real size is special-cased (see nbytes).
-        GGMLType(I2_S, "I2_S", 1, 1),
-    )
-}
-TYPE_BY_NAME = {t.name: t for t in TYPES.values()}
-FLOAT_TYPES = {F32: torch.float32, F16: torch.float16, BF16: torch.bfloat16}
-TERNARY_TYPES = (TQ1_0, TQ2_0, I2_S)
-FP16_ONE = 0x3C00
-
-
-def nbytes(type_id: int, shape: tuple[int, ...]) -> int:
-    """Bytes a tensor of ``shape`` (PyTorch order) takes in a GGUF data section, unpadded."""
-    t = TYPES[type_id]
-    n = math.prod(shape)
-    if type_id == I2_S:
-        return n // 4 + I2_S_TAIL
-    cols = shape[-1] if shape else 1
-    return (n // cols) * (cols // t.block) * t.block_bytes if cols else 0
+QK8_0 = GGML_QUANT_SIZES[GGMLQuantizationType.Q8_0][0]
 
 
 # --- byte lanes ------------------------------------------------------------------------------------
@@ -177,8 +138,8 @@ def _trits(q: torch.Tensor, mul: torch.Tensor) -> torch.Tensor:
 def decode_tq1_0(raw: torch.Tensor, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 ``[R, C/256 * 54]`` -> (int8 codes ``[R, C]``, fp16 d ``[R, C/256]``).
 
-    A byte that is no valid encoding decodes to some trits anyway; :func:`tq1_0_is_canonical`
-    tells whether re-encoding gives the same bytes.
+    A byte that is no valid encoding decodes to some trits anyway; :func:`tq1_0_first_noncanonical`
+    finds such bytes (re-encoding their trits would give different bytes).
     """
     rows, nb = raw.shape[0], cols // QK_K
     b = raw.reshape(rows, nb, 54)
@@ -259,3 +220,36 @@ def first_code_3(fields: torch.Tensor) -> int | None:
     bad = (fields & (fields >> 1)) & 0x55
     hits = torch.nonzero(bad.reshape(-1))
     return int(hits[0]) if hits.numel() else None
+
+
+#: The bytes :func:`encode_tq1_0` can produce: ``ceil(v * 256 / 243)`` for a base-3 value v of five
+#: trits in ``qs``; in ``qh`` only four trits are stored (times 3), so v is a multiple of 3 there.
+_TQ1_QS_OK = torch.zeros(256, dtype=torch.bool)
+_TQ1_QS_OK[_TQ1_BYTE.long()] = True
+_TQ1_QH_OK = torch.zeros(256, dtype=torch.bool)
+_TQ1_QH_OK[_TQ1_BYTE[::3].long()] = True
+
+
+def tq1_0_first_noncanonical(raw: torch.Tensor, cols: int) -> int | None:
+    """Row of the first TQ1_0 block holding a ``qs``/``qh`` byte that no five (four) trits encode.
+
+    Such a byte decodes to plausible trits whose re-encoding differs, so the file was not written
+    by a TQ1_0 encoder: reject it rather than load made-up codes.
+    """
+    b = raw.reshape(raw.shape[0], cols // QK_K, 54)
+    bad = ~_TQ1_QS_OK[b[:, :, :48].long()].all(-1) | ~_TQ1_QH_OK[b[:, :, 48:52].long()].all(-1)
+    hits = torch.nonzero(bad.any(-1))
+    return int(hits[0]) if hits.numel() else None
+
+
+# --- float types ----------------------------------------------------------------------------------
+
+
+def encode_float(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Float values as stored by F32 / F16 / BF16 (rounded once, to nearest)."""
+    return x.to(dtype)
+
+
+def decode_float(raw: torch.Tensor, cols: int, dtype: torch.dtype) -> torch.Tensor:
+    """uint8 ``[R, C * itemsize]`` -> ``[R, C]`` of ``dtype``, as stored."""
+    return raw.contiguous().view(dtype).reshape(raw.shape[0], cols)

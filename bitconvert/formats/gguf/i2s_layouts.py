@@ -70,7 +70,9 @@ def encode(codes: torch.Tensor, scale: float, layout: str = DEFAULT_LAYOUT) -> t
     return out
 
 
-def decode(raw: torch.Tensor, shape: tuple[int, ...], layout: str = DEFAULT_LAYOUT) -> tuple[torch.Tensor, torch.Tensor]:
+def decode(
+    raw: torch.Tensor, shape: tuple[int, ...], layout: str = DEFAULT_LAYOUT
+) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 ``[numel/4 + 32]`` -> (int8 codes of ``shape``, the fp32 scale as a one-element tensor).
 
     Only the four scale bytes of the tail are read: writers differ in what follows them.

@@ -9,14 +9,20 @@ I2_S files of 2B-4T use ``bitnet-b1.58`` (older files ``bitnet-25``). Llama-layo
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+from gguf.constants import GGML_QUANT_VERSION, Keys
 
 from ... import __version__
 from ...config import ARCH_SPECS, Architecture, ModelConfig
 from ...errors import CheckpointError
+from ...jsonfile import parse_json_text
 from ...scale_records import SCALES_KEY, encode_records
-from .parser import GGUFFile
+from .parser import FLOAT32, GGUFFile
 from .stream_writer import KV, kv_f32, kv_str, kv_u32
 
 ARCH_BITNET = "bitnet"
@@ -29,11 +35,13 @@ READABLE_ARCHS = (ARCH_BITNET, ARCH_BITNET_B158, ARCH_BITNET_25, ARCH_LLAMA)
 KEY_HF_CONFIG = "bitconvert.hf_config"
 KEY_SOURCE_FORMAT = "bitconvert.source_format"
 KEY_SCALE_MODE = "bitconvert.scale_mode"
+#: the I2_S byte layout written (see i2s_layouts.py); files without it are read as x86
+KEY_I2S_LAYOUT = "bitconvert.i2s_layout"
 
 HUB_URL = "https://huggingface.co/"
-
-# llama_ftype values written as general.file_type
-FILE_TYPES = {"f32": 0, "f16": 1, "bf16": 32, "tq1_0": 36, "tq2_0": 37, "i2_s": 40}
+#: bitconvert's FFN activation key (gguf-py names none): ``relu2`` (2B-4T) or ``silu`` (1bitLLM)
+HIDDEN_ACTIVATION = "{arch}.hidden_activation"
+_LLM, _ATTN, _ROPE, _GEN, _TOK = Keys.LLM, Keys.Attention, Keys.Rope, Keys.General, Keys.Tokenizer
 
 
 def gguf_architecture(arch: Architecture, gguf_type: str) -> str:
@@ -46,40 +54,41 @@ def gguf_architecture(arch: Architecture, gguf_type: str) -> str:
 
 def hyperparameters(cfg: ModelConfig, arch: str) -> dict[str, KV]:
     """Every key llama.cpp's loader reads for ``arch``, plus the FFN activation."""
-    return {
-        f"{arch}.vocab_size": kv_u32(cfg.vocab_size),
-        f"{arch}.context_length": kv_u32(cfg.max_position_embeddings),
-        f"{arch}.embedding_length": kv_u32(cfg.hidden_size),
-        f"{arch}.block_count": kv_u32(cfg.num_hidden_layers),
-        f"{arch}.feed_forward_length": kv_u32(cfg.intermediate_size),
-        f"{arch}.attention.head_count": kv_u32(cfg.num_attention_heads),
-        f"{arch}.attention.head_count_kv": kv_u32(cfg.num_key_value_heads),
-        f"{arch}.attention.key_length": kv_u32(cfg.head_dim),
-        f"{arch}.attention.value_length": kv_u32(cfg.head_dim),
-        f"{arch}.attention.layer_norm_rms_epsilon": kv_f32(cfg.rms_norm_eps),
-        f"{arch}.rope.freq_base": kv_f32(cfg.rope_theta),
-        f"{arch}.rope.dimension_count": kv_u32(cfg.head_dim),
-        f"{arch}.hidden_activation": kv_str(cfg.hidden_act),
+    md = {
+        _LLM.VOCAB_SIZE: kv_u32(cfg.vocab_size),
+        _LLM.CONTEXT_LENGTH: kv_u32(cfg.max_position_embeddings),
+        _LLM.EMBEDDING_LENGTH: kv_u32(cfg.hidden_size),
+        _LLM.BLOCK_COUNT: kv_u32(cfg.num_hidden_layers),
+        _LLM.FEED_FORWARD_LENGTH: kv_u32(cfg.intermediate_size),
+        _ATTN.HEAD_COUNT: kv_u32(cfg.num_attention_heads),
+        _ATTN.HEAD_COUNT_KV: kv_u32(cfg.num_key_value_heads),
+        _ATTN.KEY_LENGTH: kv_u32(cfg.head_dim),
+        _ATTN.VALUE_LENGTH: kv_u32(cfg.head_dim),
+        _ATTN.LAYERNORM_RMS_EPS: kv_f32(cfg.rms_norm_eps),
+        _ROPE.FREQ_BASE: kv_f32(cfg.rope_theta),
+        _ROPE.DIMENSION_COUNT: kv_u32(cfg.head_dim),
+        HIDDEN_ACTIVATION: kv_str(cfg.hidden_act),
     }
+    return {key.format(arch=arch): value for key, value in md.items()}
 
 
 def general(
     name: str, arch: str, file_type: int, source_url: str | None = None, license: str | None = None
 ) -> dict[str, KV]:
     md = {
-        "general.architecture": kv_str(arch),
-        "general.type": kv_str("model"),
-        "general.name": kv_str(name),
-        "general.quantized_by": kv_str(f"bitconvert {__version__}"),
-        "general.file_type": kv_u32(file_type),
-        "general.quantization_version": kv_u32(2),
+        _GEN.ARCHITECTURE: kv_str(arch),
+        _GEN.TYPE: kv_str("model"),
+        _GEN.NAME: kv_str(name),
+        _GEN.QUANTIZED_BY: kv_str(f"bitconvert {__version__}"),
+        _GEN.FILE_TYPE: kv_u32(file_type),
+        _GEN.QUANTIZATION_VERSION: kv_u32(GGML_QUANT_VERSION),
     }
     if source_url:
-        md["general.source.url"] = kv_str(source_url)
+        md[_GEN.SOURCE_URL] = kv_str(source_url)
         if source_url.startswith(HUB_URL):
-            md["general.source.repo_url"] = kv_str(source_url)
+            md[_GEN.SOURCE_REPO_URL] = kv_str(source_url)
     if license:
-        md["general.license"] = kv_str(license)
+        md[_GEN.LICENSE] = kv_str(license)
     return md
 
 
@@ -107,25 +116,57 @@ def bitconvert_keys(cfg: ModelConfig, source_format: str, scale_mode: str, scale
 
 
 # --- reading ----------------------------------------------------------------------------------
+# Every number is checked where it is read: a key of the wrong type, zero, non-finite, or more than
+# the file could hold ends in one CheckpointError line before anything is sized by it.
+
+U32_MAX = 2**32 - 1
 
 
-def _int(f: GGUFFile, key: str, default: int | None = None) -> int:
+def _value(f: GGUFFile, key: str, default: Any) -> Any:
     v = f.get(key, default)
     if v is None:
         raise CheckpointError(f.path, f"metadata key {key} is missing")
-    try:
-        return int(v)
-    except (TypeError, ValueError):
-        raise CheckpointError(f.path, f"metadata key {key} is not a number: {v!r}") from None
+    return v
+
+
+def _count(f: GGUFFile, key: str, limit: int, why: str, default: int | None = None) -> int:
+    """A positive integer key, at most ``limit`` (``why`` says what bounds it)."""
+    v = _value(f, key, default)
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise CheckpointError(f.path, f"metadata key {key} is not an integer: {v!r:.80}")
+    if not 1 <= int(v) <= limit:
+        raise CheckpointError(f.path, f"metadata key {key} is {int(v)}, must be from 1 to {limit} ({why})")
+    return int(v)
+
+
+def _positive_float(f: GGUFFile, key: str, default: float) -> float:
+    v = _value(f, key, default)
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise CheckpointError(f.path, f"metadata key {key} is not a number: {v!r:.80}")
+    x = float(v)
+    if not math.isfinite(x) or x <= 0:
+        raise CheckpointError(f.path, f"metadata key {key} must be finite and positive, got {x}")
+    kv = f.metadata.get(key)
+    if kv is not None and kv.type == FLOAT32:
+        # the shortest decimal that is this float32 (1e-05, not its binary value 9.999999747378752e-06)
+        return float(str(np.float32(x)))
+    return x
+
+
+def _text(f: GGUFFile, key: str, default: str | None) -> str | None:
+    v = f.get(key, default)
+    if v is not None and not isinstance(v, str):
+        raise CheckpointError(f.path, f"metadata key {key} is not a string: {v!r:.80}")
+    return v
 
 
 def source_architecture(f: GGUFFile) -> tuple[str, Architecture]:
-    arch = f.get("general.architecture")
-    if not isinstance(arch, str):
-        raise CheckpointError(f.path, "metadata key general.architecture is missing")
+    arch = _text(f, _GEN.ARCHITECTURE, None)
+    if arch is None:
+        raise CheckpointError(f.path, f"metadata key {_GEN.ARCHITECTURE} is missing")
     if arch not in READABLE_ARCHS:
-        raise CheckpointError(f.path, f"GGUF architecture {arch!r} is not a BitNet model bitconvert reads")
-    act = f.get(f"{arch}.hidden_activation")
+        raise CheckpointError(f.path, f"GGUF architecture {arch!r:.80} is not a BitNet model bitconvert reads")
+    act = _text(f, HIDDEN_ACTIVATION.format(arch=arch), None)
     if arch == ARCH_LLAMA:
         return arch, Architecture.LLAMA
     if arch == ARCH_BITNET:
@@ -135,61 +176,114 @@ def source_architecture(f: GGUFFile) -> tuple[str, Architecture]:
     return arch, Architecture.BITNET_1BITLLM if act == "silu" else Architecture.BITNET
 
 
-def _token_id(f: GGUFFile, key: str) -> int | None:
+def _token_id(f: GGUFFile, key: str, vocab: int) -> int | None:
     v = f.get(key)
-    return int(v) if isinstance(v, int) else None
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= int(v) < vocab:
+        raise CheckpointError(f.path, f"metadata key {key} is {v!r:.80}, not a token id below {vocab}")
+    return int(v)
 
 
 def derived_hf_config(f: GGUFFile, arch: str, kind: Architecture, tied: bool) -> dict[str, Any]:
-    """An HF config.json dict rebuilt from the GGUF hyperparameters alone."""
+    """An HF config.json dict rebuilt from the GGUF hyperparameters alone, each checked as read."""
     spec = ARCH_SPECS[kind]
-    hidden = _int(f, f"{arch}.embedding_length")
-    heads = _int(f, f"{arch}.attention.head_count")
-    tokens = f.get("tokenizer.ggml.tokens")
-    vocab = _int(f, f"{arch}.vocab_size", len(tokens) if isinstance(tokens, list) else None)
+    key = {name: k.format(arch=arch) for name, k in _HYPER_KEYS.items()}
+    values = f.size  # a dimension or count of values is bounded by the bytes that hold them
+    # Every layer has tensors of its own: a block count above the tensor count cannot be true, and
+    # checking it first keeps a forged one from sizing per-layer lists.
+    layers = _count(f, key["layers"], len(f.tensors), f"the file holds {len(f.tensors)} tensors")
+    hidden = _count(f, key["hidden"], values, "the file's size")
+    heads = _count(f, key["heads"], hidden, "at most one head per embedding value")
+    kv_heads = _count(f, key["kv_heads"], heads, "at most one per attention head", heads)
+    tokens = f.get(_TOK.LIST)
+    vocab = _count(f, key["vocab"], values, "the file's size", len(tokens) if isinstance(tokens, list) else None)
+    head_dim = _head_dim(f, key, hidden, heads)
     d: dict[str, Any] = {
         "architectures": [spec.hf_architecture],
         "model_type": spec.model_type,
         "hidden_size": hidden,
-        "intermediate_size": _int(f, f"{arch}.feed_forward_length"),
-        "num_hidden_layers": _int(f, f"{arch}.block_count"),
+        "intermediate_size": _count(f, key["ffn"], values, "the file's size"),
+        "num_hidden_layers": layers,
         "num_attention_heads": heads,
-        "num_key_value_heads": _int(f, f"{arch}.attention.head_count_kv", heads),
+        "num_key_value_heads": kv_heads,
         "vocab_size": vocab,
-        "max_position_embeddings": _int(f, f"{arch}.context_length", 2048),
-        "rms_norm_eps": float(f.get(f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)),
-        "rope_theta": float(f.get(f"{arch}.rope.freq_base", 10000.0)),
+        "max_position_embeddings": _count(f, key["context"], U32_MAX, "a u32", 2048),
+        "rms_norm_eps": _positive_float(f, key["eps"], 1e-6),
+        "rope_theta": _positive_float(f, key["rope_base"], 10000.0),
         "tie_word_embeddings": tied,
-        "hidden_act": f.get(f"{arch}.hidden_activation") or spec.hidden_act,
-        "head_dim": _int(f, f"{arch}.attention.key_length", _int(f, f"{arch}.rope.dimension_count", hidden // heads)),
+        "hidden_act": _text(f, key["act"], spec.hidden_act),
+        "head_dim": head_dim,
     }
-    for key, hf in (("tokenizer.ggml.bos_token_id", "bos_token_id"), ("tokenizer.ggml.eos_token_id", "eos_token_id")):
-        tid = _token_id(f, key)
+    for tkey, hf in ((_TOK.BOS_ID, "bos_token_id"), (_TOK.EOS_ID, "eos_token_id")):
+        tid = _token_id(f, tkey, vocab)
         if tid is not None:
             d[hf] = tid
     return d
 
 
+def _head_dim(f: GGUFFile, key: dict[str, str], hidden: int, heads: int) -> int:
+    """The key length, else the RoPE dimension count, else hidden / heads (which must divide)."""
+    for name in ("key_length", "rope_dim"):
+        if f.get(key[name]) is not None:
+            return _count(f, key[name], f.size, "the file's size")
+    if hidden % heads:
+        raise CheckpointError(f.path, f"{key['hidden']} ({hidden}) is not a multiple of {key['heads']} ({heads})")
+    return hidden // heads
+
+
+_HYPER_KEYS = {
+    "layers": _LLM.BLOCK_COUNT, "hidden": _LLM.EMBEDDING_LENGTH, "ffn": _LLM.FEED_FORWARD_LENGTH,
+    "heads": _ATTN.HEAD_COUNT, "kv_heads": _ATTN.HEAD_COUNT_KV, "vocab": _LLM.VOCAB_SIZE,
+    "context": _LLM.CONTEXT_LENGTH, "eps": _ATTN.LAYERNORM_RMS_EPS, "rope_base": _ROPE.FREQ_BASE,
+    "act": HIDDEN_ACTIVATION, "key_length": _ATTN.KEY_LENGTH, "rope_dim": _ROPE.DIMENSION_COUNT,
+}  # fmt: skip
 _COMPARED = (
     "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
     "vocab_size", "head_dim", "tie_word_embeddings",
 )  # fmt: skip
+_COMPARED_F32 = ("rms_norm_eps", "rope_theta")  # the GGUF keys hold float32: agree once rounded to it
+#: what a broken embedded config can raise inside ModelConfig.from_hf_dict
+_CONFIG_ERRORS = (CheckpointError, ArithmeticError, AttributeError, TypeError, ValueError)
 
 
-def read_config(f: GGUFFile, tied: bool, notes: list[str]) -> tuple[str, ModelConfig]:
-    """The model config: bitconvert's recorded config.json when it agrees with the GGUF keys, else derived."""
+def recorded_config(f: GGUFFile, notes: list[str]) -> ModelConfig | None:
+    """bitconvert's embedded config.json (``bitconvert.hf_config``), or None with a note when unusable."""
+    recorded = f.get(KEY_HF_CONFIG)
+    if recorded is None:
+        return None
+    try:
+        if not isinstance(recorded, str):
+            raise CheckpointError(f.path, "not a string")
+        d = parse_json_text(recorded, f.path, KEY_HF_CONFIG)
+        if not isinstance(d, dict):
+            raise CheckpointError(f.path, "not a JSON object")
+        return ModelConfig.from_hf_dict(d, f.path)
+    except _CONFIG_ERRORS as exc:
+        problem = exc.problem if isinstance(exc, CheckpointError) else f"{type(exc).__name__}: {exc}"
+        notes.append(f"ignored unreadable {KEY_HF_CONFIG}: {problem:.200}")
+        return None
+
+
+def read_config(f: GGUFFile, tied: bool, notes: list[str]) -> tuple[str, ModelConfig, dict[str, str]]:
+    """(GGUF architecture, the model config, the precision of its float fields where it is not exact).
+
+    bitconvert's recorded config.json when it agrees with the GGUF keys (exact); else the config
+    derived from the keys, whose floats are as precise as their GGUF type (float32 as llama.cpp writes).
+    """
     arch, kind = source_architecture(f)
     derived = ModelConfig.from_hf_dict(derived_hf_config(f, arch, kind, tied), f.path)
-    recorded = f.get(KEY_HF_CONFIG)
-    if isinstance(recorded, str):
-        try:
-            cfg = ModelConfig.from_hf_dict(json.loads(recorded), f.path)
-        except (ValueError, CheckpointError) as exc:
-            notes.append(f"ignored unreadable {KEY_HF_CONFIG}: {exc}")
-        else:
-            differ = [k for k in _COMPARED if getattr(cfg, k) != getattr(derived, k)]
-            if cfg.architecture is derived.architecture and not differ:
-                return arch, cfg
-            what = ", ".join(differ) or "architecture"
-            notes.append(f"ignored {KEY_HF_CONFIG}: it disagrees with the GGUF metadata on {what}")
-    return arch, derived
+    cfg = recorded_config(f, notes)
+    if cfg is not None:
+        differ = [k for k in _COMPARED if getattr(cfg, k) != getattr(derived, k)]
+        differ += [k for k in _COMPARED_F32 if np.float32(getattr(cfg, k)) != np.float32(getattr(derived, k))]
+        if cfg.architecture is derived.architecture and not differ:
+            return arch, cfg, {}
+        what = ", ".join(differ) or "architecture"
+        notes.append(f"ignored {KEY_HF_CONFIG}: it disagrees with the GGUF metadata on {what}")
+    precision = {}
+    for field, name in (("rms_norm_eps", "eps"), ("rope_theta", "rope_base")):
+        kv = f.metadata.get(_HYPER_KEYS[name].format(arch=arch))
+        if kv is None or kv.type == FLOAT32:  # absent: the default, as llama.cpp would read it (float32)
+            precision[field] = "float32"
+    return arch, derived, precision

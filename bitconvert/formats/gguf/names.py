@@ -1,16 +1,24 @@
-"""Hugging Face <-> GGUF tensor names, built from gguf-py's own name table.
+"""Hugging Face <-> GGUF tensor names (built from gguf-py's own name table), and Q/K row order.
 
 gguf-py's ``TensorNameMap`` knows only 1bitLLM's sub-norm names; the three BitNet layouts differ
 there, so the map is built per architecture from the config's sub-norm module paths.
+
+llama.cpp's ``llama`` architecture applies RoPE to interleaved pairs where HF rotates halves, so
+there the Q and K rows are stored permuted per head (as llama.cpp's converter does).
 """
 
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 from gguf.constants import MODEL_TENSOR, TENSOR_NAMES
 
 from ...config import ModelConfig
+from .metadata import ARCH_LLAMA
+
+if TYPE_CHECKING:
+    import torch
 
 _GLOBAL = {
     "model.embed_tokens.weight": MODEL_TENSOR.TOKEN_EMBD,
@@ -65,3 +73,26 @@ def from_gguf_table(config: ModelConfig) -> dict[str, str]:
         if g is not None:
             out[g] = hf
     return out
+
+
+# --- Q/K row order ----------------------------------------------------------------------------------
+
+QK_NAMES = ("self_attn.q_proj.weight", "self_attn.k_proj.weight")
+
+
+def permuted_heads(gguf_arch: str, hf_name: str, config: ModelConfig) -> int | None:
+    """The head count whose rows are permuted on disk for this tensor, or None when rows stay in order."""
+    if gguf_arch != ARCH_LLAMA or not hf_name.endswith(QK_NAMES):
+        return None
+    return config.num_attention_heads if hf_name.endswith("q_proj.weight") else config.num_key_value_heads
+
+
+def permute_qk(w: torch.Tensor, heads: int) -> torch.Tensor:
+    """HF (rotate-half) row order -> llama.cpp's interleaved RoPE order, per head."""
+    rows = w.shape[0]
+    return w.reshape(heads, 2, rows // heads // 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape).contiguous()
+
+
+def unpermute_qk(w: torch.Tensor, heads: int) -> torch.Tensor:
+    rows = w.shape[0]
+    return w.reshape(heads, rows // heads // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape).contiguous()

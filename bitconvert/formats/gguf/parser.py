@@ -17,20 +17,29 @@ from typing import Any
 
 import numpy as np
 import torch
-from gguf.constants import GGMLQuantizationType
+from gguf.constants import GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGUFValueType
 
 from ...errors import CheckpointError
 from ...safetensors_io import read_exact
-from . import codecs
+from . import types
 
-MAGIC = b"GGUF"
+MAGIC = struct.pack("<I", GGUF_MAGIC)  # b"GGUF"
 MAX_DIMS = 4
 MAX_NAME = 64  # ggml's GGML_MAX_NAME, terminating NUL included
 INT64_MAX = 2**63 - 1
-DEFAULT_ALIGNMENT = 32
+DEFAULT_ALIGNMENT = GGUF_DEFAULT_ALIGNMENT
 
-# GGUF value types
-(UINT8, INT8, UINT16, INT16, UINT32, INT32, FLOAT32, BOOL, STRING, ARRAY, UINT64, INT64, FLOAT64) = range(13)
+_V = GGUFValueType
+UINT8, INT8, UINT16, INT16, UINT32, INT32 = (
+    int(_V.UINT8),
+    int(_V.INT8),
+    int(_V.UINT16),
+    int(_V.INT16),
+    int(_V.UINT32),
+    int(_V.INT32),
+)
+FLOAT32, BOOL, STRING, ARRAY = int(_V.FLOAT32), int(_V.BOOL), int(_V.STRING), int(_V.ARRAY)
+UINT64, INT64, FLOAT64 = int(_V.UINT64), int(_V.INT64), int(_V.FLOAT64)
 SCALAR_FORMATS: dict[int, tuple[str, int]] = {
     UINT8: ("<B", 1),
     INT8: ("<b", 1),
@@ -48,11 +57,6 @@ NUMPY_DTYPES = {
     UINT8: "<u1", INT8: "<i1", UINT16: "<u2", INT16: "<i2", UINT32: "<u4", INT32: "<i4",
     FLOAT32: "<f4", BOOL: "<u1", UINT64: "<u8", INT64: "<i8", FLOAT64: "<f8",
 }  # fmt: skip
-TYPE_NAMES = {
-    UINT8: "u8", INT8: "i8", UINT16: "u16", INT16: "i16", UINT32: "u32", INT32: "i32", FLOAT32: "f32",
-    BOOL: "bool", STRING: "str", ARRAY: "arr", UINT64: "u64", INT64: "i64", FLOAT64: "f64",
-}  # fmt: skip
-_KNOWN_UNSUPPORTED = {codecs.TL1: "TL1 (bitnet.cpp kernel-tile layout, not portable)", codecs.TL2: "TL2 or MXFP4"}
 
 
 @dataclass(frozen=True)
@@ -72,8 +76,11 @@ class TensorInfo:
 
     @property
     def type_name(self) -> str:
-        t = codecs.TYPES.get(self.type)
-        return t.name if t else f"type {self.type}"
+        return types.type_name(self.type)
+
+    @property
+    def ggml(self) -> types.GGMLType:
+        return types.TYPES[self.type]
 
 
 class _Cursor:
@@ -142,6 +149,7 @@ class GGUFFile:
         self.path = Path(path)
         try:
             size = self.path.stat().st_size
+            self.size = size  # bytes in the file: what any count read from the header is bounded by
             with open(self.path, "rb") as f:
                 self._parse(_Cursor(f, size, self.path))
         except OSError as exc:
@@ -202,7 +210,7 @@ class GGUFFile:
         self.tensors: dict[str, TensorInfo] = {}
         expected = 0
         for name, gtype, shape, offset in infos:
-            size = codecs.nbytes(gtype, shape)
+            size = types.TYPES[gtype].nbytes(shape)
             if offset % self.alignment:
                 raise CheckpointError(self.path, f"data offset {offset} is not aligned to {self.alignment}", name)
             if offset != expected:
@@ -218,8 +226,8 @@ class GGUFFile:
                 )
 
     def _check_tensor(self, name: str, ne: list[int], gtype: int) -> None:
-        if gtype not in codecs.TYPES:
-            what = _KNOWN_UNSUPPORTED.get(gtype) or f"{_ggml_type_name(gtype)} (id {gtype})"
+        if gtype not in types.TYPES:
+            what = types.UNSUPPORTED.get(gtype) or f"{types.type_name(gtype)} (id {gtype})"
             raise CheckpointError(self.path, f"tensor type {what} is not supported", name)
         n = 1
         for d in ne:
@@ -228,13 +236,10 @@ class GGUFFile:
             if d and n > INT64_MAX // d:
                 raise CheckpointError(self.path, f"dimensions {ne} overflow a 64-bit element count", name)
             n *= d
-        t = codecs.TYPES[gtype]
-        if ne and ne[0] % t.block:
-            raise CheckpointError(
-                self.path, f"row length {ne[0]} is not a multiple of {t.name}'s block of {t.block}", name
-            )
-        if gtype == codecs.I2_S and n % codecs.QK_I2_S:
-            raise CheckpointError(self.path, f"I2_S tensor of {n} values, not a multiple of {codecs.QK_I2_S}", name)
+        t = types.TYPES[gtype]
+        if not t.fits(tuple(reversed(ne))):
+            what = f"{n} values" if t.flat else f"row length {ne[0]}"
+            raise CheckpointError(self.path, f"{what} is not a multiple of {t.name}'s block of {t.block}", name)
         if n * max(t.block_bytes, 4) // t.block > INT64_MAX // 2:
             raise CheckpointError(self.path, f"dimensions {ne} give a byte size beyond 64 bits", name)
 
@@ -258,20 +263,9 @@ class GGUFFile:
     def read_float(self, name: str) -> torch.Tensor:
         """A float tensor (F32/F16/BF16 as stored, Q8_0 dequantized to F32)."""
         t = self.tensors[name]
-        raw = self.read_raw(name)
-        if t.type in codecs.FLOAT_TYPES:
-            return raw.view(codecs.FLOAT_TYPES[t.type]).reshape(t.shape)
-        if t.type == codecs.Q8_0:
-            cols = t.shape[-1]
-            return codecs.decode_q8_0(raw.reshape(-1, cols // codecs.QK8_0 * 34), cols).reshape(t.shape)
-        raise CheckpointError(self.path, f"{t.type_name} is not a float type", name)
-
-
-def _ggml_type_name(gtype: int) -> str:
-    try:
-        return GGMLQuantizationType(gtype).name
-    except ValueError:
-        return "unknown"
+        if t.ggml.kind != "float":
+            raise CheckpointError(self.path, f"{t.type_name} is not a float type", name)
+        return t.ggml.decode_values(self.read_raw(name), t.shape)
 
 
 def is_gguf(path: Path) -> bool:

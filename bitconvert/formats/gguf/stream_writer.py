@@ -18,7 +18,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from . import codecs
+from . import types
 from .parser import (
     ARRAY,
     BOOL,
@@ -44,7 +44,7 @@ class PlannedGGUFTensor:
 
     @property
     def nbytes(self) -> int:
-        return codecs.nbytes(self.type, self.shape)
+        return types.TYPES[self.type].nbytes(self.shape)
 
 
 def kv_str(value: str) -> KV:
@@ -53,10 +53,6 @@ def kv_str(value: str) -> KV:
 
 def kv_u32(value: int) -> KV:
     return KV(UINT32, int(value))
-
-
-def kv_i32(value: int) -> KV:
-    return KV(INT32, int(value))
 
 
 def kv_f32(value: float) -> KV:
@@ -128,10 +124,8 @@ class GGUFStreamWriter:
             head.append(struct.pack("<IQ", t.type, offset))
             offset += t.nbytes + _pad(t.nbytes, alignment)
         raw = b"".join(head)
-        self.data_bytes = offset
         self._file = open(path, "xb")
         self._file.write(raw + b"\0" * _pad(len(raw), alignment))
-        self.header_bytes = len(raw) + _pad(len(raw), alignment)
         self._next = 0
         # Writes run on a thread (the kernel copy releases the GIL) so the next tensor is encoded
         # meanwhile; the queue holds at most two pieces, so memory stays bounded.

@@ -16,17 +16,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from gguf.constants import Keys, TokenType
+
+from ...errors import CheckpointError
+from ...jsonfile import read_json_object
 from .parser import GGUFFile
 from .stream_writer import KV, kv_bool, kv_i32s, kv_str, kv_strs, kv_u32
 
-# token types (llama.cpp / gguf-py TokenType)
-NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+NORMAL, CONTROL, USER_DEFINED = int(TokenType.NORMAL), int(TokenType.CONTROL), int(TokenType.USER_DEFINED)
+_TOK = Keys.Tokenizer
 
 LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 TOKENIZER_KEYS_PREFIX = "tokenizer."
+NO_TOKENIZER_HINT = "pass --no-tokenizer to write the GGUF without a tokenizer"
 
 
 @dataclass
@@ -36,13 +42,14 @@ class TokenizerMetadata:
 
 
 def _load_json(path: Path | None) -> dict[str, Any]:
+    """A side file's JSON object; {} when there is none. A file that is there but unreadable is an error:
+    silently writing a GGUF without its tokenizer would give a model llama.cpp cannot run on text."""
     if path is None or not path.is_file():
         return {}
     try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return d if isinstance(d, dict) else {}
+        return read_json_object(path)
+    except CheckpointError as exc:
+        raise CheckpointError(path, f"{exc.problem}; {NO_TOKENIZER_HINT}") from None
 
 
 def _pre_type(pre: dict[str, Any] | None) -> str | None:
@@ -89,84 +96,104 @@ def _adds_bos(tok: dict[str, Any], bos: str | None) -> bool:
 def from_side_files(
     side_files: list[Path], vocab_size: int, bos_id: int | None, eos_id: int | list[int] | None
 ) -> TokenizerMetadata:
-    """GGUF tokenizer keys from a checkpoint's ``tokenizer.json`` (and ``tokenizer_config.json``)."""
+    """GGUF tokenizer keys from a checkpoint's ``tokenizer.json`` (and ``tokenizer_config.json``).
+
+    No tokenizer.json, or one llama.cpp's gpt2 model cannot hold, gives a warning and no keys; a
+    tokenizer.json that cannot be read is an error (see :func:`_load_json`).
+    """
     out = TokenizerMetadata()
     by_name = {p.name: p for p in side_files}
     tok = _load_json(by_name.get("tokenizer.json"))
     if not tok:
-        out.warnings.append("no readable tokenizer.json: the GGUF has no tokenizer (llama.cpp needs one to run text)")
+        out.warnings.append("no tokenizer.json: the GGUF has no tokenizer (llama.cpp needs one to run text)")
         return out
-    model = tok.get("model") or {}
-    if model.get("type") != "BPE" or model.get("byte_fallback") or not isinstance(model.get("vocab"), dict):
+    model = tok.get("model")
+    if (
+        not isinstance(model, dict)
+        or model.get("type") != "BPE"
+        or model.get("byte_fallback")
+        or not isinstance(model.get("vocab"), dict)
+    ):
         out.warnings.append(
             "tokenizer.json is not a byte-level BPE tokenizer: only those are embedded, the GGUF has no tokenizer"
         )
         return out
+    vocab = _vocabulary(model["vocab"], tok.get("added_tokens"), vocab_size)
+    if isinstance(vocab, str):
+        out.warnings.append(vocab)
+        return out
+    tokens, types = vocab
+    merges = [" ".join(map(str, m)) if isinstance(m, list) else str(m) for m in model.get("merges") or []]
+    if _not_utf8("\n".join(tokens)) or _not_utf8("\n".join(merges)):  # JSON escapes can spell lone surrogates
+        raise CheckpointError(
+            by_name["tokenizer.json"], f"holds a token or merge that is not valid UTF-8; {NO_TOKENIZER_HINT}"
+        )
+    pre = _pre_type(tok.get("pre_tokenizer"))
+    if pre is None:
+        pre = "default"
+        out.warnings.append("unrecognised pre-tokenizer in tokenizer.json: wrote tokenizer.ggml.pre = 'default'")
+    out.kv[_TOK.MODEL] = kv_str("gpt2")
+    out.kv[_TOK.PRE] = kv_str(pre)
+    out.kv[_TOK.LIST] = kv_strs(tokens)
+    out.kv[_TOK.TOKEN_TYPE] = kv_i32s(types)
+    out.kv[_TOK.MERGES] = kv_strs(merges)
     tcfg = _load_json(by_name.get("tokenizer_config.json"))
+    out.kv.update(_special_tokens(tok, tcfg, tokens, bos_id, eos_id))
+    return out
 
-    tokens: list[str | None] = [None] * vocab_size
-    types = [NORMAL] * vocab_size
-    for text, tid in model["vocab"].items():
-        if not isinstance(tid, int) or not 0 <= tid < vocab_size:
-            out.warnings.append(
-                f"tokenizer.json token id {tid} lies outside the model's vocabulary of {vocab_size}; "
-                "no tokenizer written"
-            )
-            return TokenizerMetadata(warnings=out.warnings)
+
+def _vocabulary(vocab: dict, added_tokens: Any, size: int) -> tuple[list[str], list[int]] | str:
+    """Tokens in id order and their llama.cpp types; a warning instead when an id does not fit."""
+    tokens: list[str | None] = [None] * size
+    types = [NORMAL] * size
+    for text, tid in vocab.items():
+        if not isinstance(tid, int) or not 0 <= tid < size:
+            return f"tokenizer.json token id {tid} lies outside the model's vocabulary of {size}; no tokenizer written"
         tokens[tid] = text
-    for added in tok.get("added_tokens") or []:
-        tid = added.get("id")
-        if isinstance(tid, int) and 0 <= tid < vocab_size and isinstance(added.get("content"), str):
+    for added in added_tokens if isinstance(added_tokens, list) else []:
+        tid = added.get("id") if isinstance(added, dict) else None
+        if isinstance(tid, int) and 0 <= tid < size and isinstance(added.get("content"), str):
             tokens[tid] = added["content"]
             types[tid] = CONTROL if added.get("special") else USER_DEFINED
     for i, t in enumerate(tokens):
         if t is None:
             tokens[i] = f"[PAD{i}]"  # llama.cpp's convention for ids the tokenizer does not use
             types[i] = USER_DEFINED
+    return tokens, types  # type: ignore[return-value]
 
-    merges = []
-    for m in model.get("merges") or []:
-        merges.append(" ".join(m) if isinstance(m, list) else str(m))
 
-    pre = _pre_type(tok.get("pre_tokenizer"))
-    if pre is None:
-        pre = "default"
-        out.warnings.append("unrecognised pre-tokenizer in tokenizer.json: wrote tokenizer.ggml.pre = 'default'")
-
+def _special_tokens(
+    tok: dict[str, Any], tcfg: dict[str, Any], tokens: list[str], bos_id: int | None, eos_id: int | list[int] | None
+) -> dict[str, KV]:
+    """bos / eos / padding ids (the config's, else tokenizer_config.json's), add_bos/eos, chat template."""
     ids = {t: i for i, t in enumerate(tokens)}
     bos_text = _token_content(tcfg.get("bos_token"))
     if bos_id is None and bos_text in ids:
         bos_id = ids[bos_text]
-    eos_text = _token_content(tcfg.get("eos_token"))
     if isinstance(eos_id, list):
         eos_id = eos_id[0] if eos_id else None
+    eos_text = _token_content(tcfg.get("eos_token"))
     if eos_id is None and eos_text in ids:
         eos_id = ids[eos_text]
     pad_text = _token_content(tcfg.get("pad_token"))
-
-    kv = out.kv
-    kv["tokenizer.ggml.model"] = kv_str("gpt2")
-    kv["tokenizer.ggml.pre"] = kv_str(pre)
-    kv["tokenizer.ggml.tokens"] = kv_strs(tokens)  # type: ignore[arg-type]
-    kv["tokenizer.ggml.token_type"] = kv_i32s(types)
-    kv["tokenizer.ggml.merges"] = kv_strs(merges)
+    kv: dict[str, KV] = {}
     if bos_id is not None:
-        kv["tokenizer.ggml.bos_token_id"] = kv_u32(bos_id)
+        kv[_TOK.BOS_ID] = kv_u32(bos_id)
     if eos_id is not None:
-        kv["tokenizer.ggml.eos_token_id"] = kv_u32(eos_id)
+        kv[_TOK.EOS_ID] = kv_u32(eos_id)
     if pad_text in ids:
-        kv["tokenizer.ggml.padding_token_id"] = kv_u32(ids[pad_text])
-    bos_token = tokens[bos_id] if bos_id is not None and 0 <= bos_id < vocab_size else None
+        kv[_TOK.PAD_ID] = kv_u32(ids[pad_text])
+    bos_token = tokens[bos_id] if bos_id is not None and 0 <= bos_id < len(tokens) else None
     add_bos = tcfg.get("add_bos_token")
-    kv["tokenizer.ggml.add_bos_token"] = kv_bool(add_bos if isinstance(add_bos, bool) else _adds_bos(tok, bos_token))
-    kv["tokenizer.ggml.add_eos_token"] = kv_bool(bool(tcfg.get("add_eos_token", False)))
+    kv[_TOK.ADD_BOS] = kv_bool(add_bos if isinstance(add_bos, bool) else _adds_bos(tok, bos_token))
+    kv[_TOK.ADD_EOS] = kv_bool(bool(tcfg.get("add_eos_token", False)))
     template = tcfg.get("chat_template")
     if isinstance(template, list):  # named templates: llama.cpp takes the default one
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
         template = named.get("default")
     if isinstance(template, str):
-        kv["tokenizer.chat_template"] = kv_str(template)
-    return out
+        kv[_TOK.CHAT_TEMPLATE] = kv_str(template)
+    return kv
 
 
 def from_gguf(f: GGUFFile) -> dict[str, KV]:
@@ -177,19 +204,39 @@ def from_gguf(f: GGUFFile) -> dict[str, KV]:
 # --- GGUF -> tokenizer.json -----------------------------------------------------------------------
 
 
+def _check_utf8(f: GGUFFile, key: str, texts: list[str]) -> None:
+    """JSON files hold UTF-8 only: a GGUF string of other bytes (kept as surrogates) is refused by name."""
+    try:
+        "\n".join(texts).encode("utf-8")
+    except UnicodeEncodeError:
+        bad = next(i for i, t in enumerate(texts) if _not_utf8(t))
+        raise CheckpointError(f.path, f"{key} item {bad} is not valid UTF-8: {texts[bad]!r:.60}") from None
+
+
+def _not_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def write_hf_tokenizer(f: GGUFFile, out: Path) -> list[Path]:
     """Rebuild ``tokenizer.json`` and ``tokenizer_config.json`` in ``out`` from a gpt2-model GGUF.
 
     Returns the files written (none when the GGUF holds no byte-level BPE tokenizer).
     """
-    if f.get("tokenizer.ggml.model") != "gpt2":
+    if f.get(_TOK.MODEL) != "gpt2":
         return []
-    tokens = f.get("tokenizer.ggml.tokens")
-    merges = f.get("tokenizer.ggml.merges") or []
-    types = f.get("tokenizer.ggml.token_type")
+    tokens = f.get(_TOK.LIST)
+    merges = f.get(_TOK.MERGES) or []
+    types = f.get(_TOK.TOKEN_TYPE)
     if not isinstance(tokens, list) or not isinstance(merges, list):
         return []
-    types = [int(t) for t in types] if types is not None and len(types) == len(tokens) else [NORMAL] * len(tokens)
+    _check_utf8(f, _TOK.LIST, tokens)
+    _check_utf8(f, _TOK.MERGES, merges)
+    integral = isinstance(types, np.ndarray) and types.dtype.kind in "iu" and len(types) == len(tokens)
+    types = types.tolist() if integral else [NORMAL] * len(tokens)
     vocab, added = {}, []
     for i, (text, kind) in enumerate(zip(tokens, types)):
         if kind in (CONTROL, USER_DEFINED):
@@ -199,7 +246,7 @@ def write_hf_tokenizer(f: GGUFFile, out: Path) -> list[Path]:
             )  # fmt: skip
         else:
             vocab[text] = i
-    pre_name = f.get("tokenizer.ggml.pre")
+    pre_name = f.get(_TOK.PRE)
     if pre_name == "llama-bpe":
         pre: dict[str, Any] = {
             "type": "Sequence",
@@ -210,12 +257,12 @@ def write_hf_tokenizer(f: GGUFFile, out: Path) -> list[Path]:
         }
     else:
         pre = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
-    bos_id = f.get("tokenizer.ggml.bos_token_id")
-    eos_id = f.get("tokenizer.ggml.eos_token_id")
+    bos_id = f.get(_TOK.BOS_ID)
+    eos_id = f.get(_TOK.EOS_ID)
     bos = tokens[bos_id] if isinstance(bos_id, int) and 0 <= bos_id < len(tokens) else None
     eos = tokens[eos_id] if isinstance(eos_id, int) and 0 <= eos_id < len(tokens) else None
     post = None
-    if f.get("tokenizer.ggml.add_bos_token") and bos is not None:
+    if f.get(_TOK.ADD_BOS) and bos is not None:
         post = {
             "type": "TemplateProcessing",
             "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
@@ -246,11 +293,12 @@ def write_hf_tokenizer(f: GGUFFile, out: Path) -> list[Path]:
         tcfg["bos_token"] = bos
     if eos is not None:
         tcfg["eos_token"] = eos
-    pad_id = f.get("tokenizer.ggml.padding_token_id")
+    pad_id = f.get(_TOK.PAD_ID)
     if isinstance(pad_id, int) and 0 <= pad_id < len(tokens):
         tcfg["pad_token"] = tokens[pad_id]
-    if isinstance(f.get("tokenizer.chat_template"), str):
-        tcfg["chat_template"] = f.get("tokenizer.chat_template")
+    if isinstance(f.get(_TOK.CHAT_TEMPLATE), str):
+        _check_utf8(f, _TOK.CHAT_TEMPLATE, [f.get(_TOK.CHAT_TEMPLATE)])
+        tcfg["chat_template"] = f.get(_TOK.CHAT_TEMPLATE)
     files = [out / "tokenizer.json", out / "tokenizer_config.json"]
     files[0].write_text(json.dumps(tok, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     files[1].write_text(json.dumps(tcfg, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")

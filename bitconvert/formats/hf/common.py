@@ -14,7 +14,7 @@ import torch
 from ...config import ModelConfig, read_hf_config
 from ...errors import CheckpointError
 from ...safetensors_io import PlannedTensor, SafetensorsFile, SafetensorsWriter, StoredTensor
-from .. import Progress, WriteReport
+from .. import Progress, WriteReport, parsed_once
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -89,6 +89,11 @@ def _weight_files(path: Path) -> list[Path]:
 
 
 def read_hf_directory(path: Path) -> HFDirectory:
+    """The directory's config and every safetensors header, parsed once per open_checkpoint."""
+    return parsed_once(("hf-directory", path.resolve()), lambda: _parse_hf_directory(path))
+
+
+def _parse_hf_directory(path: Path) -> HFDirectory:
     config = read_hf_config(path / "config.json")
     notes = [f"config.json names {k!r} more than once; the last value is used" for k in dict.fromkeys(config.duplicate_keys)]
     stored: dict[str, tuple[SafetensorsFile, StoredTensor]] = {}

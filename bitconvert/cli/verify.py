@@ -9,22 +9,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from .cli import Device, JsonOut, Src, _emit_json, _errors, _progress, app, err, out
-from .errors import UsageError
-
-
-def parse_tokens(text: str) -> list[int]:
-    """``"1,2,3"`` -> ``[1, 2, 3]``; a usage error names the piece that is not a token id."""
-    ids = []
-    for piece in text.replace(" ", "").split(","):
-        if not piece:
-            continue
-        if not piece.isdigit():
-            raise UsageError(f"--tokens takes comma-separated non-negative integers; {piece!r} is not one")
-        ids.append(int(piece))
-    if not ids:
-        raise UsageError("--tokens is empty; give e.g. --tokens 1,2,3")
-    return ids
+from ..errors import UsageError
+from .common import Device, JsonOut, Src, emit_json, err, out, parse_tokens, progress_bar
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -35,7 +21,6 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-@app.command()
 def verify(
     src: Src,
     against: Annotated[
@@ -75,51 +60,91 @@ def verify(
         Optional[Path], typer.Option("--junit", metavar="FILE", help="Write JUnit XML, one test case per check.")
     ] = None,
     show_all: Annotated[bool, typer.Option("--all", help="List passing checks too, not only failures.")] = False,
+    reproduce: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--reproduce", metavar="MASTER", help="Rebuild SRC (hf-packed or GGUF) from MASTER; compare bit for bit."
+        ),
+    ] = None,
+    recipe: Annotated[
+        str,
+        typer.Option(
+            "--recipe", help="With --reproduce: transformers, onebitllms, llama.cpp, bitnet.cpp, or auto (each)."
+        ),
+    ] = "auto",
     json_out: JsonOut = False,
 ) -> None:
-    """Check SRC's integrity; with --against or --roundtrip compare it too. Exit 0 all pass, 1 any fail."""
-    from .verify import Thresholds, verify_against, verify_integrity, verify_roundtrip, write_manifest
+    """Check SRC's integrity; --against, --roundtrip or --reproduce compare it too. Exit 0 all pass, 1 any fail."""
+    from ..verify import Thresholds
 
-    with _errors():
-        if logits and against is None and roundtrip is None:
-            raise UsageError("--logits compares two models: add --against REF or --roundtrip FORMAT")
-        if tokens is not None and not logits:
-            raise UsageError("--tokens is used by --logits only")
-        if min_argmax_agreement < 0 or min_argmax_agreement > 1:
-            raise UsageError(f"--min-argmax-agreement is a fraction between 0 and 1, got {min_argmax_agreement}")
-        if min(max_code_mismatches, scale_rtol, atol, logits_atol) < 0:
-            raise UsageError("thresholds must not be negative")
-        if manifest_check is not None and not manifest_check.is_file():
-            raise UsageError(f"{manifest_check}: no such file")
-        ids = parse_tokens(tokens) if tokens is not None else None
-        th = Thresholds(max_code_mismatches, scale_rtol, atol, logits_atol, min_argmax_agreement)
-        with _progress(not json_out) as progress:
-            report = verify_integrity(src, manifest_check=manifest_check, progress=progress)
-            if against is not None:
-                other = verify_against(
-                    src, against, thresholds=th, logits=logits, tokens=ids, device=device, progress=progress
-                )
-                _merge(report, other, "against.")
-            if roundtrip is not None:
-                other = verify_roundtrip(src, roundtrip, thresholds=th, logits=logits, progress=progress)
-                _merge(report, other, "roundtrip.")
-        written = None
-        if manifest is not None:
-            if report.passed and report.manifest is not None:
-                write_manifest(report.manifest, manifest)
-                written = str(manifest)
-            else:
-                report.notes.append(f"manifest not written to {manifest}: SRC did not pass")
-        if junit is not None:
-            _write_atomically(junit, report.to_junit_xml())
-        if json_out:
-            data = report.to_dict()
-            data["manifest_written"] = written
-            _emit_json(data)
-        else:
-            _render(report, show_all, written)
-        if not report.passed:
-            raise typer.Exit(1)
+    _check_options(logits, against, roundtrip, tokens, manifest_check,
+                   (max_code_mismatches, scale_rtol, atol, logits_atol, min_argmax_agreement))
+    if reproduce is None and recipe != "auto":
+        raise UsageError("--recipe is used by --reproduce only")
+    ids = parse_tokens(tokens) if tokens is not None else None
+    th = Thresholds(max_code_mismatches, scale_rtol, atol, logits_atol, min_argmax_agreement)
+    with progress_bar(not json_out) as progress:
+        report = _run_checks(src, against, roundtrip, manifest_check, th, logits, ids, device, progress)
+        if reproduce is not None:
+            _merge(report, _reproduce(src, reproduce, recipe, progress), "")
+    written = _write_manifest(report, manifest)
+    if junit is not None:
+        _write_atomically(junit, report.to_junit_xml())
+    if json_out:
+        emit_json({**report.to_dict(), "manifest_written": written})
+    else:
+        _render(report, show_all, written)
+    if not report.passed:
+        raise typer.Exit(1)
+
+
+def _check_options(logits, against, roundtrip, tokens, manifest_check, thresholds) -> None:
+    """Refuse contradictory or out-of-range options before any checkpoint is read."""
+    max_code_mismatches, scale_rtol, atol, logits_atol, min_argmax_agreement = thresholds
+    if logits and against is None and roundtrip is None:
+        raise UsageError("--logits compares two models: add --against REF or --roundtrip FORMAT")
+    if tokens is not None and not logits:
+        raise UsageError("--tokens is used by --logits only")
+    if min_argmax_agreement < 0 or min_argmax_agreement > 1:
+        raise UsageError(f"--min-argmax-agreement is a fraction between 0 and 1, got {min_argmax_agreement}")
+    if min(max_code_mismatches, scale_rtol, atol, logits_atol) < 0:
+        raise UsageError("thresholds must not be negative")
+    if manifest_check is not None and not manifest_check.is_file():
+        raise UsageError(f"{manifest_check}: no such file")
+
+
+def _run_checks(src, against, roundtrip, manifest_check, th, logits, ids, device, progress):
+    """Integrity first, then the comparisons asked for, merged into one report."""
+    from ..verify import verify_against, verify_integrity, verify_roundtrip
+
+    report = verify_integrity(src, manifest_check=manifest_check, progress=progress)
+    if against is not None:
+        other = verify_against(src, against, thresholds=th, logits=logits, tokens=ids, device=device, progress=progress)
+        _merge(report, other, "against.")
+    if roundtrip is not None:
+        _merge(report, verify_roundtrip(src, roundtrip, thresholds=th, logits=logits, progress=progress), "roundtrip.")
+    return report
+
+
+def _reproduce(src, master: Path, recipe: str, progress):
+    from ..verify.reproduce import verify_reproduce
+
+    if not master.exists():
+        raise UsageError(f"{master}: no such file or directory")
+    return verify_reproduce(src, master, recipe=recipe, progress=progress)
+
+
+def _write_manifest(report, manifest: Path | None) -> str | None:
+    """Write the per-tensor sha256 manifest when asked and SRC passed; returns where it went."""
+    from ..verify import write_manifest
+
+    if manifest is None:
+        return None
+    if report.passed and report.manifest is not None:
+        write_manifest(report.manifest, manifest)
+        return str(manifest)
+    report.notes.append(f"manifest not written to {manifest}: SRC did not pass")
+    return None
 
 
 def _merge(report, other, prefix: str) -> None:
@@ -129,7 +154,7 @@ def _merge(report, other, prefix: str) -> None:
 
 
 def _render(report, show_all: bool, manifest_written: str | None) -> None:
-    from .verify.report import check_line, format_figure
+    from ..verify.report import check_line, format_figure
 
     verdict = "[bold green]PASSED[/]" if report.passed else "[bold red]FAILED[/]"
     against = f" against {report.against}" if report.against else ""

@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from .cli import _emit_json, _errors, _print_conversion, _progress, app, err, out
+from ..errors import BitconvertError
+from .common import JsonOut, emit_json, err, out, print_conversion, progress_bar
 
 
 def _quiet_client(json_out: bool) -> None:
@@ -34,6 +35,7 @@ def _print_plan(plan, *, dry_run: bool) -> None:
     for op in d["operations"]:
         line = f"add {op['sha256']} {op['size']:>14,} {op['path']}  ({op['origin']})"
         out.print(line, highlight=False, markup=False, soft_wrap=True)
+    _print_skipped(d["skipped"])
     out.print(f"{len(d['operations'])} files, {d['total_bytes']:,} bytes, one commit", highlight=False)
     if dry_run:
         out.rule("README.md")
@@ -52,9 +54,14 @@ def _print_result(result) -> None:
     out.print(f"parent {d['parent_commit']}; {len(d['files'])} files, {d['total_bytes']:,} bytes", highlight=False,
               soft_wrap=True)
     out.print(d["pr_url"] or d["commit_url"], highlight=False, markup=False, soft_wrap=True)
+    _print_skipped(d["skipped"])
 
 
-@app.command()
+def _print_skipped(skipped: list[dict]) -> None:
+    for skip in skipped:
+        out.print(f"skip {skip['path']}  ({skip['reason']})", highlight=False, markup=False, soft_wrap=True)
+
+
 def upload(
     src: Annotated[str, typer.Argument(help="Checkpoint to upload: a directory, a file, or hf://ORG/NAME[@REV].")],
     repo_id: Annotated[str, typer.Argument(metavar="ORG/NAME", help="Destination model repository.")],
@@ -70,44 +77,47 @@ def upload(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the operations and the card; send nothing.")
     ] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+    include_pickles: Annotated[
+        bool, typer.Option("--include-pickles", help="Also upload pickle files (*.bin, *.pt, ...); left out otherwise.")
+    ] = False,
+    json_out: JsonOut = False,
 ) -> None:
     """Verify SRC, then upload it to the Hub as one commit, with a model card. Token: HF_TOKEN or `hf auth login`."""
-    from .hub import plan_upload
-    from .hub import upload as send
+    from ..hub.upload import plan_upload
+    from ..hub.upload import upload as send
 
-    with _errors():
-        with _progress(not json_out) as progress:
-            plan = plan_upload(
-                src, repo_id, revision=revision, create_pr=create_pr, private=private,
-                commit_message=commit_message, card_file=card, progress=progress,
-            )
-        if dry_run:
-            if json_out:
-                _emit_json({"dry_run": True, **plan.to_dict()})
-            else:
-                _print_plan(plan, dry_run=True)
-            return
-        _quiet_client(json_out)
-        result = send(plan)
+    with progress_bar(not json_out) as progress:
+        plan = plan_upload(
+            src, repo_id, revision=revision, create_pr=create_pr, private=private,
+            commit_message=commit_message, card_file=card, progress=progress, include_pickles=include_pickles,
+        )
+    if dry_run:
         if json_out:
-            _emit_json(result.to_dict())
+            emit_json({"dry_run": True, **plan.to_dict()})
         else:
-            _print_result(result)
+            _print_plan(plan, dry_run=True)
+        return
+    _quiet_client(json_out)
+    result = send(plan)
+    if json_out:
+        emit_json(result.to_dict())
+    else:
+        _print_result(result)
 
 
 def convert_and_push(src, dst, to: str, options, push_to: str, *, force: bool, json_out: bool) -> None:
     """``convert --push-to``: convert, then upload DST; one JSON object with both when --json."""
-    from .convert import convert
-    from .errors import BitconvertError
-    from .hub import HubError, check_repo_id, plan_upload
-    from .hub import upload as send
+    from ..convert import convert
+    from ..hub.errors import HubError
+    from ..hub.source import check_repo_id
+    from ..hub.upload import plan_upload
+    from ..hub.upload import upload as send
 
     check_repo_id(push_to)  # a typo should fail before the conversion, not after it
-    with _progress(not json_out) as progress:
+    with progress_bar(not json_out) as progress:
         converted = convert(src, dst, to, options, force=force, progress=progress)
     if not json_out:
-        _print_conversion(converted)
+        print_conversion(converted)
     try:
         plan = plan_upload(dst, push_to)
         _quiet_client(json_out)
@@ -116,6 +126,6 @@ def convert_and_push(src, dst, to: str, options, push_to: str, *, force: bool, j
         # The conversion itself succeeded and stays on disk; say so in the one line.
         raise HubError(f"converted to {dst}, but the upload failed: {exc}") from exc
     if json_out:
-        _emit_json({**converted.to_dict(), "upload": result.to_dict()})
+        emit_json({**converted.to_dict(), "upload": result.to_dict()})
     else:
         _print_result(result)

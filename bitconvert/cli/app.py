@@ -1,0 +1,55 @@
+"""The ``bitconvert`` Typer app, assembled from the command modules; every command runs inside the one
+error boundary (:func:`bitconvert.cli.common.guarded`)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from .. import __version__
+from . import convert, runtime, upload, verify
+from .common import guarded, out, state
+
+app = typer.Typer(
+    name="bitconvert",
+    help="Convert, verify and run BitNet b1.58 (ternary) checkpoints.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+#: in the order ``--help`` lists them
+COMMANDS = (
+    convert.inspect,
+    convert.pack,
+    convert.unpack,
+    convert.convert,
+    convert.formats,
+    upload.upload,
+    verify.verify,
+    runtime.run,
+    runtime.logits,
+)
+for command in COMMANDS:
+    app.command()(guarded(command))
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"bitconvert {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    state["debug"] = debug
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,353 @@
+"""The ``gguf`` writer: a :class:`Checkpoint` laid out as one GGUF file, tensor by tensor.
+
+Three stages: **plan** (each tensor's GGUF name, type and shape, and how its scale is kept),
+**metadata** (hyperparameters, tokenizer, provenance, exact scale records), **stream** (each tensor
+loaded, encoded through the type table in ``types.py``, and written in plan order).
+
+Scales stay exact. TQ types in the ``bitnet`` architecture store codes with block ``d = 1`` plus an
+F32 ``[1]`` tensor ``blk.N.<name>.scale`` that llama.cpp multiplies into the matmul output. The
+``llama`` architecture loads no such tensor, so there the scale is folded into every block's fp16
+``d`` (rounded; reported). I2_S keeps one fp32 scale after the packed codes, as bitnet.cpp does, in
+the byte layout of ``--i2s-layout`` (recorded as ``bitconvert.i2s_layout``). ``--recipe`` quantizes a
+master as llama.cpp's converter (fp16 ``d`` per block, no ``.scale``) or bitnet.cpp's does.
+Each stored scale is also recorded bit for bit under ``bitconvert.ternary_scales`` so converting
+back restores it exactly, whatever its dtype and convention.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from ...checkpoint import Checkpoint, Value, as_dense
+from ...config import Architecture, ModelConfig
+from ...errors import CheckpointError, UsageError
+from ...provenance import PROVENANCE_KEY, provenance_text
+from ...recipes import GGUF_RECIPES, Recipe, recipe_ternary, tq_block_d
+from ...scale_records import encode_record
+from ...ternary import LinearClass
+from .. import Progress, WriteReport
+from ..hf.common import ordered_names
+from ..options import choice_parser, option, parse_flag, recipe_field
+from . import i2s_layouts, metadata, names, tokenizer, types
+from .stream_writer import KV, GGUFStreamWriter, PlannedGGUFTensor, kv_str
+from .types import GGMLType
+
+NAME = "gguf"
+WEIGHT_TYPES = ("tq2_0", "tq1_0", "i2_s", "f16", "bf16", "f32")  # what --gguf-type takes
+EMBED_TYPES = ("f16", "bf16", "f32", "q8_0")  # what --embed-type takes
+EMBEDDINGS = ("model.embed_tokens.weight", "lm_head.weight")
+DENSE_SLAB = 1 << 22  # values converted at a time when writing a float tensor
+SCALE_MODES = {
+    "blocks": "llama.cpp's: fp16 d = max|x| per 256-value block (the magnitude rounded to fp16)",
+    "tensor": "exact: codes with d = 1 and an F32 .scale tensor per weight",
+    "folded": "folded into each block's fp16 d",
+    "in-data": "exact: fp32 after the packed codes",
+    "dequantized": "dequantized: codes x mean|W| per value",
+}
+
+
+@dataclass(frozen=True)
+class GGUFOptions:
+    gguf_type: str = option(
+        "tq2_0", "--gguf-type", "weight type of quantized linears: " + ", ".join(WEIGHT_TYPES),
+        choice_parser("--gguf-type", WEIGHT_TYPES),
+    )  # fmt: skip
+    embed_type: str = option(
+        "f16", "--embed-type", "type of token_embd (and an untied output): " + ", ".join(EMBED_TYPES),
+        choice_parser("--embed-type", EMBED_TYPES),
+    )  # fmt: skip
+    allow_fallback: bool = option(
+        False, "--allow-fallback", "write quantized linears a ternary type cannot hold as F16", parse_flag
+    )
+    no_tokenizer: bool = option(
+        False, "--no-tokenizer", "write no tokenizer (else an unreadable tokenizer.json is an error)", parse_flag
+    )
+    recipe: Recipe = recipe_field(
+        GGUF_RECIPES,
+        "how a master is quantized: transformers (exact fp32 scale, default), llama.cpp (tq types: fp16 d = "
+        "max|x| per block, as convert_hf_to_gguf.py) or bitnet.cpp (i2_s: its converter's folded scale)",
+    )
+    i2s_layout: str | None = option(
+        None, "--i2s-layout", "I2_S byte layout (bitnet.cpp build): x86 (default, official files), x86-rows or arm",
+        choice_parser("--i2s-layout", i2s_layouts.LAYOUTS),
+    )  # fmt: skip
+
+
+def scale_mode(wtype: GGMLType, arch: str, recipe: Recipe = Recipe.TRANSFORMERS) -> str:
+    """Where a quantized weight's scale goes for this type and architecture (see SCALE_MODES)."""
+    if recipe is Recipe.LLAMA_CPP:
+        return "blocks"
+    if wtype.kind != "ternary":
+        return "dequantized"
+    if wtype.flat:
+        return "in-data"
+    return "folded" if arch == metadata.ARCH_LLAMA else "tensor"
+
+
+@dataclass
+class _Tensor:
+    hf: str
+    tensor: PlannedGGUFTensor
+    role: str  # "ternary" | "fallback" | "dense"
+    scale: PlannedGGUFTensor | None = None
+    heads: int | None = None  # llama-architecture q/k: rows permuted per head
+
+
+@dataclass
+class _Plan:
+    """Stage 1: what the file will hold, decided before any tensor is loaded."""
+
+    arch: str
+    wtype: GGMLType
+    mode: str
+    recipe: Recipe = Recipe.TRANSFORMERS
+    i2s_layout: str = i2s_layouts.DEFAULT_LAYOUT
+    tensors: list[_Tensor] = field(default_factory=list)
+    fallbacks: list[str] = field(default_factory=list)
+
+    def flat(self) -> list[PlannedGGUFTensor]:
+        return [t for p in self.tensors for t in ((p.tensor, p.scale) if p.scale else (p.tensor,))]
+
+
+class GGUFWriter:
+    name = NAME
+    writes_directory = False
+    Options = GGUFOptions
+
+    def write(self, ckpt: Checkpoint, out: Path, options: GGUFOptions, progress: Progress) -> WriteReport:
+        report = WriteReport(NAME)
+        plan = plan_tensors(ckpt, options)
+        _check_layout(ckpt.config, plan.arch, report)
+        md = _metadata(ckpt, plan, options, report)
+        how, folded_err = _stream(ckpt, plan, md, out, progress)
+        report.tensors = len(plan.flat())
+        report.bytes_written = out.stat().st_size
+        report.ternary_sources = dict(how)
+        report.details.update(
+            gguf_type=options.gguf_type, architecture=plan.arch, token_embd=options.embed_type,
+            scale=SCALE_MODES[plan.mode], recipe=plan.recipe.value,
+        )  # fmt: skip
+        if plan.wtype.id == types.I2_S:
+            report.details["i2s_layout"] = plan.i2s_layout
+        _report_losses(plan, options, how, folded_err, report)
+        return report
+
+
+# --- stage 1: plan --------------------------------------------------------------------------------
+
+
+def plan_tensors(ckpt: Checkpoint, options: GGUFOptions) -> _Plan:
+    cfg = ckpt.config
+    wtype = types.BY_OPTION[options.gguf_type]
+    _check_recipe(ckpt, options, wtype)
+    arch = metadata.gguf_architecture(cfg.architecture, options.gguf_type)
+    layout = options.i2s_layout or i2s_layouts.DEFAULT_LAYOUT
+    plan = _Plan(arch, wtype, scale_mode(wtype, arch, options.recipe), options.recipe, layout)
+    etype = types.BY_OPTION[options.embed_type]
+    for hf in ordered_names(cfg, ckpt.tensors):
+        e = ckpt.tensors[hf]
+        gname = names.to_gguf(hf, cfg)
+        if gname is None:
+            raise CheckpointError(e.source, "no GGUF name for this tensor", hf)
+        heads = names.permuted_heads(arch, hf, cfg)
+        if ckpt.is_quantized_linear(hf):
+            plan.tensors.append(_plan_quantized(plan, hf, gname, e.shape, e.source, options.allow_fallback))
+            plan.tensors[-1].heads = heads
+            continue
+        if hf in EMBEDDINGS:
+            dense = etype
+            if not etype.fits(e.shape):
+                problem = f"rows of {e.shape[-1]} values cannot be stored as {etype.name} (blocks of {etype.block})"
+                raise CheckpointError(e.source, problem, hf)
+        else:  # norms F32; a linear left unquantized (modules_to_not_convert) F16, as llama.cpp does
+            dense = types.TYPES[types.F32 if len(e.shape) == 1 else types.F16]
+        plan.tensors.append(_Tensor(hf, PlannedGGUFTensor(gname, dense.id, e.shape), "dense", heads=heads))
+    return plan
+
+
+def _check_recipe(ckpt: Checkpoint, options: GGUFOptions, wtype: GGMLType) -> None:
+    """Refuse a recipe or I2_S layout where it cannot do what it names."""
+    if options.i2s_layout is not None and wtype.id != types.I2_S:
+        raise UsageError(f"--i2s-layout applies to --gguf-type i2_s only, not {options.gguf_type}")
+    if wtype.id == types.I2_S and not options.allow_fallback:
+        layout = options.i2s_layout or i2s_layouts.DEFAULT_LAYOUT
+        for name, e in ckpt.tensors.items():
+            problem = ckpt.is_quantized_linear(name) and i2s_layouts.layout_problem(layout, tuple(e.shape))
+            if problem:
+                raise CheckpointError(e.source, problem, name)
+    recipe = options.recipe
+    if recipe is Recipe.TRANSFORMERS:
+        return
+    if recipe is Recipe.LLAMA_CPP and wtype.id not in (types.TQ1_0, types.TQ2_0):
+        raise UsageError(f"--recipe llama.cpp writes tq1_0 or tq2_0, as llama.cpp's converter; not {options.gguf_type}")
+    if recipe is Recipe.BITNET_CPP and wtype.id != types.I2_S:
+        raise UsageError(f"--recipe bitnet.cpp writes i2_s, as bitnet.cpp's converter; not {options.gguf_type}")
+    stored = [n for n, e in ckpt.tensors.items() if e.ternary]
+    if stored:
+        raise UsageError(
+            f"--recipe {recipe.value} quantizes a float master, but {ckpt.path} ({ckpt.format}) already holds ternary "
+            f"codes (e.g. {stored[0]}), which are never requantized: drop --recipe"
+        )
+
+
+def _plan_quantized(plan: _Plan, hf: str, gname: str, shape: tuple, source: str, allow_fallback: bool) -> _Tensor:
+    wtype = plan.wtype
+    scale = PlannedGGUFTensor(names.scale_name(gname), types.F32, (1,))
+    if shape[-1] % wtype.block == 0:
+        return _Tensor(
+            hf, PlannedGGUFTensor(gname, wtype.id, shape), "ternary", scale if plan.mode == "tensor" else None
+        )
+    if not allow_fallback:
+        problem = (
+            f"rows of {shape[-1]} values are not a multiple of {wtype.block}, which {wtype.name} needs "
+            "(pass --allow-fallback to write such tensors as F16)"
+        )
+        raise CheckpointError(source, problem, hf)
+    plan.fallbacks.append(hf)
+    # upstream llama.cpp's bitnet graph multiplies .scale in (checked); bitnet.cpp's is unverified
+    keep_scale = plan.arch == metadata.ARCH_BITNET and wtype.kind == "ternary" and not wtype.flat
+    return _Tensor(hf, PlannedGGUFTensor(gname, types.F16, shape), "fallback", scale if keep_scale else None)
+
+
+# --- stage 2: metadata ----------------------------------------------------------------------------
+
+
+def _metadata(ckpt: Checkpoint, plan: _Plan, options: GGUFOptions, report: WriteReport) -> dict[str, KV]:
+    cfg = ckpt.config
+    md: dict[str, KV] = {}
+    name, source_url, license = metadata.origin(ckpt.info, ckpt.path)
+    md.update(metadata.general(name, plan.arch, plan.wtype.file_type, source_url, license))
+    md.update(metadata.hyperparameters(cfg, plan.arch))
+    if not options.no_tokenizer:
+        md.update(_tokenizer(ckpt, report))
+    records = {}
+    for p in plan.tensors:
+        e = ckpt.tensors[p.hf]
+        if p.role != "dense" and e.load_scale is not None:
+            records[p.hf] = encode_record(e.load_scale())
+    md.update(metadata.bitconvert_keys(cfg, ckpt.format, plan.mode, records))
+    if plan.wtype.id == types.I2_S:
+        md[metadata.KEY_I2S_LAYOUT] = kv_str(plan.i2s_layout)
+    if ckpt.info.get("provenance"):
+        md[PROVENANCE_KEY] = kv_str(provenance_text(ckpt.info["provenance"]))
+    return md
+
+
+def _tokenizer(ckpt: Checkpoint, report: WriteReport) -> dict[str, KV]:
+    """A GGUF source's tokenizer keys as they were; else keys built from tokenizer.json."""
+    carried = ckpt.info.get("gguf_tokenizer")
+    if carried:
+        return carried
+    cfg = ckpt.config
+    tmeta = tokenizer.from_side_files(ckpt.side_files, cfg.vocab_size, cfg.bos_token_id, cfg.eos_token_id)
+    report.warnings += tmeta.warnings
+    return tmeta.kv
+
+
+# --- stage 3: stream ------------------------------------------------------------------------------
+
+
+def _stream(ckpt: Checkpoint, plan: _Plan, md: dict[str, KV], out: Path, progress: Progress) -> tuple[Counter, float]:
+    """Every tensor loaded, encoded and written in plan order; (how each weight was obtained, the
+    largest relative rounding of a scale folded into fp16 d)."""
+    how: Counter = Counter()
+    folded_err = 0.0
+    total = len(plan.tensors)
+    with GGUFStreamWriter(out, md, plan.flat()) as w:
+        for i, p in enumerate(plan.tensors):
+            progress(i, total, p.hf)
+            value = ckpt.tensors[p.hf].load()
+            if p.role == "dense":
+                if p.heads:
+                    value = names.permute_qk(as_dense(value, torch.float32), p.heads)
+                w.write_parts(p.tensor.name, _dense_parts(value, p, ckpt))
+                continue
+            # float64 holds every stored scale exactly; each output dtype is then rounded to once.
+            tw, source = recipe_ternary(value, plan.recipe, LinearClass.AUTOBITLINEAR, torch.float64)
+            how[source] += 1
+            del value
+            codes = names.permute_qk(tw.codes, p.heads) if p.heads else tw.codes
+            mag = tw.scale.value.reshape(1)
+            w.write(p.tensor.name, _encode_ternary(p, plan, codes, mag))
+            if plan.mode == "folded" and p.role == "ternary":
+                folded_err = max(folded_err, abs(float(mag.to(torch.float16)) / float(mag) - 1.0))
+            if p.scale is not None:
+                w.write(p.scale.name, mag.to(torch.float32))
+        progress(total, total, "")
+    return how, folded_err
+
+
+def _encode_ternary(p: _Tensor, plan: _Plan, codes: torch.Tensor, mag: torch.Tensor) -> torch.Tensor:
+    """The bytes of one quantized weight: codes (and the scale where the data holds it) in its type."""
+    t = types.TYPES[p.tensor.type]
+    mode = plan.mode
+    if t.kind == "ternary":
+        if t.id == types.I2_S:
+            return i2s_layouts.encode(codes, float(mag.to(torch.float32)), plan.i2s_layout)
+        if mode == "in-data":
+            return t.encode(codes, float(mag.to(torch.float32)))
+        if mode == "blocks":  # llama.cpp's: fp16 d = max|x| per block, 0 for a block of zeros
+            return t.encode(codes, tq_block_d(codes, mag, t.block))
+        d = mag.to(torch.float16).float() if mode == "folded" else 1.0
+        return t.encode(codes, d)
+    if p.scale is not None:  # F16 fallback beside an exact .scale tensor
+        return t.encode(codes.to(t.torch_dtype))
+    return t.encode(codes.to(t.torch_dtype) * mag.to(t.torch_dtype))  # codes x mean|W| in that dtype
+
+
+def _dense_parts(value: Value, p: _Tensor, ckpt: Checkpoint) -> Iterator[torch.Tensor]:
+    """The tensor converted a slab of rows at a time: an embedding is never held twice."""
+    t = types.TYPES[p.tensor.type]
+    w = value if isinstance(value, torch.Tensor) else as_dense(value, torch.float32)
+    rows = w.reshape(-1, p.tensor.shape[-1]) if w.dim() > 1 else w.reshape(1, -1)
+    step = max(1, DENSE_SLAB // max(1, rows.shape[1]))
+    for i in range(0, rows.shape[0], step):
+        chunk = rows[i : i + step]
+        if t.max_finite is not None and chunk.dtype != t.torch_dtype and chunk.numel():
+            lo, hi = torch.aminmax(chunk)  # one cheap pass; isfinite on the converted result is far slower
+            if float(hi) >= t.max_finite or float(lo) <= -t.max_finite:
+                problem = f"values overflow {t.name}; choose --embed-type bf16 or f32"
+                raise CheckpointError(ckpt.tensors[p.hf].source, problem, p.hf)
+        yield t.encode(chunk)
+
+
+# --- report ---------------------------------------------------------------------------------------
+
+
+def _check_layout(cfg: ModelConfig, arch: str, report: WriteReport) -> None:
+    if arch == metadata.ARCH_LLAMA:
+        return
+    if cfg.num_attention_heads * cfg.head_dim != cfg.hidden_size:
+        report.warnings.append(
+            f"heads x head_dim ({cfg.num_attention_heads} x {cfg.head_dim}) differs from hidden_size "
+            f"({cfg.hidden_size}): llama.cpp's {arch!r} architecture cannot load this model"
+        )
+    if not cfg.tie_word_embeddings:
+        report.warnings.append(
+            f"untied embeddings: output.weight written, which llama.cpp's {arch!r} architecture refuses to load"
+        )
+    if cfg.architecture is Architecture.BITNET and arch == metadata.ARCH_BITNET:
+        report.warnings.append(
+            "upstream llama.cpp runs the bitnet architecture with SiLU; this relu² model (2B-4T) gives wrong "
+            "logits there (bitnet.cpp's I2_S build, --gguf-type i2_s, applies relu²)"
+        )
+
+
+def _report_losses(plan: _Plan, options: GGUFOptions, how: Counter, folded_err: float, report: WriteReport) -> None:
+    if plan.mode == "folded" and how:
+        report.warnings.append(
+            f"llama.cpp's {plan.arch!r} architecture loads no .scale tensors: each tensor scale was folded into the "
+            f"fp16 block scale d (largest relative rounding {folded_err:.2e}); "
+            "bitconvert.ternary_scales keeps the exact values"
+        )
+    if plan.fallbacks:
+        report.warnings.append(
+            f"{len(plan.fallbacks)} tensor(s) written as F16 because their rows are not a multiple of the "
+            f"{options.gguf_type.upper()} block: {', '.join(plan.fallbacks)}"
+        )
+        report.details["fallback_f16"] = len(plan.fallbacks)
