@@ -150,3 +150,26 @@ def test_cli_reproduce_json_and_exit_codes(onebitllms_file, tmp_path):
     assert failed.returncode == 1
     assert "reproduce.nondegenerate" in junit.read_text() and TARGET in failed.stderr
     assert np.isfinite(data["figures"]["failed"])
+
+
+def rewritten_as(path: Path, dst: Path, layout: str) -> Path:
+    """The same file with every I2_S tensor's codes re-laid out (sizes are equal), no layout key."""
+    from bitconvert.formats.gguf import i2s_layouts
+
+    f = GGUFFile(path)
+    data = bytearray(path.read_bytes())
+    for t in f.tensors.values():
+        if t.type_name == "I2_S":
+            raw = f.read_raw(t.name)
+            codes, scale = i2s_layouts.decode(raw, t.shape, "x86")
+            data[t.offset : t.offset + t.nbytes] = bytes(i2s_layouts.encode(codes, float(scale), layout).numpy())
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def test_unrecorded_arm_layout_is_found_by_reproduce(gguf_master, tmp_path):
+    theirs = run_bitnet_converter(gguf_master, tmp_path / "bitnet.gguf")
+    arm = rewritten_as(theirs, tmp_path / "arm.gguf", "arm")
+    report = verify_reproduce(arm, gguf_master)
+    assert report.passed, [c.detail for c in report.failures]
+    assert report.figures["i2s_layout"] == "arm" and report.figures["recipe"] == "bitnet.cpp"

@@ -40,6 +40,7 @@ RECIPES_OF = {"hf-packed": HF_PACKED_RECIPES, "gguf": GGUF_RECIPES}
 class _Attempt:
     recipe: Recipe
     report: VerifyReport
+    layout: str | None = None  # the I2_S layout tried, when the file records none
 
     @property
     def score(self) -> tuple[int, int, int]:
@@ -74,18 +75,14 @@ def verify_reproduce(
     attempts: list[_Attempt] = []
     skipped: list[str] = []
     with tempfile.TemporaryDirectory(prefix="bitconvert-reproduce-") as tmp:
-        for r in candidates:
-            options = _options_like(pub, r)
-            if options is None:
-                skipped.append(f"{r.value}: cannot write {pub.format} as stored here")
-                continue
-            out = Path(tmp) / (f"{r.value}.gguf" if pub.format == "gguf" else r.value)
-            try:
-                convert(master, out, pub.format, options)
-            except BitconvertError as exc:
-                skipped.append(f"{r.value}: {exc}")
-                continue
-            attempts.append(_Attempt(r, _compare(pub, open_checkpoint(out), progress)))
+        for layout in _layouts_to_try(pub):
+            checked = pub if layout is None else _read_gguf_as(pub.path, layout)
+            for r in candidates:
+                attempt = _attempt(checked, master, r, layout, Path(tmp), skipped, progress)
+                if attempt is not None:
+                    attempts.append(attempt)
+            if any(a.report.passed for a in attempts):
+                break  # the bytes fit this layout: the others would only scramble them
     if not attempts:
         report = VerifyReport(str(published), mode="reproduce", against=str(master))
         report.add(Check("reproduce.recipe", False, "no recipe could rebuild it: " + "; ".join(skipped)))
@@ -105,12 +102,56 @@ def verify_reproduce(
     report.figures["recipe"] = best.recipe.value
     report.figures["reproduced"] = exact
     report.figures["reproducing_recipes"] = matching
+    if best.layout is not None:
+        report.figures["i2s_layout"] = best.layout
+        report.notes.append(f"the file records no I2_S layout; its bytes were compared as layout {best.layout}")
     report.figures["recipes"] = {
-        a.recipe.value: {"codes_differing": a.score[0], "scales_differing": a.score[1], "failed_checks": a.score[2]}
+        a.recipe.value + (f" ({a.layout})" if a.layout else ""): {
+            "codes_differing": a.score[0],
+            "scales_differing": a.score[1],
+            "failed_checks": a.score[2],
+        }
         for a in attempts
     }
     report.notes += skipped
     return report
+
+
+def _layouts_to_try(pub: Checkpoint) -> list[str | None]:
+    """None (read as the file says), or each I2_S layout when the file records none and the bytes
+    alone cannot tell (see formats/gguf/i2s_layouts.py)."""
+    if not str(pub.info.get("i2s_layout", "")).endswith("(assumed: not recorded)"):
+        return [None]
+    from ..formats.gguf.i2s_layouts import LAYOUTS, layout_problem
+
+    shapes = [tuple(e.shape) for n, e in pub.tensors.items() if pub.is_quantized_linear(n)]
+    return [lay for lay in LAYOUTS if not any(layout_problem(lay, s) for s in shapes)]
+
+
+def _read_gguf_as(path: Path, layout: str) -> Checkpoint:
+    from ..formats.gguf.reader import GGUFReader
+
+    return GGUFReader().read(Path(path), i2s_layout=layout)
+
+
+def _attempt(
+    pub: Checkpoint, master, recipe: Recipe, layout: str | None, tmp: Path, skipped: list[str], progress: Progress
+) -> _Attempt | None:
+    """PUBLISHED rebuilt with one recipe (and I2_S layout), compared; None (and a note) if it cannot be."""
+    options = _options_like(pub, recipe)
+    label = recipe.value + (f" ({layout})" if layout else "")
+    if options is None:
+        skipped.append(f"{label}: cannot write {pub.format} as stored here")
+        return None
+    if layout is not None:
+        options["i2s_layout"] = layout
+    out = tmp / (f"{recipe.value}-{layout}.gguf" if pub.format == "gguf" else recipe.value)
+    try:
+        convert(master, out, pub.format, options)
+    except BitconvertError as exc:
+        skipped.append(f"{label}: {exc}")
+        return None
+    return _Attempt(recipe, _compare(pub, open_checkpoint(out), progress), layout)
 
 
 def _options_like(pub: Checkpoint, recipe: Recipe) -> dict[str, Any] | None:

@@ -160,12 +160,14 @@ class GGUFReader:
     def detect(self, path: Path) -> bool:
         return path.is_file() and (path.suffix.lower() == ".gguf" or is_gguf(path))
 
-    def read(self, path: Path) -> Checkpoint:
+    def read(self, path: Path, i2s_layout: str | None = None) -> Checkpoint:
+        """``i2s_layout`` reads I2_S tensors in that byte layout whatever the file records (``verify
+        --reproduce`` tries each on files that record none)."""
         f = GGUFFile(path)
         notes: list[str] = []
         arch, cfg, precision = metadata.read_config(f, "output.weight" not in f.tensors, notes)
         hints = _scale_hints(f)
-        layout, recorded = _i2s_layout(f, notes)
+        layout, recorded = (i2s_layout, True) if i2s_layout else _i2s_layout(f, notes)
         used: set[str] = set()
         entries: dict[str, TensorEntry] = {}
         expected = cfg.expected_shapes()
