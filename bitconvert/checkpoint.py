@@ -115,11 +115,16 @@ def as_ternary(value: Value, linear_class: LinearClass, scale_dtype: torch.dtype
 
 
 def entry_as_ternary(
-    entry: TensorEntry, value: Value, linear_class: LinearClass, scale_dtype: torch.dtype
+    entry: TensorEntry,
+    value: Value,
+    linear_class: LinearClass,
+    scale_dtype: torch.dtype,
+    how: Callable[[Value, LinearClass, torch.dtype], tuple[TernaryWeight, str]] | None = None,
 ) -> tuple[TernaryWeight, str]:
-    """:func:`as_ternary` of ``entry``'s loaded ``value``; a NaN/Inf latent weight is refused naming it."""
+    """The ternary form of ``entry``'s loaded ``value`` by ``how`` (default :func:`as_ternary`; a
+    producer's recipe: recipes.recipe_quantizer); a NaN/Inf latent weight is refused naming the tensor."""
     try:
-        return as_ternary(value, linear_class, scale_dtype)
+        return (how or as_ternary)(value, linear_class, scale_dtype)
     except NonFiniteWeight as exc:
         raise CheckpointError(entry.source, str(exc), entry.name) from None
 

@@ -70,4 +70,6 @@ def describe_checkpoint(path: str | Path, *, stats: bool = True, progress: Progr
         "ternary_tensors": sum(1 for r in rows if r["role"] == "ternary linear"),
         "notes": ckpt.notes,
         "warnings": ckpt.warnings,
+        # GGUF I2_S: the byte layout (bitnet.cpp build) as recorded, or "... (assumed: not recorded)"
+        **({"i2s_layout": ckpt.info["i2s_layout"]} if "i2s_layout" in ckpt.info else {}),
     }

@@ -26,6 +26,15 @@ from .common import (
 )
 
 
+RecipeOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--recipe",
+        help="Quantize a master as this producer does, bit for bit: transformers (default), onebitllms "
+        "(hf-packed), llama.cpp (gguf tq1_0/tq2_0), bitnet.cpp (gguf i2_s).",
+    ),
+]
+
 def inspect(
     src: Src,
     json_out: JsonOut = False,
@@ -83,12 +92,13 @@ def pack(
     scale_dtype: ScaleDtype = None,
     dtype: DtypeOpt = None,
     max_shard_size: MaxShard = None,
+    recipe: RecipeOpt = None,
     force: Force = False,
     json_out: JsonOut = False,
 ) -> None:
     """Quantize a master (or re-pack any checkpoint) into transformers' packed 2-bit layout (hf-packed)."""
     opts = given_options(
-        linear_class=linear_class, dtype=dtype, scale_dtype=scale_dtype, max_shard_size=max_shard_size
+        linear_class=linear_class, dtype=dtype, scale_dtype=scale_dtype, max_shard_size=max_shard_size, recipe=recipe
     )
     run_conversion(src, dst, "hf-packed", opts, force=force, json_out=json_out)
 
@@ -138,6 +148,11 @@ def convert(
     no_tokenizer: Annotated[
         bool, typer.Option("--no-tokenizer", help="GGUF: write no tokenizer (else an unreadable one is an error).")
     ] = False,
+    recipe: RecipeOpt = None,
+    i2s_layout: Annotated[
+        Optional[str],
+        typer.Option("--i2s-layout", help="GGUF i2_s byte layout (bitnet.cpp build): x86 (default), x86-rows, arm."),
+    ] = None,
     tp: Annotated[Optional[str], typer.Option("--tp", help="Nanotron: tensor-parallel size to write (default 1).")] = None,
     rope_interleaved: Annotated[
         Optional[bool], typer.Option("--rope-interleaved/--no-rope-interleaved", help="Nanotron: RoPE layout.")
@@ -172,6 +187,8 @@ def convert(
         embed_type=embed_type,
         allow_fallback=allow_fallback or None,
         no_tokenizer=no_tokenizer or None,
+        recipe=recipe,
+        i2s_layout=i2s_layout,
         tp=tp,
         rope_interleaved=rope_interleaved,
         nanotron_version=nanotron_version,

@@ -34,6 +34,8 @@ READABLE_ARCHS = (ARCH_BITNET, ARCH_BITNET_B158, ARCH_BITNET_25, ARCH_LLAMA)
 KEY_HF_CONFIG = "bitconvert.hf_config"
 KEY_SOURCE_FORMAT = "bitconvert.source_format"
 KEY_SCALE_MODE = "bitconvert.scale_mode"
+#: the I2_S byte layout written (see i2s_layouts.py); files without it are read as x86
+KEY_I2S_LAYOUT = "bitconvert.i2s_layout"
 
 HUB_URL = "https://huggingface.co/"
 #: bitconvert's FFN activation key (gguf-py names none): ``relu2`` (2B-4T) or ``silu`` (1bitLLM)

@@ -23,6 +23,9 @@ SINGLE_NAME = "model.safetensors"
 #: Weight files in formats that can run code when loaded, or that another reader owns.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 NOT_SIDE_FILES = PICKLE_SUFFIXES + (".safetensors", ".gguf", ".h5", ".msgpack", ".onnx", ".npz", ".npy")
+#: What a trainer's ``checkpoint-N/`` folder holds beside the model (transformers' Trainer, Axolotl):
+#: training state, not part of a release. The pickles among them are never loaded either way.
+TRAINER_STATE_FILES = ("trainer_state.json",)
 
 
 @dataclass
@@ -107,6 +110,9 @@ def _parse_hf_directory(path: Path) -> HFDirectory:
     ignored_pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if ignored_pickles:
         notes.append(f"ignored pickle files (never loaded): {', '.join(ignored_pickles)}")
+    trainer = sorted(p.name for p in path.iterdir() if p.name in TRAINER_STATE_FILES)
+    if trainer:
+        notes.append(f"trainer checkpoint: training state ignored and not copied ({', '.join(trainer)})")
     return HFDirectory(path, config, stored, side_files(path), notes)
 
 
@@ -116,7 +122,7 @@ def side_files(path: Path) -> list[Path]:
     for p in sorted(path.iterdir()):
         if p.name.startswith(".") or p.name in ("config.json", INDEX_NAME) or not p.is_file():
             continue
-        if p.suffix in NOT_SIDE_FILES:
+        if p.suffix in NOT_SIDE_FILES or p.name in TRAINER_STATE_FILES:
             continue
         out.append(check_inside(p, path))
     return out

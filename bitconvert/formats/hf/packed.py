@@ -10,7 +10,8 @@ import torch
 
 from ...checkpoint import Checkpoint, TensorEntry, as_dense, check_tensor_set, entry_as_ternary, is_ignored_tensor
 from ...config import QuantConfig, QuantMode
-from ...errors import CheckpointError
+from ...errors import CheckpointError, UsageError
+from ...recipes import HF_PACKED_RECIPES, Recipe, recipe_quantizer
 from ...safetensors_io import DTYPE_NAMES, PlannedTensor, SafetensorsFile, StoredTensor
 from ...ternary import (
     VALUES_PER_BYTE,
@@ -22,7 +23,7 @@ from ...ternary import (
     unpack_codes,
 )
 from .. import Progress, WriteReport, register_reader, register_writer
-from ..options import dtype_field, dtype_parser, linear_class_field, max_shard_size_field, option
+from ..options import dtype_field, dtype_parser, linear_class_field, max_shard_size_field, option, recipe_field
 from .common import (
     HFDirectory,
     copy_side_files,
@@ -129,6 +130,27 @@ class HFPackedOptions:
         "dtype of dense tensors (embedding, norms): bf16, f16 or f32; default: the source's, per tensor"
     )
     max_shard_size: int = max_shard_size_field()
+    recipe: Recipe = recipe_field(
+        HF_PACKED_RECIPES,
+        "how a master is quantized: transformers (fp32, default) or onebitllms (bf16 arithmetic, "
+        "bf16 bitlinear scales, onebitllms' config keys)",
+    )
+
+
+def _check_recipe(ckpt: Checkpoint, options: HFPackedOptions) -> None:
+    """A producer recipe quantizes a float master: refused where it cannot apply as that producer would."""
+    if options.recipe is Recipe.TRANSFORMERS:
+        return
+    stored = [n for n, e in ckpt.tensors.items() if e.ternary]
+    if stored:
+        raise UsageError(
+            f"--recipe {options.recipe.value} quantizes a float master, but {ckpt.path} ({ckpt.format}) already holds "
+            f"ternary codes (e.g. {stored[0]}), which are never requantized: drop --recipe"
+        )
+    if options.linear_class is LinearClass.AUTOBITLINEAR:
+        raise UsageError("--recipe onebitllms stores 1/mean|W| (bitlinear); it does not take --linear-class autobitlinear")
+    if options.scale_dtype != torch.bfloat16:
+        raise UsageError("--recipe onebitllms stores bf16 scales; it does not take --scale-dtype f32")
 
 
 class HFPackedWriter:
@@ -139,7 +161,11 @@ class HFPackedWriter:
     def write(self, ckpt: Checkpoint, out: Path, options: HFPackedOptions, progress: Progress) -> WriteReport:
         cfg = ckpt.config
         dtype = options.dtype or ckpt.model_dtype()  # what config.json states
+        _check_recipe(ckpt, options)
+        onebitllms = options.recipe is Recipe.ONEBITLLMS
         linear_class = options.linear_class or ckpt.source_linear_class() or LinearClass.AUTOBITLINEAR
+        if onebitllms:
+            linear_class = LinearClass.BITLINEAR
         report = WriteReport(NAME)
         plan: list[PlannedTensor] = []
         for name in ordered_names(cfg, ckpt.tensors):
@@ -162,7 +188,7 @@ class HFPackedWriter:
             entry = ckpt.tensors[t.name]
             if not ckpt.is_quantized_linear(t.name):
                 return as_dense(entry.load(), t.dtype)
-            tw, source = entry_as_ternary(entry, entry.load(), linear_class, options.scale_dtype)
+            tw, source = entry_as_ternary(entry, entry.load(), linear_class, options.scale_dtype, recipe_quantizer(options.recipe))
             how[source] += 1
             pending_scales[scale_name(t.name)] = tw.scale.value.reshape(1)
             return pack_codes(tw.codes)
@@ -176,11 +202,33 @@ class HFPackedWriter:
             use_rms_norm=src_q.use_rms_norm,
             rms_norm_eps=src_q.rms_norm_eps,
         )
-        write_json(out / "config.json", cfg.to_hf_dict(quant, str(dtype).removeprefix("torch.")))
+        config = cfg.to_hf_dict(quant, str(dtype).removeprefix("torch."))
+        if onebitllms:
+            config.update(_onebitllms_config(src_q.modules_to_not_convert))
+        write_json(out / "config.json", config)
         report.files += ["config.json"] + copy_side_files(ckpt.side_files, out)
         report.ternary_sources = dict(how)
         report.details["linear_class"] = linear_class.value
+        report.details["recipe"] = options.recipe.value
+        untouched = sum(n for how_, n in how.items() if how_ != "quantized")
+        if options.recipe is not Recipe.TRANSFORMERS and untouched:
+            report.warnings.append(
+                f"{untouched} tensor(s) were already ternary floats (codes x one magnitude): kept as they are, "
+                f"not requantized with --recipe {options.recipe.value}"
+            )
         return report
+
+
+def _onebitllms_config(not_converted: tuple[str, ...]) -> dict:
+    """The keys onebitllms' quantize_to_1bit writes: no linear_class (so bitlinear), is_bitnet_config."""
+    return {
+        "is_bitnet_config": True,
+        "pretraining_tp": 1,
+        "quantization_config": {
+            "modules_to_not_convert": list(not_converted) or ["lm_head"],
+            "quant_method": "bitnet",
+        },
+    }
 
 
 register_reader(HFPackedReader())
