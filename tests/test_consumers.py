@@ -264,17 +264,24 @@ def test_llama_cpp_honours_scale_tensors_in_the_llama_architecture_too(tmp_path)
 # --- bitnet.cpp ---------------------------------------------------------------------------------
 
 
-def test_bitnet_cpp_rules(wide, ggufs):
+def test_bitnet_cpp_rules(wide, ggufs, tmp_path):
     for target in ("bitnet.cpp", "bitnet.cpp-arm"):
         c = check_of(wide["bitnet-2b4t"], target, "ffn_activation")
         assert not c.passed and "390c3077" in c.detail
         assert outcome(wide["1bitllm"], target)["ffn_activation"]
+    # the byte layout: bitconvert's default I2_S is x86; --i2s-layout arm is what ARM builds read
+    x86 = ggufs["bitnet-2b4t-i2_s"]
+    arm = tmp_path / "arm.gguf"
+    convert(wide["bitnet-2b4t"], arm, "gguf", {"gguf_type": "i2_s", "i2s_layout": "arm"})
+    assert outcome(x86, "bitnet.cpp")["i2_s_layout"] and not outcome(x86, "bitnet.cpp-arm")["i2_s_layout"]
+    assert outcome(arm, "bitnet.cpp-arm")["i2_s_layout"] and not outcome(arm, "bitnet.cpp")["i2_s_layout"]
+    assert outcome(ggufs["1bitllm-tq2_0"], "bitnet.cpp-arm")["i2_s_layout"]  # no I2_S tensor
+    # rows: 40 x 40 = 1600 values fill 64-value blocks (ARM) but not 128-value ones (x86)
+    odd = make_checkpoint(tmp_path / "odd", "llama", "packed", hidden=40, intermediate=80, heads=4, kv_heads=4)
+    c = check_of(odd, "bitnet.cpp", "i2_s_rows")
+    assert not c.passed and "x86 layout" in c.detail
+    assert outcome(odd, "bitnet.cpp-arm")["i2_s_rows"]
     assert outcome(wide["1bitllm"], "bitnet.cpp")["i2_s_rows"]
-    c = check_of(FIXTURES / "llama-packed", "bitnet.cpp", "i2_s_rows")
-    assert not c.passed and "not a multiple of 128" in c.detail
-    assert not outcome(ggufs["bitnet-2b4t-i2_s"], "bitnet.cpp-arm")["i2_s_layout"]
-    assert outcome(ggufs["1bitllm-tq2_0"], "bitnet.cpp-arm")["i2_s_layout"]
-    assert not outcome(wide["1bitllm"], "bitnet.cpp-arm")["i2_s_layout"]  # convert would write the x86 layout
 
 
 # --- Nanotron (its own code, on CPU) ------------------------------------------------------------

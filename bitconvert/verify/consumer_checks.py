@@ -9,19 +9,19 @@ GGUF architecture bitconvert chooses, rows that TQ or I2_S must hold), so the sa
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from ..checkpoint import Checkpoint
 from ..config import Architecture, ModelConfig
-from ..formats.gguf import codecs, metadata, names, types
+from ..formats.gguf import codecs, i2s_layouts, metadata, names, types
 from ..formats.gguf.parser import GGUFFile
 from ..ternary import TernaryWeight
 
 #: rows (in_features) each ternary GGUF type needs, as a multiple
 TQ_ROWS = codecs.QK_K
-I2_S_ROWS = 128  # bitnet.cpp's x86 QK_I2_S
 #: Nanotron's RotaryEmbedding default base, the only one its BitNet config can express
 NANOTRON_ROPE_BASE = 10000.0
 #: fused Nanotron parameters and the HF projections each concatenates
@@ -171,27 +171,39 @@ def bitnetcpp_ffn_activation(f: Facts) -> Finding:
     return Finding(True, f"activation {act!r}")
 
 
-def bitnetcpp_rows(f: Facts) -> Finding:
-    if f.gguf is not None:
-        return Finding(True, "stored types as they are (bitnet.cpp's loader checks its own)")
-    narrow = _narrow_rows(f, I2_S_ROWS)
-    if narrow:
-        cols = f.ckpt.tensors[narrow[0]].shape[1]
-        return Finding(False, f"{len(narrow)} ternary weights have rows of {cols} values, not a multiple of "
-                              f"{I2_S_ROWS}: I2_S cannot hold them", float(len(narrow)), 0.0, narrow[0])
-    return Finding(True, f"every ternary weight's rows are a multiple of {I2_S_ROWS} (I2_S)")
+def bitnetcpp_rows(layout: str) -> Callable[[Facts], Finding]:
+    """Rows a bitnet.cpp build of ``layout`` can hold, for what ``convert --to gguf --gguf-type i2_s`` writes."""
+
+    def check(f: Facts) -> Finding:
+        if f.gguf is not None:
+            return Finding(True, "stored as it is (the layout rule checks the I2_S tensors)")
+        bad = [(n, i2s_layouts.layout_problem(layout, tuple(f.ckpt.tensors[n].shape)))
+               for n in f.cfg.quantized_linear_names()]
+        bad = [(n, why) for n, why in bad if why]
+        if bad:
+            return Finding(False, f"{len(bad)} ternary weights cannot be I2_S in the {layout} layout: {bad[0][1]}",
+                           float(len(bad)), 0.0, bad[0][0])
+        return Finding(True, f"every ternary weight fits the {layout} I2_S layout")
+
+    return check
 
 
-def bitnetcpp_arm_i2_s_layout(f: Facts) -> Finding:
-    if f.gguf is not None:
+def bitnetcpp_i2_s_layout(layout: str) -> Callable[[Facts], Finding]:
+    """The I2_S byte layout of SRC's tensors against the one a ``layout`` build reads."""
+
+    def check(f: Facts) -> Finding:
+        if f.gguf is None:
+            return Finding(True, f"write it with `--gguf-type i2_s --i2s-layout {layout}`")
         i2s = [t.name for t in f.gguf.tensors.values() if t.type == types.I2_S]
         if not i2s:
             return Finding(True, "no I2_S tensors")
-        return Finding(False, f"{len(i2s)} I2_S tensors in the x86 layout (blocks of 128) bitconvert reads and "
-                              "writes; ARM builds read blocks of 64 and would take other codes",
-                       float(len(i2s)), 0.0, i2s[0])
-    return Finding(False, "`convert --to gguf --gguf-type i2_s` writes the x86 I2_S layout (blocks of 128); ARM "
-                          "builds read blocks of 64")
+        stored = str(f.ckpt.info.get("i2s_layout", i2s_layouts.DEFAULT_LAYOUT))
+        if stored == layout:
+            return Finding(True, f"{len(i2s)} I2_S tensors in the {layout} layout, as recorded")
+        return Finding(False, f"{len(i2s)} I2_S tensors in the {stored} layout; a {layout} build reads other "
+                              "codes from the same bytes", float(len(i2s)), 0.0, i2s[0])
+
+    return check
 
 
 # --- Nanotron -----------------------------------------------------------------------------------

@@ -57,12 +57,20 @@ _BITNETCPP_ACTIVATION = Rule(
     "https://github.com/microsoft/BitNet/issues/588",
     c.bitnetcpp_ffn_activation,
 )
-_BITNETCPP_ROWS = Rule(
-    "i2_s_rows",
-    "I2_S packs rows in blocks of QK_I2_S values: 128 on x86, 64 on ARM",
-    f"{BITNET_CPP} src/ggml-bitnet-mad.cpp:11-14 (QK_I2_S)",
-    c.bitnetcpp_rows,
-)
+_BITNETCPP_LAYOUT_SOURCE = (f"{BITNET_CPP} src/ggml-bitnet-mad.cpp:11-14 (QK_I2_S 128 on x86, 64 on ARM), quantize_i2_s "
+                            ":51 (x86 with ACT_PARALLEL :53, ARM NEON :151)")
+
+
+def _bitnetcpp(layout: str, build: str) -> tuple[Rule, ...]:
+    return (
+        _BITNETCPP_ACTIVATION,
+        Rule("i2_s_layout", f"{build} reads I2_S in the {layout} byte layout; other layouts are other codes",
+             _BITNETCPP_LAYOUT_SOURCE, c.bitnetcpp_i2_s_layout(layout)),
+        Rule("i2_s_rows", f"the {layout} layout packs blocks of {'64' if layout == 'arm' else '128'} values",
+             _BITNETCPP_LAYOUT_SOURCE, c.bitnetcpp_rows(layout)),
+    )
+
+
 _NT_SUB_NORMS = Rule(
     "sub_norms",
     "no Nanotron model has the attention / FFN sub-norms of 2B-4T and 1bitLLM",
@@ -115,16 +123,9 @@ CONSUMERS: dict[str, Consumer] = {
                  "wq_s = create_tensor(tn(LLM_TENSOR_ATTN_Q, \"scale\", i), {1}, TENSOR_NOT_REQUIRED), ...)",
                  c.llamacpp_scale_tensors),
         )),
-        Consumer("bitnet.cpp", "bitnet.cpp on x86 (I2_S, 128-value blocks)", (
-            _BITNETCPP_ACTIVATION, _BITNETCPP_ROWS,
-        )),
-        Consumer("bitnet.cpp-arm", "bitnet.cpp built for ARM (NEON)", (
-            _BITNETCPP_ACTIVATION,
-            Rule("i2_s_layout", "ARM builds read I2_S in blocks of 64 values, x86 builds (and bitconvert) in blocks "
-                                "of 128: the same bytes are other codes",
-                 f"{BITNET_CPP} src/ggml-bitnet-mad.cpp:11-14 (QK_I2_S), quantize_i2_s :51 (x86 :52, ARM :151)",
-                 c.bitnetcpp_arm_i2_s_layout),
-        )),
+        Consumer("bitnet.cpp", "bitnet.cpp built for x86 (the default build, ACT_PARALLEL)",
+                 _bitnetcpp("x86", "the default x86 build")),
+        Consumer("bitnet.cpp-arm", "bitnet.cpp built for ARM (NEON)", _bitnetcpp("arm", "an ARM build")),
         Consumer("nanotron-pr180", "Nanotron's BitNet model at the head of PR #180", (
             _NT_SUB_NORMS,
             Rule("decoder_norms", "has no input_layernorm / post_attention_layernorm; every BitLinear normalizes its "
