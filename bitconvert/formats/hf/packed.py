@@ -19,6 +19,8 @@ from ...ternary import (
     TernaryWeight,
     first_invalid_code,
     pack_codes,
+    quantize_packed,
+    recover_ternary,
     unpack_codes,
 )
 from .. import Progress, WriteReport, register_reader, register_writer
@@ -129,6 +131,15 @@ class HFPackedOptions:
     max_shard_size: int = max_shard_size_field()
 
 
+def _packed(value, linear_class: LinearClass, scale_dtype: torch.dtype) -> tuple[torch.Tensor, TernaryScale, str]:
+    """Packed codes, scale and how they were obtained (see ``as_ternary``); a master quantizes and packs in one pass."""
+    if isinstance(value, torch.Tensor) and value.dim() == 2 and recover_ternary(value) is None:
+        packed, scale = quantize_packed(value, linear_class, scale_dtype)
+        return packed, scale, "quantized"
+    tw, source = as_ternary(value, linear_class, scale_dtype)
+    return pack_codes(tw.codes), tw.scale, source
+
+
 class HFPackedWriter:
     name = NAME
     writes_directory = True
@@ -160,10 +171,10 @@ class HFPackedWriter:
             entry = ckpt.tensors[t.name]
             if not ckpt.is_quantized_linear(t.name):
                 return as_dense(entry.load(), dtype)
-            tw, source = as_ternary(entry.load(), linear_class, options.scale_dtype)
+            packed, scale, source = _packed(entry.load(), linear_class, options.scale_dtype)
             how[source] += 1
-            pending_scales[scale_name(t.name)] = tw.scale.value.reshape(1)
-            return pack_codes(tw.codes)
+            pending_scales[scale_name(t.name)] = scale.value.reshape(1)
+            return packed
 
         write_safetensors_dir(out, plan, produce, options.max_shard_size, {"format": "pt"}, progress, report)
         src_q = cfg.quantization or QuantConfig()
