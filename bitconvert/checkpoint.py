@@ -34,6 +34,9 @@ class TensorEntry:
     load_scale: Callable[[], TernaryScale] | None = None
     #: how the source stores it, for people (e.g. "U8 packed + BF16 scale")
     stored: str = ""
+    #: for ternary entries stored in the HF row-block layout (``pack_codes``): the packed uint8
+    #: bytes as stored, unchecked, so statistics and hashes need not unpack them
+    load_packed: Callable[[], torch.Tensor] | None = None
 
 
 @dataclass

@@ -112,7 +112,8 @@ class HFPackedReader:
                 return TernaryWeight(_load_codes(st, t), load_scale())
 
             stored = f"{DTYPE_NAMES[t.dtype]}{' packed' if t.dtype == torch.uint8 else ''} + {DTYPE_NAMES[stt.dtype]} scale"
-            entries[name] = TensorEntry(name, shape, stt.dtype, True, str(st.path), load, load_scale, stored)
+            raw = (lambda st=st, t=t: st.read(t.name)) if t.dtype == torch.uint8 else None
+            entries[name] = TensorEntry(name, shape, stt.dtype, True, str(st.path), load, load_scale, stored, raw)
         orphans = sorted(n for n in d.stored if n.endswith(".weight_scale") and n not in scales_used)
         if orphans:
             raise CheckpointError(d.stored[orphans[0]][0].path, "weight_scale belongs to no quantized weight", orphans[0])
