@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -31,6 +32,9 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.gguf_write import GGUF_PY_TQ2_0, ensure_master, warm  # noqa: E402
 from benchmarks.peakmem import BITCONVERT, run_measured  # noqa: E402
+
+#: every job imports this checkout's bitconvert, whatever the working directory
+ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
 
 COPY_FLOOR = """
 import os, sys
@@ -100,7 +104,7 @@ def run_rounds(jobs: dict, work: Path, src: Path, rounds: int) -> dict[str, list
             clean(work)
             warm(src)
             code, args = jobs[name]
-            res = run_measured(code, *args)
+            res = run_measured(code, *args, env=ENV)
             if res["returncode"] not in (0,):
                 raise SystemExit(f"{name} failed ({res['returncode']}): {res['stderr'].strip()[-800:]}")
             results[name].append(res)
@@ -137,7 +141,7 @@ def main() -> None:
     work.mkdir()
     packed = work / "packed-ref"
     try:
-        made = run_measured(BITCONVERT, "pack", str(master), str(packed))
+        made = run_measured(BITCONVERT, "pack", str(master), str(packed), env=ENV)
         if made["returncode"]:
             raise SystemExit(f"pack failed: {made['stderr'][-800:]}")
         results = run_rounds(job_table(master, work, packed), work, master / "model.safetensors", args.rounds)
