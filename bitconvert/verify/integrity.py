@@ -140,7 +140,11 @@ def _load(entry: TensorEntry, packed: bool = True) -> Loaded:
     """What the checks need of one tensor: packed bytes + scale where the reader keeps them, else the value."""
     try:
         if packed and entry.load_packed is not None and entry.load_scale is not None:
-            return "packed", (entry.load_packed(), entry.load_scale())
+            raw = entry.load_packed()
+            try:
+                return "packed", (raw, entry.load_scale())
+            except READ_ERRORS:  # load() reports it, after any bad code, as the reader orders them
+                return _load(entry, packed=False)
         return "value", entry.load()
     except READ_ERRORS as exc:
         return "error", exc
