@@ -9,9 +9,10 @@ master holds it as a float tensor, and :func:`as_ternary` quantizes it on demand
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Callable, Iterator, Union
 
 import torch
 
@@ -37,6 +38,9 @@ class TensorEntry:
     load_scale: Callable[[], TernaryScale] | None = None
     #: how the source stores it, for people (e.g. "U8 packed + BF16 scale")
     stored: str = ""
+    #: for ternary entries stored in the HF row-block layout (``pack_codes``): the packed uint8
+    #: bytes as stored, unchecked, so statistics and hashes need not unpack them
+    load_packed: Callable[[], torch.Tensor] | None = None
 
 
 @dataclass
@@ -114,6 +118,15 @@ def as_ternary(value: Value, linear_class: LinearClass, scale_dtype: torch.dtype
     return quantize(value, linear_class, scale_dtype), "quantized"
 
 
+@contextmanager
+def quantizing(entry: TensorEntry) -> Iterator[None]:
+    """Quantization of ``entry``'s weight: a NaN/Inf in it is refused naming the tensor and its file."""
+    try:
+        yield
+    except NonFiniteWeight as exc:
+        raise CheckpointError(entry.source, str(exc), entry.name) from None
+
+
 def entry_as_ternary(
     entry: TensorEntry,
     value: Value,
@@ -122,11 +135,9 @@ def entry_as_ternary(
     how: Callable[[Value, LinearClass, torch.dtype], tuple[TernaryWeight, str]] | None = None,
 ) -> tuple[TernaryWeight, str]:
     """The ternary form of ``entry``'s loaded ``value`` by ``how`` (default :func:`as_ternary`; a
-    producer's recipe: recipes.recipe_quantizer); a NaN/Inf latent weight is refused naming the tensor."""
-    try:
+    producer's recipe: recipes.recipe_quantizer), inside :func:`quantizing`."""
+    with quantizing(entry):
         return (how or as_ternary)(value, linear_class, scale_dtype)
-    except NonFiniteWeight as exc:
-        raise CheckpointError(entry.source, str(exc), entry.name) from None
 
 
 def as_dense(value: Value, dtype: torch.dtype) -> torch.Tensor:

@@ -21,8 +21,8 @@ Pure functions on tensors: no files, no printing.
 from __future__ import annotations
 
 import enum
-from typing import Callable
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 

@@ -25,7 +25,6 @@ from .common import (
     run_conversion,
 )
 
-
 RecipeOpt = Annotated[
     Optional[str],
     typer.Option(

@@ -8,7 +8,15 @@ from pathlib import Path
 
 import torch
 
-from ...checkpoint import Checkpoint, TensorEntry, as_dense, check_tensor_set, entry_as_ternary, is_ignored_tensor
+from ...checkpoint import (
+    Checkpoint,
+    TensorEntry,
+    as_dense,
+    check_tensor_set,
+    entry_as_ternary,
+    is_ignored_tensor,
+    quantizing,
+)
 from ...config import QuantConfig, QuantMode
 from ...errors import CheckpointError, UsageError
 from ...recipes import HF_PACKED_RECIPES, Recipe, recipe_quantizer
@@ -20,6 +28,8 @@ from ...ternary import (
     TernaryWeight,
     first_invalid_code,
     pack_codes,
+    quantize_packed,
+    recover_ternary,
     unpack_codes,
 )
 from .. import Progress, WriteReport, register_reader, register_writer
@@ -111,7 +121,8 @@ class HFPackedReader:
                 return TernaryWeight(_load_codes(st, t), load_scale())
 
             stored = f"{DTYPE_NAMES[t.dtype]}{' packed' if t.dtype == torch.uint8 else ''} + {DTYPE_NAMES[stt.dtype]} scale"
-            entries[name] = TensorEntry(name, shape, stt.dtype, True, str(st.path), load, load_scale, stored)
+            raw = (lambda st=st, t=t: st.read(t.name)) if t.dtype == torch.uint8 else None
+            entries[name] = TensorEntry(name, shape, stt.dtype, True, str(st.path), load, load_scale, stored, raw)
         orphans = sorted(n for n in d.stored if n.endswith(".weight_scale") and n not in scales_used)
         if orphans:
             raise CheckpointError(d.stored[orphans[0]][0].path, "weight_scale belongs to no quantized weight", orphans[0])
@@ -153,6 +164,22 @@ def _check_recipe(ckpt: Checkpoint, options: HFPackedOptions) -> None:
         raise UsageError("--recipe onebitllms stores bf16 scales; it does not take --scale-dtype f32")
 
 
+def _packed(entry: TensorEntry, linear_class: LinearClass, options: HFPackedOptions) -> tuple[torch.Tensor, TernaryScale, str]:
+    """Packed codes, scale and how they were obtained (see ``as_ternary``).
+
+    A master quantized with the default recipe is quantized and packed in one pass; anything
+    else goes through its ternary form (kept, recovered, or quantized by ``options.recipe``).
+    """
+    value = entry.load()
+    fused = options.recipe is Recipe.TRANSFORMERS and isinstance(value, torch.Tensor) and value.dim() == 2
+    if fused and recover_ternary(value) is None:
+        with quantizing(entry):
+            packed, scale = quantize_packed(value, linear_class, options.scale_dtype)
+        return packed, scale, "quantized"
+    tw, source = entry_as_ternary(entry, value, linear_class, options.scale_dtype, recipe_quantizer(options.recipe))
+    return pack_codes(tw.codes), tw.scale, source
+
+
 class HFPackedWriter:
     name = NAME
     writes_directory = True
@@ -188,10 +215,10 @@ class HFPackedWriter:
             entry = ckpt.tensors[t.name]
             if not ckpt.is_quantized_linear(t.name):
                 return as_dense(entry.load(), t.dtype)
-            tw, source = entry_as_ternary(entry, entry.load(), linear_class, options.scale_dtype, recipe_quantizer(options.recipe))
+            packed, scale, source = _packed(entry, linear_class, options)
             how[source] += 1
-            pending_scales[scale_name(t.name)] = tw.scale.value.reshape(1)
-            return pack_codes(tw.codes)
+            pending_scales[scale_name(t.name)] = scale.value.reshape(1)
+            return packed
 
         write_safetensors_dir(out, plan, produce, options.max_shard_size, {"format": "pt"}, progress, report)
         src_q = cfg.quantization or QuantConfig()
