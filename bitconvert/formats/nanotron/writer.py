@@ -154,7 +154,7 @@ def _resolve(ckpt: Checkpoint, opts: NanotronOptions) -> _Plan:
             f"--nanotron-flavor {flavor.name} would lose {'; '.join(lost)}. Pass --allow-lossy to convert anyway"
             + ("" if flavor.name == "pr178" else " or try --nanotron-flavor pr178"),
         )
-    return _Plan(flavor, tp, opts.dtype or torch.bfloat16, rope, version, vocab_rows, specs, lost)
+    return _Plan(flavor, tp, opts.dtype or ckpt.model_dtype(), rope, version, vocab_rows, specs, lost)
 
 
 @dataclass
