@@ -9,17 +9,21 @@ master holds it as a float tensor, and :func:`as_ternary` quantizes it on demand
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Callable, Iterator, Union
 
 import torch
 
 from .config import IGNORED_TENSOR_SUFFIXES, ModelConfig
 from .errors import CheckpointError
-from .ternary import LinearClass, TernaryScale, TernaryWeight, quantize, recover_ternary
+from .ternary import LinearClass, NonFiniteWeight, TernaryScale, TernaryWeight, quantize, recover_ternary
 
 Value = Union[torch.Tensor, TernaryWeight]
+
+#: float dtypes as config.json names them (``torch_dtype``), which writers keep
+DECLARED_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 @dataclass
@@ -34,6 +38,9 @@ class TensorEntry:
     load_scale: Callable[[], TernaryScale] | None = None
     #: how the source stores it, for people (e.g. "U8 packed + BF16 scale")
     stored: str = ""
+    #: for ternary entries stored in the HF row-block layout (``pack_codes``): the packed uint8
+    #: bytes as stored, unchecked, so statistics and hashes need not unpack them
+    load_packed: Callable[[], torch.Tensor] | None = None
 
 
 @dataclass
@@ -47,12 +54,41 @@ class Checkpoint:
     notes: list[str] = field(default_factory=list)
     #: format-specific facts a writer may use (provenance, original dtypes)
     info: dict[str, Any] = field(default_factory=dict)
+    #: what the source evidently lost before bitconvert saw it (a reader's warnings; shown like a writer's)
+    warnings: list[str] = field(default_factory=list)
 
     def is_quantized_linear(self, name: str) -> bool:
         return name in self._quantized
 
     def __post_init__(self) -> None:
         self._quantized = set(self.config.quantized_linear_names())
+
+    def declared_dtype(self) -> torch.dtype | None:
+        """The float dtype the source's config.json states (``torch_dtype``, or transformers 5's ``dtype``)."""
+        for key in ("torch_dtype", "dtype"):
+            value = self.config.raw.get(key)
+            if isinstance(value, str) and value in DECLARED_DTYPES:
+                return DECLARED_DTYPES[value]
+        return None
+
+    def model_dtype(self) -> torch.dtype:
+        """The dtype a writer states for the model when not told otherwise: the declared one, else
+        the embedding's, else bf16."""
+        embed = self.tensors.get("model.embed_tokens.weight")
+        if embed is not None and not embed.ternary and embed.dtype in DECLARED_DTYPES.values():
+            return self.declared_dtype() or embed.dtype
+        return self.declared_dtype() or torch.bfloat16
+
+    def source_dtype(self, name: str) -> torch.dtype:
+        """The dtype a dense tensor keeps when no dtype is asked for: its own where it is stored as
+        floats, unless the format imposes its dtypes (``info["container_dtypes"]``, GGUF) and the
+        model's is recorded; quantized embeddings and dequantized ternary weights: :meth:`model_dtype`."""
+        entry = self.tensors[name]
+        if entry.ternary or entry.dtype not in DECLARED_DTYPES.values():
+            return self.model_dtype()
+        if self.info.get("container_dtypes"):
+            return self.declared_dtype() or entry.dtype
+        return entry.dtype
 
     def source_linear_class(self) -> LinearClass | None:
         """The scale convention the source was quantized with, where it says."""
@@ -80,6 +116,28 @@ def as_ternary(value: Value, linear_class: LinearClass, scale_dtype: torch.dtype
         scale = TernaryScale(magnitude, LinearClass.AUTOBITLINEAR).to(linear_class, scale_dtype)
         return TernaryWeight(codes, scale), "recovered"
     return quantize(value, linear_class, scale_dtype), "quantized"
+
+
+@contextmanager
+def quantizing(entry: TensorEntry) -> Iterator[None]:
+    """Quantization of ``entry``'s weight: a NaN/Inf in it is refused naming the tensor and its file."""
+    try:
+        yield
+    except NonFiniteWeight as exc:
+        raise CheckpointError(entry.source, str(exc), entry.name) from None
+
+
+def entry_as_ternary(
+    entry: TensorEntry,
+    value: Value,
+    linear_class: LinearClass,
+    scale_dtype: torch.dtype,
+    how: Callable[[Value, LinearClass, torch.dtype], tuple[TernaryWeight, str]] | None = None,
+) -> tuple[TernaryWeight, str]:
+    """The ternary form of ``entry``'s loaded ``value`` by ``how`` (default :func:`as_ternary`; a
+    producer's recipe: recipes.recipe_quantizer), inside :func:`quantizing`."""
+    with quantizing(entry):
+        return (how or as_ternary)(value, linear_class, scale_dtype)
 
 
 def as_dense(value: Value, dtype: torch.dtype) -> torch.Tensor:

@@ -269,6 +269,8 @@ class ModelConfig:
             hidden_act=self.hidden_act,
             torch_dtype=dtype,
         )
+        if "dtype" in d:  # transformers 5 names it so; keep both keys saying the same
+            d["dtype"] = dtype
         if "rope_parameters" in d and isinstance(d["rope_parameters"], dict):
             d["rope_parameters"]["rope_theta"] = self.rope_theta
         else:

@@ -88,4 +88,5 @@ def convert(
             hashes.cancel()
     if not writer.writes_directory:
         report.files = [dst.name]  # the writer only saw the staging path
+    report.warnings[:0] = [f"source: {w}" for w in ckpt.warnings]
     return ConvertResult(shown_src, ckpt.format, str(dst), report, time.perf_counter() - start, list(ckpt.notes))

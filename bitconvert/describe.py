@@ -7,7 +7,8 @@ from typing import Any
 
 from .checkpoint import TensorEntry
 from .formats import Progress, no_progress, open_checkpoint
-from .ternary import TernaryWeight, ternary_stats
+from .packed_stats import counts_stats, packed_code_counts
+from .ternary import TernaryScale, TernaryWeight, mean_abs, ternary_stats
 
 
 def _tensor_row(entry: TensorEntry, quantized: bool, stats: bool) -> dict[str, Any]:
@@ -18,14 +19,27 @@ def _tensor_row(entry: TensorEntry, quantized: bool, stats: bool) -> dict[str, A
         "role": "ternary linear" if quantized else "dense",
     }
     if stats and quantized:
-        value = entry.load()
-        if isinstance(value, TernaryWeight):
-            row["codes"] = {k: round(v, 6) for k, v in ternary_stats(value.codes).items()}
-            row["scale"] = {"value": value.scale.item(), "linear_class": value.scale.linear_class.value,
-                            "mean_abs": value.scale.multiplier}
-        else:
-            row["latent_mean_abs"] = float(value.float().abs().mean())
+        row.update(_ternary_figures(entry))
     return row
+
+
+def _ternary_figures(entry: TensorEntry) -> dict[str, Any]:
+    """Code fractions and scale (or a master's mean|W|), from the packed bytes where the reader keeps them."""
+    if entry.load_packed is not None and entry.load_scale is not None:
+        counts = packed_code_counts(entry.load_packed())
+        if not counts[3]:  # else load() below raises the reader's error naming the bad field
+            return _figures(counts_stats(*counts), entry.load_scale())
+    value = entry.load()
+    if isinstance(value, TernaryWeight):
+        return _figures(ternary_stats(value.codes), value.scale)
+    return {"latent_mean_abs": float(mean_abs(value))}
+
+
+def _figures(fractions: dict[str, float], scale: TernaryScale) -> dict[str, Any]:
+    return {
+        "codes": {k: round(v, 6) for k, v in fractions.items()},
+        "scale": {"value": scale.item(), "linear_class": scale.linear_class.value, "mean_abs": scale.multiplier},
+    }
 
 
 def _bytes_on_disk(path: Path) -> int:
@@ -69,4 +83,7 @@ def describe_checkpoint(path: str | Path, *, stats: bool = True, progress: Progr
         "tensors": rows,
         "ternary_tensors": sum(1 for r in rows if r["role"] == "ternary linear"),
         "notes": ckpt.notes,
+        "warnings": ckpt.warnings,
+        # GGUF I2_S: the byte layout (bitnet.cpp build) as recorded, or "... (assumed: not recorded)"
+        **({"i2s_layout": ckpt.info["i2s_layout"]} if "i2s_layout" in ckpt.info else {}),
     }

@@ -17,8 +17,8 @@ after the rename so the new name survives a crash.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
+import functools
 import os
 import re
 import shutil
@@ -117,23 +117,22 @@ _RENAME_NOREPLACE = 1
 _AT_FDCWD = -100
 
 
+@functools.lru_cache(maxsize=None)
 def _renameat2():
+    """libc's renameat2 (Linux), looked up once; None elsewhere."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        fn = libc.renameat2
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
     except (OSError, AttributeError, TypeError):
         return None
     fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
     return fn
 
 
-_RENAMEAT2 = _renameat2()
-
-
 def rename_noreplace(src: Path, dst: Path) -> None:
     """Rename ``src`` to ``dst``; FileExistsError if ``dst`` exists, decided atomically where possible."""
-    if _RENAMEAT2 is not None:
-        if _RENAMEAT2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+    renameat2 = _renameat2()
+    if renameat2 is not None:
+        if renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
             return
         code = ctypes.get_errno()
         if code not in (errno.ENOSYS, errno.EINVAL):  # EINVAL: this file system has no such flag

@@ -7,11 +7,14 @@ ternary weight is quantized, scaled or packed asks this one.
 from __future__ import annotations
 
 import enum
+import sys
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .errors import BitconvertError
+from .torchsum import abs_sum_bf16, calibrated_lanes
 
 #: transformers and the BitNet papers clamp mean|W| from below at this value.
 MEAN_ABS_FLOOR = 1e-5
@@ -116,6 +119,90 @@ class TernaryWeight:
 
 #: elements per step when mapping a weight to codes: small enough to stay in cache
 _CHUNK = 1 << 16
+#: bf16 bit patterns 0 .. 0x7F7F are the finite non-negative values; 0x7F80 is +inf
+_FINITE_BF16 = 0x7F80
+
+
+def _reference_mean_abs(weight: torch.Tensor) -> torch.Tensor:
+    absolute = weight.float()
+    if absolute.data_ptr() == weight.data_ptr():
+        absolute = absolute.clone()  # never mutate the caller's tensor
+    return absolute.abs_().mean()
+
+
+def mean_abs(weight: torch.Tensor) -> torch.Tensor:
+    """mean|W| in float32, bit-identical to ``weight.float().abs().mean()``.
+
+    For bf16 weights torch's summation order is reproduced in cache-sized chunks
+    (:mod:`bitconvert.torchsum`), so no float32 copy of the weight is made; other dtypes, and
+    builds whose order cannot be reproduced, use torch itself.
+    """
+    if weight.dtype == torch.bfloat16 and weight.numel():
+        threads = torch.get_num_threads()
+        lanes = calibrated_lanes(threads)
+        if lanes is not None:
+            total = abs_sum_bf16(_bf16_bits(weight).reshape(-1), threads, lanes)
+            return torch.tensor(float(total), dtype=torch.float32).div_(weight.numel())
+    return _reference_mean_abs(weight)
+
+
+def _bf16_bits(weight: torch.Tensor) -> np.ndarray:
+    return weight.contiguous().view(torch.int16).numpy().view(np.uint16)
+
+
+def _recipe_codes(x: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
+    """The recipe's arithmetic on float values: round-half-even(x * s) clamped, in float32."""
+    return x.float().mul_(inv).round_().clamp_(-1, 1)
+
+
+def _zero_threshold(inv: torch.Tensor) -> int | None:
+    """The largest bf16 magnitude (as bits) whose code is 0, when codes step there; else None.
+
+    Codes are odd and non-decreasing in x (float32 multiplication by ``s > 0`` and rounding are
+    monotone and symmetric), so comparing bit patterns with this threshold gives the recipe's
+    codes for every finite input. The step is found by running the recipe's float32 arithmetic
+    over every finite bf16 value in numpy (IEEE operations: the same results as torch's) and
+    confirmed with torch itself on both sides of it.
+    """
+    x = np.arange(_FINITE_BF16, dtype=np.uint32) << 16
+    s = np.float32(inv.item())
+    with np.errstate(over="ignore"):  # the largest values overflow to inf: code 1, as in torch
+        pos = np.clip(np.rint(x.view(np.float32) * s), -1, 1)
+    zeros = int(np.count_nonzero(pos == 0))
+    if not (pos[:zeros] == 0).all() or not (pos[zeros:] == 1).all():
+        return None
+    edge = torch.tensor([zeros - 1, zeros] if zeros < _FINITE_BF16 else [zeros - 1], dtype=torch.int16)
+    values = edge.view(torch.bfloat16)
+    want = torch.tensor([0.0, 1.0][: values.numel()])
+    if not torch.equal(_recipe_codes(values, inv), want) or not torch.equal(_recipe_codes(-values, inv), -want):
+        return None
+    return zeros - 1
+
+
+def _codes_into(bits: np.ndarray, threshold: int, out: np.ndarray, tmp: np.ndarray) -> None:
+    """Codes of finite bf16 bit patterns as uint8 mod 256 (255 is -1), into ``out``.
+
+    code = [bits > t] - [negative] - [negative and magnitude > t]: positive values above the
+    threshold give 1, negative ones 1 - 1 - 1 = -1, everything else 0.
+    """
+    np.greater(bits, threshold, out=out.view(np.bool_))
+    np.greater(bits, 0x7FFF, out=tmp.view(np.bool_))
+    np.subtract(out, tmp, out=out)
+    np.greater(bits, 0x8000 + threshold, out=tmp.view(np.bool_))
+    np.subtract(out, tmp, out=out)
+
+
+def _scale_of(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int | None]:
+    """(mean|W| floored, s = 1/mean|W|, the zero threshold where the bf16 fast path applies)."""
+    m = mean_abs(weight)
+    # one cheap test per tensor: any NaN or Inf makes the mean non-finite (an overflowing sum of
+    # finite values does too, so look for the element before blaming one)
+    if not bool(torch.isfinite(m)) and (found := first_non_finite(weight)) is not None:
+        raise NonFiniteWeight(*found)
+    m = m.clamp(min=MEAN_ABS_FLOOR)
+    inv = 1.0 / m
+    fast = weight.dtype == torch.bfloat16 and bool(torch.isfinite(m)) and sys.byteorder == "little"
+    return m, inv, (_zero_threshold(inv) if fast else None)
 
 
 class NonFiniteWeight(BitconvertError, ValueError):
@@ -146,25 +233,20 @@ def absmean_quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
     The arithmetic follows it step by step in fp32: ``s = 1 / max(mean|W|, 1e-5)``, codes
     ``clamp(round(W * s), -1, 1)`` with round-half-to-even. Returns (int8 codes, fp32 mean|W|).
-    The mean is torch's own over the whole fp32 tensor (same summation order); the codes are
-    elementwise, so they are computed in cache-sized chunks through one reused buffer, which is
-    about three times faster than whole-tensor passes on multi-GB checkpoints.
+    The mean is torch's own (same summation order, see :func:`mean_abs`); bf16 codes come from
+    comparing bit patterns with a threshold found by running the recipe on every bf16 value, other
+    dtypes run the recipe in cache-sized chunks through one reused buffer.
     """
-    absolute = weight.float()
-    if absolute.data_ptr() == weight.data_ptr():
-        absolute = absolute.clone()  # never mutate the caller's tensor
-    mean_abs = absolute.abs_().mean()
-    del absolute
-    # one cheap test per tensor: any NaN or Inf makes the mean non-finite (an overflowing sum of
-    # finite values does too, so look for the element before blaming one)
-    if not bool(torch.isfinite(mean_abs)):
-        found = first_non_finite(weight)
-        if found is not None:
-            raise NonFiniteWeight(*found)
-    mean_abs = mean_abs.clamp(min=MEAN_ABS_FLOOR)
-    inv = 1.0 / mean_abs
+    m, inv, threshold = _scale_of(weight)
     flat = weight.reshape(-1)
     codes = torch.empty(flat.shape, dtype=torch.int8)
+    if threshold is not None:
+        bits, out = _bf16_bits(flat), codes.numpy().view(np.uint8)
+        tmp = np.empty(min(_CHUNK, flat.numel()), dtype=np.uint8)
+        for start in range(0, flat.numel(), _CHUNK):
+            stop = min(start + _CHUNK, flat.numel())
+            _codes_into(bits[start:stop], threshold, out[start:stop], tmp[: stop - start])
+        return codes.reshape(weight.shape), m
     buf = torch.empty(min(_CHUNK, flat.numel()), dtype=torch.float32)
     for start in range(0, flat.numel(), _CHUNK):
         n = min(_CHUNK, flat.numel() - start)
@@ -172,19 +254,63 @@ def absmean_quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x.copy_(flat[start : start + n])
         x.mul_(inv).round_().clamp_(-1, 1)
         codes[start : start + n].copy_(x)
-    return codes.reshape(weight.shape), mean_abs
+    return codes.reshape(weight.shape), m
+
+
+def _scale_value(m: torch.Tensor, linear_class: LinearClass, scale_dtype: torch.dtype) -> TernaryScale:
+    if linear_class is LinearClass.AUTOBITLINEAR:
+        value = m.reshape(1)
+    else:
+        value = (1.0 / m).reshape(1)  # fp32 reciprocal, the ``s`` of WeightQuant
+    return TernaryScale(value.to(scale_dtype), linear_class)
 
 
 def quantize(
     weight: torch.Tensor, linear_class: LinearClass, scale_dtype: torch.dtype = torch.bfloat16
 ) -> TernaryWeight:
     """Quantize a latent float weight and express its scale in ``linear_class``'s convention."""
-    codes, mean_abs = absmean_quantize(weight)
-    if linear_class is LinearClass.AUTOBITLINEAR:
-        value = mean_abs.reshape(1)
-    else:
-        value = (1.0 / mean_abs).reshape(1)  # fp32 reciprocal, the ``s`` of WeightQuant
-    return TernaryWeight(codes, TernaryScale(value.to(scale_dtype), linear_class))
+    codes, m = absmean_quantize(weight)
+    return TernaryWeight(codes, _scale_value(m, linear_class, scale_dtype))
+
+
+def quantize_packed(
+    weight: torch.Tensor, linear_class: LinearClass, scale_dtype: torch.dtype = torch.bfloat16
+) -> tuple[torch.Tensor, TernaryScale]:
+    """``pack_codes(quantize(weight).codes)`` and its scale, with the same bits, in one pass.
+
+    For bf16 weights each row block of four code planes is quantized and packed while in cache:
+    no int8 codes or float32 copy of the weight exist at any time.
+    """
+    if weight.dim() != 2 or weight.shape[0] % VALUES_PER_BYTE:
+        raise ValueError(f"quantize_packed expects [R, C] with R a multiple of 4, got {tuple(weight.shape)}")
+    m, _, threshold = _scale_of(weight)
+    if threshold is None:
+        tw = quantize(weight, linear_class, scale_dtype)
+        return pack_codes(tw.codes), tw.scale
+    rows, cols = weight.shape
+    planes = _bf16_bits(weight).reshape(VALUES_PER_BYTE, rows // VALUES_PER_BYTE, cols)
+    packed = torch.empty(rows // VALUES_PER_BYTE, cols, dtype=torch.uint8)
+    _pack_planes(planes, threshold, packed.numpy())
+    return packed, _scale_value(m, linear_class, scale_dtype)
+
+
+def _pack_planes(planes: np.ndarray, threshold: int, out: np.ndarray) -> None:
+    """Byte [r, c] = sum over planes i of (code + 1) << 2i, computed mod 256 a few rows at a time."""
+    quarter, cols = out.shape
+    step = max(1, _CHUNK // (VALUES_PER_BYTE * max(cols, 1)))
+    codes = np.empty((VALUES_PER_BYTE, min(step, quarter), cols), dtype=np.uint8)
+    tmp = np.empty_like(codes)
+    for r0 in range(0, quarter, step):
+        r1 = min(r0 + step, quarter)
+        c, t = codes[:, : r1 - r0], tmp[:, : r1 - r0]
+        _codes_into(planes[:, r0:r1], threshold, c, t)
+        o = out[r0:r1]
+        np.left_shift(c[3], 6, out=o)
+        for plane in (2, 1):
+            np.left_shift(c[plane], 2 * plane, out=t[0])
+            o += t[0]
+        o += c[0]
+        o += 0x55  # the +1 of every plane: 1 + 4 + 16 + 64
 
 
 def recover_ternary(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:

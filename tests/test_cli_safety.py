@@ -106,7 +106,8 @@ def test_disk_full_is_one_line_and_leaves_nothing(src, tmp_path):
 
 
 def test_read_only_output_folder_is_one_line(src, tmp_path):
-    proc, left = _in_private_mount(tmp_path, "ro", ["convert", str(src), str(tmp_path / "mnt" / "x.gguf"), "--to", "gguf", "--allow-fallback"])
+    args = ["convert", str(src), str(tmp_path / "mnt" / "x.gguf"), "--to", "gguf", "--allow-fallback"]
+    proc, left = _in_private_mount(tmp_path, "ro", args)
     assert_one_line_failure(proc, 1, "error:", "Read-only file system", str(tmp_path / "mnt"))
     assert left == ""
 
@@ -218,6 +219,30 @@ def test_force_restores_the_original_when_the_final_rename_fails(tmp_path, monke
         with staging.staged_output(dst, directory=False, force=True) as tmp:
             tmp.write_bytes(b"new")
     assert dst.read_bytes() == b"original"
+    assert leftovers(tmp_path) == []
+
+
+# The final rename fails (as on a full or vanished file system); everything else is the real CLI.
+_FAILING_RENAME = (
+    "import os, sys, bitconvert.staging as st\n"
+    "real = os.replace\n"
+    "def replace(a, b):\n"
+    "    if str(a).endswith('.partial'):\n"
+    "        raise OSError(5, 'Input/output error', str(b))\n"
+    "    return real(a, b)\n"
+    "st.os = type('os', (), {**{k: getattr(os, k) for k in dir(os) if not k.startswith('__')}, 'replace': replace})\n"
+    "from bitconvert.cli import main\nsys.argv[0] = 'bitconvert'\nmain()\n"
+)
+
+
+def test_force_puts_the_original_back_through_the_cli(src, tmp_path):
+    dst = tmp_path / "dst"
+    assert run_cli("pack", PACKED, dst).returncode == 0
+    original = tree_digest(dst)
+    proc = subprocess.run([sys.executable, "-c", _FAILING_RENAME, "pack", str(src), str(dst), "--force"],
+                          capture_output=True, text=True, timeout=600)
+    assert_one_line_failure(proc, 1, "error:", str(dst), "Input/output error")
+    assert tree_digest(dst) == original
     assert leftovers(tmp_path) == []
 
 

@@ -84,8 +84,8 @@ def test_llama_cpp_gguf_verifies_against_bitconvert_gguf(llama_cpp_pair, tmp_pat
 
 
 def test_one_flipped_code_fails_and_a_config_difference_does_not_hide_it(llama_cpp_pair, tmp_path):
-    from tests.test_gguf import rewrite_gguf
     from bitconvert.formats.gguf.stream_writer import kv_f32
+    from tests.test_gguf import rewrite_gguf
 
     _, theirs, ours = llama_cpp_pair
     t = GGUFFile(ours).tensors["blk.1.ffn_down.weight"]
@@ -103,7 +103,10 @@ def test_one_flipped_code_fails_and_a_config_difference_does_not_hide_it(llama_c
     other = rewrite_gguf(flipped, tmp_path / "other.gguf", {"bitnet.rope.freq_base": kv_f32(20000.0)})
     r, report = verify_json(theirs, "--against", other)
     assert r.returncode == 1
-    assert sorted(failed(report)) == [("against.codes", "model.layers.1.mlp.down_proj.weight"), ("against.config", None)]
+    assert sorted(failed(report)) == [
+        ("against.codes", "model.layers.1.mlp.down_proj.weight"),
+        ("against.config", None),
+    ]
 
 
 def test_foreign_gguf_floats_become_the_shortest_decimal(llama_cpp_pair, tmp_path):

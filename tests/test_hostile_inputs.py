@@ -114,14 +114,14 @@ def test_safetensors_header(tmp_path, edit, needle):
 
 def test_nanotron_json_deep(tmp_path):
     nt = tmp_path / "nt"
-    assert run_cli("convert", FIXTURES / "llama-master", nt, "--to", "nanotron").returncode == 0
+    assert run_cli("convert", FIXTURES / "llama-master", nt, "--to", "nanotron", "--allow-lossy").returncode == 0
     (nt / "checkpoint_metadata.json").write_text('{"tp": 1, "custom_metas": ' + DEEP + "}")
     refused(nt, tmp_path, "checkpoint_metadata.json", "nested too deeply")
 
 
 def test_nanotron_recorded_hf_config_checked(tmp_path):
     nt = tmp_path / "nt"
-    assert run_cli("convert", FIXTURES / "llama-master", nt, "--to", "nanotron").returncode == 0
+    assert run_cli("convert", FIXTURES / "llama-master", nt, "--to", "nanotron", "--allow-lossy").returncode == 0
     meta = json.loads((nt / "checkpoint_metadata.json").read_text())
     meta["custom_metas"]["bitconvert"]["hf_config"]["num_attention_heads"] = 0
     (nt / "checkpoint_metadata.json").write_text(json.dumps(meta))

@@ -98,22 +98,24 @@ def strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def a_cycle(graph: dict[str, set[str]], members: list[str]) -> list[str]:
-    """One concrete cycle inside a strongly connected component: a -> b -> ... -> a."""
-    inside = set(members)
-    start = members[0]
-    path, seen = [start], {start}
-    node = start
-    while True:
-        nxt = sorted(graph[node] & inside)
-        if start in nxt and len(path) > 1 or nxt == [start]:
-            return path + [start]
-        step = next((n for n in nxt if n not in seen), None)
-        if step is None:  # every way on is already on the path: close at the first revisit
-            step = nxt[0]
-            return path[path.index(step):] + [step]
-        path.append(step)
-        seen.add(step)
-        node = step
+    """One shortest cycle through the first member of a strongly connected component: a -> b -> ... -> a."""
+    inside, start = set(members), members[0]
+    came_from: dict[str, str] = {}
+    frontier = [start]
+    while frontier:
+        following = []
+        for node in frontier:
+            for nxt in sorted(graph[node] & inside):
+                if nxt == start:
+                    path = [node]
+                    while path[-1] != start:
+                        path.append(came_from[path[-1]])
+                    return [start, *reversed(path[:-1]), start] if len(path) > 1 else [start, start]
+                if nxt not in came_from:
+                    came_from[nxt] = node
+                    following.append(nxt)
+        frontier = following
+    raise AssertionError(f"{members} is not a cycle")
 
 
 def test_graph_sees_lazy_and_relative_imports():
@@ -133,6 +135,16 @@ def test_checker_finds_a_lazy_cycle(tmp_path):
     graph = import_graph(pkg)
     cycles = [c for c in strongly_connected(graph) if len(c) > 1]
     assert cycles == [["pkg.a", "pkg.sub.b"]]
+    assert a_cycle(graph, cycles[0]) == ["pkg.a", "pkg.sub.b", "pkg.a"]
+
+
+def test_checker_counts_a_package_importing_its_submodule_and_back(tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("from .core import thing\n")
+    (pkg / "core.py").write_text("import pkg\nthing = 1\n")
+    cycles = [c for c in strongly_connected(import_graph(pkg)) if len(c) > 1]
+    assert cycles == [["pkg", "pkg.core"]]
 
 
 def test_no_import_cycle():

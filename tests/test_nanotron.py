@@ -28,6 +28,9 @@ SHARD = "model_weight_pp-rank-0-of-1_tp-rank-{r}-of-{t}.safetensors"
 
 
 def to(src: Path, dst: Path, fmt: str, dtype=torch.bfloat16, **extra) -> dict:
+    """Convert; into Nanotron with the whole Llama layout (pr178) and sub-norms kept beside unless told otherwise."""
+    if fmt == "nanotron":
+        extra = {"flavor": "pr178", "allow_lossy": True, **extra}
     return convert(src, dst, fmt, {"dtype": dtype, **extra}).report
 
 
@@ -67,7 +70,9 @@ def test_master_round_trip_is_bit_identical(tmp_path, masters, kind, tp):
     dtype = master_dtype(kind)
     report = to(src, nt, "nanotron", dtype, tp=tp)
     assert report.ternary_sources == {"latent": 14}
-    assert len(list((nt / "model/model").rglob("*.safetensors"))) == report.tensors
+    kept = read_all(nt / "bitconvert_kept.safetensors") if kind != "llama" else {}  # the sub-norms
+    assert sorted(kept) == sorted(n for n in read_all(src) if "sub_norm" in n or n.endswith(("_ln.weight", "ffn_layernorm.weight")))
+    assert len(list((nt / "model/model").rglob("*.safetensors"))) + len(kept) == report.tensors
     to(nt, back, "hf-bf16", dtype)
     a, b = read_all(src), read_all(back)
     assert sorted(a) == sorted(b)
@@ -82,7 +87,7 @@ def test_master_round_trip_is_bit_identical(tmp_path, masters, kind, tp):
 @pytest.mark.parametrize("rope", [True, False])
 def test_round_trip_either_rope_layout(tmp_path, masters, rope):
     src, nt, back = masters["llama"], tmp_path / "nt", tmp_path / "back"
-    to(src, nt, "nanotron", tp=2, rope_interleaved=rope)
+    to(src, nt, "nanotron", tp=2, rope_interleaved=rope, flavor="main")  # the PRs' model interleaves, always
     assert open_checkpoint(nt).info["rope_interleaved"] is rope
     to(nt, back, "hf-bf16")
     a, b = read_all(src), read_all(back)
@@ -134,10 +139,10 @@ def test_runtime_logits_equal_on_nanotron_and_source(tmp_path, masters):
 
 
 def test_toy_layout_matches_nanotron_sharding_rule(tmp_path):
-    """Expected slices written out by hand from FORMATS.md §5 for hidden 64, 4 heads of 16, 2 kv heads, I=128."""
+    """Expected slices written out by hand from Nanotron's sharding rule (docs/nanotron.md) for hidden 64, 4 heads of 16, 2 kv heads, I=128."""
     src = make_checkpoint(tmp_path / "src", "llama", "master", layers=1, heads=4, kv_heads=2, seed=3)
     nt = tmp_path / "nt"
-    to(src, nt, "nanotron", tp=2, rope_interleaved=False)
+    to(src, nt, "nanotron", tp=2, rope_interleaved=False, flavor="main", nanotron_version="1.4")
     hf = read_all(src)
     q, k, v = (hf[f"model.layers.0.self_attn.{x}_proj.weight"] for x in "qkv")
     gate, up = hf["model.layers.0.mlp.gate_proj.weight"], hf["model.layers.0.mlp.up_proj.weight"]
@@ -207,18 +212,35 @@ def test_toy_layout_matches_nanotron_sharding_rule(tmp_path):
     assert sorted(set(folders)) == sorted([*expected, *norms])
 
 
-def test_tied_embedding_and_sub_norms_placement(tmp_path, masters):
+def test_tied_embedding_and_sub_norms_kept_beside(tmp_path, masters):
+    """No Nanotron model has sub-norms: with --allow-lossy they go beside the model, where Nanotron never looks."""
     nt = tmp_path / "nt"
     to(masters["bitnet-2b4t"], nt, "nanotron", tp=2)
     root = nt / "model/model"
     assert not (root / "lm_head").exists()  # Nanotron saves a tied weight once, under the embedding
+    assert not list(root.rglob("*sub_norm*"))
+    hf, kept = read_all(masters["bitnet-2b4t"]), read_all(nt / "bitconvert_kept.safetensors")
+    assert sorted(kept) == sorted(n for n in hf if "sub_norm" in n)
+    assert all(torch.equal(kept[n], hf[n]) for n in kept)
+    record = json.loads((nt / "checkpoint_metadata.json").read_text())["custom_metas"]["bitconvert"]
+    assert sorted(record["kept"]["tensors"]) == sorted(kept) and len(record["lost"]) == 2  # sub-norms, rope_theta
+
+
+def test_old_layout_with_sub_norm_folders_still_reads(tmp_path, masters):
+    """bitconvert wrote sub-norms as attn/attn_sub_norm and mlp/ffn_sub_norm folders before flavors existed."""
+    nt = tmp_path / "nt"
+    to(masters["bitnet-2b4t"], nt, "nanotron", tp=1)
+    kept = read_all(nt / "bitconvert_kept.safetensors")
+    for name, value in kept.items():
+        layer, module = name.split(".")[2], "attn/attn_sub_norm" if "attn" in name else "mlp/ffn_sub_norm"
+        folder = nt / f"model/model/decoder/{layer}/pp_block/{module}"
+        folder.mkdir(parents=True)
+        save_file({"data": value}, str(folder / "model_weight.safetensors"))
+    (nt / "bitconvert_kept.safetensors").unlink()
     hf = read_all(masters["bitnet-2b4t"])
-    for path, name, width in (
-        ("decoder/1/pp_block/attn/attn_sub_norm", "model.layers.1.self_attn.attn_sub_norm.weight", 64),
-        ("decoder/1/pp_block/mlp/ffn_sub_norm", "model.layers.1.mlp.ffn_sub_norm.weight", 128),
-    ):
-        got, meta = shard(root / path / "model_weight.safetensors")
-        assert got.shape == (width,) and meta == {} and torch.equal(got, hf[name])
+    ckpt = open_checkpoint(nt)
+    assert ckpt.config.architecture.value == "bitnet-b1.58" and not ckpt.warnings
+    assert all(torch.equal(e.load(), hf[n]) for n, e in ckpt.tensors.items())
 
 
 def test_interleaved_rope_permutes_q_and_k_rows_within_heads(tmp_path, masters):
@@ -245,6 +267,14 @@ BITNET_CONFIG_FIELDS = {
     "rms_norm_eps": float, "rope_scaling": (dict, type(None)), "tie_word_embeddings": bool, "use_cache": bool,
     "vocab_size": int,
 }
+#: main's LlamaConfig fields that bitconvert sets (the rest keep their defaults), in the class's order.
+MAIN_LLAMA_CONFIG_FIELDS = {
+    "bos_token_id": int, "eos_token_id": int, "hidden_act": str, "hidden_size": int, "initializer_range": float,
+    "intermediate_size": int, "is_llama_config": bool, "max_position_embeddings": int, "num_attention_heads": int,
+    "num_hidden_layers": int, "attention_bias": bool, "num_key_value_heads": int, "pad_token_id": (int, type(None)),
+    "pretraining_tp": int, "rms_norm_eps": float, "rope_scaling": (dict, type(None)), "rope_theta": float,
+    "rope_interleaved": bool, "tie_word_embeddings": bool, "use_cache": bool, "vocab_size": int,
+}
 #: Config sections and their fields present in both checkpoint versions' Config dataclasses (1.4 and 1.5).
 YAML_FIELDS = {
     "general": {
@@ -256,14 +286,17 @@ YAML_FIELDS = {
 }
 
 
-@pytest.mark.parametrize("version", ["1.4", "1.5"])
-def test_side_files_fit_nanotron_dataclasses(tmp_path, masters, version):
+@pytest.mark.parametrize(("flavor", "version"), [("pr180", "1.4"), ("pr178", "1.4"), ("main", "1.5"), ("main", "1.4")])
+def test_side_files_fit_nanotron_dataclasses(tmp_path, masters, flavor, version):
     nt = tmp_path / "nt"
-    to(masters["bitnet-2b4t"], nt, "nanotron", tp=4, nanotron_version=version)
+    to(masters["bitnet-2b4t"], nt, "nanotron", tp=4, nanotron_version=version, flavor=flavor)
     mc = json.loads((nt / "model_config.json").read_text())
-    assert set(mc) == set(BITNET_CONFIG_FIELDS) and mc["is_bitnet_config"] is True
-    for key, typ in BITNET_CONFIG_FIELDS.items():
+    fields = BITNET_CONFIG_FIELDS if flavor != "main" else MAIN_LLAMA_CONFIG_FIELDS
+    assert list(mc) == list(fields) and mc["is_bitnet_config" if flavor != "main" else "is_llama_config"] is True
+    for key, typ in fields.items():
         assert isinstance(mc[key], typ) and (typ is bool or not isinstance(mc[key], bool)), key
+    if flavor == "main":
+        assert mc["rope_theta"] == 500000.0 and mc["rope_interleaved"] is False
     doc = yaml.safe_load((nt / "config.yaml").read_text())
     assert set(doc) == set(YAML_FIELDS)  # general, parallelism, model are required; tokenizer too in 1.4
     for section, allowed in YAML_FIELDS.items():
@@ -283,6 +316,19 @@ def test_side_files_fit_nanotron_dataclasses(tmp_path, masters, version):
         assert shard(f)[1]["version"] == version
 
 
+def test_flavor_options_that_its_code_refuses_are_usage_errors(tmp_path):
+    src = FIXTURES / "llama-master"
+    with pytest.raises(UsageError, match="loads checkpoint version 1.4 only"):
+        to(src, tmp_path / "nt", "nanotron", flavor="pr180", nanotron_version="1.5")
+    with pytest.raises(UsageError, match="interleaved RoPE only"):
+        to(src, tmp_path / "nt", "nanotron", flavor="pr178", rope_interleaved=False)
+    with pytest.raises(UsageError, match="--nanotron-flavor must be one of pr180, pr178, main"):
+        to(src, tmp_path / "nt", "nanotron", flavor="pr999")
+    r = run_cli("convert", src, tmp_path / "nt", "--to", "hf-packed", "--nanotron-flavor", "main")
+    assert r.returncode == 2 and "--nanotron-flavor does not apply to --to hf-packed" in r.stderr
+    assert not (tmp_path / "nt").exists()
+
+
 # --- packed sources ----------------------------------------------------------------------------
 
 
@@ -290,7 +336,7 @@ def test_packed_source_needs_allow_approximate(tmp_path):
     with pytest.raises(UsageError, match="--allow-approximate"):
         to(FIXTURES / "llama-packed", tmp_path / "nt", "nanotron", tp=2)
     assert not (tmp_path / "nt").exists()
-    r = run_cli("convert", FIXTURES / "bitnet-2b4t-packed", tmp_path / "nt", "--to", "nanotron")
+    r = run_cli("convert", FIXTURES / "bitnet-2b4t-packed", tmp_path / "nt", "--to", "nanotron", "--allow-lossy")
     assert r.returncode == 2 and "--allow-approximate" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "nt").exists() and not list(tmp_path.iterdir())
 
@@ -306,7 +352,7 @@ def test_unpack_output_counts_as_packed(tmp_path):
 
 
 def _effective(latent: torch.Tensor) -> torch.Tensor:
-    """Nanotron's BitNet weight quantization of one rank's tensor, written here from FORMATS.md §1."""
+    """Nanotron's BitNet weight quantization of one rank's tensor, written here from its BitLinear (weight_quant: absmean, round, clamp)."""
     w = latent.double()
     m = w.abs().mean().clamp(min=1e-5)
     return (w / m).round().clamp(-1, 1) * m
@@ -327,7 +373,7 @@ def test_packed_approximation_report_and_exact_way_back(tmp_path, tp):
     got = torch.cat([_effective(shard(folder / SHARD.format(r=r, t=tp))[0]) for r in range(tp)], dim=1)
     rel = float((got - want).norm() / want.norm())
     assert rel == pytest.approx(errors["model.layers.0.self_attn.o_proj.weight"]["relative_error"], rel=1e-3, abs=1e-6)
-    if tp == 1:  # one unfused, unsplit matrix: t * mean|W| / p is exact (FORMATS.md §5)
+    if tp == 1:  # one unfused, unsplit matrix: t * mean|W| / p is exact (docs/nanotron.md, "Packed sources")
         for name in ("o_proj", "down_proj"):
             full = f"model.layers.1.{'self_attn' if name == 'o_proj' else 'mlp'}.{name}.weight"
             assert errors[full]["relative_error"] < 1e-6 and errors[full]["codes_changed"] == 0
@@ -386,11 +432,9 @@ def test_fewer_kv_heads_than_tp_is_refused(tmp_path):
 def test_reads_plain_llama_config_without_custom_metas(tmp_path, masters):
     """A checkpoint Nanotron itself wrote: upstream LlamaConfig, no bitconvert record, numpy-style shapes."""
     nt = tmp_path / "nt"
-    to(masters["llama"], nt, "nanotron", tp=2, rope_interleaved=False)
+    to(masters["llama"], nt, "nanotron", tp=2, flavor="main")
     mc = json.loads((nt / "model_config.json").read_text())
-    del mc["is_bitnet_config"]
-    mc.update(is_llama_config=True, rope_theta=500000.0, rope_interleaved=False)
-    (nt / "model_config.json").write_text(json.dumps(mc))
+    assert mc["is_llama_config"] and mc["rope_theta"] == 500000.0 and mc["rope_interleaved"] is False
     (nt / "checkpoint_metadata.json").unlink()
     f = nt / "model/model/decoder/0/pp_block/attn/qkv_proj" / SHARD.format(r=1, t=2)
     data, meta = shard(f)
@@ -404,32 +448,118 @@ def test_reads_plain_llama_config_without_custom_metas(tmp_path, masters):
         assert torch.equal(entry.load(), hf[name]), name
 
 
-def test_checkpoint_saved_by_nanotron_itself(tmp_path, masters):
-    """Nanotron's save writes custom_metas: null; the architecture comes back from the sub-norms and activation."""
+def test_checkpoint_that_lost_parts_in_nanotron_reads_with_warnings(tmp_path, masters):
+    """What Nanotron saves of a 2B-4T model: no sub-norms, no rope_theta, custom_metas null. Warnings, not notes."""
     nt = tmp_path / "nt"
     to(masters["bitnet-2b4t"], nt, "nanotron", tp=2)
     meta_path = nt / "checkpoint_metadata.json"
     meta = json.loads(meta_path.read_text())
     meta["custom_metas"] = None
     meta_path.write_text(json.dumps(meta))
+    (nt / "bitconvert_kept.safetensors").unlink()  # Nanotron's save has only the model folder
     ckpt = open_checkpoint(nt)
-    assert ckpt.config.architecture.value == "bitnet-b1.58" and ckpt.config.hidden_act == "relu2"
+    assert ckpt.config.architecture.value == "llama" and ckpt.config.hidden_act == "relu2"
     assert ckpt.config.rope_theta == 10000.0 and any("no bitconvert record" in n for n in ckpt.notes)
+    assert len(ckpt.warnings) == 2
+    assert any("relu2 without the attention/FFN sub-norms" in w for w in ckpt.warnings)
+    assert any("rope_theta is absent" in w for w in ckpt.warnings)
     hf = read_all(masters["bitnet-2b4t"])
     assert all(torch.equal(e.load(), hf[n]) for n, e in ckpt.tensors.items())
+    r = run_cli("convert", nt, tmp_path / "back", "--to", "hf-bf16", "--json")
+    assert r.returncode == 0, r.stderr
+    warnings = json.loads(r.stdout)["warnings"]
+    assert len(warnings) == 2 and all(w.startswith("source: ") for w in warnings)
 
 
-def test_changed_weights_drop_the_recorded_ternary_scale(tmp_path):
+def test_lossy_conversion_stops_unless_allowed(tmp_path):
+    """A 2B-4T model into any Nanotron flavor loses its sub-norms: exit 1 naming them; --allow-lossy warns."""
+    src = FIXTURES / "bitnet-2b4t-master"
+    for flavor in ("pr180", "pr178", "main"):
+        r = run_cli("convert", src, tmp_path / "nt", "--to", "nanotron", "--nanotron-flavor", flavor)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 1 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+        assert "would lose the attention and FFN sub-norms" in lines[0] and "--allow-lossy" in lines[0]
+        assert not (tmp_path / "nt").exists()
+    r = run_cli("convert", src, tmp_path / "nt", "--to", "nanotron", "--allow-lossy", "--json")
+    assert r.returncode == 0, r.stderr
+    lost = [w for w in json.loads(r.stdout)["warnings"] if w.startswith("lost in Nanotron (pr180)")]
+    assert len(lost) == 3  # sub-norms, decoder norms, rope_theta 500000
+    assert any("sub-norms" in w for w in lost) and any("decoder norm" in w for w in lost)
+    assert any("rope_theta 500000" in w for w in lost)
+    # main holds rope_theta but not BitNet; the PRs at e1c3c1a5 hold the decoder norms
+    losses = {}
+    for flavor in ("pr178", "main"):
+        report = to(src, tmp_path / flavor, "nanotron", flavor=flavor)
+        losses[flavor] = [w for w in report.warnings if w.startswith("lost in")]
+    assert len(losses["pr178"]) == 2 and any("rope_theta" in w for w in losses["pr178"])
+    assert len(losses["main"]) == 2 and any("BitNet b1.58 quantization" in w for w in losses["main"])
+
+
+def test_a_model_the_flavor_holds_converts_without_allow_lossy(tmp_path):
+    """A Llama-architecture BitNet model with RoPE base 10000 fits PR #180 at e1c3c1a5 whole: no warning."""
+    src = make_checkpoint(tmp_path / "src", "llama", "master", heads=4, kv_heads=2, seed=7)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["rope_theta"] = 10000.0
+    (src / "config.json").write_text(json.dumps(cfg))
+    report = convert(src, tmp_path / "nt", "nanotron", {"flavor": "pr178", "tp": 2}).report
+    assert not report.warnings and not (tmp_path / "nt/bitconvert_kept.safetensors").exists()
+
+
+def test_changed_weights_are_a_one_line_error_at_load(tmp_path):
+    """The recorded scale is checked when a weight is loaded (opening reads no data): a stale record stops."""
     nt = tmp_path / "nt"
     to(FIXTURES / "llama-packed", nt, "nanotron", tp=2, allow_approximate=True)
     assert all(e.ternary for n, e in open_checkpoint(nt).tensors.items() if "_proj" in n)
     f = nt / "model/model/decoder/1/pp_block/mlp/down_proj" / SHARD.format(r=0, t=2)
     data, meta = shard(f)
-    save_file({"data": data * 1.5}, str(f), metadata=meta)  # as if fine-tuned
+    save_file({"data": data * 1.5}, str(f), metadata=meta)  # as if edited in place
+    ckpt = open_checkpoint(nt)  # still opens: nothing is read yet
+    assert isinstance(ckpt.tensors["model.layers.0.mlp.down_proj.weight"].load(), TernaryWeight)
+    with pytest.raises(CheckpointError, match="no longer equals the ternary weight") as caught:
+        ckpt.tensors["model.layers.1.mlp.down_proj.weight"].load()
+    assert "delete that record" in str(caught.value) and "\n" not in str(caught.value)
+    r = run_cli("convert", nt, tmp_path / "out", "--to", "hf-packed")
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "no longer equals" in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_opening_reads_no_tensor_data(tmp_path, monkeypatch):
+    """Opening (what `inspect --no-stats` does) reads headers only, even where scales are recorded."""
+    from bitconvert.formats.nanotron import shards as nanotron
+
+    nt = tmp_path / "nt"
+    to(FIXTURES / "llama-packed", nt, "nanotron", tp=2, allow_approximate=True)
+    reads: list[int] = []
+    real = nanotron.read_rows
+
+    def counting(shard_, start, stop):
+        out = real(shard_, start, stop)
+        reads.append(out.numel() * out.element_size())
+        return out
+
+    monkeypatch.setattr(nanotron, "read_rows", counting)
     ckpt = open_checkpoint(nt)
-    entry = ckpt.tensors["model.layers.1.mlp.down_proj.weight"]
-    assert not entry.ternary and not isinstance(entry.load(), TernaryWeight)
-    assert sum(e.ternary for e in ckpt.tensors.values()) == 13 and any("no longer match" in n for n in ckpt.notes)
+    assert sum(e.ternary for e in ckpt.tensors.values()) == 14 and reads == []
+    ckpt.tensors["model.layers.0.self_attn.o_proj.weight"].load()
+    assert sum(reads) == 64 * 64 * 2  # the one tensor asked for, once
+    r = run_cli("inspect", "--no-stats", "--json", nt)
+    assert r.returncode == 0, r.stderr
+
+
+def test_wrong_size_scale_record_is_a_one_line_error(tmp_path):
+    nt = tmp_path / "nt"
+    to(FIXTURES / "llama-packed", nt, "nanotron", tp=1, allow_approximate=True)
+    p = nt / "checkpoint_metadata.json"
+    meta = json.loads(p.read_text())
+    records = meta["custom_metas"]["bitconvert"]["ternary_scales"]
+    name = "model.layers.0.mlp.up_proj.weight"
+    records[name][2] += "00"  # one byte too many for its dtype
+    p.write_text(json.dumps(meta))
+    r = run_cli("convert", nt, tmp_path / "out", "--to", "hf-packed")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "checkpoint_metadata.json" in lines[0] and name in lines[0] and "bytes" in lines[0]
+    assert not (tmp_path / "out").exists()
 
 
 # --- bad input ----------------------------------------------------------------------------------
@@ -543,19 +673,19 @@ def test_bad_checkpoint_on_the_command_line(tmp_path, masters, case):
 
 def test_reading_touches_each_stored_byte_once(tmp_path, masters, monkeypatch):
     """Every HF tensor is read from exactly its rows of each rank file: no whole-model or whole-param load."""
-    from bitconvert.formats.nanotron import format as nanotron
+    from bitconvert.formats.nanotron import shards as nanotron
 
     nt = tmp_path / "nt"
     to(masters["bitnet-2b4t"], nt, "nanotron", tp=4)
     reads: list[int] = []
-    real = nanotron._read_rows
+    real = nanotron.read_rows
 
     def counting(shard_, start, stop):
         out = real(shard_, start, stop)
         reads.append(out.numel() * out.element_size())
         return out
 
-    monkeypatch.setattr(nanotron, "_read_rows", counting)
+    monkeypatch.setattr(nanotron, "read_rows", counting)
     to(nt, tmp_path / "back", "hf-bf16")
     stored = sum(shard(f)[0].numel() * 2 for f in (nt / "model/model").rglob("*.safetensors"))
     assert sum(reads) == stored
@@ -575,7 +705,7 @@ def status(key):  # this process's own memory (ru_maxrss would carry the parent'
 src, nt, back = map(Path, sys.argv[1:4])
 open_checkpoint(src)  # imports and warm-up outside the measured part
 resident = status("VmRSS")
-convert(src, nt, "nanotron", {"tp": 2})
+convert(src, nt, "nanotron", {"tp": 2, "flavor": "pr178", "allow_lossy": True})
 convert(nt, back, "hf-bf16", {})
 print(status("VmHWM") - resident)  # an upper bound on what the two conversions added
 """

@@ -338,7 +338,8 @@ def test_roundtrip_hf_formats(source, fmt):
 
 
 def test_roundtrip_nanotron_master():
-    report = verify_roundtrip(FIXTURES / "bitnet-2b4t-master", "nanotron")
+    # no Nanotron model has 2B-4T's sub-norms: lossy for Nanotron, kept beside it for the way back
+    report = verify_roundtrip(FIXTURES / "bitnet-2b4t-master", "nanotron", options={"allow_lossy": True})
     assert report.passed, fails(report)
 
 

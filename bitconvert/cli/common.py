@@ -20,6 +20,7 @@ import click
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from ..errors import BitconvertError, UsageError
 
@@ -57,7 +58,7 @@ ScaleDtype = Annotated[
     Optional[str], typer.Option("--scale-dtype", help="dtype of packed weight_scale: bf16 or f32. Default bf16.")
 ]
 DtypeOpt = Annotated[
-    Optional[str], typer.Option("--dtype", help="dtype of float tensors written: bf16, f16 or f32. Default bf16.")
+    Optional[str], typer.Option("--dtype", help="dtype of float tensors written: bf16, f16 or f32. Default: the source's.")
 ]
 
 
@@ -100,10 +101,12 @@ def _on_sigterm(signum, frame):
     raise Terminated()
 
 
-def _fail(message: str, code: int) -> typer.Exit:
+def _fail(message: str, code: int, label: str = "error") -> typer.Exit:
+    """Print ``label: message`` as one line (the label in red on a terminal); the exit to raise."""
     if state["debug"]:
         traceback.print_exc()
-    err.print(message, highlight=False, markup=False, soft_wrap=True)
+    line = Text.assemble((f"{label}:", "bold red"), " ", message) if label else Text(message)
+    err.print(line, highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -123,18 +126,19 @@ def error_boundary() -> Iterator[None]:
     except (typer.Exit, typer.Abort, click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
         raise  # typer's and click's own exits and usage errors already carry their code
     except BitconvertError as exc:
-        raise _fail(f"error: {exc}", exc.exit_code) from None
+        raise _fail(str(exc), exc.exit_code) from None
     except (KeyboardInterrupt, Terminated):
-        raise _fail("interrupted; no output was left behind", INTERRUPTED_EXIT) from None
+        raise _fail("interrupted; no output was left behind", INTERRUPTED_EXIT, label="") from None
     except MemoryError:
-        raise _fail("error: out of memory", 1) from None
+        raise _fail("out of memory", 1) from None
     except OSError as exc:
-        raise _fail(f"error: {os_error_line(exc)}", 1) from None
+        raise _fail(os_error_line(exc), 1) from None
     except Exception as exc:
         text = " ".join(str(exc).split())
         raise _fail(
-            f"internal error: {type(exc).__name__}: {text} (rerun with --debug for the traceback)",
+            f"{type(exc).__name__}: {text} (rerun with --debug for the traceback)",
             INTERNAL_ERROR_EXIT,
+            label="internal error",
         ) from None
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -25,6 +25,14 @@ from .common import (
     run_conversion,
 )
 
+RecipeOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--recipe",
+        help="Quantize a master as this producer does, bit for bit: transformers (default), onebitllms "
+        "(hf-packed), llama.cpp (gguf tq1_0/tq2_0), bitnet.cpp (gguf i2_s).",
+    ),
+]
 
 def inspect(
     src: Src,
@@ -72,6 +80,8 @@ def print_inspection(info: dict) -> None:
     out.print(table)
     for note in info["notes"]:
         out.print(f"[yellow]note:[/] {note}", highlight=False)
+    for warning in info["warnings"]:
+        out.print(f"[yellow]warning:[/] {warning}", highlight=False)
 
 
 def pack(
@@ -81,12 +91,13 @@ def pack(
     scale_dtype: ScaleDtype = None,
     dtype: DtypeOpt = None,
     max_shard_size: MaxShard = None,
+    recipe: RecipeOpt = None,
     force: Force = False,
     json_out: JsonOut = False,
 ) -> None:
     """Quantize a master (or re-pack any checkpoint) into transformers' packed 2-bit layout (hf-packed)."""
     opts = given_options(
-        linear_class=linear_class, dtype=dtype, scale_dtype=scale_dtype, max_shard_size=max_shard_size
+        linear_class=linear_class, dtype=dtype, scale_dtype=scale_dtype, max_shard_size=max_shard_size, recipe=recipe
     )
     run_conversion(src, dst, "hf-packed", opts, force=force, json_out=json_out)
 
@@ -94,7 +105,9 @@ def pack(
 def unpack(
     src: Src,
     dst: Dst,
-    dtype: Annotated[str, typer.Option("--dtype", help="dtype of the written weights: bf16 or f32.")] = "bf16",
+    dtype: Annotated[
+        Optional[str], typer.Option("--dtype", help="dtype of the written weights: bf16 or f32. Default: the source's.")
+    ] = None,
     online_exact: Annotated[
         bool,
         typer.Option(
@@ -108,7 +121,7 @@ def unpack(
     json_out: JsonOut = False,
 ) -> None:
     """Write float weights (codes x mean|W|) in the HF master layout (hf-bf16)."""
-    if dtype not in ("bf16", "f32"):
+    if dtype is not None and dtype not in ("bf16", "f32"):
         raise UsageError(f"--dtype must be bf16 or f32, got {dtype!r}")
     opts = given_options(dtype=dtype, max_shard_size=max_shard_size, online_exact=online_exact or None)
     run_conversion(src, dst, "hf-bf16", opts, force=force, json_out=json_out)
@@ -134,15 +147,28 @@ def convert(
     no_tokenizer: Annotated[
         bool, typer.Option("--no-tokenizer", help="GGUF: write no tokenizer (else an unreadable one is an error).")
     ] = False,
+    recipe: RecipeOpt = None,
+    i2s_layout: Annotated[
+        Optional[str],
+        typer.Option("--i2s-layout", help="GGUF i2_s byte layout (bitnet.cpp build): x86 (default), x86-rows, arm."),
+    ] = None,
     tp: Annotated[Optional[str], typer.Option("--tp", help="Nanotron: tensor-parallel size to write (default 1).")] = None,
     rope_interleaved: Annotated[
         Optional[bool], typer.Option("--rope-interleaved/--no-rope-interleaved", help="Nanotron: RoPE layout.")
     ] = None,
     nanotron_version: Annotated[
-        Optional[str], typer.Option("--nanotron-version", help="Nanotron checkpoint version: 1.4 (default) or 1.5.")
+        Optional[str],
+        typer.Option("--nanotron-version", help="Nanotron checkpoint version: 1.4 or 1.5 (default: the flavor's)."),
     ] = None,
     allow_approximate: Annotated[
         bool, typer.Option("--allow-approximate", help="Accept a conversion that cannot be exact (packed -> Nanotron).")
+    ] = False,
+    nanotron_flavor: Annotated[
+        Optional[str],
+        typer.Option("--nanotron-flavor", help="Nanotron code to load it: pr180 (BitNet PR head, default), pr178, main."),
+    ] = None,
+    allow_lossy: Annotated[
+        bool, typer.Option("--allow-lossy", help="Convert although the target cannot hold all of the model (warns).")
     ] = False,
     push_to: Annotated[
         Optional[str], typer.Option("--push-to", help="Upload the result to this Hub repo (ORG/NAME) when done.")
@@ -160,10 +186,14 @@ def convert(
         embed_type=embed_type,
         allow_fallback=allow_fallback or None,
         no_tokenizer=no_tokenizer or None,
+        recipe=recipe,
+        i2s_layout=i2s_layout,
         tp=tp,
         rope_interleaved=rope_interleaved,
         nanotron_version=nanotron_version,
         allow_approximate=allow_approximate or None,
+        flavor=nanotron_flavor,
+        allow_lossy=allow_lossy or None,
     )
     from ..formats import options_for
 

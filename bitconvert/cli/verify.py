@@ -56,21 +56,51 @@ def verify(
         float, typer.Option("--min-argmax-agreement", help="Fraction of positions whose top token must agree.")
     ] = 1.0,
     device: Device = "cpu",
+    target: Annotated[
+        Optional[str],
+        typer.Option("--target", metavar="CONSUMER",
+                     help="Check what CONSUMER computes from SRC (transformers, llama.cpp, bitnet.cpp, "
+                          "bitnet.cpp-arm, nanotron-pr180, nanotron-pr178, nanotron-main); see docs/consumers.md."),
+    ] = None,
     junit: Annotated[
         Optional[Path], typer.Option("--junit", metavar="FILE", help="Write JUnit XML, one test case per check.")
     ] = None,
     show_all: Annotated[bool, typer.Option("--all", help="List passing checks too, not only failures.")] = False,
+    reproduce: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--reproduce", metavar="MASTER", help="Rebuild SRC (hf-packed or GGUF) from MASTER; compare bit for bit."
+        ),
+    ] = None,
+    recipe: Annotated[
+        str,
+        typer.Option(
+            "--recipe", help="With --reproduce: transformers, onebitllms, llama.cpp, bitnet.cpp, or auto (each)."
+        ),
+    ] = "auto",
     json_out: JsonOut = False,
 ) -> None:
-    """Check SRC's integrity; with --against or --roundtrip compare it too. Exit 0 all pass, 1 any fail."""
+    """Check SRC's integrity; --against, --roundtrip, --reproduce or --target compare it too. Exit 0 all pass, 1 any fail."""
     from ..verify import Thresholds
 
     _check_options(logits, against, roundtrip, tokens, manifest_check,
                    (max_code_mismatches, scale_rtol, atol, logits_atol, min_argmax_agreement))
+    if reproduce is None and recipe != "auto":
+        raise UsageError("--recipe is used by --reproduce only")
     ids = parse_tokens(tokens) if tokens is not None else None
+    if target is not None:  # an unknown consumer is a usage error before any reading
+        from ..verify.targets import consumer
+
+        consumer(target)
     th = Thresholds(max_code_mismatches, scale_rtol, atol, logits_atol, min_argmax_agreement)
     with progress_bar(not json_out) as progress:
         report = _run_checks(src, against, roundtrip, manifest_check, th, logits, ids, device, progress)
+        if reproduce is not None:
+            _merge(report, _reproduce(src, reproduce, recipe, progress), "")
+    if target is not None:  # what the consumer computes: bitconvert/verify/targets.py
+        from ..verify.targets import verify_target
+
+        _merge(report, verify_target(src, target), "target.")
     written = _write_manifest(report, manifest)
     if junit is not None:
         _write_atomically(junit, report.to_junit_xml())
@@ -108,6 +138,14 @@ def _run_checks(src, against, roundtrip, manifest_check, th, logits, ids, device
     if roundtrip is not None:
         _merge(report, verify_roundtrip(src, roundtrip, thresholds=th, logits=logits, progress=progress), "roundtrip.")
     return report
+
+
+def _reproduce(src, master: Path, recipe: str, progress):
+    from ..verify.reproduce import verify_reproduce
+
+    if not master.exists():
+        raise UsageError(f"{master}: no such file or directory")
+    return verify_reproduce(src, master, recipe=recipe, progress=progress)
 
 
 def _write_manifest(report, manifest: Path | None) -> str | None:

@@ -138,3 +138,18 @@ def build_options(fmt: str, options_cls: type, given: Mapping[str, Any] | Any, t
         parse = known[name].metadata.get("parse")
         values[name] = parse(value) if parse is not None and value is not None else value
     return options_cls(**values)
+
+
+def recipe_field(allowed: Iterable[Any], help: str) -> Any:
+    """``--recipe``: which producer's quantization a master is reproduced with (see bitconvert.recipes)."""
+    allowed = tuple(allowed)
+
+    def parse(value: Any):
+        from ..recipes import parse_recipe
+
+        try:
+            return parse_recipe(value, allowed)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+
+    return option(allowed[0], "--recipe", help, parse)

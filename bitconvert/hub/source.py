@@ -41,7 +41,8 @@ HF_SIDE_FILES = (
 LICENSE_GLOBS = ("LICENSE*", "LICENCE*", "NOTICE*", "USE_POLICY*")
 HF_INDEX = "model.safetensors.index.json"
 HF_SINGLE = "model.safetensors"
-NANOTRON_FILES = ("config.yaml", "model_config.json", "checkpoint_metadata.json")
+# bitconvert_kept.safetensors: tensors a Nanotron flavor has no place for (formats/nanotron/config.py KEPT_FILE)
+NANOTRON_FILES = ("config.yaml", "model_config.json", "checkpoint_metadata.json", "bitconvert_kept.safetensors")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")  # as formats/hf/common.py (which imports torch)
 
 _NAME = r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?"

@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Literal
 
+import numpy as np
 import torch
 
-from ..checkpoint import Checkpoint
+from ..checkpoint import Checkpoint, TensorEntry
 from ..config import QuantMode
 from ..errors import CheckpointError
 from ..formats import Progress, no_progress, open_checkpoint
 from ..jsonfile import parse_json_text
-from ..ternary import TernaryWeight, ternary_stats
-from .manifest import check_manifest, new_manifest, read_manifest, tensor_digest
+from ..packed_stats import counts_stats, packed_code_counts
+from ..ternary import TernaryWeight
+from .manifest import check_manifest, new_manifest, packed_ternary_digest, read_manifest, tensor_digest
 from .report import Check, VerifyReport
 
 #: load failures that mean "this tensor is unreadable" rather than a bug in bitconvert
 READ_ERRORS = (CheckpointError, OSError, ValueError, RuntimeError)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+Loaded = tuple[Literal["packed", "value", "error"], Any]
 
 
 def verify_integrity(
@@ -132,49 +136,107 @@ def _tensor_set_checks(ckpt: Checkpoint, report: VerifyReport) -> None:
         report.add(Check("tensor_set", True, f"{len(expected)} tensors, names and shapes as the config implies"))
 
 
+def _load(entry: TensorEntry, packed: bool = True) -> Loaded:
+    """What the checks need of one tensor: packed bytes + scale where the reader keeps them, else the value."""
+    try:
+        if packed and entry.load_packed is not None and entry.load_scale is not None:
+            raw = entry.load_packed()
+            try:
+                return "packed", (raw, entry.load_scale())
+            except READ_ERRORS:  # load() reports it, after any bad code, as the reader orders them
+                return _load(entry, packed=False)
+        return "value", entry.load()
+    except READ_ERRORS as exc:
+        return "error", exc
+
+
+def _loaded_ahead(ckpt: Checkpoint) -> Iterator[tuple[str, TensorEntry, Loaded]]:
+    """Each tensor loaded, the next one read on a worker thread while the caller checks this one."""
+    entries = list(ckpt.tensors.items())
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bitconvert-verify") as pool:
+        pending = pool.submit(_load, entries[0][1]) if entries else None
+        for i, (name, entry) in enumerate(entries):
+            loaded = pending.result()
+            pending = pool.submit(_load, entries[i + 1][1]) if i + 1 < len(entries) else None
+            yield name, entry, loaded
+            del loaded
+
+
 def _tensor_checks(ckpt: Checkpoint, report: VerifyReport, progress: Progress) -> dict[str, dict | None]:
     digests: dict[str, dict | None] = {}
     total = len(ckpt.tensors)
-    for i, (name, entry) in enumerate(ckpt.tensors.items()):
+    for i, (name, entry, (kind, data)) in enumerate(_loaded_ahead(ckpt)):
         progress(i, total, name)
-        try:
-            value = entry.load()
-        except READ_ERRORS as exc:
-            problem = exc.problem if isinstance(exc, CheckpointError) else f"{type(exc).__name__}: {exc}"
+        if kind == "packed":
+            packed, scale = data
+            counts = packed_code_counts(packed)
+            if counts[3]:  # the reader's own message names the first invalid field
+                kind, data = _load(entry, packed=False)
+            else:
+                _ternary_checks(name, entry.stored, tuple(entry.shape), counts, scale, report)
+                digests[name] = packed_ternary_digest(tuple(entry.shape), packed, scale)
+                continue
+        if kind == "error":
+            problem = data.problem if isinstance(data, CheckpointError) else f"{type(data).__name__}: {data}"
             report.add(Check("readable", False, f"{entry.source}: {problem}", name))
             digests[name] = None
             continue
-        shape = tuple(value.shape)
-        if shape != tuple(entry.shape):
-            report.add(Check("readable", False, f"loads with shape {list(shape)}, declared {list(entry.shape)}", name))
-            digests[name] = None
-            continue
-        if isinstance(value, TernaryWeight):
-            _ternary_checks(name, entry.stored, value, report)
-        elif not value.is_floating_point():
-            report.add(Check("readable", False, f"dtype {value.dtype} where a float tensor is expected", name))
-            digests[name] = None
-            continue
-        else:
-            bad = int((~torch.isfinite(value)).sum())
-            report.add(Check("readable", True, f"{entry.stored or value.dtype} {list(shape)}", name))
-            detail = f"{bad} of {value.numel()} values are inf or nan" if bad else "all finite"
-            report.add(Check("finite", bad == 0, detail, name, float(bad), 0.0))
-        digests[name] = tensor_digest(value)
-        del value
+        digests[name] = _value_checks(name, entry, data, report)
     progress(total, total, "")
     return digests
 
 
-def _ternary_checks(name: str, stored: str, value: TernaryWeight, report: VerifyReport) -> None:
-    report.add(Check("readable", True, f"{stored or 'ternary'} {list(value.shape)}", name))
-    codes = value.codes
-    invalid = int(((codes != -1) & (codes != 0) & (codes != 1)).sum())
-    stats = ternary_stats(codes)
+def _value_checks(name: str, entry: TensorEntry, value, report: VerifyReport) -> dict | None:
+    shape = tuple(value.shape)
+    if shape != tuple(entry.shape):
+        report.add(Check("readable", False, f"loads with shape {list(shape)}, declared {list(entry.shape)}", name))
+        return None
+    if isinstance(value, TernaryWeight):
+        codes = value.codes
+        invalid = int(((codes != -1) & (codes != 0) & (codes != 1)).sum())
+        counts = (int((codes == -1).sum()), int((codes == 0).sum()), int((codes == 1).sum()), invalid)
+        _ternary_checks(name, entry.stored, shape, counts, value.scale, report)
+    elif not value.is_floating_point():
+        report.add(Check("readable", False, f"dtype {value.dtype} where a float tensor is expected", name))
+        return None
+    else:
+        bad = non_finite_count(value)
+        report.add(Check("readable", True, f"{entry.stored or value.dtype} {list(shape)}", name))
+        detail = f"{bad} of {value.numel()} values are inf or nan" if bad else "all finite"
+        report.add(Check("finite", bad == 0, detail, name, float(bad), 0.0))
+    return tensor_digest(value)
+
+
+#: exponent bits of each float dtype: a value is inf or nan exactly when they are all set
+_EXPONENT = {torch.bfloat16: (np.uint16, 0x7F80), torch.float16: (np.uint16, 0x7C00),
+             torch.float32: (np.uint32, 0x7F800000), torch.float64: (np.uint64, 0x7FF0000000000000)}
+
+
+def non_finite_count(value: torch.Tensor, chunk: int = 1 << 16) -> int:
+    """How many values are inf or nan, from their exponent bits, a cache-sized chunk at a time."""
+    if value.dtype not in _EXPONENT:
+        return int((~torch.isfinite(value)).sum())
+    word, mask = _EXPONENT[value.dtype]
+    bits = value.detach().contiguous().reshape(-1).view(torch.uint8).numpy().view(word)
+    exp = word(mask)
+    tmp = np.empty(min(chunk, bits.size), dtype=word)
+    bad = 0
+    for start in range(0, bits.size, chunk):
+        t = tmp[: min(chunk, bits.size - start)]
+        np.bitwise_and(bits[start : start + chunk], exp, out=t)
+        bad += int(np.count_nonzero(t == exp))
+    return bad
+
+
+def _ternary_checks(
+    name: str, stored: str, shape: tuple[int, ...], counts: tuple[int, int, int, int], scale, report: VerifyReport
+) -> None:
+    report.add(Check("readable", True, f"{stored or 'ternary'} {list(shape)}", name))
+    minus, zero, plus, invalid = counts
+    stats = counts_stats(minus, zero, plus, invalid)
     detail = f"-1/0/+1 fractions {stats['minus']:.3f}/{stats['zero']:.3f}/{stats['plus']:.3f}"
     report.add(Check("codes", invalid == 0, detail if not invalid else f"{invalid} values outside {{-1, 0, 1}}",
                      name, float(invalid), 0.0))
-    scale = value.scale
     v = scale.item()
     report.add(Check("scale", scale.is_valid(), f"{scale.linear_class.value} {scale.dtype}"
                      + ("" if scale.is_valid() else ": not finite and positive"), name, v))

@@ -11,14 +11,15 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 
 from ..errors import CheckpointError
 from ..jsonfile import parse_json_text
+from ..packed_stats import unpacked_chunks
 from ..safetensors_io import DTYPE_NAMES
-from ..ternary import TernaryWeight
+from ..ternary import TernaryScale, TernaryWeight
 from .report import Check
 
 MANIFEST_VERSION = 1
@@ -34,18 +35,29 @@ def tensor_digest(value: torch.Tensor | TernaryWeight) -> dict[str, Any]:
     """The manifest entry of one loaded tensor: kind, shape, dtype and sha256."""
     h = hashlib.sha256()
     if isinstance(value, TernaryWeight):
-        scale = value.scale
-        head = f"ternary|{list(value.shape)}|{scale.linear_class.value}|{DTYPE_NAMES[scale.dtype]}|"
-        h.update(head.encode())
-        _feed(h, value.codes.to(torch.int8))
-        h.update(b"|")
-        _feed(h, scale.value.reshape(1))
-        dtype = DTYPE_NAMES[scale.dtype]
-        return {"kind": "ternary", "shape": list(value.shape), "dtype": dtype, "sha256": h.hexdigest()}
+        return _ternary_digest(value.shape, value.scale, [value.codes.to(torch.int8)])
     head = f"dense|{list(value.shape)}|{DTYPE_NAMES[value.dtype]}|"
     h.update(head.encode())
     _feed(h, value)
     return {"kind": "dense", "shape": list(value.shape), "dtype": DTYPE_NAMES[value.dtype], "sha256": h.hexdigest()}
+
+
+def packed_ternary_digest(shape: tuple[int, ...], packed: torch.Tensor, scale: TernaryScale) -> dict[str, Any]:
+    """:func:`tensor_digest` of a ternary weight from its packed bytes (HF row-block layout), unpacked a chunk at a time."""
+    return _ternary_digest(shape, scale, unpacked_chunks(packed))
+
+
+def _ternary_digest(shape: tuple[int, ...], scale: TernaryScale, codes: Iterable) -> dict[str, Any]:
+    h = hashlib.sha256()
+    h.update(f"ternary|{list(shape)}|{scale.linear_class.value}|{DTYPE_NAMES[scale.dtype]}|".encode())
+    for chunk in codes:  # int8 codes in row-major order, whole or in chunks
+        if isinstance(chunk, torch.Tensor):
+            _feed(h, chunk)
+        elif chunk.size:
+            h.update(memoryview(chunk))
+    h.update(b"|")
+    _feed(h, scale.value.reshape(1))
+    return {"kind": "ternary", "shape": list(shape), "dtype": DTYPE_NAMES[scale.dtype], "sha256": h.hexdigest()}
 
 
 def new_manifest(src_format: str, tensors: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf.constants import QK_K as _QK_K
@@ -70,19 +71,54 @@ def _d_bytes(d: torch.Tensor | float, rows: int, nblocks: int) -> torch.Tensor:
     return d16.reshape(rows, nblocks).contiguous().view(torch.uint8).reshape(rows, nblocks, 2)
 
 
+#: values per encoding step: small enough to stay in cache
+_STEP_VALUES = 1 << 16
+
+
+def _code_bytes(codes: torch.Tensor, block: int) -> np.ndarray:
+    """int8 codes ``[R, C]`` as their bytes (code mod 256: -1 is 255), ``[R, C / block, block]``."""
+    if codes.dim() != 2 or codes.shape[1] % block:
+        raise ValueError(f"rows of {block}-value blocks expected, got shape {tuple(codes.shape)}")
+    raw = codes.to(torch.int8).contiguous().numpy().view(np.uint8)
+    return raw.reshape(codes.shape[0], codes.shape[1] // block, block)
+
+
+def _row_steps(rows: int, values_per_row: int) -> list[tuple[int, int]]:
+    step = max(1, _STEP_VALUES // max(values_per_row, 1))
+    return [(r, min(r + step, rows)) for r in range(0, rows, step)]
+
+
+def _view(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``a`` reshaped without copying (writes must land in ``a``): numpy refuses where it cannot."""
+    v = a.view()
+    v.shape = shape
+    return v
+
+
+def _shift_sum(codes: np.ndarray, shifts: tuple[int, ...], out: np.ndarray, axis: int) -> None:
+    """out = sum of (code + 1) << shift over ``axis`` (2-bit fields), computed mod 256 in place."""
+    planes = np.moveaxis(codes, axis, 0)
+    np.left_shift(planes[0], shifts[0], out=out)
+    tmp = np.empty_like(out)
+    for plane, shift in zip(planes[1:], shifts[1:]):
+        np.left_shift(plane, shift, out=tmp)
+        out += tmp
+    out += sum(1 << sh for sh in shifts)  # the +1 of every field
+
+
 # --- TQ2_0 ----------------------------------------------------------------------------------------
 
 
 def encode_tq2_0(codes: torch.Tensor, d: torch.Tensor | float = 1.0) -> torch.Tensor:
     """int8 codes ``[R, C]`` (C % 256 == 0) -> uint8 ``[R, C/256 * 66]``; ``d`` scalar or per block."""
-    w = _blocks(codes, QK_K)
-    rows, nb = w.shape[:2]
-    w = w.reshape(rows, nb, 2, 4, 4)  # half, 2-bit plane, 32 values as 4 words
-    qs = w[:, :, :, 0] | (w[:, :, :, 1] << 2) | (w[:, :, :, 2] << 4) | (w[:, :, :, 3] << 6)
-    out = torch.empty(rows, nb, 66, dtype=torch.uint8)
-    out[:, :, :64] = qs.view(torch.uint8).reshape(rows, nb, 64)
-    out[:, :, 64:] = _d_bytes(d, rows, nb)
-    return out.reshape(rows, nb * 66)
+    c = _code_bytes(codes, QK_K)
+    rows, nb = c.shape[:2]
+    out = np.empty((rows, nb, 66), dtype=np.uint8)
+    for r0, r1 in _row_steps(rows, nb * QK_K):
+        x = c[r0:r1].reshape(r1 - r0, nb, 2, 4, 32)  # half, 2-bit plane, 32 values
+        _shift_sum(x, (0, 2, 4, 6), _view(out[r0:r1, :, :64], (r1 - r0, nb, 2, 32)), axis=3)
+    out[:, :, 64:] = _d_bytes(d, rows, nb).numpy()
+    return torch.from_numpy(out.reshape(rows, nb * 66))
 
 
 def decode_tq2_0(raw: torch.Tensor, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,25 +144,34 @@ _MUL5 = torch.tensor([1, 3, 9, 27, 81], dtype=torch.int16)
 _MUL4 = torch.tensor([1, 3, 9, 27], dtype=torch.int16)
 #: byte stored for a base-3 value v (0..242): ceil(v * 256 / 243)
 _TQ1_BYTE = ((torch.arange(243, dtype=torch.int32) * 256 + 242) // 243).to(torch.uint8)
+_TQ1_BYTE_NP = np.concatenate([_TQ1_BYTE.numpy(), np.zeros(13, dtype=np.uint8)])  # 256 entries
 
 
 def encode_tq1_0(codes: torch.Tensor, d: torch.Tensor | float = 1.0) -> torch.Tensor:
     """int8 codes ``[R, C]`` (C % 256 == 0) -> uint8 ``[R, C/256 * 54]``; ``d`` scalar or per block."""
-    w = _blocks(codes, QK_K)  # 32 words of 8 stored codes per block
-    rows, nb = w.shape[:2]
-    # five digits (0..2) weighted 81, 27, 9, 3, 1 sum to at most 242: no lane overflows
-    w0 = w[:, :, :20].reshape(rows, nb, 5, 4)
-    v0 = 81 * w0[:, :, 0] + 27 * w0[:, :, 1] + 9 * w0[:, :, 2] + 3 * w0[:, :, 3] + w0[:, :, 4]
-    w1 = w[:, :, 20:30].reshape(rows, nb, 5, 2)
-    v1 = 81 * w1[:, :, 0] + 27 * w1[:, :, 1] + 9 * w1[:, :, 2] + 3 * w1[:, :, 3] + w1[:, :, 4]
-    wh = w[:, :, 30:].contiguous().view(torch.uint8).reshape(rows, nb, 4, 4)
-    vh = (wh * _POW4).sum(-2, dtype=torch.uint8)
-    out = torch.empty(rows, nb, 54, dtype=torch.uint8)
-    out[:, :, :32] = _TQ1_BYTE[v0.view(torch.uint8).reshape(rows, nb, 32).long()]
-    out[:, :, 32:48] = _TQ1_BYTE[v1.view(torch.uint8).reshape(rows, nb, 16).long()]
-    out[:, :, 48:52] = _TQ1_BYTE[vh.long()]
-    out[:, :, 52:] = _d_bytes(d, rows, nb)
-    return out.reshape(rows, nb * 54)
+    c = _code_bytes(codes, QK_K)
+    rows, nb = c.shape[:2]
+    out = np.empty((rows, nb, 54), dtype=np.uint8)
+    for r0, r1 in _row_steps(rows, nb * QK_K):
+        x, o = c[r0:r1], out[r0:r1]
+        # base-3 digits weighted 81, 27, 9, 3 (, 1): stored codes c + 1 sum to at most 242, and the
+        # +1s add 121 (or 120) in total, so the byte arithmetic below never needs more than 8 bits
+        _base3(x[:, :, :160].reshape(r1 - r0, nb, 5, 32), (81, 27, 9, 3, 1), o[:, :, :32])
+        _base3(x[:, :, 160:240].reshape(r1 - r0, nb, 5, 16), (81, 27, 9, 3, 1), o[:, :, 32:48])
+        _base3(x[:, :, 240:].reshape(r1 - r0, nb, 4, 4), (81, 27, 9, 3), o[:, :, 48:52])
+        np.take(_TQ1_BYTE_NP, o[:, :, :52], out=o[:, :, :52])
+    out[:, :, 52:] = _d_bytes(d, rows, nb).numpy()
+    return torch.from_numpy(out.reshape(rows, nb * 54))
+
+
+def _base3(digits: np.ndarray, weights: tuple[int, ...], out: np.ndarray) -> None:
+    """out = sum of (code + 1) * weight over axis 2 of ``digits`` (code bytes), mod 256."""
+    np.multiply(digits[:, :, 0], weights[0], out=out)
+    tmp = np.empty_like(out)
+    for i, w in enumerate(weights[1:], start=1):
+        np.multiply(digits[:, :, i], w, out=tmp)
+        out += tmp
+    out += sum(weights)
 
 
 def _trits(q: torch.Tensor, mul: torch.Tensor) -> torch.Tensor:
@@ -159,12 +204,13 @@ def encode_i2_s(codes: torch.Tensor, scale: float) -> torch.Tensor:
     n = codes.numel()
     if n % QK_I2_S:
         raise ValueError(f"I2_S needs a multiple of {QK_I2_S} values, got {n}")
-    w = _stored_words(codes.reshape(-1)).reshape(n // QK_I2_S, 4, 4)  # block, 2-bit group, 4 words
-    packed = (w[:, 0] << 6) | (w[:, 1] << 4) | (w[:, 2] << 2) | w[:, 3]
-    out = torch.zeros(n // 4 + I2_S_TAIL, dtype=torch.uint8)
-    out[: n // 4] = packed.view(torch.uint8).reshape(-1)
-    out[n // 4 : n // 4 + 4] = torch.tensor([scale], dtype=torch.float32).view(torch.uint8)
-    return out
+    c = _code_bytes(codes.reshape(1, -1), QK_I2_S)[0]  # [blocks, 128]
+    out = np.zeros(n // 4 + I2_S_TAIL, dtype=np.uint8)
+    packed = out[: n // 4].reshape(-1, 32)
+    for b0, b1 in _row_steps(c.shape[0], QK_I2_S):
+        _shift_sum(c[b0:b1].reshape(b1 - b0, 4, 32), (6, 4, 2, 0), packed[b0:b1], axis=1)
+    out[n // 4 : n // 4 + 4] = np.frombuffer(np.float32(scale).tobytes(), dtype=np.uint8)
+    return torch.from_numpy(out)
 
 
 def decode_i2_s(raw: torch.Tensor, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:

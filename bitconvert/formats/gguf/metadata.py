@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from gguf.constants import GGML_QUANT_VERSION, Keys
 
 from ... import __version__
@@ -35,6 +34,8 @@ READABLE_ARCHS = (ARCH_BITNET, ARCH_BITNET_B158, ARCH_BITNET_25, ARCH_LLAMA)
 KEY_HF_CONFIG = "bitconvert.hf_config"
 KEY_SOURCE_FORMAT = "bitconvert.source_format"
 KEY_SCALE_MODE = "bitconvert.scale_mode"
+#: the I2_S byte layout written (see i2s_layouts.py); files without it are read as x86
+KEY_I2S_LAYOUT = "bitconvert.i2s_layout"
 
 HUB_URL = "https://huggingface.co/"
 #: bitconvert's FFN activation key (gguf-py names none): ``relu2`` (2B-4T) or ``silu`` (1bitLLM)
@@ -102,11 +103,16 @@ def origin(info: dict[str, Any], path: Path) -> tuple[str, str | None, str | Non
     return name, url, info.get("license")
 
 
+def source_config(cfg: ModelConfig) -> dict[str, Any]:
+    """The source's config.json as it was read (its dtype included), for ``bitconvert.hf_config``."""
+    return cfg.raw if cfg.raw else cfg.to_hf_dict(cfg.quantization, "bfloat16")
+
+
 def bitconvert_keys(cfg: ModelConfig, source_format: str, scale_mode: str, scales: dict[str, Any]) -> dict[str, KV]:
     md = {
         KEY_SOURCE_FORMAT: kv_str(source_format),
         KEY_SCALE_MODE: kv_str(scale_mode),
-        KEY_HF_CONFIG: kv_str(json.dumps(cfg.to_hf_dict(cfg.quantization, "bfloat16"), separators=(",", ":"))),
+        KEY_HF_CONFIG: kv_str(json.dumps(source_config(cfg), separators=(",", ":"))),
     }
     if scales:
         md[SCALES_KEY] = kv_str(encode_records(scales))

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from gguf.constants import GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGUFValueType
+from gguf.constants import GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGUFValueType, Keys
 
 from ...errors import CheckpointError
 from ...safetensors_io import read_exact
@@ -156,6 +156,21 @@ class GGUFFile:
             raise CheckpointError(self.path, f"cannot read: {exc.strerror or exc}") from None
 
     def _parse(self, cur: _Cursor) -> None:
+        """Header, then metadata, then tensor infos, then where each tensor's bytes lie."""
+        n_tensors, n_kv = self._header(cur)
+        self.metadata: dict[str, KV] = {}
+        for _ in range(n_kv):
+            key = cur.string("a key")
+            if key in self.metadata:
+                raise cur.fail(f"duplicate key {key!r}")
+            self.metadata[key] = _value(cur, cur.u32(f"type of {key!r}"), key)
+        self.alignment = self._alignment()
+        infos = self._tensor_infos(cur, n_tensors)
+        self.data_start = -(-cur.pos // self.alignment) * self.alignment
+        self._place_tensors(infos, cur.size)
+
+    def _header(self, cur: _Cursor) -> tuple[int, int]:
+        """(tensor count, key count) after the magic and version, each bounded by the bytes left."""
         magic = cur.take(4, "the magic") if cur.left >= 4 else b""
         if magic != MAGIC:
             raise CheckpointError(self.path, "not a GGUF file (no GGUF magic)")
@@ -173,21 +188,17 @@ class GGUFFile:
             raise cur.fail(f"{n_tensors} tensors cannot fit in the {cur.left} bytes left")
         if not 0 <= n_kv <= cur.left // 13:
             raise cur.fail(f"{n_kv} keys cannot fit in the {cur.left} bytes left")
+        return n_tensors, n_kv
 
-        self.metadata: dict[str, KV] = {}
-        for _ in range(n_kv):
-            key = cur.string("a key")
-            if key in self.metadata:
-                raise cur.fail(f"duplicate key {key!r}")
-            self.metadata[key] = _value(cur, cur.u32(f"type of {key!r}"), key)
+    def _alignment(self) -> int:
+        align = self.metadata.get(Keys.General.ALIGNMENT)
+        if align is None:
+            return DEFAULT_ALIGNMENT
+        if align.type != UINT32 or align.value == 0 or align.value & (align.value - 1):
+            raise CheckpointError(self.path, f"general.alignment must be a power-of-two u32, got {align.value!r}")
+        return align.value
 
-        align = self.metadata.get("general.alignment")
-        self.alignment = DEFAULT_ALIGNMENT
-        if align is not None:
-            if align.type != UINT32 or align.value == 0 or align.value & (align.value - 1):
-                raise CheckpointError(self.path, f"general.alignment must be a power-of-two u32, got {align.value!r}")
-            self.alignment = align.value
-
+    def _tensor_infos(self, cur: _Cursor, n_tensors: int) -> list[tuple[str, int, tuple[int, ...], int]]:
         infos: list[tuple[str, int, tuple[int, ...], int]] = []
         names: set[str] = set()
         for _ in range(n_tensors):
@@ -205,8 +216,10 @@ class GGUFFile:
             offset = cur.u64(f"offset of {name!r}")
             self._check_tensor(name, ne, gtype)
             infos.append((name, gtype, tuple(reversed(ne)), offset))
+        return infos
 
-        self.data_start = -(-cur.pos // self.alignment) * self.alignment
+    def _place_tensors(self, infos: list[tuple[str, int, tuple[int, ...], int]], file_size: int) -> None:
+        """Offsets aligned, each equal to the running total, and the data inside the file."""
         self.tensors: dict[str, TensorInfo] = {}
         expected = 0
         for name, gtype, shape, offset in infos:
@@ -220,9 +233,9 @@ class GGUFFile:
         if self.tensors:
             last = list(self.tensors.values())[-1]
             end = last.offset + last.nbytes
-            if end > cur.size:
+            if end > file_size:
                 raise CheckpointError(
-                    self.path, f"file is truncated: tensor data ends at byte {end}, the file has {cur.size} bytes"
+                    self.path, f"file is truncated: tensor data ends at byte {end}, the file has {file_size} bytes"
                 )
 
     def _check_tensor(self, name: str, ne: list[int], gtype: int) -> None:

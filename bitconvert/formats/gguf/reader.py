@@ -21,7 +21,7 @@ from ...config import ModelConfig, QuantConfig, QuantMode
 from ...errors import CheckpointError
 from ...scale_records import SCALES_KEY, decode_records
 from ...ternary import LinearClass, TernaryScale, TernaryWeight, recover_ternary
-from . import metadata, names, tokenizer
+from . import i2s_layouts, metadata, names, tokenizer, types
 from .parser import GGUFFile, TensorInfo, is_gguf
 
 NAME = "gguf"
@@ -58,6 +58,7 @@ class _TensorSource:
     hint: TernaryScale | None  # the exact scale recorded under bitconvert.ternary_scales
     heads: int | None  # set for llama-architecture q/k, whose rows are permuted on disk
     notes: list[str]
+    i2s_layout: str = i2s_layouts.DEFAULT_LAYOUT  # the byte order of an I2_S tensor
 
     def fail(self, problem: str) -> CheckpointError:
         return CheckpointError(self.f.path, problem, self.info.name)
@@ -111,7 +112,10 @@ class _TensorSource:
         problem = t.ggml.first_invalid(raw, t.shape) if t.ggml.first_invalid else None
         if problem is not None:
             raise self.fail(problem)
-        codes, d = t.ggml.decode_codes(raw, t.shape)
+        if t.ggml.id == types.I2_S:  # three byte orders, one per bitnet.cpp build
+            codes, d = i2s_layouts.decode(raw, t.shape, self.i2s_layout)
+        else:
+            codes, d = t.ggml.decode_codes(raw, t.shape)
         if t.ggml.flat:  # one scale for the whole tensor
             return TernaryWeight(self._order(codes), _scale(self._check_positive(d), self.hint))
         return self._from_blocks(codes, d)
@@ -142,9 +146,9 @@ class _TensorSource:
         return self._order(w * s if s is not None else w)
 
 
-def _stored_label(t: TensorInfo, scale: TensorInfo | None) -> str:
+def _stored_label(t: TensorInfo, scale: TensorInfo | None, layout: str) -> str:
     if t.ggml.flat:
-        return f"{t.type_name} + F32 scale in data"
+        return f"{t.type_name} ({layout}) + F32 scale in data"
     if scale is not None:
         return f"{t.type_name} + F32 scale tensor"
     return t.type_name + (" (scale in block d)" if t.ggml.kind == "ternary" else "")
@@ -156,18 +160,24 @@ class GGUFReader:
     def detect(self, path: Path) -> bool:
         return path.is_file() and (path.suffix.lower() == ".gguf" or is_gguf(path))
 
-    def read(self, path: Path) -> Checkpoint:
+    def read(self, path: Path, i2s_layout: str | None = None) -> Checkpoint:
+        """``i2s_layout`` reads I2_S tensors in that byte layout whatever the file records (``verify
+        --reproduce`` tries each on files that record none)."""
         f = GGUFFile(path)
         notes: list[str] = []
         arch, cfg, precision = metadata.read_config(f, "output.weight" not in f.tensors, notes)
         hints = _scale_hints(f)
+        layout, recorded = (i2s_layout, True) if i2s_layout else _i2s_layout(f, notes)
         used: set[str] = set()
         entries: dict[str, TensorEntry] = {}
         expected = cfg.expected_shapes()
         for gname, hf in names.from_gguf_table(cfg).items():
-            entries[hf] = _entry(f, arch, cfg, gname, (hf, expected[hf]), hints.get(hf), used, notes)
+            want = (hf, expected[hf])
+            entries[hf] = _entry(f, arch, cfg, gname, want, hints.get(hf), used, notes, (layout, recorded))
         _check_unused(f, used, notes)
         info = _info(f, arch, hints)
+        if any(t.type == types.I2_S for t in f.tensors.values()):
+            info["i2s_layout"] = layout if recorded else f"{layout} (assumed: not recorded)"
         if precision:
             info["config_precision"] = precision
         if any(e.ternary for e in entries.values()):
@@ -180,7 +190,7 @@ class GGUFReader:
 
 def _entry(
     f: GGUFFile, arch: str, cfg: ModelConfig, gname: str, want: tuple[str, tuple[int, ...]],
-    hint: TernaryScale | None, used: set[str], notes: list[str],
+    hint: TernaryScale | None, used: set[str], notes: list[str], layout: tuple[str, bool],
 ) -> TensorEntry:  # fmt: skip
     """The entry of one weight the metadata implies (HF name, shape), checked against the file's tensor."""
     hf, expected = want
@@ -198,7 +208,7 @@ def _entry(
     coded = t.ggml.kind == "ternary"
     if coded and not quantized:
         raise CheckpointError(f.path, f"{t.type_name} is only read for quantized linear weights", gname)
-    src = _TensorSource(f, t, hf, scale, hint, names.permuted_heads(arch, hf, cfg), notes)
+    src = _TensorSource(f, t, hf, scale, hint, names.permuted_heads(arch, hf, cfg), notes, layout[0])
     cheap_scale = t.ggml.flat or scale is not None
     if not (coded or scale is not None):
         dtype = t.ggml.torch_dtype or torch.float32
@@ -208,8 +218,26 @@ def _entry(
         dtype = torch.float32 if cheap_scale else torch.float16
     return TensorEntry(
         hf, expected, dtype, coded or scale is not None, str(f.path), src.load,
-        src.load_scale if cheap_scale else None, _stored_label(t, scale),
+        src.load_scale if cheap_scale else None,
+        _stored_label(t, scale, f"{layout[0]} layout" + ("" if layout[1] else " assumed")),
     )  # fmt: skip
+
+
+def _i2s_layout(f: GGUFFile, notes: list[str]) -> tuple[str, bool]:
+    """The I2_S layout bitconvert recorded, else x86 (bitnet.cpp's default, the official files'); and
+    whether it was recorded."""
+    recorded = f.get(metadata.KEY_I2S_LAYOUT)
+    if recorded is None:
+        if any(t.type == types.I2_S for t in f.tensors.values()):
+            notes.append(
+                "I2_S layout not recorded in the file: read as x86 (bitnet.cpp's default build, the official files); "
+                "the bytes cannot tell x86, x86-rows and arm apart"
+            )
+        return i2s_layouts.DEFAULT_LAYOUT, False
+    if recorded not in i2s_layouts.LAYOUTS:
+        problem = f"{metadata.KEY_I2S_LAYOUT} is {recorded!r}, not one of {', '.join(i2s_layouts.LAYOUTS)}"
+        raise CheckpointError(f.path, problem)
+    return recorded, True
 
 
 def _held_quantization(recorded: QuantConfig | None, linear_class: LinearClass) -> QuantConfig:
@@ -234,6 +262,8 @@ def _info(f: GGUFFile, arch: str, hints: dict[str, TernaryScale]) -> dict:
         "gguf_architecture": arch,
         "gguf_tokenizer": tokenizer.from_gguf(f),
         "gguf_file_type": f.get(metadata.Keys.General.FILE_TYPE),
+        # GGUF's dtypes are its own conventions (F32 norms, the --embed-type); the model's are recorded
+        "container_dtypes": True,
     }
     for key, field in ORIGIN_KEYS.items():
         value = f.get(key)

@@ -17,6 +17,7 @@ from typing import Iterable
 
 import numpy as np
 import torch
+from gguf.constants import Keys
 
 from . import types
 from .parser import (
@@ -114,7 +115,7 @@ class GGUFStreamWriter:
         self.alignment = alignment
         md = dict(metadata)
         if alignment != DEFAULT_ALIGNMENT:
-            md["general.alignment"] = kv_u32(alignment)
+            md[Keys.General.ALIGNMENT] = kv_u32(alignment)
         head = [MAGIC, struct.pack("<IQQ", VERSION, len(plan), len(md))]
         head.extend(encode_kv(k, v) for k, v in md.items())
         offset = 0

@@ -230,56 +230,22 @@ def write_hf_tokenizer(f: GGUFFile, out: Path) -> list[Path]:
         return []
     tokens = f.get(_TOK.LIST)
     merges = f.get(_TOK.MERGES) or []
-    types = f.get(_TOK.TOKEN_TYPE)
     if not isinstance(tokens, list) or not isinstance(merges, list):
         return []
     _check_utf8(f, _TOK.LIST, tokens)
     _check_utf8(f, _TOK.MERGES, merges)
-    integral = isinstance(types, np.ndarray) and types.dtype.kind in "iu" and len(types) == len(tokens)
-    types = types.tolist() if integral else [NORMAL] * len(tokens)
-    vocab, added = {}, []
-    for i, (text, kind) in enumerate(zip(tokens, types)):
-        if kind in (CONTROL, USER_DEFINED):
-            added.append(
-                {"id": i, "content": text, "single_word": False, "lstrip": False, "rstrip": False,
-                 "normalized": False, "special": kind == CONTROL}
-            )  # fmt: skip
-        else:
-            vocab[text] = i
+    vocab, added = _hf_vocab(tokens, f.get(_TOK.TOKEN_TYPE))
     pre_name = f.get(_TOK.PRE)
-    if pre_name == "llama-bpe":
-        pre: dict[str, Any] = {
-            "type": "Sequence",
-            "pretokenizers": [
-                {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": False},
-                {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
-            ],
-        }
-    else:
-        pre = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
     bos_id = f.get(_TOK.BOS_ID)
-    eos_id = f.get(_TOK.EOS_ID)
-    bos = tokens[bos_id] if isinstance(bos_id, int) and 0 <= bos_id < len(tokens) else None
-    eos = tokens[eos_id] if isinstance(eos_id, int) and 0 <= eos_id < len(tokens) else None
-    post = None
-    if f.get(_TOK.ADD_BOS) and bos is not None:
-        post = {
-            "type": "TemplateProcessing",
-            "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
-            "pair": [
-                {"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
-                {"SpecialToken": {"id": bos, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}},
-            ],
-            "special_tokens": {bos: {"id": bos, "ids": [bos_id], "tokens": [bos]}},
-        }  # fmt: skip
+    bos = _token(tokens, bos_id)
     tok = {
         "version": "1.0",
         "truncation": None,
         "padding": None,
         "added_tokens": added,
         "normalizer": None,
-        "pre_tokenizer": pre,
-        "post_processor": post,
+        "pre_tokenizer": _hf_pre_tokenizer(pre_name),
+        "post_processor": _hf_bos_template(bos, bos_id) if f.get(_TOK.ADD_BOS) and bos is not None else None,
         "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
         "model": {
             "type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
@@ -288,18 +254,66 @@ def write_hf_tokenizer(f: GGUFFile, out: Path) -> list[Path]:
             "merges": [m.split(" ", 1) for m in merges],
         },
     }  # fmt: skip
-    tcfg: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False}
-    if bos is not None:
-        tcfg["bos_token"] = bos
-    if eos is not None:
-        tcfg["eos_token"] = eos
-    pad_id = f.get(_TOK.PAD_ID)
-    if isinstance(pad_id, int) and 0 <= pad_id < len(tokens):
-        tcfg["pad_token"] = tokens[pad_id]
-    if isinstance(f.get(_TOK.CHAT_TEMPLATE), str):
-        _check_utf8(f, _TOK.CHAT_TEMPLATE, [f.get(_TOK.CHAT_TEMPLATE)])
-        tcfg["chat_template"] = f.get(_TOK.CHAT_TEMPLATE)
     files = [out / "tokenizer.json", out / "tokenizer_config.json"]
     files[0].write_text(json.dumps(tok, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    files[1].write_text(json.dumps(tcfg, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    files[1].write_text(
+        json.dumps(_hf_tokenizer_config(f, tokens), ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+    )
     return files
+
+
+def _token(tokens: list[str], tid: Any) -> str | None:
+    return tokens[tid] if isinstance(tid, int) and 0 <= tid < len(tokens) else None
+
+
+def _hf_vocab(tokens: list[str], types: Any) -> tuple[dict[str, int], list[dict[str, Any]]]:
+    """(BPE vocab, added tokens): CONTROL and USER_DEFINED tokens are added tokens, the rest vocab."""
+    integral = isinstance(types, np.ndarray) and types.dtype.kind in "iu" and len(types) == len(tokens)
+    kinds = types.tolist() if integral else [NORMAL] * len(tokens)
+    vocab, added = {}, []
+    for i, (text, kind) in enumerate(zip(tokens, kinds)):
+        if kind in (CONTROL, USER_DEFINED):
+            added.append(
+                {"id": i, "content": text, "single_word": False, "lstrip": False, "rstrip": False,
+                 "normalized": False, "special": kind == CONTROL}
+            )  # fmt: skip
+        else:
+            vocab[text] = i
+    return vocab, added
+
+
+def _hf_pre_tokenizer(pre_name: Any) -> dict[str, Any]:
+    if pre_name == "llama-bpe":
+        return {
+            "type": "Sequence",
+            "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": False},
+                {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
+            ],
+        }
+    return {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+
+
+def _hf_bos_template(bos: str, bos_id: int) -> dict[str, Any]:
+    return {
+        "type": "TemplateProcessing",
+        "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [
+            {"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+            {"SpecialToken": {"id": bos, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}},
+        ],
+        "special_tokens": {bos: {"id": bos, "ids": [bos_id], "tokens": [bos]}},
+    }  # fmt: skip
+
+
+def _hf_tokenizer_config(f: GGUFFile, tokens: list[str]) -> dict[str, Any]:
+    tcfg: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False}
+    for key, name in ((_TOK.BOS_ID, "bos_token"), (_TOK.EOS_ID, "eos_token"), (_TOK.PAD_ID, "pad_token")):
+        text = _token(tokens, f.get(key))
+        if text is not None:
+            tcfg[name] = text
+    template = f.get(_TOK.CHAT_TEMPLATE)
+    if isinstance(template, str):
+        _check_utf8(f, _TOK.CHAT_TEMPLATE, [template])
+        tcfg["chat_template"] = template
+    return tcfg

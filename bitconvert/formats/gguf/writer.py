@@ -7,7 +7,9 @@ loaded, encoded through the type table in ``types.py``, and written in plan orde
 Scales stay exact. TQ types in the ``bitnet`` architecture store codes with block ``d = 1`` plus an
 F32 ``[1]`` tensor ``blk.N.<name>.scale`` that llama.cpp multiplies into the matmul output. The
 ``llama`` architecture loads no such tensor, so there the scale is folded into every block's fp16
-``d`` (rounded; reported). I2_S keeps one fp32 scale after the packed codes, as bitnet.cpp does.
+``d`` (rounded; reported). I2_S keeps one fp32 scale after the packed codes, as bitnet.cpp does, in
+the byte layout of ``--i2s-layout`` (recorded as ``bitconvert.i2s_layout``). ``--recipe`` quantizes a
+master as llama.cpp's converter (fp16 ``d`` per block, no ``.scale``) or bitnet.cpp's does.
 Each stored scale is also recorded bit for bit under ``bitconvert.ternary_scales`` so converting
 back restores it exactly, whatever its dtype and convention.
 """
@@ -21,16 +23,17 @@ from typing import Iterator
 
 import torch
 
-from ...checkpoint import Checkpoint, Value, as_dense, as_ternary
+from ...checkpoint import Checkpoint, Value, as_dense, entry_as_ternary
 from ...config import Architecture, ModelConfig
-from ...errors import CheckpointError
+from ...errors import CheckpointError, UsageError
 from ...provenance import PROVENANCE_KEY, provenance_text
+from ...recipes import GGUF_RECIPES, Recipe, recipe_quantizer, tq_block_d
 from ...scale_records import encode_record
 from ...ternary import LinearClass
 from .. import Progress, WriteReport
 from ..hf.common import ordered_names
-from ..options import choice_parser, option, parse_flag
-from . import metadata, names, tokenizer, types
+from ..options import choice_parser, option, parse_flag, recipe_field
+from . import i2s_layouts, metadata, names, tokenizer, types
 from .stream_writer import KV, GGUFStreamWriter, PlannedGGUFTensor, kv_str
 from .types import GGMLType
 
@@ -40,6 +43,7 @@ EMBED_TYPES = ("f16", "bf16", "f32", "q8_0")  # what --embed-type takes
 EMBEDDINGS = ("model.embed_tokens.weight", "lm_head.weight")
 DENSE_SLAB = 1 << 22  # values converted at a time when writing a float tensor
 SCALE_MODES = {
+    "blocks": "llama.cpp's: fp16 d = max|x| per 256-value block (the magnitude rounded to fp16)",
     "tensor": "exact: codes with d = 1 and an F32 .scale tensor per weight",
     "folded": "folded into each block's fp16 d",
     "in-data": "exact: fp32 after the packed codes",
@@ -63,10 +67,21 @@ class GGUFOptions:
     no_tokenizer: bool = option(
         False, "--no-tokenizer", "write no tokenizer (else an unreadable tokenizer.json is an error)", parse_flag
     )
+    recipe: Recipe = recipe_field(
+        GGUF_RECIPES,
+        "how a master is quantized: transformers (exact fp32 scale, default), llama.cpp (tq types: fp16 d = "
+        "max|x| per block, as convert_hf_to_gguf.py) or bitnet.cpp (i2_s: its converter's folded scale)",
+    )
+    i2s_layout: str | None = option(
+        None, "--i2s-layout", "I2_S byte layout (bitnet.cpp build): x86 (default, official files), x86-rows or arm",
+        choice_parser("--i2s-layout", i2s_layouts.LAYOUTS),
+    )  # fmt: skip
 
 
-def scale_mode(wtype: GGMLType, arch: str) -> str:
+def scale_mode(wtype: GGMLType, arch: str, recipe: Recipe = Recipe.TRANSFORMERS) -> str:
     """Where a quantized weight's scale goes for this type and architecture (see SCALE_MODES)."""
+    if recipe is Recipe.LLAMA_CPP:
+        return "blocks"
     if wtype.kind != "ternary":
         return "dequantized"
     if wtype.flat:
@@ -90,6 +105,8 @@ class _Plan:
     arch: str
     wtype: GGMLType
     mode: str
+    recipe: Recipe = Recipe.TRANSFORMERS
+    i2s_layout: str = i2s_layouts.DEFAULT_LAYOUT
     tensors: list[_Tensor] = field(default_factory=list)
     fallbacks: list[str] = field(default_factory=list)
 
@@ -113,8 +130,10 @@ class GGUFWriter:
         report.ternary_sources = dict(how)
         report.details.update(
             gguf_type=options.gguf_type, architecture=plan.arch, token_embd=options.embed_type,
-            scale=SCALE_MODES[plan.mode],
+            scale=SCALE_MODES[plan.mode], recipe=plan.recipe.value,
         )  # fmt: skip
+        if plan.wtype.id == types.I2_S:
+            report.details["i2s_layout"] = plan.i2s_layout
         _report_losses(plan, options, how, folded_err, report)
         return report
 
@@ -125,8 +144,10 @@ class GGUFWriter:
 def plan_tensors(ckpt: Checkpoint, options: GGUFOptions) -> _Plan:
     cfg = ckpt.config
     wtype = types.BY_OPTION[options.gguf_type]
+    _check_recipe(ckpt, options, wtype)
     arch = metadata.gguf_architecture(cfg.architecture, options.gguf_type)
-    plan = _Plan(arch, wtype, scale_mode(wtype, arch))
+    layout = options.i2s_layout or i2s_layouts.DEFAULT_LAYOUT
+    plan = _Plan(arch, wtype, scale_mode(wtype, arch, options.recipe), options.recipe, layout)
     etype = types.BY_OPTION[options.embed_type]
     for hf in ordered_names(cfg, ckpt.tensors):
         e = ckpt.tensors[hf]
@@ -147,6 +168,31 @@ def plan_tensors(ckpt: Checkpoint, options: GGUFOptions) -> _Plan:
             dense = types.TYPES[types.F32 if len(e.shape) == 1 else types.F16]
         plan.tensors.append(_Tensor(hf, PlannedGGUFTensor(gname, dense.id, e.shape), "dense", heads=heads))
     return plan
+
+
+def _check_recipe(ckpt: Checkpoint, options: GGUFOptions, wtype: GGMLType) -> None:
+    """Refuse a recipe or I2_S layout where it cannot do what it names."""
+    if options.i2s_layout is not None and wtype.id != types.I2_S:
+        raise UsageError(f"--i2s-layout applies to --gguf-type i2_s only, not {options.gguf_type}")
+    if wtype.id == types.I2_S and not options.allow_fallback:
+        layout = options.i2s_layout or i2s_layouts.DEFAULT_LAYOUT
+        for name, e in ckpt.tensors.items():
+            problem = ckpt.is_quantized_linear(name) and i2s_layouts.layout_problem(layout, tuple(e.shape))
+            if problem:
+                raise CheckpointError(e.source, problem, name)
+    recipe = options.recipe
+    if recipe is Recipe.TRANSFORMERS:
+        return
+    if recipe is Recipe.LLAMA_CPP and wtype.id not in (types.TQ1_0, types.TQ2_0):
+        raise UsageError(f"--recipe llama.cpp writes tq1_0 or tq2_0, as llama.cpp's converter; not {options.gguf_type}")
+    if recipe is Recipe.BITNET_CPP and wtype.id != types.I2_S:
+        raise UsageError(f"--recipe bitnet.cpp writes i2_s, as bitnet.cpp's converter; not {options.gguf_type}")
+    stored = [n for n, e in ckpt.tensors.items() if e.ternary]
+    if stored:
+        raise UsageError(
+            f"--recipe {recipe.value} quantizes a float master, but {ckpt.path} ({ckpt.format}) already holds ternary "
+            f"codes (e.g. {stored[0]}), which are never requantized: drop --recipe"
+        )
 
 
 def _plan_quantized(plan: _Plan, hf: str, gname: str, shape: tuple, source: str, allow_fallback: bool) -> _Tensor:
@@ -185,6 +231,8 @@ def _metadata(ckpt: Checkpoint, plan: _Plan, options: GGUFOptions, report: Write
         if p.role != "dense" and e.load_scale is not None:
             records[p.hf] = encode_record(e.load_scale())
     md.update(metadata.bitconvert_keys(cfg, ckpt.format, plan.mode, records))
+    if plan.wtype.id == types.I2_S:
+        md[metadata.KEY_I2S_LAYOUT] = kv_str(plan.i2s_layout)
     if ckpt.info.get("provenance"):
         md[PROVENANCE_KEY] = kv_str(provenance_text(ckpt.info["provenance"]))
     return md
@@ -213,19 +261,20 @@ def _stream(ckpt: Checkpoint, plan: _Plan, md: dict[str, KV], out: Path, progres
     with GGUFStreamWriter(out, md, plan.flat()) as w:
         for i, p in enumerate(plan.tensors):
             progress(i, total, p.hf)
-            value = ckpt.tensors[p.hf].load()
+            entry = ckpt.tensors[p.hf]
+            value = entry.load()
             if p.role == "dense":
                 if p.heads:
                     value = names.permute_qk(as_dense(value, torch.float32), p.heads)
                 w.write_parts(p.tensor.name, _dense_parts(value, p, ckpt))
                 continue
             # float64 holds every stored scale exactly; each output dtype is then rounded to once.
-            tw, source = as_ternary(value, LinearClass.AUTOBITLINEAR, torch.float64)
+            tw, source = entry_as_ternary(entry, value, LinearClass.AUTOBITLINEAR, torch.float64, recipe_quantizer(plan.recipe))
             how[source] += 1
             del value
             codes = names.permute_qk(tw.codes, p.heads) if p.heads else tw.codes
             mag = tw.scale.value.reshape(1)
-            w.write(p.tensor.name, _encode_ternary(p, plan.mode, codes, mag))
+            w.write(p.tensor.name, _encode_ternary(p, plan, codes, mag))
             if plan.mode == "folded" and p.role == "ternary":
                 folded_err = max(folded_err, abs(float(mag.to(torch.float16)) / float(mag) - 1.0))
             if p.scale is not None:
@@ -234,12 +283,17 @@ def _stream(ckpt: Checkpoint, plan: _Plan, md: dict[str, KV], out: Path, progres
     return how, folded_err
 
 
-def _encode_ternary(p: _Tensor, mode: str, codes: torch.Tensor, mag: torch.Tensor) -> torch.Tensor:
+def _encode_ternary(p: _Tensor, plan: _Plan, codes: torch.Tensor, mag: torch.Tensor) -> torch.Tensor:
     """The bytes of one quantized weight: codes (and the scale where the data holds it) in its type."""
     t = types.TYPES[p.tensor.type]
+    mode = plan.mode
     if t.kind == "ternary":
+        if t.id == types.I2_S:
+            return i2s_layouts.encode(codes, float(mag.to(torch.float32)), plan.i2s_layout)
         if mode == "in-data":
             return t.encode(codes, float(mag.to(torch.float32)))
+        if mode == "blocks":  # llama.cpp's: fp16 d = max|x| per block, 0 for a block of zeros
+            return t.encode(codes, tq_block_d(codes, mag, t.block))
         d = mag.to(torch.float16).float() if mode == "folded" else 1.0
         return t.encode(codes, d)
     if p.scale is not None:  # F16 fallback beside an exact .scale tensor

@@ -116,7 +116,9 @@ class HFBF16Reader:
 
 @dataclass(frozen=True)
 class HFBF16Options:
-    dtype: torch.dtype | None = dtype_field("dtype of the written weights: bf16, f16 or f32; default bf16")
+    dtype: torch.dtype | None = dtype_field(
+        "dtype of the written weights: bf16, f16 or f32; default: the source's, per tensor"
+    )
     max_shard_size: int = max_shard_size_field()
     online_exact: bool = option(
         False,
@@ -133,10 +135,10 @@ class HFBF16Writer:
 
     def write(self, ckpt: Checkpoint, out: Path, options: HFBF16Options, progress: Progress) -> WriteReport:
         cfg = ckpt.config
-        dtype = options.dtype or torch.bfloat16
+        dtype = options.dtype or ckpt.model_dtype()  # what config.json states
         report = WriteReport(NAME)
         names = ordered_names(cfg, ckpt.tensors)
-        plan = [PlannedTensor(n, dtype, ckpt.tensors[n].shape) for n in names]
+        plan = [PlannedTensor(n, options.dtype or ckpt.source_dtype(n), ckpt.tensors[n].shape) for n in names]
         hints = {n: ckpt.tensors[n].load_scale() for n in names if ckpt.tensors[n].load_scale is not None}
         online = options.online_exact
         metadata = {"format": "pt"}
@@ -149,9 +151,9 @@ class HFBF16Writer:
             nonlocal dequantized
             value = ckpt.tensors[t.name].load()
             if not isinstance(value, TernaryWeight):
-                return as_dense(value, dtype)
+                return as_dense(value, t.dtype)
             dequantized += 1
-            return value.online_master(dtype) if online else value.dequantize(dtype)
+            return value.online_master(t.dtype) if online else value.dequantize(t.dtype)
 
         write_safetensors_dir(out, plan, produce, options.max_shard_size, metadata, progress, report)
         src_q = cfg.quantization or QuantConfig()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,9 @@ SINGLE_NAME = "model.safetensors"
 #: Weight files in formats that can run code when loaded, or that another reader owns.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 NOT_SIDE_FILES = PICKLE_SUFFIXES + (".safetensors", ".gguf", ".h5", ".msgpack", ".onnx", ".npz", ".npy")
+#: What a trainer's ``checkpoint-N/`` folder holds beside the model (transformers' Trainer, Axolotl):
+#: training state, not part of a release. The pickles among them are never loaded either way.
+TRAINER_STATE_FILES = ("trainer_state.json",)
 
 
 @dataclass
@@ -107,6 +111,9 @@ def _parse_hf_directory(path: Path) -> HFDirectory:
     ignored_pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if ignored_pickles:
         notes.append(f"ignored pickle files (never loaded): {', '.join(ignored_pickles)}")
+    trainer = sorted(p.name for p in path.iterdir() if p.name in TRAINER_STATE_FILES)
+    if trainer:
+        notes.append(f"trainer checkpoint: training state ignored and not copied ({', '.join(trainer)})")
     return HFDirectory(path, config, stored, side_files(path), notes)
 
 
@@ -116,7 +123,7 @@ def side_files(path: Path) -> list[Path]:
     for p in sorted(path.iterdir()):
         if p.name.startswith(".") or p.name in ("config.json", INDEX_NAME) or not p.is_file():
             continue
-        if p.suffix in NOT_SIDE_FILES:
+        if p.suffix in NOT_SIDE_FILES or p.name in TRAINER_STATE_FILES:
             continue
         out.append(check_inside(p, path))
     return out
@@ -203,25 +210,39 @@ def write_safetensors_dir(
     progress(len(plan), len(plan), "")
 
 
-def produced_ahead(plan: list[PlannedTensor], produce: Callable[[PlannedTensor], torch.Tensor]) -> Iterator[torch.Tensor]:
-    """Yield ``produce(t)`` for each planned tensor in order, computing the next while the caller writes.
+#: produced tensors may queue up to this many bytes ahead of the writer (plus the one being written)
+AHEAD_BYTES = 192 << 20
 
-    Reading and quantizing one tensor overlaps writing the previous one (torch and file I/O both
-    release the GIL); at most two produced tensors are alive at once. ``produce`` runs on one
-    worker thread, in plan order, so writers may keep state between calls.
+
+def produced_ahead(
+    plan: list[PlannedTensor], produce: Callable[[PlannedTensor], torch.Tensor], ahead_bytes: int = AHEAD_BYTES
+) -> Iterator[torch.Tensor]:
+    """Yield ``produce(t)`` for each planned tensor in order, computing ahead while the caller writes.
+
+    Reading and quantizing overlap writing (torch, numpy and file I/O release the GIL). While a
+    big tensor is written (the embedding) production runs on, up to ``ahead_bytes`` of output
+    queued (at least one tensor), so the writer's I/O and the arithmetic overlap rather than take
+    turns. ``produce`` runs on one worker thread, in plan order, so writers may keep state between
+    calls.
     """
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bitconvert-produce") as pool:
-        pending = pool.submit(produce, plan[0]) if plan else None
-        for i in range(len(plan)):
-            tensor = pending.result()
-            pending = pool.submit(produce, plan[i + 1]) if i + 1 < len(plan) else None
-            try:
+        queue: deque = deque()
+        queued = 0
+        submitted = 0
+        try:
+            for _ in range(len(plan)):
+                while submitted < len(plan) and (not queue or queued + plan[submitted].nbytes <= ahead_bytes):
+                    queue.append((pool.submit(produce, plan[submitted]), plan[submitted].nbytes))
+                    queued += plan[submitted].nbytes
+                    submitted += 1
+                future, nbytes = queue.popleft()
+                queued -= nbytes
+                tensor = future.result()
                 yield tensor
-            except GeneratorExit:
-                if pending is not None:
-                    pending.cancel()
-                raise
-            del tensor
+                del tensor, future
+        finally:
+            for future, _ in queue:
+                future.cancel()
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -1,10 +1,11 @@
 """The three Nanotron side files: ``model_config.json``, ``config.yaml``, ``checkpoint_metadata.json``.
 
-``model_config.json`` carries the field set of ``LlamaBitNetConfig`` from Nanotron's BitNet pull
-request (#180), the only Nanotron config class with a BitNet flag (``is_bitnet_config``); Nanotron
-builds it with ``Cls(**json)``, so no other key may appear. What that class cannot say (RoPE base
-and row order, the original vocabulary size, the Hugging Face config, exact ternary scales) goes
-into ``checkpoint_metadata.json``'s free-form ``custom_metas`` under ``"bitconvert"``.
+``model_config.json`` carries exactly the field set of the flavor's config class: PR #180's
+``LlamaBitNetConfig`` (``is_bitnet_config``) or main's ``LlamaConfig`` (``is_llama_config``, with
+``rope_theta`` and ``rope_interleaved``); Nanotron builds it with ``Cls(**json)`` and matches
+``config.yaml`` strictly, so no other key may appear. What the class cannot say (the original
+vocabulary size, the Hugging Face config, exact ternary scales, what a lossy conversion gave up)
+goes into ``checkpoint_metadata.json``'s free-form ``custom_metas`` under ``"bitconvert"``.
 """
 
 from __future__ import annotations
@@ -23,11 +24,14 @@ from ...jsonfile import read_json_object
 from ...scale_records import NANOTRON_SCALES_KEY, decode_records
 from ...ternary import TernaryScale
 from ..options import choice_parser, dtype_field, option, parse_flag
+from .flavors import DEFAULT_FLAVOR, FLAVORS, NANOTRON_ROPE_THETA, Flavor
 
 MODEL_CONFIG = "model_config.json"
 CONFIG_YAML = "config.yaml"
 CHECKPOINT_METADATA = "checkpoint_metadata.json"
-OWN_FILES = (MODEL_CONFIG, CONFIG_YAML, CHECKPOINT_METADATA)
+#: tensors the flavor's model has no parameter for (written only with --allow-lossy); Nanotron never reads it
+KEPT_FILE = "bitconvert_kept.safetensors"
+OWN_FILES = (MODEL_CONFIG, CONFIG_YAML, CHECKPOINT_METADATA, KEPT_FILE)
 VERSIONS = ("1.4", "1.5")
 CUSTOM_KEY = "bitconvert"
 #: Nanotron's dataclass defaults, for model_config.json files that leave a field out.
@@ -49,35 +53,40 @@ def _first_int(value: Any, default: int) -> int:
     return int(value) if isinstance(value, int) and not isinstance(value, bool) else default
 
 
-def model_config_dict(cfg: ModelConfig, vocab_rows: int) -> dict[str, Any]:
-    """PR #180's ``LlamaBitNetConfig`` fields, in its order, with values its strict parsers type-check."""
+def model_config_dict(cfg: ModelConfig, vocab_rows: int, flavor: Flavor, rope_interleaved: bool) -> dict[str, Any]:
+    """The flavor's config class's fields, in its order, with values its strict parsers type-check."""
     raw = cfg.raw
     rope_scaling = raw.get("rope_scaling")
     pad = _first_int(raw.get("pad_token_id"), -1)
-    return {
+    d: dict[str, Any] = {
         "bos_token_id": _first_int(cfg.bos_token_id, NANOTRON_DEFAULTS["bos_token_id"]),
         "eos_token_id": _first_int(cfg.eos_token_id, NANOTRON_DEFAULTS["eos_token_id"]),
         "hidden_act": cfg.hidden_act,
         "hidden_size": cfg.hidden_size,
         "initializer_range": float(raw.get("initializer_range") or 0.02),
         "intermediate_size": cfg.intermediate_size,
-        "is_bitnet_config": True,
+        ("is_bitnet_config" if flavor.bitnet else "is_llama_config"): True,
         "max_position_embeddings": cfg.max_position_embeddings,
         "num_attention_heads": cfg.num_attention_heads,
         "num_hidden_layers": cfg.num_hidden_layers,
-        "num_key_value_heads": cfg.num_key_value_heads,
-        "pad_token_id": pad if pad >= 0 else None,
-        "pretraining_tp": 1,
-        "rms_norm_eps": float(cfg.rms_norm_eps),
-        "rope_scaling": rope_scaling if isinstance(rope_scaling, dict) else None,
-        "tie_word_embeddings": cfg.tie_word_embeddings,
-        "use_cache": bool(raw.get("use_cache", True)),
-        "vocab_size": vocab_rows,
     }
+    if flavor.rope_in_config:  # main's LlamaConfig, in its field order
+        d["attention_bias"] = False
+    d.update(
+        num_key_value_heads=cfg.num_key_value_heads,
+        pad_token_id=pad if pad >= 0 else None,
+        pretraining_tp=1,
+        rms_norm_eps=float(cfg.rms_norm_eps),
+        rope_scaling=rope_scaling if isinstance(rope_scaling, dict) else None,
+    )
+    if flavor.rope_in_config:
+        d.update(rope_theta=float(cfg.rope_theta), rope_interleaved=rope_interleaved)
+    d.update(tie_word_embeddings=cfg.tie_word_embeddings, use_cache=bool(raw.get("use_cache", True)), vocab_size=vocab_rows)
+    return d
 
 
 def config_yaml_text(model_config: dict[str, Any], tp: int, dtype: torch.dtype) -> str:
-    """A minimal ``config.yaml`` for Nanotron's strict loader: only sections and fields common to 1.4 and 1.5.
+    """A minimal ``config.yaml`` for Nanotron's strict loader: only sections and fields all three flavors take.
 
     Training sections (tokens, optimizer, data_stages, checkpoints) are the user's to add.
     """
@@ -125,9 +134,6 @@ def dump_json(path: Path, data: dict[str, Any], *, sort_keys: bool) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=sort_keys) + "\n", encoding="utf-8")
 
 
-# --- exact ternary scales in custom_metas ----------------------------------------------------------
-
-
 # --- options ------------------------------------------------------------------------------------
 
 
@@ -141,14 +147,32 @@ def _parse_tp(value: Any) -> int:
     return tp
 
 
+def _parse_optional_flag(value: Any) -> bool | None:
+    return None if value is None else bool(value)
+
+
 @dataclass(frozen=True)
 class NanotronOptions:
+    flavor: str = option(
+        DEFAULT_FLAVOR,
+        "--nanotron-flavor",
+        "the Nanotron code the checkpoint is for: pr180 (BitNet PR head, default), pr178, main",
+        choice_parser("--nanotron-flavor", FLAVORS),
+    )
     tp: int = option(1, "--tp", "tensor-parallel size to write", _parse_tp)
-    #: interleaved is what PR #180's model (and Nanotron before the flag existed) applies
-    rope_interleaved: bool = option(True, "--rope-interleaved/--no-rope-interleaved", "RoPE row layout", parse_flag)
-    nanotron_version: str = option("1.4", "--nanotron-version", "checkpoint version", choice_parser("--nanotron-version", VERSIONS))
+    #: None: the flavor's (PR #180 hard-codes interleaved; main's config default is HF order)
+    rope_interleaved: bool | None = option(
+        None, "--rope-interleaved/--no-rope-interleaved", "RoPE row layout (main only)", _parse_optional_flag
+    )
+    #: None: the version the flavor's own save_weights writes
+    nanotron_version: str | None = option(
+        None, "--nanotron-version", "checkpoint version", choice_parser("--nanotron-version", VERSIONS)
+    )
     allow_approximate: bool = option(
         False, "--allow-approximate", "accept a conversion that cannot be exact (packed -> Nanotron)", parse_flag
+    )
+    allow_lossy: bool = option(
+        False, "--allow-lossy", "convert although the flavor's model cannot hold all of the source model", parse_flag
     )
     dtype: torch.dtype | None = dtype_field("dtype of the written parameters: bf16, f16 or f32; default bf16")
 
@@ -165,8 +189,13 @@ class NanotronMeta:
     rope_interleaved: bool
     tp: int | None  # from checkpoint_metadata.json, when present
     version: str | None
+    flavor: str  # whose config class model_config.json is: "bitnet" (the PRs) or "llama"
     scales: dict[str, tuple[TernaryScale, torch.Tensor]] = field(default_factory=dict)
+    #: bitconvert's record (custom_metas.bitconvert), empty for a checkpoint Nanotron saved
+    record: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: the checkpoint evidently lost part of a model
+    warnings: list[str] = field(default_factory=list)
 
 
 def _int_field(d: dict[str, Any], key: str, path: Path, default: int | None = None) -> int:
@@ -198,70 +227,127 @@ def _hf_dict_from_nanotron(mc: dict[str, Any], sub_norms: bool) -> dict[str, Any
     return d
 
 
-def read_meta(path: Path, sub_norms: bool) -> NanotronMeta:
-    """Parse model_config.json (and checkpoint_metadata.json when present) into the canonical config."""
-    mc_path = path / MODEL_CONFIG
-    mc = read_json_object(mc_path)
-    notes: list[str] = []
-    for key in _REQUIRED:
-        _int_field(mc, key, mc_path)
-    if not mc.get("is_bitnet_config"):
-        if not mc.get("is_llama_config"):
-            raise CheckpointError(mc_path, "names no Llama-family model (neither is_bitnet_config nor is_llama_config)")
-        notes.append("model_config.json is a plain Llama config (no is_bitnet_config); linears read as BitNet latents")
-
+def _read_record(path: Path, notes: list[str]) -> tuple[int | None, str | None, dict[str, Any]]:
+    """``checkpoint_metadata.json``: its tp, version and bitconvert's record (empty when Nanotron saved it)."""
     meta_path = path / CHECKPOINT_METADATA
-    tp = version = None
-    custom: dict[str, Any] = {}
-    if meta_path.is_file():
-        meta = read_json_object(meta_path)
-        tp = _int_field(meta, "tp", meta_path)
-        version = str(meta.get("version")) if meta.get("version") is not None else None
-        cm = meta.get("custom_metas") or {}
-        if isinstance(cm, dict) and isinstance(cm.get(CUSTOM_KEY), dict):
-            custom = cm[CUSTOM_KEY]
-    else:
+    if not meta_path.is_file():
         notes.append(f"no {CHECKPOINT_METADATA}: tensor-parallel size taken from the shard file names")
+        return None, None, {}
+    meta = read_json_object(meta_path)
+    tp = _int_field(meta, "tp", meta_path)
+    version = str(meta.get("version")) if meta.get("version") is not None else None
+    cm = meta.get("custom_metas") or {}
+    custom = cm[CUSTOM_KEY] if isinstance(cm, dict) and isinstance(cm.get(CUSTOM_KEY), dict) else {}
+    return tp, version, custom
 
-    hf = custom.get("hf_config")
-    if isinstance(hf, dict):
-        config = ModelConfig.from_hf_dict(hf, meta_path)
-        heads = mc.get("num_key_value_heads") or mc["num_attention_heads"]
-        for key, value in (
-            ("hidden_size", config.hidden_size),
-            ("intermediate_size", config.intermediate_size),
-            ("num_hidden_layers", config.num_hidden_layers),
-            ("num_attention_heads", config.num_attention_heads),
-            ("num_key_value_heads", config.num_key_value_heads),
-        ):
-            have = heads if key == "num_key_value_heads" else mc[key]
-            if have != value:
-                raise CheckpointError(mc_path, f"{key} is {have}, but the recorded Hugging Face config says {value}")
-        if bool(mc.get("tie_word_embeddings", False)) != config.tie_word_embeddings:
-            raise CheckpointError(mc_path, "tie_word_embeddings disagrees with the recorded Hugging Face config")
-    else:
-        config = ModelConfig.from_hf_dict(_hf_dict_from_nanotron(mc, sub_norms), mc_path)
-        # Nanotron rewrites checkpoint_metadata.json without custom_metas whenever it saves.
+
+def _check_against_record(mc: dict[str, Any], config: ModelConfig, mc_path: Path) -> None:
+    heads = mc.get("num_key_value_heads") or mc["num_attention_heads"]
+    for key, value in (
+        ("hidden_size", config.hidden_size),
+        ("intermediate_size", config.intermediate_size),
+        ("num_hidden_layers", config.num_hidden_layers),
+        ("num_attention_heads", config.num_attention_heads),
+        ("num_key_value_heads", config.num_key_value_heads),
+    ):
+        have = heads if key == "num_key_value_heads" else mc[key]
+        if have != value:
+            raise CheckpointError(mc_path, f"{key} is {have}, but the recorded Hugging Face config says {value}")
+    if bool(mc.get("tie_word_embeddings", False)) != config.tie_word_embeddings:
+        raise CheckpointError(mc_path, "tie_word_embeddings disagrees with the recorded Hugging Face config")
+
+
+def _rebuilt_config(mc: dict, custom: dict, sub_norms: bool, mc_path: Path, notes: list, warnings: list) -> ModelConfig:
+    """The HF config from model_config.json alone (plus what survives of a record), and what it evidently lost."""
+    d = _hf_dict_from_nanotron(mc, sub_norms)
+    for key in ("vocab_size", "rope_theta"):  # the record's, where the files kept it while the model lost parts
+        if key in custom:
+            d[key] = custom[key]
+    config = ModelConfig.from_hf_dict(d, mc_path)
+    if not custom:  # Nanotron rewrites checkpoint_metadata.json without custom_metas whenever it saves
         notes.append(
             f"no bitconvert record in {CHECKPOINT_METADATA}: Hugging Face config rebuilt from model_config.json "
             f"({config.architecture.value}, rope_theta {config.rope_theta:g})"
         )
+        if "rope_theta" not in mc:
+            warnings.append(
+                f"rope_theta is absent from {MODEL_CONFIG} and no record says it: read as Nanotron's "
+                f"{NANOTRON_ROPE_THETA:g} (2B-4T-style models use 500000); set it in config.json if it was not"
+            )
+    if config.hidden_act == "relu2" and not config.spec.attn_sub_norm:
+        warnings.append(
+            "relu2 without the attention/FFN sub-norms: evidently a 2B-4T-style model that lost its sub-norms in "
+            "Nanotron; read as LlamaForCausalLM with relu2"
+        )
+    return config
 
-    vocab_rows = mc["vocab_size"]
-    if vocab_rows < config.vocab_size:
-        raise CheckpointError(mc_path, f"vocab_size {vocab_rows} is below the model's vocabulary ({config.vocab_size})")
+
+def _recorded_config(
+    path: Path, mc: dict, custom: dict, sub_norm_folders: bool, kept: set[str], warnings: list
+) -> ModelConfig | None:
+    """The Hugging Face config bitconvert recorded, while the checkpoint still holds all of its tensors."""
+    hf = custom.get("hf_config")
+    if not isinstance(hf, dict):
+        return None
+    config = ModelConfig.from_hf_dict(hf, path / CHECKPOINT_METADATA)
+    _check_against_record(mc, config, path / MODEL_CONFIG)
+    sub_norm = config.spec.attn_sub_norm
+    if sub_norm and not sub_norm_folders and f"model.layers.0.{sub_norm}.weight" not in kept:
+        warnings.append(
+            f"the recorded {config.architecture.value} model's sub-norms are not in this checkpoint "
+            "(no Nanotron model has them)"
+        )
+        return None
+    return config
+
+
+def _rope_order(mc: dict, custom: dict, flavor: str, notes: list) -> bool:
     if "rope_interleaved" in custom:
-        rope = bool(custom["rope_interleaved"])
-    elif "rope_interleaved" in mc:
-        rope = bool(mc["rope_interleaved"])
-    else:
-        rope = True
-        notes.append("RoPE row order not recorded: read as interleaved, what Nanotron's BitNet model applies")
+        return bool(custom["rope_interleaved"])
+    if "rope_interleaved" in mc:
+        return bool(mc["rope_interleaved"])
+    if flavor == "llama":  # the PRs' BitNet model interleaves, always
+        notes.append("RoPE row order not recorded: read as interleaved, what Nanotron applied before rope_interleaved")
+    return True
+
+
+def _recorded_scales(path: Path, custom: dict) -> dict[str, tuple[TernaryScale, torch.Tensor]]:
+    raw = custom.get(NANOTRON_SCALES_KEY)
+    if raw is None:
+        return {}
     scales = {}
-    raw_scales = custom.get(NANOTRON_SCALES_KEY)
-    if raw_scales is not None:
-        for name, record in decode_records(raw_scales, path / CHECKPOINT_METADATA).items():
-            if record.written is None:
-                raise CheckpointError(path / CHECKPOINT_METADATA, "scale record without the written value", name)
-            scales[name] = (record.scale, record.written)
-    return NanotronMeta(config, vocab_rows, rope, tp, version, scales, notes)
+    for name, record in decode_records(raw, path / CHECKPOINT_METADATA).items():
+        if record.written is None:
+            raise CheckpointError(path / CHECKPOINT_METADATA, "scale record without the written value", name)
+        scales[name] = (record.scale, record.written)
+    return scales
+
+
+def read_meta(path: Path, sub_norm_folders: bool, kept: set[str]) -> NanotronMeta:
+    """Parse model_config.json and checkpoint_metadata.json into the canonical config.
+
+    ``sub_norm_folders``: the weights hold sub-norm folders; ``kept``: tensor names in bitconvert's kept file.
+    """
+    mc_path = path / MODEL_CONFIG
+    mc = read_json_object(mc_path)
+    for key in _REQUIRED:
+        _int_field(mc, key, mc_path)
+    if not mc.get("is_bitnet_config") and not mc.get("is_llama_config"):
+        raise CheckpointError(mc_path, "names no Llama-family model (neither is_bitnet_config nor is_llama_config)")
+    notes: list[str] = []
+    warnings: list[str] = []
+    tp, version, custom = _read_record(path, notes)
+    flavor = "bitnet" if mc.get("is_bitnet_config") else "llama"
+    if flavor == "llama" and custom.get("flavor") != "main":
+        notes.append("model_config.json is a plain Llama config (no is_bitnet_config); linears read as BitNet latents")
+    config = _recorded_config(path, mc, custom, sub_norm_folders, kept, warnings)
+    if config is None:
+        config = _rebuilt_config(mc, custom, sub_norm_folders, mc_path, notes, warnings)
+    if mc["vocab_size"] < config.vocab_size:
+        raise CheckpointError(mc_path, f"vocab_size {mc['vocab_size']} is below the model's vocabulary ({config.vocab_size})")
+    rope = _rope_order(mc, custom, flavor, notes)
+    if custom.get("lost"):
+        notes.append(f"written with --allow-lossy for {custom.get('flavor', 'Nanotron')}, whose model lacks: "
+                     + "; ".join(map(str, custom["lost"])))
+    scales = _recorded_scales(path, custom)
+    return NanotronMeta(config, mc["vocab_size"], rope, tp, version, flavor, scales, custom, notes, warnings)

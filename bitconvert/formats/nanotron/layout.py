@@ -62,66 +62,70 @@ def padded_vocab(vocab_size: int, tp: int) -> int:
     return -(-vocab_size // tp) * tp
 
 
-def param_specs(cfg: ModelConfig, vocab_rows: int) -> list[ParamSpec]:
-    """Every parameter of a Nanotron Llama-layout model for ``cfg``, in model order.
+@dataclass(frozen=True)
+class ModelLayout:
+    """Which parameter folders a decoder layer has (the Nanotron codebases differ; see flavors.py)."""
 
-    ``vocab_rows`` is the (possibly padded) row count of the embedding and lm_head.
+    mlp: str = "mlp"  # PR #180's head names it "MLPBitNet"
+    decoder_norms: bool = True  # input_layernorm and post_attention_layernorm
+    #: sub-norm folders: written by bitconvert before flavors existed, still read; no Nanotron model has them
+    sub_norms: bool = False
+
+
+def param_specs(cfg: ModelConfig, vocab_rows: int, layout: ModelLayout = ModelLayout()) -> list[ParamSpec]:
+    """Every parameter of a Nanotron Llama-layout model for ``cfg`` stored in ``layout``, in model order.
+
+    ``vocab_rows`` is the (possibly padded) row count of the embedding and lm_head. HF tensors that
+    the layout has no folder for are in no spec (see :func:`unplaced_tensors`).
     """
-    h, inter = cfg.hidden_size, cfg.intermediate_size
-    nq, nkv, d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-    q_rows, kv_rows = nq * d, nkv * d
-    spec = cfg.spec
-    specs = [
-        ParamSpec(
-            "token_position_embeddings/pp_block/token_embedding",
-            (vocab_rows, h),
-            (Part("model.embed_tokens.weight", 0, cfg.vocab_size),),
-            0,
-        )
-    ]
+    h = cfg.hidden_size
+    embed = Part("model.embed_tokens.weight", 0, cfg.vocab_size)
+    specs = [ParamSpec("token_position_embeddings/pp_block/token_embedding", (vocab_rows, h), (embed,), 0)]
     for i in range(cfg.num_hidden_layers):
-        hf = f"model.layers.{i}."
-        nt = f"decoder/{i}/pp_block/"
-        specs.append(ParamSpec(nt + "input_layernorm", (h,), (Part(hf + "input_layernorm.weight", 0, h),), None))
-        specs.append(
-            ParamSpec(
-                nt + "attn/qkv_proj",
-                (q_rows + 2 * kv_rows, h),
-                (
-                    Part(hf + "self_attn.q_proj.weight", 0, q_rows, nq),
-                    Part(hf + "self_attn.k_proj.weight", q_rows, kv_rows, nkv),
-                    Part(hf + "self_attn.v_proj.weight", q_rows + kv_rows, kv_rows),
-                ),
-                0,
-                (q_rows, kv_rows, kv_rows),
-            )
-        )
-        specs.append(ParamSpec(nt + "attn/o_proj", (h, q_rows), (Part(hf + "self_attn.o_proj.weight", 0, h),), 1))
-        if spec.attn_sub_norm:
-            specs.append(
-                ParamSpec(nt + ATTN_SUB_NORM, (q_rows,), (Part(hf + spec.attn_sub_norm + ".weight", 0, q_rows),), None)
-            )
-        post_norm = Part(hf + "post_attention_layernorm.weight", 0, h)
-        specs.append(ParamSpec(nt + "post_attention_layernorm", (h,), (post_norm,), None))
-        specs.append(
-            ParamSpec(
-                nt + "mlp/gate_up_proj",
-                (2 * inter, h),
-                (Part(hf + "mlp.gate_proj.weight", 0, inter), Part(hf + "mlp.up_proj.weight", inter, inter)),
-                0,
-                (inter, inter),
-            )
-        )
-        specs.append(ParamSpec(nt + "mlp/down_proj", (h, inter), (Part(hf + "mlp.down_proj.weight", 0, h),), 1))
-        if spec.ffn_sub_norm:
-            specs.append(
-                ParamSpec(nt + FFN_SUB_NORM, (inter,), (Part(hf + spec.ffn_sub_norm + ".weight", 0, inter),), None)
-            )
+        specs += _decoder_layer_specs(cfg, i, layout)
     specs.append(ParamSpec("final_layer_norm/pp_block", (h,), (Part("model.norm.weight", 0, h),), None))
     if not cfg.tie_word_embeddings:
         # Tied models keep only the embedding: Nanotron saves a tied parameter under its first name.
         specs.append(ParamSpec("lm_head/pp_block", (vocab_rows, h), (Part("lm_head.weight", 0, cfg.vocab_size),), 0))
     return specs
+
+
+def _norm(path: str, name: str, width: int) -> ParamSpec:
+    return ParamSpec(path, (width,), (Part(name, 0, width),), None)
+
+
+def _decoder_layer_specs(cfg: ModelConfig, i: int, layout: ModelLayout) -> list[ParamSpec]:
+    h, inter = cfg.hidden_size, cfg.intermediate_size
+    nq, nkv, d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    q_rows, kv_rows = nq * d, nkv * d
+    sub_norms = cfg.spec if layout.sub_norms and cfg.spec.attn_sub_norm else None
+    hf, nt = f"model.layers.{i}.", f"decoder/{i}/pp_block/"
+    qkv = (
+        Part(hf + "self_attn.q_proj.weight", 0, q_rows, nq),
+        Part(hf + "self_attn.k_proj.weight", q_rows, kv_rows, nkv),
+        Part(hf + "self_attn.v_proj.weight", q_rows + kv_rows, kv_rows),
+    )
+    gate_up = (Part(hf + "mlp.gate_proj.weight", 0, inter), Part(hf + "mlp.up_proj.weight", inter, inter))
+    mlp = nt + layout.mlp + "/"
+    specs = [
+        _norm(nt + "input_layernorm", hf + "input_layernorm.weight", h) if layout.decoder_norms else None,
+        ParamSpec(nt + "attn/qkv_proj", (q_rows + 2 * kv_rows, h), qkv, 0, (q_rows, kv_rows, kv_rows)),
+        ParamSpec(nt + "attn/o_proj", (h, q_rows), (Part(hf + "self_attn.o_proj.weight", 0, h),), 1),
+        _norm(nt + ATTN_SUB_NORM, hf + sub_norms.attn_sub_norm + ".weight", q_rows) if sub_norms else None,
+        _norm(nt + "post_attention_layernorm", hf + "post_attention_layernorm.weight", h)
+        if layout.decoder_norms
+        else None,
+        ParamSpec(mlp + "gate_up_proj", (2 * inter, h), gate_up, 0, (inter, inter)),
+        ParamSpec(mlp + "down_proj", (h, inter), (Part(hf + "mlp.down_proj.weight", 0, h),), 1),
+        _norm(nt + FFN_SUB_NORM, hf + sub_norms.ffn_sub_norm + ".weight", inter) if sub_norms else None,
+    ]
+    return [s for s in specs if s is not None]
+
+
+def unplaced_tensors(cfg: ModelConfig, specs: list[ParamSpec]) -> list[str]:
+    """The model's HF tensors that no parameter folder in ``specs`` holds, in the config's order."""
+    placed = {part.hf_name for s in specs for part in s.parts}
+    return [name for name in cfg.expected_shapes() if name not in placed]
 
 
 # --- the sharding rule --------------------------------------------------------------------------

@@ -1,0 +1,321 @@
+"""Writing Nanotron checkpoints: one Nanotron parameter (e.g. a fused ``qkv_proj``) built and cut per rank.
+
+Nanotron's BitNet keeps latent float weights and quantizes each per-rank shard of a fused weight
+with its own scale, so latent masters convert exactly while packed (ternary) weights can only be
+approximated; see :class:`_Approximation`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ...checkpoint import Checkpoint, Value, as_dense
+from ...config import ModelConfig
+from ...errors import CheckpointError, UsageError
+from ...safetensors_io import PlannedTensor, SafetensorsWriter
+from ...scale_records import NANOTRON_SCALES_KEY, encode_record
+from ...ternary import LinearClass, TernaryScale, TernaryWeight, absmean_quantize, recover_ternary
+from .. import Progress, WriteReport, register_writer
+from ..hf.common import copy_side_files
+from .config import (
+    CHECKPOINT_METADATA,
+    CONFIG_YAML,
+    KEPT_FILE,
+    MODEL_CONFIG,
+    OWN_FILES,
+    NanotronOptions,
+    checkpoint_metadata_dict,
+    config_yaml_text,
+    dump_json,
+    model_config_dict,
+)
+from .flavors import FLAVORS, Flavor, losses
+from .layout import (
+    DATA_KEY,
+    UNSHARDED_FILE,
+    ModelLayout,
+    ParamSpec,
+    Part,
+    local_shape,
+    padded_vocab,
+    param_specs,
+    rank_slices,
+    shard_file_name,
+    shard_metadata,
+    shard_problem,
+    to_interleaved,
+    unplaced_tensors,
+)
+
+NAME = "nanotron"
+
+
+@dataclass
+class _Approximation:
+    """Packed weights written as latent ones, and how far Nanotron's own re-quantization lands from them.
+
+    A ternary weight ``t`` with magnitude ``m`` is written as ``t * m / p`` (``p``: fraction of
+    non-zero codes): Nanotron recomputes ``mean|W| = m`` from that, so one unfused, unsplit matrix
+    comes back exactly. Fused and split weights get one scale per rank-local shard of the fused
+    tensor instead of one per original tensor; the report measures that difference per tensor.
+    """
+
+    targets: dict[str, tuple[torch.Tensor, float]] = field(default_factory=dict)  # codes in param row order, m
+    scales: dict[str, list[str]] = field(default_factory=dict)
+    results: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def latent_for(self, part: Part, tw: TernaryWeight, dtype: torch.dtype, rope: bool) -> torch.Tensor:
+        codes = tw.codes
+        if part.rope_heads and rope:
+            codes = to_interleaved(codes, part.rope_heads)
+        m = tw.scale.multiplier
+        nonzero = int(codes.count_nonzero())
+        written = torch.tensor(m * codes.numel() / nonzero if nonzero else 0.0, dtype=torch.float64).to(dtype)
+        self.targets[part.hf_name] = (codes, m)
+        self.scales[part.hf_name] = encode_record(tw.scale, written)
+        return codes.to(dtype) * written
+
+    def measure(self, spec: ParamSpec, effective: torch.Tensor) -> None:
+        """Compare Nanotron's effective weight (per-rank quantized, in param rows) with the packed one."""
+        for part in spec.parts:
+            if part.hf_name not in self.targets:
+                continue
+            codes, m = self.targets.pop(part.hf_name)
+            got = effective[part.start : part.start + part.rows].double()
+            want = codes.double() * m
+            norm = float(want.norm())
+            err = float((got - want).norm())
+            self.results[part.hf_name] = {
+                "relative_error": err / norm if norm else err,
+                "codes_changed": int((torch.sign(got).to(torch.int8) != codes).sum()),
+            }
+
+
+def _nanotron_effective(local: torch.Tensor) -> torch.Tensor:
+    """What Nanotron's BitNet layer multiplies with: absmean-quantized with this shard's own scale (fp32)."""
+    codes, mean_abs = absmean_quantize(local)
+    return codes.float() * mean_abs
+
+
+def _ternary_of(value: Value) -> TernaryWeight | None:
+    """The ternary weight behind a value: stored codes, or a float that is exactly codes x one magnitude."""
+    if isinstance(value, TernaryWeight):
+        return value
+    found = recover_ternary(value)
+    if found is None:
+        return None
+    return TernaryWeight(found[0], TernaryScale(found[1], LinearClass.AUTOBITLINEAR))
+
+
+def _approximation_refused(ckpt: Checkpoint, name: str) -> UsageError:
+    return UsageError(
+        f"{ckpt.path}: {name} is a ternary (packed) weight; Nanotron keeps latent weights and re-quantizes each "
+        "per-rank shard of a fused weight with its own scale, so it can only be approximated: pass --allow-approximate"
+    )
+
+
+def _check_tensor_parallel(cfg: ModelConfig, specs: list[ParamSpec], tp: int) -> None:
+    if cfg.num_key_value_heads % tp:
+        raise UsageError(
+            f"--tp {tp}: the model has {cfg.num_key_value_heads} key/value heads; Nanotron needs them to split evenly "
+            "across ranks (its config check requires num_key_value_heads >= tp; it does not replicate key/value heads)"
+        )
+    if cfg.num_attention_heads % tp:
+        raise UsageError(f"--tp {tp}: Nanotron needs num_attention_heads ({cfg.num_attention_heads}) divisible by tp")
+    for spec in specs:
+        problem = shard_problem(spec, tp)
+        if problem:
+            raise UsageError(f"--tp {tp}: {problem}")
+
+
+def _resolve(ckpt: Checkpoint, opts: NanotronOptions) -> _Plan:
+    """What will be written, checked against the flavor before anything is: refusals come first."""
+    cfg, tp = ckpt.config, opts.tp
+    flavor = FLAVORS[opts.flavor]
+    rope = opts.rope_interleaved
+    if rope is None:
+        rope = not flavor.rope_in_config  # PR #180 interleaves; main's config default keeps HF order
+    elif not rope and not flavor.rope_in_config:
+        raise UsageError(f"--no-rope-interleaved: {flavor.title} applies interleaved RoPE only (use --nanotron-flavor main)")
+    version = opts.nanotron_version or flavor.versions[0]
+    if version not in flavor.versions:
+        raise UsageError(f"--nanotron-version {version}: {flavor.title} loads checkpoint version {flavor.versions[0]} only")
+    vocab_rows = padded_vocab(cfg.vocab_size, tp)
+    specs = param_specs(cfg, vocab_rows, ModelLayout(flavor.mlp, flavor.decoder_norms))
+    _check_tensor_parallel(cfg, specs, tp)
+    lost = losses(cfg, flavor)  # after the usage errors: a bad option is reported as such first
+    if lost and not opts.allow_lossy:
+        raise CheckpointError(
+            ckpt.path,
+            f"--nanotron-flavor {flavor.name} would lose {'; '.join(lost)}. Pass --allow-lossy to convert anyway"
+            + ("" if flavor.name == "pr178" else " or try --nanotron-flavor pr178"),
+        )
+    return _Plan(flavor, tp, opts.dtype or ckpt.model_dtype(), rope, version, vocab_rows, specs, lost)
+
+
+@dataclass
+class _Plan:
+    flavor: Flavor
+    tp: int
+    dtype: torch.dtype
+    rope_interleaved: bool
+    version: str
+    vocab_rows: int
+    specs: list[ParamSpec]
+    lost: list[str]
+
+
+class NanotronWriter:
+    name = NAME
+    writes_directory = True
+    Options = NanotronOptions
+
+    def write(self, ckpt: Checkpoint, out: Path, options: NanotronOptions, progress: Progress) -> WriteReport:
+        plan = _resolve(ckpt, options)
+        self._refuse_early(ckpt, options)
+        report = WriteReport(NAME)
+        approx = _Approximation()
+        how: Counter = Counter()
+        for i, spec in enumerate(plan.specs):
+            progress(i, len(plan.specs), spec.path)
+            full = self._build_param(ckpt, spec, options, plan, approx, how)
+            self._write_param(spec, full, plan, out, approx, report)
+        progress(len(plan.specs), len(plan.specs), "")
+        kept = self._write_kept(ckpt, plan, out, report)
+        self._write_side_files(ckpt, out, plan, approx, kept, report)
+        self._finish_report(ckpt.config, plan, approx, how, report)
+        return report
+
+    def _write_param(self, spec: ParamSpec, full: torch.Tensor, plan: _Plan, out: Path, approx, report) -> None:
+        folder = out / "model" / "model" / spec.path
+        folder.mkdir(parents=True, exist_ok=True)
+        if not spec.sharded:
+            self._write_file(folder / UNSHARDED_FILE, full, None, out, report)
+            return
+        # Packed-derived parts: rebuild Nanotron's effective weight rank by rank to measure the gap.
+        measured = any(p.hf_name in approx.targets for p in spec.parts)
+        effective = torch.empty(spec.shape, dtype=torch.float32) if measured else None
+        for rank in range(plan.tp):
+            pairs = rank_slices(spec, plan.tp, rank)
+            local = torch.empty(local_shape(spec, plan.tp), dtype=plan.dtype)
+            for loc, glob in pairs:
+                local[loc] = full[glob]
+            meta = shard_metadata(spec, plan.tp, rank, plan.version)
+            self._write_file(folder / shard_file_name(rank, plan.tp), local, meta, out, report)
+            if effective is not None:
+                eff = _nanotron_effective(local)
+                for loc, glob in pairs:
+                    effective[glob] = eff[loc]
+        if effective is not None:
+            approx.measure(spec, effective)
+
+    @staticmethod
+    def _write_kept(ckpt: Checkpoint, plan: _Plan, out: Path, report: WriteReport) -> list[str]:
+        """Tensors the flavor's model has no parameter for, beside the model where Nanotron never looks.
+
+        Only reached with --allow-lossy. Nanotron neither loads nor saves them; they let bitconvert
+        give the source back exactly from this very checkpoint.
+        """
+        names = unplaced_tensors(ckpt.config, plan.specs)
+        if not names:
+            return []
+        shapes = ckpt.config.expected_shapes()
+        planned = [PlannedTensor(n, plan.dtype, shapes[n]) for n in names]
+        with SafetensorsWriter(out / KEPT_FILE, planned, None) as w:
+            for name in names:
+                w.write(name, as_dense(ckpt.tensors[name].load(), plan.dtype))
+        report.files.append(KEPT_FILE)
+        report.tensors += len(names)
+        report.bytes_written += sum(p.nbytes for p in planned)
+        return names
+
+    @staticmethod
+    def _finish_report(cfg, plan: _Plan, approx: _Approximation, how: Counter, report: WriteReport) -> None:
+        report.ternary_sources = dict(how)
+        report.details.update(
+            flavor=plan.flavor.name, tp=plan.tp, nanotron_version=plan.version, rope_interleaved=plan.rope_interleaved
+        )
+        if plan.vocab_rows != cfg.vocab_size:
+            report.details["vocab_padding"] = f"{cfg.vocab_size} -> {plan.vocab_rows} rows (zeros) for tp={plan.tp}"
+        if approx.results:
+            worst = max(approx.results, key=lambda n: approx.results[n]["relative_error"])
+            report.details["approximation"] = approx.results
+            report.warnings.append(
+                f"{len(approx.results)} ternary weights approximated for Nanotron's per-(fused, per-rank) scale; "
+                f"worst relative error {approx.results[worst]['relative_error']:.3g} on {worst}"
+            )
+        report.warnings += [f"lost in Nanotron ({plan.flavor.name}): {loss}" for loss in plan.lost]
+
+    @staticmethod
+    def _refuse_early(ckpt: Checkpoint, opts: NanotronOptions) -> None:
+        """Fail before writing when a weight is plainly ternary and approximation was not allowed."""
+        if opts.allow_approximate:
+            return
+        names = [n for n in ckpt.config.quantized_linear_names() if n in ckpt.tensors]
+        for name in names:
+            if ckpt.tensors[name].ternary:
+                raise _approximation_refused(ckpt, name)
+        hinted = next((n for n in names if ckpt.tensors[n].load_scale is not None), None)
+        if hinted is not None and _ternary_of(ckpt.tensors[hinted].load()) is not None:
+            raise _approximation_refused(ckpt, hinted)
+
+    @staticmethod
+    def _build_param(ckpt, spec: ParamSpec, opts, plan: _Plan, approx: _Approximation, how: Counter) -> torch.Tensor:
+        covered = sum(p.rows for p in spec.parts)
+        full = (torch.zeros if covered < spec.shape[0] else torch.empty)(spec.shape, dtype=plan.dtype)
+        for part in spec.parts:
+            value = ckpt.tensors[part.hf_name].load()
+            tw = _ternary_of(value) if ckpt.is_quantized_linear(part.hf_name) else None
+            if tw is not None:
+                if not opts.allow_approximate:
+                    raise _approximation_refused(ckpt, part.hf_name)
+                w = approx.latent_for(part, tw, plan.dtype, plan.rope_interleaved)
+                how["approximated"] += 1
+            else:
+                w = as_dense(value, plan.dtype)
+                if part.rope_heads and plan.rope_interleaved:
+                    w = to_interleaved(w, part.rope_heads)
+                if ckpt.is_quantized_linear(part.hf_name):
+                    how["latent"] += 1
+            full[part.start : part.start + part.rows] = w
+        return full
+
+    @staticmethod
+    def _write_file(path: Path, tensor: torch.Tensor, metadata, out: Path, report: WriteReport) -> None:
+        planned = PlannedTensor(DATA_KEY, tensor.dtype, tuple(tensor.shape))
+        with SafetensorsWriter(path, [planned], metadata) as w:
+            w.write(DATA_KEY, tensor)
+        report.files.append(path.relative_to(out).as_posix())
+        report.tensors += 1
+        report.bytes_written += planned.nbytes
+
+    @staticmethod
+    def _write_side_files(ckpt, out: Path, plan: _Plan, approx, kept: list[str], report) -> None:
+        cfg = ckpt.config
+        mc = model_config_dict(cfg, plan.vocab_rows, plan.flavor, plan.rope_interleaved)
+        custom = {
+            "hf_config": cfg.raw,
+            "vocab_size": cfg.vocab_size,
+            "rope_interleaved": plan.rope_interleaved,
+            "rope_theta": cfg.rope_theta,
+            "flavor": plan.flavor.name,
+        }
+        if plan.lost:
+            custom["lost"] = plan.lost
+        if kept:
+            custom["kept"] = {"file": KEPT_FILE, "tensors": kept}
+        if approx.scales:
+            custom[NANOTRON_SCALES_KEY] = dict(sorted(approx.scales.items()))
+        dump_json(out / MODEL_CONFIG, mc, sort_keys=False)
+        (out / CONFIG_YAML).write_text(config_yaml_text(mc, plan.tp, plan.dtype), encoding="utf-8")
+        meta = checkpoint_metadata_dict(plan.version, plan.tp, custom, cfg.max_position_embeddings)
+        dump_json(out / CHECKPOINT_METADATA, meta, sort_keys=True)  # sorted, as Nanotron writes it
+        report.files += [MODEL_CONFIG, CONFIG_YAML, CHECKPOINT_METADATA]
+        report.files += copy_side_files([f for f in ckpt.side_files if f.name not in OWN_FILES], out)
+
+
+register_writer(NanotronWriter())

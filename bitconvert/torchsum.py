@@ -1,0 +1,147 @@
+"""torch's CPU float32 sum of |x| over a bf16 tensor, reproduced chunk by chunk.
+
+transformers' absmean recipe takes ``mean|W|`` with torch's own reduction over the whole float32
+copy of the weight, and a float32 sum depends on its order: any other order can move the last bit
+of the mean, and with it the scale. This module follows torch's order exactly while reading the
+bf16 values in cache-sized chunks, so no full-size float32 copy is ever made:
+
+- ``at::parallel_reduce`` splits the flat tensor into one contiguous range per OpenMP thread
+  (``ceil(n / threads)`` elements each, no split below 32768 elements); the per-thread results
+  are then summed in thread order, through the same inner routine.
+- Inside a range (``vectorized_inner_sum`` of SumKernel.cpp) the values are read as SIMD vectors
+  of ``lanes`` floats; four interleaved vector accumulators each run a four-level cascade (blocks
+  of ``2**p`` rows, ``p = max(4, ceil(log2 rows) // 4)``); leftover vectors go to the first
+  accumulator, the four are added, leftover scalars are summed and the lanes added to them in
+  order.
+
+The SIMD width is the build's, not the CPU's (torch registers its sum kernel without AVX-512), so
+:func:`calibrated_lanes` finds it by comparing against torch once per thread count; where no width
+reproduces torch, callers must fall back to torch itself. Pure numpy: it releases the GIL.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+import numpy as np
+
+GRAIN = 32768  # at::internal::GRAIN_SIZE
+LEVELS = 4
+ILP = 4
+#: rows of ``ILP * lanes`` floats converted per step (about 512 KB of float32 at 8 lanes)
+CHUNK_ROWS = 4096
+LANE_CANDIDATES = (8, 16, 4, 32)
+
+_calibration: dict[int, int | None] = {}
+_lock = threading.Lock()
+
+
+def _ceil_log2(x: int) -> int:
+    return 1 if x <= 2 else (x - 1).bit_length()
+
+
+class _AbsReader:
+    """|x| of bf16 bit patterns as float32, into one reused buffer: the bits become the high half."""
+
+    def __init__(self, bits: np.ndarray, capacity: int) -> None:
+        self.bits = bits
+        self.words = np.zeros(capacity, dtype=np.uint32)  # low halves stay zero
+        self.high = self.words.view(np.uint16)[1::2]
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        n = stop - start
+        np.bitwise_and(self.bits[start:stop], 0x7FFF, out=self.high[:n])
+        return self.words[:n].view(np.float32)
+
+
+def _seq(a: np.ndarray, axis: int) -> np.ndarray:
+    # numpy adds along a non-innermost axis one slice at a time, in order: a sequential sum
+    return np.add.reduce(a, axis=axis, dtype=np.float32)
+
+
+def _range_sum(reader: "_AbsReader | _Values", begin: int, end: int, lanes: int) -> np.float32:
+    n = end - begin
+    vec_count = n // lanes
+    rows = vec_count // ILP
+    cols = ILP * lanes
+    step = 1 << max(4, _ceil_log2(rows) // LEVELS)
+    group = step * step  # rows folded into one level-2 partial
+    full = rows // group * group
+    per = max(group, CHUNK_ROWS // group * group)
+    level2 = []
+    for r0 in range(0, full, per):
+        r1 = min(r0 + per, full)
+        x = reader.read(begin + r0 * cols, begin + r1 * cols).reshape(-1, step, cols)
+        level2.append(_seq(_seq(x, 1).reshape(-1, step, cols), 1))
+    rest = reader.read(begin + full * cols, begin + rows * cols).reshape(-1, cols)
+    blocks = rest.shape[0] // step
+    acc1 = _seq(_seq(rest[: blocks * step].reshape(blocks, step, cols), 1), 0)
+    acc0 = _seq(rest[blocks * step :], 0)
+    b2 = np.concatenate(level2) if level2 else np.zeros((0, cols), np.float32)
+    n3 = b2.shape[0] // step
+    acc3 = _seq(_seq(b2[: n3 * step].reshape(n3, step, cols), 1), 0)
+    acc2 = _seq(b2[n3 * step :], 0)
+    partial = (((acc0 + acc1) + acc2) + acc3).reshape(ILP, lanes)
+    for v in reader.read(begin + rows * cols, begin + vec_count * lanes).reshape(-1, lanes).copy():
+        partial[0] += v
+    vec = ((partial[0] + partial[1]) + partial[2]) + partial[3]
+    total = np.float32(0)
+    for v in reader.read(begin + vec_count * lanes, end).copy():
+        total = np.float32(total + v)
+    for v in vec:
+        total = np.float32(total + v)
+    return total
+
+
+class _Values:
+    """Float32 values read as they are (the per-thread partials)."""
+
+    def __init__(self, values: np.ndarray) -> None:
+        self.values = values
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        return self.values[start:stop]
+
+
+def abs_sum_bf16(bits: np.ndarray, threads: int, lanes: int) -> np.float32:
+    """Sum of |x| over bf16 bit patterns (flat uint16), bit-identical to torch's float32 sum."""
+    n = bits.size
+    reader = _AbsReader(bits, min(n, CHUNK_ROWS * ILP * lanes) + ILP * lanes)
+    if n < GRAIN or threads == 1:
+        return np.float32(np.float32(0) + _range_sum(reader, 0, n, lanes))
+    used = min(threads, -(-n // GRAIN))
+    chunk = -(-n // used)
+    partials = np.zeros(threads, dtype=np.float32)
+    for t in range(used):
+        start = t * chunk
+        if start < n:
+            partials[t] = _range_sum(reader, start, min(n, start + chunk), lanes)
+    return np.float32(np.float32(0) + _range_sum(_Values(partials), 0, threads, lanes))
+
+
+def calibrated_lanes(threads: int) -> int | None:
+    """The SIMD width with which :func:`abs_sum_bf16` reproduces this torch build, or None."""
+    with _lock:
+        if threads in _calibration:
+            return _calibration[threads]
+    import torch
+
+    found = None
+    if sys.byteorder == "little":
+        g = torch.Generator().manual_seed(12345)
+        probes = [
+            (torch.randn(n, generator=g) * scale).bfloat16()
+            for n, scale in ((1000, 1.0), (40_001, 0.02), (300_007, 1.0), (GRAIN * threads + 37, 3.0))
+        ]
+        for lanes in LANE_CANDIDATES:
+            if all(
+                float(abs_sum_bf16(p.view(torch.int16).numpy().view(np.uint16), threads, lanes))
+                == float(p.float().abs_().sum())
+                for p in probes
+            ):
+                found = lanes
+                break
+    with _lock:
+        _calibration[threads] = found
+    return found

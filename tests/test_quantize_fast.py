@@ -1,0 +1,114 @@
+"""The chunked quantize+pack path gives transformers' codes and scales bit for bit.
+
+mean|W| is summed in chunks in torch's own order (bitconvert/torchsum.py) and codes come from
+comparing bf16 bit patterns with a threshold; both are checked here against torch's whole-tensor
+float32 mean and transformers' WeightQuant + pack_weights, on real 2B-4T shapes, at several
+thread counts, on exact +-0.5 ties and on the shipped masters.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from bitconvert.ternary import LinearClass, absmean_quantize, mean_abs, pack_codes, quantize, quantize_packed
+from bitconvert.torchsum import calibrated_lanes
+from tests.conftest import FIXTURES
+
+bitnet = pytest.importorskip("transformers.integrations.bitnet")
+
+#: every linear shape of microsoft/bitnet-b1.58-2B-4T (q/o, k/v, gate/up, down)
+SHAPES_2B4T = [(2560, 2560), (640, 2560), (6912, 2560), (2560, 6912)]
+
+
+def transformers_packed(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """transformers' own recipe: WeightQuant's fp32 s, codes = sign of its output, pack_weights."""
+    wf = w.float()
+    s = 1.0 / wf.abs().mean().clamp(min=1e-5)
+    codes = torch.sign(bitnet.WeightQuant.forward(None, wf)).to(torch.int32)
+    return bitnet.pack_weights(codes), s
+
+
+@pytest.fixture(params=[1, 2, 3])
+def threads(request):
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+def test_this_torch_build_is_reproduced(threads):
+    # if this fails, quantization still is exact (torch's own mean is used) but not chunked
+    assert calibrated_lanes(threads) is not None
+
+
+@pytest.mark.parametrize("shape", SHAPES_2B4T)
+@pytest.mark.parametrize("scale", [0.02, 3e-6])
+def test_real_shapes_match_transformers(threads, shape, scale):
+    g = torch.Generator().manual_seed(hash((shape, scale, threads)) % 2**31)
+    w = (torch.randn(shape, generator=g) * scale).bfloat16()
+    assert mean_abs(w).item() == w.float().abs().mean().item()
+    packed, s = transformers_packed(w)
+    ours, scale_b = quantize_packed(w, LinearClass.BITLINEAR, torch.float32)
+    assert scale_b.value.item() == s.item()
+    assert torch.equal(ours, packed.to(torch.uint8))
+
+
+def test_random_sizes_give_torchs_mean(threads):
+    rng = random.Random(threads)
+    g = torch.Generator().manual_seed(threads)
+    for _ in range(40):
+        n = rng.choice([rng.randint(1, 3000), rng.randint(1, 400_000), 32768 * threads + rng.randint(-40, 40)])
+        w = (torch.randn(n, generator=g) * rng.choice([1.0, 0.02, 40.0])).bfloat16()
+        assert mean_abs(w).item() == w.float().abs().mean().item(), n
+
+
+def test_exact_ties_round_half_to_even():
+    # mean|W| = 2/8 exactly, so s = 4: 1/8 -> 0.5 (-> 0), 3/8 -> 1.5 (-> 2 -> 1), 2/8 -> 1, 4/8 -> 2 -> 1
+    tied = torch.tensor([[1, -1, 3, -3, 0, 2, -2, 4] * 12] * 4).float() / 8
+    assert tied.abs().mean().item() == 0.25
+    ours, scale = quantize_packed(tied.bfloat16(), LinearClass.BITLINEAR, torch.float32)
+    codes = torch.tensor([[0, 0, 1, -1, 0, 1, -1, 1] * 12] * 4, dtype=torch.int8)
+    assert scale.value.item() == 4.0 and torch.equal(ours, pack_codes(codes))
+    packed, s = transformers_packed(tied.bfloat16())
+    assert s.item() == 4.0 and torch.equal(ours, packed.to(torch.uint8))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_multiples_of_an_eighth_match_transformers(seed):
+    g = torch.Generator().manual_seed(seed)
+    w = (torch.randint(-4, 5, (256, 96), generator=g).float() / 8).bfloat16()
+    ours, scale = quantize_packed(w, LinearClass.BITLINEAR, torch.float32)
+    packed, s = transformers_packed(w)
+    assert scale.value.item() == s.item() and torch.equal(ours, packed.to(torch.uint8))
+
+
+def test_non_finite_and_other_dtypes_follow_the_recipe():
+    g = torch.Generator().manual_seed(0)
+    w = (torch.randn(16, 32, generator=g) * 0.02).bfloat16()
+    w[3, 4] = float("inf")
+    codes, m = absmean_quantize(w)
+    assert m.item() == float("inf") and torch.equal(codes, (w.float() * (1.0 / m)).round().clamp(-1, 1).to(torch.int8))
+    for dtype in (torch.float32, torch.float16):
+        x = (torch.randn(64, 48, generator=g) * 0.02).to(dtype)
+        ours, scale = quantize_packed(x, LinearClass.BITLINEAR, torch.float32)
+        packed, s = transformers_packed(x)
+        assert scale.value.item() == s.item() and torch.equal(ours, packed.to(torch.uint8))
+
+
+@pytest.mark.parametrize("master", ["bitnet-2b4t-master", "1bitllm-master", "llama-master"])
+def test_shipped_masters(master):
+    with safe_open(FIXTURES / master / "model.safetensors", "pt") as f:
+        for name in f.keys():
+            if not name.endswith("proj.weight"):
+                continue
+            w = f.get_tensor(name)
+            tw = quantize(w, LinearClass.AUTOBITLINEAR, torch.float32)
+            assert tw.scale.value.item() == w.float().abs().mean().clamp(min=1e-5).item(), name
+            packed, _ = transformers_packed(w)
+            assert torch.equal(pack_codes(tw.codes), packed.to(torch.uint8)), name
+            ours, scale = quantize_packed(w, LinearClass.AUTOBITLINEAR, torch.float32)
+            assert torch.equal(ours, packed.to(torch.uint8)) and scale.same_as(tw.scale), name
