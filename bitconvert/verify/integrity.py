@@ -270,8 +270,11 @@ def _tokenizer_check(path: Path, vocab_size: int) -> Check:
         from tokenizers import Tokenizer
 
         n = Tokenizer.from_file(str(path)).get_vocab_size(with_added_tokens=True)
-    except Exception as exc:  # the tokenizers library raises its own exception types
-        return Check("side_files", False, f"{path.name}: the tokenizers library cannot load it: {exc}")
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - its own types, and a Rust panic is a BaseException
+        message = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        return Check("side_files", False, f"{path.name}: the tokenizers library cannot load it: {message}")
     ok = n <= vocab_size
     detail = f"tokenizer.json: {n} tokens" + ("" if ok else f", more than vocab_size {vocab_size}")
     return Check("side_files", ok, detail, figure=float(n), threshold=float(vocab_size))

@@ -90,7 +90,9 @@ def classify(target, context: str, data: bytes, workdir: Path) -> tuple[str, str
         outcome, detail = "memory", "MemoryError (address-space limit reached)"
     except RecursionError as exc:
         outcome, detail = "unexpected", f"RecursionError at {_where(exc)}"
-    except Exception as exc:  # noqa: BLE001 - every other exception is what we are looking for
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - every other exception (a Rust panic too) is a finding
         outcome, detail = "unexpected", f"{type(exc).__name__} at {_where(exc)}: {str(exc)[:200]}"
     return outcome, detail, time.perf_counter() - start
 
