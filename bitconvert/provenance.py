@@ -19,6 +19,7 @@ from typing import Any, Iterable
 
 from . import __version__
 from .errors import CheckpointError
+from .jsonfile import parse_json_text
 
 PROVENANCE_NAME = "bitconvert_provenance.json"
 #: where single-file outputs (GGUF) keep the same JSON: a string key of their own header
@@ -128,7 +129,7 @@ def read_provenance(path: Path) -> dict[str, Any] | None:
         else:
             f = path / PROVENANCE_NAME
             text = f.read_text(encoding="utf-8") if f.is_file() else None
-        data = json.loads(text) if isinstance(text, str) else None
+        data = parse_json_text(text, path, PROVENANCE_NAME) if isinstance(text, str) else None
     except (OSError, ValueError, CheckpointError):
         return None  # provenance is informative only: a damaged file must not block a conversion
     return data if isinstance(data, dict) else None

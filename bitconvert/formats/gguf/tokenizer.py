@@ -60,11 +60,14 @@ def _pre_type(pre: dict[str, Any] | None) -> str | None:
         return "gpt-2"
     if pre.get("type") != "Sequence":
         return None
-    steps = pre.get("pretokenizers") or []
+    steps = pre.get("pretokenizers")
+    if not isinstance(steps, list) or len(steps) != 2 or not all(isinstance(step, dict) for step in steps):
+        return None
+    pattern = steps[0].get("pattern")
     if (
-        len(steps) == 2
-        and steps[0].get("type") == "Split"
-        and (steps[0].get("pattern") or {}).get("Regex") == LLAMA3_SPLIT
+        steps[0].get("type") == "Split"
+        and isinstance(pattern, dict)
+        and pattern.get("Regex") == LLAMA3_SPLIT
         and steps[1].get("type") == "ByteLevel"
         and not steps[1].get("use_regex", True)
     ):
@@ -123,7 +126,10 @@ def from_side_files(
         out.warnings.append(vocab)
         return out
     tokens, types = vocab
-    merges = [" ".join(map(str, m)) if isinstance(m, list) else str(m) for m in model.get("merges") or []]
+    raw_merges = model.get("merges") or []
+    if not isinstance(raw_merges, list):
+        raise CheckpointError(by_name["tokenizer.json"], f"its BPE merges are not a list; {NO_TOKENIZER_HINT}")
+    merges = [" ".join(map(str, m)) if isinstance(m, list) else str(m) for m in raw_merges]
     if _not_utf8("\n".join(tokens)) or _not_utf8("\n".join(merges)):  # JSON escapes can spell lone surrogates
         raise CheckpointError(
             by_name["tokenizer.json"], f"holds a token or merge that is not valid UTF-8; {NO_TOKENIZER_HINT}"
