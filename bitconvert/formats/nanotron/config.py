@@ -346,8 +346,9 @@ def read_meta(path: Path, sub_norm_folders: bool, kept: set[str]) -> NanotronMet
     if mc["vocab_size"] < config.vocab_size:
         raise CheckpointError(mc_path, f"vocab_size {mc['vocab_size']} is below the model's vocabulary ({config.vocab_size})")
     rope = _rope_order(mc, custom, flavor, notes)
-    if custom.get("lost"):
-        notes.append(f"written with --allow-lossy for {custom.get('flavor', 'Nanotron')}, whose model lacks: "
-                     + "; ".join(map(str, custom["lost"])))
+    lost = custom.get("lost")
+    if lost:
+        listed = "; ".join(map(str, lost)) if isinstance(lost, list) else str(lost)
+        notes.append(f"written with --allow-lossy for {custom.get('flavor', 'Nanotron')}, whose model lacks: {listed}")
     scales = _recorded_scales(path, custom)
     return NanotronMeta(config, mc["vocab_size"], rope, tp, version, flavor, scales, custom, notes, warnings)
