@@ -14,7 +14,15 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from bitconvert.ternary import LinearClass, absmean_quantize, mean_abs, pack_codes, quantize, quantize_packed
+from bitconvert.ternary import (
+    LinearClass,
+    NonFiniteWeight,
+    absmean_quantize,
+    mean_abs,
+    pack_codes,
+    quantize,
+    quantize_packed,
+)
 from bitconvert.torchsum import calibrated_lanes
 from tests.conftest import FIXTURES
 
@@ -86,12 +94,13 @@ def test_multiples_of_an_eighth_match_transformers(seed):
     assert scale.value.item() == s.item() and torch.equal(ours, packed.to(torch.uint8))
 
 
-def test_non_finite_and_other_dtypes_follow_the_recipe():
+def test_non_finite_is_refused_and_other_dtypes_follow_the_recipe():
     g = torch.Generator().manual_seed(0)
     w = (torch.randn(16, 32, generator=g) * 0.02).bfloat16()
     w[3, 4] = float("inf")
-    codes, m = absmean_quantize(w)
-    assert m.item() == float("inf") and torch.equal(codes, (w.float() * (1.0 / m)).round().clamp(-1, 1).to(torch.int8))
+    for quantizer in (absmean_quantize, lambda t: quantize_packed(t, LinearClass.AUTOBITLINEAR, torch.float32)):
+        with pytest.raises(NonFiniteWeight, match=r"non-finite value inf at index \[3, 4\]"):
+            quantizer(w)
     for dtype in (torch.float32, torch.float16):
         x = (torch.randn(64, 48, generator=g) * 0.02).to(dtype)
         ours, scale = quantize_packed(x, LinearClass.BITLINEAR, torch.float32)
