@@ -188,7 +188,7 @@ def write_safetensors_dir(
     names = [SINGLE_NAME] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
     weight_map: dict[str, str] = {}
     done = 0
-    tensors = produced_ahead(plan, produce)
+    tensors = produced_ahead(plan, produce, ahead_budget(plan))
     try:
         for fname, shard in zip(names, shards):
             with SafetensorsWriter(out / fname, shard, metadata) as w:
@@ -212,6 +212,14 @@ def write_safetensors_dir(
 
 #: produced tensors may queue up to this many bytes ahead of the writer (plus the one being written)
 AHEAD_BYTES = 192 << 20
+
+
+def ahead_budget(plan: list[PlannedTensor]) -> int:
+    """How far production may run ahead: enough to overlap the largest write, never more than
+    :data:`AHEAD_BYTES`, and a small share of a small model (so memory stays a few tensors there too)."""
+    total = sum(t.nbytes for t in plan)
+    largest = max((t.nbytes for t in plan), default=0)
+    return min(AHEAD_BYTES, max(2 * largest, total // 8))
 
 
 def produced_ahead(
