@@ -5,17 +5,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 import torch
 
 from ...config import ModelConfig, read_hf_config
 from ...errors import CheckpointError
 from ...jsonfile import read_json_object
+from ...pipeline import ahead_budget, produced_ahead
 from ...safetensors_io import PlannedTensor, SafetensorsFile, SafetensorsWriter, StoredTensor
 from .. import Progress, WriteReport, parsed_once
 
@@ -208,49 +207,6 @@ def write_safetensors_dir(
     report.tensors = len(plan)
     report.bytes_written = total
     progress(len(plan), len(plan), "")
-
-
-#: produced tensors may queue up to this many bytes ahead of the writer (plus the one being written)
-AHEAD_BYTES = 192 << 20
-
-
-def ahead_budget(plan: list[PlannedTensor]) -> int:
-    """How far production may run ahead: enough to overlap the largest write, never more than
-    :data:`AHEAD_BYTES`, and a small share of a small model (so memory stays a few tensors there too)."""
-    total = sum(t.nbytes for t in plan)
-    largest = max((t.nbytes for t in plan), default=0)
-    return min(AHEAD_BYTES, max(2 * largest, total // 8))
-
-
-def produced_ahead(
-    plan: list[PlannedTensor], produce: Callable[[PlannedTensor], torch.Tensor], ahead_bytes: int = AHEAD_BYTES
-) -> Iterator[torch.Tensor]:
-    """Yield ``produce(t)`` for each planned tensor in order, computing ahead while the caller writes.
-
-    Reading and quantizing overlap writing (torch, numpy and file I/O release the GIL). While a
-    big tensor is written (the embedding) production runs on, up to ``ahead_bytes`` of output
-    queued (at least one tensor), so the writer's I/O and the arithmetic overlap rather than take
-    turns. ``produce`` runs on one worker thread, in plan order, so writers may keep state between
-    calls.
-    """
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bitconvert-produce") as pool:
-        queue: deque = deque()
-        queued = 0
-        submitted = 0
-        try:
-            for _ in range(len(plan)):
-                while submitted < len(plan) and (not queue or queued + plan[submitted].nbytes <= ahead_bytes):
-                    queue.append((pool.submit(produce, plan[submitted]), plan[submitted].nbytes))
-                    queued += plan[submitted].nbytes
-                    submitted += 1
-                future, nbytes = queue.popleft()
-                queued -= nbytes
-                tensor = future.result()
-                yield tensor
-                del tensor, future
-        finally:
-            for future, _ in queue:
-                future.cancel()
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
