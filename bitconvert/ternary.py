@@ -322,9 +322,10 @@ def recover_ternary(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] |
     """
     if weight.numel() == 0 or not weight.is_floating_point():
         return None
-    # A latent master fails within its first values; look there before scanning everything.
-    head = weight.reshape(-1)[:4096].abs()
-    if int(torch.unique(head[head != 0]).numel()) > 1:
+    # A latent master fails within its first values; look there before scanning everything. (No
+    # boolean-mask indexing: it wakes torch's thread pool, milliseconds a call on a busy machine.)
+    head = torch.unique(weight.reshape(-1)[:4096].abs())  # sorted: a zero comes first
+    if int(head.numel()) - int(bool(head[0] == 0)) > 1:
         return None
     magnitude = weight.abs().amax()
     if not bool(magnitude > 0) or not bool(torch.isfinite(magnitude)):
