@@ -22,6 +22,7 @@ Which function serves which GGML type is recorded once, in ``types.py``.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 import torch
@@ -63,12 +64,12 @@ def _blocks(codes: torch.Tensor, block: int) -> torch.Tensor:
     return _stored_words(codes).reshape(codes.shape[0], codes.shape[1] // block, block // 8)
 
 
-def _d_bytes(d: torch.Tensor | float, rows: int, nblocks: int) -> torch.Tensor:
-    """fp16 ``d`` per block as little-endian bytes ``[rows, nblocks, 2]``."""
+def _d_bytes(d: torch.Tensor | float, rows: int, nblocks: int) -> np.ndarray:
+    """fp16 ``d`` per block as little-endian bytes ``[rows, nblocks, 2]`` (a broadcast view for one ``d``)."""
     d16 = torch.as_tensor(d, dtype=torch.float32).to(torch.float16)
-    if d16.numel() == 1:
-        d16 = torch.full((rows, nblocks), float(d16.reshape(())), dtype=torch.float16)
-    return d16.reshape(rows, nblocks).contiguous().view(torch.uint8).reshape(rows, nblocks, 2)
+    if d16.numel() == 1:  # no full-size torch tensor: filling one would wake torch's thread pool
+        return np.broadcast_to(d16.reshape(1).view(torch.uint8).numpy(), (rows, nblocks, 2))
+    return d16.reshape(rows, nblocks).contiguous().view(torch.uint8).numpy().reshape(rows, nblocks, 2)
 
 
 #: values per encoding step: small enough to stay in cache
@@ -81,6 +82,21 @@ def _code_bytes(codes: torch.Tensor, block: int) -> np.ndarray:
         raise ValueError(f"rows of {block}-value blocks expected, got shape {tuple(codes.shape)}")
     raw = codes.to(torch.int8).contiguous().numpy().view(np.uint8)
     return raw.reshape(codes.shape[0], codes.shape[1] // block, block)
+
+
+#: ``code_rows(r0, r1)`` -> the code bytes of rows ``r0:r1`` (uint8 mod 256, ``[r1 - r0, C]``), valid
+#: until the next call: how the ``*_rows`` encoders take codes that never exist as one tensor.
+CodeRows = Callable[[int, int], np.ndarray]
+
+
+def _stored_lanes(code_bytes: np.ndarray, out: np.ndarray, tmp: np.ndarray) -> np.ndarray:
+    """Code bytes (mod 256, numel % 8 == 0) -> stored codes t + 1 in ``out``, as uint64 words of 8 lanes."""
+    x = code_bytes.reshape(-1).view(np.uint64)
+    np.bitwise_and(x, np.uint64(_LOW7), out=out)
+    out += np.uint64(_ONES)
+    np.bitwise_and(x, np.uint64(_HIGH & (2**64 - 1)), out=tmp)
+    out ^= tmp  # lane-wise +1, no carry between lanes (see _stored_words)
+    return out
 
 
 def _row_steps(rows: int, values_per_row: int) -> list[tuple[int, int]]:
@@ -112,12 +128,27 @@ def _shift_sum(codes: np.ndarray, shifts: tuple[int, ...], out: np.ndarray, axis
 def encode_tq2_0(codes: torch.Tensor, d: torch.Tensor | float = 1.0) -> torch.Tensor:
     """int8 codes ``[R, C]`` (C % 256 == 0) -> uint8 ``[R, C/256 * 66]``; ``d`` scalar or per block."""
     c = _code_bytes(codes, QK_K)
-    rows, nb = c.shape[:2]
+    return encode_tq2_0_rows(lambda r0, r1: c[r0:r1], c.shape[0], c.shape[1] * QK_K, d)
+
+
+def encode_tq2_0_rows(code_rows: CodeRows, rows: int, cols: int, d: torch.Tensor | float = 1.0) -> torch.Tensor:
+    """:func:`encode_tq2_0` of codes handed out a few rows at a time by ``code_rows`` (see CodeRows)."""
+    nb = cols // QK_K
     out = np.empty((rows, nb, 66), dtype=np.uint8)
-    for r0, r1 in _row_steps(rows, nb * QK_K):
-        x = c[r0:r1].reshape(r1 - r0, nb, 2, 4, 32)  # half, 2-bit plane, 32 values
-        _shift_sum(x, (0, 2, 4, 6), _view(out[r0:r1, :, :64], (r1 - r0, nb, 2, 32)), axis=3)
-    out[:, :, 64:] = _d_bytes(d, rows, nb).numpy()
+    steps = _row_steps(rows, nb * QK_K)
+    step = steps[0][1] if steps else 0
+    lanes = np.empty((3, step * cols // 8), dtype=np.uint64)  # stored codes, scratch, packed words
+    for r0, r1 in steps:
+        n = (r1 - r0) * cols // 8
+        stored = _stored_lanes(code_rows(r0, r1), lanes[0, :n], lanes[1, :n])
+        planes = stored.reshape(r1 - r0, nb, 2, 4, 4)  # half, 2-bit plane, 32 values as 4 words
+        packed = _view(lanes[2, : n // 4], (r1 - r0, nb, 2, 4))
+        np.copyto(packed, planes[:, :, :, 0])
+        for plane in (1, 2, 3):  # fields of 0..2 shifted by at most 6 stay inside their byte lane
+            np.left_shift(planes[:, :, :, plane], np.uint64(2 * plane), out=_view(lanes[1, : n // 4], packed.shape))
+            packed |= _view(lanes[1, : n // 4], packed.shape)
+        out[r0:r1, :, :64] = packed.view(np.uint8).reshape(r1 - r0, nb, 64)
+    out[:, :, 64:] = _d_bytes(d, rows, nb)
     return torch.from_numpy(out.reshape(rows, nb * 66))
 
 
@@ -150,17 +181,22 @@ _TQ1_BYTE_NP = np.concatenate([_TQ1_BYTE.numpy(), np.zeros(13, dtype=np.uint8)])
 def encode_tq1_0(codes: torch.Tensor, d: torch.Tensor | float = 1.0) -> torch.Tensor:
     """int8 codes ``[R, C]`` (C % 256 == 0) -> uint8 ``[R, C/256 * 54]``; ``d`` scalar or per block."""
     c = _code_bytes(codes, QK_K)
-    rows, nb = c.shape[:2]
+    return encode_tq1_0_rows(lambda r0, r1: c[r0:r1], c.shape[0], c.shape[1] * QK_K, d)
+
+
+def encode_tq1_0_rows(code_rows: CodeRows, rows: int, cols: int, d: torch.Tensor | float = 1.0) -> torch.Tensor:
+    """:func:`encode_tq1_0` of codes handed out a few rows at a time by ``code_rows`` (see CodeRows)."""
+    nb = cols // QK_K
     out = np.empty((rows, nb, 54), dtype=np.uint8)
     for r0, r1 in _row_steps(rows, nb * QK_K):
-        x, o = c[r0:r1], out[r0:r1]
+        x, o = code_rows(r0, r1).reshape(r1 - r0, nb, QK_K), out[r0:r1]
         # base-3 digits weighted 81, 27, 9, 3 (, 1): stored codes c + 1 sum to at most 242, and the
         # +1s add 121 (or 120) in total, so the byte arithmetic below never needs more than 8 bits
         _base3(x[:, :, :160].reshape(r1 - r0, nb, 5, 32), (81, 27, 9, 3, 1), o[:, :, :32])
         _base3(x[:, :, 160:240].reshape(r1 - r0, nb, 5, 16), (81, 27, 9, 3, 1), o[:, :, 32:48])
         _base3(x[:, :, 240:].reshape(r1 - r0, nb, 4, 4), (81, 27, 9, 3), o[:, :, 48:52])
         np.take(_TQ1_BYTE_NP, o[:, :, :52], out=o[:, :, :52])
-    out[:, :, 52:] = _d_bytes(d, rows, nb).numpy()
+    out[:, :, 52:] = _d_bytes(d, rows, nb)
     return torch.from_numpy(out.reshape(rows, nb * 54))
 
 

@@ -53,6 +53,7 @@ class GGMLType:
     torch_dtype: torch.dtype | None = None  # float types stored value by value
     max_finite: float | None = None  # magnitudes at or above this do not fit (F16 overflow)
     file_type: int | None = None  # general.file_type when this is the model's main weight type
+    encode_rows: Callable | None = None  # ternary: encode(codes handed out by rows: codecs.CodeRows, R, C, d)
 
     def nbytes(self, shape: tuple[int, ...]) -> int:
         """Bytes a tensor of ``shape`` (PyTorch order) takes in a GGUF data section, unpadded."""
@@ -119,9 +120,9 @@ TYPES: dict[int, GGMLType] = {
         _float(_Q.BF16, torch.bfloat16, int(LlamaFileType.MOSTLY_BF16)),
         GGMLType(kind="float", encode=codecs.encode_q8_0, decode=codecs.decode_q8_0, **_size(_Q.Q8_0)),
         GGMLType(kind="ternary", encode=codecs.encode_tq1_0, decode=codecs.decode_tq1_0, first_invalid=_tq1_0_invalid,
-                 file_type=int(LlamaFileType.MOSTLY_TQ1_0), **_size(_Q.TQ1_0)),
+                 file_type=int(LlamaFileType.MOSTLY_TQ1_0), encode_rows=codecs.encode_tq1_0_rows, **_size(_Q.TQ1_0)),
         GGMLType(kind="ternary", encode=codecs.encode_tq2_0, decode=codecs.decode_tq2_0, first_invalid=_tq2_0_invalid,
-                 file_type=int(LlamaFileType.MOSTLY_TQ2_0), **_size(_Q.TQ2_0)),
+                 file_type=int(LlamaFileType.MOSTLY_TQ2_0), encode_rows=codecs.encode_tq2_0_rows, **_size(_Q.TQ2_0)),
         # ggml is told one byte per value; the real size is 2 bits per value plus the tail.
         GGMLType(I2_S, "I2_S", "ternary", codecs.QK_I2_S, codecs.QK_I2_S // 4, codecs.encode_i2_s, codecs.decode_i2_s,
                  _i2_s_invalid, flat=True, tail=codecs.I2_S_TAIL, file_type=FILE_TYPE_I2_S),

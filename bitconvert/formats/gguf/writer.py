@@ -19,21 +19,20 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
-from ...checkpoint import Checkpoint, Value, as_dense, entry_as_ternary
+from ...checkpoint import Checkpoint
 from ...config import Architecture, ModelConfig
 from ...errors import CheckpointError, UsageError
+from ...pipeline import ahead_budget, produced_ahead
 from ...provenance import PROVENANCE_KEY, provenance_text
-from ...recipes import GGUF_RECIPES, Recipe, recipe_quantizer, tq_block_d
+from ...recipes import GGUF_RECIPES, Recipe
 from ...scale_records import encode_record
-from ...ternary import LinearClass
 from .. import Progress, WriteReport
 from ..hf.common import ordered_names
 from ..options import choice_parser, option, parse_flag, recipe_field
-from . import i2s_layouts, metadata, names, tokenizer, types
+from . import i2s_layouts, metadata, names, production, tokenizer, types
 from .stream_writer import KV, GGUFStreamWriter, PlannedGGUFTensor, kv_str
 from .types import GGMLType
 
@@ -41,7 +40,6 @@ NAME = "gguf"
 WEIGHT_TYPES = ("tq2_0", "tq1_0", "i2_s", "f16", "bf16", "f32")  # what --gguf-type takes
 EMBED_TYPES = ("f16", "bf16", "f32", "q8_0")  # what --embed-type takes
 EMBEDDINGS = ("model.embed_tokens.weight", "lm_head.weight")
-DENSE_SLAB = 1 << 22  # values converted at a time when writing a float tensor
 SCALE_MODES = {
     "blocks": "llama.cpp's: fp16 d = max|x| per 256-value block (the magnitude rounded to fp16)",
     "tensor": "exact: codes with d = 1 and an F32 .scale tensor per weight",
@@ -253,68 +251,33 @@ def _tokenizer(ckpt: Checkpoint, report: WriteReport) -> dict[str, KV]:
 
 
 def _stream(ckpt: Checkpoint, plan: _Plan, md: dict[str, KV], out: Path, progress: Progress) -> tuple[Counter, float]:
-    """Every tensor loaded, encoded and written in plan order; (how each weight was obtained, the
-    largest relative rounding of a scale folded into fp16 d)."""
+    """Every tensor written in plan order while production (load, quantize, encode) runs ahead on a
+    worker; (how each weight was obtained, the largest relative rounding of a scale folded into fp16 d)."""
     how: Counter = Counter()
     folded_err = 0.0
     total = len(plan.tensors)
-    with GGUFStreamWriter(out, md, plan.flat()) as w:
-        for i, p in enumerate(plan.tensors):
-            progress(i, total, p.hf)
-            entry = ckpt.tensors[p.hf]
-            value = entry.load()
-            if p.role == "dense":
-                if p.heads:
-                    value = names.permute_qk(as_dense(value, torch.float32), p.heads)
-                w.write_parts(p.tensor.name, _dense_parts(value, p, ckpt))
-                continue
-            # float64 holds every stored scale exactly; each output dtype is then rounded to once.
-            tw, source = entry_as_ternary(entry, value, LinearClass.AUTOBITLINEAR, torch.float64, recipe_quantizer(plan.recipe))
-            how[source] += 1
-            del value
-            codes = names.permute_qk(tw.codes, p.heads) if p.heads else tw.codes
-            mag = tw.scale.value.reshape(1)
-            w.write(p.tensor.name, _encode_ternary(p, plan, codes, mag))
-            if plan.mode == "folded" and p.role == "ternary":
-                folded_err = max(folded_err, abs(float(mag.to(torch.float16)) / float(mag) - 1.0))
-            if p.scale is not None:
-                w.write(p.scale.name, mag.to(torch.float32))
-        progress(total, total, "")
+    work = production.pieces(plan)
+    count = Counter(piece.index for piece in work)
+    made = produced_ahead(work, production.Producer(ckpt, plan), ahead_budget(work))
+    try:
+        with GGUFStreamWriter(out, md, plan.flat()) as w:
+            for i, p in enumerate(plan.tensors):
+                progress(i, total, p.hf)
+                if p.role == "dense":
+                    w.write_parts(p.tensor.name, (next(made).data for _ in range(count[i])))
+                    continue
+                m = next(made)
+                how[m.source] += 1
+                w.write(p.tensor.name, m.data)
+                mag = m.magnitude
+                if plan.mode == "folded" and p.role == "ternary":
+                    folded_err = max(folded_err, abs(float(mag.to(torch.float16)) / float(mag) - 1.0))
+                if p.scale is not None:
+                    w.write(p.scale.name, mag.to(torch.float32))
+            progress(total, total, "")
+    finally:
+        made.close()
     return how, folded_err
-
-
-def _encode_ternary(p: _Tensor, plan: _Plan, codes: torch.Tensor, mag: torch.Tensor) -> torch.Tensor:
-    """The bytes of one quantized weight: codes (and the scale where the data holds it) in its type."""
-    t = types.TYPES[p.tensor.type]
-    mode = plan.mode
-    if t.kind == "ternary":
-        if t.id == types.I2_S:
-            return i2s_layouts.encode(codes, float(mag.to(torch.float32)), plan.i2s_layout)
-        if mode == "in-data":
-            return t.encode(codes, float(mag.to(torch.float32)))
-        if mode == "blocks":  # llama.cpp's: fp16 d = max|x| per block, 0 for a block of zeros
-            return t.encode(codes, tq_block_d(codes, mag, t.block))
-        d = mag.to(torch.float16).float() if mode == "folded" else 1.0
-        return t.encode(codes, d)
-    if p.scale is not None:  # F16 fallback beside an exact .scale tensor
-        return t.encode(codes.to(t.torch_dtype))
-    return t.encode(codes.to(t.torch_dtype) * mag.to(t.torch_dtype))  # codes x mean|W| in that dtype
-
-
-def _dense_parts(value: Value, p: _Tensor, ckpt: Checkpoint) -> Iterator[torch.Tensor]:
-    """The tensor converted a slab of rows at a time: an embedding is never held twice."""
-    t = types.TYPES[p.tensor.type]
-    w = value if isinstance(value, torch.Tensor) else as_dense(value, torch.float32)
-    rows = w.reshape(-1, p.tensor.shape[-1]) if w.dim() > 1 else w.reshape(1, -1)
-    step = max(1, DENSE_SLAB // max(1, rows.shape[1]))
-    for i in range(0, rows.shape[0], step):
-        chunk = rows[i : i + step]
-        if t.max_finite is not None and chunk.dtype != t.torch_dtype and chunk.numel():
-            lo, hi = torch.aminmax(chunk)  # one cheap pass; isfinite on the converted result is far slower
-            if float(hi) >= t.max_finite or float(lo) <= -t.max_finite:
-                problem = f"values overflow {t.name}; choose --embed-type bf16 or f32"
-                raise CheckpointError(ckpt.tensors[p.hf].source, problem, p.hf)
-        yield t.encode(chunk)
 
 
 # --- report ---------------------------------------------------------------------------------------

@@ -1,0 +1,48 @@
+"""Codes of bf16 weight rows on demand, for encoders that pack as they go (GGUF's TQ types).
+
+Part of the ternary math of :mod:`bitconvert.ternary` (pure, no I/O), kept apart only for size:
+the same scale and zero threshold as :func:`~bitconvert.ternary.absmean_quantize`, so the same
+codes, but handed out a few rows at a time in a cache-sized buffer instead of as one int8 tensor.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .ternary import _bf16_bits, _codes_into, _scale_of
+
+
+def bf16_scale_threshold(weight: torch.Tensor) -> tuple[torch.Tensor, int | None]:
+    """(mean|W| floored, as :func:`~bitconvert.ternary.absmean_quantize` returns it; the zero
+    threshold of the codes, or None where the bf16 bit-pattern path does not apply and
+    :func:`~bitconvert.ternary.quantize` must be used). Raises NonFiniteWeight as it does."""
+    m, _, threshold = _scale_of(weight)
+    return m, threshold
+
+
+def bf16_code_rows(
+    weight: torch.Tensor, threshold: int, order: np.ndarray | None = None
+) -> Callable[[int, int], np.ndarray]:
+    """``rows(r0, r1)``: the codes of rows ``r0:r1`` of the 2-D bf16 ``weight`` as uint8 mod 256
+    (255 is -1), the codes :func:`~bitconvert.ternary.absmean_quantize` gives, for ``threshold``
+    from :func:`bf16_scale_threshold`. With ``order``, output row ``r`` holds the codes of input
+    row ``order[r]``. Each call reuses one buffer: consume it before the next call.
+    """
+    if weight.dtype != torch.bfloat16 or weight.dim() != 2:
+        raise ValueError(f"bf16_code_rows expects a 2-D bf16 tensor, got {weight.dtype} {tuple(weight.shape)}")
+    bits = _bf16_bits(weight).reshape(weight.shape)
+    cols = bits.shape[1]
+    held: list[np.ndarray] = []
+
+    def rows(r0: int, r1: int) -> np.ndarray:
+        n = (r1 - r0) * cols
+        if not held or held[0].size < n:
+            held[:] = [np.empty(n, dtype=np.uint8), np.empty(n, dtype=np.uint8)]
+        out, tmp = (b[:n].reshape(r1 - r0, cols) for b in held)
+        _codes_into(bits[r0:r1] if order is None else bits[order[r0:r1]], threshold, out, tmp)
+        return out
+
+    return rows

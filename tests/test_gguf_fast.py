@@ -1,0 +1,163 @@
+"""GGUF TQ bytes straight from bf16 bits, and production ahead of the writes: same bytes as before.
+
+The fast path (``production._ternary_from_bits``) must give exactly what quantizing to int8 codes
+and encoding them gives, for every weight: ties at the zero threshold, zeros, subnormals, the
+largest bf16 values, tiny tensors whose mean is floored; and whole files must not change by a byte.
+gguf-py's dequantization is checked against transformers' recipe written out in plain torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from conftest import make_checkpoint, read_all
+from safetensors.torch import load_file, save_file
+
+from bitconvert.convert import convert
+from bitconvert.errors import CheckpointError
+from bitconvert.formats.gguf import codecs, production, types
+from bitconvert.formats.gguf.names import permute_qk
+from bitconvert.ternary import LinearClass, quantize
+from bitconvert.ternary_rows import bf16_code_rows, bf16_scale_threshold
+
+Q = gguf.GGMLQuantizationType
+DIMS = dict(hidden=256, intermediate=512, layers=2, heads=4, kv_heads=2)
+
+
+def _bf16(bits: list[int]) -> torch.Tensor:
+    return torch.tensor(bits, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
+
+
+def _ties() -> torch.Tensor:
+    """mean|W| exactly 1 (s = 1), so 0.5 is a tie (rounds to 0) and its bf16 neighbours step."""
+    vals = []
+    for a, b in ((0.5, 1.5), (0.5078125, 1.4921875), (0.4921875, 1.5078125)):  # each pair sums to 2
+        vals += [a, b, -a, -b]
+    return torch.tensor(vals * 256, dtype=torch.bfloat16).reshape(12, 256)
+
+
+def _weights() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(5)
+    normal = (torch.randn(64, 512, generator=g) * 0.02).to(torch.bfloat16)
+    edge = normal.clone()
+    edge[0, :8] = _bf16([0x0000, 0x8000, 0x0001, 0x8001, 0x007F, 0x807F, 0x0080, 0x8080])  # zeros, subnormals
+    huge = normal.clone()
+    huge[1, :4] = _bf16([0x7F7F, 0xFF7F, 0x7F7E, 0xFF7E])  # the largest finite bf16 values: the mean overflows
+    tiny = (torch.randn(16, 256, generator=g) * 1e-8).to(torch.bfloat16)  # mean below the 1e-5 floor
+    tiny[0, :4] = _bf16([0x0001, 0x8001, 0x0000, 0x8000])
+    zeros = torch.zeros(8, 256, dtype=torch.bfloat16)
+    return {"normal": normal, "ties": _ties(), "edge": edge, "huge": huge, "tiny": tiny, "zeros": zeros}
+
+
+@pytest.mark.parametrize("name", sorted(_weights()))
+def test_codes_from_bits_are_the_quantized_codes(name):
+    w = _weights()[name]
+    if name == "ties":
+        assert torch.equal(w.float().abs().mean(), torch.tensor(1.0))
+    m, threshold = bf16_scale_threshold(w)
+    tw = quantize(w, LinearClass.AUTOBITLINEAR, torch.float32)
+    assert torch.equal(m.reshape(1), tw.scale.value)
+    if threshold is None:  # only where the bit-pattern path does not apply (an overflowing mean)
+        assert name == "huge"
+        return
+    rows = bf16_code_rows(w, threshold)
+    got = np.concatenate([rows(r, min(r + 3, w.shape[0])).copy() for r in range(0, w.shape[0], 3)])
+    assert np.array_equal(got.view(np.int8), tw.codes.numpy())
+
+
+@pytest.mark.parametrize("qtype", [Q.TQ2_0, Q.TQ1_0])
+@pytest.mark.parametrize("heads", [None, 2])
+@pytest.mark.parametrize("name", ["normal", "ties", "edge", "tiny", "zeros"])
+def test_tq_bytes_from_bits_equal_encoding_the_codes(qtype, heads, name):
+    w = _weights()[name]
+    t = types.TYPES[int(qtype)]
+    tw = quantize(w, LinearClass.AUTOBITLINEAR, torch.float64)
+    codes = permute_qk(tw.codes, heads) if heads else tw.codes
+    d = tw.scale.value.to(torch.float16).float()
+    _, threshold = bf16_scale_threshold(w)
+    order = permute_qk(torch.arange(w.shape[0]), heads).numpy() if heads else None
+    fast = t.encode_rows(bf16_code_rows(w, threshold, order), *w.shape, d)
+    assert torch.equal(fast, t.encode(codes, d))
+    # and gguf-py reads back the permuted codes times d
+    deq = gguf.quants.dequantize(fast.numpy(), qtype)
+    assert np.array_equal(deq, codes.float().numpy() * np.float32(np.float16(float(d))))
+
+
+def test_tq2_0_lane_packing_matches_gguf_py_on_every_code_pattern():
+    # every 4-code combination at every plane position, and -1 (byte 255) next to each lane edge
+    combos = torch.tensor(np.indices((3,) * 4).reshape(4, -1).T - 1, dtype=torch.int8)  # [81, 4]
+    codes = combos.repeat(256 * 4 // 81 + 1, 1)[: 256 * 4].T.reshape(16, 256).contiguous()
+    ours = codecs.encode_tq2_0(codes, 1.0).numpy()
+    theirs = gguf.quants.quantize(codes.float().numpy(), Q.TQ2_0)
+    assert np.array_equal(ours, theirs)
+
+
+# --- whole files ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def masters(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("gguf-fast")
+    return {kind: make_checkpoint(root / kind, kind, "master", **DIMS, seed=7) for kind in ("bitnet-2b4t", "llama")}
+
+
+@pytest.mark.parametrize("kind", ["bitnet-2b4t", "llama"])
+@pytest.mark.parametrize("gguf_type", ["tq2_0", "tq1_0"])
+def test_file_is_byte_identical_to_the_int8_codes_path(masters, tmp_path, monkeypatch, kind, gguf_type):
+    calls = []
+    real = production._ternary_from_bits
+    monkeypatch.setattr(production, "_ternary_from_bits", lambda *a: calls.append(made := real(*a)) or made)
+    fast, slow = tmp_path / "fast" / "m.gguf", tmp_path / "slow" / "m.gguf"  # the name is recorded
+    fast.parent.mkdir(), slow.parent.mkdir()
+    convert(masters[kind], fast, "gguf", {"gguf_type": gguf_type})
+    assert len(calls) == 14 and all(made is not None for made in calls)  # every linear took the fast path
+    monkeypatch.setattr(production, "_ternary_from_bits", lambda *a: None)
+    convert(masters[kind], slow, "gguf", {"gguf_type": gguf_type})
+    assert fast.read_bytes() == slow.read_bytes()
+
+
+@pytest.mark.parametrize("kind", ["bitnet-2b4t", "llama"])
+def test_gguf_py_reads_transformers_recipe_from_a_master(masters, tmp_path, kind):
+    convert(masters[kind], tmp_path / "m.gguf", "gguf", {"gguf_type": "tq2_0"})
+    tensors = {t.name: t for t in gguf.GGUFReader(tmp_path / "m.gguf").tensors}
+    master = read_all(masters[kind])
+    for hf, gname, heads in (
+        ("model.layers.1.self_attn.q_proj.weight", "blk.1.attn_q.weight", 4),
+        ("model.layers.0.self_attn.k_proj.weight", "blk.0.attn_k.weight", 2),
+        ("model.layers.1.mlp.down_proj.weight", "blk.1.ffn_down.weight", None),
+    ):
+        w = master[hf].float()
+        mean = w.abs().mean().clamp(min=1e-5)
+        codes = (w * (1.0 / mean)).round().clamp(-1, 1)  # transformers' WeightQuant, in fp32
+        deq = gguf.quants.dequantize(tensors[gname].data, Q.TQ2_0)
+        if kind == "llama":  # q/k rows interleaved per head, the scale folded into fp16 d
+            if heads:
+                hd = codes.shape[0] // heads
+                codes = codes.reshape(heads, 2, hd // 2, -1).transpose(1, 2).reshape(codes.shape)
+            expect = codes.numpy() * np.float32(np.float16(mean.item()))
+        else:  # d = 1, the exact scale in an F32 .scale tensor
+            scale = tensors[gname.removesuffix(".weight") + ".scale"].data
+            assert scale.tolist() == [mean.item()]
+            expect = codes.numpy()
+        assert np.array_equal(deq, expect), hf
+
+
+def test_f16_overflow_in_a_bf16_embedding_is_refused_naming_it(masters, tmp_path):
+    src = tmp_path / "big"
+    src.mkdir()
+    for f in masters["bitnet-2b4t"].iterdir():
+        (src / f.name).write_bytes(f.read_bytes())
+    weights = load_file(src / "model.safetensors")
+    weights["model.embed_tokens.weight"][5, 7] = 65536.0  # the smallest bf16 magnitude past F16
+    save_file(weights, src / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="overflow F16") as err:
+        convert(src, tmp_path / "o.gguf", "gguf", {"gguf_type": "tq2_0"})
+    assert "model.embed_tokens.weight" in str(err.value)
+    assert not (tmp_path / "o.gguf").exists()
+    weights["model.embed_tokens.weight"][5, 7] = 65280.0  # the largest below: fits
+    save_file(weights, src / "model.safetensors", metadata={"format": "pt"})
+    convert(src, tmp_path / "o.gguf", "gguf", {"gguf_type": "tq2_0"})
