@@ -7,6 +7,7 @@ codes, but handed out a few rows at a time in a cache-sized buffer instead of as
 
 from __future__ import annotations
 
+import threading
 from typing import Callable
 
 import numpy as np
@@ -29,18 +30,19 @@ def bf16_code_rows(
     """``rows(r0, r1)``: the codes of rows ``r0:r1`` of the 2-D bf16 ``weight`` as uint8 mod 256
     (255 is -1), the codes :func:`~bitconvert.ternary.absmean_quantize` gives, for ``threshold``
     from :func:`bf16_scale_threshold`. With ``order``, output row ``r`` holds the codes of input
-    row ``order[r]``. Each call reuses one buffer: consume it before the next call.
+    row ``order[r]``. Each call reuses its thread's buffer: consume it before that thread's next call.
     """
     if weight.dtype != torch.bfloat16 or weight.dim() != 2:
         raise ValueError(f"bf16_code_rows expects a 2-D bf16 tensor, got {weight.dtype} {tuple(weight.shape)}")
     bits = _bf16_bits(weight).reshape(weight.shape)
     cols = bits.shape[1]
-    held: list[np.ndarray] = []
+    local = threading.local()  # one buffer per calling thread
 
     def rows(r0: int, r1: int) -> np.ndarray:
         n = (r1 - r0) * cols
-        if not held or held[0].size < n:
-            held[:] = [np.empty(n, dtype=np.uint8), np.empty(n, dtype=np.uint8)]
+        held = getattr(local, "held", None)
+        if held is None or held[0].size < n:
+            held = local.held = (np.empty(n, dtype=np.uint8), np.empty(n, dtype=np.uint8))
         out, tmp = (b[:n].reshape(r1 - r0, cols) for b in held)
         _codes_into(bits[r0:r1] if order is None else bits[order[r0:r1]], threshold, out, tmp)
         return out

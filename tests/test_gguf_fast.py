@@ -161,3 +161,18 @@ def test_f16_overflow_in_a_bf16_embedding_is_refused_naming_it(masters, tmp_path
     weights["model.embed_tokens.weight"][5, 7] = 65280.0  # the largest below: fits
     save_file(weights, src / "model.safetensors", metadata={"format": "pt"})
     convert(src, tmp_path / "o.gguf", "gguf", {"gguf_type": "tq2_0"})
+
+
+@pytest.mark.parametrize("qtype", [Q.TQ2_0, Q.TQ1_0])
+def test_encoding_split_over_two_threads_matches_gguf_py(qtype, monkeypatch):
+    g = torch.Generator().manual_seed(11)
+    codes = torch.randint(-1, 2, (1024, 2048), generator=g).to(torch.int8)  # 32 steps: split in two
+    enc = types.TYPES[int(qtype)].encode
+    threads = []
+    real = codecs._split
+    monkeypatch.setattr(codecs, "_split", lambda steps, f: threads.append(len(steps)) or real(steps, f))
+    ours = enc(codes, 1.0).numpy()
+    assert threads == [32] and len(codecs._row_steps(1024, 2048)) >= codecs._SPLIT_MIN_STEPS
+    assert np.array_equal(ours, gguf.quants.quantize(codes.float().numpy(), qtype))
+    monkeypatch.setattr(codecs, "_SPLIT_MIN_STEPS", 10**9)  # one thread: the same bytes
+    assert np.array_equal(enc(codes, 1.0).numpy(), ours)

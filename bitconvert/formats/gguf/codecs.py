@@ -22,6 +22,8 @@ Which function serves which GGML type is recorded once, in ``types.py``.
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import numpy as np
@@ -85,7 +87,8 @@ def _code_bytes(codes: torch.Tensor, block: int) -> np.ndarray:
 
 
 #: ``code_rows(r0, r1)`` -> the code bytes of rows ``r0:r1`` (uint8 mod 256, ``[r1 - r0, C]``), valid
-#: until the next call: how the ``*_rows`` encoders take codes that never exist as one tensor.
+#: until the thread's next call (it is called from two threads at once, for disjoint rows): how the
+#: ``*_rows`` encoders take codes that never exist as one tensor.
 CodeRows = Callable[[int, int], np.ndarray]
 
 
@@ -102,6 +105,24 @@ def _stored_lanes(code_bytes: np.ndarray, out: np.ndarray, tmp: np.ndarray) -> n
 def _row_steps(rows: int, values_per_row: int) -> list[tuple[int, int]]:
     step = max(1, _STEP_VALUES // max(values_per_row, 1))
     return [(r, min(r + step, rows)) for r in range(0, rows, step)]
+
+
+#: steps below which a tensor is encoded on the calling thread alone (a helper costs more there)
+_SPLIT_MIN_STEPS = 16
+
+
+def _split(steps: list[tuple[int, int]], encode: Callable[[list[tuple[int, int]]], None]) -> None:
+    """``encode`` over the steps, the second half on a helper thread where there is a second core
+    (numpy releases the GIL in its loops). Rows are disjoint, so the output bytes do not depend on it."""
+    half = len(steps) // 2
+    if len(steps) < _SPLIT_MIN_STEPS or (os.cpu_count() or 1) < 2:
+        if steps:
+            encode(steps)
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bitconvert-encode") as pool:
+        other = pool.submit(encode, steps[half:])
+        encode(steps[:half])
+        other.result()
 
 
 def _view(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -135,19 +156,21 @@ def encode_tq2_0_rows(code_rows: CodeRows, rows: int, cols: int, d: torch.Tensor
     """:func:`encode_tq2_0` of codes handed out a few rows at a time by ``code_rows`` (see CodeRows)."""
     nb = cols // QK_K
     out = np.empty((rows, nb, 66), dtype=np.uint8)
-    steps = _row_steps(rows, nb * QK_K)
-    step = steps[0][1] if steps else 0
-    lanes = np.empty((3, step * cols // 8), dtype=np.uint64)  # stored codes, scratch, packed words
-    for r0, r1 in steps:
-        n = (r1 - r0) * cols // 8
-        stored = _stored_lanes(code_rows(r0, r1), lanes[0, :n], lanes[1, :n])
-        planes = stored.reshape(r1 - r0, nb, 2, 4, 4)  # half, 2-bit plane, 32 values as 4 words
-        packed = _view(lanes[2, : n // 4], (r1 - r0, nb, 2, 4))
-        np.copyto(packed, planes[:, :, :, 0])
-        for plane in (1, 2, 3):  # fields of 0..2 shifted by at most 6 stay inside their byte lane
-            np.left_shift(planes[:, :, :, plane], np.uint64(2 * plane), out=_view(lanes[1, : n // 4], packed.shape))
-            packed |= _view(lanes[1, : n // 4], packed.shape)
-        out[r0:r1, :, :64] = packed.view(np.uint8).reshape(r1 - r0, nb, 64)
+
+    def encode(steps: list[tuple[int, int]]) -> None:
+        lanes = np.empty((3, (steps[0][1] - steps[0][0]) * cols // 8), dtype=np.uint64)  # stored, scratch, packed
+        for r0, r1 in steps:
+            n = (r1 - r0) * cols // 8
+            stored = _stored_lanes(code_rows(r0, r1), lanes[0, :n], lanes[1, :n])
+            planes = stored.reshape(r1 - r0, nb, 2, 4, 4)  # half, 2-bit plane, 32 values as 4 words
+            packed, scratch = (_view(lanes[i, : n // 4], (r1 - r0, nb, 2, 4)) for i in (2, 1))
+            np.copyto(packed, planes[:, :, :, 0])
+            for plane in (1, 2, 3):  # fields of 0..2 shifted by at most 6 stay inside their byte lane
+                np.left_shift(planes[:, :, :, plane], np.uint64(2 * plane), out=scratch)
+                packed |= scratch
+            out[r0:r1, :, :64] = packed.view(np.uint8).reshape(r1 - r0, nb, 64)
+
+    _split(_row_steps(rows, cols), encode)
     out[:, :, 64:] = _d_bytes(d, rows, nb)
     return torch.from_numpy(out.reshape(rows, nb * 66))
 
@@ -188,14 +211,18 @@ def encode_tq1_0_rows(code_rows: CodeRows, rows: int, cols: int, d: torch.Tensor
     """:func:`encode_tq1_0` of codes handed out a few rows at a time by ``code_rows`` (see CodeRows)."""
     nb = cols // QK_K
     out = np.empty((rows, nb, 54), dtype=np.uint8)
-    for r0, r1 in _row_steps(rows, nb * QK_K):
-        x, o = code_rows(r0, r1).reshape(r1 - r0, nb, QK_K), out[r0:r1]
-        # base-3 digits weighted 81, 27, 9, 3 (, 1): stored codes c + 1 sum to at most 242, and the
-        # +1s add 121 (or 120) in total, so the byte arithmetic below never needs more than 8 bits
-        _base3(x[:, :, :160].reshape(r1 - r0, nb, 5, 32), (81, 27, 9, 3, 1), o[:, :, :32])
-        _base3(x[:, :, 160:240].reshape(r1 - r0, nb, 5, 16), (81, 27, 9, 3, 1), o[:, :, 32:48])
-        _base3(x[:, :, 240:].reshape(r1 - r0, nb, 4, 4), (81, 27, 9, 3), o[:, :, 48:52])
-        np.take(_TQ1_BYTE_NP, o[:, :, :52], out=o[:, :, :52])
+
+    def encode(steps: list[tuple[int, int]]) -> None:
+        for r0, r1 in steps:
+            x, o = code_rows(r0, r1).reshape(r1 - r0, nb, QK_K), out[r0:r1]
+            # base-3 digits weighted 81, 27, 9, 3 (, 1): stored codes c + 1 sum to at most 242, and the
+            # +1s add 121 (or 120) in total, so the byte arithmetic below never needs more than 8 bits
+            _base3(x[:, :, :160].reshape(r1 - r0, nb, 5, 32), (81, 27, 9, 3, 1), o[:, :, :32])
+            _base3(x[:, :, 160:240].reshape(r1 - r0, nb, 5, 16), (81, 27, 9, 3, 1), o[:, :, 32:48])
+            _base3(x[:, :, 240:].reshape(r1 - r0, nb, 4, 4), (81, 27, 9, 3), o[:, :, 48:52])
+            np.take(_TQ1_BYTE_NP, o[:, :, :52], out=o[:, :, :52])
+
+    _split(_row_steps(rows, cols), encode)
     out[:, :, 52:] = _d_bytes(d, rows, nb)
     return torch.from_numpy(out.reshape(rows, nb * 54))
 
