@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,10 +21,8 @@ from ...recipes import Recipe, recipe_quantizer, tq_block_d
 from ...ternary import LinearClass, recover_ternary
 from ...ternary_rows import bf16_code_rows, bf16_scale_threshold
 from . import i2s_layouts, names, types
+from .plan import Plan, TensorPlan
 from .types import GGMLType
-
-if TYPE_CHECKING:
-    from .writer import _Plan, _Tensor
 
 DENSE_SLAB = 1 << 22  # values converted per piece when writing a float tensor
 _CHECK_STEP = 1 << 18  # values overflow-checked at a time: stays in cache
@@ -50,7 +47,7 @@ class Made:
     magnitude: torch.Tensor | None = None  # quantized weights: mean|W|, float64 [1]
 
 
-def pieces(plan: _Plan) -> list[Piece]:
+def pieces(plan: Plan) -> list[Piece]:
     out = []
     for i, p in enumerate(plan.tensors):
         if p.role != "dense":
@@ -70,7 +67,7 @@ def pieces(plan: _Plan) -> list[Piece]:
 class Producer:
     """``producer(piece) -> Made``, called in plan order (a float tensor is loaded at its first slab)."""
 
-    def __init__(self, ckpt: Checkpoint, plan: _Plan) -> None:
+    def __init__(self, ckpt: Checkpoint, plan: Plan) -> None:
         self.ckpt = ckpt
         self.plan = plan
         self._rows: torch.Tensor | None = None  # the float tensor being sliced, as [rows, cols]
@@ -93,7 +90,7 @@ class Producer:
         return Made(_dense_slab(rows[piece.start : piece.stop], types.TYPES[p.tensor.type], entry))
 
 
-def _ternary(p: _Tensor, plan: _Plan, entry: TensorEntry, value: Value) -> Made:
+def _ternary(p: TensorPlan, plan: Plan, entry: TensorEntry, value: Value) -> Made:
     made = _ternary_from_bits(p, plan, entry, value)
     if made is not None:
         return made
@@ -105,7 +102,7 @@ def _ternary(p: _Tensor, plan: _Plan, entry: TensorEntry, value: Value) -> Made:
     return Made(encode_ternary(p, plan, codes, mag), source, mag)
 
 
-def _ternary_from_bits(p: _Tensor, plan: _Plan, entry: TensorEntry, value: Value) -> Made | None:
+def _ternary_from_bits(p: TensorPlan, plan: Plan, entry: TensorEntry, value: Value) -> Made | None:
     """TQ bytes of a bf16 master straight from its bits, where that is what quantizing gives; else None."""
     t = types.TYPES[p.tensor.type]
     if t.encode_rows is None or p.role != "ternary" or plan.recipe is not Recipe.TRANSFORMERS:
@@ -125,7 +122,7 @@ def _ternary_from_bits(p: _Tensor, plan: _Plan, entry: TensorEntry, value: Value
     return Made(t.encode_rows(bf16_code_rows(value, threshold, order), rows, cols, d), "quantized", mag)
 
 
-def encode_ternary(p: _Tensor, plan: _Plan, codes: torch.Tensor, mag: torch.Tensor) -> torch.Tensor:
+def encode_ternary(p: TensorPlan, plan: Plan, codes: torch.Tensor, mag: torch.Tensor) -> torch.Tensor:
     """The bytes of one quantized weight: codes (and the scale where the data holds it) in its type."""
     t = types.TYPES[p.tensor.type]
     mode = plan.mode

@@ -2,7 +2,8 @@
 
 Three stages: **plan** (each tensor's GGUF name, type and shape, and how its scale is kept),
 **metadata** (hyperparameters, tokenizer, provenance, exact scale records), **stream** (each tensor
-loaded, encoded through the type table in ``types.py``, and written in plan order).
+loaded and encoded through the type table in ``types.py`` by ``production.py``, on a worker that runs
+ahead of the writes, and written in plan order).
 
 Scales stay exact. TQ types in the ``bitnet`` architecture store codes with block ``d = 1`` plus an
 F32 ``[1]`` tensor ``blk.N.<name>.scale`` that llama.cpp multiplies into the matmul output. The
@@ -17,7 +18,7 @@ back restores it exactly, whatever its dtype and convention.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -33,6 +34,7 @@ from .. import Progress, WriteReport
 from ..hf.common import ordered_names
 from ..options import choice_parser, option, parse_flag, recipe_field
 from . import i2s_layouts, metadata, names, production, tokenizer, types
+from .plan import Plan, TensorPlan
 from .stream_writer import KV, GGUFStreamWriter, PlannedGGUFTensor, kv_str
 from .types import GGMLType
 
@@ -87,31 +89,6 @@ def scale_mode(wtype: GGMLType, arch: str, recipe: Recipe = Recipe.TRANSFORMERS)
     return "folded" if arch == metadata.ARCH_LLAMA else "tensor"
 
 
-@dataclass
-class _Tensor:
-    hf: str
-    tensor: PlannedGGUFTensor
-    role: str  # "ternary" | "fallback" | "dense"
-    scale: PlannedGGUFTensor | None = None
-    heads: int | None = None  # llama-architecture q/k: rows permuted per head
-
-
-@dataclass
-class _Plan:
-    """Stage 1: what the file will hold, decided before any tensor is loaded."""
-
-    arch: str
-    wtype: GGMLType
-    mode: str
-    recipe: Recipe = Recipe.TRANSFORMERS
-    i2s_layout: str = i2s_layouts.DEFAULT_LAYOUT
-    tensors: list[_Tensor] = field(default_factory=list)
-    fallbacks: list[str] = field(default_factory=list)
-
-    def flat(self) -> list[PlannedGGUFTensor]:
-        return [t for p in self.tensors for t in ((p.tensor, p.scale) if p.scale else (p.tensor,))]
-
-
 class GGUFWriter:
     name = NAME
     writes_directory = False
@@ -139,13 +116,13 @@ class GGUFWriter:
 # --- stage 1: plan --------------------------------------------------------------------------------
 
 
-def plan_tensors(ckpt: Checkpoint, options: GGUFOptions) -> _Plan:
+def plan_tensors(ckpt: Checkpoint, options: GGUFOptions) -> Plan:
     cfg = ckpt.config
     wtype = types.BY_OPTION[options.gguf_type]
     _check_recipe(ckpt, options, wtype)
     arch = metadata.gguf_architecture(cfg.architecture, options.gguf_type)
     layout = options.i2s_layout or i2s_layouts.DEFAULT_LAYOUT
-    plan = _Plan(arch, wtype, scale_mode(wtype, arch, options.recipe), options.recipe, layout)
+    plan = Plan(arch, wtype, scale_mode(wtype, arch, options.recipe), options.recipe, layout)
     etype = types.BY_OPTION[options.embed_type]
     for hf in ordered_names(cfg, ckpt.tensors):
         e = ckpt.tensors[hf]
@@ -164,7 +141,7 @@ def plan_tensors(ckpt: Checkpoint, options: GGUFOptions) -> _Plan:
                 raise CheckpointError(e.source, problem, hf)
         else:  # norms F32; a linear left unquantized (modules_to_not_convert) F16, as llama.cpp does
             dense = types.TYPES[types.F32 if len(e.shape) == 1 else types.F16]
-        plan.tensors.append(_Tensor(hf, PlannedGGUFTensor(gname, dense.id, e.shape), "dense", heads=heads))
+        plan.tensors.append(TensorPlan(hf, PlannedGGUFTensor(gname, dense.id, e.shape), "dense", heads=heads))
     return plan
 
 
@@ -193,11 +170,11 @@ def _check_recipe(ckpt: Checkpoint, options: GGUFOptions, wtype: GGMLType) -> No
         )
 
 
-def _plan_quantized(plan: _Plan, hf: str, gname: str, shape: tuple, source: str, allow_fallback: bool) -> _Tensor:
+def _plan_quantized(plan: Plan, hf: str, gname: str, shape: tuple, source: str, allow_fallback: bool) -> TensorPlan:
     wtype = plan.wtype
     scale = PlannedGGUFTensor(names.scale_name(gname), types.F32, (1,))
     if shape[-1] % wtype.block == 0:
-        return _Tensor(
+        return TensorPlan(
             hf, PlannedGGUFTensor(gname, wtype.id, shape), "ternary", scale if plan.mode == "tensor" else None
         )
     if not allow_fallback:
@@ -209,13 +186,13 @@ def _plan_quantized(plan: _Plan, hf: str, gname: str, shape: tuple, source: str,
     plan.fallbacks.append(hf)
     # upstream llama.cpp's bitnet graph multiplies .scale in (checked); bitnet.cpp's is unverified
     keep_scale = plan.arch == metadata.ARCH_BITNET and wtype.kind == "ternary" and not wtype.flat
-    return _Tensor(hf, PlannedGGUFTensor(gname, types.F16, shape), "fallback", scale if keep_scale else None)
+    return TensorPlan(hf, PlannedGGUFTensor(gname, types.F16, shape), "fallback", scale if keep_scale else None)
 
 
 # --- stage 2: metadata ----------------------------------------------------------------------------
 
 
-def _metadata(ckpt: Checkpoint, plan: _Plan, options: GGUFOptions, report: WriteReport) -> dict[str, KV]:
+def _metadata(ckpt: Checkpoint, plan: Plan, options: GGUFOptions, report: WriteReport) -> dict[str, KV]:
     cfg = ckpt.config
     md: dict[str, KV] = {}
     name, source_url, license = metadata.origin(ckpt.info, ckpt.path)
@@ -250,7 +227,7 @@ def _tokenizer(ckpt: Checkpoint, report: WriteReport) -> dict[str, KV]:
 # --- stage 3: stream ------------------------------------------------------------------------------
 
 
-def _stream(ckpt: Checkpoint, plan: _Plan, md: dict[str, KV], out: Path, progress: Progress) -> tuple[Counter, float]:
+def _stream(ckpt: Checkpoint, plan: Plan, md: dict[str, KV], out: Path, progress: Progress) -> tuple[Counter, float]:
     """Every tensor written in plan order while production (load, quantize, encode) runs ahead on a
     worker; (how each weight was obtained, the largest relative rounding of a scale folded into fp16 d)."""
     how: Counter = Counter()
@@ -302,7 +279,7 @@ def _check_layout(cfg: ModelConfig, arch: str, report: WriteReport) -> None:
         )
 
 
-def _report_losses(plan: _Plan, options: GGUFOptions, how: Counter, folded_err: float, report: WriteReport) -> None:
+def _report_losses(plan: Plan, options: GGUFOptions, how: Counter, folded_err: float, report: WriteReport) -> None:
     if plan.mode == "folded" and how:
         report.warnings.append(
             f"llama.cpp's {plan.arch!r} architecture loads no .scale tensors: each tensor scale was folded into the "

@@ -1,0 +1,35 @@
+"""The GGUF writer's stage 1 result: what the file will hold, shared by the writer and production."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ...recipes import Recipe
+from . import i2s_layouts
+from .stream_writer import PlannedGGUFTensor
+from .types import GGMLType
+
+
+@dataclass
+class TensorPlan:
+    hf: str
+    tensor: PlannedGGUFTensor
+    role: str  # "ternary" | "fallback" | "dense"
+    scale: PlannedGGUFTensor | None = None
+    heads: int | None = None  # llama-architecture q/k: rows permuted per head
+
+
+@dataclass
+class Plan:
+    """Stage 1: what the file will hold, decided before any tensor is loaded."""
+
+    arch: str
+    wtype: GGMLType
+    mode: str
+    recipe: Recipe = Recipe.TRANSFORMERS
+    i2s_layout: str = i2s_layouts.DEFAULT_LAYOUT
+    tensors: list[TensorPlan] = field(default_factory=list)
+    fallbacks: list[str] = field(default_factory=list)
+
+    def flat(self) -> list[PlannedGGUFTensor]:
+        return [t for p in self.tensors for t in ((p.tensor, p.scale) if p.scale else (p.tensor,))]
