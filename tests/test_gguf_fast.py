@@ -146,21 +146,33 @@ def test_gguf_py_reads_transformers_recipe_from_a_master(masters, tmp_path, kind
         assert np.array_equal(deq, expect), hf
 
 
+def _copy_with(src: Path, dst: Path, name: str, index: tuple[int, int], value: float) -> Path:
+    dst.mkdir()
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    weights = load_file(dst / "model.safetensors")
+    weights[name][index] = value
+    save_file(weights, dst / "model.safetensors", metadata={"format": "pt"})
+    return dst
+
+
 def test_f16_overflow_in_a_bf16_embedding_is_refused_naming_it(masters, tmp_path):
-    src = tmp_path / "big"
-    src.mkdir()
-    for f in masters["bitnet-2b4t"].iterdir():
-        (src / f.name).write_bytes(f.read_bytes())
-    weights = load_file(src / "model.safetensors")
-    weights["model.embed_tokens.weight"][5, 7] = 65536.0  # the smallest bf16 magnitude past F16
-    save_file(weights, src / "model.safetensors", metadata={"format": "pt"})
+    embed = "model.embed_tokens.weight"
+    big = _copy_with(masters["bitnet-2b4t"], tmp_path / "big", embed, (5, 7), 65536.0)  # smallest past F16
     with pytest.raises(CheckpointError, match="overflow F16") as err:
-        convert(src, tmp_path / "o.gguf", "gguf", {"gguf_type": "tq2_0"})
-    assert "model.embed_tokens.weight" in str(err.value)
-    assert not (tmp_path / "o.gguf").exists()
-    weights["model.embed_tokens.weight"][5, 7] = 65280.0  # the largest below: fits
-    save_file(weights, src / "model.safetensors", metadata={"format": "pt"})
-    convert(src, tmp_path / "o.gguf", "gguf", {"gguf_type": "tq2_0"})
+        convert(big, tmp_path / "o.gguf", "gguf", {"gguf_type": "tq2_0"})
+    assert embed in str(err.value) and not (tmp_path / "o.gguf").exists()
+    fits = _copy_with(masters["bitnet-2b4t"], tmp_path / "fits", embed, (5, 7), -65280.0)  # the largest below
+    convert(fits, tmp_path / "o.gguf", "gguf", {"gguf_type": "tq2_0"})
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_master_weight_is_refused_naming_it(masters, tmp_path, value):
+    name = "model.layers.1.mlp.up_proj.weight"
+    bad = _copy_with(masters["llama"], tmp_path / "bad", name, (3, 4), value)
+    with pytest.raises(CheckpointError, match=r"non-finite value .* at index \[3, 4\]") as err:
+        convert(bad, tmp_path / "o.gguf", "gguf", {"gguf_type": "tq2_0"})
+    assert name in str(err.value) and not (tmp_path / "o.gguf").exists()
 
 
 @pytest.mark.parametrize("qtype", [Q.TQ2_0, Q.TQ1_0])
