@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from bitconvert.convert import convert
 from bitconvert.errors import CheckpointError
-from bitconvert.formats.gguf import codecs, production, types
+from bitconvert.formats.gguf import codecs, i2s_layouts, production, types
 from bitconvert.formats.gguf.names import permute_qk
 from bitconvert.ternary import LinearClass, quantize
 from bitconvert.ternary_rows import bf16_code_rows, bf16_scale_threshold
@@ -87,6 +87,18 @@ def test_tq_bytes_from_bits_equal_encoding_the_codes(qtype, heads, name):
     assert np.array_equal(deq, codes.float().numpy() * np.float32(np.float16(float(d))))
 
 
+@pytest.mark.parametrize("layout", ["x86", "arm"])
+@pytest.mark.parametrize("name", ["normal", "ties", "edge", "tiny", "zeros"])
+def test_i2_s_bytes_from_bits_equal_encoding_the_codes(layout, name):
+    w = _weights()[name]
+    tw = quantize(w, LinearClass.AUTOBITLINEAR, torch.float32)
+    scale = float(tw.scale.value)
+    _, threshold = bf16_scale_threshold(w)
+    assert i2s_layouts.encodes_rows(layout, w.shape[1])
+    fast = i2s_layouts.encode_rows(bf16_code_rows(w, threshold), *w.shape, scale, layout)
+    assert torch.equal(fast, i2s_layouts.encode(tw.codes, scale, layout))
+
+
 def test_tq2_0_lane_packing_matches_gguf_py_on_every_code_pattern():
     # every 4-code combination at every plane position, and -1 (byte 255) next to each lane edge
     combos = torch.tensor(np.indices((3,) * 4).reshape(4, -1).T - 1, dtype=torch.int8)  # [81, 4]
@@ -106,17 +118,19 @@ def masters(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("kind", ["bitnet-2b4t", "llama"])
-@pytest.mark.parametrize("gguf_type", ["tq2_0", "tq1_0"])
+@pytest.mark.parametrize("gguf_type", ["tq2_0", "tq1_0", "i2_s", "i2_s:arm"])
 def test_file_is_byte_identical_to_the_int8_codes_path(masters, tmp_path, monkeypatch, kind, gguf_type):
+    gguf_type, _, layout = gguf_type.partition(":")
+    options = {"gguf_type": gguf_type, **({"i2s_layout": layout} if layout else {})}
     calls = []
     real = production._ternary_from_bits
     monkeypatch.setattr(production, "_ternary_from_bits", lambda *a: calls.append(made := real(*a)) or made)
     fast, slow = tmp_path / "fast" / "m.gguf", tmp_path / "slow" / "m.gguf"  # the name is recorded
     fast.parent.mkdir(), slow.parent.mkdir()
-    convert(masters[kind], fast, "gguf", {"gguf_type": gguf_type})
+    convert(masters[kind], fast, "gguf", options)
     assert len(calls) == 14 and all(made is not None for made in calls)  # every linear took the fast path
     monkeypatch.setattr(production, "_ternary_from_bits", lambda *a: None)
-    convert(masters[kind], slow, "gguf", {"gguf_type": gguf_type})
+    convert(masters[kind], slow, "gguf", options)
     assert fast.read_bytes() == slow.read_bytes()
 
 
@@ -188,3 +202,17 @@ def test_encoding_split_over_two_threads_matches_gguf_py(qtype, monkeypatch):
     assert np.array_equal(ours, gguf.quants.quantize(codes.float().numpy(), qtype))
     monkeypatch.setattr(codecs, "_SPLIT_MIN_STEPS", 10**9)  # one thread: the same bytes
     assert np.array_equal(enc(codes, 1.0).numpy(), ours)
+
+
+def test_i2_s_split_over_two_threads_matches_the_reference_layouts():
+    g = torch.Generator().manual_seed(12)
+    codes = torch.randint(-1, 2, (1024, 2048), generator=g).to(torch.int8)
+    raw = codes.numpy().view(np.uint8)
+    assert len(codecs._row_steps(1024, 2048)) >= codecs._SPLIT_MIN_STEPS
+    for layout in ("x86", "arm"):
+        fast = i2s_layouts.encode_rows(lambda r0, r1: raw[r0:r1], 1024, 2048, 0.5, layout)
+        assert torch.equal(fast, i2s_layouts.encode(codes, 0.5, layout)), layout
+    # x86 is also codecs.encode_i2_s's layout, an independent implementation
+    assert torch.equal(
+        i2s_layouts.encode_rows(lambda r0, r1: raw[r0:r1], 1024, 2048, 0.5, "x86"), codecs.encode_i2_s(codes, 0.5)
+    )

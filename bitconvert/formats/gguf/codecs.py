@@ -143,6 +143,37 @@ def _shift_sum(codes: np.ndarray, shifts: tuple[int, ...], out: np.ndarray, axis
     out += sum(1 << sh for sh in shifts)  # the +1 of every field
 
 
+def encode_planes_rows(
+    code_rows: CodeRows,
+    rows: int,
+    cols: int,
+    block: int,
+    shifts: tuple[int, ...],
+    into: Callable[[int, int], np.ndarray],
+) -> None:
+    """Rows of codes packed four to a byte: each ``block`` of a row is four planes of ``block / 4``
+    values, plane i at bit ``shifts[i]`` of the block's ``block / 4`` bytes (``cols % block == 0``,
+    ``block % 32 == 0``); ``into(r0, r1)`` is the view (any shape, row-major per row) the rows'
+    bytes go to. Stored codes t + 1 are packed in 64-bit words of eight byte lanes."""
+    words = block // 32  # per plane
+
+    def encode(steps: list[tuple[int, int]]) -> None:
+        lanes = np.empty((3, (steps[0][1] - steps[0][0]) * cols // 8), dtype=np.uint64)  # stored, scratch, packed
+        for r0, r1 in steps:
+            n = (r1 - r0) * cols // 8
+            stored = _stored_lanes(code_rows(r0, r1), lanes[0, :n], lanes[1, :n])
+            planes = stored.reshape(r1 - r0, cols // block, 4, words)
+            packed, scratch = (_view(lanes[i, : n // 4], (r1 - r0, cols // block, words)) for i in (2, 1))
+            np.left_shift(planes[:, :, 0], np.uint64(shifts[0]), out=packed)
+            for plane in (1, 2, 3):  # fields of 0..2 shifted by at most 6 stay inside their byte lane
+                np.left_shift(planes[:, :, plane], np.uint64(shifts[plane]), out=scratch)
+                packed |= scratch
+            target = into(r0, r1)
+            target[...] = packed.view(np.uint8).reshape(target.shape)
+
+    _split(_row_steps(rows, cols), encode)
+
+
 # --- TQ2_0 ----------------------------------------------------------------------------------------
 
 
@@ -156,21 +187,8 @@ def encode_tq2_0_rows(code_rows: CodeRows, rows: int, cols: int, d: torch.Tensor
     """:func:`encode_tq2_0` of codes handed out a few rows at a time by ``code_rows`` (see CodeRows)."""
     nb = cols // QK_K
     out = np.empty((rows, nb, 66), dtype=np.uint8)
-
-    def encode(steps: list[tuple[int, int]]) -> None:
-        lanes = np.empty((3, (steps[0][1] - steps[0][0]) * cols // 8), dtype=np.uint64)  # stored, scratch, packed
-        for r0, r1 in steps:
-            n = (r1 - r0) * cols // 8
-            stored = _stored_lanes(code_rows(r0, r1), lanes[0, :n], lanes[1, :n])
-            planes = stored.reshape(r1 - r0, nb, 2, 4, 4)  # half, 2-bit plane, 32 values as 4 words
-            packed, scratch = (_view(lanes[i, : n // 4], (r1 - r0, nb, 2, 4)) for i in (2, 1))
-            np.copyto(packed, planes[:, :, :, 0])
-            for plane in (1, 2, 3):  # fields of 0..2 shifted by at most 6 stay inside their byte lane
-                np.left_shift(planes[:, :, :, plane], np.uint64(2 * plane), out=scratch)
-                packed |= scratch
-            out[r0:r1, :, :64] = packed.view(np.uint8).reshape(r1 - r0, nb, 64)
-
-    _split(_row_steps(rows, cols), encode)
+    # each 256-value block is two 128-value halves of four 32-value planes, plane i at shift 2i
+    encode_planes_rows(code_rows, rows, cols, QK_K // 2, (0, 2, 4, 6), lambda r0, r1: out[r0:r1, :, :64])
     out[:, :, 64:] = _d_bytes(d, rows, nb)
     return torch.from_numpy(out.reshape(rows, nb * 66))
 

@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
+
+from . import codecs
 
 LAYOUTS = ("x86", "x86-rows", "arm")
 DEFAULT_LAYOUT = "x86"
@@ -68,6 +71,24 @@ def encode(codes: torch.Tensor, scale: float, layout: str = DEFAULT_LAYOUT) -> t
     out[: n // 4] = packed
     out[n // 4 : n // 4 + 4] = torch.tensor([scale], dtype=torch.float32).view(torch.uint8)
     return out
+
+
+def encodes_rows(layout: str, cols: int) -> bool:
+    """Whether :func:`encode_rows` serves ``layout`` for rows of ``cols`` values (blocks never span rows)."""
+    return layout in BLOCK and cols % BLOCK[layout] == 0
+
+
+def encode_rows(code_rows: codecs.CodeRows, rows: int, cols: int, scale: float, layout: str) -> torch.Tensor:
+    """:func:`encode` of codes handed out a few rows at a time (see codecs.CodeRows), for a block
+    layout whose blocks tile each row (:func:`encodes_rows`): the same bytes."""
+    if not encodes_rows(layout, cols):
+        raise ValueError(f"layout {layout} cannot be encoded by rows of {cols} values")
+    n = rows * cols
+    out = np.zeros(n // 4 + TAIL, dtype=np.uint8)
+    packed = out[: n // 4].reshape(rows, cols // 4)
+    codecs.encode_planes_rows(code_rows, rows, cols, BLOCK[layout], _SHIFTS, lambda r0, r1: packed[r0:r1])
+    out[n // 4 : n // 4 + 4] = np.frombuffer(np.float32(scale).tobytes(), dtype=np.uint8)
+    return torch.from_numpy(out)
 
 
 def decode(

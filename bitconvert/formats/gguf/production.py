@@ -3,7 +3,7 @@
 Production runs on :func:`bitconvert.pipeline.produced_ahead`'s worker, in plan order, ahead of the
 file writes. Its unit is a :class:`Piece`: a quantized weight whole, a float tensor a slab of rows
 at a time (an embedding is never held twice). A bf16 master weight in the transformers recipe goes
-to TQ1_0/TQ2_0 bytes straight from its bit patterns (:mod:`bitconvert.ternary_rows`): the same
+to TQ1_0/TQ2_0/I2_S bytes straight from its bit patterns (:mod:`bitconvert.ternary_rows`): the same
 codes as quantizing it, never materialised as one int8 tensor.
 """
 
@@ -103,23 +103,36 @@ def _ternary(p: TensorPlan, plan: Plan, entry: TensorEntry, value: Value) -> Mad
 
 
 def _ternary_from_bits(p: TensorPlan, plan: Plan, entry: TensorEntry, value: Value) -> Made | None:
-    """TQ bytes of a bf16 master straight from its bits, where that is what quantizing gives; else None."""
+    """TQ1_0/TQ2_0/I2_S bytes of a bf16 master straight from its bits, where that is what quantizing
+    gives; else None."""
     t = types.TYPES[p.tensor.type]
-    if t.encode_rows is None or p.role != "ternary" or plan.recipe is not Recipe.TRANSFORMERS:
+    if p.role != "ternary" or plan.recipe is not Recipe.TRANSFORMERS or not isinstance(value, torch.Tensor):
         return None
-    if plan.mode not in ("tensor", "folded") or not isinstance(value, torch.Tensor):
+    if value.dtype != torch.bfloat16 or value.dim() != 2 or not _encodes_rows(t, plan, value.shape[1]):
         return None
-    if value.dtype != torch.bfloat16 or value.dim() != 2 or recover_ternary(value) is not None:
+    if recover_ternary(value) is not None:
         return None
     with quantizing(entry):
         m, threshold = bf16_scale_threshold(value)
     if threshold is None:
         return None
     mag = m.reshape(1).to(torch.float64)  # as quantize(value, AUTOBITLINEAR, float64) stores it
-    d = mag.to(torch.float16).float() if plan.mode == "folded" else 1.0
     order = names.permute_qk(torch.arange(value.shape[0]), p.heads).numpy() if p.heads else None
     rows, cols = value.shape
-    return Made(t.encode_rows(bf16_code_rows(value, threshold, order), rows, cols, d), "quantized", mag)
+    code_rows = bf16_code_rows(value, threshold, order)
+    if t.id == types.I2_S:
+        data = i2s_layouts.encode_rows(code_rows, rows, cols, float(mag.to(torch.float32)), plan.i2s_layout)
+    else:
+        d = mag.to(torch.float16).float() if plan.mode == "folded" else 1.0
+        data = t.encode_rows(code_rows, rows, cols, d)
+    return Made(data, "quantized", mag)
+
+
+def _encodes_rows(t: GGMLType, plan: Plan, cols: int) -> bool:
+    """Whether this type and scale mode have an encoder taking codes by rows (see encode_ternary)."""
+    if t.id == types.I2_S:
+        return plan.mode == "in-data" and i2s_layouts.encodes_rows(plan.i2s_layout, cols)
+    return t.encode_rows is not None and plan.mode in ("tensor", "folded")
 
 
 def encode_ternary(p: TensorPlan, plan: Plan, codes: torch.Tensor, mag: torch.Tensor) -> torch.Tensor:
