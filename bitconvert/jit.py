@@ -40,11 +40,24 @@ def _compile_all() -> SimpleNamespace | None:
         from numba import njit
     except ImportError:  # numba missing: numpy does the work
         return None
-    jit = njit(nogil=True, cache=True, error_model="numpy")
-    # the helpers first: a compiled function resolves the functions it calls from these globals
-    globals()["_add_abs_rows"] = jit(_add_abs_rows)
-    globals()["_block_sums"] = jit(_block_sums)
-    return SimpleNamespace(range_abs_sum=jit(_range_abs_sum), pack_rows=jit(_pack_rows), codes_flat=jit(_codes_flat))
+    try:
+        jit = njit(nogil=True, cache=True, error_model="numpy")
+        # the helpers first: a compiled function resolves the functions it calls from these globals
+        globals()["_add_abs_rows"] = jit(_add_abs_rows)
+        globals()["_block_sums"] = jit(_block_sums)
+        found = SimpleNamespace(range_abs_sum=jit(_range_abs_sum), pack_rows=jit(_pack_rows), codes_flat=jit(_codes_flat))
+        _warm_up(found)
+    except Exception:  # no cache location, an LLVM that refuses: numpy gives the same results
+        return None
+    return found
+
+
+def _warm_up(k: SimpleNamespace) -> None:
+    """Compile (or load from the cache) for the argument types the callers pass, once, here."""
+    bits = np.zeros(64, dtype=np.uint16)
+    k.range_abs_sum(bits, 0, 64, 8, 16, 4)
+    k.pack_rows(bits.reshape(4, 2, 8), 1, np.empty((2, 8), dtype=np.uint8), 0, 2)
+    k.codes_flat(bits, 1, np.empty(64, dtype=np.uint8), 0, 64)
 
 
 def _add_abs_rows(bits, first, count, cols, words, floats, acc):
