@@ -72,7 +72,7 @@ def _codes_into(bits: np.ndarray, threshold: int, out: np.ndarray, tmp: np.ndarr
 def codes_into(bits: np.ndarray, threshold: int, out: np.ndarray) -> None:
     """Codes (uint8 mod 256) of flat finite bf16 bit patterns into the flat ``out``."""
 
-    compiled = jit.kernels()
+    compiled = jit.kernels(bits.size)
 
     def part(span: tuple[int, int]) -> None:
         if compiled is not None:
@@ -93,7 +93,7 @@ def pack_planes(planes: np.ndarray, threshold: int, out: np.ndarray) -> None:
     quarter, cols = out.shape
     step = max(1, CHUNK // (4 * max(cols, 1)))
 
-    compiled = jit.kernels()
+    compiled = jit.kernels(planes.size)
 
     def part(span: tuple[int, int]) -> None:
         if compiled is not None:

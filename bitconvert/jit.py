@@ -22,11 +22,17 @@ import numpy as np
 _lock = threading.Lock()
 _loaded: list[SimpleNamespace | None] = []
 
+#: below this many values numpy is done before numba has loaded its cache (about half a second)
+MIN_VALUES = 1 << 20
 
-def kernels() -> SimpleNamespace | None:
+
+def kernels(values: int | None = None) -> SimpleNamespace | None:
     """The compiled functions (``range_abs_sum``, ``pack_rows``, ``codes_flat``), or None where
-    numba is missing or ``BITCONVERT_NO_JIT`` is set. numba is imported on the first call only, so
-    commands that never quantize do not pay for it."""
+    numba is missing, ``BITCONVERT_NO_JIT`` is set, or ``values`` (the size of the job) is too small
+    to pay for loading them. numba is imported on the first call that uses it, so commands that
+    never quantize a large weight do not pay for it."""
+    if values is not None and values < MIN_VALUES:
+        return None
     with _lock:
         if not _loaded:
             _loaded.append(_compile_all())

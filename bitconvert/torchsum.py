@@ -120,7 +120,7 @@ class _Values:
 def abs_sum_bf16(bits: np.ndarray, threads: int, lanes: int) -> np.float32:
     """Sum of |x| over bf16 bit patterns (flat uint16), bit-identical to torch's float32 sum."""
     n = bits.size
-    compiled = jit.kernels()
+    compiled = _compiled_for(n, lanes)
 
     def range_sum(span: tuple[int, int]) -> np.float32:
         if compiled is not None:
@@ -137,6 +137,29 @@ def abs_sum_bf16(bits: np.ndarray, threads: int, lanes: int) -> np.float32:
     # torch's per-thread ranges are independent until the last step: they run side by side here too
     partials[: len(ranges)] = split_map(range_sum, ranges)
     return np.float32(np.float32(0) + _range_sum(_Values(partials), 0, threads, lanes))
+
+
+_compiled_agrees: dict[int, bool] = {}
+
+
+def _compiled_for(n: int, lanes: int):
+    """The compiled loops for a job of ``n`` values, once they have given the numpy definition's
+    result on a probe (checked once per SIMD width and process); else None."""
+    compiled = jit.kernels(n)
+    if compiled is None:
+        return None
+    with _lock:
+        if lanes not in _compiled_agrees:
+            probe = np.random.default_rng(lanes).integers(0, 0x4000, size=(1 << 20) + 4099, dtype=np.uint16)
+            for begin, end in ((0, probe.size), (77, probe.size - 5)):
+                want = _range_sum(_AbsReader(probe, CHUNK_ROWS * ILP * lanes + ILP * lanes), begin, end, lanes)
+                got = compiled.range_abs_sum(probe, begin, end, lanes, _level_step((begin, end), lanes), ILP)
+                if np.float32(got).tobytes() != np.float32(want).tobytes():
+                    _compiled_agrees[lanes] = False
+                    break
+            else:
+                _compiled_agrees[lanes] = True
+        return compiled if _compiled_agrees[lanes] else None
 
 
 def calibrated_lanes(threads: int) -> int | None:

@@ -37,7 +37,9 @@ SHAPES_2B4T = [(2560, 2560), (640, 2560), (6912, 2560), (2560, 6912)]
 @pytest.fixture(autouse=True, params=["compiled", "numpy"])
 def path(request, monkeypatch):
     if request.param == "numpy":
-        monkeypatch.setattr(jit, "kernels", lambda: None)
+        monkeypatch.setattr(jit, "kernels", lambda values=None: None)
+    else:  # the compiled loops on every size here, small ones included (their leftovers differ)
+        monkeypatch.setattr(jit, "MIN_VALUES", 0)
     return request.param
 
 
@@ -158,3 +160,16 @@ def test_split_map_keeps_order_and_raises_a_workers_error():
 
     with pytest.raises(ValueError, match="three"):
         split_map(boom, list(range(5)))
+
+
+def test_compiled_loops_that_disagree_with_numpy_are_not_used(monkeypatch):
+    from types import SimpleNamespace
+
+    from bitconvert import torchsum
+
+    wrong = SimpleNamespace(range_abs_sum=lambda bits, begin, end, *rest: 1.0 + end - begin)
+    monkeypatch.setattr(jit, "kernels", lambda values=None: wrong)
+    monkeypatch.setattr(torchsum, "_compiled_agrees", {})
+    w = (torch.randn(2 << 20, generator=torch.Generator().manual_seed(5)) * 0.02).bfloat16()
+    assert mean_abs(w).item() == w.float().abs().mean().item()
+    assert torchsum._compiled_for(w.numel(), calibrated_lanes(torch.get_num_threads())) is None
