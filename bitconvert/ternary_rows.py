@@ -1,8 +1,9 @@
 """Codes of bf16 weight rows on demand, for encoders that pack as they go (GGUF's TQ types).
 
-Part of the ternary math of :mod:`bitconvert.ternary` (pure, no I/O), kept apart only for size:
-the same scale and zero threshold as :func:`~bitconvert.ternary.absmean_quantize`, so the same
-codes, but handed out a few rows at a time in a cache-sized buffer instead of as one int8 tensor.
+Part of the ternary math of :mod:`bitconvert.ternary` and :mod:`bitconvert.bf16_codes` (pure, no
+I/O): the same scale and zero threshold as :func:`~bitconvert.ternary.absmean_quantize`, so the
+same codes, but handed out a few rows at a time in a cache-sized buffer (a few rows per call, from
+whichever thread the encoder runs on) instead of as one int8 tensor.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .ternary import _bf16_bits, _codes_into, _scale_of
+from .bf16_codes import _codes_into, bf16_bits
+from .ternary import _scale_of
 
 
 def bf16_scale_threshold(weight: torch.Tensor) -> tuple[torch.Tensor, int | None]:
@@ -34,7 +36,7 @@ def bf16_code_rows(
     """
     if weight.dtype != torch.bfloat16 or weight.dim() != 2:
         raise ValueError(f"bf16_code_rows expects a 2-D bf16 tensor, got {weight.dtype} {tuple(weight.shape)}")
-    bits = _bf16_bits(weight).reshape(weight.shape)
+    bits = bf16_bits(weight).reshape(weight.shape)
     cols = bits.shape[1]
     local = threading.local()  # one buffer per calling thread
 

@@ -22,14 +22,14 @@ Which function serves which GGML type is recorded once, in ``types.py``.
 from __future__ import annotations
 
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import numpy as np
 import torch
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf.constants import QK_K as _QK_K
+
+from ... import workers
 
 QK_K = _QK_K  # TQ block
 QK_I2_S = 128  # I2_S block (x86)
@@ -112,17 +112,10 @@ _SPLIT_MIN_STEPS = 16
 
 
 def _split(steps: list[tuple[int, int]], encode: Callable[[list[tuple[int, int]]], None]) -> None:
-    """``encode`` over the steps, the second half on a helper thread where there is a second core
-    (numpy releases the GIL in its loops). Rows are disjoint, so the output bytes do not depend on it."""
-    half = len(steps) // 2
-    if len(steps) < _SPLIT_MIN_STEPS or (os.cpu_count() or 1) < 2:
-        if steps:
-            encode(steps)
-        return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bitconvert-encode") as pool:
-        other = pool.submit(encode, steps[half:])
-        encode(steps[:half])
-        other.result()
+    """``encode`` over the steps, cut into one share per core (:func:`bitconvert.workers.split_map`;
+    numpy releases the GIL in its loops). Rows are disjoint, so the bytes do not depend on it."""
+    parts = workers.spans(len(steps), workers.cores() if len(steps) >= _SPLIT_MIN_STEPS else 1)
+    workers.split_map(lambda span: encode(steps[span[0] : span[1]]), parts)
 
 
 def _view(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
