@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from . import jit
 from .bf16_codes import _codes_into, bf16_bits
 from .ternary import _scale_of
 
@@ -39,6 +40,7 @@ def bf16_code_rows(
     bits = bf16_bits(weight).reshape(weight.shape)
     cols = bits.shape[1]
     local = threading.local()  # one buffer per calling thread
+    compiled = jit.kernels(weight.numel())  # the same comparisons as one compiled loop, where numba is
 
     def rows(r0: int, r1: int) -> np.ndarray:
         n = (r1 - r0) * cols
@@ -46,7 +48,11 @@ def bf16_code_rows(
         if held is None or held[0].size < n:
             held = local.held = (np.empty(n, dtype=np.uint8), np.empty(n, dtype=np.uint8))
         out, tmp = (b[:n].reshape(r1 - r0, cols) for b in held)
-        _codes_into(bits[r0:r1] if order is None else bits[order[r0:r1]], threshold, out, tmp)
+        src = bits[r0:r1] if order is None else bits[order[r0:r1]]
+        if compiled is not None:
+            compiled.codes_flat(src.reshape(-1), threshold, out.reshape(-1), 0, n)
+        else:
+            _codes_into(src, threshold, out, tmp)
         return out
 
     return rows

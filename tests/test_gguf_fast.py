@@ -17,6 +17,7 @@ import torch
 from conftest import make_checkpoint, read_all
 from safetensors.torch import load_file, save_file
 
+from bitconvert import jit
 from bitconvert.convert import convert
 from bitconvert.errors import CheckpointError
 from bitconvert.formats.gguf import codecs, i2s_layouts, production, types
@@ -216,3 +217,22 @@ def test_i2_s_split_over_two_threads_matches_the_reference_layouts():
     assert torch.equal(
         i2s_layouts.encode_rows(lambda r0, r1: raw[r0:r1], 1024, 2048, 0.5, "x86"), codecs.encode_i2_s(codes, 0.5)
     )
+
+
+def test_rows_of_a_large_weight_are_the_same_with_and_without_numba(monkeypatch):
+    g = torch.Generator().manual_seed(13)
+    w = (torch.randn(1024, 1024, generator=g) * 0.02).to(torch.bfloat16)  # numba's size
+    w[0, :6] = _bf16([0x0000, 0x8000, 0x0001, 0x8001, 0x7F7E & 0x3FFF, 0xBF00])
+    _, threshold = bf16_scale_threshold(w)
+    order = permute_qk(torch.arange(1024), 8).numpy()
+
+    def codes(rows) -> np.ndarray:
+        return np.concatenate([rows(r, min(r + 100, 1024)).copy() for r in range(0, 1024, 100)])
+
+    with_jit = [codes(bf16_code_rows(w, threshold, o)) for o in (None, order)]
+    monkeypatch.setattr(jit, "kernels", lambda values=None: None)
+    without = [codes(bf16_code_rows(w, threshold, o)) for o in (None, order)]
+    expect = quantize(w, LinearClass.AUTOBITLINEAR).codes
+    assert np.array_equal(without[0].view(np.int8), expect.numpy())
+    assert np.array_equal(without[1].view(np.int8), permute_qk(expect, 8).numpy())
+    assert all(np.array_equal(a, b) for a, b in zip(with_jit, without))
