@@ -23,12 +23,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
+from typing import TYPE_CHECKING
 
+from .dtypes import NAMES, dtype_name, itemsize, torch_dtype
 from .errors import CheckpointError
 from .jsonfile import parse_json_text
-from .safetensors_io import DTYPE_NAMES, DTYPES
-from .ternary import LinearClass, TernaryScale
+from .linear_class import LinearClass
+
+if TYPE_CHECKING:  # readers look for records while planning; decoding one builds tensors
+    import torch
+
+    from .ternary import TernaryScale
 
 #: metadata key (safetensors ``__metadata__``, GGUF string, Nanotron ``custom_metas`` entry)
 SCALES_KEY = "bitconvert.ternary_scales"
@@ -49,34 +54,38 @@ class ScaleRecord:
 
 
 def _hex(t: torch.Tensor) -> str:
+    import torch
+
     return t.reshape(1).contiguous().view(torch.uint8).numpy().tobytes().hex()
 
 
-def _unhex(dtype_name: Any, hexbits: Any, what: str) -> torch.Tensor:
-    if not isinstance(dtype_name, str) or dtype_name not in DTYPES:
-        raise ValueError(f"{what} dtype {dtype_name!r} is not one of {', '.join(sorted(DTYPES))}")
-    dtype = DTYPES[dtype_name]
+def _unhex(name: Any, hexbits: Any, what: str) -> torch.Tensor:
+    import torch
+
+    if not isinstance(name, str) or name not in NAMES:
+        raise ValueError(f"{what} dtype {name!r} is not one of {', '.join(sorted(NAMES))}")
     if not isinstance(hexbits, str) or len(hexbits) > 64:
         raise ValueError(f"{what} bytes are not a short hex string")
     try:
         raw = bytes.fromhex(hexbits)
     except ValueError:
         raise ValueError(f"{what} bytes are not hex") from None
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    if len(raw) != itemsize:
-        raise ValueError(f"{what} has {len(raw)} bytes, a {dtype_name} value has {itemsize}")
-    return torch.frombuffer(bytearray(raw), dtype=dtype).clone().reshape(1)
+    if len(raw) != itemsize(name):
+        raise ValueError(f"{what} has {len(raw)} bytes, a {name} value has {itemsize(name)}")
+    return torch.frombuffer(bytearray(raw), dtype=torch_dtype(name)).clone().reshape(1)
 
 
 def encode_record(scale: TernaryScale, written: torch.Tensor | None = None) -> list[str]:
-    item = [scale.linear_class.value, DTYPE_NAMES[scale.dtype], _hex(scale.value)]
+    item = [scale.linear_class.value, dtype_name(scale.dtype), _hex(scale.value)]
     if written is not None:
-        item += [DTYPE_NAMES[written.dtype], _hex(written)]
+        item += [dtype_name(written.dtype), _hex(written)]
     return item
 
 
 def decode_record(item: object, source: str | Path, name: str) -> ScaleRecord:
     """The record ``item`` describes; a CheckpointError naming ``source`` and ``name`` otherwise."""
+    from .ternary import TernaryScale
+
     try:
         if not isinstance(item, list) or len(item) not in (3, 5):
             raise ValueError("a scale record is a list of 3 or 5 strings")

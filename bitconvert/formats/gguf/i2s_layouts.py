@@ -18,8 +18,10 @@ tensors, no files. Decoders read a stored code 3 (invalid) as 2; callers reject 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # the reader names the layouts while planning; torch only to encode or decode
+    import torch
 
 LAYOUTS = ("x86", "x86-rows", "arm")
 DEFAULT_LAYOUT = "x86"
@@ -43,6 +45,8 @@ def layout_problem(layout: str, shape: tuple[int, ...]) -> str | None:
 
 def _planes(codes: torch.Tensor, layout: str) -> torch.Tensor:
     """Stored codes (t + 1, uint8) arranged ``[4, bytes]``: plane i goes to shift ``6 - 2i``."""
+    import torch
+
     stored = (codes.to(torch.int8) + 1).view(torch.uint8)
     if layout == "x86-rows":
         cols = stored.shape[-1]
@@ -56,6 +60,8 @@ def _planes(codes: torch.Tensor, layout: str) -> torch.Tensor:
 
 def encode(codes: torch.Tensor, scale: float, layout: str = DEFAULT_LAYOUT) -> torch.Tensor:
     """int8 codes in {-1, 0, 1} (``[rows, cols]``) and the fp32 magnitude -> uint8 ``[numel/4 + 32]``."""
+    import torch
+
     problem = layout_problem(layout, tuple(codes.shape))
     if problem:
         raise ValueError(problem)
@@ -77,6 +83,8 @@ def decode(
 
     Only the four scale bytes of the tail are read: writers differ in what follows them.
     """
+    import torch
+
     problem = layout_problem(layout, shape)
     if problem:
         raise ValueError(problem)
@@ -100,5 +108,7 @@ def indistinguishable(raw: torch.Tensor, shape: tuple[int, ...]) -> bool:
     Then the layout does not matter (an all-zero or constant tensor, for instance); otherwise the
     bytes alone cannot tell which layout wrote them: every 2-bit field is a valid code in each.
     """
+    import torch
+
     decoded = [decode(raw, shape, lay)[0] for lay in LAYOUTS if layout_problem(lay, shape) is None]
     return all(torch.equal(decoded[0], d) for d in decoded[1:])

@@ -13,16 +13,22 @@ import tempfile
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ...checkpoint import Checkpoint, TensorEntry, Value, check_tensor_set
 from ...config import ModelConfig, QuantConfig, QuantMode
+from ...dtypes import dtype_name
 from ...errors import CheckpointError
+from ...linear_class import LinearClass
 from ...scale_records import SCALES_KEY, decode_records
-from ...ternary import LinearClass, TernaryScale, TernaryWeight, recover_ternary
+from .. import register_reader
 from . import i2s_layouts, metadata, names, tokenizer, types
 from .parser import GGUFFile, TensorInfo, is_gguf
+
+if TYPE_CHECKING:  # opening reads the header only; torch where a tensor is loaded
+    import torch
+
+    from ...ternary import TernaryScale
 
 NAME = "gguf"
 ORIGIN_KEYS = {
@@ -43,6 +49,10 @@ def _scale_hints(f: GGUFFile) -> dict[str, TernaryScale]:
 
 def _scale(stored: torch.Tensor, hint: TernaryScale | None) -> TernaryScale:
     """The stored magnitude as a scale; the recorded original when it rounds to exactly this value."""
+    import torch
+
+    from ...ternary import TernaryScale
+
     stored = stored.reshape(1)
     if hint is not None and torch.equal(hint.magnitude(stored.dtype).reshape(1), stored):
         return hint
@@ -64,6 +74,8 @@ class _TensorSource:
         return CheckpointError(self.f.path, problem, self.info.name)
 
     def _tensor_scale(self) -> torch.Tensor | None:
+        import torch
+
         if self.scale is None:
             return None
         s = self.f.read_float(self.scale.name).reshape(-1).float()
@@ -82,6 +94,8 @@ class _TensorSource:
         return names.unpermute_qk(w, self.heads) if self.heads else w
 
     def load_scale(self) -> TernaryScale:
+        import torch
+
         t = self.info
         if t.ggml.flat:  # the scale follows the codes: read its four bytes alone
             raw = self.f.read_raw(t.name, t.nbytes - t.ggml.tail, 4)
@@ -91,6 +105,10 @@ class _TensorSource:
         return _scale(s, self.hint)
 
     def load(self) -> Value:
+        import torch
+
+        from ...ternary import TernaryWeight, recover_ternary
+
         if self.info.ggml.kind == "ternary":
             return self._load_codes()
         w = self.f.read_float(self.info.name)
@@ -107,6 +125,8 @@ class _TensorSource:
         return w
 
     def _load_codes(self) -> Value:
+        from ...ternary import TernaryWeight
+
         t = self.info
         raw = self.f.read_raw(t.name)
         problem = t.ggml.first_invalid(raw, t.shape) if t.ggml.first_invalid else None
@@ -122,6 +142,10 @@ class _TensorSource:
 
     def _from_blocks(self, codes: torch.Tensor, d: torch.Tensor) -> Value:
         """Codes with a ``d`` per block: one scale when every block that holds a code agrees."""
+        import torch
+
+        from ...ternary import LinearClass, TernaryScale, TernaryWeight
+
         rows, cols = self.info.shape
         block = self.info.ggml.block
         s = self._tensor_scale()
@@ -211,11 +235,11 @@ def _entry(
     src = _TensorSource(f, t, hf, scale, hint, names.permuted_heads(arch, hf, cfg), notes, layout[0])
     cheap_scale = t.ggml.flat or scale is not None
     if not (coded or scale is not None):
-        dtype = t.ggml.torch_dtype or torch.float32
+        dtype = t.ggml.dtype_name or "F32"
     elif hint is not None:
-        dtype = hint.dtype
+        dtype = dtype_name(hint.dtype)
     else:  # the scale as stored: fp32 tensor or I2_S tail, else the fp16 block d
-        dtype = torch.float32 if cheap_scale else torch.float16
+        dtype = "F32" if cheap_scale else "F16"
     return TensorEntry(
         hf, expected, dtype, coded or scale is not None, str(f.path), src.load,
         src.load_scale if cheap_scale else None,
@@ -288,3 +312,6 @@ def _tokenizer_side_files(f: GGUFFile, ckpt: Checkpoint, notes: list[str]) -> li
     if not files:
         notes.append(f"tokenizer model {model!r} is not rebuilt as tokenizer.json (only gpt2 BPE is)")
     return files
+
+
+register_reader(GGUFReader())

@@ -30,7 +30,7 @@ from ...provenance import PROVENANCE_KEY, provenance_text
 from ...recipes import GGUF_RECIPES, Recipe, recipe_quantizer, tq_block_d
 from ...scale_records import encode_record
 from ...ternary import LinearClass
-from .. import Progress, WriteReport
+from .. import Progress, WriteReport, register_writer
 from ..hf.common import ordered_names
 from ..options import choice_parser, option, parse_flag, recipe_field
 from . import i2s_layouts, metadata, names, tokenizer, types
@@ -352,3 +352,6 @@ def _report_losses(plan: _Plan, options: GGUFOptions, how: Counter, folded_err: 
             f"{options.gguf_type.upper()} block: {', '.join(plan.fallbacks)}"
         )
         report.details["fallback_f16"] = len(plan.fallbacks)
+
+
+register_writer(GGUFWriter())

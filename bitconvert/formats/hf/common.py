@@ -9,15 +9,16 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from ...config import ModelConfig, read_hf_config
 from ...errors import CheckpointError
 from ...jsonfile import read_json_object
 from ...safetensors_io import PlannedTensor, SafetensorsFile, SafetensorsWriter, StoredTensor
 from .. import Progress, WriteReport, parsed_once
+
+if TYPE_CHECKING:  # the readers use this module while planning; torch is the writers' (annotations only here)
+    import torch
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"

@@ -13,18 +13,21 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import yaml
 
 from ...config import ModelConfig
 from ...errors import CheckpointError, UsageError
 from ...jsonfile import read_json_object
 from ...scale_records import NANOTRON_SCALES_KEY, decode_records
-from ...ternary import TernaryScale
 from ..options import choice_parser, dtype_field, option, parse_flag
 from .flavors import DEFAULT_FLAVOR, FLAVORS, NANOTRON_ROPE_THETA, Flavor
+
+if TYPE_CHECKING:  # the reader parses these files while planning; torch types are annotations here
+    import torch
+
+    from ...ternary import TernaryScale
 
 MODEL_CONFIG = "model_config.json"
 CONFIG_YAML = "config.yaml"

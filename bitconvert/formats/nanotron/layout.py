@@ -8,12 +8,16 @@ belong to which HF tensor, so both directions are row-range copies.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import re
 from dataclasses import dataclass
 
-import torch
 
 from ...config import ModelConfig
+
+if TYPE_CHECKING:  # the layout rule is planned without torch; only moving rows needs it
+    import torch
 
 UNSHARDED_FILE = "model_weight.safetensors"
 SHARD_FILE_RE = re.compile(r"model_weight_pp-rank-(\d+)-of-(\d+)_tp-rank-(\d+)-of-(\d+)\.safetensors")
@@ -267,6 +271,8 @@ def tiling_problem(boxes: list[tuple[tuple[int, int], ...]], shape: tuple[int, .
     Counts coverage on the grid of all box boundaries, so the cost depends on the number of boxes,
     not on the tensor size.
     """
+    import torch
+
     dims = len(shape)
     edges = [sorted({0, shape[d], *(b[d][0] for b in boxes), *(b[d][1] for b in boxes)}) for d in range(dims)]
     cover = torch.zeros([len(e) - 1 for e in edges], dtype=torch.int32)
