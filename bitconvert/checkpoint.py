@@ -23,8 +23,8 @@ if TYPE_CHECKING:  # opening a checkpoint needs no tensors; loading one (and the
     import numpy as np
     import torch
 
-    from .ternary import TernaryScale, TernaryWeight
     from .stored import StoredScale
+    from .ternary import TernaryScale, TernaryWeight
 
 Value = Union["torch.Tensor", "TernaryWeight"]
 

@@ -21,14 +21,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from typing import TYPE_CHECKING
-
-from .dtypes import NAMES, dtype_name, itemsize, torch_dtype
+from .dtypes import NAMES, dtype_name, itemsize
 from .errors import CheckpointError
 from .jsonfile import parse_json_text
 from .linear_class import LinearClass
+from .stored import StoredScale, value_tensor
 
 if TYPE_CHECKING:  # readers look for records while planning; decoding one builds tensors
     import torch
@@ -48,9 +47,21 @@ VALUES_ONLINE = "codes*scale/nonzero_fraction"
 
 @dataclass(frozen=True)
 class ScaleRecord:
-    scale: TernaryScale
-    #: the magnitude the output stores for this weight, where it differs from the scale's own field
-    written: torch.Tensor | None = None
+    """One decoded record, as bytes (readers keep it so while planning; the tensors come on demand)."""
+
+    stored: StoredScale
+    #: the magnitude the output stores for this weight, where it differs from the scale's own field:
+    #: (dtype name, raw bytes)
+    written_raw: tuple[str, bytes] | None = None
+
+    @property
+    def scale(self) -> TernaryScale:
+        return self.stored.to_scale()
+
+    @property
+    def written(self) -> torch.Tensor | None:
+        """The written magnitude as a 0-dim tensor (imports torch)."""
+        return None if self.written_raw is None else value_tensor(self.written_raw[1], self.written_raw[0]).reshape(())
 
 
 def _hex(t: torch.Tensor) -> str:
@@ -59,9 +70,7 @@ def _hex(t: torch.Tensor) -> str:
     return t.reshape(1).contiguous().view(torch.uint8).numpy().tobytes().hex()
 
 
-def _unhex(name: Any, hexbits: Any, what: str) -> torch.Tensor:
-    import torch
-
+def _unhex(name: Any, hexbits: Any, what: str) -> bytes:
     if not isinstance(name, str) or name not in NAMES:
         raise ValueError(f"{what} dtype {name!r} is not one of {', '.join(sorted(NAMES))}")
     if not isinstance(hexbits, str) or len(hexbits) > 64:
@@ -72,7 +81,7 @@ def _unhex(name: Any, hexbits: Any, what: str) -> torch.Tensor:
         raise ValueError(f"{what} bytes are not hex") from None
     if len(raw) != itemsize(name):
         raise ValueError(f"{what} has {len(raw)} bytes, a {name} value has {itemsize(name)}")
-    return torch.frombuffer(bytearray(raw), dtype=torch_dtype(name)).clone().reshape(1)
+    return raw
 
 
 def encode_record(scale: TernaryScale, written: torch.Tensor | None = None) -> list[str]:
@@ -84,8 +93,6 @@ def encode_record(scale: TernaryScale, written: torch.Tensor | None = None) -> l
 
 def decode_record(item: object, source: str | Path, name: str) -> ScaleRecord:
     """The record ``item`` describes; a CheckpointError naming ``source`` and ``name`` otherwise."""
-    from .ternary import TernaryScale
-
     try:
         if not isinstance(item, list) or len(item) not in (3, 5):
             raise ValueError("a scale record is a list of 3 or 5 strings")
@@ -93,10 +100,10 @@ def decode_record(item: object, source: str | Path, name: str) -> ScaleRecord:
             linear_class = LinearClass(item[0])
         except (ValueError, TypeError):
             raise ValueError(f"unknown linear_class {item[0]!r}") from None
-        scale = TernaryScale(_unhex(item[1], item[2], "scale"), linear_class)
+        scale = StoredScale(item[1], _unhex(item[1], item[2], "scale"), linear_class)
         if not scale.is_valid():
             raise ValueError(f"scale {scale.item()!r} is not finite and positive")
-        written = _unhex(item[3], item[4], "written value").reshape(()) if len(item) == 5 else None
+        written = (item[3], _unhex(item[3], item[4], "written value")) if len(item) == 5 else None
         return ScaleRecord(scale, written)
     except ValueError as exc:
         raise CheckpointError(source, f"malformed {SCALES_KEY} record: {exc}", name) from None

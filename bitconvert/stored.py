@@ -15,10 +15,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .dtypes import FLOAT_NAMES, itemsize, torch_dtype
+from .dtypes import NAMES, itemsize, torch_dtype
 from .linear_class import LinearClass
 
 if TYPE_CHECKING:
+    import torch
+
     from .ternary import TernaryScale
 
 #: per float dtype: the unsigned word holding one value, and its exponent bits (all set: inf or nan)
@@ -48,15 +50,28 @@ def non_finite_bits(raw: np.ndarray, dtype_name: str, chunk: int = _CHUNK) -> in
     return bad
 
 
-def _as_float64(data: bytes, dtype_name: str) -> float:
-    if dtype_name == "BF16":  # bf16 is the high half of an f32
+#: numpy's reading of one stored value of each dtype (bf16, which numpy lacks, is the high half of an f32)
+_NUMPY = {"BOOL": "?", "U8": "<u1", "I8": "<i1", "I16": "<i2", "I32": "<i4", "I64": "<i8",
+          "F16": "<f2", "F32": "<f4", "F64": "<f8"}  # fmt: skip
+
+
+def value_item(data: bytes, dtype_name: str) -> float:
+    """One stored value of dtype ``dtype_name`` (its raw bytes) as a Python float, exactly."""
+    if dtype_name == "BF16":
         return float(np.frombuffer(b"\0\0" + data, dtype="<f4")[0])
-    return float(np.frombuffer(data, dtype={"F16": "<f2", "F32": "<f4", "F64": "<f8"}[dtype_name])[0])
+    return float(np.frombuffer(data, dtype=_NUMPY[dtype_name])[0])
+
+
+def value_tensor(data: bytes, dtype_name: str) -> torch.Tensor:
+    """Stored bytes as a one-dimensional tensor of their dtype (imports torch)."""
+    import torch
+
+    return torch.frombuffer(bytearray(data), dtype=torch_dtype(dtype_name)).clone()
 
 
 @dataclass(frozen=True)
 class StoredScale:
-    """A ternary weight's stored scale as bytes: one value of float dtype ``dtype_name`` and its meaning
+    """A ternary weight's stored scale as bytes: one value of dtype ``dtype_name`` and its meaning
     (the torch-free twin of :class:`~bitconvert.ternary.TernaryScale`, which :meth:`to_scale` builds)."""
 
     dtype_name: str
@@ -64,8 +79,8 @@ class StoredScale:
     linear_class: LinearClass
 
     def __post_init__(self) -> None:
-        if self.dtype_name not in FLOAT_NAMES or len(self.data) != itemsize(self.dtype_name):
-            raise ValueError(f"a stored scale is one float, got {len(self.data)} bytes of {self.dtype_name}")
+        if self.dtype_name not in NAMES or len(self.data) != itemsize(self.dtype_name):
+            raise ValueError(f"a stored scale is one value, got {len(self.data)} bytes of {self.dtype_name}")
 
     @classmethod
     def of(cls, scale: TernaryScale) -> "StoredScale":
@@ -78,16 +93,14 @@ class StoredScale:
 
     def item(self) -> float:
         """The stored value, exactly, as a Python float (as ``TernaryScale.item``)."""
-        return _as_float64(self.data, self.dtype_name)
+        return value_item(self.data, self.dtype_name)
 
     def is_valid(self) -> bool:
         v = self.item()
         return v > 0 and v != float("inf") and v == v
 
     def to_scale(self) -> TernaryScale:
-        import torch
-
+        """The :class:`~bitconvert.ternary.TernaryScale` of these bytes (imports torch)."""
         from .ternary import TernaryScale
 
-        value = torch.frombuffer(bytearray(self.data), dtype=torch_dtype(self.dtype_name)).clone().reshape(1)
-        return TernaryScale(value, self.linear_class)
+        return TernaryScale(value_tensor(self.data, self.dtype_name).reshape(1), self.linear_class)

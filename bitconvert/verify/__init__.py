@@ -36,7 +36,7 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the names above, for type checkers (F401: they are exported through _EXPORTS)
     from .compare import Thresholds, verify_against
     from .integrity import verify_integrity
     from .manifest import read_manifest, write_manifest

@@ -19,9 +19,9 @@ from typing import Sequence
 import torch
 
 from ..checkpoint import Checkpoint, Value
+from ..dtypes import dtype_name
 from ..errors import CheckpointError
 from ..formats import Progress, no_progress, open_checkpoint
-from ..dtypes import dtype_name
 from ..ternary import LinearClass, TernaryScale, TernaryWeight, quantize
 from .integrity import READ_ERRORS
 from .report import Check, VerifyReport

@@ -26,10 +26,10 @@ import torch
 
 from ..checkpoint import Checkpoint, Value
 from ..convert import convert
+from ..dtypes import dtype_name
 from ..errors import BitconvertError, CheckpointError, UsageError
 from ..formats import Progress, no_progress, open_checkpoint
 from ..recipes import GGUF_RECIPES, HF_PACKED_RECIPES, Recipe
-from ..dtypes import dtype_name
 from ..ternary import TernaryWeight
 from .report import Check, VerifyReport
 

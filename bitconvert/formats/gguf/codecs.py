@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from .types import I2_S_TAIL, QK_I2_S, QK_K  # noqa: F401  (block facts live in the type table; re-exported)
+from .blocks import I2_S_TAIL, QK_I2_S, QK_K  # noqa: F401  (re-exported)
 
 QK8_0 = GGML_QUANT_SIZES[GGMLQuantizationType.Q8_0][0]
 

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 
 from ...checkpoint import Checkpoint, TensorEntry, Value, check_tensor_set
 from ...config import ModelConfig, QuantConfig, QuantMode
-from ...dtypes import dtype_name
 from ...errors import CheckpointError
 from ...linear_class import LinearClass
 from ...scale_records import SCALES_KEY, decode_records
@@ -28,6 +27,7 @@ from .parser import GGUFFile, TensorInfo, is_gguf
 if TYPE_CHECKING:  # opening reads the header only; torch where a tensor is loaded
     import torch
 
+    from ...stored import StoredScale
     from ...ternary import TernaryScale
 
 NAME = "gguf"
@@ -38,24 +38,26 @@ ORIGIN_KEYS = {
 }
 
 
-def _scale_hints(f: GGUFFile) -> dict[str, TernaryScale]:
+def _scale_hints(f: GGUFFile) -> dict[str, StoredScale]:
     raw = f.get(SCALES_KEY)
     if raw is None:
         return {}
     if not isinstance(raw, str):
         raise CheckpointError(f.path, f"{SCALES_KEY} is not a string")
-    return {name: r.scale for name, r in decode_records(raw, f.path).items()}
+    return {name: r.stored for name, r in decode_records(raw, f.path).items()}
 
 
-def _scale(stored: torch.Tensor, hint: TernaryScale | None) -> TernaryScale:
+def _scale(stored: torch.Tensor, hint: StoredScale | None) -> TernaryScale:
     """The stored magnitude as a scale; the recorded original when it rounds to exactly this value."""
     import torch
 
+    from ...stored import StoredScale
     from ...ternary import TernaryScale
 
     stored = stored.reshape(1)
-    if hint is not None and torch.equal(hint.magnitude(stored.dtype).reshape(1), stored):
-        return hint
+    recorded = hint.to_scale() if hint is not None else None
+    if recorded is not None and torch.equal(recorded.magnitude(stored.dtype).reshape(1), stored):
+        return recorded
     return TernaryScale(stored.clone(), LinearClass.AUTOBITLINEAR)
 
 
@@ -65,7 +67,7 @@ class _TensorSource:
     info: TensorInfo
     hf_name: str
     scale: TensorInfo | None  # the F32 [1] ``.scale`` tensor beside a weight, if any
-    hint: TernaryScale | None  # the exact scale recorded under bitconvert.ternary_scales
+    hint: StoredScale | None  # the exact scale recorded under bitconvert.ternary_scales
     heads: int | None  # set for llama-architecture q/k, whose rows are permuted on disk
     notes: list[str]
     i2s_layout: str = i2s_layouts.DEFAULT_LAYOUT  # the byte order of an I2_S tensor
@@ -119,9 +121,10 @@ class _TensorSource:
             return self._order(w.float() * s)
         w = self._order(w)
         if self.hint is not None:
+            hint = self.hint.to_scale()
             found = recover_ternary(w)
-            if found is not None and torch.equal(found[1].reshape(1), self.hint.magnitude(w.dtype).reshape(1)):
-                return TernaryWeight(found[0], self.hint)
+            if found is not None and torch.equal(found[1].reshape(1), hint.magnitude(w.dtype).reshape(1)):
+                return TernaryWeight(found[0], hint)
         return w
 
     def _load_codes(self) -> Value:
@@ -214,7 +217,7 @@ class GGUFReader:
 
 def _entry(
     f: GGUFFile, arch: str, cfg: ModelConfig, gname: str, want: tuple[str, tuple[int, ...]],
-    hint: TernaryScale | None, used: set[str], notes: list[str], layout: tuple[str, bool],
+    hint: StoredScale | None, used: set[str], notes: list[str], layout: tuple[str, bool],
 ) -> TensorEntry:  # fmt: skip
     """The entry of one weight the metadata implies (HF name, shape), checked against the file's tensor."""
     hf, expected = want
@@ -237,7 +240,7 @@ def _entry(
     if not (coded or scale is not None):
         dtype = t.ggml.dtype_name or "F32"
     elif hint is not None:
-        dtype = dtype_name(hint.dtype)
+        dtype = hint.dtype_name
     else:  # the scale as stored: fp32 tensor or I2_S tail, else the fp16 block d
         dtype = "F32" if cheap_scale else "F16"
     return TensorEntry(
@@ -281,7 +284,7 @@ def _check_unused(f: GGUFFile, used: set[str], notes: list[str]) -> None:
         raise CheckpointError(f.path, "unexpected tensor: the metadata implies no such weight", gname)
 
 
-def _info(f: GGUFFile, arch: str, hints: dict[str, TernaryScale]) -> dict:
+def _info(f: GGUFFile, arch: str, hints: dict[str, StoredScale]) -> dict:
     info = {
         "gguf_architecture": arch,
         "gguf_tokenizer": tokenizer.from_gguf(f),

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
-from gguf.constants import QK_K as _QK_K
 
 from ...dtypes import torch_dtype
+from .blocks import I2_S_TAIL, QK_I2_S
 
 if TYPE_CHECKING:  # the table is read while planning (sizes, names); torch and the codecs only to encode or decode
     import torch
@@ -38,9 +38,6 @@ I2_S = 36
 TL1, TL2 = 38, 39
 #: bitnet.cpp's llama_ftype for an I2_S model (upstream gives 40 to another type)
 FILE_TYPE_I2_S = 40
-QK_K = _QK_K  # TQ block
-QK_I2_S = 128  # I2_S block (x86)
-I2_S_TAIL = 32  # bytes after the packed codes: the fp32 scale, then padding
 
 
 @dataclass(frozen=True)

@@ -27,18 +27,20 @@ from .packed import is_packed_directory
 if TYPE_CHECKING:
     import torch
 
-    from ...ternary import TernaryScale, TernaryWeight
+    from ...stored import StoredScale
+    from ...ternary import TernaryWeight
 
 NAME = "hf-bf16"
 
 
 def _load_master(
-    st: SafetensorsFile, t: StoredTensor, hint: TernaryScale | None, online: bool
+    st: SafetensorsFile, t: StoredTensor, record: StoredScale | None, online: bool
 ) -> torch.Tensor | TernaryWeight:
     import torch
 
     from ...ternary import LinearClass, NonFiniteWeight, TernaryWeight, quantize, recover_ternary
 
+    hint = record.to_scale() if record is not None else None
     w = st.read(t.name)
     found = recover_ternary(w)
     if found is None:
@@ -70,14 +72,14 @@ class HFBF16Reader:
         d = read_hf_directory(path)
         cfg = d.config
         notes = list(d.notes)
-        hints: dict[str, TernaryScale] = {}
+        hints: dict[str, StoredScale] = {}  # the records' scales, as bytes until a tensor is loaded
         values = d.metadata_value(VALUES_KEY) or VALUES_EXACT
         if values not in (VALUES_EXACT, VALUES_ONLINE):
             raise CheckpointError(path, f"unknown {VALUES_KEY} {values!r} in the safetensors metadata")
         online = values == VALUES_ONLINE
         raw_hints = d.metadata_value(SCALES_KEY)
         if raw_hints:
-            hints = {n: r.scale for n, r in decode_records(raw_hints, path).items()}
+            hints = {n: r.stored for n, r in decode_records(raw_hints, path).items()}
         entries: dict[str, TensorEntry] = {}
         for name in ordered_names(cfg, d.stored):
             st, t = d.stored[name]
@@ -94,7 +96,7 @@ class HFBF16Reader:
                 False,
                 str(st.path),
                 lambda st=st, t=t, h=hint: _load_master(st, t, h, online),
-                (lambda h=hint: h) if hint is not None else None,
+                hint.to_scale if hint is not None else None,
                 stored=t.dtype_name,
                 # without a record (and as written), the value is the stored floats themselves
                 load_stored=(lambda st=st, t=t: st.read_bytes(t.name)) if hint is None and not online else None,

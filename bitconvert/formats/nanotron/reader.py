@@ -10,15 +10,13 @@ rank files, so only that tensor is resident.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from dataclasses import dataclass
 from pathlib import Path
-
+from typing import TYPE_CHECKING
 
 from ...checkpoint import Checkpoint, TensorEntry, check_tensor_set
+from ...dtypes import FLOAT_NAMES, torch_dtype
 from ...errors import CheckpointError
-from ...dtypes import FLOAT_NAMES, dtype_name, torch_dtype
 from ...safetensors_io import SafetensorsFile
 from .. import register_reader
 from ..hf.common import NOT_SIDE_FILES
@@ -39,7 +37,9 @@ from .shards import StoredParam, assemble_rows, open_sharded, open_unsharded, sc
 if TYPE_CHECKING:  # opening reads headers only; torch where a tensor is loaded
     import torch
 
-    from ...ternary import TernaryScale, TernaryWeight
+    from ...scale_records import ScaleRecord
+
+    from ...ternary import TernaryWeight
 
 NAME = "nanotron"
 
@@ -51,13 +51,13 @@ def _load_latent(param: StoredParam, part: Part, rope_interleaved: bool) -> torc
     return w
 
 
-def _as_recorded(w: torch.Tensor, hint: tuple[TernaryScale, torch.Tensor]) -> TernaryWeight | None:
+def _as_recorded(w: torch.Tensor, record: ScaleRecord) -> TernaryWeight | None:
     """The packed weight bitconvert wrote as ``w``, if ``w`` is still exactly its codes x the magnitude written."""
     import torch
 
     from ...ternary import TernaryWeight, recover_ternary
 
-    scale, written = hint
+    scale, written = record.scale, record.written
     if w.dtype != written.dtype:
         return None
     if not bool(w.any()):
@@ -165,11 +165,11 @@ def _entry(param: StoredParam, part: Part, meta: NanotronMeta) -> TensorEntry:
     return TensorEntry(
         part.hf_name,
         shape,
-        dtype_name(hint[0].dtype),
+        hint.stored.dtype_name,
         True,
         str(param.folder),
         lambda: _load_recorded(param, part, meta),
-        lambda: hint[0],
+        hint.stored.to_scale,
         stored=how + " (latent of a packed weight)",
     )
 
@@ -251,7 +251,7 @@ class NanotronReader:
         info: dict = {"tensor_parallel": tp or 1, "rope_interleaved": meta.rope_interleaved, "nanotron_flavor": flavor}
         if version is not None:
             info["nanotron_version"] = version
-        classes = {meta.scales[n][0].linear_class for n in entries if n in meta.scales}
+        classes = {meta.scales[n].stored.linear_class for n in entries if n in meta.scales}
         if len(classes) == 1:
             info["linear_class"] = classes.pop()
         ckpt = Checkpoint(NAME, path, meta.config, entries, _side_files(path), meta.notes + sorted(notes), info)

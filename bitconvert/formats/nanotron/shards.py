@@ -7,16 +7,14 @@ safetensors headers only; those two are the only places tensor bytes are read.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-
-from ...errors import CheckpointError
 from ...dtypes import FLOAT_NAMES, itemsize, torch_dtype
+from ...errors import CheckpointError
 from ...safetensors_io import SafetensorsFile, StoredTensor
 from .layout import (
     DATA_KEY,
