@@ -9,7 +9,7 @@ median wall time, its largest peak RSS and its ratio to the copy floor (or to th
 The master is read once first so every job starts from a warm page cache; all outputs are fsynced.
 
 - copy floor            every tensor read with safetensors and its bytes written to one file
-- bitconvert pack       master -> hf-packed
+- bitconvert pack       master -> hf-packed (and with --hash-sources: the provenance's sha256 too)
 - transformers pack     fp32 absmean + transformers' pack_weights per weight, then save_file
 - bitconvert gguf       ``convert --to gguf --gguf-type tq2_0``
 - gguf-py TQ2_0         llama.cpp's fp32 fold + ``gguf.quants.quantize`` (see gguf_write.py)
@@ -75,6 +75,7 @@ def job_table(master: Path, work: Path, packed: Path) -> dict[str, tuple[str, li
     return {
         "copy floor (read + write every tensor)": (COPY_FLOOR, [str(src), str(work / "copy.bin")]),
         "bitconvert pack": (BITCONVERT, ["pack", str(master), str(work / "packed")]),
+        "bitconvert pack --hash-sources": (BITCONVERT, ["pack", str(master), str(work / "packed"), "--hash-sources"]),
         "transformers-style pack": (TRANSFORMERS_PACK, [str(src), str(work / "tf.safetensors")]),
         "bitconvert convert --to gguf (TQ2_0)": (
             BITCONVERT, ["convert", str(master), str(work / "bc.gguf"), "--to", "gguf", "--gguf-type", "tq2_0"]),

@@ -47,14 +47,24 @@ def convert(
     force: bool = False,
     src_format: str | None = None,
     progress: Progress = no_progress,
+    hash_sources: bool = False,
 ) -> ConvertResult:
     """Convert the checkpoint at ``src`` into format ``to`` at ``dst``; ``dst`` appears only when complete.
 
     ``options``: the writer's options dataclass, or a mapping of its field names to values (strings
     as on the command line, or typed); an option that ``to`` does not take is a UsageError.
+    ``hash_sources``: record the sha256 of every source file in the provenance. Off, only the
+    digests known without reading are recorded (a Hub snapshot's LFS blobs): hashing is a second
+    full pass over the source, on a 2-core machine as long as the conversion itself.
     """
     from .hub.source import resolve_source
-    from .provenance import BackgroundHashes, conversion_provenance, known_source_files, write_conversion_provenance
+    from .provenance import (
+        BackgroundHashes,
+        conversion_provenance,
+        known_source_files,
+        source_files,
+        write_conversion_provenance,
+    )
 
     start = time.perf_counter()
     writer = writer_for(to)
@@ -68,20 +78,19 @@ def convert(
         ckpt.info["source_repo"] = source.repo_id
         if source.license:
             ckpt.info["license"] = source.license
-    if writer.writes_directory:
-        # Source hashes for the provenance file are computed alongside the conversion, not after it.
+    hashes = None
+    if writer.writes_directory and hash_sources:
+        # computed alongside the conversion, for the provenance file written last
         hashes = BackgroundHashes(source.path, source.files)
-    else:
-        # A single file carries its provenance in its header, written before any tensor: hashes
-        # only where known without reading (see known_source_files).
-        hashes = None
-        files = known_source_files(source.path, source.files)
+    elif not writer.writes_directory:
+        # A single file carries its provenance in its header, written before any tensor.
+        files = source_files(source.path, source.files) if hash_sources else known_source_files(source.path, source.files)
         ckpt.info["provenance"] = conversion_provenance(source, ckpt.format, writer.name, [dst.name], files)
     try:
         with staged_output(dst, directory=writer.writes_directory, force=force) as scratch:
             report = writer.write(ckpt, scratch, options, progress)
-            if hashes is not None:  # where it came from, for the model card (bitconvert_provenance.json)
-                files = hashes.result()
+            if writer.writes_directory:  # where it came from, for the model card (bitconvert_provenance.json)
+                files = hashes.result() if hashes is not None else known_source_files(source.path, source.files)
                 report.files.append(write_conversion_provenance(scratch, source, ckpt.format, report, files))
     finally:
         if hashes is not None:

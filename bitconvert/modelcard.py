@@ -156,7 +156,7 @@ def _provenance(card: CardInput) -> str:
 
 
 def _sha_cell(sha: object) -> str:
-    # Single-file outputs record hashes only where known without reading the source (Hub files).
+    # Without --hash-sources, only hashes known without reading the source are recorded (Hub files).
     return f"`{sha}`" if isinstance(sha, str) and sha else "not recorded"
 
 

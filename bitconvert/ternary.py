@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .bf16_codes import CHUNK, bf16_bits, codes_into, pack_planes, zero_threshold
 from .errors import BitconvertError
 from .linear_class import LinearClass  # re-exported: defined apart so that configs load without torch
 from .torchsum import abs_sum_bf16, calibrated_lanes
@@ -105,12 +106,6 @@ class TernaryWeight:
         return self.codes.to(dtype) * self.online_magnitude(dtype)
 
 
-#: elements per step when mapping a weight to codes: small enough to stay in cache
-_CHUNK = 1 << 16
-#: bf16 bit patterns 0 .. 0x7F7F are the finite non-negative values; 0x7F80 is +inf
-_FINITE_BF16 = 0x7F80
-
-
 def _reference_mean_abs(weight: torch.Tensor) -> torch.Tensor:
     absolute = weight.float()
     if absolute.data_ptr() == weight.data_ptr():
@@ -129,55 +124,9 @@ def mean_abs(weight: torch.Tensor) -> torch.Tensor:
         threads = torch.get_num_threads()
         lanes = calibrated_lanes(threads)
         if lanes is not None:
-            total = abs_sum_bf16(_bf16_bits(weight).reshape(-1), threads, lanes)
+            total = abs_sum_bf16(bf16_bits(weight).reshape(-1), threads, lanes)
             return torch.tensor(float(total), dtype=torch.float32).div_(weight.numel())
     return _reference_mean_abs(weight)
-
-
-def _bf16_bits(weight: torch.Tensor) -> np.ndarray:
-    return weight.contiguous().view(torch.int16).numpy().view(np.uint16)
-
-
-def _recipe_codes(x: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
-    """The recipe's arithmetic on float values: round-half-even(x * s) clamped, in float32."""
-    return x.float().mul_(inv).round_().clamp_(-1, 1)
-
-
-def _zero_threshold(inv: torch.Tensor) -> int | None:
-    """The largest bf16 magnitude (as bits) whose code is 0, when codes step there; else None.
-
-    Codes are odd and non-decreasing in x (float32 multiplication by ``s > 0`` and rounding are
-    monotone and symmetric), so comparing bit patterns with this threshold gives the recipe's
-    codes for every finite input. The step is found by running the recipe's float32 arithmetic
-    over every finite bf16 value in numpy (IEEE operations: the same results as torch's) and
-    confirmed with torch itself on both sides of it.
-    """
-    x = np.arange(_FINITE_BF16, dtype=np.uint32) << 16
-    s = np.float32(inv.item())
-    with np.errstate(over="ignore"):  # the largest values overflow to inf: code 1, as in torch
-        pos = np.clip(np.rint(x.view(np.float32) * s), -1, 1)
-    zeros = int(np.count_nonzero(pos == 0))
-    if not (pos[:zeros] == 0).all() or not (pos[zeros:] == 1).all():
-        return None
-    edge = torch.tensor([zeros - 1, zeros] if zeros < _FINITE_BF16 else [zeros - 1], dtype=torch.int16)
-    values = edge.view(torch.bfloat16)
-    want = torch.tensor([0.0, 1.0][: values.numel()])
-    if not torch.equal(_recipe_codes(values, inv), want) or not torch.equal(_recipe_codes(-values, inv), -want):
-        return None
-    return zeros - 1
-
-
-def _codes_into(bits: np.ndarray, threshold: int, out: np.ndarray, tmp: np.ndarray) -> None:
-    """Codes of finite bf16 bit patterns as uint8 mod 256 (255 is -1), into ``out``.
-
-    code = [bits > t] - [negative] - [negative and magnitude > t]: positive values above the
-    threshold give 1, negative ones 1 - 1 - 1 = -1, everything else 0.
-    """
-    np.greater(bits, threshold, out=out.view(np.bool_))
-    np.greater(bits, 0x7FFF, out=tmp.view(np.bool_))
-    np.subtract(out, tmp, out=out)
-    np.greater(bits, 0x8000 + threshold, out=tmp.view(np.bool_))
-    np.subtract(out, tmp, out=out)
 
 
 def _scale_of(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int | None]:
@@ -190,7 +139,7 @@ def _scale_of(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int | N
     m = m.clamp(min=MEAN_ABS_FLOOR)
     inv = 1.0 / m
     fast = weight.dtype == torch.bfloat16 and bool(torch.isfinite(m)) and sys.byteorder == "little"
-    return m, inv, (_zero_threshold(inv) if fast else None)
+    return m, inv, (zero_threshold(inv) if fast else None)
 
 
 class NonFiniteWeight(BitconvertError, ValueError):
@@ -229,15 +178,11 @@ def absmean_quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     flat = weight.reshape(-1)
     codes = torch.empty(flat.shape, dtype=torch.int8)
     if threshold is not None:
-        bits, out = _bf16_bits(flat), codes.numpy().view(np.uint8)
-        tmp = np.empty(min(_CHUNK, flat.numel()), dtype=np.uint8)
-        for start in range(0, flat.numel(), _CHUNK):
-            stop = min(start + _CHUNK, flat.numel())
-            _codes_into(bits[start:stop], threshold, out[start:stop], tmp[: stop - start])
+        codes_into(bf16_bits(flat), threshold, codes.numpy().view(np.uint8))
         return codes.reshape(weight.shape), m
-    buf = torch.empty(min(_CHUNK, flat.numel()), dtype=torch.float32)
-    for start in range(0, flat.numel(), _CHUNK):
-        n = min(_CHUNK, flat.numel() - start)
+    buf = torch.empty(min(CHUNK, flat.numel()), dtype=torch.float32)
+    for start in range(0, flat.numel(), CHUNK):
+        n = min(CHUNK, flat.numel() - start)
         x = buf[:n]
         x.copy_(flat[start : start + n])
         x.mul_(inv).round_().clamp_(-1, 1)
@@ -276,29 +221,10 @@ def quantize_packed(
         tw = quantize(weight, linear_class, scale_dtype)
         return pack_codes(tw.codes), tw.scale
     rows, cols = weight.shape
-    planes = _bf16_bits(weight).reshape(VALUES_PER_BYTE, rows // VALUES_PER_BYTE, cols)
+    planes = bf16_bits(weight).reshape(VALUES_PER_BYTE, rows // VALUES_PER_BYTE, cols)
     packed = torch.empty(rows // VALUES_PER_BYTE, cols, dtype=torch.uint8)
-    _pack_planes(planes, threshold, packed.numpy())
+    pack_planes(planes, threshold, packed.numpy())
     return packed, _scale_value(m, linear_class, scale_dtype)
-
-
-def _pack_planes(planes: np.ndarray, threshold: int, out: np.ndarray) -> None:
-    """Byte [r, c] = sum over planes i of (code + 1) << 2i, computed mod 256 a few rows at a time."""
-    quarter, cols = out.shape
-    step = max(1, _CHUNK // (VALUES_PER_BYTE * max(cols, 1)))
-    codes = np.empty((VALUES_PER_BYTE, min(step, quarter), cols), dtype=np.uint8)
-    tmp = np.empty_like(codes)
-    for r0 in range(0, quarter, step):
-        r1 = min(r0 + step, quarter)
-        c, t = codes[:, : r1 - r0], tmp[:, : r1 - r0]
-        _codes_into(planes[:, r0:r1], threshold, c, t)
-        o = out[r0:r1]
-        np.left_shift(c[3], 6, out=o)
-        for plane in (2, 1):
-            np.left_shift(c[plane], 2 * plane, out=t[0])
-            o += t[0]
-        o += c[0]
-        o += 0x55  # the +1 of every plane: 1 + 4 + 16 + 64
 
 
 def recover_ternary(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -310,9 +236,11 @@ def recover_ternary(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] |
     """
     if weight.numel() == 0 or not weight.is_floating_point():
         return None
-    # A latent master fails within its first values; look there before scanning everything.
-    head = weight.reshape(-1)[:4096].abs()
-    if int(torch.unique(head[head != 0]).numel()) > 1:
+    # A latent master fails within its first values; look there before scanning everything
+    # (in numpy: torch's masked indexing starts its thread team, which then spins for the cores).
+    head = np.abs(weight.reshape(-1)[:4096].float().numpy())
+    nonzero = head[head != 0]
+    if nonzero.size and nonzero.max() != nonzero.min():
         return None
     magnitude = weight.abs().amax()
     if not bool(magnitude > 0) or not bool(torch.isfinite(magnitude)):

@@ -16,7 +16,8 @@ bf16 values in cache-sized chunks, so no full-size float32 copy is ever made:
 
 The SIMD width is the build's, not the CPU's (torch registers its sum kernel without AVX-512), so
 :func:`calibrated_lanes` finds it by comparing against torch once per thread count; where no width
-reproduces torch, callers must fall back to torch itself. Pure numpy: it releases the GIL.
+reproduces torch, callers must fall back to torch itself. Pure numpy, so it releases the GIL; where
+numba is installed the same loops run compiled (:mod:`bitconvert.jit`), in the same order.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ import sys
 import threading
 
 import numpy as np
+
+from . import jit
+from .workers import split_map
 
 GRAIN = 32768  # at::internal::GRAIN_SIZE
 LEVELS = 4
@@ -42,17 +46,20 @@ def _ceil_log2(x: int) -> int:
 
 
 class _AbsReader:
-    """|x| of bf16 bit patterns as float32, into one reused buffer: the bits become the high half."""
+    """|x| of bf16 bit patterns as float32, into reused buffers: the bits, sign cleared, become
+    the high half of each float32 (two contiguous passes; faster than a strided store)."""
 
     def __init__(self, bits: np.ndarray, capacity: int) -> None:
         self.bits = bits
-        self.words = np.zeros(capacity, dtype=np.uint32)  # low halves stay zero
-        self.high = self.words.view(np.uint16)[1::2]
+        self.magnitudes = np.empty(capacity, dtype=np.uint16)
+        self.words = np.empty(capacity, dtype=np.uint32)
 
     def read(self, start: int, stop: int) -> np.ndarray:
         n = stop - start
-        np.bitwise_and(self.bits[start:stop], 0x7FFF, out=self.high[:n])
-        return self.words[:n].view(np.float32)
+        mag, words = self.magnitudes[:n], self.words[:n]
+        np.bitwise_and(self.bits[start:stop], 0x7FFF, out=mag)
+        np.left_shift(mag, 16, out=words, dtype=np.uint32)
+        return words.view(np.float32)
 
 
 def _seq(a: np.ndarray, axis: int) -> np.ndarray:
@@ -60,12 +67,18 @@ def _seq(a: np.ndarray, axis: int) -> np.ndarray:
     return np.add.reduce(a, axis=axis, dtype=np.float32)
 
 
+def _level_step(span: tuple[int, int], lanes: int) -> int:
+    """Rows per cascade level for a range: ``2**max(4, ceil(log2 rows) // 4)``."""
+    rows = (span[1] - span[0]) // lanes // ILP
+    return 1 << max(4, _ceil_log2(rows) // LEVELS)
+
+
 def _range_sum(reader: "_AbsReader | _Values", begin: int, end: int, lanes: int) -> np.float32:
     n = end - begin
     vec_count = n // lanes
     rows = vec_count // ILP
     cols = ILP * lanes
-    step = 1 << max(4, _ceil_log2(rows) // LEVELS)
+    step = _level_step((begin, end), lanes)
     group = step * step  # rows folded into one level-2 partial
     full = rows // group * group
     per = max(group, CHUNK_ROWS // group * group)
@@ -107,17 +120,46 @@ class _Values:
 def abs_sum_bf16(bits: np.ndarray, threads: int, lanes: int) -> np.float32:
     """Sum of |x| over bf16 bit patterns (flat uint16), bit-identical to torch's float32 sum."""
     n = bits.size
-    reader = _AbsReader(bits, min(n, CHUNK_ROWS * ILP * lanes) + ILP * lanes)
+    compiled = _compiled_for(n, lanes)
+
+    def range_sum(span: tuple[int, int]) -> np.float32:
+        if compiled is not None:
+            return np.float32(compiled.range_abs_sum(bits, span[0], span[1], lanes, _level_step(span, lanes), ILP))
+        reader = _AbsReader(bits, min(span[1] - span[0], CHUNK_ROWS * ILP * lanes) + ILP * lanes)
+        return _range_sum(reader, span[0], span[1], lanes)
+
     if n < GRAIN or threads == 1:
-        return np.float32(np.float32(0) + _range_sum(reader, 0, n, lanes))
+        return np.float32(np.float32(0) + range_sum((0, n)))
     used = min(threads, -(-n // GRAIN))
     chunk = -(-n // used)
+    ranges = [(t * chunk, min(n, (t + 1) * chunk)) for t in range(used) if t * chunk < n]
     partials = np.zeros(threads, dtype=np.float32)
-    for t in range(used):
-        start = t * chunk
-        if start < n:
-            partials[t] = _range_sum(reader, start, min(n, start + chunk), lanes)
+    # torch's per-thread ranges are independent until the last step: they run side by side here too
+    partials[: len(ranges)] = split_map(range_sum, ranges)
     return np.float32(np.float32(0) + _range_sum(_Values(partials), 0, threads, lanes))
+
+
+_compiled_agrees: dict[int, bool] = {}
+
+
+def _compiled_for(n: int, lanes: int):
+    """The compiled loops for a job of ``n`` values, once they have given the numpy definition's
+    result on a probe (checked once per SIMD width and process); else None."""
+    compiled = jit.kernels(n)
+    if compiled is None:
+        return None
+    with _lock:
+        if lanes not in _compiled_agrees:
+            probe = np.random.default_rng(lanes).integers(0, 0x4000, size=(1 << 20) + 4099, dtype=np.uint16)
+            for begin, end in ((0, probe.size), (77, probe.size - 5)):
+                want = _range_sum(_AbsReader(probe, CHUNK_ROWS * ILP * lanes + ILP * lanes), begin, end, lanes)
+                got = compiled.range_abs_sum(probe, begin, end, lanes, _level_step((begin, end), lanes), ILP)
+                if np.float32(got).tobytes() != np.float32(want).tobytes():
+                    _compiled_agrees[lanes] = False
+                    break
+            else:
+                _compiled_agrees[lanes] = True
+        return compiled if _compiled_agrees[lanes] else None
 
 
 def calibrated_lanes(threads: int) -> int | None:

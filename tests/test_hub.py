@@ -346,7 +346,7 @@ def packed(tmp_path) -> Path:
     from bitconvert.convert import convert
 
     out = tmp_path / "packed"
-    convert(FIXTURES / "bitnet-2b4t-master", out, "hf-packed")
+    convert(FIXTURES / "bitnet-2b4t-master", out, "hf-packed", hash_sources=True)
     return out
 
 
@@ -767,3 +767,31 @@ def test_sharded_and_single_file_selection(tmp_path, hub, inproc):
     plan = plan_upload("hf://org/sharded", "org/copy", endpoint=hub.base)
     assert {f.path_in_repo for f in plan.files} == set(local_files(sharded)) | {"README.md"}
     assert ModelCard(plan.card).data.base_model == "org/sharded"
+
+
+@pytest.mark.parametrize("to", ["hf-packed", "gguf"])
+def test_source_hashes_are_recorded_only_when_asked(tmp_path, to):
+    """A local source's sha256 costs a second full read: recorded with --hash-sources, else null
+    (never guessed), for directory and single-file outputs alike."""
+    src = FIXTURES / "bitnet-2b4t-master"
+    want = {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in src.iterdir() if p.is_file() and not p.name.startswith(".")
+    }
+
+    def recorded(*extra: str) -> dict:
+        dst = tmp_path / f"{to}-{len(extra)}{'.gguf' if to == 'gguf' else ''}"
+        fallback = ["--allow-fallback"] if to == "gguf" else []  # the tiny fixture's rows are not 256-aligned
+        p = run_cli("convert", src, dst, "--to", to, *fallback, *extra)
+        assert p.returncode == 0, p.stderr
+        if to == "gguf":
+            import gguf
+
+            field = gguf.GGUFReader(dst).fields["bitconvert.provenance"]
+            prov = json.loads(bytes(field.parts[field.data[0]]).decode())
+        else:
+            prov = json.loads((dst / "bitconvert_provenance.json").read_text())
+        return {f["path"]: f["sha256"] for f in prov["source_files"]}
+
+    assert recorded() == dict.fromkeys(want)
+    assert recorded("--hash-sources") == want

@@ -3,7 +3,8 @@
 mean|W| is summed in chunks in torch's own order (bitconvert/torchsum.py) and codes come from
 comparing bf16 bit patterns with a threshold; both are checked here against torch's whole-tensor
 float32 mean and transformers' WeightQuant + pack_weights, on real 2B-4T shapes, at several
-thread counts, on exact +-0.5 ties and on the shipped masters.
+thread counts, on exact +-0.5 ties and on the shipped masters. Every test runs twice: with the
+numba-compiled loops (bitconvert/jit.py) and with the numpy definition they follow.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from bitconvert.ternary import (
     quantize,
     quantize_packed,
 )
+from bitconvert import jit
 from bitconvert.torchsum import calibrated_lanes
 from tests.conftest import FIXTURES
 
@@ -30,6 +32,20 @@ bitnet = pytest.importorskip("transformers.integrations.bitnet")
 
 #: every linear shape of microsoft/bitnet-b1.58-2B-4T (q/o, k/v, gate/up, down)
 SHAPES_2B4T = [(2560, 2560), (640, 2560), (6912, 2560), (2560, 6912)]
+
+
+@pytest.fixture(autouse=True, params=["compiled", "numpy"])
+def path(request, monkeypatch):
+    if request.param == "numpy":
+        monkeypatch.setattr(jit, "kernels", lambda values=None: None)
+    else:  # the compiled loops on every size here, small ones included (their leftovers differ)
+        monkeypatch.setattr(jit, "MIN_VALUES", 0)
+    return request.param
+
+
+def test_the_compiled_path_is_installed(path):
+    # numba is a dependency: a machine without it would only test (and run) the slow path
+    assert (jit.kernels() is not None) == (path == "compiled")
 
 
 def transformers_packed(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,3 +137,39 @@ def test_shipped_masters(master):
             assert torch.equal(pack_codes(tw.codes), packed.to(torch.uint8)), name
             ours, scale = quantize_packed(w, LinearClass.AUTOBITLINEAR, torch.float32)
             assert torch.equal(ours, packed.to(torch.uint8)) and scale.same_as(tw.scale), name
+
+
+@pytest.mark.parametrize("total,parts,align", [(0, 2, 1), (1, 2, 1), (10, 3, 1), (10, 4, 4), (65537, 2, 1 << 16), (7, 16, 2)])
+def test_spans_cut_every_element_once_at_aligned_cuts(total, parts, align):
+    from bitconvert.workers import spans
+
+    got = spans(total, parts, align)
+    assert [i for a, b in got for i in range(a, b)] == list(range(total))
+    assert len(got) <= parts and all(a % align == 0 for a, _ in got)
+
+
+def test_split_map_keeps_order_and_raises_a_workers_error():
+    from bitconvert.workers import split_map
+
+    assert split_map(lambda x: x * x, list(range(7))) == [x * x for x in range(7)]
+
+    def boom(x):
+        if x == 3:
+            raise ValueError("three")
+        return x
+
+    with pytest.raises(ValueError, match="three"):
+        split_map(boom, list(range(5)))
+
+
+def test_compiled_loops_that_disagree_with_numpy_are_not_used(monkeypatch):
+    from types import SimpleNamespace
+
+    from bitconvert import torchsum
+
+    wrong = SimpleNamespace(range_abs_sum=lambda bits, begin, end, *rest: 1.0 + end - begin)
+    monkeypatch.setattr(jit, "kernels", lambda values=None: wrong)
+    monkeypatch.setattr(torchsum, "_compiled_agrees", {})
+    w = (torch.randn(2 << 20, generator=torch.Generator().manual_seed(5)) * 0.02).bfloat16()
+    assert mean_abs(w).item() == w.float().abs().mean().item()
+    assert torchsum._compiled_for(w.numel(), calibrated_lanes(torch.get_num_threads())) is None

@@ -3,6 +3,9 @@ error boundary (:func:`bitconvert.cli.common.guarded`)."""
 
 from __future__ import annotations
 
+import atexit
+import os
+import sys
 from typing import Annotated
 
 import typer
@@ -52,4 +55,26 @@ def _root(
 
 
 def main() -> None:
-    app()
+    """The console entry point: run the command, then leave at once.
+
+    By the time a command returns, its outputs are complete and moved into place; tearing the
+    interpreter down (collecting torch's hundreds of thousands of objects, unmapping the source)
+    would add up to a second to every run. Exit handlers still run and output is flushed, then the
+    process ends with the command's exit code. For use inside another program, call ``app``.
+    """
+    try:
+        app()
+    except SystemExit as exc:
+        code = exc.code
+    else:
+        code = 0
+    if code is not None and not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a reader that went away (a closed pipe) takes nothing more
+            pass
+    os._exit(code or 0)

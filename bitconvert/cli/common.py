@@ -43,6 +43,14 @@ Dst = Annotated[Path, typer.Argument(help="Output path; created only when the co
 JsonOut = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
 Device = Annotated[str, typer.Option("--device", help="Runtime device: cpu or cuda.")]
 Force = Annotated[bool, typer.Option("--force", help="Replace DST if it exists.")]
+HashSources = Annotated[
+    bool,
+    typer.Option(
+        "--hash-sources",
+        help="Record the sha256 of every local source file in the provenance (reads the source once more; "
+        "Hub sources are recorded with their sha256 anyway).",
+    ),
+]
 MaxShard = Annotated[
     Optional[str], typer.Option("--max-shard-size", help="Largest safetensors shard, e.g. 5GB, 500MB. Default 5GB.")
 ]
@@ -206,11 +214,13 @@ def print_conversion(result) -> None:
         out.print(f"[yellow]warning:[/] {w}", highlight=False)
 
 
-def run_conversion(src: Path, dst: Path, to: str, options, *, force: bool, json_out: bool) -> None:
+def run_conversion(
+    src: Path, dst: Path, to: str, options, *, force: bool, json_out: bool, hash_sources: bool = False
+) -> None:
     from ..convert import convert
 
     with progress_bar(not json_out) as progress:
-        result = convert(src, dst, to, options, force=force, progress=progress)
+        result = convert(src, dst, to, options, force=force, progress=progress, hash_sources=hash_sources)
     if json_out:
         emit_json(result.to_dict())
     else:

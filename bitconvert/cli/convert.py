@@ -13,6 +13,7 @@ from .common import (
     Dst,
     DtypeOpt,
     Force,
+    HashSources,
     JsonOut,
     LinearClassOpt,
     MaxShard,
@@ -93,13 +94,14 @@ def pack(
     max_shard_size: MaxShard = None,
     recipe: RecipeOpt = None,
     force: Force = False,
+    hash_sources: HashSources = False,
     json_out: JsonOut = False,
 ) -> None:
     """Quantize a master (or re-pack any checkpoint) into transformers' packed 2-bit layout (hf-packed)."""
     opts = given_options(
         linear_class=linear_class, dtype=dtype, scale_dtype=scale_dtype, max_shard_size=max_shard_size, recipe=recipe
     )
-    run_conversion(src, dst, "hf-packed", opts, force=force, json_out=json_out)
+    run_conversion(src, dst, "hf-packed", opts, force=force, json_out=json_out, hash_sources=hash_sources)
 
 
 def unpack(
@@ -118,13 +120,14 @@ def unpack(
     ] = False,
     max_shard_size: MaxShard = None,
     force: Force = False,
+    hash_sources: HashSources = False,
     json_out: JsonOut = False,
 ) -> None:
     """Write float weights (codes x mean|W|) in the HF master layout (hf-bf16)."""
     if dtype is not None and dtype not in ("bf16", "f32"):
         raise UsageError(f"--dtype must be bf16 or f32, got {dtype!r}")
     opts = given_options(dtype=dtype, max_shard_size=max_shard_size, online_exact=online_exact or None)
-    run_conversion(src, dst, "hf-bf16", opts, force=force, json_out=json_out)
+    run_conversion(src, dst, "hf-bf16", opts, force=force, json_out=json_out, hash_sources=hash_sources)
 
 
 def convert(
@@ -174,6 +177,7 @@ def convert(
         Optional[str], typer.Option("--push-to", help="Upload the result to this Hub repo (ORG/NAME) when done.")
     ] = None,
     force: Force = False,
+    hash_sources: HashSources = False,
     json_out: JsonOut = False,
 ) -> None:
     """Convert SRC into any format bitconvert writes."""
@@ -201,9 +205,9 @@ def convert(
     if push_to:  # convert, then upload DST as one commit (cli/upload.py renders both)
         from .upload import convert_and_push
 
-        convert_and_push(src, dst, to, opts, push_to, force=force, json_out=json_out)
+        convert_and_push(src, dst, to, opts, push_to, force=force, json_out=json_out, hash_sources=hash_sources)
     else:
-        run_conversion(src, dst, to, opts, force=force, json_out=json_out)
+        run_conversion(src, dst, to, opts, force=force, json_out=json_out, hash_sources=hash_sources)
 
 
 def formats() -> None:

@@ -105,7 +105,9 @@ def upload(
         _print_result(result)
 
 
-def convert_and_push(src, dst, to: str, options, push_to: str, *, force: bool, json_out: bool) -> None:
+def convert_and_push(
+    src, dst, to: str, options, push_to: str, *, force: bool, json_out: bool, hash_sources: bool = False
+) -> None:
     """``convert --push-to``: convert, then upload DST; one JSON object with both when --json."""
     from ..convert import convert
     from ..hub.errors import HubError
@@ -115,7 +117,7 @@ def convert_and_push(src, dst, to: str, options, push_to: str, *, force: bool, j
 
     check_repo_id(push_to)  # a typo should fail before the conversion, not after it
     with progress_bar(not json_out) as progress:
-        converted = convert(src, dst, to, options, force=force, progress=progress)
+        converted = convert(src, dst, to, options, force=force, progress=progress, hash_sources=hash_sources)
     if not json_out:
         print_conversion(converted)
     try:

@@ -1,0 +1,115 @@
+"""Ternary codes straight from bf16 bit patterns, with the recipe's exact results.
+
+For a bf16 weight and its scale ``s = 1/mean|W|``, transformers' recipe gives code
+``clamp(round(x * s), -1, 1)`` in float32. That code only depends on whether ``|x|`` lies above
+one bf16 magnitude (:func:`zero_threshold`), so codes come from integer comparisons on the bit
+patterns, a cache-sized chunk at a time, split over the cores (:mod:`bitconvert.workers`): no
+float32 or int8 copy of the weight exists at any time. Where numba is installed the same
+comparisons run as one compiled loop (:mod:`bitconvert.jit`). Pure math, no I/O.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from . import jit
+from .workers import cores, spans, split_map
+
+#: elements per step when mapping a weight to codes: small enough to stay in cache
+CHUNK = 1 << 16
+#: bf16 bit patterns 0 .. 0x7F7F are the finite non-negative values; 0x7F80 is +inf
+_FINITE_BF16 = 0x7F80
+
+
+def bf16_bits(weight: torch.Tensor) -> np.ndarray:
+    """The bit patterns of a bf16 tensor as uint16 (no copy when it is contiguous)."""
+    return weight.contiguous().view(torch.int16).numpy().view(np.uint16)
+
+
+def recipe_codes(x: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
+    """The recipe's arithmetic on float values: round-half-even(x * s) clamped, in float32."""
+    return x.float().mul_(inv).round_().clamp_(-1, 1)
+
+
+def zero_threshold(inv: torch.Tensor) -> int | None:
+    """The largest bf16 magnitude (as bits) whose code is 0, when codes step there; else None.
+
+    Codes are odd and non-decreasing in x (float32 multiplication by ``s > 0`` and rounding are
+    monotone and symmetric), so comparing bit patterns with this threshold gives the recipe's
+    codes for every finite input. The step is found by running the recipe's float32 arithmetic
+    over every finite bf16 value in numpy (IEEE operations: the same results as torch's) and
+    confirmed with torch itself on both sides of it.
+    """
+    x = np.arange(_FINITE_BF16, dtype=np.uint32) << 16
+    s = np.float32(inv.item())
+    with np.errstate(over="ignore"):  # the largest values overflow to inf: code 1, as in torch
+        pos = np.clip(np.rint(x.view(np.float32) * s), -1, 1)
+    zeros = int(np.count_nonzero(pos == 0))
+    if not (pos[:zeros] == 0).all() or not (pos[zeros:] == 1).all():
+        return None
+    edge = torch.tensor([zeros - 1, zeros] if zeros < _FINITE_BF16 else [zeros - 1], dtype=torch.int16)
+    values = edge.view(torch.bfloat16)
+    want = torch.tensor([0.0, 1.0][: values.numel()])
+    if not torch.equal(recipe_codes(values, inv), want) or not torch.equal(recipe_codes(-values, inv), -want):
+        return None
+    return zeros - 1
+
+
+def _codes_into(bits: np.ndarray, threshold: int, out: np.ndarray, tmp: np.ndarray) -> None:
+    """Codes of finite bf16 bit patterns as uint8 mod 256 (255 is -1), into ``out``.
+
+    code = [bits > t] - [negative] - [negative and magnitude > t]: positive values above the
+    threshold give 1, negative ones 1 - 1 - 1 = -1, everything else 0.
+    """
+    np.greater(bits, threshold, out=out.view(np.bool_))
+    np.greater(bits, 0x7FFF, out=tmp.view(np.bool_))
+    np.subtract(out, tmp, out=out)
+    np.greater(bits, 0x8000 + threshold, out=tmp.view(np.bool_))
+    np.subtract(out, tmp, out=out)
+
+
+def codes_into(bits: np.ndarray, threshold: int, out: np.ndarray) -> None:
+    """Codes (uint8 mod 256) of flat finite bf16 bit patterns into the flat ``out``."""
+
+    compiled = jit.kernels(bits.size)
+
+    def part(span: tuple[int, int]) -> None:
+        if compiled is not None:
+            return compiled.codes_flat(bits, threshold, out, span[0], span[1])
+        tmp = np.empty(min(CHUNK, span[1] - span[0]), dtype=np.uint8)
+        for start in range(span[0], span[1], CHUNK):
+            stop = min(start + CHUNK, span[1])
+            _codes_into(bits[start:stop], threshold, out[start:stop], tmp[: stop - start])
+
+    split_map(part, spans(bits.size, cores(), CHUNK))
+
+
+def pack_planes(planes: np.ndarray, threshold: int, out: np.ndarray) -> None:
+    """Packed row-block bytes of ``planes`` ([4, R/4, C] bit patterns) into ``out`` ([R/4, C]).
+
+    Byte [r, c] = sum over planes i of (code + 1) << 2i, computed mod 256 a few rows at a time.
+    """
+    quarter, cols = out.shape
+    step = max(1, CHUNK // (4 * max(cols, 1)))
+
+    compiled = jit.kernels(planes.size)
+
+    def part(span: tuple[int, int]) -> None:
+        if compiled is not None:
+            return compiled.pack_rows(planes, threshold, out, span[0], span[1])
+        codes = np.empty((4, min(step, span[1] - span[0]), cols), dtype=np.uint8)
+        tmp = np.empty_like(codes)
+        for r0 in range(span[0], span[1], step):
+            r1 = min(r0 + step, span[1])
+            c, t = codes[:, : r1 - r0], tmp[:, : r1 - r0]
+            _codes_into(planes[:, r0:r1], threshold, c, t)
+            o = out[r0:r1]
+            np.left_shift(c[3], 6, out=o)
+            for plane in (2, 1):
+                np.left_shift(c[plane], 2 * plane, out=t[0])
+                o += t[0]
+            o += c[0]
+            o += 0x55  # the +1 of every plane: 1 + 4 + 16 + 64
+
+    split_map(part, spans(quarter, cores(), step))
