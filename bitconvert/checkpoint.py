@@ -12,25 +12,33 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Union
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Union
 
 from .config import IGNORED_TENSOR_SUFFIXES, ModelConfig
+from .dtypes import torch_dtype
 from .errors import CheckpointError
-from .ternary import LinearClass, NonFiniteWeight, TernaryScale, TernaryWeight, quantize, recover_ternary
+from .linear_class import LinearClass
 
-Value = Union[torch.Tensor, TernaryWeight]
+if TYPE_CHECKING:  # opening a checkpoint needs no tensors; loading one (and the helpers below) imports torch
+    import numpy as np
+    import torch
 
-#: float dtypes as config.json names them (``torch_dtype``), which writers keep
-DECLARED_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+    from .stored import StoredScale
+    from .ternary import TernaryScale, TernaryWeight
+
+Value = Union["torch.Tensor", "TernaryWeight"]
+
+#: float dtypes as config.json names them (``torch_dtype``), which writers keep, by their safetensors names
+DECLARED_DTYPES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32"}
 
 
 @dataclass
 class TensorEntry:
     name: str
     shape: tuple[int, ...]  # logical shape, unpacked
-    dtype: torch.dtype  # float dtype of a dense tensor, or of the scale of a stored ternary one
+    #: float dtype of a dense tensor, or of the scale of a stored ternary one, as safetensors names
+    #: it ("BF16"): known from the header, without torch (:attr:`dtype` is the torch dtype)
+    dtype_name: str
     ternary: bool  # load() returns a TernaryWeight
     source: str  # where it lives, for messages
     load: Callable[[], Value]
@@ -39,8 +47,18 @@ class TensorEntry:
     #: how the source stores it, for people (e.g. "U8 packed + BF16 scale")
     stored: str = ""
     #: for ternary entries stored in the HF row-block layout (``pack_codes``): the packed uint8
-    #: bytes as stored, unchecked, so statistics and hashes need not unpack them
-    load_packed: Callable[[], torch.Tensor] | None = None
+    #: bytes as stored (numpy, ``[rows / 4, cols]``), unchecked, so statistics and hashes need
+    #: neither unpack them nor import torch
+    load_packed: Callable[[], np.ndarray] | None = None
+    #: with ``load_packed``: the stored scale as raw bytes, unchecked, likewise without torch
+    load_stored_scale: Callable[[], StoredScale] | None = None
+    #: for dense entries whose value is exactly their stored bytes (``dtype_name``, ``shape``): those
+    #: bytes, flat uint8 numpy, for checks and hashes that need no arithmetic
+    load_stored: Callable[[], np.ndarray] | None = None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch_dtype(self.dtype_name)
 
 
 @dataclass
@@ -68,23 +86,23 @@ class Checkpoint:
         for key in ("torch_dtype", "dtype"):
             value = self.config.raw.get(key)
             if isinstance(value, str) and value in DECLARED_DTYPES:
-                return DECLARED_DTYPES[value]
+                return torch_dtype(DECLARED_DTYPES[value])
         return None
 
     def model_dtype(self) -> torch.dtype:
         """The dtype a writer states for the model when not told otherwise: the declared one, else
         the embedding's, else bf16."""
         embed = self.tensors.get("model.embed_tokens.weight")
-        if embed is not None and not embed.ternary and embed.dtype in DECLARED_DTYPES.values():
+        if embed is not None and not embed.ternary and embed.dtype_name in DECLARED_DTYPES.values():
             return self.declared_dtype() or embed.dtype
-        return self.declared_dtype() or torch.bfloat16
+        return self.declared_dtype() or torch_dtype("BF16")
 
     def source_dtype(self, name: str) -> torch.dtype:
         """The dtype a dense tensor keeps when no dtype is asked for: its own where it is stored as
         floats, unless the format imposes its dtypes (``info["container_dtypes"]``, GGUF) and the
         model's is recorded; quantized embeddings and dequantized ternary weights: :meth:`model_dtype`."""
         entry = self.tensors[name]
-        if entry.ternary or entry.dtype not in DECLARED_DTYPES.values():
+        if entry.ternary or entry.dtype_name not in DECLARED_DTYPES.values():
             return self.model_dtype()
         if self.info.get("container_dtypes"):
             return self.declared_dtype() or entry.dtype
@@ -105,6 +123,8 @@ def as_ternary(value: Value, linear_class: LinearClass, scale_dtype: torch.dtype
     ``"recovered"``: a float tensor that is exactly codes x one magnitude (e.g. ``unpack`` output);
     ``"quantized"``: absmean quantization of a latent master weight.
     """
+    from .ternary import TernaryScale, TernaryWeight, quantize, recover_ternary
+
     if isinstance(value, TernaryWeight):
         scale = value.scale
         if scale.linear_class is not linear_class or scale.dtype != scale_dtype:
@@ -121,6 +141,8 @@ def as_ternary(value: Value, linear_class: LinearClass, scale_dtype: torch.dtype
 @contextmanager
 def quantizing(entry: TensorEntry) -> Iterator[None]:
     """Quantization of ``entry``'s weight: a NaN/Inf in it is refused naming the tensor and its file."""
+    from .ternary import NonFiniteWeight
+
     try:
         yield
     except NonFiniteWeight as exc:
@@ -142,6 +164,8 @@ def entry_as_ternary(
 
 def as_dense(value: Value, dtype: torch.dtype) -> torch.Tensor:
     """A float tensor: dense values cast, ternary weights dequantized (codes x mean|W|)."""
+    from .ternary import TernaryWeight
+
     if isinstance(value, TernaryWeight):
         return value.dequantize(dtype)
     return value if value.dtype == dtype else value.to(dtype)

@@ -11,7 +11,7 @@ from typing import Any
 
 from .errors import CheckpointError
 from .jsonfile import parse_json_text
-from .ternary import LinearClass
+from .linear_class import LinearClass
 
 #: Upper bounds on what a config may declare, checked before any per-layer list is built. Far
 #: beyond real models (the deepest have a few hundred layers; GGUF stores these counts as u32),

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .checkpoint import TensorEntry
 from .formats import Progress, no_progress, open_checkpoint
 from .packed_stats import counts_stats, packed_code_counts
-from .ternary import TernaryScale, TernaryWeight, mean_abs, ternary_stats
+
+if TYPE_CHECKING:  # only statistics need tensors (and torch); --no-stats reads headers alone
+    from .ternary import TernaryScale
 
 
 def _tensor_row(entry: TensorEntry, quantized: bool, stats: bool) -> dict[str, Any]:
@@ -25,6 +27,8 @@ def _tensor_row(entry: TensorEntry, quantized: bool, stats: bool) -> dict[str, A
 
 def _ternary_figures(entry: TensorEntry) -> dict[str, Any]:
     """Code fractions and scale (or a master's mean|W|), from the packed bytes where the reader keeps them."""
+    from .ternary import TernaryWeight, mean_abs, ternary_stats
+
     if entry.load_packed is not None and entry.load_scale is not None:
         counts = packed_code_counts(entry.load_packed())
         if not counts[3]:  # else load() below raises the reader's error naming the bad field

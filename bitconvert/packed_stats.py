@@ -24,9 +24,14 @@ _FIELD_COUNTS = np.array(
 )
 
 
+def _flat_bytes(packed: Any) -> np.ndarray:
+    """Packed uint8 bytes (a numpy array, or a CPU tensor, which numpy views without a copy) as one flat array."""
+    return np.ascontiguousarray(packed).reshape(-1)
+
+
 def packed_code_counts(packed: Any) -> tuple[int, int, int, int]:
     """Counts of codes -1, 0, +1 and of invalid fields (3) in packed bytes, from a byte histogram."""
-    flat = packed.contiguous().reshape(-1).numpy()
+    flat = _flat_bytes(packed)
     hist = np.zeros(256, dtype=np.int64)
     for start in range(0, flat.size, _CHUNK):
         hist += np.bincount(flat[start : start + _CHUNK], minlength=256)
@@ -40,7 +45,7 @@ def unpacked_chunks(packed: Any) -> Iterator[np.ndarray]:
     Plane ``i`` of the packed bytes is rows ``i*R/4 ..`` of the codes, so the planes in turn are
     the codes in order. Each chunk is a reused buffer: consume it before taking the next.
     """
-    flat = packed.contiguous().reshape(-1).numpy()
+    flat = _flat_bytes(packed)
     buf = np.empty(min(_CHUNK, flat.size), dtype=np.uint8)
     for plane in range(VALUES_PER_BYTE):
         for start in range(0, flat.size, _CHUNK):

@@ -14,43 +14,33 @@ import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
-import torch
+import numpy as np
 
+from .dtypes import NAMES, dtype_name, itemsize, torch_dtype
 from .errors import CheckpointError
 from .jsonfile import parse_json_text
 
-DTYPES: dict[str, torch.dtype] = {
-    "BOOL": torch.bool,
-    "U8": torch.uint8,
-    "I8": torch.int8,
-    "I16": torch.int16,
-    "I32": torch.int32,
-    "I64": torch.int64,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "F32": torch.float32,
-    "F64": torch.float64,
-}
-DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+if TYPE_CHECKING:  # headers are read without torch; only loading a tensor's data imports it
+    import torch
+
 #: safetensors itself refuses headers above 100 MB.
 MAX_HEADER_BYTES = 100_000_000
 MAX_DIMS = 8
 
 
-def itemsize(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
-
-
 @dataclass(frozen=True)
 class StoredTensor:
     name: str
-    dtype: torch.dtype
+    dtype_name: str  # as the header names it: "BF16", "U8", ...
     shape: tuple[int, ...]
     offset: int  # absolute offset of the first byte in the file
     nbytes: int
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch_dtype(self.dtype_name)
 
 
 def _no_duplicates(path: Path):
@@ -118,10 +108,9 @@ class SafetensorsFile:
     def _parse_entry(self, name: str, info: Any) -> StoredTensor:
         if not isinstance(info, dict):
             raise CheckpointError(self.path, "header entry is not an object", name)
-        name_of_dtype = info.get("dtype")
-        dtype = DTYPES.get(name_of_dtype) if isinstance(name_of_dtype, str) else None
-        if dtype is None:
-            raise CheckpointError(self.path, f"unsupported dtype {name_of_dtype!r:.80}", name)
+        dtype = info.get("dtype")
+        if not isinstance(dtype, str) or dtype not in NAMES:
+            raise CheckpointError(self.path, f"unsupported dtype {dtype!r:.80}", name)
         shape = info.get("shape")
         if (
             not isinstance(shape, list)
@@ -145,14 +134,22 @@ class SafetensorsFile:
         return StoredTensor(name, dtype, tuple(shape), self.data_start + offs[0], nbytes)
 
     def read(self, name: str) -> torch.Tensor:
+        import torch
+
         t = self.tensors[name]
         if not t.nbytes:
             return torch.empty(t.shape, dtype=t.dtype)
+        return torch.frombuffer(self._buffer(t), dtype=t.dtype).reshape(t.shape)
+
+    def read_bytes(self, name: str) -> np.ndarray:
+        """The tensor's stored bytes, flat uint8, without torch (for checks and hashes on bytes)."""
+        t = self.tensors[name]
+        return np.frombuffer(self._buffer(t), dtype=np.uint8) if t.nbytes else np.empty(0, dtype=np.uint8)
+
+    def _buffer(self, t: StoredTensor) -> memoryview | bytearray:
         if t.nbytes >= MAP_MIN_BYTES:
-            buf = map_private(self.path, t.offset, t.nbytes, name)
-        else:
-            buf = read_exact(self.path, t.offset, t.nbytes, name)
-        return torch.frombuffer(buf, dtype=t.dtype).reshape(t.shape)
+            return map_private(self.path, t.offset, t.nbytes, t.name)
+        return read_exact(self.path, t.offset, t.nbytes, t.name)
 
 
 #: tensors at least this big are mapped rather than copied: reading them costs page mappings, not
@@ -203,7 +200,7 @@ class PlannedTensor:
 
     @property
     def nbytes(self) -> int:
-        return math.prod(self.shape) * itemsize(self.dtype)
+        return math.prod(self.shape) * self.dtype.itemsize
 
 
 class SafetensorsWriter:
@@ -217,7 +214,7 @@ class SafetensorsWriter:
             header["__metadata__"] = dict(metadata)
         offset = 0
         for t in self.plan:
-            header[t.name] = {"dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
+            header[t.name] = {"dtype": dtype_name(t.dtype), "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
             offset += t.nbytes
         raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
         raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
@@ -232,6 +229,8 @@ class SafetensorsWriter:
             raise ValueError(
                 f"writer expected {want.name} {want.dtype} {want.shape}, got {name} {tensor.dtype} {tuple(tensor.shape)}"
             )
+        import torch
+
         t = tensor.detach().contiguous().cpu()
         if t.numel():
             self._file.write(memoryview(t.view(torch.uint8).reshape(-1).numpy()))

@@ -21,14 +21,18 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
+from .dtypes import NAMES, dtype_name, itemsize
 from .errors import CheckpointError
 from .jsonfile import parse_json_text
-from .safetensors_io import DTYPE_NAMES, DTYPES
-from .ternary import LinearClass, TernaryScale
+from .linear_class import LinearClass
+from .stored import StoredScale, value_tensor
+
+if TYPE_CHECKING:  # readers look for records while planning; decoding one builds tensors
+    import torch
+
+    from .ternary import TernaryScale
 
 #: metadata key (safetensors ``__metadata__``, GGUF string, Nanotron ``custom_metas`` entry)
 SCALES_KEY = "bitconvert.ternary_scales"
@@ -43,35 +47,47 @@ VALUES_ONLINE = "codes*scale/nonzero_fraction"
 
 @dataclass(frozen=True)
 class ScaleRecord:
-    scale: TernaryScale
-    #: the magnitude the output stores for this weight, where it differs from the scale's own field
-    written: torch.Tensor | None = None
+    """One decoded record, as bytes (readers keep it so while planning; the tensors come on demand)."""
+
+    stored: StoredScale
+    #: the magnitude the output stores for this weight, where it differs from the scale's own field:
+    #: (dtype name, raw bytes)
+    written_raw: tuple[str, bytes] | None = None
+
+    @property
+    def scale(self) -> TernaryScale:
+        return self.stored.to_scale()
+
+    @property
+    def written(self) -> torch.Tensor | None:
+        """The written magnitude as a 0-dim tensor (imports torch)."""
+        return None if self.written_raw is None else value_tensor(self.written_raw[1], self.written_raw[0]).reshape(())
 
 
 def _hex(t: torch.Tensor) -> str:
+    import torch
+
     return t.reshape(1).contiguous().view(torch.uint8).numpy().tobytes().hex()
 
 
-def _unhex(dtype_name: Any, hexbits: Any, what: str) -> torch.Tensor:
-    if not isinstance(dtype_name, str) or dtype_name not in DTYPES:
-        raise ValueError(f"{what} dtype {dtype_name!r} is not one of {', '.join(sorted(DTYPES))}")
-    dtype = DTYPES[dtype_name]
+def _unhex(name: Any, hexbits: Any, what: str) -> bytes:
+    if not isinstance(name, str) or name not in NAMES:
+        raise ValueError(f"{what} dtype {name!r} is not one of {', '.join(sorted(NAMES))}")
     if not isinstance(hexbits, str) or len(hexbits) > 64:
         raise ValueError(f"{what} bytes are not a short hex string")
     try:
         raw = bytes.fromhex(hexbits)
     except ValueError:
         raise ValueError(f"{what} bytes are not hex") from None
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    if len(raw) != itemsize:
-        raise ValueError(f"{what} has {len(raw)} bytes, a {dtype_name} value has {itemsize}")
-    return torch.frombuffer(bytearray(raw), dtype=dtype).clone().reshape(1)
+    if len(raw) != itemsize(name):
+        raise ValueError(f"{what} has {len(raw)} bytes, a {name} value has {itemsize(name)}")
+    return raw
 
 
 def encode_record(scale: TernaryScale, written: torch.Tensor | None = None) -> list[str]:
-    item = [scale.linear_class.value, DTYPE_NAMES[scale.dtype], _hex(scale.value)]
+    item = [scale.linear_class.value, dtype_name(scale.dtype), _hex(scale.value)]
     if written is not None:
-        item += [DTYPE_NAMES[written.dtype], _hex(written)]
+        item += [dtype_name(written.dtype), _hex(written)]
     return item
 
 
@@ -84,10 +100,10 @@ def decode_record(item: object, source: str | Path, name: str) -> ScaleRecord:
             linear_class = LinearClass(item[0])
         except (ValueError, TypeError):
             raise ValueError(f"unknown linear_class {item[0]!r}") from None
-        scale = TernaryScale(_unhex(item[1], item[2], "scale"), linear_class)
+        scale = StoredScale(item[1], _unhex(item[1], item[2], "scale"), linear_class)
         if not scale.is_valid():
             raise ValueError(f"scale {scale.item()!r} is not finite and positive")
-        written = _unhex(item[3], item[4], "written value").reshape(()) if len(item) == 5 else None
+        written = (item[3], _unhex(item[3], item[4], "written value")) if len(item) == 5 else None
         return ScaleRecord(scale, written)
     except ValueError as exc:
         raise CheckpointError(source, f"malformed {SCALES_KEY} record: {exc}", name) from None

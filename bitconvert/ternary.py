@@ -6,7 +6,6 @@ ternary weight is quantized, scaled or packed asks this one.
 
 from __future__ import annotations
 
-import enum
 import sys
 from dataclasses import dataclass
 
@@ -15,24 +14,13 @@ import torch
 
 from .bf16_codes import CHUNK, bf16_bits, codes_into, pack_planes, zero_threshold
 from .errors import BitconvertError
+from .linear_class import LinearClass  # re-exported: defined apart so that configs load without torch
 from .torchsum import abs_sum_bf16, calibrated_lanes
 
 #: transformers and the BitNet papers clamp mean|W| from below at this value.
 MEAN_ABS_FLOOR = 1e-5
 #: Packed HF layout: four 2-bit codes per byte, along the output (row) dimension.
 VALUES_PER_BYTE = 4
-
-
-class LinearClass(str, enum.Enum):
-    """What a stored ``weight_scale`` means; the two conventions are reciprocal to each other."""
-
-    AUTOBITLINEAR = "autobitlinear"  # weight_scale = mean|W|; the layer multiplies its output by it
-    BITLINEAR = "bitlinear"  # weight_scale = 1/mean|W|; the layer divides its output by it
-
-    @classmethod
-    def parse(cls, value: str | None) -> "LinearClass":
-        # transformers' BitNetQuantConfig defaults to bitlinear when the key is absent.
-        return cls(value) if value else cls.BITLINEAR
 
 
 @dataclass(frozen=True)

@@ -696,14 +696,17 @@ MEMORY_SCRIPT = """
 import sys
 from pathlib import Path
 from bitconvert.convert import convert
-from bitconvert.formats import open_checkpoint
+from bitconvert.formats import load_all, open_checkpoint
 
 def status(key):  # this process's own memory (ru_maxrss would carry the parent's peak over the fork)
     line = next(l for l in open("/proc/self/status") if l.startswith(key + ":"))
     return int(line.split()[1]) * 1024
 
 src, nt, back = map(Path, sys.argv[1:4])
-open_checkpoint(src)  # imports and warm-up outside the measured part
+# imports and warm-up outside the measured part; opening alone imports neither the writers nor torch
+open_checkpoint(src)
+load_all()
+import torch  # noqa: E402,F401
 resident = status("VmRSS")
 convert(src, nt, "nanotron", {"tp": 2, "flavor": "pr178", "allow_lossy": True})
 convert(nt, back, "hf-bf16", {})

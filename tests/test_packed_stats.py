@@ -51,3 +51,59 @@ def test_non_finite_count(dtype):
     x = torch.randn(3, 70001).to(dtype)
     x[0, 5], x[1, 7], x[2, 70000] = float("inf"), float("nan"), float("-inf")
     assert non_finite_count(x) == 3 == int((~torch.isfinite(x)).sum())
+
+
+def _without_stored_bytes(monkeypatch):
+    """Make verify_integrity load every tensor (the torch path), as it did before stored bytes."""
+    import dataclasses
+
+    from bitconvert.verify import integrity
+
+    def opened(*args, **kwargs):
+        ckpt = open_checkpoint(*args, **kwargs)
+        for name, e in ckpt.tensors.items():
+            ckpt.tensors[name] = dataclasses.replace(e, load_stored=None, load_packed=None, load_stored_scale=None)
+        return ckpt
+
+    monkeypatch.setattr(integrity, "open_checkpoint", opened)
+
+
+def _damaged(tmp_path, fixture: str):
+    """A copy of ``fixture`` with a NaN in a dense tensor and, if packed, a code 3, a zero and an inf scale."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    dst = tmp_path / fixture
+    shutil.copytree(FIXTURES / fixture, dst)
+    tensors = load_file(str(dst / "model.safetensors"))
+    tensors["model.norm.weight"] = tensors["model.norm.weight"].clone()
+    tensors["model.norm.weight"][3] = float("nan")
+    if "model.layers.0.mlp.up_proj.weight_scale" in tensors:
+        tensors["model.layers.0.mlp.up_proj.weight"].view(-1)[5] = 0xFF
+        tensors["model.layers.0.mlp.down_proj.weight_scale"].zero_()
+        tensors["model.layers.1.mlp.down_proj.weight_scale"].fill_(float("inf"))
+    save_file(tensors, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    return dst
+
+
+@pytest.mark.parametrize("fixture", PACKED + ["bitnet-2b4t-master", "onebitllms-bf16"])
+@pytest.mark.parametrize("damaged", [False, True])
+def test_integrity_on_stored_bytes_equals_integrity_on_loaded_tensors(fixture, damaged, tmp_path, monkeypatch):
+    # `upload --dry-run` checks stored bytes without torch: same checks, messages, figures and hashes
+    from bitconvert.verify import verify_integrity
+
+    src = _damaged(tmp_path, fixture) if damaged else FIXTURES / fixture
+
+    def report():
+        r = verify_integrity(src)
+        return [(c.name, c.passed, c.detail, c.tensor, c.figure) for c in r.checks], r.manifest
+
+    on_bytes = report()
+    _without_stored_bytes(monkeypatch)
+    assert on_bytes == report()
+    failed = [c for c in on_bytes[0] if not c[1]]
+    assert bool(failed) == damaged
+    if damaged and fixture in PACKED:
+        assert {c[3] for c in failed} == {"model.norm.weight", "model.layers.0.mlp.up_proj.weight",
+                                          "model.layers.0.mlp.down_proj.weight", "model.layers.1.mlp.down_proj.weight"}

@@ -362,3 +362,11 @@ def test_integrity_api_report_shape():
     assert report.passed and d["passed"] and d["checks_failed"] == 0
     assert set(d["checks"][0]) == {"name", "passed", "tensor", "figure", "threshold", "detail"}
     assert report.manifest is not None and len(report.manifest["tensors"]) == 24
+
+
+def test_digests_are_skipped_when_no_manifest_is_wanted_and_checks_stay_the_same():
+    hashed, plain = verify_integrity(PACKED), verify_integrity(PACKED, digests=False)
+    assert hashed.manifest is not None and plain.manifest is None
+    assert [(c.name, c.passed, c.detail, c.tensor) for c in plain.checks] == [
+        (c.name, c.passed, c.detail, c.tensor) for c in hashed.checks
+    ]

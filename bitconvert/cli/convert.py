@@ -212,7 +212,7 @@ def convert(
 
 def formats() -> None:
     """List the formats bitconvert reads and writes."""
-    from ..formats import CATALOGUE
+    from ..formats import CATALOGUE, modes
 
-    for name, (_, modes) in sorted(CATALOGUE.items()):
-        out.print(f"{name}\t{modes}", highlight=False)
+    for name in sorted(CATALOGUE):
+        out.print(f"{name}\t{modes(name)}", highlight=False)

@@ -94,7 +94,7 @@ def verify(
         consumer(target)
     th = Thresholds(max_code_mismatches, scale_rtol, atol, logits_atol, min_argmax_agreement)
     with progress_bar(not json_out) as progress:
-        report = _run_checks(src, against, roundtrip, manifest_check, th, logits, ids, device, progress)
+        report = _run_checks(src, against, roundtrip, manifest, manifest_check, th, logits, ids, device, progress)
         if reproduce is not None:
             _merge(report, _reproduce(src, reproduce, recipe, progress), "")
     if target is not None:  # what the consumer computes: bitconvert/verify/targets.py
@@ -127,11 +127,13 @@ def _check_options(logits, against, roundtrip, tokens, manifest_check, threshold
         raise UsageError(f"{manifest_check}: no such file")
 
 
-def _run_checks(src, against, roundtrip, manifest_check, th, logits, ids, device, progress):
+def _run_checks(src, against, roundtrip, manifest, manifest_check, th, logits, ids, device, progress):
     """Integrity first, then the comparisons asked for, merged into one report."""
     from ..verify import verify_against, verify_integrity, verify_roundtrip
 
-    report = verify_integrity(src, manifest_check=manifest_check, progress=progress)
+    # digests only for a manifest written or checked: hashing is a quarter of the work
+    wanted = manifest is not None or manifest_check is not None
+    report = verify_integrity(src, manifest_check=manifest_check, progress=progress, digests=wanted)
     if against is not None:
         other = verify_against(src, against, thresholds=th, logits=logits, tokens=ids, device=device, progress=progress)
         _merge(report, other, "against.")

@@ -61,15 +61,22 @@ READERS: dict[str, Reader] = {}
 WRITERS: dict[str, Writer] = {}
 
 # Format modules register themselves on import; this table is the only place that names them, with
-# what each registers, so that listing the formats imports none of them (nor torch). A test checks
-# it against what the modules register.
-CATALOGUE: dict[str, tuple[str, str]] = {
-    "hf-bf16": ("hf.bf16", "read/write"),
-    "hf-packed": ("hf.packed", "read/write"),
-    "gguf": ("gguf.format", "read/write"),
-    "nanotron": ("nanotron.format", "read/write"),
+# the module that registers each half, so that listing the formats imports none of them (nor torch).
+# Readers and writers live in separate modules: opening a checkpoint (inspect, upload's planning)
+# imports the readers only, which need no torch until a tensor is loaded. A test checks the table
+# against what the modules register.
+CATALOGUE: dict[str, tuple[str | None, str | None]] = {
+    "hf-bf16": ("hf.bf16", "hf.bf16_writer"),
+    "hf-packed": ("hf.packed", "hf.packed_writer"),
+    "gguf": ("gguf.reader", "gguf.writer"),
+    "nanotron": ("nanotron.reader", "nanotron.writer"),
 }
-_FORMAT_MODULES = list(dict.fromkeys(module for module, _ in CATALOGUE.values()))
+
+
+def modes(name: str) -> str:
+    """``read``, ``write`` or ``read/write``: what bitconvert does with format ``name``."""
+    reader, writer = CATALOGUE[name]
+    return "/".join(mode for mode, module in (("read", reader), ("write", writer)) if module)
 
 
 def register_reader(reader: Reader) -> Reader:
@@ -82,13 +89,27 @@ def register_writer(writer: Writer) -> Writer:
     return writer
 
 
+def _load(half: int) -> None:
+    for modules in CATALOGUE.values():
+        if modules[half]:
+            importlib.import_module(f"{__name__}.{modules[half]}")
+
+
+def load_readers() -> None:
+    _load(0)
+
+
+def load_writers() -> None:
+    _load(1)
+
+
 def load_all() -> None:
-    for mod in _FORMAT_MODULES:
-        importlib.import_module(f"{__name__}.{mod}")
+    load_readers()
+    load_writers()
 
 
 def writer_for(name: str) -> Writer:
-    load_all()
+    load_writers()
     if name not in WRITERS:
         raise UsageError(f"unknown output format {name!r}; choose one of: {', '.join(sorted(WRITERS))}")
     return WRITERS[name]
@@ -104,7 +125,7 @@ def options_for(fmt: str, given: Mapping[str, Any] | Any = None) -> Any:
 
 
 def detect_format(path: Path) -> str:
-    load_all()
+    load_readers()
     if not path.exists():
         raise UsageError(f"{path}: no such file or directory")
     for name, reader in READERS.items():
@@ -132,7 +153,7 @@ def open_checkpoint(path: str | Path, format: str | None = None) -> Checkpoint:
     from ..hub.source import local_source  # hf://ORG/NAME[@REV] -> local snapshot; other paths unchanged
 
     path = local_source(path)
-    load_all()
+    load_readers()
     token = _OPENING.set({})
     try:
         if format is None:

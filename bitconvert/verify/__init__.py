@@ -14,25 +14,45 @@ Each returns a :class:`VerifyReport` of :class:`Check` entries; nothing is print
 
 from __future__ import annotations
 
-from .compare import Thresholds, verify_against
-from .integrity import verify_integrity
-from .manifest import read_manifest, write_manifest
-from .report import Check, VerifyReport, check_line
-from .reproduce import verify_reproduce
-from .roundtrip import verify_roundtrip
-from .targets import CONSUMERS, verify_target
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__all__ = [
-    "CONSUMERS",
-    "Check",
-    "Thresholds",
-    "VerifyReport",
-    "check_line",
-    "read_manifest",
-    "verify_against",
-    "verify_integrity",
-    "verify_reproduce",
-    "verify_roundtrip",
-    "verify_target",
-    "write_manifest",
-]
+#: each public name -> the submodule defining it. Loaded on first use (PEP 562), so that ``upload
+#: --dry-run``, which needs only the integrity checks (no torch on stored bytes), does not import
+#: the comparison and reproduction modules, which compute on tensors.
+_EXPORTS = {
+    "CONSUMERS": "targets",
+    "Check": "report",
+    "Thresholds": "compare",
+    "VerifyReport": "report",
+    "check_line": "report",
+    "read_manifest": "manifest",
+    "verify_against": "compare",
+    "verify_integrity": "integrity",
+    "verify_reproduce": "reproduce",
+    "verify_roundtrip": "roundtrip",
+    "verify_target": "targets",
+    "write_manifest": "manifest",
+}
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # the names above, for type checkers (F401: they are exported through _EXPORTS)
+    from .compare import Thresholds, verify_against
+    from .integrity import verify_integrity
+    from .manifest import read_manifest, write_manifest
+    from .report import Check, VerifyReport, check_line
+    from .reproduce import verify_reproduce
+    from .roundtrip import verify_roundtrip
+    from .targets import CONSUMERS, verify_target
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value  # looked up once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

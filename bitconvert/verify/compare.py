@@ -19,9 +19,9 @@ from typing import Sequence
 import torch
 
 from ..checkpoint import Checkpoint, Value
+from ..dtypes import dtype_name
 from ..errors import CheckpointError
 from ..formats import Progress, no_progress, open_checkpoint
-from ..safetensors_io import DTYPE_NAMES
 from ..ternary import LinearClass, TernaryScale, TernaryWeight, quantize
 from .integrity import READ_ERRORS
 from .report import Check, VerifyReport
@@ -186,7 +186,7 @@ def _compare_ternary(name: str, va: Value, vb: Value, th: Thresholds, report: Ve
     report.add(Check("codes", n <= th.code_mismatches, detail, name, float(n), float(th.code_mismatches)))
     sa, sb = ta.scale.to(cls, dtype), tb.scale.to(cls, dtype)
     rel = _relative(sa, sb)
-    how = f"{cls.value} {DTYPE_NAMES[dtype]}"
+    how = f"{cls.value} {dtype_name(dtype)}"
     detail = f"src {sa.item():.9g}, ref {sb.item():.9g} ({how}" + (
         ", ref re-expressed)" if not tb.scale.same_as(sb) else ")"
     )
@@ -209,7 +209,7 @@ def _compare_dense(name: str, va: torch.Tensor, vb: torch.Tensor, th: Thresholds
     diff = torch.where(same_special, torch.zeros_like(diff), diff)
     diff = torch.where(torch.isnan(diff), torch.full_like(diff, float("inf")), diff)
     worst = float(diff.max()) if diff.numel() else 0.0
-    cast_note = f", ref cast {DTYPE_NAMES[vb.dtype]} -> {DTYPE_NAMES[va.dtype]}" if vb.dtype != va.dtype else ""
+    cast_note = f", ref cast {dtype_name(vb.dtype)} -> {dtype_name(va.dtype)}" if vb.dtype != va.dtype else ""
     detail = f"max abs diff {worst:.6g}{cast_note}"
     report.add(Check("tensor", worst <= th.atol, detail, name, worst, th.atol))
 

@@ -4,25 +4,35 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator, Literal
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Any, Iterator, Literal
 
 from ..checkpoint import Checkpoint, TensorEntry
 from ..config import QuantMode
+from ..dtypes import dtype_name, is_float_dtype, itemsize, torch_name
 from ..errors import CheckpointError
 from ..formats import Progress, no_progress, open_checkpoint
 from ..jsonfile import parse_json_text
 from ..packed_stats import counts_stats, packed_code_counts
-from ..ternary import TernaryWeight
-from .manifest import check_manifest, new_manifest, packed_ternary_digest, read_manifest, tensor_digest
+from ..stored import EXPONENT_BITS, StoredScale, non_finite_bits
+from .manifest import (
+    check_manifest,
+    new_manifest,
+    packed_ternary_digest,
+    read_manifest,
+    stored_dense_digest,
+    tensor_digest,
+)
 from .report import Check, VerifyReport
+
+if TYPE_CHECKING:  # tensors whose reader keeps their stored bytes are checked on those, without torch
+    import torch
+
+    from ..ternary import TernaryScale
 
 #: load failures that mean "this tensor is unreadable" rather than a bug in bitconvert
 READ_ERRORS = (CheckpointError, OSError, ValueError, RuntimeError)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
-Loaded = tuple[Literal["packed", "value", "error"], Any]
+Loaded = tuple[Literal["packed", "stored", "value", "error"], Any]
 
 
 def verify_integrity(
@@ -31,6 +41,7 @@ def verify_integrity(
     manifest_check: str | Path | dict[str, Any] | None = None,
     format: str | None = None,
     progress: Progress = no_progress,
+    digests: bool = True,
 ) -> VerifyReport:
     """Integrity checks of one checkpoint in any format the project reads.
 
@@ -38,7 +49,9 @@ def verify_integrity(
     every tensor readable with the right dtype; ternary codes in {-1, 0, 1} and scales finite and
     positive; dense tensors finite; side files (tokenizer) present and parseable. The report's
     ``manifest`` holds a sha256 per tensor; ``manifest_check`` (a path or a loaded manifest) adds
-    one check per tensor against it. Raises only ``UsageError`` (SRC does not exist, bad format
+    one check per tensor against it. ``digests=False`` skips the hashing (a quarter of the time
+    of a packed model's checks) where no manifest is wanted: ``report.manifest`` is then None.
+    Raises only ``UsageError`` (SRC does not exist, bad format
     name) or ``CheckpointError`` for an unreadable ``manifest_check`` file; every problem of the
     checkpoint itself is a failed check.
     """
@@ -58,11 +71,12 @@ def verify_integrity(
         report.notes.append(note)
     _config_checks(ckpt, report)
     _tensor_set_checks(ckpt, report)
-    digests = _tensor_checks(ckpt, report, progress)
+    found = _tensor_checks(ckpt, report, progress, digests or expected_manifest is not None)
     _side_file_checks(ckpt, report)
-    report.manifest = new_manifest(ckpt.format, {k: v for k, v in digests.items() if v is not None})
+    if digests:
+        report.manifest = new_manifest(ckpt.format, {k: v for k, v in found.items() if v is not None})
     if expected_manifest is not None:
-        for c in check_manifest(expected_manifest, digests):
+        for c in check_manifest(expected_manifest, found):
             report.add(c)
     report.figures.update(
         tensors=len(ckpt.tensors),
@@ -137,14 +151,18 @@ def _tensor_set_checks(ckpt: Checkpoint, report: VerifyReport) -> None:
 
 
 def _load(entry: TensorEntry, packed: bool = True) -> Loaded:
-    """What the checks need of one tensor: packed bytes + scale where the reader keeps them, else the value."""
+    """What the checks need of one tensor: its stored bytes where the reader keeps them (packed codes +
+    scale, or a dense tensor's floats), else the loaded value (``packed=False``: always the value)."""
     try:
-        if packed and entry.load_packed is not None and entry.load_scale is not None:
+        if packed and entry.load_packed is not None and entry.load_stored_scale is not None:
             raw = entry.load_packed()
             try:
-                return "packed", (raw, entry.load_scale())
+                scale = entry.load_stored_scale()
             except READ_ERRORS:  # load() reports it, after any bad code, as the reader orders them
                 return _load(entry, packed=False)
+            return "packed", (raw, scale)
+        if packed and entry.load_stored is not None and entry.dtype_name in EXPONENT_BITS:
+            return "stored", entry.load_stored()
         return "value", entry.load()
     except READ_ERRORS as exc:
         return "error", exc
@@ -162,7 +180,8 @@ def _loaded_ahead(ckpt: Checkpoint) -> Iterator[tuple[str, TensorEntry, Loaded]]
             del loaded
 
 
-def _tensor_checks(ckpt: Checkpoint, report: VerifyReport, progress: Progress) -> dict[str, dict | None]:
+def _tensor_checks(ckpt: Checkpoint, report: VerifyReport, progress: Progress, hashed: bool) -> dict[str, dict | None]:
+    """Every tensor's checks; returns its digest (None where unreadable, or where not ``hashed``)."""
     digests: dict[str, dict | None] = {}
     total = len(ckpt.tensors)
     for i, (name, entry, (kind, data)) in enumerate(_loaded_ahead(ckpt)):
@@ -170,23 +189,38 @@ def _tensor_checks(ckpt: Checkpoint, report: VerifyReport, progress: Progress) -
         if kind == "packed":
             packed, scale = data
             counts = packed_code_counts(packed)
-            if counts[3]:  # the reader's own message names the first invalid field
+            if counts[3] or not scale.is_valid():  # the reader's own message names the first bad field
                 kind, data = _load(entry, packed=False)
             else:
                 _ternary_checks(name, entry.stored, tuple(entry.shape), counts, scale, report)
-                digests[name] = packed_ternary_digest(tuple(entry.shape), packed, scale)
+                digests[name] = packed_ternary_digest(tuple(entry.shape), packed, scale) if hashed else None
                 continue
+        if kind == "stored":
+            digests[name] = _stored_checks(name, entry, data, report, hashed)
+            continue
         if kind == "error":
             problem = data.problem if isinstance(data, CheckpointError) else f"{type(data).__name__}: {data}"
             report.add(Check("readable", False, f"{entry.source}: {problem}", name))
             digests[name] = None
             continue
-        digests[name] = _value_checks(name, entry, data, report)
+        digests[name] = _value_checks(name, entry, data, report, hashed)
     progress(total, total, "")
     return digests
 
 
-def _value_checks(name: str, entry: TensorEntry, value, report: VerifyReport) -> dict | None:
+def _stored_checks(name: str, entry: TensorEntry, raw, report: VerifyReport, hashed: bool) -> dict | None:
+    """:func:`_value_checks` of a dense float tensor from its stored bytes: same checks, no torch."""
+    shape, dtype = tuple(entry.shape), entry.dtype_name
+    bad = non_finite_bits(raw, dtype)
+    report.add(Check("readable", True, f"{entry.stored or torch_name(dtype)} {list(shape)}", name))
+    detail = f"{bad} of {raw.size // itemsize(dtype)} values are inf or nan" if bad else "all finite"
+    report.add(Check("finite", bad == 0, detail, name, float(bad), 0.0))
+    return stored_dense_digest(shape, dtype, raw) if hashed else None
+
+
+def _value_checks(name: str, entry: TensorEntry, value, report: VerifyReport, hashed: bool) -> dict | None:
+    from ..ternary import TernaryWeight
+
     shape = tuple(value.shape)
     if shape != tuple(entry.shape):
         report.add(Check("readable", False, f"loads with shape {list(shape)}, declared {list(entry.shape)}", name))
@@ -204,33 +238,23 @@ def _value_checks(name: str, entry: TensorEntry, value, report: VerifyReport) ->
         report.add(Check("readable", True, f"{entry.stored or value.dtype} {list(shape)}", name))
         detail = f"{bad} of {value.numel()} values are inf or nan" if bad else "all finite"
         report.add(Check("finite", bad == 0, detail, name, float(bad), 0.0))
-    return tensor_digest(value)
-
-
-#: exponent bits of each float dtype: a value is inf or nan exactly when they are all set
-_EXPONENT = {torch.bfloat16: (np.uint16, 0x7F80), torch.float16: (np.uint16, 0x7C00),
-             torch.float32: (np.uint32, 0x7F800000), torch.float64: (np.uint64, 0x7FF0000000000000)}
+    return tensor_digest(value) if hashed else None
 
 
 def non_finite_count(value: torch.Tensor, chunk: int = 1 << 16) -> int:
-    """How many values are inf or nan, from their exponent bits, a cache-sized chunk at a time."""
-    if value.dtype not in _EXPONENT:
+    """How many values are inf or nan, from their exponent bits (:func:`~bitconvert.stored.non_finite_bits`)."""
+    import torch
+
+    if not is_float_dtype(value.dtype):
         return int((~torch.isfinite(value)).sum())
-    word, mask = _EXPONENT[value.dtype]
-    bits = value.detach().contiguous().reshape(-1).view(torch.uint8).numpy().view(word)
-    exp = word(mask)
-    tmp = np.empty(min(chunk, bits.size), dtype=word)
-    bad = 0
-    for start in range(0, bits.size, chunk):
-        t = tmp[: min(chunk, bits.size - start)]
-        np.bitwise_and(bits[start : start + chunk], exp, out=t)
-        bad += int(np.count_nonzero(t == exp))
-    return bad
+    raw = value.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
+    return non_finite_bits(raw, dtype_name(value.dtype), chunk)
 
 
 def _ternary_checks(
-    name: str, stored: str, shape: tuple[int, ...], counts: tuple[int, int, int, int], scale, report: VerifyReport
-) -> None:
+    name: str, stored: str, shape: tuple[int, ...], counts: tuple[int, int, int, int],
+    scale: TernaryScale | StoredScale, report: VerifyReport,
+) -> None:  # fmt: skip
     report.add(Check("readable", True, f"{stored or 'ternary'} {list(shape)}", name))
     minus, zero, plus, invalid = counts
     stats = counts_stats(minus, zero, plus, invalid)
@@ -238,7 +262,8 @@ def _ternary_checks(
     report.add(Check("codes", invalid == 0, detail if not invalid else f"{invalid} values outside {{-1, 0, 1}}",
                      name, float(invalid), 0.0))
     v = scale.item()
-    report.add(Check("scale", scale.is_valid(), f"{scale.linear_class.value} {scale.dtype}"
+    dtype = torch_name(scale.dtype_name) if isinstance(scale, StoredScale) else str(scale.dtype)
+    report.add(Check("scale", scale.is_valid(), f"{scale.linear_class.value} {dtype}"
                      + ("" if scale.is_valid() else ": not finite and positive"), name, v))
 
 

@@ -11,21 +11,27 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
-import torch
+import numpy as np
 
 from ..errors import CheckpointError
 from ..jsonfile import parse_json_text
 from ..packed_stats import unpacked_chunks
-from ..safetensors_io import DTYPE_NAMES
-from ..ternary import TernaryScale, TernaryWeight
+from ..stored import StoredScale
 from .report import Check
+
+if TYPE_CHECKING:  # hashes of stored bytes (upload's planning) need no torch; of loaded tensors, they do
+    import torch
+
+    from ..ternary import TernaryScale, TernaryWeight
 
 MANIFEST_VERSION = 1
 
 
 def _feed(h: "hashlib._Hash", t: torch.Tensor) -> None:
+    import torch
+
     t = t.detach().cpu().contiguous().reshape(-1)
     if t.numel():
         h.update(memoryview(t.view(torch.uint8).numpy()))
@@ -33,31 +39,57 @@ def _feed(h: "hashlib._Hash", t: torch.Tensor) -> None:
 
 def tensor_digest(value: torch.Tensor | TernaryWeight) -> dict[str, Any]:
     """The manifest entry of one loaded tensor: kind, shape, dtype and sha256."""
-    h = hashlib.sha256()
+    import torch
+
+    from ..dtypes import dtype_name
+    from ..ternary import TernaryWeight
+
     if isinstance(value, TernaryWeight):
-        return _ternary_digest(value.shape, value.scale, [value.codes.to(torch.int8)])
-    head = f"dense|{list(value.shape)}|{DTYPE_NAMES[value.dtype]}|"
-    h.update(head.encode())
+        return _ternary_digest(value.shape, StoredScale.of(value.scale), [value.codes.to(torch.int8)])
+    h = _dense_hash(list(value.shape), dtype_name(value.dtype))
     _feed(h, value)
-    return {"kind": "dense", "shape": list(value.shape), "dtype": DTYPE_NAMES[value.dtype], "sha256": h.hexdigest()}
+    return _dense_entry(list(value.shape), dtype_name(value.dtype), h)
 
 
-def packed_ternary_digest(shape: tuple[int, ...], packed: torch.Tensor, scale: TernaryScale) -> dict[str, Any]:
-    """:func:`tensor_digest` of a ternary weight from its packed bytes (HF row-block layout), unpacked a chunk at a time."""
-    return _ternary_digest(shape, scale, unpacked_chunks(packed))
+def stored_dense_digest(shape: tuple[int, ...], dtype_name: str, raw: np.ndarray) -> dict[str, Any]:
+    """:func:`tensor_digest` of a dense tensor from its stored bytes (``raw``, uint8), without torch."""
+    h = _dense_hash(list(shape), dtype_name)
+    if raw.size:
+        h.update(memoryview(np.ascontiguousarray(raw).reshape(-1)))
+    return _dense_entry(list(shape), dtype_name, h)
 
 
-def _ternary_digest(shape: tuple[int, ...], scale: TernaryScale, codes: Iterable) -> dict[str, Any]:
+def _dense_hash(shape: list[int], dtype_name: str) -> "hashlib._Hash":
     h = hashlib.sha256()
-    h.update(f"ternary|{list(shape)}|{scale.linear_class.value}|{DTYPE_NAMES[scale.dtype]}|".encode())
+    h.update(f"dense|{shape}|{dtype_name}|".encode())
+    return h
+
+
+def _dense_entry(shape: list[int], dtype_name: str, h: "hashlib._Hash") -> dict[str, Any]:
+    return {"kind": "dense", "shape": shape, "dtype": dtype_name, "sha256": h.hexdigest()}
+
+
+def packed_ternary_digest(
+    shape: tuple[int, ...], packed: Any, scale: TernaryScale | StoredScale
+) -> dict[str, Any]:
+    """:func:`tensor_digest` of a ternary weight from its packed bytes (HF row-block layout, numpy or
+    a tensor), unpacked a chunk at a time; with a :class:`StoredScale`, without torch."""
+    stored = scale if isinstance(scale, StoredScale) else StoredScale.of(scale)
+    return _ternary_digest(shape, stored, unpacked_chunks(packed))
+
+
+def _ternary_digest(shape: tuple[int, ...], scale: StoredScale, codes: Iterable) -> dict[str, Any]:
+    h = hashlib.sha256()
+    h.update(f"ternary|{list(shape)}|{scale.linear_class.value}|{scale.dtype_name}|".encode())
     for chunk in codes:  # int8 codes in row-major order, whole or in chunks
-        if isinstance(chunk, torch.Tensor):
+        if isinstance(chunk, np.ndarray):
+            if chunk.size:
+                h.update(memoryview(chunk))
+        else:
             _feed(h, chunk)
-        elif chunk.size:
-            h.update(memoryview(chunk))
     h.update(b"|")
-    _feed(h, scale.value.reshape(1))
-    return {"kind": "ternary", "shape": list(shape), "dtype": DTYPE_NAMES[scale.dtype], "sha256": h.hexdigest()}
+    h.update(scale.data)
+    return {"kind": "ternary", "shape": list(shape), "dtype": scale.dtype_name, "sha256": h.hexdigest()}
 
 
 def new_manifest(src_format: str, tensors: dict[str, dict[str, Any]]) -> dict[str, Any]:

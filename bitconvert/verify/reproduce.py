@@ -26,10 +26,10 @@ import torch
 
 from ..checkpoint import Checkpoint, Value
 from ..convert import convert
+from ..dtypes import dtype_name
 from ..errors import BitconvertError, CheckpointError, UsageError
 from ..formats import Progress, no_progress, open_checkpoint
 from ..recipes import GGUF_RECIPES, HF_PACKED_RECIPES, Recipe
-from ..safetensors_io import DTYPE_NAMES
 from ..ternary import TernaryWeight
 from .report import Check, VerifyReport
 
@@ -235,7 +235,7 @@ def _compare_ternary(name: str, a: Value, b: Value, report: VerifyReport) -> Non
         sb = sb.to(sa.linear_class, sa.dtype)
     same = torch.equal(sa.value.reshape(1), sb.value.reshape(1))
     rel = 0.0 if same else abs(sa.item() - sb.item()) / abs(sb.item() or 1.0)
-    how = f"{sa.linear_class.value} {DTYPE_NAMES[sa.dtype]}"
+    how = f"{sa.linear_class.value} {dtype_name(sa.dtype)}"
     detail = (
         f"scale identical ({how})"
         if same
@@ -263,7 +263,7 @@ def _compare_dense(name: str, a: Value, b: Value, report: VerifyReport) -> None:
     detail = (
         "identical"
         if same
-        else f"values differ (max abs diff {worst:.6g}; {DTYPE_NAMES[a.dtype]} vs {DTYPE_NAMES[b.dtype]})"
+        else f"values differ (max abs diff {worst:.6g}; {dtype_name(a.dtype)} vs {dtype_name(b.dtype)})"
     )
     report.add(Check("reproduce.dense", same, detail, name, worst, 0.0))
 

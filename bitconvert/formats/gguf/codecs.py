@@ -27,13 +27,10 @@ from typing import Callable
 import numpy as np
 import torch
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
-from gguf.constants import QK_K as _QK_K
 
 from ... import workers
+from .blocks import I2_S_TAIL, QK_I2_S, QK_K  # noqa: F401  (re-exported)
 
-QK_K = _QK_K  # TQ block
-QK_I2_S = 128  # I2_S block (x86)
-I2_S_TAIL = 32  # bytes after the packed codes: the fp32 scale, then padding
 QK8_0 = GGML_QUANT_SIZES[GGMLQuantizationType.Q8_0][0]
 
 

@@ -18,11 +18,12 @@ tensors, no files. Decoders read a stored code 3 (invalid) as 2; callers reject 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
+if TYPE_CHECKING:  # the reader names the layouts while planning; torch only to encode or decode
+    import torch
 
-from . import codecs
+    from .codecs import CodeRows
 
 LAYOUTS = ("x86", "x86-rows", "arm")
 DEFAULT_LAYOUT = "x86"
@@ -46,6 +47,8 @@ def layout_problem(layout: str, shape: tuple[int, ...]) -> str | None:
 
 def _planes(codes: torch.Tensor, layout: str) -> torch.Tensor:
     """Stored codes (t + 1, uint8) arranged ``[4, bytes]``: plane i goes to shift ``6 - 2i``."""
+    import torch
+
     stored = (codes.to(torch.int8) + 1).view(torch.uint8)
     if layout == "x86-rows":
         cols = stored.shape[-1]
@@ -59,6 +62,8 @@ def _planes(codes: torch.Tensor, layout: str) -> torch.Tensor:
 
 def encode(codes: torch.Tensor, scale: float, layout: str = DEFAULT_LAYOUT) -> torch.Tensor:
     """int8 codes in {-1, 0, 1} (``[rows, cols]``) and the fp32 magnitude -> uint8 ``[numel/4 + 32]``."""
+    import torch
+
     problem = layout_problem(layout, tuple(codes.shape))
     if problem:
         raise ValueError(problem)
@@ -78,9 +83,14 @@ def encodes_rows(layout: str, cols: int) -> bool:
     return layout in BLOCK and cols % BLOCK[layout] == 0
 
 
-def encode_rows(code_rows: codecs.CodeRows, rows: int, cols: int, scale: float, layout: str) -> torch.Tensor:
+def encode_rows(code_rows: CodeRows, rows: int, cols: int, scale: float, layout: str) -> torch.Tensor:
     """:func:`encode` of codes handed out a few rows at a time (see codecs.CodeRows), for a block
     layout whose blocks tile each row (:func:`encodes_rows`): the same bytes."""
+    import numpy as np
+    import torch
+
+    from . import codecs
+
     if not encodes_rows(layout, cols):
         raise ValueError(f"layout {layout} cannot be encoded by rows of {cols} values")
     n = rows * cols
@@ -98,6 +108,8 @@ def decode(
 
     Only the four scale bytes of the tail are read: writers differ in what follows them.
     """
+    import torch
+
     problem = layout_problem(layout, shape)
     if problem:
         raise ValueError(problem)
@@ -121,5 +133,7 @@ def indistinguishable(raw: torch.Tensor, shape: tuple[int, ...]) -> bool:
     Then the layout does not matter (an all-zero or constant tensor, for instance); otherwise the
     bytes alone cannot tell which layout wrote them: every 2-bit field is a valid code in each.
     """
+    import torch
+
     decoded = [decode(raw, shape, lay)[0] for lay in LAYOUTS if layout_problem(lay, shape) is None]
     return all(torch.equal(decoded[0], d) for d in decoded[1:])

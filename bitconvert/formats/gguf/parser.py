@@ -13,15 +13,17 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from gguf.constants import GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGUFValueType, Keys
 
 from ...errors import CheckpointError
 from ...safetensors_io import read_exact
 from . import types
+
+if TYPE_CHECKING:  # headers are parsed while planning; torch only where tensor data is read
+    import torch
 
 MAGIC = struct.pack("<I", GGUF_MAGIC)  # b"GGUF"
 MAX_DIMS = 4
@@ -264,6 +266,8 @@ class GGUFFile:
 
     def read_raw(self, name: str, start: int = 0, length: int | None = None) -> torch.Tensor:
         """The tensor's bytes (or ``length`` of them from ``start``) as uint8, read with pread."""
+        import torch
+
         t = self.tensors[name]
         length = t.nbytes - start if length is None else length
         if not 0 <= start <= start + length <= t.nbytes:

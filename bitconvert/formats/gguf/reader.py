@@ -13,16 +13,22 @@ import tempfile
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ...checkpoint import Checkpoint, TensorEntry, Value, check_tensor_set
 from ...config import ModelConfig, QuantConfig, QuantMode
 from ...errors import CheckpointError
+from ...linear_class import LinearClass
 from ...scale_records import SCALES_KEY, decode_records
-from ...ternary import LinearClass, TernaryScale, TernaryWeight, recover_ternary
+from .. import register_reader
 from . import i2s_layouts, metadata, names, tokenizer, types
 from .parser import GGUFFile, TensorInfo, is_gguf
+
+if TYPE_CHECKING:  # opening reads the header only; torch where a tensor is loaded
+    import torch
+
+    from ...stored import StoredScale
+    from ...ternary import TernaryScale
 
 NAME = "gguf"
 ORIGIN_KEYS = {
@@ -32,20 +38,26 @@ ORIGIN_KEYS = {
 }
 
 
-def _scale_hints(f: GGUFFile) -> dict[str, TernaryScale]:
+def _scale_hints(f: GGUFFile) -> dict[str, StoredScale]:
     raw = f.get(SCALES_KEY)
     if raw is None:
         return {}
     if not isinstance(raw, str):
         raise CheckpointError(f.path, f"{SCALES_KEY} is not a string")
-    return {name: r.scale for name, r in decode_records(raw, f.path).items()}
+    return {name: r.stored for name, r in decode_records(raw, f.path).items()}
 
 
-def _scale(stored: torch.Tensor, hint: TernaryScale | None) -> TernaryScale:
+def _scale(stored: torch.Tensor, hint: StoredScale | None) -> TernaryScale:
     """The stored magnitude as a scale; the recorded original when it rounds to exactly this value."""
+    import torch
+
+    from ...stored import StoredScale
+    from ...ternary import TernaryScale
+
     stored = stored.reshape(1)
-    if hint is not None and torch.equal(hint.magnitude(stored.dtype).reshape(1), stored):
-        return hint
+    recorded = hint.to_scale() if hint is not None else None
+    if recorded is not None and torch.equal(recorded.magnitude(stored.dtype).reshape(1), stored):
+        return recorded
     return TernaryScale(stored.clone(), LinearClass.AUTOBITLINEAR)
 
 
@@ -55,7 +67,7 @@ class _TensorSource:
     info: TensorInfo
     hf_name: str
     scale: TensorInfo | None  # the F32 [1] ``.scale`` tensor beside a weight, if any
-    hint: TernaryScale | None  # the exact scale recorded under bitconvert.ternary_scales
+    hint: StoredScale | None  # the exact scale recorded under bitconvert.ternary_scales
     heads: int | None  # set for llama-architecture q/k, whose rows are permuted on disk
     notes: list[str]
     i2s_layout: str = i2s_layouts.DEFAULT_LAYOUT  # the byte order of an I2_S tensor
@@ -64,6 +76,8 @@ class _TensorSource:
         return CheckpointError(self.f.path, problem, self.info.name)
 
     def _tensor_scale(self) -> torch.Tensor | None:
+        import torch
+
         if self.scale is None:
             return None
         s = self.f.read_float(self.scale.name).reshape(-1).float()
@@ -82,6 +96,8 @@ class _TensorSource:
         return names.unpermute_qk(w, self.heads) if self.heads else w
 
     def load_scale(self) -> TernaryScale:
+        import torch
+
         t = self.info
         if t.ggml.flat:  # the scale follows the codes: read its four bytes alone
             raw = self.f.read_raw(t.name, t.nbytes - t.ggml.tail, 4)
@@ -91,6 +107,10 @@ class _TensorSource:
         return _scale(s, self.hint)
 
     def load(self) -> Value:
+        import torch
+
+        from ...ternary import TernaryWeight, recover_ternary
+
         if self.info.ggml.kind == "ternary":
             return self._load_codes()
         w = self.f.read_float(self.info.name)
@@ -101,12 +121,15 @@ class _TensorSource:
             return self._order(w.float() * s)
         w = self._order(w)
         if self.hint is not None:
+            hint = self.hint.to_scale()
             found = recover_ternary(w)
-            if found is not None and torch.equal(found[1].reshape(1), self.hint.magnitude(w.dtype).reshape(1)):
-                return TernaryWeight(found[0], self.hint)
+            if found is not None and torch.equal(found[1].reshape(1), hint.magnitude(w.dtype).reshape(1)):
+                return TernaryWeight(found[0], hint)
         return w
 
     def _load_codes(self) -> Value:
+        from ...ternary import TernaryWeight
+
         t = self.info
         raw = self.f.read_raw(t.name)
         problem = t.ggml.first_invalid(raw, t.shape) if t.ggml.first_invalid else None
@@ -122,6 +145,10 @@ class _TensorSource:
 
     def _from_blocks(self, codes: torch.Tensor, d: torch.Tensor) -> Value:
         """Codes with a ``d`` per block: one scale when every block that holds a code agrees."""
+        import torch
+
+        from ...ternary import LinearClass, TernaryScale, TernaryWeight
+
         rows, cols = self.info.shape
         block = self.info.ggml.block
         s = self._tensor_scale()
@@ -190,7 +217,7 @@ class GGUFReader:
 
 def _entry(
     f: GGUFFile, arch: str, cfg: ModelConfig, gname: str, want: tuple[str, tuple[int, ...]],
-    hint: TernaryScale | None, used: set[str], notes: list[str], layout: tuple[str, bool],
+    hint: StoredScale | None, used: set[str], notes: list[str], layout: tuple[str, bool],
 ) -> TensorEntry:  # fmt: skip
     """The entry of one weight the metadata implies (HF name, shape), checked against the file's tensor."""
     hf, expected = want
@@ -211,11 +238,11 @@ def _entry(
     src = _TensorSource(f, t, hf, scale, hint, names.permuted_heads(arch, hf, cfg), notes, layout[0])
     cheap_scale = t.ggml.flat or scale is not None
     if not (coded or scale is not None):
-        dtype = t.ggml.torch_dtype or torch.float32
+        dtype = t.ggml.dtype_name or "F32"
     elif hint is not None:
-        dtype = hint.dtype
+        dtype = hint.dtype_name
     else:  # the scale as stored: fp32 tensor or I2_S tail, else the fp16 block d
-        dtype = torch.float32 if cheap_scale else torch.float16
+        dtype = "F32" if cheap_scale else "F16"
     return TensorEntry(
         hf, expected, dtype, coded or scale is not None, str(f.path), src.load,
         src.load_scale if cheap_scale else None,
@@ -257,7 +284,7 @@ def _check_unused(f: GGUFFile, used: set[str], notes: list[str]) -> None:
         raise CheckpointError(f.path, "unexpected tensor: the metadata implies no such weight", gname)
 
 
-def _info(f: GGUFFile, arch: str, hints: dict[str, TernaryScale]) -> dict:
+def _info(f: GGUFFile, arch: str, hints: dict[str, StoredScale]) -> dict:
     info = {
         "gguf_architecture": arch,
         "gguf_tokenizer": tokenizer.from_gguf(f),
@@ -288,3 +315,6 @@ def _tokenizer_side_files(f: GGUFFile, ckpt: Checkpoint, notes: list[str]) -> li
     if not files:
         notes.append(f"tokenizer model {model!r} is not rebuilt as tokenizer.json (only gpt2 BPE is)")
     return files
+
+
+register_reader(GGUFReader())

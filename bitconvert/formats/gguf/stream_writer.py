@@ -13,10 +13,9 @@ import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
-import torch
 from gguf.constants import Keys
 
 from . import types
@@ -33,6 +32,9 @@ from .parser import (
     STRING,
     UINT32,
 )
+
+if TYPE_CHECKING:  # the readers share its KV helpers while planning; torch only where tensors are written
+    import torch
 
 VERSION = 3
 
@@ -97,6 +99,8 @@ def encode_kv(key: str, kv: KV) -> bytes:
 
 
 def _as_bytes(t: torch.Tensor) -> memoryview:
+    import torch
+
     return memoryview(t.detach().contiguous().cpu().view(torch.uint8).reshape(-1).numpy())
 
 

@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import partial
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 
-from . import codecs
+from ...dtypes import torch_dtype
+from .blocks import I2_S_TAIL, QK_I2_S
+
+if TYPE_CHECKING:  # the table is read while planning (sizes, names); torch and the codecs only to encode or decode
+    import torch
 
 _Q = GGMLQuantizationType
 
@@ -50,10 +52,14 @@ class GGMLType:
     first_invalid: Callable[[torch.Tensor, tuple[int, ...]], str | None] | None = None
     flat: bool = False
     tail: int = 0  # bytes after the blocks (I2_S: the scale and its padding)
-    torch_dtype: torch.dtype | None = None  # float types stored value by value
+    dtype_name: str | None = None  # float types stored value by value: their safetensors dtype name
     max_finite: float | None = None  # magnitudes at or above this do not fit (F16 overflow)
     file_type: int | None = None  # general.file_type when this is the model's main weight type
     encode_rows: Callable | None = None  # ternary: encode(codes handed out by rows: codecs.CodeRows, R, C, d)
+
+    @property
+    def torch_dtype(self) -> torch.dtype | None:
+        return torch_dtype(self.dtype_name) if self.dtype_name else None
 
     def nbytes(self, shape: tuple[int, ...]) -> int:
         """Bytes a tensor of ``shape`` (PyTorch order) takes in a GGUF data section, unpadded."""
@@ -86,26 +92,45 @@ def _size(q: GGMLQuantizationType) -> dict:
     return {"id": int(q), "name": q.name, "block": block, "block_bytes": block_bytes}
 
 
-def _float(q: GGMLQuantizationType, dtype: torch.dtype, file_type: int, max_finite: float | None = None) -> GGMLType:
+def _codec(name: str, dtype_name: str | None = None) -> Callable:
+    """``codecs.<name>`` (with ``dtype=`` for the float codecs), importing the codecs (torch) on first use."""
+
+    def call(*args):
+        from . import codecs
+
+        kwargs = {"dtype": torch_dtype(dtype_name)} if dtype_name else {}
+        return getattr(codecs, name)(*args, **kwargs)
+
+    call.__name__ = name
+    return call
+
+
+def _float(q: GGMLQuantizationType, dtype_name: str, file_type: int, max_finite: float | None = None) -> GGMLType:
     return GGMLType(
-        kind="float", encode=partial(codecs.encode_float, dtype=dtype), decode=partial(codecs.decode_float, dtype=dtype),
-        torch_dtype=dtype, max_finite=max_finite, file_type=file_type, **_size(q),
+        kind="float", encode=_codec("encode_float", dtype_name), decode=_codec("decode_float", dtype_name),
+        dtype_name=dtype_name, max_finite=max_finite, file_type=file_type, **_size(q),
     )  # fmt: skip
 
 
 def _tq2_0_invalid(raw: torch.Tensor, shape: tuple[int, ...]) -> str | None:
+    from . import codecs
+
     cols = shape[-1]
     bad = codecs.first_code_3(codecs.tq2_0_raw_codes(raw.reshape(-1, cols // codecs.QK_K * 66), cols))
     return None if bad is None else f"TQ2_0 code 3 (not ternary) in row {bad // (cols // 4)}"
 
 
 def _tq1_0_invalid(raw: torch.Tensor, shape: tuple[int, ...]) -> str | None:
+    from . import codecs
+
     cols = shape[-1]
     row = codecs.tq1_0_first_noncanonical(raw.reshape(-1, cols // codecs.QK_K * 54), cols)
     return None if row is None else f"TQ1_0 byte that no ternary values encode (not canonical) in row {row}"
 
 
 def _i2_s_invalid(raw: torch.Tensor, shape: tuple[int, ...]) -> str | None:
+    from . import codecs
+
     bad = codecs.first_code_3(raw[: math.prod(shape) // 4])
     return None if bad is None else f"I2_S code 3 (not ternary) at value {bad * 4} or after"
 
@@ -115,17 +140,19 @@ _F16_OVERFLOW = 65520.0  # the smallest magnitude that rounds to infinity in F16
 TYPES: dict[int, GGMLType] = {
     t.id: t
     for t in (
-        _float(_Q.F32, torch.float32, int(LlamaFileType.ALL_F32)),
-        _float(_Q.F16, torch.float16, int(LlamaFileType.MOSTLY_F16), _F16_OVERFLOW),
-        _float(_Q.BF16, torch.bfloat16, int(LlamaFileType.MOSTLY_BF16)),
-        GGMLType(kind="float", encode=codecs.encode_q8_0, decode=codecs.decode_q8_0, **_size(_Q.Q8_0)),
-        GGMLType(kind="ternary", encode=codecs.encode_tq1_0, decode=codecs.decode_tq1_0, first_invalid=_tq1_0_invalid,
-                 file_type=int(LlamaFileType.MOSTLY_TQ1_0), encode_rows=codecs.encode_tq1_0_rows, **_size(_Q.TQ1_0)),
-        GGMLType(kind="ternary", encode=codecs.encode_tq2_0, decode=codecs.decode_tq2_0, first_invalid=_tq2_0_invalid,
-                 file_type=int(LlamaFileType.MOSTLY_TQ2_0), encode_rows=codecs.encode_tq2_0_rows, **_size(_Q.TQ2_0)),
+        _float(_Q.F32, "F32", int(LlamaFileType.ALL_F32)),
+        _float(_Q.F16, "F16", int(LlamaFileType.MOSTLY_F16), _F16_OVERFLOW),
+        _float(_Q.BF16, "BF16", int(LlamaFileType.MOSTLY_BF16)),
+        GGMLType(kind="float", encode=_codec("encode_q8_0"), decode=_codec("decode_q8_0"), **_size(_Q.Q8_0)),
+        GGMLType(kind="ternary", encode=_codec("encode_tq1_0"), decode=_codec("decode_tq1_0"),
+                 first_invalid=_tq1_0_invalid, file_type=int(LlamaFileType.MOSTLY_TQ1_0),
+                 encode_rows=_codec("encode_tq1_0_rows"), **_size(_Q.TQ1_0)),
+        GGMLType(kind="ternary", encode=_codec("encode_tq2_0"), decode=_codec("decode_tq2_0"),
+                 first_invalid=_tq2_0_invalid, file_type=int(LlamaFileType.MOSTLY_TQ2_0),
+                 encode_rows=_codec("encode_tq2_0_rows"), **_size(_Q.TQ2_0)),
         # ggml is told one byte per value; the real size is 2 bits per value plus the tail.
-        GGMLType(I2_S, "I2_S", "ternary", codecs.QK_I2_S, codecs.QK_I2_S // 4, codecs.encode_i2_s, codecs.decode_i2_s,
-                 _i2_s_invalid, flat=True, tail=codecs.I2_S_TAIL, file_type=FILE_TYPE_I2_S),
+        GGMLType(I2_S, "I2_S", "ternary", QK_I2_S, QK_I2_S // 4, _codec("encode_i2_s"), _codec("decode_i2_s"),
+                 _i2_s_invalid, flat=True, tail=I2_S_TAIL, file_type=FILE_TYPE_I2_S),
     )
 }  # fmt: skip
 UNSUPPORTED = {TL1: "TL1 (bitnet.cpp kernel-tile layout, not portable)", TL2: "TL2 or MXFP4"}

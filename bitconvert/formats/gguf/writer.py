@@ -30,7 +30,7 @@ from ...pipeline import ahead_budget, produced_ahead
 from ...provenance import PROVENANCE_KEY, provenance_text
 from ...recipes import GGUF_RECIPES, Recipe
 from ...scale_records import encode_record
-from .. import Progress, WriteReport
+from .. import Progress, WriteReport, register_writer
 from ..hf.common import ordered_names
 from ..options import choice_parser, option, parse_flag, recipe_field
 from . import i2s_layouts, metadata, names, production, tokenizer, types
@@ -292,3 +292,6 @@ def _report_losses(plan: Plan, options: GGUFOptions, how: Counter, folded_err: f
             f"{options.gguf_type.upper()} block: {', '.join(plan.fallbacks)}"
         )
         report.details["fallback_f16"] = len(plan.fallbacks)
+
+
+register_writer(GGUFWriter())

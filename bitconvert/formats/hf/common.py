@@ -7,9 +7,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from ...config import ModelConfig, read_hf_config
 from ...errors import CheckpointError
@@ -17,6 +15,9 @@ from ...jsonfile import read_json_object
 from ...pipeline import ahead_budget, produced_ahead
 from ...safetensors_io import PlannedTensor, SafetensorsFile, SafetensorsWriter, StoredTensor
 from .. import Progress, WriteReport, parsed_once
+
+if TYPE_CHECKING:  # the readers use this module while planning; torch is the writers' (annotations only here)
+    import torch
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"

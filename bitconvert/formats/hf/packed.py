@@ -1,48 +1,27 @@
-"""``hf-packed``: transformers' ``quant_method: "bitnet"`` layout, 2-bit codes in U8 plus weight_scale."""
+"""``hf-packed``: transformers' ``quant_method: "bitnet"`` layout, 2-bit codes in U8 plus weight_scale.
+
+This module reads it (opening needs headers only, no torch); :mod:`.packed_writer` writes it.
+"""
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from ...checkpoint import Checkpoint, TensorEntry, check_tensor_set, is_ignored_tensor
+from ...dtypes import FLOAT_NAMES
+from ...errors import CheckpointError
+from ...linear_class import LinearClass
+from ...packed_stats import VALUES_PER_BYTE
+from ...safetensors_io import SafetensorsFile, StoredTensor
+from ...stored import StoredScale
+from .. import register_reader
+from .common import HFDirectory, looks_like_hf, ordered_names, read_hf_directory
 
-from ...checkpoint import (
-    Checkpoint,
-    TensorEntry,
-    as_dense,
-    check_tensor_set,
-    entry_as_ternary,
-    is_ignored_tensor,
-    quantizing,
-)
-from ...config import QuantConfig, QuantMode
-from ...errors import CheckpointError, UsageError
-from ...recipes import HF_PACKED_RECIPES, Recipe, recipe_quantizer
-from ...safetensors_io import DTYPE_NAMES, PlannedTensor, SafetensorsFile, StoredTensor
-from ...ternary import (
-    VALUES_PER_BYTE,
-    LinearClass,
-    TernaryScale,
-    TernaryWeight,
-    first_invalid_code,
-    pack_codes,
-    quantize_packed,
-    recover_ternary,
-    unpack_codes,
-)
-from .. import Progress, WriteReport, register_reader, register_writer
-from ..options import dtype_field, dtype_parser, linear_class_field, max_shard_size_field, option, recipe_field
-from .common import (
-    HFDirectory,
-    copy_side_files,
-    looks_like_hf,
-    ordered_names,
-    read_hf_directory,
-    write_json,
-    write_safetensors_dir,
-)
+if TYPE_CHECKING:
+    import torch
+
+    from ...ternary import TernaryScale, TernaryWeight
 
 NAME = "hf-packed"
 
@@ -53,23 +32,32 @@ def scale_name(weight_name: str) -> str:
 
 def is_packed_directory(d: HFDirectory) -> bool:
     return any(
-        name.endswith(".weight_scale") or (d.config.is_quantized_linear(name) and t.dtype == torch.uint8)
+        name.endswith(".weight_scale") or (d.config.is_quantized_linear(name) and t.dtype_name == "U8")
         for name, (_, t) in d.stored.items()
     )
 
 
+def _stored_scale(st: SafetensorsFile, t: StoredTensor, linear_class: LinearClass) -> StoredScale:
+    """The weight_scale's bytes as stored, unchecked but for being one float."""
+    if t.shape not in ((1,), ()) or t.dtype_name not in FLOAT_NAMES:
+        raise CheckpointError(st.path, f"weight_scale must be one float, got {t.dtype_name} {list(t.shape)}", t.name)
+    return StoredScale(t.dtype_name, st.read_bytes(t.name).tobytes(), linear_class)
+
+
 def _load_scale(st: SafetensorsFile, t: StoredTensor, linear_class: LinearClass, weight: str) -> TernaryScale:
-    if t.shape not in ((1,), ()) or not t.dtype.is_floating_point:
-        raise CheckpointError(st.path, f"weight_scale must be one float, got {DTYPE_NAMES[t.dtype]} {list(t.shape)}", t.name)
-    scale = TernaryScale(st.read(t.name).reshape(1), linear_class)
+    scale = _stored_scale(st, t, linear_class).to_scale()
     if not scale.is_valid():
         raise CheckpointError(st.path, f"weight_scale is {scale.item()}, not finite and positive", t.name)
     return scale
 
 
 def _load_codes(st: SafetensorsFile, t: StoredTensor) -> torch.Tensor:
+    import torch
+
+    from ...ternary import first_invalid_code, unpack_codes
+
     raw = st.read(t.name)
-    if t.dtype == torch.uint8:
+    if t.dtype_name == "U8":
         bad = first_invalid_code(raw)
         if bad is not None:
             raise CheckpointError(st.path, f"packed code 3 (not ternary) at row {bad[0]}, column {bad[1]}", t.name)
@@ -104,7 +92,8 @@ class HFPackedReader:
                 continue
             if not cfg.is_quantized_linear(name):
                 entries[name] = TensorEntry(
-                    name, t.shape, t.dtype, False, str(st.path), lambda st=st, t=t: st.read(t.name), stored=DTYPE_NAMES[t.dtype]
+                    name, t.shape, t.dtype_name, False, str(st.path), lambda st=st, t=t: st.read(t.name),
+                    stored=t.dtype_name, load_stored=lambda st=st, t=t: st.read_bytes(t.name),
                 )
                 continue
             sname = scale_name(name)
@@ -112,17 +101,23 @@ class HFPackedReader:
                 raise CheckpointError(st.path, f"quantized weight has no {sname.rsplit('.', 1)[-1]}", name)
             scales_used.add(sname)
             sst, stt = d.stored[sname]
-            shape = (t.shape[0] * VALUES_PER_BYTE, *t.shape[1:]) if t.dtype == torch.uint8 else t.shape
+            packed = t.dtype_name == "U8"
+            shape = (t.shape[0] * VALUES_PER_BYTE, *t.shape[1:]) if packed else t.shape
 
             def load_scale(sst=sst, stt=stt, name=name) -> TernaryScale:
                 return _load_scale(sst, stt, linear_class, name)
 
             def load(st=st, t=t, load_scale=load_scale) -> TernaryWeight:
+                from ...ternary import TernaryWeight
+
                 return TernaryWeight(_load_codes(st, t), load_scale())
 
-            stored = f"{DTYPE_NAMES[t.dtype]}{' packed' if t.dtype == torch.uint8 else ''} + {DTYPE_NAMES[stt.dtype]} scale"
-            raw = (lambda st=st, t=t: st.read(t.name)) if t.dtype == torch.uint8 else None
-            entries[name] = TensorEntry(name, shape, stt.dtype, True, str(st.path), load, load_scale, stored, raw)
+            stored = f"{t.dtype_name}{' packed' if packed else ''} + {stt.dtype_name} scale"
+            entries[name] = TensorEntry(
+                name, shape, stt.dtype_name, True, str(st.path), load, load_scale, stored,
+                load_packed=(lambda st=st, t=t: st.read_bytes(t.name).reshape(t.shape)) if packed else None,
+                load_stored_scale=(lambda sst=sst, stt=stt: _stored_scale(sst, stt, linear_class)) if packed else None,
+            )
         orphans = sorted(n for n in d.stored if n.endswith(".weight_scale") and n not in scales_used)
         if orphans:
             raise CheckpointError(d.stored[orphans[0]][0].path, "weight_scale belongs to no quantized weight", orphans[0])
@@ -131,132 +126,4 @@ class HFPackedReader:
         return ckpt
 
 
-@dataclass(frozen=True)
-class HFPackedOptions:
-    linear_class: LinearClass | None = linear_class_field()
-    scale_dtype: torch.dtype = option(
-        torch.bfloat16, "--scale-dtype", "dtype of each weight_scale: bf16 or f32", dtype_parser("--scale-dtype", ("bf16", "f32"))
-    )
-    dtype: torch.dtype | None = dtype_field(
-        "dtype of dense tensors (embedding, norms): bf16, f16 or f32; default: the source's, per tensor"
-    )
-    max_shard_size: int = max_shard_size_field()
-    recipe: Recipe = recipe_field(
-        HF_PACKED_RECIPES,
-        "how a master is quantized: transformers (fp32, default) or onebitllms (bf16 arithmetic, "
-        "bf16 bitlinear scales, onebitllms' config keys)",
-    )
-
-
-def _check_recipe(ckpt: Checkpoint, options: HFPackedOptions) -> None:
-    """A producer recipe quantizes a float master: refused where it cannot apply as that producer would."""
-    if options.recipe is Recipe.TRANSFORMERS:
-        return
-    stored = [n for n, e in ckpt.tensors.items() if e.ternary]
-    if stored:
-        raise UsageError(
-            f"--recipe {options.recipe.value} quantizes a float master, but {ckpt.path} ({ckpt.format}) already holds "
-            f"ternary codes (e.g. {stored[0]}), which are never requantized: drop --recipe"
-        )
-    if options.linear_class is LinearClass.AUTOBITLINEAR:
-        raise UsageError("--recipe onebitllms stores 1/mean|W| (bitlinear); it does not take --linear-class autobitlinear")
-    if options.scale_dtype != torch.bfloat16:
-        raise UsageError("--recipe onebitllms stores bf16 scales; it does not take --scale-dtype f32")
-
-
-def _packed(entry: TensorEntry, linear_class: LinearClass, options: HFPackedOptions) -> tuple[torch.Tensor, TernaryScale, str]:
-    """Packed codes, scale and how they were obtained (see ``as_ternary``).
-
-    A master quantized with the default recipe is quantized and packed in one pass; anything
-    else goes through its ternary form (kept, recovered, or quantized by ``options.recipe``).
-    """
-    value = entry.load()
-    fused = options.recipe is Recipe.TRANSFORMERS and isinstance(value, torch.Tensor) and value.dim() == 2
-    if fused and recover_ternary(value) is None:
-        with quantizing(entry):
-            packed, scale = quantize_packed(value, linear_class, options.scale_dtype)
-        return packed, scale, "quantized"
-    tw, source = entry_as_ternary(entry, value, linear_class, options.scale_dtype, recipe_quantizer(options.recipe))
-    return pack_codes(tw.codes), tw.scale, source
-
-
-class HFPackedWriter:
-    name = NAME
-    writes_directory = True
-    Options = HFPackedOptions
-
-    def write(self, ckpt: Checkpoint, out: Path, options: HFPackedOptions, progress: Progress) -> WriteReport:
-        cfg = ckpt.config
-        dtype = options.dtype or ckpt.model_dtype()  # what config.json states
-        _check_recipe(ckpt, options)
-        onebitllms = options.recipe is Recipe.ONEBITLLMS
-        linear_class = options.linear_class or ckpt.source_linear_class() or LinearClass.AUTOBITLINEAR
-        if onebitllms:
-            linear_class = LinearClass.BITLINEAR
-        report = WriteReport(NAME)
-        plan: list[PlannedTensor] = []
-        for name in ordered_names(cfg, ckpt.tensors):
-            e = ckpt.tensors[name]
-            if ckpt.is_quantized_linear(name):
-                rows, cols = e.shape
-                if rows % VALUES_PER_BYTE:
-                    raise CheckpointError(e.source, f"{rows} output rows, not a multiple of 4: cannot be packed", name)
-                plan.append(PlannedTensor(name, torch.uint8, (rows // VALUES_PER_BYTE, cols)))
-                plan.append(PlannedTensor(scale_name(name), options.scale_dtype, (1,)))
-            else:
-                plan.append(PlannedTensor(name, options.dtype or ckpt.source_dtype(name), e.shape))
-
-        pending_scales: dict[str, torch.Tensor] = {}
-        how = Counter()
-
-        def produce(t: PlannedTensor) -> torch.Tensor:
-            if t.name in pending_scales:
-                return pending_scales.pop(t.name)
-            entry = ckpt.tensors[t.name]
-            if not ckpt.is_quantized_linear(t.name):
-                return as_dense(entry.load(), t.dtype)
-            packed, scale, source = _packed(entry, linear_class, options)
-            how[source] += 1
-            pending_scales[scale_name(t.name)] = scale.value.reshape(1)
-            return packed
-
-        write_safetensors_dir(out, plan, produce, options.max_shard_size, {"format": "pt"}, progress, report)
-        src_q = cfg.quantization or QuantConfig()
-        quant = QuantConfig(
-            linear_class=linear_class,
-            mode=QuantMode.OFFLINE,
-            modules_to_not_convert=src_q.modules_to_not_convert,
-            use_rms_norm=src_q.use_rms_norm,
-            rms_norm_eps=src_q.rms_norm_eps,
-        )
-        config = cfg.to_hf_dict(quant, str(dtype).removeprefix("torch."))
-        if onebitllms:
-            config.update(_onebitllms_config(src_q.modules_to_not_convert))
-        write_json(out / "config.json", config)
-        report.files += ["config.json"] + copy_side_files(ckpt.side_files, out)
-        report.ternary_sources = dict(how)
-        report.details["linear_class"] = linear_class.value
-        report.details["recipe"] = options.recipe.value
-        untouched = sum(n for how_, n in how.items() if how_ != "quantized")
-        if options.recipe is not Recipe.TRANSFORMERS and untouched:
-            report.warnings.append(
-                f"{untouched} tensor(s) were already ternary floats (codes x one magnitude): kept as they are, "
-                f"not requantized with --recipe {options.recipe.value}"
-            )
-        return report
-
-
-def _onebitllms_config(not_converted: tuple[str, ...]) -> dict:
-    """The keys onebitllms' quantize_to_1bit writes: no linear_class (so bitlinear), is_bitnet_config."""
-    return {
-        "is_bitnet_config": True,
-        "pretraining_tp": 1,
-        "quantization_config": {
-            "modules_to_not_convert": list(not_converted) or ["lm_head"],
-            "quant_method": "bitnet",
-        },
-    }
-
-
 register_reader(HFPackedReader())
-register_writer(HFPackedWriter())

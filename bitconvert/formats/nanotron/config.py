@@ -13,18 +13,19 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import yaml
 
 from ...config import ModelConfig
 from ...errors import CheckpointError, UsageError
 from ...jsonfile import read_json_object
-from ...scale_records import NANOTRON_SCALES_KEY, decode_records
-from ...ternary import TernaryScale
+from ...scale_records import NANOTRON_SCALES_KEY, ScaleRecord, decode_records
 from ..options import choice_parser, dtype_field, option, parse_flag
 from .flavors import DEFAULT_FLAVOR, FLAVORS, NANOTRON_ROPE_THETA, Flavor
+
+if TYPE_CHECKING:  # the reader parses these files while planning; torch types are annotations here
+    import torch
 
 MODEL_CONFIG = "model_config.json"
 CONFIG_YAML = "config.yaml"
@@ -190,7 +191,8 @@ class NanotronMeta:
     tp: int | None  # from checkpoint_metadata.json, when present
     version: str | None
     flavor: str  # whose config class model_config.json is: "bitnet" (the PRs) or "llama"
-    scales: dict[str, tuple[TernaryScale, torch.Tensor]] = field(default_factory=dict)
+    #: bitconvert's scale records (each with the magnitude written), as bytes until a tensor is loaded
+    scales: dict[str, ScaleRecord] = field(default_factory=dict)
     #: bitconvert's record (custom_metas.bitconvert), empty for a checkpoint Nanotron saved
     record: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -311,15 +313,15 @@ def _rope_order(mc: dict, custom: dict, flavor: str, notes: list) -> bool:
     return True
 
 
-def _recorded_scales(path: Path, custom: dict) -> dict[str, tuple[TernaryScale, torch.Tensor]]:
+def _recorded_scales(path: Path, custom: dict) -> dict[str, ScaleRecord]:
     raw = custom.get(NANOTRON_SCALES_KEY)
     if raw is None:
         return {}
     scales = {}
     for name, record in decode_records(raw, path / CHECKPOINT_METADATA).items():
-        if record.written is None:
+        if record.written_raw is None:
             raise CheckpointError(path / CHECKPOINT_METADATA, "scale record without the written value", name)
-        scales[name] = (record.scale, record.written)
+        scales[name] = record
     return scales
 
 

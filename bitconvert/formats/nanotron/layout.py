@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+import numpy as np
 
 from ...config import ModelConfig
+
+if TYPE_CHECKING:  # the layout rule is planned without torch (numpy); RoPE row order works on tensors
+    import torch
 
 UNSHARDED_FILE = "model_weight.safetensors"
 SHARD_FILE_RE = re.compile(r"model_weight_pp-rank-(\d+)-of-(\d+)_tp-rank-(\d+)-of-(\d+)\.safetensors")
@@ -265,19 +269,19 @@ def tiling_problem(boxes: list[tuple[tuple[int, int], ...]], shape: tuple[int, .
     """None when ``boxes`` cover ``shape`` exactly once; else what is wrong.
 
     Counts coverage on the grid of all box boundaries, so the cost depends on the number of boxes,
-    not on the tensor size.
+    not on the tensor size. (numpy: opening a checkpoint needs no torch.)
     """
     dims = len(shape)
     edges = [sorted({0, shape[d], *(b[d][0] for b in boxes), *(b[d][1] for b in boxes)}) for d in range(dims)]
-    cover = torch.zeros([len(e) - 1 for e in edges], dtype=torch.int32)
+    cover = np.zeros([len(e) - 1 for e in edges], dtype=np.int32)
     for b in boxes:
         index = tuple(slice(edges[d].index(b[d][0]), edges[d].index(b[d][1])) for d in range(dims))
         cover[index] += 1
     if bool((cover > 1).any()):
-        cell = [int(i) for i in torch.nonzero(cover > 1)[0]]
+        cell = [int(i) for i in np.argwhere(cover > 1)[0]]
         return f"slices overlap at index {tuple(edges[d][c] for d, c in enumerate(cell))}"
     if bool((cover == 0).any()):
-        cell = [int(i) for i in torch.nonzero(cover == 0)[0]]
+        cell = [int(i) for i in np.argwhere(cover == 0)[0]]
         return f"no shard covers index {tuple(edges[d][c] for d, c in enumerate(cell))}"
     return None
 

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ...checkpoint import Checkpoint, TensorEntry, check_tensor_set
+from ...dtypes import FLOAT_NAMES, torch_dtype
 from ...errors import CheckpointError
-from ...safetensors_io import DTYPE_NAMES, FLOAT_DTYPES, SafetensorsFile
-from ...ternary import TernaryScale, TernaryWeight, recover_ternary
+from ...safetensors_io import SafetensorsFile
 from .. import register_reader
 from ..hf.common import NOT_SIDE_FILES
 from .config import CHECKPOINT_METADATA, KEPT_FILE, MODEL_CONFIG, OWN_FILES, NanotronMeta, read_meta
@@ -35,7 +34,16 @@ from .layout import (
 )
 from .shards import StoredParam, assemble_rows, open_sharded, open_unsharded, scan_weight_files, shard_ranks
 
+if TYPE_CHECKING:  # opening reads headers only; torch where a tensor is loaded
+    import torch
+
+    from ...scale_records import ScaleRecord
+
+    from ...ternary import TernaryWeight
+
 NAME = "nanotron"
+
+
 def _load_latent(param: StoredParam, part: Part, rope_interleaved: bool) -> torch.Tensor:
     w = assemble_rows(param, part.start, part.start + part.rows)
     if part.rope_heads and rope_interleaved:
@@ -43,9 +51,13 @@ def _load_latent(param: StoredParam, part: Part, rope_interleaved: bool) -> torc
     return w
 
 
-def _as_recorded(w: torch.Tensor, hint: tuple[TernaryScale, torch.Tensor]) -> TernaryWeight | None:
+def _as_recorded(w: torch.Tensor, record: ScaleRecord) -> TernaryWeight | None:
     """The packed weight bitconvert wrote as ``w``, if ``w`` is still exactly its codes x the magnitude written."""
-    scale, written = hint
+    import torch
+
+    from ...ternary import TernaryWeight, recover_ternary
+
+    scale, written = record.scale, record.written
     if w.dtype != written.dtype:
         return None
     if not bool(w.any()):
@@ -141,23 +153,23 @@ def _open_params(path: Path, planned: list[_PlannedParam], notes: set[str]) -> t
 def _entry(param: StoredParam, part: Part, meta: NanotronMeta) -> TensorEntry:
     """The lazy tensor for one HF tensor inside ``param``; nothing is read until it is loaded."""
     n = len(param.shards)
-    how = DTYPE_NAMES[param.dtype] + (f", {n} TP shards" if param.spec.sharded else "")
+    how = param.dtype_name + (f", {n} TP shards" if param.spec.sharded else "")
     if len(param.spec.parts) > 1:
         how += f", fused {param.spec.path.rsplit('/', 1)[-1]}"
     shape = (part.rows, *param.spec.shape[1:])
     hint = meta.scales.get(part.hf_name)
     if hint is None:
         load = lambda: _load_latent(param, part, meta.rope_interleaved)
-        return TensorEntry(part.hf_name, shape, param.dtype, False, str(param.folder), load, stored=how)
+        return TensorEntry(part.hf_name, shape, param.dtype_name, False, str(param.folder), load, stored=how)
     # A weight bitconvert wrote from a packed one is that ternary weight while it is unchanged.
     return TensorEntry(
         part.hf_name,
         shape,
-        hint[0].dtype,
+        hint.stored.dtype_name,
         True,
         str(param.folder),
         lambda: _load_recorded(param, part, meta),
-        lambda: hint[0],
+        hint.stored.to_scale,
         stored=how + " (latent of a packed weight)",
     )
 
@@ -175,8 +187,14 @@ def _open_kept(path: Path) -> SafetensorsFile | None:
     return SafetensorsFile(f) if f.is_file() else None
 
 
+def _ones(shape: tuple[int, ...], dtype: str) -> torch.Tensor:
+    import torch
+
+    return torch.ones(shape, dtype=torch_dtype(dtype))
+
+
 def _unplaced_entries(
-    path: Path, meta: NanotronMeta, specs: list[ParamSpec], kept: SafetensorsFile | None, dtype: torch.dtype
+    path: Path, meta: NanotronMeta, specs: list[ParamSpec], kept: SafetensorsFile | None, dtype: str
 ) -> dict[str, TensorEntry]:
     """Tensors the model has but no parameter folder holds: from bitconvert's kept file, else decoder
     norms of a model without them (PR #180) as ones, with a warning."""
@@ -186,13 +204,16 @@ def _unplaced_entries(
     for name in unplaced_tensors(meta.config, specs):
         stored = kept.tensors.get(name) if kept is not None else None
         if stored is not None:
-            if stored.shape != shapes[name] or stored.dtype not in FLOAT_DTYPES:
+            if stored.shape != shapes[name] or stored.dtype_name not in FLOAT_NAMES:
                 raise CheckpointError(kept.path, f"holds shape {list(stored.shape)}, the model needs {list(shapes[name])}", name)
             load = lambda kept=kept, name=name: kept.read(name)
-            out[name] = TensorEntry(name, shapes[name], stored.dtype, False, str(kept.path), load, stored="kept beside")
+            out[name] = TensorEntry(
+                name, shapes[name], stored.dtype_name, False, str(kept.path), load, stored="kept beside",
+                load_stored=lambda kept=kept, name=name: kept.read_bytes(name),
+            )
         elif name.endswith(("input_layernorm.weight", "post_attention_layernorm.weight")):
             ones.append(name)
-            load = lambda shape=shapes[name]: torch.ones(shape, dtype=dtype)
+            load = lambda shape=shapes[name]: _ones(shape, dtype)
             out[name] = TensorEntry(name, shapes[name], dtype, False, "(none)", load, stored="absent: ones")
         else:
             raise CheckpointError(path / KEPT_FILE, "missing parameter: neither a weight folder nor this file holds it", name)
@@ -225,12 +246,12 @@ class NanotronReader:
         notes: set[str] = set()
         params, version = _open_params(path, planned, notes)
         entries = {part.hf_name: _entry(param, part, meta) for param in params for part in param.spec.parts}
-        entries.update(_unplaced_entries(path, meta, specs, kept, params[-1].dtype))
+        entries.update(_unplaced_entries(path, meta, specs, kept, params[-1].dtype_name))
         flavor = "pr180" if layout.mlp == "MLPBitNet" else "pr178" if meta.flavor == "bitnet" else "main"
         info: dict = {"tensor_parallel": tp or 1, "rope_interleaved": meta.rope_interleaved, "nanotron_flavor": flavor}
         if version is not None:
             info["nanotron_version"] = version
-        classes = {meta.scales[n][0].linear_class for n in entries if n in meta.scales}
+        classes = {meta.scales[n].stored.linear_class for n in entries if n in meta.scales}
         if len(classes) == 1:
             info["linear_class"] = classes.pop()
         ckpt = Checkpoint(NAME, path, meta.config, entries, _side_files(path), meta.notes + sorted(notes), info)

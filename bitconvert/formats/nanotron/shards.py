@@ -11,11 +11,11 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
+from ...dtypes import FLOAT_NAMES, itemsize, torch_dtype
 from ...errors import CheckpointError
-from ...safetensors_io import DTYPE_NAMES, FLOAT_DTYPES, SafetensorsFile, StoredTensor, itemsize
+from ...safetensors_io import SafetensorsFile, StoredTensor
 from .layout import (
     DATA_KEY,
     METADATA_KEYS,
@@ -26,6 +26,9 @@ from .layout import (
     resolve_box,
     tiling_problem,
 )
+
+if TYPE_CHECKING:  # opening reads headers only; torch where rows are read
+    import torch
 
 Bounds = tuple[tuple[int, int], ...]
 
@@ -42,7 +45,11 @@ class StoredParam:
     spec: ParamSpec
     folder: Path
     shards: list[Shard]  # one entry covering everything for an unsharded file
-    dtype: torch.dtype
+    dtype_name: str  # as the shard headers name it ("BF16")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch_dtype(self.dtype_name)
 
 
 def _inside(p: Path, root: Path) -> bool:
@@ -87,15 +94,15 @@ def open_unsharded(spec: ParamSpec, folder: Path, f: Path) -> StoredParam:
             f, f"shape {list(t.shape)} does not match model_config.json, which implies {list(spec.shape)}"
         )
     whole = tuple((0, n) for n in t.shape)
-    return StoredParam(spec, folder, [Shard(sf, t, [(whole, whole)])], t.dtype)
+    return StoredParam(spec, folder, [Shard(sf, t, [(whole, whole)])], t.dtype_name)
 
 
 def data_tensor(sf: SafetensorsFile) -> StoredTensor:
     if set(sf.tensors) != {DATA_KEY}:
         raise CheckpointError(sf.path, f"a Nanotron weight file holds one tensor, 'data'; found {sorted(sf.tensors)}")
     t = sf.tensors[DATA_KEY]
-    if t.dtype not in FLOAT_DTYPES:
-        raise CheckpointError(sf.path, f"weights must be float, found {DTYPE_NAMES[t.dtype]}")
+    if t.dtype_name not in FLOAT_NAMES:
+        raise CheckpointError(sf.path, f"weights must be float, found {t.dtype_name}")
     return t
 
 
@@ -138,7 +145,7 @@ def open_sharded(
         f = by_rank[rank]
         sf = SafetensorsFile(f)
         t = data_tensor(sf)
-        dtypes.add(t.dtype)
+        dtypes.add(t.dtype_name)
         missing = [k for k in METADATA_KEYS if k not in sf.metadata]
         if missing:
             raise CheckpointError(f, f"shard metadata lacks {missing[0]!r} (Nanotron needs {', '.join(METADATA_KEYS)})")
@@ -168,7 +175,7 @@ def open_sharded(
         global_boxes += [glob for _, glob in pairs]
         shards.append(Shard(sf, t, pairs))
     if len(dtypes) > 1:
-        raise CheckpointError(folder, f"shards disagree on dtype: {sorted(DTYPE_NAMES[d] for d in dtypes)}")
+        raise CheckpointError(folder, f"shards disagree on dtype: {sorted(dtypes)}")
     problem = tiling_problem(global_boxes, spec.shape)
     if problem:
         raise CheckpointError(folder, f"shard metadata does not tile the tensor {list(spec.shape)}: {problem}")
@@ -177,9 +184,11 @@ def open_sharded(
 
 def read_rows(shard: Shard, start: int, stop: int) -> torch.Tensor:
     """Rows ``[start, stop)`` of one stored shard, read with pread: only those bytes become resident."""
+    import torch
+
     t = shard.tensor
     shape = (stop - start, *t.shape[1:])
-    row_bytes = math.prod(t.shape[1:]) * itemsize(t.dtype)
+    row_bytes = math.prod(t.shape[1:]) * itemsize(t.dtype_name)
     n = (stop - start) * row_bytes
     if not n:
         return torch.empty(shape, dtype=t.dtype)
@@ -202,6 +211,8 @@ def read_rows(shard: Shard, start: int, stop: int) -> torch.Tensor:
 
 def assemble_rows(param: StoredParam, start: int, stop: int) -> torch.Tensor:
     """Rows ``[start, stop)`` of the unsharded parameter, gathered from whichever ranks hold them."""
+    import torch
+
     out = torch.empty((stop - start, *param.spec.shape[1:]), dtype=param.dtype)
     for shard in param.shards:
         for loc, glob in shard.pairs:
