@@ -10,6 +10,9 @@ comparisons run as one compiled loop (:mod:`bitconvert.jit`). Pure math, no I/O.
 
 from __future__ import annotations
 
+import threading
+from typing import Callable
+
 import numpy as np
 import torch
 
@@ -113,3 +116,34 @@ def pack_planes(planes: np.ndarray, threshold: int, out: np.ndarray) -> None:
             o += 0x55  # the +1 of every plane: 1 + 4 + 16 + 64
 
     split_map(part, spans(quarter, cores(), step))
+
+
+def bf16_code_rows(
+    weight: torch.Tensor, threshold: int, order: np.ndarray | None = None
+) -> Callable[[int, int], np.ndarray]:
+    """``rows(r0, r1)``: the codes of rows ``r0:r1`` of the 2-D bf16 ``weight`` as uint8 mod 256
+    (255 is -1), the codes :func:`~bitconvert.ternary.absmean_quantize` gives, for ``threshold``
+    from :func:`~bitconvert.ternary.bf16_scale_threshold`. With ``order``, output row ``r`` holds the codes of input
+    row ``order[r]``. Each call reuses its thread's buffer: consume it before that thread's next call.
+    """
+    if weight.dtype != torch.bfloat16 or weight.dim() != 2:
+        raise ValueError(f"bf16_code_rows expects a 2-D bf16 tensor, got {weight.dtype} {tuple(weight.shape)}")
+    bits = bf16_bits(weight).reshape(weight.shape)
+    cols = bits.shape[1]
+    local = threading.local()  # one buffer per calling thread
+    compiled = jit.kernels(weight.numel())  # the same comparisons as one compiled loop, where numba is
+
+    def rows(r0: int, r1: int) -> np.ndarray:
+        n = (r1 - r0) * cols
+        held = getattr(local, "held", None)
+        if held is None or held[0].size < n:
+            held = local.held = (np.empty(n, dtype=np.uint8), np.empty(n, dtype=np.uint8))
+        out, tmp = (b[:n].reshape(r1 - r0, cols) for b in held)
+        src = bits[r0:r1] if order is None else bits[order[r0:r1]]
+        if compiled is not None:
+            compiled.codes_flat(src.reshape(-1), threshold, out.reshape(-1), 0, n)
+        else:
+            _codes_into(src, threshold, out, tmp)
+        return out
+
+    return rows

@@ -142,6 +142,14 @@ def _scale_of(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int | N
     return m, inv, (zero_threshold(inv) if fast else None)
 
 
+def bf16_scale_threshold(weight: torch.Tensor) -> tuple[torch.Tensor, int | None]:
+    """(mean|W| floored, as :func:`~bitconvert.ternary.absmean_quantize` returns it; the zero
+    threshold of the codes, or None where the bf16 bit-pattern path does not apply and
+    :func:`~bitconvert.ternary.quantize` must be used). Raises NonFiniteWeight as it does."""
+    m, _, threshold = _scale_of(weight)
+    return m, threshold
+
+
 class NonFiniteWeight(BitconvertError, ValueError):
     """A latent weight holds NaN or Inf: absmean quantization would give a NaN/Inf scale.
 

@@ -23,7 +23,8 @@ from bitconvert.errors import CheckpointError
 from bitconvert.formats.gguf import codecs, i2s_layouts, production, types
 from bitconvert.formats.gguf.names import permute_qk
 from bitconvert.ternary import LinearClass, quantize
-from bitconvert.ternary_rows import bf16_code_rows, bf16_scale_threshold
+from bitconvert.bf16_codes import bf16_code_rows
+from bitconvert.ternary import bf16_scale_threshold
 
 Q = gguf.GGMLQuantizationType
 DIMS = dict(hidden=256, intermediate=512, layers=2, heads=4, kv_heads=2)

@@ -3,7 +3,7 @@
 Production runs on :func:`bitconvert.pipeline.produced_ahead`'s worker, in plan order, ahead of the
 file writes. Its unit is a :class:`Piece`: a quantized weight whole, a float tensor a slab of rows
 at a time (an embedding is never held twice). A bf16 master weight in the transformers recipe goes
-to TQ1_0/TQ2_0/I2_S bytes straight from its bit patterns (:mod:`bitconvert.ternary_rows`): the same
+to TQ1_0/TQ2_0/I2_S bytes straight from its bit patterns (:func:`bitconvert.bf16_codes.bf16_code_rows`): the same
 codes as quantizing it, never materialised as one int8 tensor.
 """
 
@@ -19,7 +19,8 @@ from ...checkpoint import Checkpoint, TensorEntry, Value, as_dense, entry_as_ter
 from ...errors import CheckpointError
 from ...recipes import Recipe, recipe_quantizer, tq_block_d
 from ...ternary import LinearClass, recover_ternary
-from ...ternary_rows import bf16_code_rows, bf16_scale_threshold
+from ...bf16_codes import bf16_code_rows
+from ...ternary import bf16_scale_threshold
 from . import i2s_layouts, names, types
 from .plan import Plan, TensorPlan
 from .types import GGMLType
