@@ -27,7 +27,8 @@ MIN_VALUES = 1 << 20
 
 
 def kernels(values: int | None = None) -> SimpleNamespace | None:
-    """The compiled functions (``range_abs_sum``, ``pack_rows``, ``codes_flat``), or None where
+    """The compiled functions (``range_abs_sum``, ``pack_rows``, ``codes_flat``,
+    ``pack_code_planes``), or None where
     numba is missing, ``BITCONVERT_NO_JIT`` is set, or ``values`` (the size of the job) is too small
     to pay for loading them. numba is imported on the first call that uses it, so commands that
     never quantize a large weight do not pay for it."""
@@ -51,7 +52,12 @@ def _compile_all() -> SimpleNamespace | None:
         # the helpers first: a compiled function resolves the functions it calls from these globals
         globals()["_add_abs_rows"] = jit(_add_abs_rows)
         globals()["_block_sums"] = jit(_block_sums)
-        found = SimpleNamespace(range_abs_sum=jit(_range_abs_sum), pack_rows=jit(_pack_rows), codes_flat=jit(_codes_flat))
+        found = SimpleNamespace(
+            range_abs_sum=jit(_range_abs_sum),
+            pack_rows=jit(_pack_rows),
+            codes_flat=jit(_codes_flat),
+            pack_code_planes=jit(_pack_code_planes),
+        )
         _warm_up(found)
     except Exception:  # no cache location, an LLVM that refuses: numpy gives the same results
         return None
@@ -64,6 +70,9 @@ def _warm_up(k: SimpleNamespace) -> None:
     k.range_abs_sum(bits, 0, 64, 8, 16, 4)
     k.pack_rows(bits.reshape(4, 2, 8), 1, np.empty((2, 8), dtype=np.uint8), 0, 2)
     k.codes_flat(bits, 1, np.empty(64, dtype=np.uint8), 0, 64)
+    codes = np.zeros((2, 256), dtype=np.uint8)
+    k.pack_code_planes(codes, 0, 2, 4, 6, np.empty((2, 1, 66), dtype=np.uint8)[:, :, :64].reshape(2, 1, 2, 32))  # GGUF TQ2_0
+    k.pack_code_planes(codes, 6, 4, 2, 0, np.empty((2, 64), dtype=np.uint8).reshape(2, 2, 1, 32))  # I2_S
 
 
 def _add_abs_rows(bits, first, count, cols, words, floats, acc):
@@ -177,6 +186,27 @@ def _pack_rows(planes, threshold, out, r0, r1):
             byte += (np.uint8(p2[c] > t) - np.uint8(p2[c] > neg) - np.uint8(p2[c] > hi)) << np.uint8(4)
             byte += (np.uint8(p3[c] > t) - np.uint8(p3[c] > neg) - np.uint8(p3[c] > hi)) << np.uint8(6)
             o[c] = byte
+
+
+def _pack_code_planes(codes, s0, s1, s2, s3, out):
+    """Code bytes ``[R, C]`` (mod 256) packed four to a byte into ``out`` ``[R, G, H, Q]``: each
+    block of ``4 Q`` values of a row is four planes of Q values, plane i's code + 1 at bit ``s_i``
+    of the block's Q bytes; the row's blocks fill ``out[r]`` in (G, H) order."""
+    rows, groups, halves, q = out.shape
+    for r in range(rows):
+        crow = codes[r]
+        for g in range(groups):
+            for h in range(halves):
+                base = (g * halves + h) * 4 * q
+                p0, p1, p2, p3 = crow[base : base + q], crow[base + q : base + 2 * q], crow[base + 2 * q : base + 3 * q], crow[base + 3 * q : base + 4 * q]
+                o = out[r, g, h]
+                for k in range(q):
+                    o[k] = (
+                        (((p0[k] + 1) & 3) << s0)
+                        | (((p1[k] + 1) & 3) << s1)
+                        | (((p2[k] + 1) & 3) << s2)
+                        | (((p3[k] + 1) & 3) << s3)
+                    )
 
 
 def _codes_flat(bits, threshold, out, start, stop):

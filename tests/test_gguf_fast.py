@@ -101,13 +101,24 @@ def test_i2_s_bytes_from_bits_equal_encoding_the_codes(layout, name):
     assert torch.equal(fast, i2s_layouts.encode(tw.codes, scale, layout))
 
 
-def test_tq2_0_lane_packing_matches_gguf_py_on_every_code_pattern():
-    # every 4-code combination at every plane position, and -1 (byte 255) next to each lane edge
+@pytest.mark.parametrize("path", ["compiled", "numpy"])
+def test_tq2_0_lane_packing_matches_gguf_py_on_every_code_pattern(path, monkeypatch):
+    # every 4-code combination at every plane position, and -1 (byte 255) next to each lane edge;
+    # the compiled packer (numba) and the 64-bit lane arithmetic (numpy) alike
+    if path == "compiled":
+        monkeypatch.setattr(jit, "MIN_VALUES", 0)
+        assert jit.kernels() is not None
+    else:
+        monkeypatch.setattr(jit, "kernels", lambda values=None: None)
     combos = torch.tensor(np.indices((3,) * 4).reshape(4, -1).T - 1, dtype=torch.int8)  # [81, 4]
     codes = combos.repeat(256 * 4 // 81 + 1, 1)[: 256 * 4].T.reshape(16, 256).contiguous()
     ours = codecs.encode_tq2_0(codes, 1.0).numpy()
     theirs = gguf.quants.quantize(codes.float().numpy(), Q.TQ2_0)
     assert np.array_equal(ours, theirs)
+    for layout in ("x86", "arm"):
+        raw = codes.numpy().view(np.uint8)
+        fast = i2s_layouts.encode_rows(lambda r0, r1: raw[r0:r1], 16, 256, 0.5, layout)
+        assert torch.equal(fast, i2s_layouts.encode(codes, 0.5, layout)), layout
 
 
 # --- whole files ----------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from ... import workers
+from ... import jit, workers
 from .blocks import I2_S_TAIL, QK_I2_S, QK_K  # noqa: F401  (re-exported)
 
 QK8_0 = GGML_QUANT_SIZES[GGMLQuantizationType.Q8_0][0]
@@ -146,6 +146,18 @@ def encode_planes_rows(
     ``block % 32 == 0``); ``into(r0, r1)`` is the view (any shape, row-major per row) the rows'
     bytes go to. Stored codes t + 1 are packed in 64-bit words of eight byte lanes."""
     words = block // 32  # per plane
+    compiled = jit.kernels(rows * cols)
+    if compiled is not None:  # the same bytes, one compiled pass instead of the word arithmetic below
+
+        def encode(steps: list[tuple[int, int]]) -> None:
+            for r0, r1 in steps:
+                target = into(r0, r1)
+                halves = target.shape[-1] // (block // 4)
+                grid = _view(target, (r1 - r0, cols // block // halves, halves, block // 4))
+                compiled.pack_code_planes(code_rows(r0, r1).reshape(r1 - r0, cols), *shifts, grid)
+
+        _split(_row_steps(rows, cols), encode)
+        return
 
     def encode(steps: list[tuple[int, int]]) -> None:
         lanes = np.empty((3, (steps[0][1] - steps[0][0]) * cols // 8), dtype=np.uint64)  # stored, scratch, packed
