@@ -55,6 +55,11 @@ class TensorEntry:
     #: for dense entries whose value is exactly their stored bytes (``dtype_name``, ``shape``): those
     #: bytes, flat uint8 numpy, for checks and hashes that need no arithmetic
     load_stored: Callable[[], np.ndarray] | None = None
+    #: for ternary entries stored some other way (GGUF blocks, floats that are codes x a recorded
+    #: magnitude): counts of codes -1, 0, +1 and of invalid fields, and the scale :attr:`load` gives,
+    #: read off the stored bytes without decoding them or importing torch; None where only loading
+    #: can tell (blocks with different scales, say), and loading then reports what it finds
+    load_code_counts: Callable[[], tuple[tuple[int, int, int, int], StoredScale] | None] | None = None
 
     @property
     def dtype(self) -> torch.dtype:

@@ -18,7 +18,7 @@ VALUES_PER_BYTE = 4
 _CHUNK = 1 << 16
 
 #: for each byte, how many of its four 2-bit fields hold 0, 1, 2 and 3 (codes -1, 0, +1; 3 is invalid)
-_FIELD_COUNTS = np.array(
+FIELD_COUNTS = np.array(
     [[sum((b >> (2 * i)) & 3 == v for i in range(VALUES_PER_BYTE)) for v in range(4)] for b in range(256)],
     dtype=np.int64,
 )
@@ -35,7 +35,7 @@ def packed_code_counts(packed: Any) -> tuple[int, int, int, int]:
     hist = np.zeros(256, dtype=np.int64)
     for start in range(0, flat.size, _CHUNK):
         hist += np.bincount(flat[start : start + _CHUNK], minlength=256)
-    minus, zero, plus, invalid = (int(v) for v in hist @ _FIELD_COUNTS)
+    minus, zero, plus, invalid = (int(v) for v in hist @ FIELD_COUNTS)
     return minus, zero, plus, invalid
 
 

@@ -50,6 +50,56 @@ def non_finite_bits(raw: np.ndarray, dtype_name: str, chunk: int = _CHUNK) -> in
     return bad
 
 
+def float_bits(value: np.float64, dtype_name: str) -> int:
+    """The word storing ``value`` in float dtype ``dtype_name``, rounded as torch's ``.to(dtype)`` does."""
+    with np.errstate(over="ignore"):
+        if dtype_name == "F64":
+            return int(np.float64(value).view(np.uint64))
+        f32 = np.float32(value)
+        if dtype_name == "F32":
+            return int(f32.view(np.uint32))
+        if dtype_name == "F16":
+            return int(np.float16(f32).view(np.uint16))
+    bits = int(f32.view(np.uint32))  # BF16: the top half, rounded to nearest even
+    if f32 != f32:
+        return 0x7FC0
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) & 0xFFFF
+
+
+def ternary_value_counts(raw: np.ndarray, dtype_name: str, magnitude: int, chunk: int = _CHUNK) -> tuple[int, int, int] | None:
+    """Counts of -m, 0 and +m among float values stored as ``raw`` (``magnitude`` the word of m, finite
+    and positive), from their bits; None when any value is something else. -0 counts as 0."""
+    word, _ = EXPONENT_BITS[dtype_name]
+    sign = word(1 << (8 * np.dtype(word).itemsize - 1))
+    bits = np.ascontiguousarray(raw).reshape(-1).view(np.uint8).view(word)
+    plus_word, minus_word = word(magnitude), word(magnitude) | sign
+    plus = minus = zero = 0
+    tmp = np.empty(min(chunk, bits.size), dtype=word)
+    for start in range(0, bits.size, chunk):
+        part = bits[start : start + chunk]
+        plus += int(np.count_nonzero(part == plus_word))
+        minus += int(np.count_nonzero(part == minus_word))
+        t = tmp[: part.size]
+        np.bitwise_and(part, ~sign, out=t)
+        zero += int(np.count_nonzero(t == 0))
+        if plus + minus + zero != start + part.size:
+            return None
+    return minus, zero, plus
+
+
+def recorded_ternary_counts(
+    raw: np.ndarray, dtype_name: str, magnitude: int, scale: StoredScale
+) -> tuple[tuple[int, int, int, int], StoredScale] | None:
+    """Code counts of floats that are exactly codes x one magnitude (``magnitude``, a word of
+    ``dtype_name``) and the recorded ``scale`` they stand for; None when they are anything else, or
+    the magnitude is not finite and positive (then the reader's loading decides what they are)."""
+    v = value_item(magnitude.to_bytes(itemsize(dtype_name), "little"), dtype_name)
+    if not 0 < v < float("inf"):
+        return None
+    found = ternary_value_counts(raw, dtype_name, magnitude)
+    return None if found is None else ((*found, 0), scale)
+
+
 #: numpy's reading of one stored value of each dtype (bf16, which numpy lacks, is the high half of an f32)
 _NUMPY = {"BOOL": "?", "U8": "<u1", "I8": "<i1", "I16": "<i2", "I32": "<i4", "I64": "<i8",
           "F16": "<f2", "F32": "<f4", "F64": "<f8"}  # fmt: skip
@@ -98,6 +148,15 @@ class StoredScale:
     def is_valid(self) -> bool:
         v = self.item()
         return v > 0 and v != float("inf") and v == v
+
+    def magnitude_bits(self, dtype_name: str) -> int:
+        """mean|W| rounded once into float dtype ``dtype_name``, as the stored word (an int): what
+        :meth:`TernaryScale.magnitude` gives, without torch. Like torch, a float64 goes to a 16-bit
+        float through float32 (round to nearest even at each step)."""
+        v = np.float64(self.item())
+        with np.errstate(divide="ignore"):
+            m = v if self.linear_class is LinearClass.AUTOBITLINEAR else np.float64(1.0) / v
+        return float_bits(m, dtype_name)
 
     def to_scale(self) -> TernaryScale:
         """The :class:`~bitconvert.ternary.TernaryScale` of these bytes (imports torch)."""

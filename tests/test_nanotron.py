@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -20,6 +21,8 @@ from safetensors.torch import save_file
 from bitconvert.convert import convert
 from bitconvert.errors import CheckpointError, UsageError
 from bitconvert.formats import open_checkpoint
+from bitconvert.pipeline import ahead_budget
+from bitconvert.safetensors_io import SafetensorsFile
 from bitconvert.ternary import TernaryWeight, unpack_codes
 
 KINDS = ["bitnet-2b4t", "1bitllm", "llama"]
@@ -534,7 +537,7 @@ def test_opening_reads_no_tensor_data(tmp_path, monkeypatch):
 
     def counting(shard_, start, stop):
         out = real(shard_, start, stop)
-        reads.append(out.numel() * out.element_size())
+        reads.append(out.nbytes)
         return out
 
     monkeypatch.setattr(nanotron, "read_rows", counting)
@@ -682,7 +685,7 @@ def test_reading_touches_each_stored_byte_once(tmp_path, masters, monkeypatch):
 
     def counting(shard_, start, stop):
         out = real(shard_, start, stop)
-        reads.append(out.numel() * out.element_size())
+        reads.append(out.nbytes)
         return out
 
     monkeypatch.setattr(nanotron, "read_rows", counting)
@@ -727,4 +730,8 @@ def test_peak_memory_is_far_below_model_size(tmp_path):
     grew = int(r.stdout.strip().splitlines()[-1])
     largest = 2 * 1536 * 512 * 2  # the fused gate_up_proj in bf16
     assert size > 90e6 and grew < 0.4 * size, (grew, size)
-    assert grew < 12 * largest, (grew, largest)
+    # The bound by design: what the hf-bf16 writer may produce ahead of a stalled write (the pipeline's
+    # budget, an eighth of this model) plus a few tensors in hand and allocator slack. Measured: 23 MB
+    # on a quiet machine, 34 MB with every write stalled, 40 MB under a concurrent disk load.
+    plan = [SimpleNamespace(nbytes=t.nbytes) for t in SafetensorsFile(src / "model.safetensors").tensors.values()]
+    assert grew < ahead_budget(plan) + 10 * largest, (grew, ahead_budget(plan), largest)

@@ -79,18 +79,18 @@ def test_no_torch_for_inspect_no_stats(name, converted):
     assert not torch_imported("inspect", "--no-stats", "--json", src)
 
 
-# upload's planning verifies SRC: on stored bytes (numpy) where the reader keeps them, which the HF
-# readers do for packed codes, scales and float tensors as stored. GGUF blocks, Nanotron shards and
-# recorded hf-bf16 weights are decoded or reassembled to be checked, which takes torch.
-@pytest.mark.parametrize("name", HF_FIXTURES)
-def test_no_torch_for_upload_dry_run(name):
-    assert not torch_imported("upload", FIXTURES / name, "org/name", "--dry-run")
+# upload's planning verifies SRC on stored bytes (numpy): packed codes and scales, floats as stored,
+# GGUF blocks and I2_S codes counted by byte tables, recorded float weights and Nanotron shards by
+# their bits (tests/test_stored_checks.py shows those checks equal the checks of the loaded tensors).
+@pytest.mark.parametrize("name", HF_FIXTURES + list(CONVERTED))
+def test_no_torch_for_upload_dry_run(name, converted):
+    assert not torch_imported("upload", _source(name, converted), "org/name", "--dry-run")
 
 
-@pytest.mark.parametrize("name", ["gguf-tq2_0", "nanotron-tp2", "hf-bf16-recorded"])
-def test_upload_dry_run_decodes_what_is_not_stored_as_checked(name, converted):
-    # the limit of the guard above, stated: these still load tensors through torch to check them
-    assert torch_imported("upload", converted[name], "org/name", "--dry-run")
+def test_no_torch_for_verify_without_a_manifest(converted):
+    # the same checks back `verify`: torch is imported only once a tensor must be decoded
+    for name in ("bitnet-2b4t-packed", "gguf-tq2_0", "nanotron-tp2-from-packed", "hf-bf16-recorded"):
+        assert not torch_imported("verify", _source(name, converted))
 
 
 def test_the_format_catalogue_matches_what_the_modules_register():

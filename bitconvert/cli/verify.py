@@ -129,15 +129,19 @@ def _check_options(logits, against, roundtrip, tokens, manifest_check, threshold
 
 def _run_checks(src, against, roundtrip, manifest, manifest_check, th, logits, ids, device, progress):
     """Integrity first, then the comparisons asked for, merged into one report."""
-    from ..verify import verify_against, verify_integrity, verify_roundtrip
+    from ..verify import verify_integrity  # the comparisons compute on tensors: imported when asked for
 
     # digests only for a manifest written or checked: hashing is a quarter of the work
     wanted = manifest is not None or manifest_check is not None
     report = verify_integrity(src, manifest_check=manifest_check, progress=progress, digests=wanted)
     if against is not None:
+        from ..verify import verify_against
+
         other = verify_against(src, against, thresholds=th, logits=logits, tokens=ids, device=device, progress=progress)
         _merge(report, other, "against.")
     if roundtrip is not None:
+        from ..verify import verify_roundtrip
+
         _merge(report, verify_roundtrip(src, roundtrip, thresholds=th, logits=logits, progress=progress), "roundtrip.")
     return report
 

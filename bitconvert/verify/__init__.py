@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "CONSUMERS": "targets",
     "Check": "report",
-    "Thresholds": "compare",
+    "Thresholds": "report",
     "VerifyReport": "report",
     "check_line": "report",
     "read_manifest": "manifest",
@@ -37,10 +37,10 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # the names above, for type checkers (F401: they are exported through _EXPORTS)
-    from .compare import Thresholds, verify_against
+    from .compare import verify_against
     from .integrity import verify_integrity
     from .manifest import read_manifest, write_manifest
-    from .report import Check, VerifyReport, check_line
+    from .report import Check, Thresholds, VerifyReport, check_line
     from .reproduce import verify_reproduce
     from .roundtrip import verify_roundtrip
     from .targets import CONSUMERS, verify_target

@@ -12,7 +12,6 @@ A latent float weight (a master) is quantized with absmean, as transformers does
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -24,7 +23,7 @@ from ..errors import CheckpointError
 from ..formats import Progress, no_progress, open_checkpoint
 from ..ternary import LinearClass, TernaryScale, TernaryWeight, quantize
 from .integrity import READ_ERRORS
-from .report import Check, VerifyReport
+from .report import Check, Thresholds, VerifyReport
 
 CONFIG_FIELDS = (
     "architecture",
@@ -40,17 +39,6 @@ CONFIG_FIELDS = (
     "tie_word_embeddings",
     "hidden_act",
 )
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """Largest differences that still pass. The defaults demand bit-exactness where it is possible."""
-
-    code_mismatches: int = 0  # differing ternary codes per tensor
-    scale_rtol: float = 0.0  # relative difference of a scale, after re-expression in SRC's convention
-    atol: float = 0.0  # max abs difference of a dense tensor, REF cast to SRC's dtype
-    logits_atol: float = 1e-4  # max abs difference of the runtime's float32 logits
-    argmax_agreement: float = 1.0  # fraction of positions whose top token agrees
 
 
 #: A fixed token sequence for --logits: deterministic, spread over the vocabulary.

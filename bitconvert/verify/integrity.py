@@ -150,10 +150,15 @@ def _tensor_set_checks(ckpt: Checkpoint, report: VerifyReport) -> None:
         report.add(Check("tensor_set", True, f"{len(expected)} tensors, names and shapes as the config implies"))
 
 
-def _load(entry: TensorEntry, packed: bool = True) -> Loaded:
+def _load(entry: TensorEntry, packed: bool = True, hashed: bool = True) -> Loaded:
     """What the checks need of one tensor: its stored bytes where the reader keeps them (packed codes +
-    scale, or a dense tensor's floats), else the loaded value (``packed=False``: always the value)."""
+    scale, or a dense tensor's floats), or, where no hash is wanted, the counts of its codes read off
+    its bytes; else the loaded value (``packed=False``: always the value)."""
     try:
+        if packed and not hashed and entry.load_code_counts is not None:
+            found = entry.load_code_counts()
+            if found is not None:
+                return "counts", found
         if packed and entry.load_packed is not None and entry.load_stored_scale is not None:
             raw = entry.load_packed()
             try:
@@ -168,14 +173,14 @@ def _load(entry: TensorEntry, packed: bool = True) -> Loaded:
         return "error", exc
 
 
-def _loaded_ahead(ckpt: Checkpoint) -> Iterator[tuple[str, TensorEntry, Loaded]]:
+def _loaded_ahead(ckpt: Checkpoint, hashed: bool) -> Iterator[tuple[str, TensorEntry, Loaded]]:
     """Each tensor loaded, the next one read on a worker thread while the caller checks this one."""
     entries = list(ckpt.tensors.items())
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bitconvert-verify") as pool:
-        pending = pool.submit(_load, entries[0][1]) if entries else None
+        pending = pool.submit(_load, entries[0][1], True, hashed) if entries else None
         for i, (name, entry) in enumerate(entries):
             loaded = pending.result()
-            pending = pool.submit(_load, entries[i + 1][1]) if i + 1 < len(entries) else None
+            pending = pool.submit(_load, entries[i + 1][1], True, hashed) if i + 1 < len(entries) else None
             yield name, entry, loaded
             del loaded
 
@@ -184,16 +189,15 @@ def _tensor_checks(ckpt: Checkpoint, report: VerifyReport, progress: Progress, h
     """Every tensor's checks; returns its digest (None where unreadable, or where not ``hashed``)."""
     digests: dict[str, dict | None] = {}
     total = len(ckpt.tensors)
-    for i, (name, entry, (kind, data)) in enumerate(_loaded_ahead(ckpt)):
+    for i, (name, entry, (kind, data)) in enumerate(_loaded_ahead(ckpt, hashed)):
         progress(i, total, name)
-        if kind == "packed":
-            packed, scale = data
-            counts = packed_code_counts(packed)
+        if kind in ("packed", "counts"):
+            counts, scale = data if kind == "counts" else (packed_code_counts(data[0]), data[1])
             if counts[3] or not scale.is_valid():  # the reader's own message names the first bad field
                 kind, data = _load(entry, packed=False)
             else:
                 _ternary_checks(name, entry.stored, tuple(entry.shape), counts, scale, report)
-                digests[name] = packed_ternary_digest(tuple(entry.shape), packed, scale) if hashed else None
+                digests[name] = packed_ternary_digest(tuple(entry.shape), *data) if kind == "packed" and hashed else None
                 continue
         if kind == "stored":
             digests[name] = _stored_checks(name, entry, data, report, hashed)

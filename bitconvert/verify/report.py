@@ -8,6 +8,17 @@ from typing import Any
 from xml.etree import ElementTree as ET
 
 
+@dataclass(frozen=True)
+class Thresholds:
+    """Largest differences that still pass. The defaults demand bit-exactness where it is possible."""
+
+    code_mismatches: int = 0  # differing ternary codes per tensor
+    scale_rtol: float = 0.0  # relative difference of a scale, after re-expression in SRC's convention
+    atol: float = 0.0  # max abs difference of a dense tensor, REF cast to SRC's dtype
+    logits_atol: float = 1e-4  # max abs difference of the runtime's float32 logits
+    argmax_agreement: float = 1.0  # fraction of positions whose top token agrees
+
+
 @dataclass
 class Check:
     """One verdict. ``tensor`` names the tensor it concerns; ``figure`` is the measured number."""

@@ -264,18 +264,21 @@ class GGUFFile:
         kv = self.metadata.get(key)
         return default if kv is None else kv.value
 
-    def read_raw(self, name: str, start: int = 0, length: int | None = None) -> torch.Tensor:
-        """The tensor's bytes (or ``length`` of them from ``start``) as uint8, read with pread."""
-        import torch
-
+    def read_bytes(self, name: str, start: int = 0, length: int | None = None) -> np.ndarray:
+        """The tensor's bytes (or ``length`` of them from ``start``) as a uint8 numpy array, read with pread."""
         t = self.tensors[name]
         length = t.nbytes - start if length is None else length
         if not 0 <= start <= start + length <= t.nbytes:
             raise ValueError(f"byte range {start}+{length} outside tensor {name} of {t.nbytes} bytes")
         if not length:
-            return torch.empty(0, dtype=torch.uint8)
-        buf = read_exact(self.path, t.offset + start, length, name)
-        return torch.frombuffer(buf, dtype=torch.uint8)
+            return np.empty(0, dtype=np.uint8)
+        return np.frombuffer(read_exact(self.path, t.offset + start, length, name), dtype=np.uint8)
+
+    def read_raw(self, name: str, start: int = 0, length: int | None = None) -> torch.Tensor:
+        """:meth:`read_bytes` as a uint8 tensor (sharing the buffer)."""
+        import torch
+
+        return torch.from_numpy(self.read_bytes(name, start, length))
 
     def read_float(self, name: str) -> torch.Tensor:
         """A float tensor (F32/F16/BF16 as stored, Q8_0 dequantized to F32)."""

@@ -106,6 +106,27 @@ class _TensorSource:
         assert s is not None
         return _scale(s, self.hint)
 
+    def code_counts(self) -> tuple[tuple[int, int, int, int], StoredScale] | None:
+        """Counts of the codes and the scale :meth:`load` gives, off the bytes (``TensorEntry.load_code_counts``);
+        None where a ``.scale`` tensor or blocks with different ``d`` leave it to loading."""
+        from . import code_counts
+
+        t = self.info
+        raw = self.f.read_bytes(t.name)
+        if t.ggml.flat:
+            counts, word = code_counts.i2s_counts(raw, t.shape)
+            return counts, code_counts.stored_scale(word, "F32", self.hint)
+        counts, d = code_counts.block_counts(raw, t.ggml.id)
+        if d is None:
+            return None
+        if self.scale is None:
+            return counts, code_counts.stored_scale(d, "F16", self.hint)
+        if self.scale.type != types.F32:
+            return None
+        s = self.f.read_bytes(self.scale.name)
+        scale = code_counts.with_tensor_scale(d, s, self.hint)
+        return None if scale is None else (counts, scale)
+
     def load(self) -> Value:
         import torch
 
@@ -243,10 +264,14 @@ def _entry(
         dtype = hint.dtype_name
     else:  # the scale as stored: fp32 tensor or I2_S tail, else the fp16 block d
         dtype = "F32" if cheap_scale else "F16"
+    # a float weight is its stored bytes unless a scale, a recorded ternary scale or q/k row order applies
+    as_stored = t.ggml.dtype_name is not None and scale is None and hint is None and src.heads is None
     return TensorEntry(
         hf, expected, dtype, coded or scale is not None, str(f.path), src.load,
         src.load_scale if cheap_scale else None,
         _stored_label(t, scale, f"{layout[0]} layout" + ("" if layout[1] else " assumed")),
+        load_stored=(lambda: f.read_bytes(gname)) if as_stored and not coded else None,
+        load_code_counts=src.code_counts if coded else None,
     )  # fmt: skip
 
 

@@ -62,6 +62,13 @@ def _load_master(
     return w
 
 
+def _recorded_counts(st: SafetensorsFile, t: StoredTensor, record: StoredScale):
+    """:func:`_load_master`'s finding for exact values with a record, as code counts off the stored bits."""
+    from ...stored import recorded_ternary_counts
+
+    return recorded_ternary_counts(st.read_bytes(t.name), t.dtype_name, record.magnitude_bits(t.dtype_name), record)
+
+
 class HFBF16Reader:
     name = NAME
 
@@ -100,6 +107,7 @@ class HFBF16Reader:
                 stored=t.dtype_name,
                 # without a record (and as written), the value is the stored floats themselves
                 load_stored=(lambda st=st, t=t: st.read_bytes(t.name)) if hint is None and not online else None,
+                load_code_counts=(lambda st=st, t=t, h=hint: _recorded_counts(st, t, h)) if hint and not online else None,
             )
         info = {"float_values": values}
         classes = {s.linear_class for s in hints.values()}

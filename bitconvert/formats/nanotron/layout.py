@@ -299,4 +299,4 @@ def to_interleaved(w: torch.Tensor, heads: int) -> torch.Tensor:
 def from_interleaved(w: torch.Tensor, heads: int) -> torch.Tensor:
     rows, cols = w.shape
     d = rows // heads
-    return w.reshape(heads, d // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
+    return w.reshape(heads, d // 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)  # numpy or torch

@@ -10,14 +10,18 @@ rank files, so only that tensor is resident.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from ...checkpoint import Checkpoint, TensorEntry, check_tensor_set
-from ...dtypes import FLOAT_NAMES, torch_dtype
+from ...dtypes import FLOAT_NAMES, itemsize, torch_dtype
 from ...errors import CheckpointError
 from ...safetensors_io import SafetensorsFile
+from ...stored import float_bits, recorded_ternary_counts
 from .. import register_reader
 from ..hf.common import NOT_SIDE_FILES
 from .config import CHECKPOINT_METADATA, KEPT_FILE, MODEL_CONFIG, OWN_FILES, NanotronMeta, read_meta
@@ -32,7 +36,7 @@ from .layout import (
     param_specs,
     unplaced_tensors,
 )
-from .shards import StoredParam, assemble_rows, open_sharded, open_unsharded, scan_weight_files, shard_ranks
+from .shards import StoredParam, assemble_rows, assemble_words, open_sharded, open_unsharded, scan_weight_files, shard_ranks
 
 if TYPE_CHECKING:  # opening reads headers only; torch where a tensor is loaded
     import torch
@@ -49,6 +53,23 @@ def _load_latent(param: StoredParam, part: Part, rope_interleaved: bool) -> torc
     if part.rope_heads and rope_interleaved:
         w = from_interleaved(w, part.rope_heads)
     return w
+
+
+def _latent_words(param: StoredParam, part: Part, rope_interleaved: bool) -> np.ndarray:
+    """:func:`_load_latent` as stored words, without torch."""
+    w = assemble_words(param, part.start, part.start + part.rows)
+    if part.rope_heads and rope_interleaved:
+        w = np.ascontiguousarray(from_interleaved(w, part.rope_heads))
+    return w
+
+
+def _recorded_counts(param: StoredParam, part: Part, record: ScaleRecord):
+    """What :func:`_load_recorded` finds, as code counts off the stored bits (rows in any order)."""
+    if record.written_raw is None or record.written_raw[0] != param.dtype_name:
+        return None
+    words = assemble_words(param, part.start, part.start + part.rows)
+    magnitude = int.from_bytes(record.written_raw[1], "little")
+    return recorded_ternary_counts(words.reshape(-1).view(np.uint8), param.dtype_name, magnitude, record.stored)
 
 
 def _as_recorded(w: torch.Tensor, record: ScaleRecord) -> TernaryWeight | None:
@@ -160,7 +181,9 @@ def _entry(param: StoredParam, part: Part, meta: NanotronMeta) -> TensorEntry:
     hint = meta.scales.get(part.hf_name)
     if hint is None:
         load = lambda: _load_latent(param, part, meta.rope_interleaved)
-        return TensorEntry(part.hf_name, shape, param.dtype_name, False, str(param.folder), load, stored=how)
+        stored = lambda: _latent_words(param, part, meta.rope_interleaved).reshape(-1).view(np.uint8)
+        return TensorEntry(part.hf_name, shape, param.dtype_name, False, str(param.folder), load, stored=how,
+                           load_stored=stored)  # fmt: skip
     # A weight bitconvert wrote from a packed one is that ternary weight while it is unchanged.
     return TensorEntry(
         part.hf_name,
@@ -171,6 +194,7 @@ def _entry(param: StoredParam, part: Part, meta: NanotronMeta) -> TensorEntry:
         lambda: _load_recorded(param, part, meta),
         hint.stored.to_scale,
         stored=how + " (latent of a packed weight)",
+        load_code_counts=lambda: _recorded_counts(param, part, hint),
     )
 
 
@@ -191,6 +215,11 @@ def _ones(shape: tuple[int, ...], dtype: str) -> torch.Tensor:
     import torch
 
     return torch.ones(shape, dtype=torch_dtype(dtype))
+
+
+def _ones_bytes(shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    word = float_bits(np.float64(1.0), dtype).to_bytes(itemsize(dtype), "little")
+    return np.frombuffer(word * math.prod(shape), dtype=np.uint8)
 
 
 def _unplaced_entries(
@@ -214,7 +243,8 @@ def _unplaced_entries(
         elif name.endswith(("input_layernorm.weight", "post_attention_layernorm.weight")):
             ones.append(name)
             load = lambda shape=shapes[name]: _ones(shape, dtype)
-            out[name] = TensorEntry(name, shapes[name], dtype, False, "(none)", load, stored="absent: ones")
+            out[name] = TensorEntry(name, shapes[name], dtype, False, "(none)", load, stored="absent: ones",
+                                    load_stored=lambda shape=shapes[name]: _ones_bytes(shape, dtype))  # fmt: skip
         else:
             raise CheckpointError(path / KEPT_FILE, "missing parameter: neither a weight folder nor this file holds it", name)
     if ones:

@@ -1,8 +1,8 @@
 """The stored side of a Nanotron checkpoint: finding its weight files, checking their headers and
 slice metadata, and reading rows of a parameter straight out of its rank files.
 
-Everything here but :func:`read_rows` (and :func:`assemble_rows`, built on it) reads file names and
-safetensors headers only; those two are the only places tensor bytes are read.
+Everything here but :func:`read_rows` (and :func:`assemble_words` / :func:`assemble_rows`, built on
+it) reads file names and safetensors headers only; those are the only places tensor bytes are read.
 """
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from ...dtypes import FLOAT_NAMES, itemsize, torch_dtype
 from ...errors import CheckpointError
-from ...safetensors_io import SafetensorsFile, StoredTensor
+from ...safetensors_io import SafetensorsFile, StoredTensor, read_exact
 from .layout import (
     DATA_KEY,
     METADATA_KEYS,
@@ -182,38 +184,28 @@ def open_sharded(
     return StoredParam(spec, folder, shards, dtypes.pop())
 
 
-def read_rows(shard: Shard, start: int, stop: int) -> torch.Tensor:
-    """Rows ``[start, stop)`` of one stored shard, read with pread: only those bytes become resident."""
-    import torch
+#: numpy has no bfloat16: rows travel as unsigned words of each dtype's size, viewed as floats by torch
+_WORDS = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
+
+def read_rows(shard: Shard, start: int, stop: int) -> np.ndarray:
+    """Rows ``[start, stop)`` of one stored shard as stored words (numpy), read with pread: only those
+    bytes become resident."""
     t = shard.tensor
     shape = (stop - start, *t.shape[1:])
+    word = _WORDS[itemsize(t.dtype_name)]
     row_bytes = math.prod(t.shape[1:]) * itemsize(t.dtype_name)
     n = (stop - start) * row_bytes
     if not n:
-        return torch.empty(shape, dtype=t.dtype)
-    buf = bytearray(n)
-    try:
-        fd = os.open(shard.file.path, os.O_RDONLY)
-        try:
-            view, done = memoryview(buf), 0
-            while done < n:
-                got = os.preadv(fd, [view[done:]], t.offset + start * row_bytes + done)
-                if got <= 0:
-                    raise CheckpointError(shard.file.path, "file ended while reading the tensor", DATA_KEY)
-                done += got
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        raise CheckpointError(shard.file.path, f"cannot read: {exc.strerror or exc}") from None
-    return torch.frombuffer(buf, dtype=t.dtype).reshape(shape)
+        return np.empty(shape, dtype=word)
+    buf = read_exact(shard.file.path, t.offset + start * row_bytes, n, DATA_KEY)
+    return np.frombuffer(buf, dtype=word).reshape(shape)
 
 
-def assemble_rows(param: StoredParam, start: int, stop: int) -> torch.Tensor:
-    """Rows ``[start, stop)`` of the unsharded parameter, gathered from whichever ranks hold them."""
-    import torch
-
-    out = torch.empty((stop - start, *param.spec.shape[1:]), dtype=param.dtype)
+def assemble_words(param: StoredParam, start: int, stop: int) -> np.ndarray:
+    """Rows ``[start, stop)`` of the unsharded parameter as stored words, gathered from whichever
+    ranks hold them (no torch: checks on stored bits use this)."""
+    out = np.empty((stop - start, *param.spec.shape[1:]), dtype=_WORDS[itemsize(param.dtype_name)])
     for shard in param.shards:
         for loc, glob in shard.pairs:
             g0, g1 = glob[0]
@@ -226,5 +218,12 @@ def assemble_rows(param: StoredParam, start: int, stop: int) -> torch.Tensor:
             src = (slice(None), *(slice(x, y) for x, y in loc[1:]))
             out[dst] = rows[src]
     return out
+
+
+def assemble_rows(param: StoredParam, start: int, stop: int) -> torch.Tensor:
+    """:func:`assemble_words` as a tensor of the parameter's dtype."""
+    import torch
+
+    return torch.from_numpy(assemble_words(param, start, stop)).view(param.dtype)
 
 

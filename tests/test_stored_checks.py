@@ -1,0 +1,229 @@
+"""Integrity checks read off stored bytes (GGUF blocks, recorded float weights, Nanotron shards) say
+exactly what the checks of the loaded tensors say, on sound and on damaged files.
+
+``verify`` without a manifest and ``upload --dry-run`` count codes from bytes (numpy, no torch);
+with hashing on, every tensor is loaded and decoded by its reader. Both must agree check for check:
+the loaded path is the readers' own decoding, cross-checked elsewhere against gguf-py, llama.cpp and
+Nanotron.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+
+import numpy as np
+import pytest
+import torch
+from conftest import FIXTURES
+from test_gguf_verify import llama_cpp_pair  # noqa: F401  (fixture: llama.cpp's own TQ2_0 file)
+
+import bitconvert.verify.integrity as integrity
+from bitconvert.convert import convert
+from bitconvert.formats.gguf.parser import GGUFFile
+from bitconvert.linear_class import LinearClass
+from bitconvert.safetensors_io import SafetensorsFile
+from bitconvert.stored import StoredScale
+from bitconvert.ternary import TernaryScale
+from bitconvert.verify import verify_integrity
+
+PACKED_256 = FIXTURES / "bitnet-2b4t-256-packed"
+CASES = {
+    "tq2_0": (PACKED_256, "m.gguf", "gguf", {}),
+    "tq1_0": (PACKED_256, "m-tq1.gguf", "gguf", {"gguf_type": "tq1_0"}),
+    "i2_s-x86": (PACKED_256, "m-i2s.gguf", "gguf", {"gguf_type": "i2_s"}),
+    "i2_s-x86-rows": (PACKED_256, "m-i2s-rows.gguf", "gguf", {"gguf_type": "i2_s", "i2s_layout": "x86-rows"}),
+    "i2_s-arm": (PACKED_256, "m-i2s-arm.gguf", "gguf", {"gguf_type": "i2_s", "i2s_layout": "arm"}),
+    "tq2_0-llama.cpp-recipe": (FIXTURES / "bitnet-2b4t-256-master", "lc.gguf", "gguf", {"recipe": "llama.cpp"}),
+    "hf-bf16-recorded": (FIXTURES / "bitnet-2b4t-packed", "unpacked", "hf-bf16", {}),
+    "nanotron-latent": (FIXTURES / "bitnet-2b4t-master", "nt", "nanotron", {"tp": 2, "flavor": "pr178", "allow_lossy": True}),
+    "nanotron-recorded": (FIXTURES / "llama-packed", "nt-rec", "nanotron",
+                          {"tp": 2, "flavor": "pr178", "allow_approximate": True, "allow_lossy": True}),
+    "nanotron-no-norms": (FIXTURES / "bitnet-2b4t-master", "nt-180", "nanotron", {"tp": 1, "allow_lossy": True}),
+}  # fmt: skip
+LATENT = {"nanotron-latent", "nanotron-no-norms"}  # float masters: no codes to count
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stored-checks")
+    out = {}
+    for key, (src, name, fmt, options) in CASES.items():
+        out[key] = root / name
+        convert(src, out[key], fmt, dict(options))
+    return out
+
+
+def checks(report) -> list[tuple]:
+    return [(c.name, c.passed, c.detail, c.tensor, c.figure) for c in report.checks]
+
+
+def both_ways(path, monkeypatch) -> tuple[list[tuple], list[tuple], list[str]]:
+    """Checks off the bytes, checks of the loaded tensors, and which tensors the first had to load."""
+    loaded: list[str] = []
+    real = integrity._value_checks
+
+    def counting(name, *args, **kwargs):
+        loaded.append(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(integrity, "_value_checks", counting)
+    off_bytes = checks(verify_integrity(path, digests=False))
+    seen = list(loaded)
+    monkeypatch.setattr(integrity, "_value_checks", real)
+    return off_bytes, checks(verify_integrity(path, digests=True)), seen
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_checks_off_the_bytes_equal_the_checks_of_the_loaded_tensors(case, made, monkeypatch):
+    off_bytes, loaded, fell_back = both_ways(made[case], monkeypatch)
+    assert off_bytes == loaded
+    assert all(c[1] for c in off_bytes), [c for c in off_bytes if not c[1]]
+    assert fell_back == []  # every tensor, ternary or not, was checked on its bytes
+    quantized = verify_integrity(made[case], digests=False).figures["ternary_tensors"]
+    assert quantized > 0 and sum(c[0] == "codes" for c in off_bytes) == (0 if case in LATENT else quantized)
+
+
+def test_llama_cpp_files_are_checked_off_their_bytes_too(llama_cpp_pair, monkeypatch):  # noqa: F811
+    _, theirs, _ = llama_cpp_pair
+    off_bytes, loaded, fell_back = both_ways(theirs, monkeypatch)
+    assert off_bytes == loaded and fell_back == []
+    assert sum(c[0] == "codes" and c[1] for c in off_bytes) == 14
+
+
+# --- damaged files: the byte path hands what it cannot vouch for to the reader, which says the same ---
+
+
+def _gguf_tensor(path, name):
+    f = GGUFFile(path)
+    return f.tensors[name]
+
+
+def _patched(src, dst, edits: dict[int, bytes]):
+    data = bytearray(src.read_bytes())
+    for at, new in edits.items():
+        data[at : at + len(new)] = new
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def _used_tq2_0_blocks(path, gname):
+    """Indices of the blocks of a TQ2_0 tensor holding a non-zero code (a byte other than four stored 1s)."""
+    t = _gguf_tensor(path, gname)
+    blocks = np.frombuffer(path.read_bytes()[t.offset : t.offset + t.nbytes], dtype=np.uint8).reshape(-1, 66)
+    return t, np.flatnonzero((blocks[:, :64] != 0x55).any(axis=1))
+
+
+def test_a_code_3_in_tq2_0(made, tmp_path, monkeypatch):
+    t = _gguf_tensor(made["tq2_0"], "blk.0.ffn_down.weight")
+    bad = _patched(made["tq2_0"], tmp_path / "bad.gguf", {t.offset + 5: b"\xff"})
+    off_bytes, loaded, fell_back = both_ways(bad, monkeypatch)
+    assert off_bytes == loaded
+    failed = [c for c in off_bytes if not c[1]]
+    assert [(c[0], c[3]) for c in failed] == [("readable", "model.layers.0.mlp.down_proj.weight")]
+    assert "TQ2_0 code 3" in failed[0][2]
+
+
+def test_blocks_with_different_d_load_as_floats(made, tmp_path, monkeypatch):
+    t, used = _used_tq2_0_blocks(made["tq2_0"], "blk.0.attn_k.weight")
+    at = t.offset + int(used[-1]) * 66 + 64
+    bad = _patched(made["tq2_0"], tmp_path / "mixed-d.gguf", {at: np.float16(2.0).tobytes()})
+    off_bytes, loaded, fell_back = both_ways(bad, monkeypatch)
+    assert off_bytes == loaded
+    assert fell_back == ["model.layers.0.self_attn.k_proj.weight"]
+    assert not any(c[0] == "codes" and c[3] == "model.layers.0.self_attn.k_proj.weight" for c in off_bytes)
+
+
+def test_a_d_of_two_with_the_scale_tensor_multiplies(made, tmp_path, monkeypatch):
+    t = _gguf_tensor(made["tq2_0"], "blk.0.attn_k.weight")
+    edits = {t.offset + b * 66 + 64: np.float16(2.0).tobytes() for b in range(t.nbytes // 66)}
+    off_bytes, loaded, fell_back = both_ways(_patched(made["tq2_0"], tmp_path / "d2.gguf", edits), monkeypatch)
+    assert off_bytes == loaded and fell_back == []
+    scale = next(c for c in off_bytes if c[0] == "scale" and c[3] == "model.layers.0.self_attn.k_proj.weight")
+    assert "torch.float64" in scale[2]
+
+
+@pytest.mark.parametrize("value", [-1.0, 0.0, float("nan"), float("inf")])
+def test_a_bad_scale_in_i2_s_and_in_the_tq2_0_scale_tensor(made, tmp_path, monkeypatch, value):
+    t = _gguf_tensor(made["i2_s-x86"], "blk.0.ffn_up.weight")
+    n = math.prod(t.shape) // 4
+    bad = _patched(made["i2_s-x86"], tmp_path / "i2s.gguf", {t.offset + n: struct.pack("<f", value)})
+    off_bytes, loaded, _ = both_ways(bad, monkeypatch)
+    assert off_bytes == loaded and [c[3] for c in off_bytes if not c[1]] == ["model.layers.0.mlp.up_proj.weight"]
+    s = _gguf_tensor(made["tq2_0"], "blk.0.ffn_up.scale")
+    bad = _patched(made["tq2_0"], tmp_path / "tq2.gguf", {s.offset: struct.pack("<f", value)})
+    off_bytes, loaded, _ = both_ways(bad, monkeypatch)
+    assert off_bytes == loaded and [c[3] for c in off_bytes if not c[1]]
+
+
+def test_a_tq1_0_byte_no_trits_encode(made, tmp_path, monkeypatch):
+    t = _gguf_tensor(made["tq1_0"], "blk.0.ffn_gate.weight")
+    encoded = {-(-v * 256 // 243) for v in range(243)}  # ceil(v * 256 / 243): the bytes five trits encode to
+    stray = next(b for b in range(256) if b not in encoded)
+    bad = _patched(made["tq1_0"], tmp_path / "tq1.gguf", {t.offset + 54 + 3: bytes([stray])})
+    off_bytes, loaded, _ = both_ways(bad, monkeypatch)
+    assert off_bytes == loaded
+    assert [(c[0], c[3]) for c in off_bytes if not c[1]] == [("readable", "model.layers.0.mlp.gate_proj.weight")]
+
+
+def _bf16_at(path, name):
+    files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
+    for f in files:
+        sf = SafetensorsFile(f)
+        if name in sf.tensors:
+            return f, sf.tensors[name].offset
+    raise KeyError(name)
+
+
+@pytest.mark.parametrize("value", [0.5, float("nan"), -0.0])
+def test_a_recorded_bf16_weight_that_changed(made, tmp_path, monkeypatch, value):
+    import shutil
+
+    src = tmp_path / "changed"
+    shutil.copytree(made["hf-bf16-recorded"], src)
+    f, at = _bf16_at(src, "model.layers.1.self_attn.o_proj.weight")
+    word = struct.pack("<f", value)[2:]  # bf16: the high half
+    _patched(f, f, {at + 2 * 17: word})
+    off_bytes, loaded, fell_back = both_ways(src, monkeypatch)
+    assert off_bytes == loaded
+    assert fell_back == ([] if value == 0 else ["model.layers.1.self_attn.o_proj.weight"])
+
+
+def test_a_recorded_nanotron_weight_that_changed(made, tmp_path, monkeypatch):
+    import shutil
+
+    src = tmp_path / "nt"
+    shutil.copytree(made["nanotron-recorded"], src)
+    shard = next(p for p in sorted((src / "model/model").rglob("*.safetensors")) if "o_proj" in str(p))
+    sf = SafetensorsFile(shard)
+    _patched(shard, shard, {sf.tensors["data"].offset + 6: struct.pack("<f", 0.25)[2:]})
+    off_bytes, loaded, fell_back = both_ways(src, monkeypatch)
+    assert off_bytes == loaded
+    bad = [c for c in off_bytes if not c[1]]
+    assert [c[0] for c in bad] == ["readable"] and "no longer equals the ternary weight" in bad[0][2]
+
+
+# --- the one number the byte path computes: a recorded scale's magnitude in the stored dtype ---
+
+
+@pytest.mark.parametrize("cls", list(LinearClass))
+@pytest.mark.parametrize("src", ["F64", "F32", "BF16", "F16"])
+@pytest.mark.parametrize("dst", ["F64", "F32", "BF16", "F16"])
+def test_magnitude_bits_round_as_torch_does(cls, src, dst):
+    from bitconvert.dtypes import torch_dtype
+
+    gen = torch.Generator().manual_seed(7)
+    values = torch.exp(torch.randn(400, generator=gen, dtype=torch.float64) * 6)
+    # ties of the 16-bit types nudged up by less than float32 resolves: rounding through float32
+    # (as torch does) lands on the tie and goes to even, rounding directly would go up
+    ties = torch.tensor([1 + 2**-8, 1 + 3 * 2**-8, 1 + 2**-11, 1 + 3 * 2**-11], dtype=torch.float64)
+    odd = torch.arange(1, 200, 2, dtype=torch.float64)
+    values = torch.cat([values, ties, ties + 2**-40, (1 + odd * 2**-9) * 3.0, 1 / ties,
+                        torch.tensor([65504.0, 65520.0, 1e-8, 3e38, 1e300, 5e-324])])  # fmt: skip
+    stored = values.to(torch_dtype(src))
+    word = {"F64": torch.int64, "F32": torch.int32, "BF16": torch.int16, "F16": torch.int16}[dst]
+    mask = (1 << (8 * torch.empty(0, dtype=word).element_size())) - 1
+    for v in stored:
+        data = v.reshape(1).view(torch.uint8).numpy().tobytes()
+        expected = TernaryScale(v.reshape(1), cls).magnitude(torch_dtype(dst)).reshape(1).view(word).item() & mask
+        assert StoredScale(src, data, cls).magnitude_bits(dst) == expected, (float(v), cls, src, dst)
