@@ -100,10 +100,11 @@ def _range_sum(reader: "_AbsReader | _Values", begin: int, end: int, lanes: int)
         partial[0] += v
     vec = ((partial[0] + partial[1]) + partial[2]) + partial[3]
     total = np.float32(0)
-    for v in reader.read(begin + vec_count * lanes, end).copy():
-        total = np.float32(total + v)
-    for v in vec:
-        total = np.float32(total + v)
+    with np.errstate(over="ignore"):  # a sum past float32's range is inf, as in torch
+        for v in reader.read(begin + vec_count * lanes, end).copy():
+            total = np.float32(total + v)
+        for v in vec:
+            total = np.float32(total + v)
     return total
 
 
