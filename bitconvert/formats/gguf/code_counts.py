@@ -46,10 +46,18 @@ def _tq1_tables() -> tuple[np.ndarray, np.ndarray]:
 
 
 _TQ1_QS, _TQ1_QH = _tq1_tables()
-#: per block type: (bytes per block, [(byte range, code-count table)], offset of the fp16 d)
+
+
+def _zero_byte(table: np.ndarray) -> int:
+    """The one valid byte whose fields are all code 0 (any other byte holds a non-zero or invalid code)."""
+    fields = table[:, :3].sum(axis=1)
+    return int(np.flatnonzero((table[:, 1] == fields) & (table[:, 3] == 0))[0])
+
+
+#: per block type: (bytes per block, [(byte range, code-count table, its all-zero byte)], offset of the fp16 d)
 _BLOCKS = {
-    types.TQ2_0: (66, [((0, 64), FIELD_COUNTS)], 64),
-    types.TQ1_0: (54, [((0, 48), _TQ1_QS), ((48, 52), _TQ1_QH)], 52),
+    types.TQ2_0: (66, [((0, 64), FIELD_COUNTS, _zero_byte(FIELD_COUNTS))], 64),
+    types.TQ1_0: (54, [((0, 48), _TQ1_QS, _zero_byte(_TQ1_QS)), ((48, 52), _TQ1_QH, _zero_byte(_TQ1_QH))], 52),
 }
 _F16_ONE = float_bits(np.float64(1.0), "F16")
 
@@ -68,10 +76,10 @@ def block_counts(raw: np.ndarray, type_id: int) -> tuple[Counts, int | None]:
     for b0 in range(0, blocks.shape[0], _BLOCK_CHUNK):
         chunk = blocks[b0 : b0 + _BLOCK_CHUNK]
         used = np.zeros(chunk.shape[0], dtype=bool)
-        for (lo, hi), table in segments:
+        for (lo, hi), table, zero in segments:
             part = np.ascontiguousarray(chunk[:, lo:hi])
             total += _histogram_counts(part, table)
-            used |= (table[part, 0] + table[part, 2]).any(axis=1)  # a block of zeros says nothing of d
+            used |= (part != zero).any(axis=1)  # a block of zeros says nothing of d
         d = np.ascontiguousarray(chunk[used, d_at : d_at + 2]).view("<u2").reshape(-1)
         if not d.size:
             continue
