@@ -19,7 +19,7 @@ from bitconvert.checkpoint import as_ternary
 from bitconvert.convert import convert
 from bitconvert.errors import CheckpointError
 from bitconvert.formats import open_checkpoint
-from bitconvert.formats.gguf import codecs, types
+from bitconvert.formats.gguf import codecs, i2s_layouts, types
 from bitconvert.formats.gguf.names import permute_qk
 from bitconvert.formats.gguf.parser import GGUFFile
 from bitconvert.ternary import LinearClass, TernaryWeight, absmean_quantize
@@ -96,14 +96,14 @@ def test_tq2_0_layout_matches_the_spec():
 def test_i2_s_layout_matches_bitnet_cpp():
     # value j of each 128-block: byte j % 32, bits 6 - 2 * (j // 32); fp32 scale right after n/4 bytes
     codes = random_codes(4, 256, seed=3)
-    raw = codecs.encode_i2_s(codes, 0.0123).numpy()
+    raw = i2s_layouts.encode(codes, 0.0123, "x86").numpy()
     flat = codes.reshape(-1).numpy()
     assert raw.size == flat.size // 4 + 32
     for i, t in enumerate(flat):
         block, j = divmod(i, 128)
         assert (raw[block * 32 + j % 32] >> (6 - 2 * (j // 32))) & 3 == t + 1
     assert raw[256:260].view(np.float32)[0] == np.float32(0.0123)
-    back, scale = codecs.decode_i2_s(torch.from_numpy(raw), (4, 256))
+    back, scale = i2s_layouts.decode(torch.from_numpy(raw), (4, 256), "x86")
     assert torch.equal(back, codes) and scale.item() == np.float32(0.0123)
 
 

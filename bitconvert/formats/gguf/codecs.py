@@ -9,9 +9,8 @@ row is a PyTorch row, ``ne[0] = cols``). Block types cut each row into blocks al
   (first trit most significant), the byte stored as ``ceil(v * 256 / 243)`` so a trit is read back
   as ``((byte * 3**n) mod 256) * 3 >> 8``. ``qs[0:32]`` hold values ``m + 32n``, ``qs[32:48]`` hold
   ``160 + m + 16n``, ``qh[0:4]`` hold ``240 + j + 4m`` (four trits, times 3).
-- I2_S (bitnet.cpp, x86 layout): the flattened tensor in 128-value blocks of 32 bytes; value ``j``
-  goes to byte ``j % 32`` at shift ``6 - 2 * (j // 32)``; then one float32 scale and padding up to
-  32 bytes. Codes 0, 1, 2 mean -1, 0, +1.
+- I2_S: its three byte layouts live in ``i2s_layouts.py``; the 2-bit plane packer they share
+  (:func:`encode_planes_rows`) and the code-3 check are here.
 
 Pure functions: no files. Encoders trust their codes to be in {-1, 0, 1}; decoders read a stored
 code 3 (invalid) as 2, and a TQ1_0 byte that no trits encode as some trits, so callers reject such
@@ -21,7 +20,6 @@ Which function serves which GGML type is recorded once, in ``types.py``.
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import numpy as np
@@ -29,7 +27,7 @@ import torch
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from ... import jit, workers
-from .blocks import I2_S_TAIL, QK_I2_S, QK_K  # noqa: F401  (re-exported)
+from .blocks import QK_K  # noqa: F401  (re-exported)
 
 QK8_0 = GGML_QUANT_SIZES[GGMLQuantizationType.Q8_0][0]
 
@@ -277,36 +275,6 @@ def decode_tq1_0(raw: torch.Tensor, cols: int) -> tuple[torch.Tensor, torch.Tens
     codes = torch.cat([t0, t1, th], dim=-1).reshape(rows, cols).to(torch.int8) - 1
     d = b[:, :, 52:].contiguous().view(torch.float16).reshape(rows, nb)
     return codes, d
-
-
-# --- I2_S -----------------------------------------------------------------------------------------
-
-
-def encode_i2_s(codes: torch.Tensor, scale: float) -> torch.Tensor:
-    """int8 codes (any shape, numel % 128 == 0) and the fp32 magnitude -> uint8 ``[numel/4 + 32]``."""
-    n = codes.numel()
-    if n % QK_I2_S:
-        raise ValueError(f"I2_S needs a multiple of {QK_I2_S} values, got {n}")
-    c = _code_bytes(codes.reshape(1, -1), QK_I2_S)[0]  # [blocks, 128]
-    out = np.zeros(n // 4 + I2_S_TAIL, dtype=np.uint8)
-    packed = out[: n // 4].reshape(-1, 32)
-    for b0, b1 in _row_steps(c.shape[0], QK_I2_S):
-        _shift_sum(c[b0:b1].reshape(b1 - b0, 4, 32), (6, 4, 2, 0), packed[b0:b1], axis=1)
-    out[n // 4 : n // 4 + 4] = np.frombuffer(np.float32(scale).tobytes(), dtype=np.uint8)
-    return torch.from_numpy(out)
-
-
-def decode_i2_s(raw: torch.Tensor, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 ``[numel/4 + 32]`` -> (int8 codes of ``shape``, fp32 scale as a one-element tensor).
-
-    Only the four scale bytes of the tail are read: writers differ in what follows them.
-    """
-    n = math.prod(shape)
-    w = raw[: n // 4].contiguous().view(torch.int64).reshape(n // QK_I2_S, 1, 4)
-    shifts = torch.tensor([6, 4, 2, 0], dtype=torch.int64).reshape(4, 1)
-    codes = _minus_one((w >> shifts) & _TWO_BITS).reshape(shape)
-    scale = raw[n // 4 : n // 4 + 4].clone().view(torch.float32).reshape(1)
-    return codes, scale
 
 
 # --- Q8_0 -----------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ byte), so a reader refuses a corrupt tensor instead of loading made-up codes.
 
 from __future__ import annotations
 
+import importlib
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
@@ -92,14 +93,12 @@ def _size(q: GGMLQuantizationType) -> dict:
     return {"id": int(q), "name": q.name, "block": block, "block_bytes": block_bytes}
 
 
-def _codec(name: str, dtype_name: str | None = None) -> Callable:
-    """``codecs.<name>`` (with ``dtype=`` for the float codecs), importing the codecs (torch) on first use."""
+def _codec(name: str, dtype_name: str | None = None, module: str = "codecs") -> Callable:
+    """``<module>.<name>`` (with ``dtype=`` for the float codecs), importing that module (torch) on first use."""
 
     def call(*args):
-        from . import codecs
-
-        kwargs = {"dtype": torch_dtype(dtype_name)} if dtype_name else {}
-        return getattr(codecs, name)(*args, **kwargs)
+        codec = getattr(importlib.import_module(f".{module}", __package__), name)
+        return codec(*args, **({"dtype": torch_dtype(dtype_name)} if dtype_name else {}))
 
     call.__name__ = name
     return call
@@ -151,7 +150,8 @@ TYPES: dict[int, GGMLType] = {
                  first_invalid=_tq2_0_invalid, file_type=int(LlamaFileType.MOSTLY_TQ2_0),
                  encode_rows=_codec("encode_tq2_0_rows"), **_size(_Q.TQ2_0)),
         # ggml is told one byte per value; the real size is 2 bits per value plus the tail.
-        GGMLType(I2_S, "I2_S", "ternary", QK_I2_S, QK_I2_S // 4, _codec("encode_i2_s"), _codec("decode_i2_s"),
+        GGMLType(I2_S, "I2_S", "ternary", QK_I2_S, QK_I2_S // 4, _codec("encode", module="i2s_layouts"),
+                 _codec("decode", module="i2s_layouts"),
                  _i2_s_invalid, flat=True, tail=I2_S_TAIL, file_type=FILE_TYPE_I2_S),
     )
 }  # fmt: skip
