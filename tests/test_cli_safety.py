@@ -302,6 +302,21 @@ def test_upload_refuses_a_symlink_out_of_src(tmp_path):
     assert tree_digest(src) == before
 
 
+def test_upload_follows_the_hf_cache_links_of_a_local_snapshot(tmp_path):
+    # the same rule as every reader: a snapshot's files are links into the cache's blobs/
+    repo = tmp_path / "hub" / "models--org--name"
+    snap = repo / "snapshots" / "0123abcd"
+    (repo / "blobs").mkdir(parents=True)
+    snap.mkdir(parents=True)
+    for i, f in enumerate(sorted(p for p in PACKED.iterdir() if p.is_file())):
+        shutil.copyfile(f, repo / "blobs" / f"blob{i}")
+        (snap / f.name).symlink_to(Path("../../blobs") / f"blob{i}")
+    proc = run_cli("upload", snap, "org/name", "--dry-run", "--json", env=_offline_env(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    planned = {op["path"] for op in json.loads(proc.stdout)["operations"]}
+    assert {p.name for p in PACKED.iterdir() if p.is_file()} <= planned
+
+
 def test_upload_leaves_pickles_out_and_says_so(tmp_path):
     src = tmp_path / "packed"
     shutil.copytree(PACKED, src)

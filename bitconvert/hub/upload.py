@@ -211,14 +211,14 @@ def _checkpoint_files(
 
 def _refuse_outside_link(root: Path, path: Path) -> None:
     """A file reached through a symlink that leads out of SRC (``notes.txt -> ~/.cache/huggingface/token``)
-    is refused, not uploaded. (hf:// snapshots are exempt: their snapshot -> blob links are the cache's own.)"""
-    target = path.resolve()
-    base = root.resolve()
-    if target != base and base not in target.parents:
-        link = next((q for q in [path, *path.parents] if q.is_symlink()), path)
-        raise CheckpointError(
-            link, f"is a symlink to {os.readlink(link)} ({target}), outside {root}; nothing was uploaded"
-        )
+    is refused, not uploaded; the rule every reader applies (the Hugging Face cache's snapshot -> blob
+    links are its own and followed)."""
+    from ..formats.hf.common import check_inside
+
+    try:
+        check_inside(path, root)
+    except CheckpointError as exc:
+        raise CheckpointError(exc.path, f"{exc.problem}; nothing was uploaded") from None
 
 
 def _choose_card(
