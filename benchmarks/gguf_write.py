@@ -16,7 +16,6 @@ the files differ by design in where the scale lives: d = 1 + .scale tensor vs pe
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -28,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.synthetic import write_synthetic  # noqa: E402
+from benchmarks.synthetic import prepare, warm  # noqa: E402
 
 GGUF_PY_TQ2_0 = r"""
 import os, sys
@@ -121,32 +120,8 @@ def timed(cmd: list[str]) -> dict:
     return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
 
 
-def warm(path: Path) -> None:
-    with open(path, "rb") as f:
-        while f.read(64 << 20):
-            pass
-
-
-def ensure_master(master: Path, layers: int) -> None:
-    cfg = master / "config.json"
-    if (master / "model.safetensors").is_file() and cfg.is_file():
-        if json.loads(cfg.read_text()).get("num_hidden_layers") == layers:
-            return
-        shutil.rmtree(master)
-    write_synthetic(master, layers)
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dir", type=Path, default=ROOT / "bench-out" / "2b4t-bf16")
-    ap.add_argument("--layers", type=int, default=30)
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
-    master = args.dir
-    ensure_master(master, args.layers)
-    work = master.parent / "gguf-bench"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
+    args, master, work = prepare(__doc__, "gguf-bench")
     src_file = master / "model.safetensors"
     py = sys.executable
     ours, theirs = work / "bitconvert-tq2_0.gguf", work / "gguf-py-tq2_0.gguf"

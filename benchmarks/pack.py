@@ -11,7 +11,6 @@ All outputs are fsynced. The input is read once beforehand so every job starts f
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -21,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.peakmem import BITCONVERT, run_measured  # noqa: E402
-from benchmarks.synthetic import write_synthetic  # noqa: E402
+from benchmarks.synthetic import prepare, warm  # noqa: E402
 
 COPY_BYTES = """
 import os, shutil, sys
@@ -47,24 +46,8 @@ def timed(code: str, *args: str) -> dict:
     return r
 
 
-def warm(path: Path) -> None:
-    with open(path, "rb") as f:
-        while f.read(64 << 20):
-            pass
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dir", type=Path, default=ROOT / "bench-out" / "2b4t-bf16")
-    ap.add_argument("--layers", type=int, default=30)
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
-    master = args.dir
-    if not (master / "model.safetensors").is_file():
-        write_synthetic(master, args.layers)
-    work = master.parent / "pack-bench"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
+    args, master, work = prepare(__doc__, "pack-bench")
     src_file = master / "model.safetensors"
     size = src_file.stat().st_size
     results = {}

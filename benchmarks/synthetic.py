@@ -87,6 +87,41 @@ def write_synthetic(out: Path, layers: int = 30, seed: int = 0) -> Path:
     return out
 
 
+def ensure_master(master: Path, layers: int) -> None:
+    """The synthetic master at ``master`` with ``layers`` layers: kept if it is there, else (re)written."""
+    cfg = master / "config.json"
+    if (master / "model.safetensors").is_file() and cfg.is_file():
+        if json.loads(cfg.read_text()).get("num_hidden_layers") == layers:
+            return
+        shutil.rmtree(master)
+    write_synthetic(master, layers)
+
+
+def warm(path: Path) -> None:
+    """Read ``path`` once so every timed job starts from a warm page cache."""
+    with open(path, "rb") as f:
+        while f.read(64 << 20):
+            pass
+
+
+def prepare(doc: str, work_name: str, *, rounds: int | None = None) -> tuple[argparse.Namespace, Path, Path]:
+    """What every full-size benchmark starts with: its options (``--dir`` for the master, ``--layers``,
+    ``--json``, and ``--rounds`` where it takes them), the master made or checked, and an empty work
+    folder ``work_name`` beside it. Returns (options, master folder, work folder)."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--dir", type=Path, default=ROOT / "bench-out" / "2b4t-bf16")
+    ap.add_argument("--layers", type=int, default=30)
+    if rounds is not None:
+        ap.add_argument("--rounds", type=int, default=rounds)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    ensure_master(args.dir, args.layers)
+    work = args.dir.parent / work_name
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    return args, args.dir, work
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path)

@@ -19,7 +19,6 @@ The master is read once first so every job starts from a warm page cache; all ou
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -30,8 +29,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.gguf_write import GGUF_PY_TQ2_0, ensure_master, warm  # noqa: E402
+from benchmarks.gguf_write import GGUF_PY_TQ2_0  # noqa: E402
 from benchmarks.peakmem import BITCONVERT, run_measured  # noqa: E402
+from benchmarks.synthetic import prepare, warm  # noqa: E402
 
 #: every job imports this checkout's bitconvert, whatever the working directory
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
@@ -129,17 +129,7 @@ def summarize(results: dict[str, list[dict]]) -> dict[str, dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dir", type=Path, default=ROOT / "bench-out" / "2b4t-bf16")
-    ap.add_argument("--layers", type=int, default=30)
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
-    master = args.dir
-    ensure_master(master, args.layers)
-    work = master.parent / "table-bench"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
+    args, master, work = prepare(__doc__, "table-bench", rounds=2)
     packed = work / "packed-ref"
     try:
         made = run_measured(BITCONVERT, "pack", str(master), str(packed), env=ENV)
