@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 
+from ...dtypes import itemsize
 from ...linear_class import LinearClass
 from ...packed_stats import FIELD_COUNTS
 from ...stored import StoredScale, float_bits
@@ -107,8 +108,7 @@ def stored_scale(word: int, dtype_name: str, hint: StoredScale | None) -> Stored
     to exactly that word, else the magnitude itself (GGUF scales are magnitudes)."""
     if hint is not None and hint.magnitude_bits(dtype_name) == word:
         return hint
-    size = 2 if dtype_name == "F16" else 4
-    return StoredScale(dtype_name, word.to_bytes(size, "little"), LinearClass.AUTOBITLINEAR)
+    return StoredScale(dtype_name, word.to_bytes(itemsize(dtype_name), "little"), LinearClass.AUTOBITLINEAR)
 
 
 def with_tensor_scale(d: int, tensor_scale: np.ndarray, hint: StoredScale | None) -> StoredScale | None:

@@ -36,7 +36,7 @@ from .layout import (
     param_specs,
     unplaced_tensors,
 )
-from .shards import StoredParam, assemble_rows, assemble_words, open_sharded, open_unsharded, scan_weight_files, shard_ranks
+from .shards import StoredParam, assemble_words, open_sharded, open_unsharded, scan_weight_files, shard_ranks
 
 if TYPE_CHECKING:  # opening reads headers only; torch where a tensor is loaded
     import torch
@@ -48,19 +48,19 @@ if TYPE_CHECKING:  # opening reads headers only; torch where a tensor is loaded
 NAME = "nanotron"
 
 
-def _load_latent(param: StoredParam, part: Part, rope_interleaved: bool) -> torch.Tensor:
-    w = assemble_rows(param, part.start, part.start + part.rows)
-    if part.rope_heads and rope_interleaved:
-        w = from_interleaved(w, part.rope_heads)
-    return w
-
-
 def _latent_words(param: StoredParam, part: Part, rope_interleaved: bool) -> np.ndarray:
-    """:func:`_load_latent` as stored words, without torch."""
+    """The HF tensor ``part`` of ``param`` as stored words (numpy, no torch): its rows gathered from the
+    ranks, q/k rows put back in HF order where Nanotron keeps them interleaved."""
     w = assemble_words(param, part.start, part.start + part.rows)
     if part.rope_heads and rope_interleaved:
         w = np.ascontiguousarray(from_interleaved(w, part.rope_heads))
     return w
+
+
+def _load_latent(param: StoredParam, part: Part, rope_interleaved: bool) -> torch.Tensor:
+    import torch
+
+    return torch.from_numpy(_latent_words(param, part, rope_interleaved)).view(param.dtype)
 
 
 def _recorded_counts(param: StoredParam, part: Part, record: ScaleRecord):

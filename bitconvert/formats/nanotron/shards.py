@@ -1,8 +1,8 @@
 """The stored side of a Nanotron checkpoint: finding its weight files, checking their headers and
 slice metadata, and reading rows of a parameter straight out of its rank files.
 
-Everything here but :func:`read_rows` (and :func:`assemble_words` / :func:`assemble_rows`, built on
-it) reads file names and safetensors headers only; those are the only places tensor bytes are read.
+Everything here but :func:`read_rows` (and :func:`assemble_words`, built on it) reads file names and
+safetensors headers only; those two are the only places tensor bytes are read.
 """
 
 from __future__ import annotations
@@ -218,12 +218,3 @@ def assemble_words(param: StoredParam, start: int, stop: int) -> np.ndarray:
             src = (slice(None), *(slice(x, y) for x, y in loc[1:]))
             out[dst] = rows[src]
     return out
-
-
-def assemble_rows(param: StoredParam, start: int, stop: int) -> torch.Tensor:
-    """:func:`assemble_words` as a tensor of the parameter's dtype."""
-    import torch
-
-    return torch.from_numpy(assemble_words(param, start, stop)).view(param.dtype)
-
-
