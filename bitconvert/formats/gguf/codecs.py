@@ -43,22 +43,9 @@ _HIGH = 0x8080808080808080 - (1 << 64)  # as a signed int64
 _TWO_BITS = 0x0303030303030303
 
 
-def _stored_words(codes: torch.Tensor) -> torch.Tensor:
-    """int8 codes in {-1, 0, 1} (numel % 8 == 0) -> their stored codes t + 1, as int64 words of 8 lanes."""
-    x = codes.to(torch.int8).contiguous().view(torch.int64)
-    return ((x & _LOW7) + _ONES) ^ (x & _HIGH)  # lane-wise +1, no carry between lanes
-
-
 def _minus_one(words: torch.Tensor) -> torch.Tensor:
     """Lane-wise stored code (0..3) - 1, as int8: 0 -> -1, 1 -> 0, 2 -> 1 (3 -> 2, rejected by callers)."""
     return (((words | _HIGH) - _ONES) ^ _HIGH).view(torch.int8)
-
-
-def _blocks(codes: torch.Tensor, block: int) -> torch.Tensor:
-    """Stored codes (t + 1) as int64 words ``[rows, blocks, block / 8]``."""
-    if codes.dim() != 2 or codes.shape[1] % block:
-        raise ValueError(f"rows of {block}-value blocks expected, got shape {tuple(codes.shape)}")
-    return _stored_words(codes).reshape(codes.shape[0], codes.shape[1] // block, block // 8)
 
 
 def _d_bytes(d: torch.Tensor | float, rows: int, nblocks: int) -> np.ndarray:
@@ -93,7 +80,7 @@ def _stored_lanes(code_bytes: np.ndarray, out: np.ndarray, tmp: np.ndarray) -> n
     np.bitwise_and(x, np.uint64(_LOW7), out=out)
     out += np.uint64(_ONES)
     np.bitwise_and(x, np.uint64(_HIGH & (2**64 - 1)), out=tmp)
-    out ^= tmp  # lane-wise +1, no carry between lanes (see _stored_words)
+    out ^= tmp  # lane-wise +1: the low 7 bits of each lane plus 1 never carry, the sign bit goes back by xor
     return out
 
 
@@ -118,17 +105,6 @@ def _view(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     v = a.view()
     v.shape = shape
     return v
-
-
-def _shift_sum(codes: np.ndarray, shifts: tuple[int, ...], out: np.ndarray, axis: int) -> None:
-    """out = sum of (code + 1) << shift over ``axis`` (2-bit fields), computed mod 256 in place."""
-    planes = np.moveaxis(codes, axis, 0)
-    np.left_shift(planes[0], shifts[0], out=out)
-    tmp = np.empty_like(out)
-    for plane, shift in zip(planes[1:], shifts[1:]):
-        np.left_shift(plane, shift, out=tmp)
-        out += tmp
-    out += sum(1 << sh for sh in shifts)  # the +1 of every field
 
 
 def encode_planes_rows(
