@@ -77,7 +77,7 @@ def make_model(out: Path, layers: int, vocab: int, seed: int = 0) -> Path:
     import torch
 
     from bitconvert.convert import convert
-    from bitconvert.safetensors_io import PlannedTensor, SafetensorsWriter
+    from bitconvert.io.safetensors import PlannedTensor, SafetensorsWriter
     from bitconvert.ternary import LinearClass
 
     s = dict(SHAPES_2B4T, vocab=vocab)

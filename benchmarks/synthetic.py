@@ -19,7 +19,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bitconvert.safetensors_io import PlannedTensor, SafetensorsWriter  # noqa: E402
+from bitconvert.io.safetensors import PlannedTensor, SafetensorsWriter  # noqa: E402
 
 CONFIG_2B4T = {
     "architectures": ["BitNetForCausalLM"],

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .formats import Progress, WriteReport, no_progress, open_checkpoint, options_for, writer_for
-from .staging import check_paths, staged_output
+from .io.staging import check_paths, staged_output
 
 
 @dataclass
@@ -58,7 +58,7 @@ def convert(
     full pass over the source, on a 2-core machine as long as the conversion itself.
     """
     from .hub.source import resolve_source
-    from .provenance import (
+    from .io.provenance import (
         BackgroundHashes,
         conversion_provenance,
         known_source_files,

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .checkpoint import TensorEntry
+from .model.checkpoint import TensorEntry
 from .formats import Progress, no_progress, open_checkpoint
-from .packed_stats import counts_stats, packed_code_counts
+from .ternary.stats import counts_stats, packed_code_counts
 
 if TYPE_CHECKING:  # only statistics need tensors (and torch); --no-stats reads headers alone
     from .ternary import TernaryScale

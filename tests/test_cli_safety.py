@@ -173,7 +173,7 @@ def test_sigkill_leftover_is_removed_by_the_next_run(big_master, tmp_path):
 
 
 def test_live_staging_is_never_removed(src, tmp_path):
-    from bitconvert.staging import process_start
+    from bitconvert.io.staging import process_start
 
     owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
@@ -193,7 +193,7 @@ def test_live_staging_is_never_removed(src, tmp_path):
 
 
 def test_old_left_between_the_two_renames_is_put_back(tmp_path):
-    from bitconvert.staging import remove_stale
+    from bitconvert.io.staging import remove_stale
 
     dst = tmp_path / "model.gguf"
     old = tmp_path / ".model.gguf.bitconvert-999999999-1-0a1b2c3d.old"
@@ -203,7 +203,7 @@ def test_old_left_between_the_two_renames_is_put_back(tmp_path):
 
 
 def test_force_restores_the_original_when_the_final_rename_fails(tmp_path, monkeypatch):
-    from bitconvert import staging
+    from bitconvert.io import staging
 
     dst = tmp_path / "out.gguf"
     dst.write_bytes(b"original")
@@ -224,7 +224,7 @@ def test_force_restores_the_original_when_the_final_rename_fails(tmp_path, monke
 
 # The final rename fails (as on a full or vanished file system); everything else is the real CLI.
 _FAILING_RENAME = (
-    "import os, sys, bitconvert.staging as st\n"
+    "import os, sys, bitconvert.io.staging as st\n"
     "real = os.replace\n"
     "def replace(a, b):\n"
     "    if str(a).endswith('.partial'):\n"
@@ -248,7 +248,7 @@ def test_force_puts_the_original_back_through_the_cli(src, tmp_path):
 
 def test_a_file_dst_that_appears_meanwhile_is_not_replaced(tmp_path):
     from bitconvert.errors import UsageError
-    from bitconvert.staging import staged_output
+    from bitconvert.io.staging import staged_output
 
     dst = tmp_path / "out.gguf"
     with pytest.raises(UsageError, match="already exists"):
@@ -261,7 +261,7 @@ def test_a_file_dst_that_appears_meanwhile_is_not_replaced(tmp_path):
 
 def test_an_empty_dir_dst_that_appears_meanwhile_is_not_replaced(tmp_path):
     from bitconvert.errors import UsageError
-    from bitconvert.staging import staged_output
+    from bitconvert.io.staging import staged_output
 
     dst = tmp_path / "out"
     with pytest.raises(UsageError, match="already exists"):

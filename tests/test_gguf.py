@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import FIXTURES, make_checkpoint, read_all, run_cli
 
-from bitconvert.checkpoint import as_ternary
+from bitconvert.model.checkpoint import as_ternary
 from bitconvert.convert import convert
 from bitconvert.errors import CheckpointError
 from bitconvert.formats import open_checkpoint

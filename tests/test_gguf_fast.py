@@ -17,13 +17,13 @@ import torch
 from conftest import make_checkpoint, read_all
 from safetensors.torch import load_file, save_file
 
-from bitconvert import jit
+from bitconvert.ternary.fast import jit
 from bitconvert.convert import convert
 from bitconvert.errors import CheckpointError
 from bitconvert.formats.gguf import codecs, i2s_layouts, production, types
 from bitconvert.formats.gguf.names import permute_qk
 from bitconvert.ternary import LinearClass, quantize
-from bitconvert.bf16_codes import bf16_code_rows
+from bitconvert.ternary.fast.bf16_codes import bf16_code_rows
 from bitconvert.ternary import bf16_scale_threshold
 
 Q = gguf.GGMLQuantizationType

@@ -113,7 +113,7 @@ def test_llama_cpp_honours_the_scale_tensors(models, tmp_path):
 
 def embedding_only_logits(src: Path) -> torch.Tensor:
     """Logits with every layer skipped (embedding -> final norm -> head), to isolate what layers add."""
-    from bitconvert.checkpoint import as_dense
+    from bitconvert.model.checkpoint import as_dense
     from bitconvert.formats import open_checkpoint
 
     ck = open_checkpoint(src)

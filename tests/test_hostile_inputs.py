@@ -297,7 +297,7 @@ def test_json_depth_counts_structure_not_strings():
     import random
 
     from bitconvert.errors import CheckpointError
-    from bitconvert.jsonfile import MAX_DEPTH, _depth, parse_json_text
+    from bitconvert.io.jsonfile import MAX_DEPTH, _depth, parse_json_text
 
     rng = random.Random(12)
     leaves = [1, None, 2.5, "a[b", "]]}", '\\"[', "\\\\", 'x\\\\"[[', '"', "\\", "{"]

@@ -488,7 +488,7 @@ def test_dry_run_sends_nothing(tmp_path, hub, env, packed):
 
 
 def test_card_kept_or_replaced(tmp_path, packed):
-    from bitconvert.hub.upload import plan_upload
+    from bitconvert.publish.upload import plan_upload
 
     (packed / "README.md").write_text("---\nlicense: apache-2.0\n---\n# my own card\n")
     kept = plan_upload(packed, "org/c").to_dict()
@@ -524,7 +524,7 @@ def test_failing_verify_sends_nothing(tmp_path, hub, env):
     line = one_line_error(p)
     assert "integrity" in line and "nothing was uploaded" in line and "model.norm.weight" in line
     from bitconvert.errors import CheckpointError
-    from bitconvert.hub.upload import plan_upload
+    from bitconvert.publish.upload import plan_upload
 
     with pytest.raises(CheckpointError, match="integrity"):
         plan_upload(bad, "org/bad")  # what --dry-run runs
@@ -704,7 +704,7 @@ def test_missing_repo_and_unreachable_hub_are_one_line_errors(tmp_path, hub, env
     ("nanotron", "llama", "nanotron"),
 ])
 def test_card_front_matter_parses_with_huggingface_hub(fmt, arch, lib):
-    from bitconvert.modelcard import CardInput, render_card
+    from bitconvert.publish.card import CardInput, render_card
 
     prov = {"base_model": "microsoft/bitnet-b1.58-2B-4T", "license": "mit", "command": "bitconvert convert a b",
             "bitconvert_version": "0.1.0",
@@ -761,7 +761,7 @@ def test_sharded_and_single_file_selection(tmp_path, hub, inproc):
     assert open_checkpoint(g.path).format == "gguf"
 
     # Re-hosting an hf:// source uploads its selection, not b.gguf now sitting in the same cached snapshot.
-    from bitconvert.hub.upload import plan_upload
+    from bitconvert.publish.upload import plan_upload
 
     assert (got.path / "b.gguf").is_file()
     plan = plan_upload("hf://org/sharded", "org/copy", endpoint=hub.base)

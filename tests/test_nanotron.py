@@ -21,8 +21,8 @@ from safetensors.torch import save_file
 from bitconvert.convert import convert
 from bitconvert.errors import CheckpointError, UsageError
 from bitconvert.formats import open_checkpoint
-from bitconvert.pipeline import ahead_budget
-from bitconvert.safetensors_io import SafetensorsFile
+from bitconvert.io.pipeline import ahead_budget
+from bitconvert.io.safetensors import SafetensorsFile
 from bitconvert.ternary import TernaryWeight, unpack_codes
 
 KINDS = ["bitnet-2b4t", "1bitllm", "llama"]

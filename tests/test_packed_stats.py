@@ -7,7 +7,7 @@ import torch
 
 from bitconvert.describe import describe_checkpoint
 from bitconvert.formats import open_checkpoint
-from bitconvert.packed_stats import counts_stats, packed_code_counts, unpacked_chunks
+from bitconvert.ternary.stats import counts_stats, packed_code_counts, unpacked_chunks
 from bitconvert.ternary import pack_codes, ternary_stats, unpack_codes
 from bitconvert.verify.integrity import non_finite_count
 from bitconvert.verify.manifest import packed_ternary_digest, tensor_digest

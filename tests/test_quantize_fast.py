@@ -24,8 +24,8 @@ from bitconvert.ternary import (
     quantize,
     quantize_packed,
 )
-from bitconvert import jit
-from bitconvert.torchsum import calibrated_lanes
+from bitconvert.ternary.fast import jit
+from bitconvert.ternary.fast.summation import calibrated_lanes
 from tests.conftest import FIXTURES
 
 bitnet = pytest.importorskip("transformers.integrations.bitnet")
@@ -141,7 +141,7 @@ def test_shipped_masters(master):
 
 @pytest.mark.parametrize("total,parts,align", [(0, 2, 1), (1, 2, 1), (10, 3, 1), (10, 4, 4), (65537, 2, 1 << 16), (7, 16, 2)])
 def test_spans_cut_every_element_once_at_aligned_cuts(total, parts, align):
-    from bitconvert.workers import spans
+    from bitconvert.ternary.fast.workers import spans
 
     got = spans(total, parts, align)
     assert [i for a, b in got for i in range(a, b)] == list(range(total))
@@ -149,7 +149,7 @@ def test_spans_cut_every_element_once_at_aligned_cuts(total, parts, align):
 
 
 def test_split_map_keeps_order_and_raises_a_workers_error():
-    from bitconvert.workers import split_map
+    from bitconvert.ternary.fast.workers import split_map
 
     assert split_map(lambda x: x * x, list(range(7))) == [x * x for x in range(7)]
 
@@ -165,7 +165,7 @@ def test_split_map_keeps_order_and_raises_a_workers_error():
 def test_compiled_loops_that_disagree_with_numpy_are_not_used(monkeypatch):
     from types import SimpleNamespace
 
-    from bitconvert import torchsum
+    from bitconvert.ternary.fast import summation as torchsum
 
     wrong = SimpleNamespace(range_abs_sum=lambda bits, begin, end, *rest: 1.0 + end - begin)
     monkeypatch.setattr(jit, "kernels", lambda values=None: wrong)

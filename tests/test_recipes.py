@@ -19,7 +19,7 @@ from bitconvert.convert import convert
 from bitconvert.errors import UsageError
 from bitconvert.formats.gguf import i2s_layouts
 from bitconvert.formats.gguf.parser import GGUFFile
-from bitconvert.recipes import Recipe, converter_fold, onebitllms_quantize, tq_block_d
+from bitconvert.ternary.recipes import Recipe, converter_fold, onebitllms_quantize, tq_block_d
 from bitconvert.ternary import absmean_quantize, pack_codes
 
 GGUF_DIMS = {"hidden": 256, "intermediate": 512, "layers": 2, "heads": 4, "kv_heads": 2}  # TQ rows: multiples of 256

@@ -9,7 +9,7 @@ import pytest
 from conftest import FIXTURES, run_cli
 
 from bitconvert.errors import CheckpointError
-from bitconvert.scale_records import SCALES_KEY, decode_record, encode_record
+from bitconvert.ternary.records import SCALES_KEY, decode_record, encode_record
 from bitconvert.ternary import LinearClass, TernaryScale
 
 

@@ -14,7 +14,7 @@ import torch
 from conftest import FIXTURES, read_all, run_cli
 from safetensors.torch import save_file
 
-from bitconvert.config import QUANTIZED_LINEARS
+from bitconvert.model.config import QUANTIZED_LINEARS
 
 TOKENS = [315, 39, 276, 75, 78, 270, 257, 75, 67, 0, 220, 51, 261, 220, 80, 84]
 

@@ -21,9 +21,9 @@ from test_gguf_verify import llama_cpp_pair  # noqa: F401  (fixture: llama.cpp's
 import bitconvert.verify.integrity as integrity
 from bitconvert.convert import convert
 from bitconvert.formats.gguf.parser import GGUFFile
-from bitconvert.linear_class import LinearClass
-from bitconvert.safetensors_io import SafetensorsFile
-from bitconvert.stored import StoredScale
+from bitconvert.ternary.linear_class import LinearClass
+from bitconvert.io.safetensors import SafetensorsFile
+from bitconvert.ternary.stored import StoredScale
 from bitconvert.ternary import TernaryScale
 from bitconvert.verify import verify_integrity
 

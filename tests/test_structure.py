@@ -9,7 +9,7 @@ import pytest
 
 from bitconvert.formats import open_checkpoint, options_for
 from bitconvert.errors import UsageError
-from bitconvert.safetensors_io import SafetensorsFile
+from bitconvert.io.safetensors import SafetensorsFile
 from conftest import FIXTURES, ROOT, run_cli
 
 MAX_MODULE_LINES = 400

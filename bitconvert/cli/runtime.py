@@ -123,7 +123,7 @@ def logits(
     import numpy as np
 
     from ..runtime import load_model
-    from ..staging import staged_output
+    from ..io.staging import staged_output
 
     ids = parse_tokens(tokens)
     compute_dtype = _compute_dtype(dtype)

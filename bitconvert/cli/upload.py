@@ -83,8 +83,8 @@ def upload(
     json_out: JsonOut = False,
 ) -> None:
     """Verify SRC, then upload it to the Hub as one commit, with a model card. Token: HF_TOKEN or `hf auth login`."""
-    from ..hub.upload import plan_upload
-    from ..hub.upload import upload as send
+    from ..publish.upload import plan_upload
+    from ..publish.upload import upload as send
 
     with progress_bar(not json_out) as progress:
         plan = plan_upload(
@@ -112,8 +112,8 @@ def convert_and_push(
     from ..convert import convert
     from ..hub.errors import HubError
     from ..hub.source import check_repo_id
-    from ..hub.upload import plan_upload
-    from ..hub.upload import upload as send
+    from ..publish.upload import plan_upload
+    from ..publish.upload import upload as send
 
     check_repo_id(push_to)  # a typo should fail before the conversion, not after it
     with progress_bar(not json_out) as progress:

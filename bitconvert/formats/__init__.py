@@ -1,7 +1,7 @@
 """Format registry: one reader and one writer per format, registered by name.
 
 A reader knows how to recognise and open its layout; a writer how to lay a canonical
-:class:`~bitconvert.checkpoint.Checkpoint` out. They never import each other: conversions go
+:class:`~bitconvert.model.checkpoint.Checkpoint` out. They never import each other: conversions go
 reader -> Checkpoint -> writer.
 """
 
@@ -17,7 +17,7 @@ from ..errors import CheckpointError, UsageError
 from .options import build_options
 
 if TYPE_CHECKING:  # the registry itself needs no tensors: `bitconvert formats` must not import torch
-    from ..checkpoint import Checkpoint
+    from ..model.checkpoint import Checkpoint
 
 #: progress(done, total, current tensor name)
 Progress = Callable[[int, int, str], None]

@@ -141,11 +141,11 @@ def build_options(fmt: str, options_cls: type, given: Mapping[str, Any] | Any, t
 
 
 def recipe_field(allowed: Iterable[Any], help: str) -> Any:
-    """``--recipe``: which producer's quantization a master is reproduced with (see bitconvert.recipes)."""
+    """``--recipe``: which producer's quantization a master is reproduced with (see bitconvert.ternary.recipes)."""
     allowed = tuple(allowed)
 
     def parse(value: Any):
-        from ..recipes import parse_recipe
+        from ..ternary.recipes import parse_recipe
 
         try:
             return parse_recipe(value, allowed)

@@ -1,10 +1,10 @@
 """The Hugging Face Hub, in three parts that depend on each other in one direction only.
 
-- :mod:`bitconvert.hub.secrets`: takes the Hub token (and token-shaped text) out of anything shown or
+- :mod:`bitconvert.secrets`: takes the Hub token (and token-shaped text) out of anything shown or
   written. Imports nothing else of the project, so provenance and the model card can use it.
 - :mod:`bitconvert.hub.source`: ``hf://ORG/NAME[@REV][/PATH]`` resolved to a local snapshot. Readers
   use it (through ``formats.open_checkpoint``), so it imports nothing from ``bitconvert.formats``.
-- :mod:`bitconvert.hub.upload`: the upload plan (verify, list, hash, model card) and the single
+- :mod:`bitconvert.publish.upload`: the upload plan (verify, list, hash, model card) and the single
   commit. It sits above the formats and may import them.
 
 :mod:`bitconvert.hub.errors` turns what ``huggingface_hub`` raises into one token-free line.

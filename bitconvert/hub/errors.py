@@ -6,7 +6,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from ..errors import BitconvertError
-from .secrets import one_line, scrub_secrets
+from ..secrets import one_line, scrub_secrets
 
 
 class HubError(BitconvertError):

@@ -17,8 +17,8 @@ from urllib.parse import unquote
 
 from .. import __version__
 from ..errors import CheckpointError, UsageError
-from ..jsonfile import read_json_object
-from ..provenance import PROVENANCE_NAME
+from ..io.jsonfile import read_json_object
+from ..io.provenance import PROVENANCE_NAME
 from .errors import HubError, hub_errors, transport_errors
 
 SCHEME = "hf://"

@@ -25,11 +25,11 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import Checkpoint
-from ..config import ARCH_SPECS, QUANTIZED_LINEARS, ModelConfig
+from ..model.checkpoint import Checkpoint
+from ..model.config import ARCH_SPECS, QUANTIZED_LINEARS, ModelConfig
 from ..errors import CheckpointError, UsageError
 from ..formats import Progress, no_progress, open_checkpoint
-from ..scale_records import VALUES_ONLINE
+from ..ternary.records import VALUES_ONLINE
 from ..ternary import LinearClass, TernaryWeight, quantize
 from .cache import KVCache
 from .linear import DenseLinear, TernaryLinear, kernels_usable, rms_norm

@@ -12,9 +12,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import Checkpoint
+from ..model.checkpoint import Checkpoint
 from ..errors import CheckpointError
-from ..jsonfile import read_json_object
+from ..io.jsonfile import read_json_object
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"

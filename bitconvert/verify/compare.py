@@ -17,7 +17,7 @@ from typing import Sequence
 
 import torch
 
-from ..checkpoint import Checkpoint, Value
+from ..model.checkpoint import Checkpoint, Value
 from ..dtypes import dtype_name
 from ..errors import CheckpointError
 from ..formats import Progress, no_progress, open_checkpoint

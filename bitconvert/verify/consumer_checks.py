@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..checkpoint import Checkpoint
-from ..config import Architecture, ModelConfig
+from ..model.checkpoint import Checkpoint
+from ..model.config import Architecture, ModelConfig
 from ..formats.gguf import codecs, i2s_layouts, metadata, names, types
 from ..formats.gguf.parser import GGUFFile
 from ..ternary import TernaryWeight

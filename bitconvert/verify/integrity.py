@@ -6,14 +6,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Literal
 
-from ..checkpoint import Checkpoint, TensorEntry
-from ..config import QuantMode
+from ..model.checkpoint import Checkpoint, TensorEntry
+from ..model.config import QuantMode
 from ..dtypes import dtype_name, is_float_dtype, itemsize, torch_name
 from ..errors import CheckpointError
 from ..formats import Progress, no_progress, open_checkpoint
-from ..jsonfile import parse_json_text
-from ..packed_stats import counts_stats, packed_code_counts
-from ..stored import EXPONENT_BITS, StoredScale, non_finite_bits
+from ..io.jsonfile import parse_json_text
+from ..ternary.stats import counts_stats, packed_code_counts
+from ..ternary.stored import EXPONENT_BITS, StoredScale, non_finite_bits
 from .manifest import (
     check_manifest,
     new_manifest,
@@ -246,7 +246,7 @@ def _value_checks(name: str, entry: TensorEntry, value, report: VerifyReport, ha
 
 
 def non_finite_count(value: torch.Tensor, chunk: int = 1 << 16) -> int:
-    """How many values are inf or nan, from their exponent bits (:func:`~bitconvert.stored.non_finite_bits`)."""
+    """How many values are inf or nan, from their exponent bits (:func:`~bitconvert.ternary.stored.non_finite_bits`)."""
     import torch
 
     if not is_float_dtype(value.dtype):

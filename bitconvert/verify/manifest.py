@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any, Iterable
 import numpy as np
 
 from ..errors import CheckpointError
-from ..jsonfile import parse_json_text
-from ..packed_stats import unpacked_chunks
-from ..stored import StoredScale
+from ..io.jsonfile import parse_json_text
+from ..ternary.stats import unpacked_chunks
+from ..ternary.stored import StoredScale
 from .report import Check
 
 if TYPE_CHECKING:  # hashes of stored bytes (upload's planning) need no torch; of loaded tensors, they do

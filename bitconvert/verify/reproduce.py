@@ -1,6 +1,6 @@
 """``verify PUBLISHED --reproduce MASTER``: is a published ternary file what its master says?
 
-PUBLISHED's format is rebuilt from MASTER with a producer recipe (see :mod:`bitconvert.recipes`)
+PUBLISHED's format is rebuilt from MASTER with a producer recipe (see :mod:`bitconvert.ternary.recipes`)
 and PUBLISHED's own storage choices (scale dtype and convention, GGUF type, I2_S layout), in a
 temporary directory, then compared tensor by tensor as stored:
 
@@ -24,12 +24,12 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import Checkpoint, Value
+from ..model.checkpoint import Checkpoint, Value
 from ..convert import convert
 from ..dtypes import dtype_name
 from ..errors import BitconvertError, CheckpointError, UsageError
 from ..formats import Progress, no_progress, open_checkpoint
-from ..recipes import GGUF_RECIPES, HF_PACKED_RECIPES, Recipe
+from ..ternary.recipes import GGUF_RECIPES, HF_PACKED_RECIPES, Recipe
 from ..ternary import TernaryWeight
 from .report import Check, VerifyReport
 

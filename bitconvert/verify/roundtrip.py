@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 import torch
 
-from ..checkpoint import Checkpoint
+from ..model.checkpoint import Checkpoint
 from ..convert import convert
 from ..errors import BitconvertError, CheckpointError
 from ..formats import Progress, no_progress, open_checkpoint, writer_for

@@ -64,7 +64,7 @@ def _restore(dst: Path, fixture: str, names: tuple[str, ...]) -> None:
 
 
 def _run_safetensors(context: str, data: bytes, workdir: Path) -> None:
-    from bitconvert.safetensors_io import SafetensorsFile
+    from bitconvert.io.safetensors import SafetensorsFile
 
     path = workdir / "x.safetensors"
     path.write_bytes(data)
@@ -144,7 +144,7 @@ def config_target() -> Target:
 
 def index_target() -> Target:
     """The index of a one-shard checkpoint, naming that shard for every tensor."""
-    from bitconvert.safetensors_io import SafetensorsFile
+    from bitconvert.io.safetensors import SafetensorsFile
 
     from .mutate import mutate_json
 

@@ -14,9 +14,9 @@ import math
 import numpy as np
 
 from ...dtypes import itemsize
-from ...linear_class import LinearClass
-from ...packed_stats import FIELD_COUNTS
-from ...stored import StoredScale, float_bits
+from ...ternary.linear_class import LinearClass
+from ...ternary.stats import FIELD_COUNTS
+from ...ternary.stored import StoredScale, float_bits
 from . import types
 
 Counts = tuple[int, int, int, int]

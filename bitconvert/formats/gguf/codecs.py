@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from ... import jit, workers
+from ...ternary.fast import jit, workers
 from .blocks import QK_K  # noqa: F401  (re-exported)
 
 QK8_0 = GGML_QUANT_SIZES[GGMLQuantizationType.Q8_0][0]
@@ -94,7 +94,7 @@ _SPLIT_MIN_STEPS = 16
 
 
 def _split(steps: list[tuple[int, int]], encode: Callable[[list[tuple[int, int]]], None]) -> None:
-    """``encode`` over the steps, cut into one share per core (:func:`bitconvert.workers.split_map`;
+    """``encode`` over the steps, cut into one share per core (:func:`bitconvert.ternary.fast.workers.split_map`;
     numpy releases the GIL in its loops). Rows are disjoint, so the bytes do not depend on it."""
     parts = workers.spans(len(steps), workers.cores() if len(steps) >= _SPLIT_MIN_STEPS else 1)
     workers.split_map(lambda span: encode(steps[span[0] : span[1]]), parts)

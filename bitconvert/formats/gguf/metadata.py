@@ -17,10 +17,10 @@ import numpy as np
 from gguf.constants import GGML_QUANT_VERSION, Keys
 
 from ... import __version__
-from ...config import ARCH_SPECS, Architecture, ModelConfig
+from ...model.config import ARCH_SPECS, Architecture, ModelConfig
 from ...errors import CheckpointError
-from ...jsonfile import parse_json_text
-from ...scale_records import SCALES_KEY, encode_records
+from ...io.jsonfile import parse_json_text
+from ...ternary.records import SCALES_KEY, encode_records
 from .parser import FLOAT32, GGUFFile
 from .stream_writer import KV, kv_f32, kv_str, kv_u32
 

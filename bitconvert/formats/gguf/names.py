@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from gguf.constants import MODEL_TENSOR, TENSOR_NAMES
 
-from ...config import ModelConfig
+from ...model.config import ModelConfig
 from .metadata import ARCH_LLAMA
 
 if TYPE_CHECKING:

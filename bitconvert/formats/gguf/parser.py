@@ -19,7 +19,7 @@ import numpy as np
 from gguf.constants import GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGUFValueType, Keys
 
 from ...errors import CheckpointError
-from ...safetensors_io import read_exact
+from ...io.safetensors import read_exact
 from . import types
 
 if TYPE_CHECKING:  # headers are parsed while planning; torch only where tensor data is read

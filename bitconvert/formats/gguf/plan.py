@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ...recipes import Recipe
+from ...ternary.recipes import Recipe
 from . import i2s_layouts
 from .stream_writer import PlannedGGUFTensor
 from .types import GGMLType

@@ -1,9 +1,9 @@
 """The GGUF writer's stage 3 production: each planned tensor loaded, quantized and encoded into bytes.
 
-Production runs on :func:`bitconvert.pipeline.produced_ahead`'s worker, in plan order, ahead of the
+Production runs on :func:`bitconvert.io.pipeline.produced_ahead`'s worker, in plan order, ahead of the
 file writes. Its unit is a :class:`Piece`: a quantized weight whole, a float tensor a slab of rows
 at a time (an embedding is never held twice). A bf16 master weight in the transformers recipe goes
-to TQ1_0/TQ2_0/I2_S bytes straight from its bit patterns (:func:`bitconvert.bf16_codes.bf16_code_rows`): the same
+to TQ1_0/TQ2_0/I2_S bytes straight from its bit patterns (:func:`bitconvert.ternary.fast.bf16_codes.bf16_code_rows`): the same
 codes as quantizing it, never materialised as one int8 tensor.
 """
 
@@ -15,11 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ...checkpoint import Checkpoint, TensorEntry, Value, as_dense, entry_as_ternary, quantizing
+from ...model.checkpoint import Checkpoint, TensorEntry, Value, as_dense, entry_as_ternary, quantizing
 from ...errors import CheckpointError
-from ...recipes import Recipe, recipe_quantizer, tq_block_d
+from ...ternary.recipes import Recipe, recipe_quantizer, tq_block_d
 from ...ternary import LinearClass, recover_ternary
-from ...bf16_codes import bf16_code_rows
+from ...ternary.fast.bf16_codes import bf16_code_rows
 from ...ternary import bf16_scale_threshold
 from . import i2s_layouts, names, types
 from .plan import Plan, TensorPlan

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ...checkpoint import Checkpoint, TensorEntry, Value, check_tensor_set
-from ...config import ModelConfig, QuantConfig, QuantMode
+from ...model.checkpoint import Checkpoint, TensorEntry, Value, check_tensor_set
+from ...model.config import ModelConfig, QuantConfig, QuantMode
 from ...errors import CheckpointError
-from ...linear_class import LinearClass
-from ...scale_records import SCALES_KEY, decode_records
+from ...ternary.linear_class import LinearClass
+from ...ternary.records import SCALES_KEY, decode_records
 from .. import register_reader
 from . import i2s_layouts, metadata, names, tokenizer, types
 from .parser import GGUFFile, TensorInfo, is_gguf
@@ -27,7 +27,7 @@ from .parser import GGUFFile, TensorInfo, is_gguf
 if TYPE_CHECKING:  # opening reads the header only; torch where a tensor is loaded
     import torch
 
-    from ...stored import StoredScale
+    from ...ternary.stored import StoredScale
     from ...ternary import TernaryScale
 
 NAME = "gguf"
@@ -51,7 +51,7 @@ def _scale(stored: torch.Tensor, hint: StoredScale | None) -> TernaryScale:
     """The stored magnitude as a scale; the recorded original when it rounds to exactly this value."""
     import torch
 
-    from ...stored import StoredScale
+    from ...ternary.stored import StoredScale
     from ...ternary import TernaryScale
 
     stored = stored.reshape(1)

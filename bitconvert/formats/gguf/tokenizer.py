@@ -20,7 +20,7 @@ import numpy as np
 from gguf.constants import Keys, TokenType
 
 from ...errors import CheckpointError
-from ...jsonfile import read_json_object
+from ...io.jsonfile import read_json_object
 from .parser import GGUFFile
 from .stream_writer import KV, kv_bool, kv_i32s, kv_str, kv_strs, kv_u32
 

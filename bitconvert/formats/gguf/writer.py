@@ -23,13 +23,13 @@ from pathlib import Path
 
 import torch
 
-from ...checkpoint import Checkpoint
-from ...config import Architecture, ModelConfig
+from ...model.checkpoint import Checkpoint
+from ...model.config import Architecture, ModelConfig
 from ...errors import CheckpointError, UsageError
-from ...pipeline import ahead_budget, produced_ahead
-from ...provenance import PROVENANCE_KEY, provenance_text
-from ...recipes import GGUF_RECIPES, Recipe
-from ...scale_records import encode_record
+from ...io.pipeline import ahead_budget, produced_ahead
+from ...io.provenance import PROVENANCE_KEY, provenance_text
+from ...ternary.recipes import GGUF_RECIPES, Recipe
+from ...ternary.records import encode_record
 from .. import Progress, WriteReport, register_writer
 from ..hf.common import ordered_names
 from ..options import choice_parser, option, parse_flag, recipe_field

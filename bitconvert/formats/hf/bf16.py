@@ -15,11 +15,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ...checkpoint import Checkpoint, TensorEntry, check_tensor_set, is_ignored_tensor
+from ...model.checkpoint import Checkpoint, TensorEntry, check_tensor_set, is_ignored_tensor
 from ...dtypes import FLOAT_NAMES
 from ...errors import CheckpointError
-from ...safetensors_io import SafetensorsFile, StoredTensor
-from ...scale_records import SCALES_KEY, VALUES_EXACT, VALUES_KEY, VALUES_ONLINE, decode_records
+from ...io.safetensors import SafetensorsFile, StoredTensor
+from ...ternary.records import SCALES_KEY, VALUES_EXACT, VALUES_KEY, VALUES_ONLINE, decode_records
 from .. import register_reader
 from .common import looks_like_hf, ordered_names, read_hf_directory
 from .packed import is_packed_directory
@@ -27,7 +27,7 @@ from .packed import is_packed_directory
 if TYPE_CHECKING:
     import torch
 
-    from ...stored import StoredScale
+    from ...ternary.stored import StoredScale
     from ...ternary import TernaryWeight
 
 NAME = "hf-bf16"
@@ -64,7 +64,7 @@ def _load_master(
 
 def _recorded_counts(st: SafetensorsFile, t: StoredTensor, record: StoredScale):
     """:func:`_load_master`'s finding for exact values with a record, as code counts off the stored bits."""
-    from ...stored import recorded_ternary_counts
+    from ...ternary.stored import recorded_ternary_counts
 
     return recorded_ternary_counts(st.read_bytes(t.name), t.dtype_name, record.magnitude_bits(t.dtype_name), record)
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 
-from ...checkpoint import Checkpoint, as_dense
-from ...config import QuantConfig, QuantMode
-from ...safetensors_io import PlannedTensor
-from ...scale_records import SCALES_KEY, VALUES_EXACT, VALUES_KEY, VALUES_ONLINE, encode_record, encode_records
+from ...model.checkpoint import Checkpoint, as_dense
+from ...model.config import QuantConfig, QuantMode
+from ...io.safetensors import PlannedTensor
+from ...ternary.records import SCALES_KEY, VALUES_EXACT, VALUES_KEY, VALUES_ONLINE, encode_record, encode_records
 from ...ternary import LinearClass, TernaryWeight
 from .. import Progress, WriteReport, register_writer
 from ..options import dtype_field, max_shard_size_field, option, parse_flag

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from ...config import ModelConfig, read_hf_config
+from ...model.config import ModelConfig, read_hf_config
 from ...errors import CheckpointError
-from ...jsonfile import read_json_object
-from ...pipeline import ahead_budget, produced_ahead
-from ...safetensors_io import PlannedTensor, SafetensorsFile, SafetensorsWriter, StoredTensor
+from ...io.jsonfile import read_json_object
+from ...io.pipeline import ahead_budget, produced_ahead
+from ...io.safetensors import PlannedTensor, SafetensorsFile, SafetensorsWriter, StoredTensor
 from .. import Progress, WriteReport, parsed_once
 
 if TYPE_CHECKING:  # the readers use this module while planning; torch is the writers' (annotations only here)

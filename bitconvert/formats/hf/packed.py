@@ -8,13 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ...checkpoint import Checkpoint, TensorEntry, check_tensor_set, is_ignored_tensor
+from ...model.checkpoint import Checkpoint, TensorEntry, check_tensor_set, is_ignored_tensor
 from ...dtypes import FLOAT_NAMES
 from ...errors import CheckpointError
-from ...linear_class import LinearClass
-from ...packed_stats import VALUES_PER_BYTE
-from ...safetensors_io import SafetensorsFile, StoredTensor
-from ...stored import StoredScale
+from ...ternary.linear_class import LinearClass
+from ...ternary.stats import VALUES_PER_BYTE
+from ...io.safetensors import SafetensorsFile, StoredTensor
+from ...ternary.stored import StoredScale
 from .. import register_reader
 from .common import HFDirectory, looks_like_hf, ordered_names, read_hf_directory
 

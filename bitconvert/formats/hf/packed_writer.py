@@ -8,11 +8,11 @@ from pathlib import Path
 
 import torch
 
-from ...checkpoint import Checkpoint, TensorEntry, as_dense, entry_as_ternary, quantizing
-from ...config import QuantConfig, QuantMode
+from ...model.checkpoint import Checkpoint, TensorEntry, as_dense, entry_as_ternary, quantizing
+from ...model.config import QuantConfig, QuantMode
 from ...errors import CheckpointError, UsageError
-from ...recipes import HF_PACKED_RECIPES, Recipe, recipe_quantizer
-from ...safetensors_io import PlannedTensor
+from ...ternary.recipes import HF_PACKED_RECIPES, Recipe, recipe_quantizer
+from ...io.safetensors import PlannedTensor
 from ...ternary import VALUES_PER_BYTE, LinearClass, TernaryScale, pack_codes, quantize_packed, recover_ternary
 from .. import Progress, WriteReport, register_writer
 from ..options import dtype_field, dtype_parser, linear_class_field, max_shard_size_field, option, recipe_field

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from ...config import ModelConfig
+from ...model.config import ModelConfig
 from ...errors import CheckpointError, UsageError
-from ...jsonfile import read_json_object
-from ...scale_records import NANOTRON_SCALES_KEY, ScaleRecord, decode_records
+from ...io.jsonfile import read_json_object
+from ...ternary.records import NANOTRON_SCALES_KEY, ScaleRecord, decode_records
 from ..options import choice_parser, dtype_field, option, parse_flag
 from .flavors import DEFAULT_FLAVOR, FLAVORS, NANOTRON_ROPE_THETA, Flavor
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...config import ModelConfig
+from ...model.config import ModelConfig
 
 #: the RoPE base every model without a ``rope_theta`` field uses
 NANOTRON_ROPE_THETA = 10000.0

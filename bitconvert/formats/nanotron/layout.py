@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ...config import ModelConfig
+from ...model.config import ModelConfig
 
 if TYPE_CHECKING:  # the layout rule is planned without torch (numpy); RoPE row order works on tensors
     import torch

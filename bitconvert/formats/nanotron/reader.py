@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ...checkpoint import Checkpoint, TensorEntry, check_tensor_set
+from ...model.checkpoint import Checkpoint, TensorEntry, check_tensor_set
 from ...dtypes import FLOAT_NAMES, itemsize, torch_dtype
 from ...errors import CheckpointError
-from ...safetensors_io import SafetensorsFile
-from ...stored import float_bits, recorded_ternary_counts
+from ...io.safetensors import SafetensorsFile
+from ...ternary.stored import float_bits, recorded_ternary_counts
 from .. import register_reader
 from ..hf.common import NOT_SIDE_FILES
 from .config import CHECKPOINT_METADATA, KEPT_FILE, MODEL_CONFIG, OWN_FILES, NanotronMeta, read_meta
@@ -41,7 +41,7 @@ from .shards import StoredParam, assemble_words, open_sharded, open_unsharded, s
 if TYPE_CHECKING:  # opening reads headers only; torch where a tensor is loaded
     import torch
 
-    from ...scale_records import ScaleRecord
+    from ...ternary.records import ScaleRecord
 
     from ...ternary import TernaryWeight
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from ...dtypes import FLOAT_NAMES, itemsize, torch_dtype
 from ...errors import CheckpointError
-from ...safetensors_io import SafetensorsFile, StoredTensor, read_exact
+from ...io.safetensors import SafetensorsFile, StoredTensor, read_exact
 from .layout import (
     DATA_KEY,
     METADATA_KEYS,

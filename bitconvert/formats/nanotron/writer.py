@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 
-from ...checkpoint import Checkpoint, Value, as_dense
-from ...config import ModelConfig
+from ...model.checkpoint import Checkpoint, Value, as_dense
+from ...model.config import ModelConfig
 from ...errors import CheckpointError, UsageError
-from ...safetensors_io import PlannedTensor, SafetensorsWriter
-from ...scale_records import NANOTRON_SCALES_KEY, encode_record
+from ...io.safetensors import PlannedTensor, SafetensorsWriter
+from ...ternary.records import NANOTRON_SCALES_KEY, encode_record
 from ...ternary import LinearClass, TernaryScale, TernaryWeight, absmean_quantize, recover_ternary
 from .. import Progress, WriteReport, register_writer
 from ..hf.common import copy_side_files

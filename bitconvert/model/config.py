@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import CheckpointError
-from .jsonfile import parse_json_text
-from .linear_class import LinearClass
+from ..errors import CheckpointError
+from ..io.jsonfile import parse_json_text
+from ..ternary.linear_class import LinearClass
 
 #: Upper bounds on what a config may declare, checked before any per-layer list is built. Far
 #: beyond real models (the deepest have a few hundred layers; GGUF stores these counts as u32),

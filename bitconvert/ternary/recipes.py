@@ -26,8 +26,8 @@ from typing import Callable
 
 import torch
 
-from .checkpoint import Value, as_ternary
-from .ternary import (
+from ..model.checkpoint import Value, as_ternary
+from . import (
     MEAN_ABS_FLOOR,
     LinearClass,
     NonFiniteWeight,
@@ -148,7 +148,7 @@ def quantize_with(
 def recipe_ternary(
     value: Value, recipe: Recipe, linear_class: LinearClass, scale_dtype: torch.dtype
 ) -> tuple[TernaryWeight, str]:
-    """Like :func:`bitconvert.checkpoint.as_ternary`, quantizing latent weights with ``recipe``.
+    """Like :func:`bitconvert.model.checkpoint.as_ternary`, quantizing latent weights with ``recipe``.
 
     A value that is already ternary (stored codes, or floats that are exactly codes x one
     magnitude) is never requantized: it is kept, whatever the recipe, and reported as
@@ -160,7 +160,7 @@ def recipe_ternary(
 
 
 def recipe_quantizer(recipe: Recipe) -> Callable[[Value, LinearClass, torch.dtype], tuple[TernaryWeight, str]]:
-    """:func:`recipe_ternary` with ``recipe`` bound, in :func:`bitconvert.checkpoint.as_ternary`'s shape."""
+    """:func:`recipe_ternary` with ``recipe`` bound, in :func:`bitconvert.model.checkpoint.as_ternary`'s shape."""
     return lambda value, linear_class, scale_dtype: recipe_ternary(value, recipe, linear_class, scale_dtype)
 
 

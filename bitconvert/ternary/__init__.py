@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .bf16_codes import CHUNK, bf16_bits, codes_into, pack_planes, zero_threshold
-from .errors import BitconvertError
+from .fast.bf16_codes import CHUNK, bf16_bits, codes_into, pack_planes, zero_threshold
+from ..errors import BitconvertError
 from .linear_class import LinearClass  # re-exported: defined apart so that configs load without torch
-from .torchsum import abs_sum_bf16, calibrated_lanes
+from .fast.summation import abs_sum_bf16, calibrated_lanes
 
 #: transformers and the BitNet papers clamp mean|W| from below at this value.
 MEAN_ABS_FLOOR = 1e-5
@@ -117,7 +117,7 @@ def mean_abs(weight: torch.Tensor) -> torch.Tensor:
     """mean|W| in float32, bit-identical to ``weight.float().abs().mean()``.
 
     For bf16 weights torch's summation order is reproduced in cache-sized chunks
-    (:mod:`bitconvert.torchsum`), so no float32 copy of the weight is made; other dtypes, and
+    (:mod:`bitconvert.ternary.fast.summation`), so no float32 copy of the weight is made; other dtypes, and
     builds whose order cannot be reproduced, use torch itself.
     """
     if weight.dtype == torch.bfloat16 and weight.numel():

@@ -23,16 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .dtypes import NAMES, dtype_name, itemsize
-from .errors import CheckpointError
-from .jsonfile import parse_json_text
+from ..dtypes import NAMES, dtype_name, itemsize
+from ..errors import CheckpointError
+from ..io.jsonfile import parse_json_text
 from .linear_class import LinearClass
 from .stored import StoredScale, value_tensor
 
 if TYPE_CHECKING:  # readers look for records while planning; decoding one builds tensors
     import torch
 
-    from .ternary import TernaryScale
+    from . import TernaryScale
 
 #: metadata key (safetensors ``__metadata__``, GGUF string, Nanotron ``custom_metas`` entry)
 SCALES_KEY = "bitconvert.ternary_scales"

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
-from .dtypes import NAMES, dtype_name, itemsize, torch_dtype
-from .errors import CheckpointError
+from ..dtypes import NAMES, dtype_name, itemsize, torch_dtype
+from ..errors import CheckpointError
 from .jsonfile import parse_json_text
 
 if TYPE_CHECKING:  # headers are read without torch; only loading a tensor's data imports it

@@ -17,7 +17,7 @@ bf16 values in cache-sized chunks, so no full-size float32 copy is ever made:
 The SIMD width is the build's, not the CPU's (torch registers its sum kernel without AVX-512), so
 :func:`calibrated_lanes` finds it by comparing against torch once per thread count; where no width
 reproduces torch, callers must fall back to torch itself. Pure numpy, so it releases the GIL; where
-numba is installed the same loops run compiled (:mod:`bitconvert.jit`), in the same order.
+numba is installed the same loops run compiled (:mod:`bitconvert.ternary.fast.jit`), in the same order.
 """
 
 from __future__ import annotations

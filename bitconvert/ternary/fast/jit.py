@@ -1,6 +1,6 @@
 """Compiled loops for the bf16 fast paths: one pass over each weight instead of a dozen numpy passes.
 
-:mod:`bitconvert.torchsum` (torch's float32 summation order) and :mod:`bitconvert.bf16_codes`
+:mod:`bitconvert.ternary.fast.summation` (torch's float32 summation order) and :mod:`bitconvert.ternary.fast.bf16_codes`
 (codes from bit patterns) are written in numpy, and that is the definition; the functions here do
 the same arithmetic in the same order, compiled by numba (a wheel from the package registry; no
 compiler at install time; the machine code is cached on disk after the first run). Where numba is

@@ -1,7 +1,7 @@
 """Split one tensor's arithmetic over the machine's cores.
 
 numpy releases the GIL inside its loops, so a few Python threads give real parallelism for the
-bf16 fast paths (:mod:`bitconvert.torchsum`, :mod:`bitconvert.bf16_codes`). One pool serves the
+bf16 fast paths (:mod:`bitconvert.ternary.fast.summation`, :mod:`bitconvert.ternary.fast.bf16_codes`). One pool serves the
 whole process; work is only ever submitted from outside it, so a task never waits on the pool.
 """
 

@@ -9,10 +9,10 @@ from typing import Any
 
 from .. import __version__
 from ..errors import CheckpointError, UsageError
-from ..provenance import read_provenance, sha256_file, visible_files
-from .errors import HubError, hub_errors
-from .secrets import one_line, scrub_secrets
-from .source import PICKLE_SUFFIXES, SourceRef, check_repo_id, resolve_source
+from ..io.provenance import read_provenance, sha256_file, visible_files
+from ..hub.errors import HubError, hub_errors
+from ..secrets import one_line, scrub_secrets
+from ..hub.source import PICKLE_SUFFIXES, SourceRef, check_repo_id, resolve_source
 
 CARD_NAME = "README.md"
 
@@ -237,7 +237,7 @@ def _choose_card(
 
 
 def _generated_card(source: SourceRef, ckpt, repo_id: str, files: list[PlannedFile]) -> str:
-    from ..modelcard import CardInput, render_card
+    from .card import CardInput, render_card
 
     provenance = read_provenance(source.path)
     if source.repo_id is not None:

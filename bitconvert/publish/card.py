@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import __version__
+from .. import __version__
 
 ARCH_NAMES = {
     "bitnet-b1.58": "BitNetForCausalLM (microsoft/bitnet-b1.58-2B-4T family: relu², sub-norms)",
@@ -161,7 +161,7 @@ def _sha_cell(sha: object) -> str:
 
 
 def render_card(card: CardInput) -> str:
-    from .hub.secrets import scrub_secrets
+    from ..secrets import scrub_secrets
 
     name = card.repo_id.split("/")[-1]
     arch = ARCH_NAMES.get(card.architecture, card.architecture)

@@ -17,8 +17,8 @@ import threading
 from pathlib import Path
 from typing import Any, Iterable
 
-from . import __version__
-from .errors import CheckpointError
+from .. import __version__
+from ..errors import CheckpointError
 from .jsonfile import parse_json_text
 
 PROVENANCE_NAME = "bitconvert_provenance.json"
@@ -123,7 +123,7 @@ def read_provenance(path: Path) -> dict[str, Any] | None:
     """The provenance of the checkpoint at ``path`` (its provenance file, or a GGUF's header key), or None."""
     try:
         if path.is_file():
-            from .formats.gguf.parser import GGUFFile, is_gguf
+            from ..formats.gguf.parser import GGUFFile, is_gguf
 
             text = GGUFFile(path).get(PROVENANCE_KEY) if is_gguf(path) else None
         else:
@@ -177,7 +177,7 @@ def conversion_provenance(
 
 def provenance_text(data: dict[str, Any]) -> str:
     """``data`` as JSON with anything secret scrubbed."""
-    from .hub.secrets import scrub_secrets
+    from ..secrets import scrub_secrets
 
     return scrub_secrets(json.dumps(data, indent=2, sort_keys=False) + "\n")
 

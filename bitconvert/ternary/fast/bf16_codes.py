@@ -3,9 +3,9 @@
 For a bf16 weight and its scale ``s = 1/mean|W|``, transformers' recipe gives code
 ``clamp(round(x * s), -1, 1)`` in float32. That code only depends on whether ``|x|`` lies above
 one bf16 magnitude (:func:`zero_threshold`), so codes come from integer comparisons on the bit
-patterns, a cache-sized chunk at a time, split over the cores (:mod:`bitconvert.workers`): no
+patterns, a cache-sized chunk at a time, split over the cores (:mod:`bitconvert.ternary.fast.workers`): no
 float32 or int8 copy of the weight exists at any time. Where numba is installed the same
-comparisons run as one compiled loop (:mod:`bitconvert.jit`). Pure math, no I/O.
+comparisons run as one compiled loop (:mod:`bitconvert.ternary.fast.jit`). Pure math, no I/O.
 """
 
 from __future__ import annotations

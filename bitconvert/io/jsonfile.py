@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 #: the longest number literal accepted: far beyond any real dimension or float, far below the
 #: lengths where int() conversion is refused or slow

@@ -15,16 +15,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Union
 
 from .config import IGNORED_TENSOR_SUFFIXES, ModelConfig
-from .dtypes import torch_dtype
-from .errors import CheckpointError
-from .linear_class import LinearClass
+from ..dtypes import torch_dtype
+from ..errors import CheckpointError
+from ..ternary.linear_class import LinearClass
 
 if TYPE_CHECKING:  # opening a checkpoint needs no tensors; loading one (and the helpers below) imports torch
     import numpy as np
     import torch
 
-    from .stored import StoredScale
-    from .ternary import TernaryScale, TernaryWeight
+    from ..ternary.stored import StoredScale
+    from ..ternary import TernaryScale, TernaryWeight
 
 Value = Union["torch.Tensor", "TernaryWeight"]
 
@@ -128,7 +128,7 @@ def as_ternary(value: Value, linear_class: LinearClass, scale_dtype: torch.dtype
     ``"recovered"``: a float tensor that is exactly codes x one magnitude (e.g. ``unpack`` output);
     ``"quantized"``: absmean quantization of a latent master weight.
     """
-    from .ternary import TernaryScale, TernaryWeight, quantize, recover_ternary
+    from ..ternary import TernaryScale, TernaryWeight, quantize, recover_ternary
 
     if isinstance(value, TernaryWeight):
         scale = value.scale
@@ -146,7 +146,7 @@ def as_ternary(value: Value, linear_class: LinearClass, scale_dtype: torch.dtype
 @contextmanager
 def quantizing(entry: TensorEntry) -> Iterator[None]:
     """Quantization of ``entry``'s weight: a NaN/Inf in it is refused naming the tensor and its file."""
-    from .ternary import NonFiniteWeight
+    from ..ternary import NonFiniteWeight
 
     try:
         yield
@@ -169,7 +169,7 @@ def entry_as_ternary(
 
 def as_dense(value: Value, dtype: torch.dtype) -> torch.Tensor:
     """A float tensor: dense values cast, ternary weights dequantized (codes x mean|W|)."""
-    from .ternary import TernaryWeight
+    from ..ternary import TernaryWeight
 
     if isinstance(value, TernaryWeight):
         return value.dequantize(dtype)

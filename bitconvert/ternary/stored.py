@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .dtypes import NAMES, itemsize, torch_dtype
+from ..dtypes import NAMES, itemsize, torch_dtype
 from .linear_class import LinearClass
 
 if TYPE_CHECKING:
     import torch
 
-    from .ternary import TernaryScale
+    from . import TernaryScale
 
 #: per float dtype: the unsigned word holding one value, and its exponent bits (all set: inf or nan)
 EXPONENT_BITS: dict[str, tuple[type, int]] = {
@@ -136,7 +136,7 @@ class StoredScale:
     def of(cls, scale: TernaryScale) -> "StoredScale":
         import torch
 
-        from .dtypes import dtype_name
+        from ..dtypes import dtype_name
 
         raw = scale.value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
         return cls(dtype_name(scale.dtype), raw, scale.linear_class)
@@ -160,6 +160,6 @@ class StoredScale:
 
     def to_scale(self) -> TernaryScale:
         """The :class:`~bitconvert.ternary.TernaryScale` of these bytes (imports torch)."""
-        from .ternary import TernaryScale
+        from . import TernaryScale
 
         return TernaryScale(value_tensor(self.data, self.dtype_name).reshape(1), self.linear_class)
