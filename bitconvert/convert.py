@@ -74,10 +74,10 @@ def convert(
     check_paths(src, dst, force)
     ckpt = open_checkpoint(src, src_format)
     if source.repo_id is not None:  # writers that name the model or its origin (GGUF) read these
-        ckpt.info["model_name"] = source.repo_id.split("/")[-1]
-        ckpt.info["source_repo"] = source.repo_id
+        ckpt.origin.model_name = source.repo_id.split("/")[-1]
+        ckpt.origin.source_repo = source.repo_id
         if source.license:
-            ckpt.info["license"] = source.license
+            ckpt.origin.license = source.license
     hashes = None
     if writer.writes_directory and hash_sources:
         # computed alongside the conversion, for the provenance file written last
@@ -85,7 +85,7 @@ def convert(
     elif not writer.writes_directory:
         # A single file carries its provenance in its header, written before any tensor.
         files = source_files(source.path, source.files) if hash_sources else known_source_files(source.path, source.files)
-        ckpt.info["provenance"] = conversion_provenance(source, ckpt.format, writer.name, [dst.name], files)
+        ckpt.origin.provenance = conversion_provenance(source, ckpt.format, writer.name, [dst.name], files)
     try:
         with staged_output(dst, directory=writer.writes_directory, force=force) as scratch:
             report = writer.write(ckpt, scratch, options, progress)

@@ -12,14 +12,25 @@ import dataclasses
 import re
 from typing import Any, Callable, Iterable, Mapping
 
+from ..dtypes import SHORT_NAMES
 from ..errors import UsageError
 
-DTYPE_NAMES = {"bf16": "bfloat16", "f16": "float16", "f32": "float32"}
 
-
-def option(default: Any, cli: str, help: str, parse: Callable[[Any], Any] | None = None) -> Any:
-    """A dataclass field that knows its CLI flag, its help text and how to read a string."""
-    return dataclasses.field(default=default, metadata={"cli": cli, "help": help, "parse": parse})
+def option(
+    default: Any,
+    cli: str,
+    help: str,
+    parse: Callable[[Any], Any] | None = None,
+    *,
+    choices: Iterable[str] | None = None,
+) -> Any:
+    """A dataclass field that knows its CLI flag, its help text, how to read a string and, for a
+    choice, the values it takes (which ``--help`` lists and shell completion offers). A choice
+    without its own ``parse`` is read by :func:`choice_parser`; a ``bool`` field is a plain flag."""
+    choices = tuple(choices) if choices is not None else None
+    if parse is None and choices is not None:
+        parse = choice_parser(cli, choices)
+    return dataclasses.field(default=default, metadata={"cli": cli, "help": help, "parse": parse, "choices": choices})
 
 
 # --- parsers shared by the writers' fields (each accepts the typed value too) ---------------------
@@ -40,19 +51,16 @@ def parse_size(text: Any) -> int:
 
 
 def dtype_parser(flag: str, allowed: Iterable[str] = ("bf16", "f16", "f32")) -> Callable[[Any], Any]:
+    """Parses ``bf16``/``f16``/``f32`` (or the dtype name itself, ``"BF16"``) into the dtype name."""
     allowed = tuple(allowed)
 
     def parse(value: Any):
-        import torch
-
-        if isinstance(value, torch.dtype):
-            for short, long in DTYPE_NAMES.items():
-                if short in allowed and getattr(torch, long) == value:
-                    return value
-            raise UsageError(f"{flag} must be one of {', '.join(allowed)}, got {value}")
+        names = {SHORT_NAMES[a]: a for a in allowed}
+        if value in names:
+            return value
         if value not in allowed:
             raise UsageError(f"{flag} must be one of {', '.join(allowed)}, got {value!r}")
-        return getattr(torch, DTYPE_NAMES[value])
+        return SHORT_NAMES[value]
 
     return parse
 
@@ -94,11 +102,12 @@ def linear_class_field() -> Any:
         "weight_scale convention: autobitlinear (mean|W|, multiply) or bitlinear (1/mean|W|, divide); "
         "default: the source's, else autobitlinear",
         parse_linear_class,
+        choices=("autobitlinear", "bitlinear"),
     )
 
 
 def dtype_field(help: str, allowed: Iterable[str] = ("bf16", "f16", "f32")) -> Any:
-    return option(None, "--dtype", help, dtype_parser("--dtype", allowed))
+    return option(None, "--dtype", help, dtype_parser("--dtype", allowed), choices=tuple(allowed))
 
 
 def max_shard_size_field() -> Any:
@@ -152,4 +161,4 @@ def recipe_field(allowed: Iterable[Any], help: str) -> Any:
         except ValueError as exc:
             raise UsageError(str(exc)) from None
 
-    return option(allowed[0], "--recipe", help, parse)
+    return option(allowed[0], "--recipe", help, parse, choices=tuple(r.value for r in allowed))

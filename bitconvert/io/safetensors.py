@@ -14,16 +14,13 @@ import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable
 
 import numpy as np
 
-from ..dtypes import NAMES, dtype_name, itemsize, torch_dtype
+from ..dtypes import NAMES, Dense, itemsize
 from ..errors import CheckpointError
 from .jsonfile import parse_json_text
-
-if TYPE_CHECKING:  # headers are read without torch; only loading a tensor's data imports it
-    import torch
 
 #: safetensors itself refuses headers above 100 MB.
 MAX_HEADER_BYTES = 100_000_000
@@ -37,10 +34,6 @@ class StoredTensor:
     shape: tuple[int, ...]
     offset: int  # absolute offset of the first byte in the file
     nbytes: int
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return torch_dtype(self.dtype_name)
 
 
 def _no_duplicates(path: Path):
@@ -133,16 +126,13 @@ class SafetensorsFile:
             )
         return StoredTensor(name, dtype, tuple(shape), self.data_start + offs[0], nbytes)
 
-    def read(self, name: str) -> torch.Tensor:
-        import torch
-
+    def read(self, name: str) -> Dense:
+        """The tensor's values (large tensors mapped copy-on-write, small ones read)."""
         t = self.tensors[name]
-        if not t.nbytes:
-            return torch.empty(t.shape, dtype=t.dtype)
-        return torch.frombuffer(self._buffer(t), dtype=t.dtype).reshape(t.shape)
+        return Dense.from_bytes(self.read_bytes(name), t.dtype_name, t.shape)
 
     def read_bytes(self, name: str) -> np.ndarray:
-        """The tensor's stored bytes, flat uint8, without torch (for checks and hashes on bytes)."""
+        """The tensor's stored bytes, flat uint8 (for checks and hashes on bytes)."""
         t = self.tensors[name]
         return np.frombuffer(self._buffer(t), dtype=np.uint8) if t.nbytes else np.empty(0, dtype=np.uint8)
 
@@ -195,12 +185,12 @@ def read_exact(path: Path, offset: int, length: int, tensor: str | None = None) 
 @dataclass(frozen=True)
 class PlannedTensor:
     name: str
-    dtype: torch.dtype
+    dtype_name: str
     shape: tuple[int, ...]
 
     @property
     def nbytes(self) -> int:
-        return math.prod(self.shape) * self.dtype.itemsize
+        return math.prod(self.shape) * itemsize(self.dtype_name)
 
 
 class SafetensorsWriter:
@@ -214,7 +204,7 @@ class SafetensorsWriter:
             header["__metadata__"] = dict(metadata)
         offset = 0
         for t in self.plan:
-            header[t.name] = {"dtype": dtype_name(t.dtype), "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
+            header[t.name] = {"dtype": t.dtype_name, "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
             offset += t.nbytes
         raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
         raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
@@ -223,17 +213,14 @@ class SafetensorsWriter:
         self._file.write(raw)
         self._next = 0
 
-    def write(self, name: str, tensor: torch.Tensor) -> None:
+    def write(self, name: str, value: Dense) -> None:
         want = self.plan[self._next]
-        if name != want.name or tensor.dtype != want.dtype or tuple(tensor.shape) != want.shape:
+        if name != want.name or value.dtype_name != want.dtype_name or value.shape != want.shape:
             raise ValueError(
-                f"writer expected {want.name} {want.dtype} {want.shape}, got {name} {tensor.dtype} {tuple(tensor.shape)}"
+                f"writer expected {want.name} {want.dtype_name} {want.shape}, got {name} {value.dtype_name} {value.shape}"
             )
-        import torch
-
-        t = tensor.detach().contiguous().cpu()
-        if t.numel():
-            self._file.write(memoryview(t.view(torch.uint8).reshape(-1).numpy()))
+        if value.size:
+            self._file.write(memoryview(value.raw()))
         self._next += 1
 
     def close(self) -> None:

@@ -1,69 +1,135 @@
-"""The canonical in-memory checkpoint: a config plus lazily loaded, named tensors.
+"""The canonical in-memory checkpoint: a config plus lazily loaded, named tensors, each of a declared kind.
 
 Every reader produces a :class:`Checkpoint`, every writer consumes one; they never meet. Tensor
-names are Hugging Face's (``model.layers.3.self_attn.q_proj.weight``) whatever the format. A
-quantized linear weight loads as a :class:`~bitconvert.ternary.TernaryWeight` when the source
-holds it quantized (codes + scale), so quantized-to-quantized conversions never requantize; a
-master holds it as a float tensor, and :func:`as_ternary` quantizes it on demand.
+names are Hugging Face's (``model.layers.3.self_attn.q_proj.weight``) whatever the format. Each
+entry says what it is before anything is loaded (:class:`Kind`) and offers two views:
+
+- ``load()``: the value, in numpy: a :class:`~bitconvert.dtypes.Dense` for DENSE and LATENT
+  entries, a :class:`~bitconvert.ternary.TernaryWeight` (codes + stored scale) for TERNARY ones;
+- ``stored()``: the bytes as the file holds them (:class:`Stored`), for digests and for checks that
+  read codes and scales off the bytes without decoding them.
+
+A LATENT entry (a float master's quantized linear) becomes ternary only when a ternary format is
+written (:func:`bitconvert.ternary.as_ternary`): recovered where it already is codes x one
+magnitude (or still matches the scale its ``record`` wrote down), else quantized by a recipe.
 """
 
 from __future__ import annotations
 
+import enum
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Union
 
-from .config import IGNORED_TENSOR_SUFFIXES, ModelConfig
-from ..dtypes import torch_dtype
+from ..dtypes import CONFIG_NAMES, FLOAT_NAMES, Dense
 from ..errors import CheckpointError
 from ..ternary.linear_class import LinearClass
+from .config import IGNORED_TENSOR_SUFFIXES, ModelConfig
+from .families import EMBEDDING
 
-if TYPE_CHECKING:  # opening a checkpoint needs no tensors; loading one (and the helpers below) imports torch
+if TYPE_CHECKING:
     import numpy as np
-    import torch
 
-    from ..ternary.stored import StoredScale
-    from ..ternary import TernaryScale, TernaryWeight
+    from ..ternary.records import ScaleRecord
+    from ..ternary.scale import Scale
+    from ..ternary.stats import CodeCounts
+    from ..ternary.weight import TernaryWeight
 
-Value = Union["torch.Tensor", "TernaryWeight"]
+Value = Union[Dense, "TernaryWeight"]
 
-#: float dtypes as config.json names them (``torch_dtype``), which writers keep, by their safetensors names
-DECLARED_DTYPES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32"}
+
+class Kind(str, enum.Enum):
+    """What an entry's ``load()`` returns, known before it is called."""
+
+    DENSE = "dense"  # a float tensor used as it is (embeddings, norms): a Dense
+    TERNARY = "ternary"  # codes and one scale as stored (packed, GGUF TQ/I2_S): a TernaryWeight
+    LATENT = "latent"  # the float weight of a quantized linear (a master): a Dense, quantized when written
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A tensor's bytes as its file holds them, and what can be read off them without decoding.
+
+    ``layout`` names the byte layout (``"floats"``: ``dtype_name`` values, row-major; ``"hf-packed"``;
+    ``"gguf:TQ2_0"`` ...). ``scale`` is the scale a TERNARY entry loads with, where it can be read
+    without the codes; ``counts`` gives the codes' -1/0/+1/invalid counts off ``data``, or None where
+    only ``load()`` can tell (then it reports what it finds).
+    """
+
+    data: np.ndarray  # flat uint8
+    layout: str
+    dtype_name: str | None = None
+    scale: Scale | None = None
+    counts: Callable[[], CodeCounts | None] | None = None
 
 
 @dataclass
 class TensorEntry:
     name: str
     shape: tuple[int, ...]  # logical shape, unpacked
-    #: float dtype of a dense tensor, or of the scale of a stored ternary one, as safetensors names
-    #: it ("BF16"): known from the header, without torch (:attr:`dtype` is the torch dtype)
+    kind: Kind
+    #: DENSE/LATENT: the element dtype as stored (``"BF16"``); TERNARY: the scale's dtype
     dtype_name: str
-    ternary: bool  # load() returns a TernaryWeight
-    source: str  # where it lives, for messages
+    source: str  # the file it lives in, for messages
     load: Callable[[], Value]
-    #: for ternary entries: the scale alone, cheap, for writers that need scales before the codes
-    load_scale: Callable[[], TernaryScale] | None = None
+    stored: Callable[[], Stored]
     #: how the source stores it, for people (e.g. "U8 packed + BF16 scale")
-    stored: str = ""
-    #: for ternary entries stored in the HF row-block layout (``pack_codes``): the packed uint8
-    #: bytes as stored (numpy, ``[rows / 4, cols]``), unchecked, so statistics and hashes need
-    #: neither unpack them nor import torch
-    load_packed: Callable[[], np.ndarray] | None = None
-    #: with ``load_packed``: the stored scale as raw bytes, unchecked, likewise without torch
-    load_stored_scale: Callable[[], StoredScale] | None = None
-    #: for dense entries whose value is exactly their stored bytes (``dtype_name``, ``shape``): those
-    #: bytes, flat uint8 numpy, for checks and hashes that need no arithmetic
-    load_stored: Callable[[], np.ndarray] | None = None
-    #: for ternary entries stored some other way (GGUF blocks, floats that are codes x a recorded
-    #: magnitude): counts of codes -1, 0, +1 and of invalid fields, and the scale :attr:`load` gives,
-    #: read off the stored bytes without decoding them or importing torch; None where only loading
-    #: can tell (blocks with different scales, say), and loading then reports what it finds
-    load_code_counts: Callable[[], tuple[tuple[int, int, int, int], StoredScale] | None] | None = None
+    label: str = ""
+    #: LATENT: the exact scale recorded for floats written from a ternary weight (``unpack`` output),
+    #: used while the floats still are codes x that scale
+    record: ScaleRecord | None = None
 
     @property
-    def dtype(self) -> torch.dtype:
-        return torch_dtype(self.dtype_name)
+    def ternary(self) -> bool:
+        return self.kind is Kind.TERNARY
+
+
+@dataclass
+class Origin:
+    """Where a checkpoint comes from: set by ``convert`` for Hub sources, read back by readers."""
+
+    model_name: str | None = None
+    source_repo: str | None = None
+    source_url: str | None = None
+    license: str | None = None
+    #: the provenance this conversion writes into a single-file output's header
+    provenance: dict[str, Any] | None = None
+    #: the provenance the source itself carries (its header or bitconvert_provenance.json)
+    recorded_provenance: dict[str, Any] | None = None
+
+
+@dataclass
+class GGUFFacts:
+    architecture: str
+    #: the tokenizer metadata as read, carried into another GGUF
+    tokenizer: dict[str, Any] = field(default_factory=dict)
+    file_type: int | None = None
+    #: the I2_S byte layout the reader used, and whether the file records it
+    i2s_layout: str | None = None
+    i2s_layout_recorded: bool = True
+
+
+@dataclass
+class NanotronFacts:
+    tensor_parallel: int
+    rope_interleaved: bool
+    flavor: str
+    version: str | None = None
+
+
+@dataclass
+class Facts:
+    """What a reader found about how the source stores the model, typed (writers and checks read it)."""
+
+    #: the convention of the stored scales, where the source says or all agree
+    linear_class: LinearClass | None = None
+    #: the format imposes its dense dtypes (GGUF's F32 norms): the model's are the config's
+    container_dtypes: bool = False
+    #: config fields the format stores in float32 (GGUF), which compare equal at that precision
+    config_precision: dict[str, str] = field(default_factory=dict)
+    gguf: GGUFFacts | None = None
+    nanotron: NanotronFacts | None = None
 
 
 @dataclass
@@ -75,8 +141,8 @@ class Checkpoint:
     side_files: list[Path] = field(default_factory=list)
     #: reader notes worth showing a user (ignored buffers, duplicated config keys, ...)
     notes: list[str] = field(default_factory=list)
-    #: format-specific facts a writer may use (provenance, original dtypes)
-    info: dict[str, Any] = field(default_factory=dict)
+    facts: Facts = field(default_factory=Facts)
+    origin: Origin = field(default_factory=Origin)
     #: what the source evidently lost before bitconvert saw it (a reader's warnings; shown like a writer's)
     warnings: list[str] = field(default_factory=list)
 
@@ -86,67 +152,54 @@ class Checkpoint:
     def __post_init__(self) -> None:
         self._quantized = set(self.config.quantized_linear_names())
 
-    def declared_dtype(self) -> torch.dtype | None:
+    def declared_dtype(self) -> str | None:
         """The float dtype the source's config.json states (``torch_dtype``, or transformers 5's ``dtype``)."""
         for key in ("torch_dtype", "dtype"):
             value = self.config.raw.get(key)
-            if isinstance(value, str) and value in DECLARED_DTYPES:
-                return torch_dtype(DECLARED_DTYPES[value])
+            if isinstance(value, str) and value in CONFIG_NAMES and CONFIG_NAMES[value] != "F64":
+                return CONFIG_NAMES[value]
         return None
 
-    def model_dtype(self) -> torch.dtype:
+    def model_dtype(self) -> str:
         """The dtype a writer states for the model when not told otherwise: the declared one, else
         the embedding's, else bf16."""
-        embed = self.tensors.get("model.embed_tokens.weight")
-        if embed is not None and not embed.ternary and embed.dtype_name in DECLARED_DTYPES.values():
-            return self.declared_dtype() or embed.dtype
-        return self.declared_dtype() or torch_dtype("BF16")
+        embed = self.tensors.get(EMBEDDING)
+        if embed is not None and embed.kind is Kind.DENSE and embed.dtype_name in ("F16", "BF16", "F32"):
+            return self.declared_dtype() or embed.dtype_name
+        return self.declared_dtype() or "BF16"
 
-    def source_dtype(self, name: str) -> torch.dtype:
+    def source_dtype(self, name: str) -> str:
         """The dtype a dense tensor keeps when no dtype is asked for: its own where it is stored as
-        floats, unless the format imposes its dtypes (``info["container_dtypes"]``, GGUF) and the
+        floats, unless the format imposes its dtypes (``facts.container_dtypes``, GGUF) and the
         model's is recorded; quantized embeddings and dequantized ternary weights: :meth:`model_dtype`."""
         entry = self.tensors[name]
-        if entry.ternary or entry.dtype_name not in DECLARED_DTYPES.values():
+        if entry.kind is Kind.TERNARY or entry.dtype_name not in ("F16", "BF16", "F32"):
             return self.model_dtype()
-        if self.info.get("container_dtypes"):
-            return self.declared_dtype() or entry.dtype
-        return entry.dtype
+        if self.facts.container_dtypes:
+            return self.declared_dtype() or entry.dtype_name
+        return entry.dtype_name
 
     def source_linear_class(self) -> LinearClass | None:
         """The scale convention the source was quantized with, where it says."""
-        if "linear_class" in self.info:
-            return self.info["linear_class"]
+        if self.facts.linear_class is not None:
+            return self.facts.linear_class
         q = self.config.quantization
         return q.linear_class if q else None
 
+    def first_stored_ternary(self) -> str | None:
+        """The first tensor the source holds as codes (a recipe never requantizes those), or None."""
+        return next((n for n, e in self.tensors.items() if e.kind is Kind.TERNARY), None)
 
-def as_ternary(value: Value, linear_class: LinearClass, scale_dtype: torch.dtype) -> tuple[TernaryWeight, str]:
-    """The ternary form of a quantized linear weight, and how it was obtained.
 
-    ``"kept"``: already ternary (scale re-expressed only if class or dtype differ);
-    ``"recovered"``: a float tensor that is exactly codes x one magnitude (e.g. ``unpack`` output);
-    ``"quantized"``: absmean quantization of a latent master weight.
-    """
-    from ..ternary import TernaryScale, TernaryWeight, quantize, recover_ternary
-
-    if isinstance(value, TernaryWeight):
-        scale = value.scale
-        if scale.linear_class is not linear_class or scale.dtype != scale_dtype:
-            scale = scale.to(linear_class, scale_dtype)
-        return TernaryWeight(value.codes, scale), "kept"
-    found = recover_ternary(value)
-    if found is not None:
-        codes, magnitude = found
-        scale = TernaryScale(magnitude, LinearClass.AUTOBITLINEAR).to(linear_class, scale_dtype)
-        return TernaryWeight(codes, scale), "recovered"
-    return quantize(value, linear_class, scale_dtype), "quantized"
+def float_stored(data: np.ndarray, dtype_name: str) -> Stored:
+    """The stored view of plain float (or integer) values."""
+    return Stored(data, "floats", dtype_name)
 
 
 @contextmanager
 def quantizing(entry: TensorEntry) -> Iterator[None]:
     """Quantization of ``entry``'s weight: a NaN/Inf in it is refused naming the tensor and its file."""
-    from ..ternary import NonFiniteWeight
+    from ..ternary.quantize import NonFiniteWeight
 
     try:
         yield
@@ -155,25 +208,23 @@ def quantizing(entry: TensorEntry) -> Iterator[None]:
 
 
 def entry_as_ternary(
-    entry: TensorEntry,
-    value: Value,
-    linear_class: LinearClass,
-    scale_dtype: torch.dtype,
-    how: Callable[[Value, LinearClass, torch.dtype], tuple[TernaryWeight, str]] | None = None,
+    entry: TensorEntry, value: Value, linear_class: LinearClass, scale_dtype: str, quantizer=None
 ) -> tuple[TernaryWeight, str]:
-    """The ternary form of ``entry``'s loaded ``value`` by ``how`` (default :func:`as_ternary`; a
-    producer's recipe: recipes.recipe_quantizer), inside :func:`quantizing`."""
+    """The ternary form of ``entry``'s loaded ``value`` (see :func:`bitconvert.ternary.as_ternary`),
+    quantized by ``quantizer`` where it is latent, its record honoured, NaN/Inf refused naming it."""
+    from ..ternary.quantize import as_ternary
+
     with quantizing(entry):
-        return (how or as_ternary)(value, linear_class, scale_dtype)
+        return as_ternary(value, linear_class, scale_dtype, entry.record, quantizer)
 
 
-def as_dense(value: Value, dtype: torch.dtype) -> torch.Tensor:
-    """A float tensor: dense values cast, ternary weights dequantized (codes x mean|W|)."""
-    from ..ternary import TernaryWeight
+def as_dense(value: Value, dtype_name: str) -> Dense:
+    """Floats: dense values cast, ternary weights dequantized (codes x mean|W|)."""
+    from ..ternary.weight import TernaryWeight
 
     if isinstance(value, TernaryWeight):
-        return value.dequantize(dtype)
-    return value if value.dtype == dtype else value.to(dtype)
+        return value.dequantize(dtype_name)
+    return value.to(dtype_name)
 
 
 def check_tensor_set(ckpt: Checkpoint) -> None:
@@ -194,3 +245,9 @@ def check_tensor_set(ckpt: Checkpoint) -> None:
 
 def is_ignored_tensor(name: str) -> bool:
     return name.endswith(IGNORED_TENSOR_SUFFIXES)
+
+
+__all__ = [
+    "Checkpoint", "Facts", "GGUFFacts", "Kind", "NanotronFacts", "Origin", "Stored", "TensorEntry", "Value",
+    "FLOAT_NAMES", "as_dense", "check_tensor_set", "entry_as_ternary", "float_stored", "is_ignored_tensor", "quantizing",
+]  # fmt: skip

@@ -1,4 +1,4 @@
-"""Model configuration: the three BitNet architectures, their tensor names, and HF config.json I/O."""
+"""Model configuration: dimensions, tying, RoPE, quantization config; tensor names from the family; config.json I/O."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..dtypes import config_name
 from ..errors import CheckpointError
 from ..io.jsonfile import parse_json_text
 from ..ternary.linear_class import LinearClass
+from .families import EMBEDDING, FINAL_NORM, LM_HEAD, Family, detect_family
 
 #: Upper bounds on what a config may declare, checked before any per-layer list is built. Far
 #: beyond real models (the deepest have a few hundred layers; GGUF stores these counts as u32),
@@ -19,43 +21,6 @@ from ..ternary.linear_class import LinearClass
 MAX_LAYERS = 10_000
 MAX_DIM = 2**31 - 1
 
-
-class Architecture(str, enum.Enum):
-    BITNET = "bitnet-b1.58"  # microsoft/bitnet-b1.58-2B-4T: BitNetForCausalLM, relu², sub-norms
-    BITNET_1BITLLM = "1bitllm"  # 1bitLLM/bitnet_b1_58-*: BitnetForCausalLM (remote code), silu, sub-norms
-    LLAMA = "llama"  # HF1BitLLM / Falcon3 1.58-bit: LlamaForCausalLM, no sub-norms, untied lm_head
-
-
-@dataclass(frozen=True)
-class ArchSpec:
-    hf_architecture: str
-    model_type: str
-    hidden_act: str
-    attn_sub_norm: str | None  # module path under ``model.layers.N.``
-    ffn_sub_norm: str | None
-    tied_by_default: bool
-
-
-ARCH_SPECS: dict[Architecture, ArchSpec] = {
-    Architecture.BITNET: ArchSpec(
-        "BitNetForCausalLM", "bitnet", "relu2", "self_attn.attn_sub_norm", "mlp.ffn_sub_norm", True
-    ),
-    Architecture.BITNET_1BITLLM: ArchSpec(
-        "BitnetForCausalLM", "llama", "silu", "self_attn.inner_attn_ln", "mlp.ffn_layernorm", True
-    ),
-    Architecture.LLAMA: ArchSpec("LlamaForCausalLM", "llama", "silu", None, None, False),
-}
-
-#: Linear layers that BitNet quantizes, by module path under ``model.layers.N.``.
-QUANTIZED_LINEARS = (
-    "self_attn.q_proj",
-    "self_attn.k_proj",
-    "self_attn.v_proj",
-    "self_attn.o_proj",
-    "mlp.gate_proj",
-    "mlp.up_proj",
-    "mlp.down_proj",
-)
 
 #: Buffers some exporters save that carry no model state (recomputed from the config).
 IGNORED_TENSOR_SUFFIXES = (".rotary_emb.inv_freq",)
@@ -104,7 +69,7 @@ class QuantConfig:
 
 @dataclass
 class ModelConfig:
-    architecture: Architecture
+    family: Family
     hidden_size: int
     intermediate_size: int
     num_hidden_layers: int
@@ -125,15 +90,22 @@ class ModelConfig:
     #: keys that appeared more than once in the source config.json (the last one wins, as in transformers)
     duplicate_keys: list[str] = field(default_factory=list)
 
-    @property
-    def spec(self) -> ArchSpec:
-        return ARCH_SPECS[self.architecture]
-
     # --- tensor names -------------------------------------------------------------------------
+
+    def dims(self) -> dict[str, int]:
+        """The named dimensions family tensor shapes are written in."""
+        return {
+            "vocab": self.vocab_size,
+            "hidden": self.hidden_size,
+            "intermediate": self.intermediate_size,
+            "q": self.num_attention_heads * self.head_dim,
+            "kv": self.num_key_value_heads * self.head_dim,
+            "head_dim": self.head_dim,
+        }
 
     def quantized_linear_names(self) -> list[str]:
         names = [
-            f"model.layers.{i}.{lin}.weight" for i in range(self.num_hidden_layers) for lin in QUANTIZED_LINEARS
+            f"model.layers.{i}.{lin.path}.weight" for i in range(self.num_hidden_layers) for lin in self.family.linears
         ]
         skip = self.quantization.modules_to_not_convert if self.quantization else ()
         return [n for n in names if not any(n.startswith(m + ".") or n == m for m in skip)]
@@ -143,7 +115,7 @@ class ModelConfig:
 
     def implied_tensor_count(self) -> int:
         """How many tensors :meth:`expected_shapes` lists, computed without building it."""
-        per_layer = 9 + bool(self.spec.attn_sub_norm) + bool(self.spec.ffn_sub_norm)
+        per_layer = len(self.family.norms) + len(self.family.linears)
         return 2 + self.num_hidden_layers * per_layer + (not self.tie_word_embeddings)
 
     def check_fits(self, stored: int, where: str | Path, what: str = "tensors") -> None:
@@ -157,28 +129,15 @@ class ModelConfig:
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every tensor this config implies, with its logical (unpacked) shape, in HF naming."""
-        h, i = self.hidden_size, self.intermediate_size
-        q_out = self.num_attention_heads * self.head_dim
-        kv_out = self.num_key_value_heads * self.head_dim
-        shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (self.vocab_size, h)}
+        d = self.dims()
+        shapes: dict[str, tuple[int, ...]] = {EMBEDDING: (d["vocab"], d["hidden"])}
         for n in range(self.num_hidden_layers):
             p = f"model.layers.{n}."
-            shapes[p + "input_layernorm.weight"] = (h,)
-            shapes[p + "post_attention_layernorm.weight"] = (h,)
-            shapes[p + "self_attn.q_proj.weight"] = (q_out, h)
-            shapes[p + "self_attn.k_proj.weight"] = (kv_out, h)
-            shapes[p + "self_attn.v_proj.weight"] = (kv_out, h)
-            shapes[p + "self_attn.o_proj.weight"] = (h, q_out)
-            shapes[p + "mlp.gate_proj.weight"] = (i, h)
-            shapes[p + "mlp.up_proj.weight"] = (i, h)
-            shapes[p + "mlp.down_proj.weight"] = (h, i)
-            if self.spec.attn_sub_norm:
-                shapes[p + self.spec.attn_sub_norm + ".weight"] = (q_out,)
-            if self.spec.ffn_sub_norm:
-                shapes[p + self.spec.ffn_sub_norm + ".weight"] = (i,)
-        shapes["model.norm.weight"] = (h,)
+            for path, dims in self.family.layer_tensors():
+                shapes[p + path + ".weight"] = tuple(d[x] for x in dims)
+        shapes[FINAL_NORM] = (d["hidden"],)
         if not self.tie_word_embeddings:
-            shapes["lm_head.weight"] = (self.vocab_size, h)
+            shapes[LM_HEAD] = (d["vocab"], d["hidden"])
         return shapes
 
     # --- consistency ----------------------------------------------------------------------------
@@ -206,7 +165,7 @@ class ModelConfig:
     @classmethod
     def from_hf_dict(cls, d: dict[str, Any], path: str | Path = "config.json") -> "ModelConfig":
         try:
-            arch = detect_architecture(d)
+            family = detect_family_of(d)
             heads = count(d, "num_attention_heads", MAX_DIM)
             hidden = count(d, "hidden_size", MAX_DIM)
             head_dim = count(d, "head_dim", MAX_DIM, None)
@@ -217,10 +176,9 @@ class ModelConfig:
             rope = d.get("rope_parameters") or {}
             if not isinstance(rope, dict):
                 raise ValueError(f"rope_parameters must be an object, got {rope!r:.80}")
-            spec = ARCH_SPECS[arch]
             qc = d.get("quantization_config")
             cfg = cls(
-                architecture=arch,
+                family=family,
                 hidden_size=hidden,
                 intermediate_size=count(d, "intermediate_size", MAX_DIM),
                 num_hidden_layers=count(d, "num_hidden_layers", MAX_LAYERS),
@@ -231,8 +189,8 @@ class ModelConfig:
                 rms_norm_eps=positive_float(d, "rms_norm_eps", 1e-6),
                 rope_theta=positive_float(d, "rope_theta", None) or positive_float(rope, "rope_theta", 10000.0),
                 # The shipped configs state tying explicitly; absent, transformers' class default applies.
-                tie_word_embeddings=bool(d.get("tie_word_embeddings", arch is Architecture.BITNET_1BITLLM)),
-                hidden_act=str(d.get("hidden_act", spec.hidden_act)),
+                tie_word_embeddings=bool(d.get("tie_word_embeddings", family.tied_by_default)),
+                hidden_act=str(d.get("hidden_act", family.hidden_act)),
                 head_dim=head_dim,
                 bos_token_id=token_ids(d, "bos_token_id", single=True),
                 eos_token_id=token_ids(d, "eos_token_id"),
@@ -249,13 +207,14 @@ class ModelConfig:
             raise CheckpointError(path, "; ".join(bad))
         return cfg
 
-    def to_hf_dict(self, quantization: QuantConfig | None, dtype: str) -> dict[str, Any]:
-        """A config.json for transformers; keys whose class default is wrong are written explicitly."""
+    def to_hf_dict(self, quantization: QuantConfig | None, dtype_name: str) -> dict[str, Any]:
+        """A config.json for transformers (``dtype_name``: the model's float dtype, ``"BF16"``); keys
+        whose class default is wrong are written explicitly."""
+        dtype = config_name(dtype_name)
         d = copy.deepcopy(self.raw)
         d.pop("quantization_config", None)
-        spec = self.spec
-        d["architectures"] = [spec.hf_architecture]
-        d["model_type"] = spec.model_type
+        d["architectures"] = [self.family.hf_architecture]
+        d["model_type"] = self.family.model_type
         d.update(
             hidden_size=self.hidden_size,
             intermediate_size=self.intermediate_size,
@@ -320,19 +279,15 @@ def token_ids(d: dict[str, Any], key: str, single: bool = False) -> int | list[i
     raise ValueError(f"{key} must be a token id{'' if single else ' or a list of them'}, got {value!r:.80}")
 
 
-def detect_architecture(d: dict[str, Any]) -> Architecture:
+def detect_family_of(d: dict[str, Any]) -> Family:
     archs = d.get("architectures") or []
     if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
         raise ValueError(f"architectures must be a list of class names, got {archs!r:.80}")
-    name = archs[0] if archs else ""
-    for arch, spec in ARCH_SPECS.items():
-        if name == spec.hf_architecture:  # case matters: BitNet (2B-4T) vs Bitnet (1bitLLM)
-            return arch
-    if d.get("model_type") == "bitnet":
-        return Architecture.BITNET
-    if d.get("model_type") == "llama":
-        return Architecture.LLAMA
-    raise CheckpointError("config.json", f"unsupported architecture {name or d.get('model_type')!r:.80}")
+    family = detect_family(archs, d.get("model_type"))
+    if family is None:
+        name = archs[0] if archs else d.get("model_type")
+        raise CheckpointError("config.json", f"unsupported architecture {name!r:.80}")
+    return family
 
 
 def load_config_json(path: Path) -> tuple[dict[str, Any], list[str]]:

@@ -1,45 +1,38 @@
-"""How each producer of BitNet files turns a latent master weight into codes and a scale.
+"""How each producer of BitNet files turns a latent master weight into codes and a scale: one record each.
 
 Every producer quantizes with absmean, but each rounds in its own precision and stores its own
 kind of scale, so their files differ in a few codes and in the last bits of the scales. A recipe
-reproduces one producer exactly:
+reproduces one producer exactly; its record says what it computes, which outputs it can write and
+the settings it forces, and :func:`check_recipe` is the one place a request is refused:
 
 - ``transformers`` (bitconvert's default): fp32 ``s = 1/max(mean|W|, 1e-5)``, round-half-to-even,
-  the scale expressed per ``linear_class`` (see :func:`bitconvert.ternary.quantize`).
+  the scale expressed per ``linear_class`` (:func:`bitconvert.ternary.quantize.quantize`).
 - ``onebitllms`` (onebitllms 0.0.4, the packer behind Falcon-E and Axolotl's BitNet recipe): the
   master is cast to bf16 first; ``1/mean|W|`` and ``W * s`` are computed and rounded in bf16;
   ``weight_scale = 1/mean|W|`` in bf16 (bitlinear meaning).
 - ``llama.cpp`` (``convert_hf_to_gguf.py``): fp32 absmean, then the codes are folded back into
   floats ``t / s`` in the master's dtype (fp16 stays fp16, anything else becomes fp32); ggml's TQ
-  quantizer then stores per 256-value block an fp16 ``d = max|x|`` (0 for an all-zero block).
+  quantizer then stores per block an fp16 ``d = max|x|`` (0 for an all-zero block).
 - ``bitnet.cpp`` (``convert-hf-to-gguf-bitnet.py``): the same fold; its I2_S quantizer keeps the
   first non-zero magnitude as one fp32 scale per tensor (fp16-rounded for fp16 masters, 1bitLLM).
 
-Pure functions on tensors: no files, no printing.
+Pure functions on numpy values: no files, no printing.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
-import torch
+import numpy as np
 
-from ..model.checkpoint import Value, as_ternary
-from . import (
-    MEAN_ABS_FLOOR,
-    LinearClass,
-    NonFiniteWeight,
-    TernaryScale,
-    TernaryWeight,
-    first_non_finite,
-    quantize,
-    recover_ternary,
-)
-
-#: ggml's TQ block: 256 values along a row, one fp16 ``d`` each
-TQ_BLOCK = 256
+from ..dtypes import Dense, f32_to_bf16, bf16_to_f32
+from ..errors import UsageError
+from .linear_class import LinearClass
+from .quantize import MEAN_ABS_FLOOR, NonFiniteWeight, first_non_finite, mean_abs, quantize
+from .scale import Scale
+from .weight import TernaryWeight
 
 
 class Recipe(str, enum.Enum):
@@ -49,119 +42,162 @@ class Recipe(str, enum.Enum):
     BITNET_CPP = "bitnet.cpp"
 
 
-#: the recipes each writer takes
-HF_PACKED_RECIPES = (Recipe.TRANSFORMERS, Recipe.ONEBITLLMS)
-GGUF_RECIPES = (Recipe.TRANSFORMERS, Recipe.LLAMA_CPP, Recipe.BITNET_CPP)
+#: ``(latent weight, linear_class, scale dtype name) -> TernaryWeight``
+Quantizer = Callable[[Dense, LinearClass, str], TernaryWeight]
 
 
-@dataclass(frozen=True)
-class RecipeInfo:
-    """What a recipe does, in words, for the README table and ``verify --reproduce`` notes."""
+def onebitllms_quantize(weight: Dense, linear_class: LinearClass = LinearClass.BITLINEAR, scale_dtype: str = "BF16") -> TernaryWeight:
+    """onebitllms' ``_weight_quant`` on the master cast to bf16: every step rounded in bf16.
 
-    recipe: Recipe
-    producer: str
-    formats: str
-    arithmetic: str
-    rounding: str
-    scale: str
-    config: str
-
-
-INFO = {
-    r.recipe: r
-    for r in (
-        RecipeInfo(
-            Recipe.TRANSFORMERS, "transformers' WeightQuant (bitconvert's default)", "hf-packed, gguf (all types)",
-            "fp32 on the master's values", "half to even", "mean|W| or 1/mean|W| per --linear-class, --scale-dtype",
-            "quantization_config with linear_class",
-        ),
-        RecipeInfo(
-            Recipe.ONEBITLLMS, "onebitllms 0.0.4 quantize_to_1bit", "hf-packed",
-            "bf16: master cast to bf16, 1/mean|W| and W*s rounded to bf16", "half to even (on bf16 products)",
-            "1/mean|W| in bf16 (bitlinear)", "is_bitnet_config: true; quantization_config without linear_class",
-        ),
-        RecipeInfo(
-            Recipe.LLAMA_CPP, "llama.cpp convert_hf_to_gguf.py", "gguf tq1_0, tq2_0",
-            "fp32 absmean, codes folded to t/s in the master dtype (f16, else f32)", "half to even, then half away",
-            "fp16 d = max|x| per 256-value block (0 for an all-zero block); no .scale tensor", "none",
-        ),
-        RecipeInfo(
-            Recipe.BITNET_CPP, "bitnet.cpp convert-hf-to-gguf-bitnet.py", "gguf i2_s",
-            "fp32 absmean, codes folded to t/s in the master dtype (f16, else f32)", "half to even",
-            "one fp32 scale per tensor: the folded magnitude (fp16-rounded for fp16 masters)", "none",
-        ),
-    )
-}  # fmt: skip
+    torch takes a bf16 tensor's mean as the float32 sum of its float32 values divided in float32,
+    then rounded to bf16; ``1 / mean`` and each ``w * s`` are float32 operations rounded to bf16.
+    """
+    w = weight.to("BF16")
+    mean = bf16_to_f32(f32_to_bf16(np.array([mean_abs(w)], dtype=np.float32)))[0]
+    mean = max(mean, bf16_to_f32(f32_to_bf16(np.array([MEAN_ABS_FLOOR])))[0])
+    with np.errstate(divide="ignore", over="ignore"):
+        inv = bf16_to_f32(f32_to_bf16(np.array([np.float32(1.0) / mean], dtype=np.float32)))[0]
+    codes = np.empty(w.shape, dtype=np.int8)
+    flat, out = w.data.reshape(-1), codes.reshape(-1)
+    step = 1 << 16
+    with np.errstate(over="ignore", invalid="ignore"):
+        for a in range(0, flat.size, step):
+            product = bf16_to_f32(f32_to_bf16(bf16_to_f32(flat[a : a + step]) * inv))
+            out[a : a + step] = np.clip(np.rint(product), -1, 1)
+    inv_word = int(f32_to_bf16(np.array([inv], dtype=np.float32))[0])
+    return TernaryWeight(codes, Scale("BF16", inv_word.to_bytes(2, "little"), LinearClass.BITLINEAR))
 
 
-def onebitllms_quantize(weight: torch.Tensor) -> TernaryWeight:
-    """onebitllms' ``_weight_quant`` on the master cast to bf16: every step rounded in bf16."""
-    w = weight.to(torch.bfloat16)
-    inv = 1.0 / w.abs().mean().clamp(min=MEAN_ABS_FLOOR)  # a bf16 scalar, as in onebitllms
-    codes = (w * inv).round().clamp(-1, 1).to(torch.int8)
-    return TernaryWeight(codes, TernaryScale(inv.reshape(1), LinearClass.BITLINEAR))
-
-
-def converter_fold(weight: torch.Tensor) -> TernaryWeight:
+def converter_fold(weight: Dense, linear_class: LinearClass = LinearClass.AUTOBITLINEAR, scale_dtype: str = "F32") -> TernaryWeight:
     """The codes and folded magnitude ``t / s`` that llama.cpp's and bitnet.cpp's converters compute.
 
     Both converters turn a bf16 tensor into fp32 before their ``weight_quant``, which returns the
     folded floats in the dtype it was given: the magnitude is ``1 / (1/mean)`` in fp32, then
     rounded once more to fp16 for an fp16 master.
     """
-    dtype = torch.float16 if weight.dtype == torch.float16 else torch.float32
-    w = weight.float()
-    s = 1.0 / w.abs().mean().clamp(min=MEAN_ABS_FLOOR)
-    codes = (w * s).round().clamp(-1, 1)
-    magnitude = (torch.ones(1) / s).to(dtype)  # the value every code +1 becomes after `/ s` and the cast
-    return TernaryWeight(codes.to(torch.int8), TernaryScale(magnitude, LinearClass.AUTOBITLINEAR))
+    dtype = "F16" if weight.dtype_name == "F16" else "F32"
+    tw = quantize(weight, LinearClass.BITLINEAR, "F32")  # codes, and s = 1/mean in fp32
+    with np.errstate(divide="ignore", over="ignore"):
+        magnitude = np.float32(1.0) / np.float32(tw.scale.item())
+    return TernaryWeight(tw.codes, Scale.of(float(magnitude), LinearClass.AUTOBITLINEAR, dtype))
 
 
-def tq_block_d(codes: torch.Tensor, magnitude: torch.Tensor, block: int = TQ_BLOCK) -> torch.Tensor:
+def tq_block_d(codes: np.ndarray, magnitude: float, block: int) -> np.ndarray:
     """ggml's per-block fp16 ``d = max|x|`` of folded values ``codes x magnitude``, ``[rows, cols/block]``.
 
     A block of zeros has ``d = 0``; every other block has the magnitude rounded to fp16.
     """
     rows, cols = codes.shape
-    used = codes.reshape(rows, cols // block, block).ne(0).any(-1)
-    d = magnitude.reshape(()).float().to(torch.float16)
-    return torch.where(used, d, torch.zeros((), dtype=torch.float16))
+    used = (codes.reshape(rows, cols // block, block) != 0).any(-1)
+    return np.where(used, np.float16(np.float32(magnitude)), np.float16(0))
 
 
-def quantize_with(
-    weight: torch.Tensor, recipe: Recipe, linear_class: LinearClass, scale_dtype: torch.dtype
-) -> TernaryWeight:
-    """A latent weight quantized as ``recipe``'s producer does, its scale in that producer's form.
-
-    ``transformers`` honours ``linear_class`` and ``scale_dtype``; the others store what their
-    producer stores (see the module docstring) and ignore both.
-    """
-    if recipe is not Recipe.TRANSFORMERS and (found := first_non_finite(weight)) is not None:
-        raise NonFiniteWeight(*found)  # the default path finds these from its mean, without a pass
-    if recipe is Recipe.ONEBITLLMS:
-        return onebitllms_quantize(weight)
-    if recipe in (Recipe.LLAMA_CPP, Recipe.BITNET_CPP):
-        return converter_fold(weight)
+def _transformers(weight: Dense, linear_class: LinearClass, scale_dtype: str) -> TernaryWeight:
     return quantize(weight, linear_class, scale_dtype)
 
 
-def recipe_ternary(
-    value: Value, recipe: Recipe, linear_class: LinearClass, scale_dtype: torch.dtype
-) -> tuple[TernaryWeight, str]:
-    """Like :func:`bitconvert.model.checkpoint.as_ternary`, quantizing latent weights with ``recipe``.
+@dataclass(frozen=True)
+class RecipeRecord:
+    """What one producer does, as data: its quantizer, what it can write, what it forces."""
 
-    A value that is already ternary (stored codes, or floats that are exactly codes x one
-    magnitude) is never requantized: it is kept, whatever the recipe, and reported as
-    ``"kept"`` / ``"recovered"`` so the writer can say that the recipe did not apply to it.
+    recipe: Recipe
+    producer: str
+    quantize: Quantizer
+    #: output format -> the GGUF types it writes there (None: every type the format takes)
+    writes: dict[str, tuple[str, ...] | None]
+    #: writer settings the producer always uses: option name -> (the value, in words for a refusal)
+    forces: dict[str, tuple[Any, str]] = field(default_factory=dict)
+    #: GGUF only: where the scale goes ("blocks": fp16 d = max|x| per block; None: the writer's choice)
+    gguf_scale_mode: str | None = None
+    #: config.json keys the producer writes instead of bitconvert's quantization_config (hf-packed)
+    config_keys: Callable[[tuple[str, ...]], dict[str, Any]] | None = None
+    #: the README's words on its arithmetic, rounding and stored scale
+    arithmetic: str = ""
+
+
+def _onebitllms_config(not_converted: tuple[str, ...]) -> dict[str, Any]:
+    """The keys onebitllms' quantize_to_1bit writes: no linear_class (so bitlinear), is_bitnet_config."""
+    return {
+        "is_bitnet_config": True,
+        "pretraining_tp": 1,
+        "quantization_config": {
+            "modules_to_not_convert": list(not_converted) or ["lm_head"],
+            "quant_method": "bitnet",
+        },
+    }
+
+
+RECIPES: dict[Recipe, RecipeRecord] = {
+    r.recipe: r
+    for r in (
+        RecipeRecord(
+            Recipe.TRANSFORMERS, "transformers' WeightQuant", _transformers, {"hf-packed": None, "gguf": None},
+            arithmetic="fp32 on the master's values, round half to even; scale per --linear-class and --scale-dtype",
+        ),
+        RecipeRecord(
+            Recipe.ONEBITLLMS, "onebitllms 0.0.4 quantize_to_1bit", onebitllms_quantize, {"hf-packed": None},
+            forces={"linear_class": (LinearClass.BITLINEAR, "bitlinear (1/mean|W|)"), "scale_dtype": ("BF16", "bf16 scales")},
+            config_keys=_onebitllms_config,
+            arithmetic="master cast to bf16; 1/mean|W| and W*s rounded to bf16; 1/mean|W| stored in bf16",
+        ),
+        RecipeRecord(
+            Recipe.LLAMA_CPP, "llama.cpp convert_hf_to_gguf.py", converter_fold, {"gguf": ("tq1_0", "tq2_0")},
+            gguf_scale_mode="blocks",
+            arithmetic="fp32 absmean, codes folded to t/s in the master dtype; fp16 d = max|x| per block",
+        ),
+        RecipeRecord(
+            Recipe.BITNET_CPP, "bitnet.cpp convert-hf-to-gguf-bitnet.py", converter_fold, {"gguf": ("i2_s",)},
+            arithmetic="fp32 absmean, codes folded to t/s in the master dtype; one fp32 scale per tensor",
+        ),
+    )
+}  # fmt: skip
+
+
+def recipes_for(fmt: str) -> tuple[Recipe, ...]:
+    """The recipes that can write format ``fmt`` (the default first)."""
+    return tuple(r for r, rec in RECIPES.items() if fmt in rec.writes)
+
+
+def check_recipe(recipe: Recipe, fmt: str, options: dict[str, Any], stored_ternary: str | None, source: str) -> None:
+    """Refuse, as a usage error, a recipe that cannot do what it names for this request.
+
+    ``options``: the writer's chosen settings by option name (``gguf_type``, ``linear_class``,
+    ``scale_dtype``; None where not given); ``stored_ternary``: the name of a tensor the source already
+    holds as codes (a recipe quantizes float masters only), or None; ``source``: the source, for the message.
     """
-    if recipe is Recipe.TRANSFORMERS or isinstance(value, TernaryWeight) or recover_ternary(value) is not None:
-        return as_ternary(value, linear_class, scale_dtype)
-    return quantize_with(value, recipe, linear_class, scale_dtype), "quantized"
+    record = RECIPES[recipe]
+    if fmt not in record.writes:
+        raise UsageError(f"--recipe {recipe.value} does not write {fmt}; it writes {', '.join(record.writes)}")
+    types = record.writes[fmt]
+    if types is not None and options.get("gguf_type") not in types:
+        raise UsageError(
+            f"--recipe {recipe.value} writes {' or '.join(types)}, as {record.producer}; not {options.get('gguf_type')}"
+        )
+    for option, (value, words) in record.forces.items():
+        given = options.get(option)
+        if given is not None and given != value:
+            shown = getattr(given, "value", given)
+            raise UsageError(f"--recipe {recipe.value} stores {words}; it does not take --{option.replace('_', '-')} {str(shown).lower()}")
+    if recipe is not Recipe.TRANSFORMERS and stored_ternary is not None:
+        raise UsageError(
+            f"--recipe {recipe.value} quantizes a float master, but {source} already holds ternary "
+            f"codes (e.g. {stored_ternary}), which are never requantized: drop --recipe"
+        )
 
 
-def recipe_quantizer(recipe: Recipe) -> Callable[[Value, LinearClass, torch.dtype], tuple[TernaryWeight, str]]:
-    """:func:`recipe_ternary` with ``recipe`` bound, in :func:`bitconvert.model.checkpoint.as_ternary`'s shape."""
-    return lambda value, linear_class, scale_dtype: recipe_ternary(value, recipe, linear_class, scale_dtype)
+def recipe_quantizer(recipe: Recipe) -> Quantizer:
+    """The recipe's quantizer, refusing a NaN/Inf anywhere in the weight first (the default finds
+    them from its mean, without a pass)."""
+    quantizer = RECIPES[recipe].quantize
+    if recipe is Recipe.TRANSFORMERS:
+        return quantizer
+
+    def checked(weight: Dense, linear_class: LinearClass, scale_dtype: str) -> TernaryWeight:
+        if (found := first_non_finite(weight)) is not None:
+            raise NonFiniteWeight(*found)
+        return quantizer(weight, linear_class, scale_dtype)
+
+    return checked
 
 
 def parse_recipe(value: object, allowed: tuple[Recipe, ...], flag: str = "--recipe") -> Recipe:

@@ -21,18 +21,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-from ..dtypes import NAMES, dtype_name, itemsize
+from ..dtypes import NAMES, itemsize, value_item
 from ..errors import CheckpointError
 from ..io.jsonfile import parse_json_text
 from .linear_class import LinearClass
-from .stored import StoredScale, value_tensor
-
-if TYPE_CHECKING:  # readers look for records while planning; decoding one builds tensors
-    import torch
-
-    from . import TernaryScale
+from .scale import Scale
 
 #: metadata key (safetensors ``__metadata__``, GGUF string, Nanotron ``custom_metas`` entry)
 SCALES_KEY = "bitconvert.ternary_scales"
@@ -47,30 +41,27 @@ VALUES_ONLINE = "codes*scale/nonzero_fraction"
 
 @dataclass(frozen=True)
 class ScaleRecord:
-    """One decoded record, as bytes (readers keep it so while planning; the tensors come on demand)."""
+    """One decoded record: the exact stored scale, and what the output holds in its place."""
 
-    stored: StoredScale
+    scale: Scale
     #: the magnitude the output stores for this weight, where it differs from the scale's own field:
     #: (dtype name, raw bytes)
-    written_raw: tuple[str, bytes] | None = None
+    written: tuple[str, bytes] | None = None
+    #: the float weights beside it are codes x mean|W| / p (``unpack --online-exact``), not codes x mean|W|
+    online: bool = False
 
-    @property
-    def scale(self) -> TernaryScale:
-        return self.stored.to_scale()
+    def written_item(self) -> float | None:
+        return None if self.written is None else value_item(self.written[1], self.written[0])
 
-    @property
-    def written(self) -> torch.Tensor | None:
-        """The written magnitude as a 0-dim tensor (imports torch)."""
-        return None if self.written_raw is None else value_tensor(self.written_raw[1], self.written_raw[0]).reshape(())
-
-
-def _hex(t: torch.Tensor) -> str:
-    import torch
-
-    return t.reshape(1).contiguous().view(torch.uint8).numpy().tobytes().hex()
+    def restores(self, stored: Scale) -> Scale:
+        """The scale a reader loads for a stored magnitude: this record's exact scale while it rounds to
+        exactly ``stored`` (GGUF keeps magnitudes in F32/F16), else ``stored`` itself."""
+        if stored.linear_class is LinearClass.AUTOBITLINEAR and self.scale.magnitude_bits(stored.dtype_name) == int.from_bytes(stored.data, "little"):
+            return self.scale
+        return stored
 
 
-def _unhex(name: Any, hexbits: Any, what: str) -> bytes:
+def _unhex(name: object, hexbits: object, what: str) -> bytes:
     if not isinstance(name, str) or name not in NAMES:
         raise ValueError(f"{what} dtype {name!r} is not one of {', '.join(sorted(NAMES))}")
     if not isinstance(hexbits, str) or len(hexbits) > 64:
@@ -84,14 +75,15 @@ def _unhex(name: Any, hexbits: Any, what: str) -> bytes:
     return raw
 
 
-def encode_record(scale: TernaryScale, written: torch.Tensor | None = None) -> list[str]:
-    item = [scale.linear_class.value, dtype_name(scale.dtype), _hex(scale.value)]
+def encode_record(scale: Scale, written: tuple[str, bytes] | None = None) -> list[str]:
+    """``[linear_class, dtype, hex]`` (+ ``[written dtype, hex]``): one record as the metadata holds it."""
+    item = [scale.linear_class.value, scale.dtype_name, scale.hex()]
     if written is not None:
-        item += [dtype_name(written.dtype), _hex(written)]
+        item += [written[0], written[1].hex()]
     return item
 
 
-def decode_record(item: object, source: str | Path, name: str) -> ScaleRecord:
+def decode_record(item: object, source: str | Path, name: str, online: bool = False) -> ScaleRecord:
     """The record ``item`` describes; a CheckpointError naming ``source`` and ``name`` otherwise."""
     try:
         if not isinstance(item, list) or len(item) not in (3, 5):
@@ -100,11 +92,11 @@ def decode_record(item: object, source: str | Path, name: str) -> ScaleRecord:
             linear_class = LinearClass(item[0])
         except (ValueError, TypeError):
             raise ValueError(f"unknown linear_class {item[0]!r}") from None
-        scale = StoredScale(item[1], _unhex(item[1], item[2], "scale"), linear_class)
+        scale = Scale(item[1], _unhex(item[1], item[2], "scale"), linear_class)
         if not scale.is_valid():
             raise ValueError(f"scale {scale.item()!r} is not finite and positive")
         written = (item[3], _unhex(item[3], item[4], "written value")) if len(item) == 5 else None
-        return ScaleRecord(scale, written)
+        return ScaleRecord(scale, written, online)
     except ValueError as exc:
         raise CheckpointError(source, f"malformed {SCALES_KEY} record: {exc}", name) from None
 
@@ -114,10 +106,10 @@ def encode_records(records: dict[str, list[str]]) -> str:
     return json.dumps(dict(sorted(records.items())), separators=(",", ":"))
 
 
-def decode_records(data: object, source: str | Path) -> dict[str, ScaleRecord]:
+def decode_records(data: object, source: str | Path, online: bool = False) -> dict[str, ScaleRecord]:
     """Every record in ``data`` (a JSON text or an already parsed object); one CheckpointError otherwise."""
     if isinstance(data, (str, bytes)):
         data = parse_json_text(data, source, what=SCALES_KEY)
     if not isinstance(data, dict):
         raise CheckpointError(source, f"{SCALES_KEY} is not a JSON object")
-    return {str(name): decode_record(item, source, str(name)) for name, item in data.items()}
+    return {str(name): decode_record(item, source, str(name), online) for name, item in data.items()}

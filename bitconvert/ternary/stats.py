@@ -1,8 +1,9 @@
-"""Statistics, validity and row-major codes of packed 2-bit ternary bytes, without unpacking them.
+"""Code counts read off stored bytes, without decoding them: packed 2-bit bytes and float words.
 
-The HF row-block layout (:func:`bitconvert.ternary.pack_codes`) keeps four codes per byte, so a
-256-entry table over byte values counts codes, and invalid fields (3), from a byte histogram;
-row-major codes come out one plane at a time in cache-sized chunks. Pure numpy on bytes.
+The HF row-block layout (:func:`bitconvert.ternary.packing.pack_codes`) keeps four codes per byte, so
+a 256-entry table over byte values counts codes, and invalid fields (3), from a byte histogram;
+row-major codes come out one plane at a time in cache-sized chunks. Floats that are codes x one
+magnitude (``unpack`` output) are counted by comparing their words with that magnitude's.
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ from typing import Any, Iterator
 
 import numpy as np
 
-#: four 2-bit codes per byte (as ``ternary.VALUES_PER_BYTE``; numpy only here, no torch import)
-VALUES_PER_BYTE = 4
+from ..dtypes import EXPONENT_BITS, itemsize, value_item
+from .packing import VALUES_PER_BYTE
+
+#: counts of codes -1, 0, +1 and of invalid fields
+CodeCounts = tuple[int, int, int, int]
 
 #: bytes per step: small enough to stay in cache
 _CHUNK = 1 << 16
@@ -29,7 +33,7 @@ def _flat_bytes(packed: Any) -> np.ndarray:
     return np.ascontiguousarray(packed).reshape(-1)
 
 
-def packed_code_counts(packed: Any) -> tuple[int, int, int, int]:
+def packed_code_counts(packed: Any) -> CodeCounts:
     """Counts of codes -1, 0, +1 and of invalid fields (3) in packed bytes, from a byte histogram."""
     flat = _flat_bytes(packed)
     hist = np.zeros(256, dtype=np.int64)
@@ -56,7 +60,39 @@ def unpacked_chunks(packed: Any) -> Iterator[np.ndarray]:
             yield out.view(np.int8)
 
 
+def code_counts(codes: np.ndarray) -> CodeCounts:
+    """Counts of -1, 0, +1 and of anything else among int8 codes."""
+    hist = np.bincount(np.ascontiguousarray(codes).reshape(-1).view(np.uint8), minlength=256)
+    minus, zero, plus = int(hist[255]), int(hist[0]), int(hist[1])
+    return minus, zero, plus, int(codes.size) - minus - zero - plus
+
+
 def counts_stats(minus: int, zero: int, plus: int, invalid: int = 0) -> dict[str, float]:
-    """Fractions of -1, 0 and +1 among all values, from counts (as ``ternary.ternary_stats`` gives them)."""
+    """Fractions of -1, 0 and +1 among all values, from counts."""
     n = (minus + zero + plus + invalid) or 1
     return {"minus": minus / n, "zero": zero / n, "plus": plus / n}
+
+
+def float_code_counts(raw: np.ndarray, dtype_name: str, magnitude: int) -> CodeCounts | None:
+    """Counts of -m, 0 and +m among float values stored as ``raw`` (``magnitude`` the word of m, which
+    must be finite and positive), from their bits; None when any value is something else, or the
+    magnitude is not finite and positive. -0 counts as 0."""
+    v = value_item(magnitude.to_bytes(itemsize(dtype_name), "little"), dtype_name)
+    if not 0 < v < float("inf"):
+        return None
+    word, _ = EXPONENT_BITS[dtype_name]
+    sign = word(1 << (8 * np.dtype(word).itemsize - 1))
+    bits = np.ascontiguousarray(raw).reshape(-1).view(np.uint8).view(word)
+    plus_word, minus_word = word(magnitude), word(magnitude) | sign
+    plus = minus = zero = 0
+    tmp = np.empty(min(_CHUNK, bits.size), dtype=word)
+    for start in range(0, bits.size, _CHUNK):
+        part = bits[start : start + _CHUNK]
+        plus += int(np.count_nonzero(part == plus_word))
+        minus += int(np.count_nonzero(part == minus_word))
+        t = tmp[: part.size]
+        np.bitwise_and(part, ~sign, out=t)
+        zero += int(np.count_nonzero(t == 0))
+        if plus + minus + zero != start + part.size:
+            return None
+    return minus, zero, plus, 0

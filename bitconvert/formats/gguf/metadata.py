@@ -105,7 +105,7 @@ def origin(info: dict[str, Any], path: Path) -> tuple[str, str | None, str | Non
 
 def source_config(cfg: ModelConfig) -> dict[str, Any]:
     """The source's config.json as it was read (its dtype included), for ``bitconvert.hf_config``."""
-    return cfg.raw if cfg.raw else cfg.to_hf_dict(cfg.quantization, "bfloat16")
+    return cfg.raw if cfg.raw else cfg.to_hf_dict(cfg.quantization, "BF16")
 
 
 def bitconvert_keys(cfg: ModelConfig, source_format: str, scale_mode: str, scales: dict[str, Any]) -> dict[str, KV]:

@@ -5,13 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from ...model.checkpoint import Checkpoint, as_dense
-from ...model.config import QuantConfig, QuantMode
+from ...dtypes import Dense
 from ...io.safetensors import PlannedTensor
-from ...ternary.records import SCALES_KEY, VALUES_EXACT, VALUES_KEY, VALUES_ONLINE, encode_record, encode_records
+from ...model.checkpoint import Checkpoint, Kind, as_dense
+from ...model.config import QuantConfig, QuantMode
 from ...ternary import LinearClass, TernaryWeight
+from ...ternary.records import SCALES_KEY, VALUES_EXACT, VALUES_KEY, VALUES_ONLINE, encode_record, encode_records
 from .. import Progress, WriteReport, register_writer
 from ..options import dtype_field, max_shard_size_field, option, parse_flag
 from .bf16 import NAME
@@ -20,7 +19,7 @@ from .common import copy_side_files, ordered_names, write_json, write_safetensor
 
 @dataclass(frozen=True)
 class HFBF16Options:
-    dtype: torch.dtype | None = dtype_field(
+    dtype: str | None = dtype_field(
         "dtype of the written weights: bf16, f16 or f32; default: the source's, per tensor"
     )
     max_shard_size: int = max_shard_size_field()
@@ -30,6 +29,19 @@ class HFBF16Options:
         "write codes x mean|W|/p (p: non-zero fraction) so that online quantization gives back the packed layer",
         parse_flag,
     )
+
+
+def _recorded_scales(ckpt: Checkpoint, names: list[str]) -> dict[str, list[str]]:
+    """The exact stored scale of every weight written as floats from a ternary one: a TERNARY entry's
+    own (read without its codes), a LATENT entry's record (checked when it is read back)."""
+    records = {}
+    for n in names:
+        e = ckpt.tensors[n]
+        if e.kind is Kind.TERNARY:
+            records[n] = encode_record(e.stored().scale or e.load().scale)
+        elif e.record is not None:
+            records[n] = encode_record(e.record.scale)
+    return records
 
 
 class HFBF16Writer:
@@ -43,21 +55,21 @@ class HFBF16Writer:
         report = WriteReport(NAME)
         names = ordered_names(cfg, ckpt.tensors)
         plan = [PlannedTensor(n, options.dtype or ckpt.source_dtype(n), ckpt.tensors[n].shape) for n in names]
-        hints = {n: ckpt.tensors[n].load_scale() for n in names if ckpt.tensors[n].load_scale is not None}
+        records = _recorded_scales(ckpt, names)
         online = options.online_exact
         metadata = {"format": "pt"}
-        if hints:
-            metadata[SCALES_KEY] = encode_records({n: encode_record(s) for n, s in hints.items()})
+        if records:
+            metadata[SCALES_KEY] = encode_records(records)
             metadata[VALUES_KEY] = VALUES_ONLINE if online else VALUES_EXACT
         dequantized = 0
 
-        def produce(t: PlannedTensor) -> torch.Tensor:
+        def produce(t: PlannedTensor) -> Dense:
             nonlocal dequantized
             value = ckpt.tensors[t.name].load()
             if not isinstance(value, TernaryWeight):
-                return as_dense(value, t.dtype)
+                return as_dense(value, t.dtype_name)
             dequantized += 1
-            return value.online_master(t.dtype) if online else value.dequantize(t.dtype)
+            return value.online_master(t.dtype_name) if online else value.dequantize(t.dtype_name)
 
         write_safetensors_dir(out, plan, produce, options.max_shard_size, metadata, progress, report)
         src_q = cfg.quantization or QuantConfig()
@@ -69,7 +81,7 @@ class HFBF16Writer:
             use_rms_norm=src_q.use_rms_norm,
             rms_norm_eps=src_q.rms_norm_eps,
         )
-        write_json(out / "config.json", cfg.to_hf_dict(quant, str(dtype).removeprefix("torch.")))
+        write_json(out / "config.json", cfg.to_hf_dict(quant, dtype))
         report.files += ["config.json"] + copy_side_files(ckpt.side_files, out)
         if dequantized:
             report.ternary_sources = {"dequantized": dequantized}

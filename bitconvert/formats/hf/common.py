@@ -7,17 +7,15 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from ...model.config import ModelConfig, read_hf_config
 from ...errors import CheckpointError
 from ...io.jsonfile import read_json_object
 from ...io.pipeline import ahead_budget, produced_ahead
 from ...io.safetensors import PlannedTensor, SafetensorsFile, SafetensorsWriter, StoredTensor
+from ...dtypes import Dense
 from .. import Progress, WriteReport, parsed_once
-
-if TYPE_CHECKING:  # the readers use this module while planning; torch is the writers' (annotations only here)
-    import torch
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -176,7 +174,7 @@ def plan_shards(plan: list[PlannedTensor], max_shard_size: int) -> list[list[Pla
 def write_safetensors_dir(
     out: Path,
     plan: list[PlannedTensor],
-    produce: Callable[[PlannedTensor], torch.Tensor],
+    produce: Callable[[PlannedTensor], Dense],
     max_shard_size: int,
     metadata: dict[str, str],
     progress: Progress,

@@ -1,27 +1,25 @@
 """``hf-packed``: transformers' ``quant_method: "bitnet"`` layout, 2-bit codes in U8 plus weight_scale.
 
-This module reads it (opening needs headers only, no torch); :mod:`.packed_writer` writes it.
+This module reads it (opening needs headers only); :mod:`.packed_writer` writes it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from ...model.checkpoint import Checkpoint, TensorEntry, check_tensor_set, is_ignored_tensor
+import numpy as np
+
 from ...dtypes import FLOAT_NAMES
 from ...errors import CheckpointError
-from ...ternary.linear_class import LinearClass
-from ...ternary.stats import VALUES_PER_BYTE
 from ...io.safetensors import SafetensorsFile, StoredTensor
-from ...ternary.stored import StoredScale
+from ...model.checkpoint import Checkpoint, Kind, Stored, TensorEntry, check_tensor_set, float_stored, is_ignored_tensor
+from ...ternary.linear_class import LinearClass
+from ...ternary.packing import VALUES_PER_BYTE, first_invalid_code, unpack_codes
+from ...ternary.scale import Scale
+from ...ternary.stats import packed_code_counts
+from ...ternary.weight import TernaryWeight
 from .. import register_reader
 from .common import HFDirectory, looks_like_hf, ordered_names, read_hf_directory
-
-if TYPE_CHECKING:
-    import torch
-
-    from ...ternary import TernaryScale, TernaryWeight
 
 NAME = "hf-packed"
 
@@ -37,35 +35,51 @@ def is_packed_directory(d: HFDirectory) -> bool:
     )
 
 
-def _stored_scale(st: SafetensorsFile, t: StoredTensor, linear_class: LinearClass) -> StoredScale:
+def _stored_scale(st: SafetensorsFile, t: StoredTensor, linear_class: LinearClass) -> Scale:
     """The weight_scale's bytes as stored, unchecked but for being one float."""
     if t.shape not in ((1,), ()) or t.dtype_name not in FLOAT_NAMES:
         raise CheckpointError(st.path, f"weight_scale must be one float, got {t.dtype_name} {list(t.shape)}", t.name)
-    return StoredScale(t.dtype_name, st.read_bytes(t.name).tobytes(), linear_class)
+    return Scale(t.dtype_name, st.read_bytes(t.name).tobytes(), linear_class)
 
 
-def _load_scale(st: SafetensorsFile, t: StoredTensor, linear_class: LinearClass, weight: str) -> TernaryScale:
-    scale = _stored_scale(st, t, linear_class).to_scale()
+def _load_scale(st: SafetensorsFile, t: StoredTensor, linear_class: LinearClass) -> Scale:
+    scale = _stored_scale(st, t, linear_class)
     if not scale.is_valid():
         raise CheckpointError(st.path, f"weight_scale is {scale.item()}, not finite and positive", t.name)
     return scale
 
 
-def _load_codes(st: SafetensorsFile, t: StoredTensor) -> torch.Tensor:
-    import torch
-
-    from ...ternary import first_invalid_code, unpack_codes
-
+def _load_codes(st: SafetensorsFile, t: StoredTensor) -> np.ndarray:
     raw = st.read(t.name)
     if t.dtype_name == "U8":
-        bad = first_invalid_code(raw)
+        bad = first_invalid_code(raw.data)
         if bad is not None:
             raise CheckpointError(st.path, f"packed code 3 (not ternary) at row {bad[0]}, column {bad[1]}", t.name)
-        return unpack_codes(raw)
+        return unpack_codes(raw.data)
     # transformers' offline AutoBitLinear also accepts the codes unpacked, as floats.
-    if not bool(((raw == -1) | (raw == 0) | (raw == 1)).all()):
+    values = raw.float32() if raw.is_float else raw.data
+    if not ((values == -1) | (values == 0) | (values == 1)).all():
         raise CheckpointError(st.path, "unpacked ternary weight holds values other than -1, 0, 1", t.name)
-    return raw.to(torch.int8)
+    return values.astype(np.int8)
+
+
+def _entry(name: str, st: SafetensorsFile, t: StoredTensor, sst: SafetensorsFile, stt: StoredTensor,
+           linear_class: LinearClass) -> TensorEntry:  # fmt: skip
+    packed = t.dtype_name == "U8"
+    shape = (t.shape[0] * VALUES_PER_BYTE, *t.shape[1:]) if packed else t.shape
+
+    def load() -> TernaryWeight:
+        return TernaryWeight(_load_codes(st, t), _load_scale(sst, stt, linear_class))
+
+    def stored() -> Stored:
+        raw = st.read_bytes(t.name)
+        scale = _stored_scale(sst, stt, linear_class)
+        if packed:
+            return Stored(raw, NAME, scale=scale, counts=lambda: packed_code_counts(raw))
+        return Stored(raw, "floats", t.dtype_name, scale)
+
+    label = f"{t.dtype_name}{' packed' if packed else ''} + {stt.dtype_name} scale"
+    return TensorEntry(name, shape, Kind.TERNARY, stt.dtype_name, str(st.path), load, stored, label)
 
 
 class HFPackedReader:
@@ -92,32 +106,15 @@ class HFPackedReader:
                 continue
             if not cfg.is_quantized_linear(name):
                 entries[name] = TensorEntry(
-                    name, t.shape, t.dtype_name, False, str(st.path), lambda st=st, t=t: st.read(t.name),
-                    stored=t.dtype_name, load_stored=lambda st=st, t=t: st.read_bytes(t.name),
+                    name, t.shape, Kind.DENSE, t.dtype_name, str(st.path), lambda st=st, t=t: st.read(t.name),
+                    lambda st=st, t=t: float_stored(st.read_bytes(t.name), t.dtype_name), t.dtype_name,
                 )
                 continue
             sname = scale_name(name)
             if sname not in d.stored:
                 raise CheckpointError(st.path, f"quantized weight has no {sname.rsplit('.', 1)[-1]}", name)
             scales_used.add(sname)
-            sst, stt = d.stored[sname]
-            packed = t.dtype_name == "U8"
-            shape = (t.shape[0] * VALUES_PER_BYTE, *t.shape[1:]) if packed else t.shape
-
-            def load_scale(sst=sst, stt=stt, name=name) -> TernaryScale:
-                return _load_scale(sst, stt, linear_class, name)
-
-            def load(st=st, t=t, load_scale=load_scale) -> TernaryWeight:
-                from ...ternary import TernaryWeight
-
-                return TernaryWeight(_load_codes(st, t), load_scale())
-
-            stored = f"{t.dtype_name}{' packed' if packed else ''} + {stt.dtype_name} scale"
-            entries[name] = TensorEntry(
-                name, shape, stt.dtype_name, True, str(st.path), load, load_scale, stored,
-                load_packed=(lambda st=st, t=t: st.read_bytes(t.name).reshape(t.shape)) if packed else None,
-                load_stored_scale=(lambda sst=sst, stt=stt: _stored_scale(sst, stt, linear_class)) if packed else None,
-            )
+            entries[name] = _entry(name, st, t, *d.stored[sname], linear_class)
         orphans = sorted(n for n in d.stored if n.endswith(".weight_scale") and n not in scales_used)
         if orphans:
             raise CheckpointError(d.stored[orphans[0]][0].path, "weight_scale belongs to no quantized weight", orphans[0])

@@ -14,7 +14,6 @@ import threading
 from typing import Callable
 
 import numpy as np
-import torch
 
 from . import jit
 from .workers import cores, spans, split_map
@@ -25,36 +24,26 @@ CHUNK = 1 << 16
 _FINITE_BF16 = 0x7F80
 
 
-def bf16_bits(weight: torch.Tensor) -> np.ndarray:
-    """The bit patterns of a bf16 tensor as uint16 (no copy when it is contiguous)."""
-    return weight.contiguous().view(torch.int16).numpy().view(np.uint16)
+def recipe_codes(x: np.ndarray, inv: np.float32) -> np.ndarray:
+    """The recipe's arithmetic on float32 values: round-half-even(x * s) clamped to [-1, 1]."""
+    with np.errstate(over="ignore"):  # the largest values overflow to inf: code 1, as in torch
+        return np.clip(np.rint(np.asarray(x, dtype=np.float32) * np.float32(inv)), -1, 1)
 
 
-def recipe_codes(x: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
-    """The recipe's arithmetic on float values: round-half-even(x * s) clamped, in float32."""
-    return x.float().mul_(inv).round_().clamp_(-1, 1)
-
-
-def zero_threshold(inv: torch.Tensor) -> int | None:
+def zero_threshold(inv: np.float32) -> int | None:
     """The largest bf16 magnitude (as bits) whose code is 0, when codes step there; else None.
 
     Codes are odd and non-decreasing in x (float32 multiplication by ``s > 0`` and rounding are
     monotone and symmetric), so comparing bit patterns with this threshold gives the recipe's
     codes for every finite input. The step is found by running the recipe's float32 arithmetic
-    over every finite bf16 value in numpy (IEEE operations: the same results as torch's) and
-    confirmed with torch itself on both sides of it.
+    over every finite bf16 value (IEEE operations: the results torch gives).
     """
-    x = np.arange(_FINITE_BF16, dtype=np.uint32) << 16
-    s = np.float32(inv.item())
-    with np.errstate(over="ignore"):  # the largest values overflow to inf: code 1, as in torch
-        pos = np.clip(np.rint(x.view(np.float32) * s), -1, 1)
+    x = (np.arange(_FINITE_BF16, dtype=np.uint32) << 16).view(np.float32)
+    pos = recipe_codes(x, inv)
     zeros = int(np.count_nonzero(pos == 0))
     if not (pos[:zeros] == 0).all() or not (pos[zeros:] == 1).all():
         return None
-    edge = torch.tensor([zeros - 1, zeros] if zeros < _FINITE_BF16 else [zeros - 1], dtype=torch.int16)
-    values = edge.view(torch.bfloat16)
-    want = torch.tensor([0.0, 1.0][: values.numel()])
-    if not torch.equal(recipe_codes(values, inv), want) or not torch.equal(recipe_codes(-values, inv), -want):
+    if not (recipe_codes(-x, inv) == -pos).all():
         return None
     return zeros - 1
 
@@ -119,19 +108,19 @@ def pack_planes(planes: np.ndarray, threshold: int, out: np.ndarray) -> None:
 
 
 def bf16_code_rows(
-    weight: torch.Tensor, threshold: int, order: np.ndarray | None = None
+    bits: np.ndarray, threshold: int, order: np.ndarray | None = None
 ) -> Callable[[int, int], np.ndarray]:
-    """``rows(r0, r1)``: the codes of rows ``r0:r1`` of the 2-D bf16 ``weight`` as uint8 mod 256
-    (255 is -1), the codes :func:`~bitconvert.ternary.absmean_quantize` gives, for ``threshold``
-    from :func:`~bitconvert.ternary.bf16_scale_threshold`. With ``order``, output row ``r`` holds the codes of input
-    row ``order[r]``. Each call reuses its thread's buffer: consume it before that thread's next call.
+    """``rows(r0, r1)``: the codes of rows ``r0:r1`` of the 2-D bf16 words ``bits`` as uint8 mod 256
+    (255 is -1), the codes :func:`~bitconvert.ternary.quantize.absmean_quantize` gives, for ``threshold``
+    from :func:`~bitconvert.ternary.quantize.bf16_scale_threshold`. With ``order``, output row ``r`` holds the
+    codes of input row ``order[r]``. Each call reuses its thread's buffer: consume it before that
+    thread's next call.
     """
-    if weight.dtype != torch.bfloat16 or weight.dim() != 2:
-        raise ValueError(f"bf16_code_rows expects a 2-D bf16 tensor, got {weight.dtype} {tuple(weight.shape)}")
-    bits = bf16_bits(weight).reshape(weight.shape)
+    if bits.dtype != np.uint16 or bits.ndim != 2:
+        raise ValueError(f"bf16_code_rows expects 2-D bf16 words, got {bits.dtype} {tuple(bits.shape)}")
     cols = bits.shape[1]
     local = threading.local()  # one buffer per calling thread
-    compiled = jit.kernels(weight.numel())  # the same comparisons as one compiled loop, where numba is
+    compiled = jit.kernels(bits.size)  # the same comparisons as one compiled loop, where numba is
 
     def rows(r0: int, r1: int) -> np.ndarray:
         n = (r1 - r0) * cols

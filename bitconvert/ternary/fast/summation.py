@@ -22,8 +22,11 @@ numba is installed the same loops run compiled (:mod:`bitconvert.ternary.fast.ji
 
 from __future__ import annotations
 
+import os
+import platform
 import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 
@@ -60,6 +63,20 @@ class _AbsReader:
         np.bitwise_and(self.bits[start:stop], 0x7FFF, out=mag)
         np.left_shift(mag, 16, out=words, dtype=np.uint32)
         return words.view(np.float32)
+
+
+class _FloatAbsReader:
+    """|x| of float16/float32/float64 values as float32 (torch's ``.float()`` then ``abs``), into a reused buffer."""
+
+    def __init__(self, values: np.ndarray, capacity: int) -> None:
+        self.values = values
+        self.out = np.empty(capacity, dtype=np.float32)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        out = self.out[: stop - start]
+        with np.errstate(over="ignore"):  # float64 beyond float32's range is inf, as in torch
+            out[:] = self.values[start:stop]
+        return np.abs(out, out=out)
 
 
 def _seq(a: np.ndarray, axis: int) -> np.ndarray:
@@ -120,13 +137,19 @@ class _Values:
 
 def abs_sum_bf16(bits: np.ndarray, threads: int, lanes: int) -> np.float32:
     """Sum of |x| over bf16 bit patterns (flat uint16), bit-identical to torch's float32 sum."""
-    n = bits.size
-    compiled = _compiled_for(n, lanes)
+    return abs_sum(bits, "BF16", threads, lanes)
+
+
+def abs_sum(values: np.ndarray, dtype_name: str, threads: int, lanes: int) -> np.float32:
+    """torch's ``w.float().abs().sum()`` of flat stored values (bf16 as its uint16 words), bit for bit."""
+    n = values.size
+    compiled = _compiled_for(n, lanes) if dtype_name == "BF16" else None
 
     def range_sum(span: tuple[int, int]) -> np.float32:
         if compiled is not None:
-            return np.float32(compiled.range_abs_sum(bits, span[0], span[1], lanes, _level_step(span, lanes), ILP))
-        reader = _AbsReader(bits, min(span[1] - span[0], CHUNK_ROWS * ILP * lanes) + ILP * lanes)
+            return np.float32(compiled.range_abs_sum(values, span[0], span[1], lanes, _level_step(span, lanes), ILP))
+        capacity = min(span[1] - span[0], CHUNK_ROWS * ILP * lanes) + ILP * lanes
+        reader = _AbsReader(values, capacity) if dtype_name == "BF16" else _FloatAbsReader(values, capacity)
         return _range_sum(reader, span[0], span[1], lanes)
 
     if n < GRAIN or threads == 1:
@@ -164,7 +187,8 @@ def _compiled_for(n: int, lanes: int):
 
 
 def calibrated_lanes(threads: int) -> int | None:
-    """The SIMD width with which :func:`abs_sum_bf16` reproduces this torch build, or None."""
+    """The SIMD width with which :func:`abs_sum` reproduces the torch build in this process, or None
+    (imports torch: the tests and :func:`summation_order` where torch is already loaded use it)."""
     with _lock:
         if threads in _calibration:
             return _calibration[threads]
@@ -188,3 +212,44 @@ def calibrated_lanes(threads: int) -> int | None:
     with _lock:
         _calibration[threads] = found
     return found
+
+
+#: the float32 SIMD width of torch's CPU builds (the sum kernel is built without AVX-512; on arm64
+#: its NEON vectors hold four floats)
+BUILD_LANES = {"arm64": 4, "aarch64": 4}
+DEFAULT_LANES = 8
+
+
+def default_threads() -> int:
+    """The intra-op thread count torch starts with: ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` when
+    set, else the machine's physical cores (its logical CPUs where the topology cannot be read)."""
+    for key in ("MKL_NUM_THREADS", "OMP_NUM_THREADS"):
+        text = os.environ.get(key, "")
+        if text.isdigit() and int(text) > 0:
+            return int(text)
+    processors = os.cpu_count() or 1
+    cores = set()
+    for cpu in Path("/sys/devices/system/cpu").glob("cpu[0-9]*/topology"):
+        try:
+            cores.add(((cpu / "physical_package_id").read_text().strip(), (cpu / "core_id").read_text().strip()))
+        except OSError:
+            continue
+    return len(cores) if 0 < len(cores) < processors else processors
+
+
+def summation_order() -> tuple[int, int] | None:
+    """(threads, lanes) of torch's float32 sum here, or None where it cannot be reproduced.
+
+    Where torch is already loaded in this process its own thread count and SIMD width are used
+    (checked once against it); otherwise those its CPU builds start with on this machine, which
+    the tests compare with torch.
+    """
+    if "torch" in sys.modules:
+        import torch
+
+        threads = torch.get_num_threads()
+        lanes = calibrated_lanes(threads)
+        return None if lanes is None else (threads, lanes)
+    if sys.byteorder != "little":
+        return None
+    return default_threads(), BUILD_LANES.get(platform.machine().lower(), DEFAULT_LANES)
