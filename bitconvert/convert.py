@@ -85,13 +85,15 @@ def convert(
     elif not writer.writes_directory:
         # A single file carries its provenance in its header, written before any tensor.
         files = source_files(source.path, source.files) if hash_sources else known_source_files(source.path, source.files)
-        ckpt.origin.provenance = conversion_provenance(source, ckpt.format, writer.name, [dst.name], files)
+        upstream = ckpt.origin.recorded_provenance
+        ckpt.origin.provenance = conversion_provenance(source, ckpt.format, writer.name, [dst.name], files, upstream)
     try:
         with staged_output(dst, directory=writer.writes_directory, force=force) as scratch:
             report = writer.write(ckpt, scratch, options, progress)
             if writer.writes_directory:  # where it came from, for the model card (bitconvert_provenance.json)
                 files = hashes.result() if hashes is not None else known_source_files(source.path, source.files)
-                report.files.append(write_conversion_provenance(scratch, source, ckpt.format, report, files))
+                upstream = ckpt.origin.recorded_provenance
+                report.files.append(write_conversion_provenance(scratch, source, ckpt.format, report, files, upstream))
     finally:
         if hashes is not None:
             hashes.cancel()

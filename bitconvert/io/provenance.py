@@ -119,20 +119,28 @@ def known_source_files(root: Path, names: Iterable[str] | None = None) -> list[d
     return out
 
 
-def read_provenance(path: Path) -> dict[str, Any] | None:
-    """The provenance of the checkpoint at ``path`` (its provenance file, or a GGUF's header key), or None."""
-    try:
-        if path.is_file():
-            from ..formats.gguf.parser import GGUFFile, is_gguf
+def parse_provenance(text: object, source: str | Path) -> dict[str, Any] | None:
+    """A provenance record from its JSON text (a file's, or a header value's), or None where it is not one.
 
-            text = GGUFFile(path).get(PROVENANCE_KEY) if is_gguf(path) else None
-        else:
-            f = path / PROVENANCE_NAME
-            text = f.read_text(encoding="utf-8") if f.is_file() else None
-        data = parse_json_text(text, path, PROVENANCE_NAME) if isinstance(text, str) else None
-    except (OSError, ValueError, CheckpointError):
-        return None  # provenance is informative only: a damaged file must not block a conversion
+    Provenance is informative only: a damaged record never blocks a conversion.
+    """
+    if not isinstance(text, (str, bytes)):
+        return None
+    try:
+        data = parse_json_text(text, source, PROVENANCE_NAME)
+    except (ValueError, CheckpointError):
+        return None
     return data if isinstance(data, dict) else None
+
+
+def read_provenance_file(folder: Path) -> dict[str, Any] | None:
+    """The provenance file of a directory checkpoint (what its readers record as the source's), or None."""
+    f = folder / PROVENANCE_NAME
+    try:
+        text = f.read_bytes() if f.is_file() else None
+    except OSError:
+        return None
+    return parse_provenance(text, f)
 
 
 def build_provenance(
@@ -159,10 +167,11 @@ def build_provenance(
 
 
 def conversion_provenance(
-    source, src_format: str, output_format: str, output_files: list[str], files: list[dict[str, Any]]
+    source, src_format: str, output_format: str, output_files: list[str], files: list[dict[str, Any]],
+    upstream: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Provenance of one conversion: ``source`` is a :class:`bitconvert.hub.source.SourceRef`; ``files`` its files."""
-    upstream = read_provenance(source.path)
+    """Provenance of one conversion: ``source`` is a :class:`bitconvert.hub.source.SourceRef`; ``files`` its
+    files; ``upstream`` the provenance the source itself records (its reader's ``origin.recorded_provenance``)."""
     # The model these weights are a conversion of: the Hub repo they came from, else what the source says.
     return build_provenance(
         source={**source.describe(), "format": src_format},
@@ -183,12 +192,13 @@ def provenance_text(data: dict[str, Any]) -> str:
 
 
 def write_conversion_provenance(
-    out_dir: Path, source, src_format: str, report, files: list[dict[str, Any]] | None = None
+    out_dir: Path, source, src_format: str, report, files: list[dict[str, Any]] | None = None,
+    upstream: dict[str, Any] | None = None,
 ) -> str:
     """Write a directory output's provenance file; ``files`` the source hashes when already computed
     (see :class:`BackgroundHashes`). Returns the file's name."""
     if files is None:
         files = source_files(source.path, source.files)
-    data = conversion_provenance(source, src_format, report.format, [*report.files, PROVENANCE_NAME], files)
+    data = conversion_provenance(source, src_format, report.format, [*report.files, PROVENANCE_NAME], files, upstream)
     (out_dir / PROVENANCE_NAME).write_text(provenance_text(data), encoding="utf-8")
     return PROVENANCE_NAME

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ...dtypes import FLOAT_NAMES
 from ...errors import CheckpointError
+from ...io.provenance import read_provenance_file
 from ...io.safetensors import SafetensorsFile, StoredTensor
 from ...model.checkpoint import Checkpoint, Kind, Stored, TensorEntry, check_tensor_set, float_stored, is_ignored_tensor
 from ...ternary.records import SCALES_KEY, VALUES_EXACT, VALUES_KEY, VALUES_ONLINE, ScaleRecord, decode_records
@@ -67,6 +68,7 @@ class HFBF16Reader:
                 record=record,
             )  # fmt: skip
         ckpt = Checkpoint(NAME, path, cfg, entries, d.side_files, notes)
+        ckpt.origin.recorded_provenance = read_provenance_file(path)
         classes = {r.scale.linear_class for r in records.values()}
         if len(classes) == 1:
             ckpt.facts.linear_class = classes.pop()

@@ -11,6 +11,7 @@ import numpy as np
 
 from ...dtypes import FLOAT_NAMES
 from ...errors import CheckpointError
+from ...io.provenance import read_provenance_file
 from ...io.safetensors import SafetensorsFile, StoredTensor
 from ...model.checkpoint import Checkpoint, Kind, Stored, TensorEntry, check_tensor_set, float_stored, is_ignored_tensor
 from ...ternary.linear_class import LinearClass
@@ -119,6 +120,7 @@ class HFPackedReader:
         if orphans:
             raise CheckpointError(d.stored[orphans[0]][0].path, "weight_scale belongs to no quantized weight", orphans[0])
         ckpt = Checkpoint(NAME, path, cfg, entries, d.side_files, notes)
+        ckpt.origin.recorded_provenance = read_provenance_file(path)
         check_tensor_set(ckpt)
         return ckpt
 
