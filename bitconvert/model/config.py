@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import enum
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 from ..dtypes import config_name
 from ..errors import CheckpointError
 from ..io.jsonfile import parse_json_text
+from ..io.values import flag, positive, text, token_ids, whole
 from ..ternary.linear_class import LinearClass
 from .families import EMBEDDING, FINAL_NORM, LM_HEAD, Family, detect_family
 
@@ -47,11 +47,11 @@ class QuantConfig:
         if not isinstance(skip, list) or not all(isinstance(m, str) for m in skip):
             raise ValueError(f"quantization_config.modules_to_not_convert must be a list of names, got {skip!r:.80}")
         return cls(
-            linear_class=LinearClass.parse(d.get("linear_class")),
-            mode=QuantMode(d.get("quantization_mode") or "offline"),
+            linear_class=LinearClass.parse(text(d, "linear_class", None, "quantization_config.")),
+            mode=QuantMode(text(d, "quantization_mode", None, "quantization_config.") or "offline"),
             modules_to_not_convert=tuple(skip),
-            use_rms_norm=bool(d.get("use_rms_norm", False)),
-            rms_norm_eps=positive_float(d, "rms_norm_eps", 1e-6, "quantization_config."),
+            use_rms_norm=flag(d, "use_rms_norm", False, "quantization_config."),
+            rms_norm_eps=positive(d, "rms_norm_eps", 1e-6, "quantization_config."),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -166,9 +166,9 @@ class ModelConfig:
     def from_hf_dict(cls, d: dict[str, Any], path: str | Path = "config.json") -> "ModelConfig":
         try:
             family = detect_family_of(d)
-            heads = count(d, "num_attention_heads", MAX_DIM)
-            hidden = count(d, "hidden_size", MAX_DIM)
-            head_dim = count(d, "head_dim", MAX_DIM, None)
+            heads = whole(d, "num_attention_heads", MAX_DIM)
+            hidden = whole(d, "hidden_size", MAX_DIM)
+            head_dim = whole(d, "head_dim", MAX_DIM, None)
             if head_dim is None:
                 if hidden % heads:
                     raise ValueError(f"hidden_size {hidden} is not a multiple of num_attention_heads {heads}")
@@ -180,20 +180,20 @@ class ModelConfig:
             cfg = cls(
                 family=family,
                 hidden_size=hidden,
-                intermediate_size=count(d, "intermediate_size", MAX_DIM),
-                num_hidden_layers=count(d, "num_hidden_layers", MAX_LAYERS),
+                intermediate_size=whole(d, "intermediate_size", MAX_DIM),
+                num_hidden_layers=whole(d, "num_hidden_layers", MAX_LAYERS),
                 num_attention_heads=heads,
-                num_key_value_heads=count(d, "num_key_value_heads", MAX_DIM, heads),
-                vocab_size=count(d, "vocab_size", MAX_DIM),
-                max_position_embeddings=count(d, "max_position_embeddings", 2**63 - 1, 2048),
-                rms_norm_eps=positive_float(d, "rms_norm_eps", 1e-6),
-                rope_theta=positive_float(d, "rope_theta", None) or positive_float(rope, "rope_theta", 10000.0),
+                num_key_value_heads=whole(d, "num_key_value_heads", MAX_DIM, heads),
+                vocab_size=whole(d, "vocab_size", MAX_DIM),
+                max_position_embeddings=whole(d, "max_position_embeddings", 2**63 - 1, 2048),
+                rms_norm_eps=positive(d, "rms_norm_eps", 1e-6),
+                rope_theta=positive(d, "rope_theta", None) or positive(rope, "rope_theta", 10000.0),
                 # The shipped configs state tying explicitly; absent, transformers' class default applies.
-                tie_word_embeddings=bool(d.get("tie_word_embeddings", family.tied_by_default)),
-                hidden_act=str(d.get("hidden_act", family.hidden_act)),
+                tie_word_embeddings=flag(d, "tie_word_embeddings", family.tied_by_default),
+                hidden_act=text(d, "hidden_act", family.hidden_act),
                 head_dim=head_dim,
-                bos_token_id=token_ids(d, "bos_token_id", single=True),
-                eos_token_id=token_ids(d, "eos_token_id"),
+                bos_token_id=token_ids(d, "bos_token_id", MAX_DIM, single=True),
+                eos_token_id=token_ids(d, "eos_token_id", MAX_DIM),
                 quantization=QuantConfig.from_dict(qc) if isinstance(qc, dict) else None,
                 raw=copy.deepcopy(d),
             )
@@ -245,40 +245,6 @@ class ModelConfig:
         return d
 
 
-def count(d: dict[str, Any], key: str, bound: int, default: Any = ...) -> Any:
-    """``d[key]`` as a positive whole number no larger than ``bound`` (``default`` when absent or null)."""
-    value = d.get(key)
-    if value is None:
-        if default is ...:
-            raise KeyError(key)
-        return default
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        value = int(value)  # 2048.0 is 2048; 1e400 and 2048.5 are refused below
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{key} must be a whole number, got {value!r:.80}")
-    if not 0 < value <= bound:
-        raise ValueError(f"{key} must be between 1 and {bound}, got {value}")
-    return value
-
-
-def positive_float(d: dict[str, Any], key: str, default: float | None, prefix: str = "") -> float | None:
-    value = d.get(key)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{prefix}{key} must be a finite positive number, got {value!r:.80}")
-    return float(value)
-
-
-def token_ids(d: dict[str, Any], key: str, single: bool = False) -> int | list[int] | None:
-    """A token id (or, for eos, a list of them) as transformers accepts it; null stays None."""
-    value = d.get(key)
-    ids = [value] if single or not isinstance(value, list) else value
-    if value is None or all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i <= MAX_DIM for i in ids):
-        return value
-    raise ValueError(f"{key} must be a token id{'' if single else ' or a list of them'}, got {value!r:.80}")
-
-
 def detect_family_of(d: dict[str, Any]) -> Family:
     archs = d.get("architectures") or []
     if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
@@ -303,10 +269,10 @@ def load_config_json(path: Path) -> tuple[dict[str, Any], list[str]]:
         return out
 
     try:
-        text = path.read_bytes()
+        raw = path.read_bytes()
     except OSError as exc:
         raise CheckpointError(path, f"cannot read config: {exc.strerror or exc}") from None
-    d = parse_json_text(text, path, "config", object_pairs_hook=keep_last)
+    d = parse_json_text(raw, path, "config", object_pairs_hook=keep_last)
     if not isinstance(d, dict):
         raise CheckpointError(path, "config is not a JSON object")
     return d, duplicates
