@@ -188,7 +188,7 @@ def test_1bitllm_architecture_equals_transformers_bitnet_with_silu(tmp_path):
     cfg.update(architectures=["BitnetForCausalLM"], model_type="llama")
     (renamed / "config.json").write_text(json.dumps(cfg))
     model = load_model(renamed)
-    assert model.config.architecture.value == "1bitllm"
+    assert model.config.family.key == "1bitllm"
     ours = model.logits(PROMPT)
     diff = float((ours - ref_logits).abs().max())
     tokens = generate(model, PROMPT, max_new_tokens=NEW_TOKENS)
@@ -222,7 +222,7 @@ def test_any_format_runs_the_same_model(tmp_path):
     """A master, its exact pack (fp32 bitlinear scales), Nanotron and GGUF copies: one set of logits."""
     src = make_checkpoint(tmp_path / "src", "bitnet-2b4t", "master", hidden=256, intermediate=512, heads=4, kv_heads=2)
     exact = tmp_path / "exact"
-    convert(src, exact, "hf-packed", {"linear_class": LinearClass.BITLINEAR, "scale_dtype": torch.float32})
+    convert(src, exact, "hf-packed", {"linear_class": LinearClass.BITLINEAR, "scale_dtype": "F32"})
     nanotron = tmp_path / "nanotron"
     convert(src, nanotron, "nanotron", {"allow_lossy": True})  # sub-norms kept beside the Nanotron model
     packed = tmp_path / "packed"
@@ -233,6 +233,48 @@ def test_any_format_runs_the_same_model(tmp_path):
     assert float((compute_logits(exact, PROMPT) - base).abs().max()) == 0.0
     assert float((compute_logits(nanotron, PROMPT) - base).abs().max()) == 0.0
     assert float((compute_logits(gguf, PROMPT) - compute_logits(packed, PROMPT)).abs().max()) == 0.0
+
+
+def test_a_renamed_family_runs_with_no_other_change(tmp_path):
+    """Families are data: a copy of the Llama record under another key and class name runs as Llama."""
+    import dataclasses
+
+    from bitconvert.model.families import FAMILIES, register_family
+
+    src = FIXTURES / "llama-master"
+    copy = tmp_path / "llama-copy"
+    shutil.copytree(src, copy)
+    cfg = json.loads((copy / "config.json").read_text())
+    cfg["architectures"] = ["CopyLlamaForCausalLM"]
+    (copy / "config.json").write_text(json.dumps(cfg))
+    family = dataclasses.replace(FAMILIES["llama"], key="llama-copy", hf_architecture="CopyLlamaForCausalLM")
+    register_family(family)
+    try:
+        model = load_model(copy)
+        assert model.config.family is family
+        assert torch.equal(model.logits(PROMPT), load_model(src).logits(PROMPT))
+    finally:
+        del FAMILIES["llama-copy"]
+
+
+def test_a_family_without_a_runtime_block_is_refused(tmp_path):
+    import dataclasses
+
+    from bitconvert.errors import CheckpointError
+    from bitconvert.model.families import FAMILIES, register_family
+
+    copy = tmp_path / "other"
+    shutil.copytree(FIXTURES / "llama-packed", copy)
+    cfg = json.loads((copy / "config.json").read_text())
+    cfg["architectures"] = ["OtherForCausalLM"]
+    (copy / "config.json").write_text(json.dumps(cfg))
+    register_family(dataclasses.replace(FAMILIES["llama"], key="other", hf_architecture="OtherForCausalLM",
+                                        runtime_block="no-such-block"))
+    try:
+        with pytest.raises(CheckpointError, match="no-such-block"):
+            load_model(copy)
+    finally:
+        del FAMILIES["other"]
 
 
 def test_weights_stay_ternary_codes():

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..ternary import VALUES_PER_BYTE, first_invalid_code
@@ -51,21 +52,35 @@ class PreparedTernaryWeight:
         return self.packed.device
 
 
-def prepare_weight(packed: torch.Tensor | PreparedTernaryWeight, validate: bool = False) -> PreparedTernaryWeight:
-    """Wrap an HF-layout packed weight (``uint8 [R/4, C]``) for the kernels; cheap when already contiguous.
+def as_packed_tensor(packed: torch.Tensor | np.ndarray, device: torch.device | str | None = None) -> torch.Tensor:
+    """Packed bytes as a 2-D uint8 torch tensor (numpy bytes, as :func:`bitconvert.ternary.pack_codes`
+    and the readers give them, are shared where they can be), moved to ``device`` when one is given."""
+    if isinstance(packed, np.ndarray):
+        if packed.dtype != np.uint8 or packed.ndim != 2:
+            raise ValueError(f"a packed ternary weight is 2-D uint8, got numpy {packed.dtype} {tuple(packed.shape)}")
+        packed = np.ascontiguousarray(packed)
+        packed = torch.from_numpy(packed if packed.flags.writeable else packed.copy())
+    if packed.dtype != torch.uint8 or packed.dim() != 2:
+        raise ValueError(f"a packed ternary weight is 2-D uint8, got {packed.dtype} {tuple(packed.shape)}")
+    return packed if device is None else packed.to(device)
+
+
+def prepare_weight(
+    packed: torch.Tensor | np.ndarray | PreparedTernaryWeight, validate: bool = False, device: torch.device | str | None = None
+) -> PreparedTernaryWeight:
+    """Wrap an HF-layout packed weight (``uint8 [R/4, C]``, torch or numpy) for the kernels, on ``device``
+    when one is given (else where it is; numpy bytes: the CPU); cheap when already contiguous there.
 
     With ``validate=True`` a 2-bit field holding 3 (not a ternary code) raises ``ValueError``; that
     check reads the whole tensor and synchronizes with the device, so do it at load time only.
     Without it such a field decodes as +2, exactly as :func:`bitconvert.ternary.unpack_codes` does.
     """
     if isinstance(packed, PreparedTernaryWeight):
-        prepared = packed
+        prepared = packed if device is None else PreparedTernaryWeight(packed.packed.to(device))
     else:
-        if packed.dtype != torch.uint8 or packed.dim() != 2:
-            raise ValueError(f"a packed ternary weight is 2-D uint8, got {packed.dtype} {tuple(packed.shape)}")
-        prepared = PreparedTernaryWeight(packed.contiguous())
+        prepared = PreparedTernaryWeight(as_packed_tensor(packed, device).contiguous())
     if validate:
-        bad = first_invalid_code(prepared.packed)
+        bad = first_invalid_code(prepared.packed.cpu().numpy())
         if bad is not None:
             raise ValueError(f"packed weight holds the invalid 2-bit code 3 at (row, column) {bad}")
     return prepared

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..ternary import LinearClass
@@ -15,7 +16,7 @@ GEMV_MAX_TOKENS = 8
 
 def ternary_linear(
     x: torch.Tensor,
-    weight: torch.Tensor | PreparedTernaryWeight,
+    weight: torch.Tensor | np.ndarray | PreparedTernaryWeight,
     scale: torch.Tensor,
     linear_class: LinearClass | str,
 ) -> torch.Tensor:
@@ -24,9 +25,9 @@ def ternary_linear(
     ``weight`` is the packed HF-layout ``uint8 [out/4, in]`` or the result of
     :func:`bitconvert.kernels.prepare_weight`; ``scale`` is the stored one-element
     ``weight_scale`` (any float dtype) and ``linear_class`` says what it means. All three must sit
-    on ``x``'s device. The result equals, to fp32 rounding::
+    on ``x``'s device (packed numpy bytes are taken there). The result equals, to fp32 rounding::
 
-        q, s = quantize_activations(x)                 # int8 per token, s = 127 / max|x|
+        q, s = quantize_activations(x)                 # bitconvert.runtime.activations: int8 per token, s = 127 / max|x|
         y = (q.float() @ unpack_codes(weight).float().T) / s
         y = y * scale   (autobitlinear)   or   y / scale   (bitlinear)
         return y.to(x.dtype)
@@ -38,7 +39,7 @@ def ternary_linear(
     otherwise (see :func:`bitconvert.kernels.uses_triton`).
     """
     linear_class = LinearClass(linear_class)
-    prepared = prepare_weight(weight)
+    prepared = prepare_weight(weight, device=x.device if isinstance(weight, np.ndarray) else None)
     _check_arguments(x, prepared, scale)
     if not uses_triton(x.device):
         return ternary_linear_torch(x, prepared.packed, scale, linear_class)

@@ -25,13 +25,13 @@ import torch
 import triton
 import triton.language as tl
 
-from ..ternary import MEAN_ABS_FLOOR
+from ..runtime.activations import ACTIVATION_FLOOR as _FLOOR
 from .backend import multiprocessor_count, triton_kernel
 from .layout import PreparedTernaryWeight
 
 ROUNDING_OFFSET = tl.constexpr(12582912.0)  # 1.5 * 2**23
 ROUNDING_OFFSET_BITS = tl.constexpr(0x4B400000)  # its fp32 bit pattern
-ACTIVATION_FLOOR = tl.constexpr(MEAN_ABS_FLOOR)  # the clamp of quantize_activations
+ACTIVATION_FLOOR = tl.constexpr(_FLOOR)  # the clamp of quantize_activations
 
 
 @triton_kernel

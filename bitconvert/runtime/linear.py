@@ -10,10 +10,13 @@ multiply by (autobitlinear) or divide by (bitlinear) the stored weight scale.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..ternary import VALUES_PER_BYTE, LinearClass, TernaryWeight, pack_codes, quantize_activations
+from ..dtypes import Dense
+from ..ternary import VALUES_PER_BYTE, LinearClass, TernaryWeight, pack_codes
+from .activations import quantize_activations
 
 _int_mm_works: dict[str, bool] = {}
 
@@ -54,7 +57,7 @@ class TernaryLinear:
         self.out_features, self.in_features = weight.shape
         self.linear_class = weight.scale.linear_class
         # the stored value, widened exactly to fp32 (bf16/f16/f32 all fit)
-        self.scale = weight.scale.value.reshape(()).to(device=device, dtype=torch.float32)
+        self.scale = torch.tensor(weight.scale.item(), dtype=torch.float32, device=device)
         #: transformers' quantization_config.use_rms_norm: a weightless RMSNorm before quantizing
         self.input_rms_norm_eps = input_rms_norm_eps
         self.packed = None
@@ -62,9 +65,9 @@ class TernaryLinear:
         if use_kernel and self.out_features % VALUES_PER_BYTE == 0:
             from ..kernels import prepare_weight
 
-            self.packed = prepare_weight(pack_codes(weight.codes).to(device))
-        else:
-            self.codes = weight.codes.to(device=device, dtype=torch.int8).contiguous()
+            self.packed = prepare_weight(pack_codes(weight.codes), device=device)
+        else:  # the numpy codes shared, not copied, where they already are int8 and writable
+            self.codes = Dense(weight.codes.astype(np.int8, copy=False), "I8").torch().to(device)
 
     @property
     def nbytes(self) -> int:

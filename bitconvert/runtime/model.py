@@ -1,49 +1,45 @@
-"""The reference model: the three BitNet architectures in plain PyTorch, built from a Checkpoint.
+"""The reference model: any BitNet family in plain PyTorch, built from a Checkpoint.
 
 One forward pass follows transformers' BitNetForCausalLM / LlamaForCausalLM (with its bitnet
-quantizer) operation by operation: RMSNorm in fp32, NeoX (``rotate_half``) RoPE computed in fp32
-and cast, scaled dot-product attention with grouped KV heads, relu² or SiLU gating, the
-architecture's sub-norms before ``o_proj`` and ``down_proj``, tied or separate LM head. Linear
-layers are :class:`~bitconvert.runtime.linear.TernaryLinear` (W1.58A8).
+quantizer) operation by operation: embedding, the family's runtime block per layer
+(:mod:`bitconvert.runtime.blocks`), final RMSNorm, tied or separate LM head. RoPE is computed in
+fp32 and cast. Linear layers are :class:`~bitconvert.runtime.linear.TernaryLinear` (W1.58A8).
 
-Weights: a quantized linear stored quantized (packed, GGUF) is used as stored, codes and scale;
-one stored as floats (a master, and also ``unpack`` output) is quantized on load with absmean,
-the arithmetic of transformers' online ``WeightQuant``, so the runtime computes what transformers
-computes from the same file. (For ``unpack`` output that differs from the packed source: absmean
-of codes x m is p*m, p the fraction of non-zero codes; ``verify --logits`` shows it.) Tensors are
-loaded one at a time; latent floats are dropped as soon as they are quantized.
+Weights arrive as numpy values (:class:`~bitconvert.dtypes.Dense`, :class:`~bitconvert.ternary.TernaryWeight`)
+and become torch tensors here, one at a time. A quantized linear stored quantized (packed, GGUF)
+is used as stored, codes and scale; one stored as floats (a master's LATENT entry, ``unpack``
+output too) is quantized on load with absmean, the arithmetic of transformers' online
+``WeightQuant``, so the runtime computes what transformers computes from the same file. (For
+``unpack`` output that differs from the packed source: absmean of codes x m is p*m, p the fraction
+of non-zero codes; ``verify --logits`` shows it.) Latent floats are dropped as soon as they are quantized.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-from dataclasses import dataclass
+import warnings
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..model.checkpoint import Checkpoint
-from ..model.config import ARCH_SPECS, QUANTIZED_LINEARS, ModelConfig
+from ..dtypes import SHORT_NAMES, Dense, dtype_name, torch_dtype
 from ..errors import CheckpointError, UsageError
 from ..formats import Progress, no_progress, open_checkpoint
-from ..ternary.records import VALUES_ONLINE
+from ..model.checkpoint import Checkpoint, Kind, as_dense
+from ..model.config import ModelConfig
+from ..model.families import EMBEDDING, FINAL_NORM, LM_HEAD
 from ..ternary import LinearClass, TernaryWeight, quantize
+from ..ternary.quantize import matches_record
+from .blocks import ACTIVATIONS, BitNetBlock, block_for
 from .cache import KVCache
 from .linear import DenseLinear, TernaryLinear, kernels_usable, rms_norm
 
-ACTIVATIONS = {
-    "relu2": lambda x: torch.square(F.relu(x)),
-    "silu": F.silu,
-    "swish": F.silu,
-}
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+#: compute dtypes the runtime runs in, by name
+COMPUTE_DTYPES = ("F32", "BF16", "F16")
 
 
 def _rope_type(cfg: ModelConfig) -> str:
@@ -51,21 +47,6 @@ def _rope_type(cfg: ModelConfig) -> str:
     params = raw.get("rope_parameters") if isinstance(raw.get("rope_parameters"), dict) else {}
     scaling = raw.get("rope_scaling") if isinstance(raw.get("rope_scaling"), dict) else {}
     return str(params.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default")
-
-
-@dataclass
-class Layer:
-    input_norm: torch.Tensor
-    post_attention_norm: torch.Tensor
-    q: TernaryLinear | DenseLinear
-    k: TernaryLinear | DenseLinear
-    v: TernaryLinear | DenseLinear
-    o: TernaryLinear | DenseLinear
-    gate: TernaryLinear | DenseLinear
-    up: TernaryLinear | DenseLinear
-    down: TernaryLinear | DenseLinear
-    attn_sub_norm: torch.Tensor | None
-    ffn_sub_norm: torch.Tensor | None
 
 
 class RuntimeModel:
@@ -76,14 +57,13 @@ class RuntimeModel:
         self.device = device
         self.dtype = dtype
         self.embed: torch.Tensor
-        self.layers: list[Layer] = []
+        #: one runtime block per layer (the family's, see bitconvert.runtime.blocks)
+        self.layers: list[BitNetBlock] = []
         self.norm: torch.Tensor
         self.lm_head: torch.Tensor
-        self.act = ACTIVATIONS[config.hidden_act]
         d = config.head_dim
         self.inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
         self.inv_freq = self.inv_freq.to(device)
-        self.scaling = d**-0.5
         self.eps = config.rms_norm_eps
         self.source = ""
         #: how weights were interpreted where that is worth knowing
@@ -121,8 +101,7 @@ class RuntimeModel:
         cos, sin = emb.cos().to(self.dtype), emb.sin().to(self.dtype)
         h = self.embed[ids]
         for i, layer in enumerate(self.layers):
-            h = h + self._attention(i, layer, rms_norm(h, layer.input_norm, self.eps), cos, sin, cache, past)
-            h = h + self._mlp(layer, rms_norm(h, layer.post_attention_norm, self.eps))
+            h = layer(h, i, cos, sin, cache, past)
         if cache is not None:
             cache.advance(t)
         if last_only:
@@ -134,49 +113,6 @@ class RuntimeModel:
         """float32 logits ``[T, vocab]`` on the CPU for one sequence, no cache kept."""
         return self.forward(tokens).cpu()
 
-    def _attention(
-        self,
-        index: int,
-        layer: Layer,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        cache: KVCache | None,
-        past: int,
-    ) -> torch.Tensor:
-        c = self.config
-        t, d = x.shape[0], c.head_dim
-        q = layer.q(x).view(t, c.num_attention_heads, d).transpose(0, 1)
-        k = layer.k(x).view(t, c.num_key_value_heads, d).transpose(0, 1)
-        v = layer.v(x).view(t, c.num_key_value_heads, d).transpose(0, 1)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
-        if cache is not None:
-            k, v = cache.update(index, k, v)
-        groups = c.num_attention_heads // c.num_key_value_heads
-        if groups > 1:  # kv head j serves query heads j*groups .. j*groups + groups-1
-            s = k.shape[1]
-            k = k[:, None].expand(c.num_key_value_heads, groups, s, d).reshape(c.num_attention_heads, s, d)
-            v = v[:, None].expand(c.num_key_value_heads, groups, s, d).reshape(c.num_attention_heads, s, d)
-        if t == 1:
-            out = F.scaled_dot_product_attention(q[None], k[None], v[None], scale=self.scaling)
-        elif past == 0:
-            out = F.scaled_dot_product_attention(q[None], k[None], v[None], is_causal=True, scale=self.scaling)
-        else:  # several new tokens after cached ones: each sees the past and the new ones up to itself
-            s = k.shape[1]
-            mask = torch.arange(s, device=self.device)[None, :] <= (past + torch.arange(t, device=self.device))[:, None]
-            out = F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=mask, scale=self.scaling)
-        out = out[0].transpose(0, 1).reshape(t, c.num_attention_heads * d)
-        if layer.attn_sub_norm is not None:
-            out = rms_norm(out, layer.attn_sub_norm, self.eps)
-        return layer.o(out)
-
-    def _mlp(self, layer: Layer, x: torch.Tensor) -> torch.Tensor:
-        h = self.act(layer.gate(x)) * layer.up(x)
-        if layer.ffn_sub_norm is not None:
-            h = rms_norm(h, layer.ffn_sub_norm, self.eps)
-        return layer.down(h)
-
     # --- figures --------------------------------------------------------------------------------
 
     def weight_bytes(self) -> int:
@@ -185,11 +121,8 @@ class RuntimeModel:
         if self.lm_head is not self.embed:
             total += self.lm_head.numel() * self.lm_head.element_size()
         for layer in self.layers:
-            for lin in (layer.q, layer.k, layer.v, layer.o, layer.gate, layer.up, layer.down):
-                total += lin.nbytes
-            for norm in (layer.input_norm, layer.post_attention_norm, layer.attn_sub_norm, layer.ffn_sub_norm):
-                if norm is not None:
-                    total += norm.numel() * norm.element_size()
+            total += sum(lin.nbytes for lin in layer.linears())
+            total += sum(norm.numel() * norm.element_size() for norm in layer.norms())
         return total
 
 
@@ -225,10 +158,51 @@ def _device(device: str | torch.device) -> torch.device:
     return dev
 
 
+def _compute_dtype(dtype: str | torch.dtype) -> str:
+    """The compute dtype's name, from a torch dtype or a name (``"BF16"``, or ``"bf16"`` as typed)."""
+    try:
+        name = SHORT_NAMES.get(dtype, dtype) if isinstance(dtype, str) else dtype_name(dtype)
+    except (KeyError, TypeError):
+        name = None
+    if name not in COMPUTE_DTYPES:
+        raise UsageError(f"compute dtype must be float32, bfloat16 or float16, got {dtype}")
+    return name
+
+
+def dense_tensor(value: Dense, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``value`` as a torch tensor of ``dtype`` on ``device``, copied at most once.
+
+    A value read from a file is usually a read-only view of its mapping: where it must be converted
+    anyway, torch converts straight from that view (the result is a new tensor, so nothing ever
+    writes through it); otherwise :meth:`Dense.torch` copies it once.
+    """
+    data = value.data
+    if data.flags.writeable or (torch_dtype(value.dtype_name) == dtype and device.type == "cpu"):
+        return value.torch().to(device=device, dtype=dtype)
+    with warnings.catch_warnings():  # torch warns about read-only arrays; this view is only read
+        warnings.simplefilter("ignore", UserWarning)
+        view = torch.from_numpy(np.ascontiguousarray(data))
+    if value.dtype_name == "BF16":
+        view = view.view(torch.bfloat16)
+    return view.to(device=device, dtype=dtype)
+
+
+def _quantized_linear(entry, value, recorded: list[str]) -> TernaryWeight:
+    """The codes and scale a quantized linear runs with: stored ternary as it is; floats quantized as
+    transformers' online WeightQuant does (s = 1/mean|W| in fp32, the layer divides by it)."""
+    if isinstance(value, TernaryWeight):
+        return value
+    # Floats written from a ternary weight (unpack output) carry its scale in a record; they are still
+    # quantized from the floats, as transformers does, which the notes then say.
+    if entry.kind is Kind.LATENT and entry.record is not None and matches_record(value, entry.record) is not None:
+        recorded.append(entry.name)
+    return quantize(value, LinearClass.BITLINEAR, "F32")
+
+
 def load_model(
     src: str | Path | Checkpoint,
     device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
+    dtype: str | torch.dtype = torch.float32,
     *,
     use_kernels: bool | None = None,
     progress: Progress = no_progress,
@@ -236,13 +210,13 @@ def load_model(
     """Build the reference model from a checkpoint (path in any readable format, or opened).
 
     ``dtype`` is the compute dtype of activations and of the dense weights (embedding, norms,
-    LM head); ternary weights stay int8 codes (or packed bytes on CUDA) whatever it is.
-    ``use_kernels``: use the Triton kernels (default: on CUDA when Triton imports; True on the CPU
-    needs ``TRITON_INTERPRET=1`` and is for tests only).
+    LM head): a torch dtype or its name (``"BF16"``); ternary weights stay int8 codes (or packed
+    bytes on CUDA) whatever it is. ``use_kernels``: use the Triton kernels (default: on CUDA when
+    Triton imports; True on the CPU needs ``TRITON_INTERPRET=1`` and is for tests only).
     """
     dev = _device(device)
-    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise UsageError(f"compute dtype must be float32, bfloat16 or float16, got {dtype}")
+    compute = _compute_dtype(dtype)
+    torch_compute = torch_dtype(compute)
     ckpt = src if isinstance(src, Checkpoint) else open_checkpoint(src)
     cfg = ckpt.config
     where = str(ckpt.path / "config.json") if ckpt.path.is_dir() else str(ckpt.path)
@@ -250,6 +224,7 @@ def load_model(
         raise CheckpointError(where, f"hidden_act {cfg.hidden_act!r} is not supported by the runtime (relu2, silu)")
     if _rope_type(cfg) != "default":
         raise CheckpointError(where, f"RoPE type {_rope_type(cfg)!r} is not supported by the runtime (default only)")
+    block = block_for(cfg, where)
     if use_kernels is None:  # by default only where they are fast: the CPU has its own int8 path
         kernel = dev.type == "cuda" and kernels_usable(dev)
     elif use_kernels and not kernels_usable(dev):
@@ -258,76 +233,44 @@ def load_model(
         kernel = use_kernels
     q = cfg.quantization
     input_norm_eps = q.rms_norm_eps if q is not None and q.use_rms_norm else None
-    model = RuntimeModel(cfg, dev, dtype)
+    model = RuntimeModel(cfg, dev, torch_compute)
     model.source = f"{ckpt.path} ({ckpt.format})"
     parts: dict[str, object] = {}
-    recorded = 0
+    recorded: list[str] = []
     names = list(ckpt.tensors)
     for i, name in enumerate(names):
         progress(i, len(names), name)
         entry = ckpt.tensors[name]
         value = entry.load()
         if ckpt.is_quantized_linear(name):
-            if not entry.ternary:
-                # Stored as floats: quantize what is on disk, as transformers' online WeightQuant does
-                # (s = 1/mean|W| in fp32). A reader may hand such floats over as codes + a recorded
-                # scale (unpack output); their float values are exactly codes x that magnitude.
-                if isinstance(value, TernaryWeight):
-                    online = ckpt.info.get("float_values") == VALUES_ONLINE
-                    value = value.online_master(entry.dtype) if online else value.dequantize(entry.dtype)
-                    recorded += 1
-                value = quantize(value, LinearClass.BITLINEAR, torch.float32)
-            parts[name] = TernaryLinear(value, dev, input_rms_norm_eps=input_norm_eps, use_kernel=kernel)
-        elif isinstance(value, TernaryWeight):
-            parts[name] = DenseLinear(value.dequantize(dtype).to(dev))
-        else:
-            parts[name] = value.to(device=dev, dtype=dtype)
-        del value
+            weight = _quantized_linear(entry, value, recorded)
+            del value
+            parts[name] = TernaryLinear(weight, dev, input_rms_norm_eps=input_norm_eps, use_kernel=kernel)
+            del weight
+        else:  # dense as stored; a ternary tensor the config leaves unconverted runs dequantized
+            parts[name] = dense_tensor(as_dense(value, compute), torch_compute, dev)
+            del value
         if name.endswith("down_proj.weight"):  # once per layer
             release_freed_memory()
     progress(len(names), len(names), "")
     release_freed_memory()
     if recorded:
         model.notes.append(
-            f"{recorded} weights are stored as floats with a recorded ternary scale; they were quantized online "
+            f"{len(recorded)} weights are stored as floats with a recorded ternary scale; they were quantized online "
             "from the floats, as transformers does, not read as codes + recorded scale"
         )
-    _assemble(model, cfg, parts)
+    model.embed = parts[EMBEDDING]  # type: ignore[assignment]
+    model.norm = parts[FINAL_NORM]  # type: ignore[assignment]
+    model.lm_head = model.embed if cfg.tie_word_embeddings else parts[LM_HEAD]  # type: ignore[assignment]
+    model.layers = [block(cfg, f"model.layers.{i}.", parts, where) for i in range(cfg.num_hidden_layers)]
     return model
-
-
-def _assemble(model: RuntimeModel, cfg: ModelConfig, parts: dict[str, object]) -> None:
-    spec = ARCH_SPECS[cfg.architecture]
-
-    def linear(name: str) -> TernaryLinear | DenseLinear:
-        p = parts[name]
-        return p if isinstance(p, (TernaryLinear, DenseLinear)) else DenseLinear(p)  # not converted: dense
-
-    model.embed = parts["model.embed_tokens.weight"]  # type: ignore[assignment]
-    model.norm = parts["model.norm.weight"]  # type: ignore[assignment]
-    model.lm_head = model.embed if cfg.tie_word_embeddings else parts["lm_head.weight"]  # type: ignore[assignment]
-    def norm(name: str | None) -> torch.Tensor | None:
-        return parts[name + ".weight"] if name else None  # type: ignore[return-value]
-
-    for i in range(cfg.num_hidden_layers):
-        p = f"model.layers.{i}."
-        lins = {lin.split(".")[-1].removesuffix("_proj"): linear(p + lin + ".weight") for lin in QUANTIZED_LINEARS}
-        model.layers.append(
-            Layer(
-                input_norm=norm(p + "input_layernorm"),  # type: ignore[arg-type]
-                post_attention_norm=norm(p + "post_attention_layernorm"),  # type: ignore[arg-type]
-                attn_sub_norm=norm(p + spec.attn_sub_norm if spec.attn_sub_norm else None),
-                ffn_sub_norm=norm(p + spec.ffn_sub_norm if spec.ffn_sub_norm else None),
-                **lins,
-            )
-        )
 
 
 def compute_logits(
     src: str | Path | Checkpoint,
     tokens: Sequence[int],
     device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
+    dtype: str | torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """float32 logits ``[len(tokens), vocab]`` (on the CPU) of the reference runtime for ``src``."""
     model = load_model(src, device, dtype)
