@@ -15,6 +15,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything below can impo
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -22,7 +23,20 @@ from bitconvert import kernels
 from bitconvert.kernels import linear as linear_module
 from bitconvert.kernels import torch_path
 from bitconvert.kernels import unpack as unpack_module
-from bitconvert.ternary import LinearClass, pack_codes, quantize_activations, unpack_codes
+from bitconvert.runtime import quantize_activations
+from bitconvert.ternary import LinearClass
+from bitconvert.ternary import pack_codes as pack_numpy
+from bitconvert.ternary import unpack_codes as unpack_numpy
+
+
+def pack_codes(codes: torch.Tensor) -> torch.Tensor:
+    """bitconvert.ternary's (numpy) packing of torch codes, as a torch tensor."""
+    return torch.from_numpy(pack_numpy(codes.numpy()))
+
+
+def unpack_codes(packed: torch.Tensor) -> torch.Tensor:
+    """bitconvert.ternary's (numpy) unpacking of torch bytes (any device), as a CPU torch tensor."""
+    return torch.from_numpy(unpack_numpy(packed.cpu().numpy()))
 
 NO_TRITON = not kernels.triton_available()
 needs_triton = pytest.mark.skipif(NO_TRITON, reason=kernels.triton_unavailable_reason() or "")
@@ -238,6 +252,27 @@ def test_torch_fallback_matches_reference(monkeypatch):
             ref = reference_linear(x.reshape(-1, 96), packed, scale, linear_class)
             assert torch.equal(out.reshape(-1, 132), ref)
     assert torch.equal(torch_path.unpack_ternary_torch(packed, torch.int8), unpack_codes(packed))
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_numpy_bytes_as_the_checkpoint_gives_them(device):
+    """Packed bytes straight from bitconvert.ternary (numpy) go in where a torch tensor does."""
+    codes = np.random.default_rng(4).integers(-1, 2, (64, 96), dtype=np.int8)
+    packed = pack_numpy(codes)
+    weight = kernels.prepare_weight(packed, validate=True, device=device)
+    assert weight.packed.device.type == device and torch.equal(weight.packed.cpu(), torch.from_numpy(packed))
+    assert np.array_equal(kernels.unpack_ternary(packed).numpy(), codes)
+    x = torch.randn(3, 96, generator=torch.Generator().manual_seed(4)).to(device)
+    scale = torch.tensor([0.37], dtype=torch.bfloat16, device=device)
+    out = kernels.ternary_linear(x, packed, scale, LinearClass.BITLINEAR)
+    assert out.device.type == device
+    assert torch.equal(out.cpu(), kernels.ternary_linear(x, weight, scale, LinearClass.BITLINEAR).cpu())
+    assert_linear_close(out, reference_linear(x, torch.from_numpy(packed), scale, LinearClass.BITLINEAR))
+    read_only = packed.copy()
+    read_only.flags.writeable = False  # a reader's mapped bytes
+    assert torch.equal(kernels.prepare_weight(read_only).packed, torch.from_numpy(packed))
+    with pytest.raises(ValueError):
+        kernels.prepare_weight(codes)
 
 
 def test_where_the_kernels_run():
