@@ -1,10 +1,10 @@
 """The chunked quantize+pack path gives transformers' codes and scales bit for bit.
 
-mean|W| is summed in chunks in torch's own order (bitconvert/torchsum.py) and codes come from
+mean|W| is summed in chunks in torch's own order (bitconvert/ternary/fast/summation.py) and codes come from
 comparing bf16 bit patterns with a threshold; both are checked here against torch's whole-tensor
 float32 mean and transformers' WeightQuant + pack_weights, on real 2B-4T shapes, at several
 thread counts, on exact +-0.5 ties and on the shipped masters. Every test runs twice: with the
-numba-compiled loops (bitconvert/jit.py) and with the numpy definition they follow.
+numba-compiled loops (bitconvert/ternary/fast/jit.py) and with the numpy definition they follow.
 """
 
 from __future__ import annotations
@@ -15,16 +15,13 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from bitconvert.ternary import (
-    LinearClass,
-    NonFiniteWeight,
-    absmean_quantize,
-    mean_abs,
-    pack_codes,
-    quantize,
-    quantize_packed,
-)
+from bitconvert.dtypes import Dense
+from bitconvert.ternary import LinearClass, NonFiniteWeight, pack_codes
+from bitconvert.ternary import absmean_quantize as _absmean_quantize
+from bitconvert.ternary import quantize as _quantize
+from bitconvert.ternary import quantize_packed as _quantize_packed
 from bitconvert.ternary.fast import jit
+from bitconvert.ternary.quantize import mean_abs as _mean_abs
 from bitconvert.ternary.fast.summation import calibrated_lanes
 from tests.conftest import FIXTURES
 
@@ -41,6 +38,28 @@ def path(request, monkeypatch):
     else:  # the compiled loops on every size here, small ones included (their leftovers differ)
         monkeypatch.setattr(jit, "MIN_VALUES", 0)
     return request.param
+
+
+# The numpy core takes Dense values; these take torch tensors (converted without a copy) and give
+# torch tensors back, so every comparison below is with torch's and transformers' own results.
+
+
+def mean_abs(w: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(_mean_abs(Dense.from_torch(w)))
+
+
+def absmean_quantize(w: torch.Tensor):
+    codes, m = _absmean_quantize(Dense.from_torch(w))
+    return torch.from_numpy(codes), torch.tensor(m)
+
+
+def quantize(w: torch.Tensor, linear_class: LinearClass, scale_dtype: str):
+    return _quantize(Dense.from_torch(w), linear_class, scale_dtype)
+
+
+def quantize_packed(w: torch.Tensor, linear_class: LinearClass, scale_dtype: str):
+    packed, scale = _quantize_packed(Dense.from_torch(w), linear_class, scale_dtype)
+    return torch.from_numpy(packed), scale
 
 
 def test_the_compiled_path_is_installed(path):
@@ -76,8 +95,8 @@ def test_real_shapes_match_transformers(threads, shape, scale):
     w = (torch.randn(shape, generator=g) * scale).bfloat16()
     assert mean_abs(w).item() == w.float().abs().mean().item()
     packed, s = transformers_packed(w)
-    ours, scale_b = quantize_packed(w, LinearClass.BITLINEAR, torch.float32)
-    assert scale_b.value.item() == s.item()
+    ours, scale_b = quantize_packed(w, LinearClass.BITLINEAR, "F32")
+    assert scale_b.item() == s.item()
     assert torch.equal(ours, packed.to(torch.uint8))
 
 
@@ -94,9 +113,9 @@ def test_exact_ties_round_half_to_even():
     # mean|W| = 2/8 exactly, so s = 4: 1/8 -> 0.5 (-> 0), 3/8 -> 1.5 (-> 2 -> 1), 2/8 -> 1, 4/8 -> 2 -> 1
     tied = torch.tensor([[1, -1, 3, -3, 0, 2, -2, 4] * 12] * 4).float() / 8
     assert tied.abs().mean().item() == 0.25
-    ours, scale = quantize_packed(tied.bfloat16(), LinearClass.BITLINEAR, torch.float32)
+    ours, scale = quantize_packed(tied.bfloat16(), LinearClass.BITLINEAR, "F32")
     codes = torch.tensor([[0, 0, 1, -1, 0, 1, -1, 1] * 12] * 4, dtype=torch.int8)
-    assert scale.value.item() == 4.0 and torch.equal(ours, pack_codes(codes))
+    assert scale.item() == 4.0 and torch.equal(ours, torch.from_numpy(pack_codes(codes.numpy())))
     packed, s = transformers_packed(tied.bfloat16())
     assert s.item() == 4.0 and torch.equal(ours, packed.to(torch.uint8))
 
@@ -105,23 +124,23 @@ def test_exact_ties_round_half_to_even():
 def test_multiples_of_an_eighth_match_transformers(seed):
     g = torch.Generator().manual_seed(seed)
     w = (torch.randint(-4, 5, (256, 96), generator=g).float() / 8).bfloat16()
-    ours, scale = quantize_packed(w, LinearClass.BITLINEAR, torch.float32)
+    ours, scale = quantize_packed(w, LinearClass.BITLINEAR, "F32")
     packed, s = transformers_packed(w)
-    assert scale.value.item() == s.item() and torch.equal(ours, packed.to(torch.uint8))
+    assert scale.item() == s.item() and torch.equal(ours, packed.to(torch.uint8))
 
 
 def test_non_finite_is_refused_and_other_dtypes_follow_the_recipe():
     g = torch.Generator().manual_seed(0)
     w = (torch.randn(16, 32, generator=g) * 0.02).bfloat16()
     w[3, 4] = float("inf")
-    for quantizer in (absmean_quantize, lambda t: quantize_packed(t, LinearClass.AUTOBITLINEAR, torch.float32)):
+    for quantizer in (absmean_quantize, lambda t: quantize_packed(t, LinearClass.AUTOBITLINEAR, "F32")):
         with pytest.raises(NonFiniteWeight, match=r"non-finite value inf at index \[3, 4\]"):
             quantizer(w)
     for dtype in (torch.float32, torch.float16):
         x = (torch.randn(64, 48, generator=g) * 0.02).to(dtype)
-        ours, scale = quantize_packed(x, LinearClass.BITLINEAR, torch.float32)
+        ours, scale = quantize_packed(x, LinearClass.BITLINEAR, "F32")
         packed, s = transformers_packed(x)
-        assert scale.value.item() == s.item() and torch.equal(ours, packed.to(torch.uint8))
+        assert scale.item() == s.item() and torch.equal(ours, packed.to(torch.uint8))
 
 
 @pytest.mark.parametrize("master", ["bitnet-2b4t-master", "1bitllm-master", "llama-master"])
@@ -131,11 +150,11 @@ def test_shipped_masters(master):
             if not name.endswith("proj.weight"):
                 continue
             w = f.get_tensor(name)
-            tw = quantize(w, LinearClass.AUTOBITLINEAR, torch.float32)
-            assert tw.scale.value.item() == w.float().abs().mean().clamp(min=1e-5).item(), name
+            tw = quantize(w, LinearClass.AUTOBITLINEAR, "F32")
+            assert tw.scale.item() == w.float().abs().mean().clamp(min=1e-5).item(), name
             packed, _ = transformers_packed(w)
-            assert torch.equal(pack_codes(tw.codes), packed.to(torch.uint8)), name
-            ours, scale = quantize_packed(w, LinearClass.AUTOBITLINEAR, torch.float32)
+            assert torch.equal(torch.from_numpy(pack_codes(tw.codes)), packed.to(torch.uint8)), name
+            ours, scale = quantize_packed(w, LinearClass.AUTOBITLINEAR, "F32")
             assert torch.equal(ours, packed.to(torch.uint8)) and scale.same_as(tw.scale), name
 
 
