@@ -10,6 +10,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import FIXTURES, make_checkpoint, read_all
@@ -19,6 +20,7 @@ from bitconvert.convert import convert
 from bitconvert.errors import UsageError
 from bitconvert.formats.gguf import i2s_layouts
 from bitconvert.formats.gguf.parser import GGUFFile
+from bitconvert.dtypes import Dense
 from bitconvert.ternary.recipes import Recipe, converter_fold, onebitllms_quantize, tq_block_d
 from bitconvert.ternary import absmean_quantize, pack_codes
 
@@ -70,9 +72,10 @@ def test_onebitllms_math_alone_matches_its_weight_quant():
     q = pytest.importorskip("onebitllms.utils.quantization_utils", reason="pip install onebitllms==0.0.4")
     w = torch.randn(64, 96, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16) * 0.02
     u, scale = q._weight_quant(w.clone())
-    tw = onebitllms_quantize(w)
-    assert torch.equal(tw.codes.to(torch.bfloat16), u)
-    assert torch.equal(tw.scale.value, scale.reshape(1))
+    tw = onebitllms_quantize(Dense.from_torch(w))
+    assert torch.equal(torch.from_numpy(tw.codes).to(torch.bfloat16), u)
+    stored = Dense.from_bytes(tw.scale.data, tw.scale.dtype_name, (1,)).torch()
+    assert stored.dtype == scale.dtype == torch.bfloat16 and torch.equal(stored, scale.reshape(1))
 
 
 @pytest.mark.parametrize("kind", ["llama", "1bitllm"])
@@ -159,12 +162,14 @@ def test_bitnet_cpp_recipe_reproduces_bitnet_cpp(masters, tmp_path):
 
 def test_converter_fold_codes_are_transformers_codes():
     w = torch.randn(32, 256, generator=torch.Generator().manual_seed(2)).to(torch.float16)
-    tw = converter_fold(w)
-    codes, _ = absmean_quantize(w)
-    assert torch.equal(tw.codes, codes)
-    assert tw.scale.dtype == torch.float16  # fp16 masters: the folded magnitude is rounded to fp16
-    d = tq_block_d(tw.codes, tw.scale.value)
-    assert d.shape == (32, 1) and bool((d == tw.scale.value.to(torch.float16)).all())
+    tw = converter_fold(Dense.from_torch(w))
+    codes, _ = absmean_quantize(Dense.from_torch(w))
+    assert np.array_equal(tw.codes, codes)
+    assert tw.scale.dtype_name == "F16"  # fp16 masters: the folded magnitude is rounded to fp16
+    s = 1.0 / w.float().abs().mean().clamp(min=1e-5)  # the converters' weight_quant, in torch
+    assert tw.scale.item() == (1.0 / s).to(torch.float16).item()
+    d = tq_block_d(tw.codes, tw.scale.item(), 256)
+    assert d.shape == (32, 1) and bool((d == np.float16(tw.scale.item())).all())
     assert pack_codes(codes).shape == (8, 256)
 
 
