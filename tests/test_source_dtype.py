@@ -14,13 +14,13 @@ import torch
 from conftest import FIXTURES, read_all, run_cli
 from safetensors.torch import save_file
 
-from bitconvert.model.config import QUANTIZED_LINEARS
+from bitconvert.model.families import LINEARS
 
 TOKENS = [315, 39, 276, 75, 78, 270, 257, 75, 67, 0, 220, 51, 261, 220, 80, 84]
 
 
 def is_linear(name: str) -> bool:
-    return any(f".{lin}.weight" in name for lin in QUANTIZED_LINEARS)
+    return any(f".{lin.path}.weight" in name for lin in LINEARS)
 
 
 def fp16_master(src: Path, out: Path) -> Path:
