@@ -3,8 +3,7 @@
 Checks that need no decoded weight (``verify`` without a manifest, ``upload --dry-run``) ask only
 these counts and the scale. Every code byte maps to a fixed count of each code, so a 256-entry
 table per kind of byte turns a byte histogram into the counts; the scale is one word (I2_S) or
-the block ``d`` all blocks holding a code agree on. numpy only: the codecs (torch) stay unloaded.
-Layout facts are in docs/formats.md.
+the block ``d`` all blocks holding a code agree on. Layout facts are in docs/formats.md.
 """
 
 from __future__ import annotations
@@ -13,13 +12,12 @@ import math
 
 import numpy as np
 
-from ...dtypes import itemsize
+from ...dtypes import float_bits, itemsize
 from ...ternary.linear_class import LinearClass
-from ...ternary.stats import FIELD_COUNTS
-from ...ternary.stored import StoredScale, float_bits
-from . import types
-
-Counts = tuple[int, int, int, int]
+from ...ternary.records import ScaleRecord
+from ...ternary.scale import Scale
+from ...ternary.stats import FIELD_COUNTS, CodeCounts
+from . import codecs, types
 
 #: blocks per step: a few hundred KB of bytes, in cache
 _BLOCK_CHUNK = 4096
@@ -36,17 +34,8 @@ def _trit_table(muls: tuple[int, ...], canonical: np.ndarray) -> np.ndarray:
     return table
 
 
-def _tq1_tables() -> tuple[np.ndarray, np.ndarray]:
-    # the byte encoding base-3 value v is ceil(v * 256 / 243); qh bytes hold four trits, times 3
-    encoded = (np.arange(243) * 256 + 242) // 243
-    qs_ok = np.zeros(256, dtype=bool)
-    qs_ok[encoded] = True
-    qh_ok = np.zeros(256, dtype=bool)
-    qh_ok[encoded[::3]] = True
-    return _trit_table((1, 3, 9, 27, 81), qs_ok), _trit_table((1, 3, 9, 27), qh_ok)
-
-
-_TQ1_QS, _TQ1_QH = _tq1_tables()
+_TQ1_QS = _trit_table((1, 3, 9, 27, 81), codecs.TQ1_QS_OK)
+_TQ1_QH = _trit_table((1, 3, 9, 27), codecs.TQ1_QH_OK)
 
 
 def _zero_byte(table: np.ndarray) -> int:
@@ -57,23 +46,28 @@ def _zero_byte(table: np.ndarray) -> int:
 
 #: per block type: (bytes per block, [(byte range, code-count table, its all-zero byte)], offset of the fp16 d)
 _BLOCKS = {
-    types.TQ2_0: (66, [((0, 64), FIELD_COUNTS, _zero_byte(FIELD_COUNTS))], 64),
-    types.TQ1_0: (54, [((0, 48), _TQ1_QS, _zero_byte(_TQ1_QS)), ((48, 52), _TQ1_QH, _zero_byte(_TQ1_QH))], 52),
+    types.TQ2_0: (codecs.TQ2_0_BYTES, [((0, codecs.TQ2_0_QS), FIELD_COUNTS, _zero_byte(FIELD_COUNTS))], codecs.TQ2_0_QS),
+    types.TQ1_0: (
+        codecs.TQ1_0_BYTES,
+        [((0, 48), _TQ1_QS, _zero_byte(_TQ1_QS)), ((48, codecs.TQ1_0_QS), _TQ1_QH, _zero_byte(_TQ1_QH))],
+        codecs.TQ1_0_QS,
+    ),
 }
-_F16_ONE = float_bits(np.float64(1.0), "F16")
+F16_ONE = float_bits(1.0, "F16")
 
 
 def _histogram_counts(data: np.ndarray, table: np.ndarray) -> np.ndarray:
     return np.bincount(data.reshape(-1), minlength=256) @ table
 
 
-def block_counts(raw: np.ndarray, type_id: int) -> tuple[Counts, int | None]:
+def block_counts(raw: np.ndarray, type_id: int) -> tuple[CodeCounts, int | None]:
     """Code counts of a TQ1_0/TQ2_0 tensor's bytes, and the ``d`` word (fp16 bits) every block holding
     a non-zero code stores (fp16 1.0 when none does); None for ``d`` when those blocks disagree."""
     block_bytes, segments, d_at = _BLOCKS[type_id]
     blocks = raw.reshape(-1, block_bytes)
     total = np.zeros(4, dtype=np.int64)
     found: int | None = None
+    agree = True
     for b0 in range(0, blocks.shape[0], _BLOCK_CHUNK):
         chunk = blocks[b0 : b0 + _BLOCK_CHUNK]
         used = np.zeros(chunk.shape[0], dtype=bool)
@@ -82,16 +76,15 @@ def block_counts(raw: np.ndarray, type_id: int) -> tuple[Counts, int | None]:
             total += _histogram_counts(part, table)
             used |= (part != zero).any(axis=1)  # a block of zeros says nothing of d
         d = np.ascontiguousarray(chunk[used, d_at : d_at + 2]).view("<u2").reshape(-1)
-        if not d.size:
+        if not d.size or not agree:
             continue
         if found is None:
             found = int(d[0])
-        if np.any(d != found):
-            return _counts(total), None
-    return _counts(total), _F16_ONE if found is None else found
+        agree = not np.any(d != found)
+    return _counts(total), (F16_ONE if found is None else found) if agree else None
 
 
-def i2s_counts(raw: np.ndarray, shape: tuple[int, ...]) -> tuple[Counts, int]:
+def i2s_counts(raw: np.ndarray, shape: tuple[int, ...]) -> tuple[CodeCounts, int]:
     """Code counts of an I2_S tensor's bytes (any of the three layouts: they order the same 2-bit
     fields differently) and its fp32 scale word."""
     n = math.prod(shape) // 4
@@ -103,32 +96,28 @@ def i2s_counts(raw: np.ndarray, shape: tuple[int, ...]) -> tuple[Counts, int]:
     return _counts(total), scale
 
 
-def stored_scale(word: int, dtype_name: str, hint: StoredScale | None) -> StoredScale:
+def stored_scale(word: int, dtype_name: str, record: ScaleRecord | None) -> Scale:
     """The scale the reader loads for a stored magnitude ``word``: the recorded one while it rounds
     to exactly that word, else the magnitude itself (GGUF scales are magnitudes)."""
-    if hint is not None and hint.magnitude_bits(dtype_name) == word:
-        return hint
-    return StoredScale(dtype_name, word.to_bytes(itemsize(dtype_name), "little"), LinearClass.AUTOBITLINEAR)
+    stored = Scale(dtype_name, word.to_bytes(itemsize(dtype_name), "little"), LinearClass.AUTOBITLINEAR)
+    return record.restores(stored) if record is not None else stored
 
 
-def with_tensor_scale(d: int, tensor_scale: np.ndarray, hint: StoredScale | None) -> StoredScale | None:
+def with_tensor_scale(d: int, tensor_scale: np.ndarray, record: ScaleRecord | None) -> Scale | None:
     """The scale of blocks storing ``d`` (fp16 bits) beside an F32 ``.scale`` tensor (its bytes): the
     tensor's where ``d`` is 1, else their product, exact in float64. None where either is not one
     finite positive value: loading then says what is wrong."""
     if tensor_scale.size != 4:
         return None
-    s = tensor_scale.view("<f4")[0]
+    s = np.ascontiguousarray(tensor_scale).view("<f4")[0]
     dv = np.uint16(d).view(np.float16)
     if not (np.isfinite(s) and s > 0 and np.isfinite(dv) and dv > 0):
         return None
-    word = int(tensor_scale.view("<u4")[0])
-    if d == _F16_ONE:
-        return stored_scale(word, "F32", hint)
-    product = np.float64(dv) * np.float64(s)
-    return StoredScale("F64", product.tobytes(), LinearClass.AUTOBITLINEAR)
+    if d == F16_ONE:
+        return stored_scale(int(np.ascontiguousarray(tensor_scale).view("<u4")[0]), "F32", record)
+    return Scale.of(float(np.float64(dv) * np.float64(s)), LinearClass.AUTOBITLINEAR, "F64")
 
 
-def _counts(total: np.ndarray) -> Counts:
+def _counts(total: np.ndarray) -> CodeCounts:
     minus, zero, plus, invalid = (int(v) for v in total)
     return minus, zero, plus, invalid
-

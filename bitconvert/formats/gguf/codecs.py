@@ -1,7 +1,8 @@
-"""Byte codecs for the GGML tensor types bitconvert reads and writes, vectorized in torch.
+"""Byte codecs for the GGML tensor types bitconvert reads and writes, in numpy.
 
-Ternary codes travel as int8 tensors in {-1, 0, 1}, shape ``[rows, cols]`` (PyTorch order; a GGML
-row is a PyTorch row, ``ne[0] = cols``). Block types cut each row into blocks along ``cols``.
+Ternary codes travel as int8 arrays in {-1, 0, 1}, shape ``[rows, cols]`` (PyTorch order; a GGML
+row is a PyTorch row, ``ne[0] = cols``). Block types cut each row into blocks along ``cols``; the
+block size and bytes of every type are gguf-py's (``GGML_QUANT_SIZES``), read once below.
 
 - TQ2_0: 256 values -> 64 bytes ``qs`` + fp16 ``d``. Value ``j`` of a block sits in byte
   ``(j // 128) * 32 + j % 32`` at shift ``2 * ((j % 128) // 32)``; stored code = t + 1.
@@ -23,63 +24,64 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-import torch
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
+from ...dtypes import Dense
 from ...ternary.fast import jit, workers
-from .blocks import QK_K  # noqa: F401  (re-exported)
 
-QK8_0 = GGML_QUANT_SIZES[GGMLQuantizationType.Q8_0][0]
+_Q = GGMLQuantizationType
+#: values per TQ block (ggml's QK_K) and the bytes of a TQ2_0 / TQ1_0 block: the one place they are read
+QK_K, TQ2_0_BYTES = GGML_QUANT_SIZES[_Q.TQ2_0]
+TQ1_0_BYTES = GGML_QUANT_SIZES[_Q.TQ1_0][1]
+QK8_0, Q8_0_BYTES = GGML_QUANT_SIZES[_Q.Q8_0]
+#: bytes of a TQ block before its fp16 d
+TQ2_0_QS = TQ2_0_BYTES - 2
+TQ1_0_QS = TQ1_0_BYTES - 2
 
 
 # --- byte lanes ------------------------------------------------------------------------------------
-# Codes are packed and unpacked eight at a time: a uint8 tensor viewed as int64 words holds eight
-# byte lanes, and as long as no lane leaves 0..255 (2-bit fields, base-3 digits up to 242) one word
-# operation does the work of eight byte operations.
+# Codes are packed eight at a time: a uint8 array viewed as uint64 words holds eight byte lanes,
+# and as long as no lane leaves 0..255 (2-bit fields) one word operation does the work of eight.
 
 _ONES = 0x0101010101010101
 _LOW7 = 0x7F7F7F7F7F7F7F7F
-_HIGH = 0x8080808080808080 - (1 << 64)  # as a signed int64
-_TWO_BITS = 0x0303030303030303
+_HIGH = 0x8080808080808080
 
 
-def _minus_one(words: torch.Tensor) -> torch.Tensor:
-    """Lane-wise stored code (0..3) - 1, as int8: 0 -> -1, 1 -> 0, 2 -> 1 (3 -> 2, rejected by callers)."""
-    return (((words | _HIGH) - _ONES) ^ _HIGH).view(torch.int8)
+def _d_bytes(d: np.ndarray | float, rows: int, nblocks: int) -> np.ndarray:
+    """fp16 ``d`` per block as little-endian bytes ``[rows, nblocks, 2]`` (a broadcast view for one ``d``).
 
-
-def _d_bytes(d: torch.Tensor | float, rows: int, nblocks: int) -> np.ndarray:
-    """fp16 ``d`` per block as little-endian bytes ``[rows, nblocks, 2]`` (a broadcast view for one ``d``)."""
-    d16 = torch.as_tensor(d, dtype=torch.float32).to(torch.float16)
-    if d16.numel() == 1:  # no full-size torch tensor: filling one would wake torch's thread pool
-        return np.broadcast_to(d16.reshape(1).view(torch.uint8).numpy(), (rows, nblocks, 2))
-    return d16.reshape(rows, nblocks).contiguous().view(torch.uint8).numpy().reshape(rows, nblocks, 2)
+    ``d`` is rounded to float32 first, then to fp16, as ggml's writers (and torch) round it."""
+    d16 = np.asarray(d, dtype=np.float32).astype("<f2")
+    if d16.size == 1:
+        return np.broadcast_to(d16.reshape(1).view(np.uint8), (rows, nblocks, 2))
+    return np.ascontiguousarray(d16.reshape(rows, nblocks)).view(np.uint8).reshape(rows, nblocks, 2)
 
 
 #: values per encoding step: small enough to stay in cache
 _STEP_VALUES = 1 << 16
 
 
-def _code_bytes(codes: torch.Tensor, block: int) -> np.ndarray:
+def _code_bytes(codes: np.ndarray, block: int) -> np.ndarray:
     """int8 codes ``[R, C]`` as their bytes (code mod 256: -1 is 255), ``[R, C / block, block]``."""
-    if codes.dim() != 2 or codes.shape[1] % block:
+    if codes.ndim != 2 or codes.shape[1] % block:
         raise ValueError(f"rows of {block}-value blocks expected, got shape {tuple(codes.shape)}")
-    raw = codes.to(torch.int8).contiguous().numpy().view(np.uint8)
+    raw = np.ascontiguousarray(codes, dtype=np.int8).view(np.uint8)
     return raw.reshape(codes.shape[0], codes.shape[1] // block, block)
 
 
 #: ``code_rows(r0, r1)`` -> the code bytes of rows ``r0:r1`` (uint8 mod 256, ``[r1 - r0, C]``), valid
 #: until the thread's next call (it is called from two threads at once, for disjoint rows): how the
-#: ``*_rows`` encoders take codes that never exist as one tensor.
+#: ``*_rows`` encoders take codes that never exist as one array.
 CodeRows = Callable[[int, int], np.ndarray]
 
 
 def _stored_lanes(code_bytes: np.ndarray, out: np.ndarray, tmp: np.ndarray) -> np.ndarray:
-    """Code bytes (mod 256, numel % 8 == 0) -> stored codes t + 1 in ``out``, as uint64 words of 8 lanes."""
-    x = code_bytes.reshape(-1).view(np.uint64)
+    """Code bytes (mod 256, size % 8 == 0) -> stored codes t + 1 in ``out``, as uint64 words of 8 lanes."""
+    x = np.ascontiguousarray(code_bytes).reshape(-1).view(np.uint64)
     np.bitwise_and(x, np.uint64(_LOW7), out=out)
     out += np.uint64(_ONES)
-    np.bitwise_and(x, np.uint64(_HIGH & (2**64 - 1)), out=tmp)
+    np.bitwise_and(x, np.uint64(_HIGH), out=tmp)
     out ^= tmp  # lane-wise +1: the low 7 bits of each lane plus 1 never carry, the sign bit goes back by xor
     return out
 
@@ -153,58 +155,60 @@ def encode_planes_rows(
 # --- TQ2_0 ----------------------------------------------------------------------------------------
 
 
-def encode_tq2_0(codes: torch.Tensor, d: torch.Tensor | float = 1.0) -> torch.Tensor:
+def encode_tq2_0(codes: np.ndarray, d: np.ndarray | float = 1.0) -> np.ndarray:
     """int8 codes ``[R, C]`` (C % 256 == 0) -> uint8 ``[R, C/256 * 66]``; ``d`` scalar or per block."""
     c = _code_bytes(codes, QK_K)
     return encode_tq2_0_rows(lambda r0, r1: c[r0:r1], c.shape[0], c.shape[1] * QK_K, d)
 
 
-def encode_tq2_0_rows(code_rows: CodeRows, rows: int, cols: int, d: torch.Tensor | float = 1.0) -> torch.Tensor:
+def encode_tq2_0_rows(code_rows: CodeRows, rows: int, cols: int, d: np.ndarray | float = 1.0) -> np.ndarray:
     """:func:`encode_tq2_0` of codes handed out a few rows at a time by ``code_rows`` (see CodeRows)."""
     nb = cols // QK_K
-    out = np.empty((rows, nb, 66), dtype=np.uint8)
+    out = np.empty((rows, nb, TQ2_0_BYTES), dtype=np.uint8)
     # each 256-value block is two 128-value halves of four 32-value planes, plane i at shift 2i
-    encode_planes_rows(code_rows, rows, cols, QK_K // 2, (0, 2, 4, 6), lambda r0, r1: out[r0:r1, :, :64])
-    out[:, :, 64:] = _d_bytes(d, rows, nb)
-    return torch.from_numpy(out.reshape(rows, nb * 66))
+    encode_planes_rows(code_rows, rows, cols, QK_K // 2, (0, 2, 4, 6), lambda r0, r1: out[r0:r1, :, :TQ2_0_QS])
+    out[:, :, TQ2_0_QS:] = _d_bytes(d, rows, nb)
+    return out.reshape(rows, nb * TQ2_0_BYTES)
 
 
-def decode_tq2_0(raw: torch.Tensor, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
+_TQ2_SHIFTS = np.array([0, 2, 4, 6], dtype=np.uint8).reshape(4, 1)
+
+
+def decode_tq2_0(raw: np.ndarray, cols: int) -> tuple[np.ndarray, np.ndarray]:
     """uint8 ``[R, C/256 * 66]`` -> (int8 codes ``[R, C]`` with stored code 3 as 2, fp16 d ``[R, C/256]``)."""
     rows, nb = raw.shape[0], cols // QK_K
-    b = raw.reshape(rows, nb, 66)
-    w = b[:, :, :64].contiguous().view(torch.int64).reshape(rows, nb, 2, 1, 4)
-    shifts = torch.tensor([0, 2, 4, 6], dtype=torch.int64).reshape(4, 1)
-    codes = _minus_one((w >> shifts) & _TWO_BITS).reshape(rows, cols)
-    d = b[:, :, 64:].contiguous().view(torch.float16).reshape(rows, nb)
-    return codes, d
+    b = raw.reshape(rows, nb, TQ2_0_BYTES)
+    qs = b[:, :, :TQ2_0_QS].reshape(rows, nb, 2, 1, QK_K // 8)  # [row, block, half, plane, lane]
+    fields = (qs >> _TQ2_SHIFTS) & 3
+    fields -= 1  # uint8 wraps: stored 0 becomes 255, which is -1 as int8
+    d = np.ascontiguousarray(b[:, :, TQ2_0_QS:]).view("<f2").reshape(rows, nb)
+    return fields.view(np.int8).reshape(rows, cols), d
 
 
-def tq2_0_raw_codes(raw: torch.Tensor, cols: int) -> torch.Tensor:
+def tq2_0_raw_codes(raw: np.ndarray, cols: int) -> np.ndarray:
     """The 2-bit fields of a TQ2_0 tensor, uint8 ``[R, C/256, 64]``, for validity checks."""
-    return raw.reshape(raw.shape[0], cols // QK_K, 66)[:, :, :64]
+    return raw.reshape(raw.shape[0], cols // QK_K, TQ2_0_BYTES)[:, :, :TQ2_0_QS]
 
 
 # --- TQ1_0 ----------------------------------------------------------------------------------------
 
-_POW4 = torch.tensor([81, 27, 9, 3], dtype=torch.uint8).reshape(4, 1)
-_MUL5 = torch.tensor([1, 3, 9, 27, 81], dtype=torch.int16)
-_MUL4 = torch.tensor([1, 3, 9, 27], dtype=torch.int16)
+_MUL5 = np.array([1, 3, 9, 27, 81], dtype=np.uint16).reshape(5, 1)
+_MUL4 = np.array([1, 3, 9, 27], dtype=np.uint16).reshape(4, 1)
 #: byte stored for a base-3 value v (0..242): ceil(v * 256 / 243)
-_TQ1_BYTE = ((torch.arange(243, dtype=torch.int32) * 256 + 242) // 243).to(torch.uint8)
-_TQ1_BYTE_NP = np.concatenate([_TQ1_BYTE.numpy(), np.zeros(13, dtype=np.uint8)])  # 256 entries
+TQ1_BYTE = ((np.arange(243) * 256 + 242) // 243).astype(np.uint8)
+_TQ1_BYTE_256 = np.concatenate([TQ1_BYTE, np.zeros(13, dtype=np.uint8)])  # indexable by any byte
 
 
-def encode_tq1_0(codes: torch.Tensor, d: torch.Tensor | float = 1.0) -> torch.Tensor:
+def encode_tq1_0(codes: np.ndarray, d: np.ndarray | float = 1.0) -> np.ndarray:
     """int8 codes ``[R, C]`` (C % 256 == 0) -> uint8 ``[R, C/256 * 54]``; ``d`` scalar or per block."""
     c = _code_bytes(codes, QK_K)
     return encode_tq1_0_rows(lambda r0, r1: c[r0:r1], c.shape[0], c.shape[1] * QK_K, d)
 
 
-def encode_tq1_0_rows(code_rows: CodeRows, rows: int, cols: int, d: torch.Tensor | float = 1.0) -> torch.Tensor:
+def encode_tq1_0_rows(code_rows: CodeRows, rows: int, cols: int, d: np.ndarray | float = 1.0) -> np.ndarray:
     """:func:`encode_tq1_0` of codes handed out a few rows at a time by ``code_rows`` (see CodeRows)."""
     nb = cols // QK_K
-    out = np.empty((rows, nb, 54), dtype=np.uint8)
+    out = np.empty((rows, nb, TQ1_0_BYTES), dtype=np.uint8)
 
     def encode(steps: list[tuple[int, int]]) -> None:
         for r0, r1 in steps:
@@ -213,12 +217,12 @@ def encode_tq1_0_rows(code_rows: CodeRows, rows: int, cols: int, d: torch.Tensor
             # +1s add 121 (or 120) in total, so the byte arithmetic below never needs more than 8 bits
             _base3(x[:, :, :160].reshape(r1 - r0, nb, 5, 32), (81, 27, 9, 3, 1), o[:, :, :32])
             _base3(x[:, :, 160:240].reshape(r1 - r0, nb, 5, 16), (81, 27, 9, 3, 1), o[:, :, 32:48])
-            _base3(x[:, :, 240:].reshape(r1 - r0, nb, 4, 4), (81, 27, 9, 3), o[:, :, 48:52])
-            np.take(_TQ1_BYTE_NP, o[:, :, :52], out=o[:, :, :52])
+            _base3(x[:, :, 240:].reshape(r1 - r0, nb, 4, 4), (81, 27, 9, 3), o[:, :, 48:TQ1_0_QS])
+            np.take(_TQ1_BYTE_256, o[:, :, :TQ1_0_QS], out=o[:, :, :TQ1_0_QS])
 
     _split(_row_steps(rows, cols), encode)
-    out[:, :, 52:] = _d_bytes(d, rows, nb)
-    return torch.from_numpy(out.reshape(rows, nb * 54))
+    out[:, :, TQ1_0_QS:] = _d_bytes(d, rows, nb)
+    return out.reshape(rows, nb * TQ1_0_BYTES)
 
 
 def _base3(digits: np.ndarray, weights: tuple[int, ...], out: np.ndarray) -> None:
@@ -231,98 +235,103 @@ def _base3(digits: np.ndarray, weights: tuple[int, ...], out: np.ndarray) -> Non
     out += sum(weights)
 
 
-def _trits(q: torch.Tensor, mul: torch.Tensor) -> torch.Tensor:
-    """Trits of base-3 bytes ``q [..., k]`` -> ``[..., len(mul), k]`` in {0, 1, 2}."""
-    x = (q.to(torch.int16).unsqueeze(-2) * mul.reshape(-1, 1)) & 0xFF
-    return (x * 3) >> 8
+def _trits(q: np.ndarray, mul: np.ndarray) -> np.ndarray:
+    """Trits of base-3 bytes ``q [..., k]`` -> ``[..., len(mul), k]`` in {0, 1, 2} (uint8)."""
+    x = (q[..., None, :].astype(np.uint16) * mul) & 0xFF
+    return ((x * 3) >> 8).astype(np.uint8)
 
 
-def decode_tq1_0(raw: torch.Tensor, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
+def decode_tq1_0(raw: np.ndarray, cols: int) -> tuple[np.ndarray, np.ndarray]:
     """uint8 ``[R, C/256 * 54]`` -> (int8 codes ``[R, C]``, fp16 d ``[R, C/256]``).
 
     A byte that is no valid encoding decodes to some trits anyway; :func:`tq1_0_first_noncanonical`
     finds such bytes (re-encoding their trits would give different bytes).
     """
     rows, nb = raw.shape[0], cols // QK_K
-    b = raw.reshape(rows, nb, 54)
+    b = raw.reshape(rows, nb, TQ1_0_BYTES)
     t0 = _trits(b[:, :, :32], _MUL5).reshape(rows, nb, 160)
     t1 = _trits(b[:, :, 32:48], _MUL5).reshape(rows, nb, 80)
-    th = _trits(b[:, :, 48:52], _MUL4).reshape(rows, nb, 16)
-    codes = torch.cat([t0, t1, th], dim=-1).reshape(rows, cols).to(torch.int8) - 1
-    d = b[:, :, 52:].contiguous().view(torch.float16).reshape(rows, nb)
-    return codes, d
+    th = _trits(b[:, :, 48:TQ1_0_QS], _MUL4).reshape(rows, nb, 16)
+    codes = np.concatenate([t0, t1, th], axis=-1)
+    codes -= 1
+    d = np.ascontiguousarray(b[:, :, TQ1_0_QS:]).view("<f2").reshape(rows, nb)
+    return codes.view(np.int8).reshape(rows, cols), d
 
 
 # --- Q8_0 -----------------------------------------------------------------------------------------
 
 
-def _round_half_away(x: torch.Tensor) -> torch.Tensor:
+def _round_half_away(x: np.ndarray) -> np.ndarray:
     """C ``roundf``: halves away from zero, exact for every float32 (no ``+0.5`` rounding slip)."""
-    a = x.abs()
-    f = a.floor()
-    return torch.sign(x) * (f + torch.floor(2 * (a - f)))
+    a = np.abs(x)
+    f = np.floor(a)
+    return np.sign(x) * (f + np.floor(2 * (a - f)))
 
 
-def encode_q8_0(x: torch.Tensor) -> torch.Tensor:
+def encode_q8_0(x: Dense) -> np.ndarray:
     """float ``[R, C]`` (C % 32 == 0) -> uint8 ``[R, C/32 * 34]``, byte-identical to ggml's reference."""
     rows, cols = x.shape
     nb = cols // QK8_0
-    b = x.float().reshape(rows, nb, QK8_0)
-    d = b.abs().amax(dim=-1, keepdim=True) / 127
-    inv = torch.where(d == 0, torch.zeros_like(d), 1.0 / d)
-    q = _round_half_away(b * inv).to(torch.int8)
-    out = torch.empty(rows, nb, 34, dtype=torch.uint8)
-    out[:, :, :2] = d.to(torch.float16).view(torch.uint8).reshape(rows, nb, 2)
-    out[:, :, 2:] = q.view(torch.uint8)
-    return out.reshape(rows, nb * 34)
+    b = x.float32().reshape(rows, nb, QK8_0)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        d = np.abs(b).max(axis=-1, keepdims=True) / np.float32(127)
+        inv = np.where(d == 0, np.float32(0), np.float32(1) / d).astype(np.float32)
+        q = _round_half_away(b * inv).astype(np.int8)
+    out = np.empty((rows, nb, Q8_0_BYTES), dtype=np.uint8)
+    out[:, :, :2] = d.astype("<f2").view(np.uint8).reshape(rows, nb, 2)
+    out[:, :, 2:] = q.view(np.uint8)
+    return out.reshape(rows, nb * Q8_0_BYTES)
 
 
-def decode_q8_0(raw: torch.Tensor, cols: int) -> torch.Tensor:
+def decode_q8_0(raw: np.ndarray, cols: int) -> Dense:
+    """uint8 ``[R, C/32 * 34]`` -> float32 values ``[R, C]`` (d x q, as ggml dequantizes)."""
     rows, nb = raw.shape[0], cols // QK8_0
-    b = raw.reshape(rows, nb, 34)
-    d = b[:, :, :2].contiguous().view(torch.float16).float()
-    q = b[:, :, 2:].contiguous().view(torch.int8).float()
-    return (q * d).reshape(rows, cols)
+    b = raw.reshape(rows, nb, Q8_0_BYTES)
+    d = np.ascontiguousarray(b[:, :, :2]).view("<f2").astype(np.float32)
+    q = np.ascontiguousarray(b[:, :, 2:]).view(np.int8).astype(np.float32)
+    return Dense((q * d).reshape(rows, cols), "F32")
 
 
 # --- checks ---------------------------------------------------------------------------------------
 
 
-def first_code_3(fields: torch.Tensor) -> int | None:
+def first_code_3(fields: np.ndarray) -> int | None:
     """Index (in bytes of ``fields``, flattened) of the first byte holding a 2-bit field equal to 3."""
-    bad = (fields & (fields >> 1)) & 0x55
-    hits = torch.nonzero(bad.reshape(-1))
-    return int(hits[0]) if hits.numel() else None
+    flat = np.ascontiguousarray(fields).reshape(-1)
+    bad = (flat & (flat >> 1)) & 0x55
+    if not bad.any():
+        return None
+    return int(np.argmax(bad != 0))
 
 
 #: The bytes :func:`encode_tq1_0` can produce: ``ceil(v * 256 / 243)`` for a base-3 value v of five
 #: trits in ``qs``; in ``qh`` only four trits are stored (times 3), so v is a multiple of 3 there.
-_TQ1_QS_OK = torch.zeros(256, dtype=torch.bool)
-_TQ1_QS_OK[_TQ1_BYTE.long()] = True
-_TQ1_QH_OK = torch.zeros(256, dtype=torch.bool)
-_TQ1_QH_OK[_TQ1_BYTE[::3].long()] = True
+TQ1_QS_OK = np.zeros(256, dtype=bool)
+TQ1_QS_OK[TQ1_BYTE] = True
+TQ1_QH_OK = np.zeros(256, dtype=bool)
+TQ1_QH_OK[TQ1_BYTE[::3]] = True
 
 
-def tq1_0_first_noncanonical(raw: torch.Tensor, cols: int) -> int | None:
+def tq1_0_first_noncanonical(raw: np.ndarray, cols: int) -> int | None:
     """Row of the first TQ1_0 block holding a ``qs``/``qh`` byte that no five (four) trits encode.
 
     Such a byte decodes to plausible trits whose re-encoding differs, so the file was not written
     by a TQ1_0 encoder: reject it rather than load made-up codes.
     """
-    b = raw.reshape(raw.shape[0], cols // QK_K, 54)
-    bad = ~_TQ1_QS_OK[b[:, :, :48].long()].all(-1) | ~_TQ1_QH_OK[b[:, :, 48:52].long()].all(-1)
-    hits = torch.nonzero(bad.any(-1))
-    return int(hits[0]) if hits.numel() else None
+    b = raw.reshape(raw.shape[0], cols // QK_K, TQ1_0_BYTES)
+    bad = ~TQ1_QS_OK[b[:, :, :48]].all(-1) | ~TQ1_QH_OK[b[:, :, 48:TQ1_0_QS]].all(-1)
+    rows = bad.any(-1)
+    return int(np.argmax(rows)) if rows.any() else None
 
 
 # --- float types ----------------------------------------------------------------------------------
 
 
-def encode_float(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Float values as stored by F32 / F16 / BF16 (rounded once, to nearest)."""
-    return x.to(dtype)
+def encode_float(x: Dense, dtype_name: str) -> np.ndarray:
+    """Float values as stored by F32 / F16 / BF16 (rounded once, to nearest, as torch rounds), flat bytes."""
+    return x.to(dtype_name).raw()
 
 
-def decode_float(raw: torch.Tensor, cols: int, dtype: torch.dtype) -> torch.Tensor:
-    """uint8 ``[R, C * itemsize]`` -> ``[R, C]`` of ``dtype``, as stored."""
-    return raw.contiguous().view(dtype).reshape(raw.shape[0], cols)
+def decode_float(raw: np.ndarray, cols: int, dtype_name: str) -> Dense:
+    """uint8 ``[R, C * itemsize]`` -> ``[R, C]`` of ``dtype_name``, as stored (a view where ``raw`` is contiguous)."""
+    return Dense.from_bytes(np.ascontiguousarray(raw), dtype_name, (raw.shape[0], cols))

@@ -11,19 +11,17 @@ mean -1, 0, +1), highest bits first, in one of three orders; nothing in a file s
 - ``arm`` (ARM NEON build, ``QK_I2_S = 64``): 64-value blocks of 16 bytes; value ``j`` of a block
   goes to byte ``j % 16`` at shift ``6 - 2 * (j // 16)``.
 
-Every layout is followed by the fp32 scale and zero padding to 32 bytes. Pure functions on
-tensors, no files. Decoders read a stored code 3 (invalid) as 2; callers reject it first.
+Every layout is followed by the fp32 scale and zero padding to 32 bytes. Pure functions on numpy
+arrays, no files. Decoders read a stored code 3 (invalid) as 2; callers reject it first.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # the reader names the layouts while planning; torch only to encode or decode
-    import torch
+import numpy as np
 
-    from .codecs import CodeRows
+from . import codecs
 
 LAYOUTS = ("x86", "x86-rows", "arm")
 DEFAULT_LAYOUT = "x86"
@@ -31,6 +29,8 @@ DEFAULT_LAYOUT = "x86"
 BLOCK = {"x86": 128, "arm": 64}
 TAIL = 32  # bytes after the codes: the fp32 scale, then padding
 _SHIFTS = (6, 4, 2, 0)
+#: codes per byte
+_PER_BYTE = len(_SHIFTS)
 
 
 def layout_problem(layout: str, shape: tuple[int, ...]) -> str | None:
@@ -45,36 +45,34 @@ def layout_problem(layout: str, shape: tuple[int, ...]) -> str | None:
     return None if n % block == 0 else f"{n} values are not a multiple of {block}, which layout {layout} needs"
 
 
-def _planes(codes: torch.Tensor, layout: str) -> torch.Tensor:
+def _planes(codes: np.ndarray, layout: str) -> np.ndarray:
     """Stored codes (t + 1, uint8) arranged ``[4, bytes]``: plane i goes to shift ``6 - 2i``."""
-    import torch
-
-    stored = (codes.to(torch.int8) + 1).view(torch.uint8)
+    stored = (np.asarray(codes, dtype=np.int8) + np.int8(1)).view(np.uint8)
     if layout == "x86-rows":
-        cols = stored.shape[-1]
-        groups = stored.reshape(-1, 4, cols)  # [group, row in group, col]
-        return groups.transpose(0, 1).reshape(4, -1)
-    block = BLOCK[layout]
-    lanes = block // 4
-    blocks = stored.reshape(-1, 4, lanes)  # [block, plane, lane]
-    return blocks.transpose(0, 1).reshape(4, -1)
+        groups = stored.reshape(-1, _PER_BYTE, stored.shape[-1])  # [group, row in group, col]
+        return groups.transpose(1, 0, 2).reshape(_PER_BYTE, -1)
+    blocks = stored.reshape(-1, _PER_BYTE, BLOCK[layout] // _PER_BYTE)  # [block, plane, lane]
+    return blocks.transpose(1, 0, 2).reshape(_PER_BYTE, -1)
 
 
-def encode(codes: torch.Tensor, scale: float, layout: str = DEFAULT_LAYOUT) -> torch.Tensor:
-    """int8 codes in {-1, 0, 1} (``[rows, cols]``) and the fp32 magnitude -> uint8 ``[numel/4 + 32]``."""
-    import torch
+def _with_tail(packed_bytes: int, scale: float) -> np.ndarray:
+    """A zeroed buffer for ``packed_bytes`` of codes and the tail, the fp32 ``scale`` already in place."""
+    out = np.zeros(packed_bytes + TAIL, dtype=np.uint8)
+    out[packed_bytes : packed_bytes + 4] = np.array([scale], dtype="<f4").view(np.uint8)
+    return out
 
+
+def encode(codes: np.ndarray, scale: float, layout: str = DEFAULT_LAYOUT) -> np.ndarray:
+    """int8 codes in {-1, 0, 1} (``[rows, cols]``) and the fp32 magnitude -> uint8 ``[size/4 + 32]``."""
     problem = layout_problem(layout, tuple(codes.shape))
     if problem:
         raise ValueError(problem)
-    n = codes.numel()
     planes = _planes(codes, layout)
-    packed = planes[0] << 6
+    out = _with_tail(codes.size // _PER_BYTE, scale)
+    packed = out[: codes.size // _PER_BYTE]
+    np.left_shift(planes[0], _SHIFTS[0], out=packed)
     for i in (1, 2, 3):
         packed |= planes[i] << _SHIFTS[i]
-    out = torch.zeros(n // 4 + TAIL, dtype=torch.uint8)
-    out[: n // 4] = packed
-    out[n // 4 : n // 4 + 4] = torch.tensor([scale], dtype=torch.float32).view(torch.uint8)
     return out
 
 
@@ -83,57 +81,42 @@ def encodes_rows(layout: str, cols: int) -> bool:
     return layout in BLOCK and cols % BLOCK[layout] == 0
 
 
-def encode_rows(code_rows: CodeRows, rows: int, cols: int, scale: float, layout: str) -> torch.Tensor:
+def encode_rows(code_rows: codecs.CodeRows, rows: int, cols: int, scale: float, layout: str) -> np.ndarray:
     """:func:`encode` of codes handed out a few rows at a time (see codecs.CodeRows), for a block
     layout whose blocks tile each row (:func:`encodes_rows`): the same bytes."""
-    import numpy as np
-    import torch
-
-    from . import codecs
-
     if not encodes_rows(layout, cols):
         raise ValueError(f"layout {layout} cannot be encoded by rows of {cols} values")
     n = rows * cols
-    out = np.zeros(n // 4 + TAIL, dtype=np.uint8)
-    packed = out[: n // 4].reshape(rows, cols // 4)
+    out = _with_tail(n // _PER_BYTE, scale)
+    packed = out[: n // _PER_BYTE].reshape(rows, cols // _PER_BYTE)
     codecs.encode_planes_rows(code_rows, rows, cols, BLOCK[layout], _SHIFTS, lambda r0, r1: packed[r0:r1])
-    out[n // 4 : n // 4 + 4] = np.frombuffer(np.float32(scale).tobytes(), dtype=np.uint8)
-    return torch.from_numpy(out)
+    return out
 
 
-def decode(
-    raw: torch.Tensor, shape: tuple[int, ...], layout: str = DEFAULT_LAYOUT
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 ``[numel/4 + 32]`` -> (int8 codes of ``shape``, the fp32 scale as a one-element tensor).
+def decode(raw: np.ndarray, shape: tuple[int, ...], layout: str = DEFAULT_LAYOUT) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 ``[size/4 + 32]`` -> (int8 codes of ``shape``, the fp32 scale as a one-element array).
 
     Only the four scale bytes of the tail are read: writers differ in what follows them.
     """
-    import torch
-
     problem = layout_problem(layout, shape)
     if problem:
         raise ValueError(problem)
-    n = math.prod(shape)
-    packed = raw[: n // 4]
-    planes = torch.stack([(packed >> s) & 3 for s in _SHIFTS])  # [4, bytes]
-    if layout == "x86-rows":
-        cols = shape[-1]
-        stored = planes.reshape(4, -1, cols).transpose(0, 1)
-    else:
-        lanes = BLOCK[layout] // 4
-        stored = planes.reshape(4, -1, lanes).transpose(0, 1)
-    codes = stored.reshape(shape).to(torch.int8) - 1
-    scale = raw[n // 4 : n // 4 + 4].clone().view(torch.float32).reshape(1)
-    return codes, scale
+    n = math.prod(shape) // _PER_BYTE
+    packed = np.asarray(raw).reshape(-1)[:n]
+    planes = np.stack([(packed >> s) & 3 for s in _SHIFTS])  # [4, bytes]
+    lanes = shape[-1] if layout == "x86-rows" else BLOCK[layout] // _PER_BYTE
+    stored = planes.reshape(_PER_BYTE, -1, lanes).transpose(1, 0, 2)
+    codes = np.ascontiguousarray(stored).reshape(shape)
+    codes -= 1  # uint8 wraps: stored 0 becomes 255, which is -1 as int8
+    scale = np.ascontiguousarray(raw.reshape(-1)[n : n + 4]).view("<f4").copy()
+    return codes.view(np.int8), scale
 
 
-def indistinguishable(raw: torch.Tensor, shape: tuple[int, ...]) -> bool:
+def indistinguishable(raw: np.ndarray, shape: tuple[int, ...]) -> bool:
     """True when every layout that fits ``shape`` decodes these bytes to the same codes.
 
     Then the layout does not matter (an all-zero or constant tensor, for instance); otherwise the
     bytes alone cannot tell which layout wrote them: every 2-bit field is a valid code in each.
     """
-    import torch
-
     decoded = [decode(raw, shape, lay)[0] for lay in LAYOUTS if layout_problem(lay, shape) is None]
-    return all(torch.equal(decoded[0], d) for d in decoded[1:])
+    return all(np.array_equal(decoded[0], d) for d in decoded[1:])

@@ -1,9 +1,9 @@
-"""Model hyperparameters <-> GGUF metadata, and which GGUF architecture each BitNet layout becomes.
+"""Model hyperparameters <-> GGUF metadata: the keys llama.cpp reads, bitconvert's own, and the
+config rebuilt from them when a GGUF is read.
 
-llama.cpp's ``bitnet`` architecture serves both sub-norm layouts (2B-4T and 1bitLLM); bitnet.cpp's
-I2_S files of 2B-4T use ``bitnet-b1.58`` (older files ``bitnet-25``). Llama-layout packed models
-(HF1BitLLM, Falcon3 1.58-bit) are plain ``llama``. The FFN activation is written as
-``{arch}.hidden_activation`` so a reader can tell relu² (2B-4T) from SiLU (1bitLLM) apart.
+The FFN activation is written as ``{arch}.hidden_activation`` so a reader can tell relu² (2B-4T)
+from SiLU (1bitLLM) apart; which GGUF architecture a family is written under, and which family a
+file's architecture stands for, is :mod:`.archs`'.
 """
 
 from __future__ import annotations
@@ -17,18 +17,15 @@ import numpy as np
 from gguf.constants import GGML_QUANT_VERSION, Keys
 
 from ... import __version__
-from ...model.config import ARCH_SPECS, Architecture, ModelConfig
 from ...errors import CheckpointError
 from ...io.jsonfile import parse_json_text
+from ...model.checkpoint import Origin
+from ...model.config import ModelConfig
+from ...model.families import Family
 from ...ternary.records import SCALES_KEY, encode_records
+from . import archs
 from .parser import FLOAT32, GGUFFile
 from .stream_writer import KV, kv_f32, kv_str, kv_u32
-
-ARCH_BITNET = "bitnet"
-ARCH_BITNET_B158 = "bitnet-b1.58"
-ARCH_BITNET_25 = "bitnet-25"
-ARCH_LLAMA = "llama"
-READABLE_ARCHS = (ARCH_BITNET, ARCH_BITNET_B158, ARCH_BITNET_25, ARCH_LLAMA)
 
 #: bitconvert's own keys: exact provenance a later conversion can use
 KEY_HF_CONFIG = "bitconvert.hf_config"
@@ -41,14 +38,6 @@ HUB_URL = "https://huggingface.co/"
 #: bitconvert's FFN activation key (gguf-py names none): ``relu2`` (2B-4T) or ``silu`` (1bitLLM)
 HIDDEN_ACTIVATION = "{arch}.hidden_activation"
 _LLM, _ATTN, _ROPE, _GEN, _TOK = Keys.LLM, Keys.Attention, Keys.Rope, Keys.General, Keys.Tokenizer
-
-
-def gguf_architecture(arch: Architecture, gguf_type: str) -> str:
-    if arch is Architecture.LLAMA:
-        return ARCH_LLAMA
-    if gguf_type == "i2_s" and arch is Architecture.BITNET:
-        return ARCH_BITNET_B158  # what bitnet.cpp's ggml-model-i2_s.gguf declares (relu² built in)
-    return ARCH_BITNET
 
 
 def hyperparameters(cfg: ModelConfig, arch: str) -> dict[str, KV]:
@@ -91,16 +80,15 @@ def general(
     return md
 
 
-def origin(info: dict[str, Any], path: Path) -> tuple[str, str | None, str | None]:
-    """(general.name, general.source.url, general.license) for a checkpoint's ``info`` and ``path``.
+def origin(source: Origin, path: Path) -> tuple[str, str | None, str | None]:
+    """(general.name, general.source.url, general.license) for a checkpoint's origin and ``path``.
 
     A Hub source names the model and its URL; a GGUF source passes on its own; otherwise the name
     is the file's stem or the directory's name (never a Hub cache's commit-hash folder).
     """
-    repo = info.get("source_repo")
-    url = f"{HUB_URL}{repo}" if repo else info.get("source_url")
-    name = info.get("model_name") or (path.stem if path.suffix == ".gguf" else path.name)
-    return name, url, info.get("license")
+    url = f"{HUB_URL}{source.source_repo}" if source.source_repo else source.source_url
+    name = source.model_name or (path.stem if path.suffix == ".gguf" else path.name)
+    return name, url, source.license
 
 
 def source_config(cfg: ModelConfig) -> dict[str, Any]:
@@ -164,20 +152,16 @@ def _text(f: GGUFFile, key: str, default: str | None) -> str | None:
     return v
 
 
-def source_architecture(f: GGUFFile) -> tuple[str, Architecture]:
+def source_family(f: GGUFFile) -> tuple[str, Family]:
+    """(``general.architecture``, the family it holds: see :func:`.archs.family_for`)."""
     arch = _text(f, _GEN.ARCHITECTURE, None)
     if arch is None:
         raise CheckpointError(f.path, f"metadata key {_GEN.ARCHITECTURE} is missing")
-    if arch not in READABLE_ARCHS:
-        raise CheckpointError(f.path, f"GGUF architecture {arch!r:.80} is not a BitNet model bitconvert reads")
     act = _text(f, HIDDEN_ACTIVATION.format(arch=arch), None)
-    if arch == ARCH_LLAMA:
-        return arch, Architecture.LLAMA
-    if arch == ARCH_BITNET:
-        # llama.cpp's own converter writes no activation for 1bitLLM models (SiLU).
-        return arch, Architecture.BITNET if act == "relu2" else Architecture.BITNET_1BITLLM
-    # bitnet.cpp's bitnet-b1.58 / bitnet-25 graphs apply relu² (the 2B-4T model).
-    return arch, Architecture.BITNET_1BITLLM if act == "silu" else Architecture.BITNET
+    family = archs.family_for(arch, act, lambda name: name in f.tensors)
+    if family is None:
+        raise CheckpointError(f.path, f"GGUF architecture {arch!r:.80} is not a BitNet model bitconvert reads")
+    return arch, family
 
 
 def _token_id(f: GGUFFile, key: str, vocab: int) -> int | None:
@@ -189,9 +173,8 @@ def _token_id(f: GGUFFile, key: str, vocab: int) -> int | None:
     return int(v)
 
 
-def derived_hf_config(f: GGUFFile, arch: str, kind: Architecture, tied: bool) -> dict[str, Any]:
+def derived_hf_config(f: GGUFFile, arch: str, family: Family, tied: bool) -> dict[str, Any]:
     """An HF config.json dict rebuilt from the GGUF hyperparameters alone, each checked as read."""
-    spec = ARCH_SPECS[kind]
     key = {name: k.format(arch=arch) for name, k in _HYPER_KEYS.items()}
     values = f.size  # a dimension or count of values is bounded by the bytes that hold them
     # Every layer has tensors of its own: a block count above the tensor count cannot be true, and
@@ -204,8 +187,8 @@ def derived_hf_config(f: GGUFFile, arch: str, kind: Architecture, tied: bool) ->
     vocab = _count(f, key["vocab"], values, "the file's size", len(tokens) if isinstance(tokens, list) else None)
     head_dim = _head_dim(f, key, hidden, heads)
     d: dict[str, Any] = {
-        "architectures": [spec.hf_architecture],
-        "model_type": spec.model_type,
+        "architectures": [family.hf_architecture],
+        "model_type": family.model_type,
         "hidden_size": hidden,
         "intermediate_size": _count(f, key["ffn"], values, "the file's size"),
         "num_hidden_layers": layers,
@@ -216,7 +199,7 @@ def derived_hf_config(f: GGUFFile, arch: str, kind: Architecture, tied: bool) ->
         "rms_norm_eps": _positive_float(f, key["eps"], 1e-6),
         "rope_theta": _positive_float(f, key["rope_base"], 10000.0),
         "tie_word_embeddings": tied,
-        "hidden_act": _text(f, key["act"], spec.hidden_act),
+        "hidden_act": _text(f, key["act"], family.hidden_act),
         "head_dim": head_dim,
     }
     for tkey, hf in ((_TOK.BOS_ID, "bos_token_id"), (_TOK.EOS_ID, "eos_token_id")):
@@ -275,13 +258,13 @@ def read_config(f: GGUFFile, tied: bool, notes: list[str]) -> tuple[str, ModelCo
     bitconvert's recorded config.json when it agrees with the GGUF keys (exact); else the config
     derived from the keys, whose floats are as precise as their GGUF type (float32 as llama.cpp writes).
     """
-    arch, kind = source_architecture(f)
-    derived = ModelConfig.from_hf_dict(derived_hf_config(f, arch, kind, tied), f.path)
+    arch, family = source_family(f)
+    derived = ModelConfig.from_hf_dict(derived_hf_config(f, arch, family, tied), f.path)
     cfg = recorded_config(f, notes)
     if cfg is not None:
         differ = [k for k in _COMPARED if getattr(cfg, k) != getattr(derived, k)]
         differ += [k for k in _COMPARED_F32 if np.float32(getattr(cfg, k)) != np.float32(getattr(derived, k))]
-        if cfg.architecture is derived.architecture and not differ:
+        if cfg.family in archs.families_under(arch) and not differ:
             return arch, cfg, {}
         what = ", ".join(differ) or "architecture"
         notes.append(f"ignored {KEY_HF_CONFIG}: it disagrees with the GGUF metadata on {what}")

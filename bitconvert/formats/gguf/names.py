@@ -1,68 +1,64 @@
-"""Hugging Face <-> GGUF tensor names (built from gguf-py's own name table), and Q/K row order.
+"""Hugging Face <-> GGUF tensor names, from the family record, and the Q/K row order of RoPE-interleaving architectures.
 
-gguf-py's ``TensorNameMap`` knows only 1bitLLM's sub-norm names; the three BitNet layouts differ
-there, so the map is built per architecture from the config's sub-norm module paths.
+A family records each norm's and projection's GGUF name (gguf-py's, e.g. ``attn_sub_norm``) and
+:data:`~bitconvert.model.families.GLOBAL_GGUF` the global ones; gguf-py supplies the per-layer
+prefix (``blk.{bid}``) and which projections RoPE rotates (``attn_q``, ``attn_k``).
 
-llama.cpp's ``llama`` architecture applies RoPE to interleaved pairs where HF rotates halves, so
-there the Q and K rows are stored permuted per head (as llama.cpp's converter does).
+A family whose GGUF architecture applies RoPE to interleaved pairs where HF rotates halves
+(``family.gguf_permutes_qk``: llama.cpp's ``llama``) stores the Q and K rows permuted per head, as
+llama.cpp's converter does.
 """
 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
 
+import numpy as np
 from gguf.constants import MODEL_TENSOR, TENSOR_NAMES
 
 from ...model.config import ModelConfig
-from .metadata import ARCH_LLAMA
+from ...model.families import GLOBAL_GGUF
 
-if TYPE_CHECKING:
-    import torch
-
-_GLOBAL = {
-    "model.embed_tokens.weight": MODEL_TENSOR.TOKEN_EMBD,
-    "model.norm.weight": MODEL_TENSOR.OUTPUT_NORM,
-    "lm_head.weight": MODEL_TENSOR.OUTPUT,
-}
-_PER_LAYER = {
-    "input_layernorm": MODEL_TENSOR.ATTN_NORM,
-    "post_attention_layernorm": MODEL_TENSOR.FFN_NORM,
-    "self_attn.q_proj": MODEL_TENSOR.ATTN_Q,
-    "self_attn.k_proj": MODEL_TENSOR.ATTN_K,
-    "self_attn.v_proj": MODEL_TENSOR.ATTN_V,
-    "self_attn.o_proj": MODEL_TENSOR.ATTN_OUT,
-    "mlp.gate_proj": MODEL_TENSOR.FFN_GATE,
-    "mlp.up_proj": MODEL_TENSOR.FFN_UP,
-    "mlp.down_proj": MODEL_TENSOR.FFN_DOWN,
-}
+#: gguf-py's per-layer prefix, ``blk.{bid}``
+_BLOCK, _, _ = TENSOR_NAMES[MODEL_TENSOR.ATTN_Q].rpartition(".")
 _LAYER = re.compile(r"model\.layers\.(\d+)\.(.+)\.weight")
 SCALE_SUFFIX = ".scale"
+WEIGHT_SUFFIX = ".weight"
 
 
-def _layer_modules(config: ModelConfig) -> dict[str, MODEL_TENSOR]:
-    modules = dict(_PER_LAYER)
-    if config.spec.attn_sub_norm:
-        modules[config.spec.attn_sub_norm] = MODEL_TENSOR.ATTN_SUB_NORM
-    if config.spec.ffn_sub_norm:
-        modules[config.spec.ffn_sub_norm] = MODEL_TENSOR.FFN_SUB_NORM
-    return modules
+def _short(tensor: MODEL_TENSOR) -> str:
+    return TENSOR_NAMES[tensor].removeprefix(_BLOCK + ".")
+
+
+#: the projections RoPE rotates, by GGUF name -> the config field counting their heads
+_ROPE_HEADS = {_short(MODEL_TENSOR.ATTN_Q): "num_attention_heads", _short(MODEL_TENSOR.ATTN_K): "num_key_value_heads"}
+
+
+def layer_name(layer: int, gguf: str) -> str:
+    """``blk.3.attn_q.weight`` for layer 3 and the record's GGUF name ``attn_q``."""
+    return f"{_BLOCK.format(bid=layer)}.{gguf}{WEIGHT_SUFFIX}"
+
+
+def _layer_modules(config: ModelConfig) -> dict[str, str]:
+    """HF module path under ``model.layers.N.`` -> its GGUF name, every norm and projection of the family."""
+    family = config.family
+    return {spec.path: spec.gguf for spec in (*family.norms, *family.linears)}
 
 
 def to_gguf(hf_name: str, config: ModelConfig) -> str | None:
     """``model.layers.3.self_attn.q_proj.weight`` -> ``blk.3.attn_q.weight``; None if unknown."""
-    if hf_name in _GLOBAL:
-        return TENSOR_NAMES[_GLOBAL[hf_name]] + ".weight"
+    if hf_name in GLOBAL_GGUF:
+        return GLOBAL_GGUF[hf_name] + WEIGHT_SUFFIX
     m = _LAYER.fullmatch(hf_name)
     if m is None:
         return None
-    kind = _layer_modules(config).get(m.group(2))
-    return TENSOR_NAMES[kind].format(bid=int(m.group(1))) + ".weight" if kind is not None else None
+    gguf = _layer_modules(config).get(m.group(2))
+    return layer_name(int(m.group(1)), gguf) if gguf is not None else None
 
 
 def scale_name(gguf_weight_name: str) -> str:
     """``blk.3.attn_q.weight`` -> ``blk.3.attn_q.scale``: the F32 [1] tensor llama.cpp multiplies in."""
-    return gguf_weight_name.removesuffix(".weight") + SCALE_SUFFIX
+    return gguf_weight_name.removesuffix(WEIGHT_SUFFIX) + SCALE_SUFFIX
 
 
 def from_gguf_table(config: ModelConfig) -> dict[str, str]:
@@ -77,22 +73,23 @@ def from_gguf_table(config: ModelConfig) -> dict[str, str]:
 
 # --- Q/K row order ----------------------------------------------------------------------------------
 
-QK_NAMES = ("self_attn.q_proj.weight", "self_attn.k_proj.weight")
 
-
-def permuted_heads(gguf_arch: str, hf_name: str, config: ModelConfig) -> int | None:
+def permuted_heads(hf_name: str, config: ModelConfig) -> int | None:
     """The head count whose rows are permuted on disk for this tensor, or None when rows stay in order."""
-    if gguf_arch != ARCH_LLAMA or not hf_name.endswith(QK_NAMES):
+    if not config.family.gguf_permutes_qk:
         return None
-    return config.num_attention_heads if hf_name.endswith("q_proj.weight") else config.num_key_value_heads
+    m = _LAYER.fullmatch(hf_name)
+    field = _ROPE_HEADS.get(_layer_modules(config).get(m.group(2), "")) if m else None
+    return getattr(config, field) if field else None
 
 
-def permute_qk(w: torch.Tensor, heads: int) -> torch.Tensor:
-    """HF (rotate-half) row order -> llama.cpp's interleaved RoPE order, per head."""
+def permute_qk(w: np.ndarray, heads: int) -> np.ndarray:
+    """HF (rotate-half) row order -> llama.cpp's interleaved RoPE order, per head (a new array)."""
     rows = w.shape[0]
-    return w.reshape(heads, 2, rows // heads // 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape).contiguous()
+    return np.ascontiguousarray(w.reshape(heads, 2, rows // heads // 2, *w.shape[1:]).swapaxes(1, 2)).reshape(w.shape)
 
 
-def unpermute_qk(w: torch.Tensor, heads: int) -> torch.Tensor:
+def unpermute_qk(w: np.ndarray, heads: int) -> np.ndarray:
+    """The inverse of :func:`permute_qk`."""
     rows = w.shape[0]
-    return w.reshape(heads, rows // heads // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape).contiguous()
+    return np.ascontiguousarray(w.reshape(heads, rows // heads // 2, 2, *w.shape[1:]).swapaxes(1, 2)).reshape(w.shape)

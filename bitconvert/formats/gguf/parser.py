@@ -13,17 +13,15 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from gguf.constants import GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGUFValueType, Keys
 
+from ...dtypes import Dense
 from ...errors import CheckpointError
-from ...io.safetensors import read_exact
+from ...io.safetensors import MAP_MIN_BYTES, map_private, read_exact
 from . import types
-
-if TYPE_CHECKING:  # headers are parsed while planning; torch only where tensor data is read
-    import torch
 
 MAGIC = struct.pack("<I", GGUF_MAGIC)  # b"GGUF"
 MAX_DIMS = 4
@@ -265,27 +263,23 @@ class GGUFFile:
         return default if kv is None else kv.value
 
     def read_bytes(self, name: str, start: int = 0, length: int | None = None) -> np.ndarray:
-        """The tensor's bytes (or ``length`` of them from ``start``) as a uint8 numpy array, read with pread."""
+        """The tensor's bytes (or ``length`` of them from ``start``) as flat uint8: large ranges mapped
+        copy-on-write (only the pages used become resident), small ones read with pread."""
         t = self.tensors[name]
         length = t.nbytes - start if length is None else length
         if not 0 <= start <= start + length <= t.nbytes:
             raise ValueError(f"byte range {start}+{length} outside tensor {name} of {t.nbytes} bytes")
         if not length:
             return np.empty(0, dtype=np.uint8)
-        return np.frombuffer(read_exact(self.path, t.offset + start, length, name), dtype=np.uint8)
+        read = map_private if length >= MAP_MIN_BYTES else read_exact
+        return np.frombuffer(read(self.path, t.offset + start, length, name), dtype=np.uint8)
 
-    def read_raw(self, name: str, start: int = 0, length: int | None = None) -> torch.Tensor:
-        """:meth:`read_bytes` as a uint8 tensor (sharing the buffer)."""
-        import torch
-
-        return torch.from_numpy(self.read_bytes(name, start, length))
-
-    def read_float(self, name: str) -> torch.Tensor:
+    def read_float(self, name: str) -> Dense:
         """A float tensor (F32/F16/BF16 as stored, Q8_0 dequantized to F32)."""
         t = self.tensors[name]
         if t.ggml.kind != "float":
             raise CheckpointError(self.path, f"{t.type_name} is not a float type", name)
-        return t.ggml.decode_values(self.read_raw(name), t.shape)
+        return t.ggml.decode_values(self.read_bytes(name), t.shape)
 
 
 def is_gguf(path: Path) -> bool:

@@ -4,7 +4,7 @@ Production runs on :func:`bitconvert.io.pipeline.produced_ahead`'s worker, in pl
 file writes. Its unit is a :class:`Piece`: a quantized weight whole, a float tensor a slab of rows
 at a time (an embedding is never held twice). A bf16 master weight in the transformers recipe goes
 to TQ1_0/TQ2_0/I2_S bytes straight from its bit patterns (:func:`bitconvert.ternary.fast.bf16_codes.bf16_code_rows`): the same
-codes as quantizing it, never materialised as one int8 tensor.
+codes as quantizing it, never materialised as one int8 array.
 """
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from ...model.checkpoint import Checkpoint, TensorEntry, Value, as_dense, entry_as_ternary, quantizing
+from ...dtypes import Dense, float_bits
 from ...errors import CheckpointError
-from ...ternary.recipes import Recipe, recipe_quantizer, tq_block_d
-from ...ternary import LinearClass, recover_ternary
+from ...model.checkpoint import Checkpoint, TensorEntry, Value, as_dense, entry_as_ternary, quantizing
+from ...ternary import LinearClass, Scale, TernaryWeight, recover_ternary
 from ...ternary.fast.bf16_codes import bf16_code_rows
-from ...ternary import bf16_scale_threshold
+from ...ternary.quantize import bf16_scale_threshold
+from ...ternary.recipes import Recipe, recipe_quantizer, tq_block_d
 from . import i2s_layouts, names, types
 from .plan import Plan, TensorPlan
 from .types import GGMLType
@@ -43,9 +43,9 @@ class Piece:
 
 @dataclass
 class Made:
-    data: torch.Tensor  # the piece's bytes (any dtype; written as stored)
+    data: np.ndarray  # the piece's bytes (any dtype; written as stored)
     source: str = ""  # quantized weights: how the ternary form was obtained (kept/recovered/quantized)
-    magnitude: torch.Tensor | None = None  # quantized weights: mean|W|, float64 [1]
+    magnitude: float | None = None  # quantized weights: mean|W|, exact in float64
 
 
 def pieces(plan: Plan) -> list[Piece]:
@@ -71,7 +71,7 @@ class Producer:
     def __init__(self, ckpt: Checkpoint, plan: Plan) -> None:
         self.ckpt = ckpt
         self.plan = plan
-        self._rows: torch.Tensor | None = None  # the float tensor being sliced, as [rows, cols]
+        self._rows: Dense | None = None  # the float tensor being sliced, as [rows, cols]
 
     def __call__(self, piece: Piece) -> Made:
         p = self.plan.tensors[piece.index]
@@ -80,15 +80,15 @@ class Producer:
             return _ternary(p, self.plan, entry, entry.load())
         if piece.start == 0:
             value = entry.load()
+            w = value if isinstance(value, Dense) else as_dense(value, "F32")
             if p.heads:
-                value = names.permute_qk(as_dense(value, torch.float32), p.heads)
-            w = value if isinstance(value, torch.Tensor) else as_dense(value, torch.float32)
-            self._rows = w.reshape(-1, p.tensor.shape[-1]) if w.dim() > 1 else w.reshape(1, -1)
+                w = Dense(names.permute_qk(w.to("F32").data, p.heads), "F32")
+            self._rows = w.reshape(-1, p.tensor.shape[-1]) if len(w.shape) > 1 else w.reshape(1, -1)
         rows = self._rows
         assert rows is not None
         if piece.stop >= rows.shape[0]:
             self._rows = None
-        return Made(_dense_slab(rows[piece.start : piece.stop], types.TYPES[p.tensor.type], entry))
+        return Made(_dense_slab(rows.rows(piece.start, piece.stop), types.TYPES[p.tensor.type], entry))
 
 
 def _ternary(p: TensorPlan, plan: Plan, entry: TensorEntry, value: Value) -> Made:
@@ -96,10 +96,10 @@ def _ternary(p: TensorPlan, plan: Plan, entry: TensorEntry, value: Value) -> Mad
     if made is not None:
         return made
     # float64 holds every stored scale exactly; each output dtype is then rounded to once.
-    tw, source = entry_as_ternary(entry, value, LinearClass.AUTOBITLINEAR, torch.float64, recipe_quantizer(plan.recipe))
+    tw, source = entry_as_ternary(entry, value, LinearClass.AUTOBITLINEAR, "F64", recipe_quantizer(plan.recipe))
     del value
     codes = names.permute_qk(tw.codes, p.heads) if p.heads else tw.codes
-    mag = tw.scale.value.reshape(1)
+    mag = tw.scale.item()
     return Made(encode_ternary(p, plan, codes, mag), source, mag)
 
 
@@ -107,26 +107,30 @@ def _ternary_from_bits(p: TensorPlan, plan: Plan, entry: TensorEntry, value: Val
     """TQ1_0/TQ2_0/I2_S bytes of a bf16 master straight from its bits, where that is what quantizing
     gives; else None."""
     t = types.TYPES[p.tensor.type]
-    if p.role != "ternary" or plan.recipe is not Recipe.TRANSFORMERS or not isinstance(value, torch.Tensor):
+    if p.role != "ternary" or plan.recipe is not Recipe.TRANSFORMERS or entry.record is not None:
         return None
-    if value.dtype != torch.bfloat16 or value.dim() != 2 or not _encodes_rows(t, plan, value.shape[1]):
+    if not isinstance(value, Dense) or value.dtype_name != "BF16" or len(value.shape) != 2:
         return None
-    if recover_ternary(value) is not None:
+    if not _encodes_rows(t, plan, value.shape[1]) or recover_ternary(value) is not None:
         return None
     with quantizing(entry):
         m, threshold = bf16_scale_threshold(value)
     if threshold is None:
         return None
-    mag = m.reshape(1).to(torch.float64)  # as quantize(value, AUTOBITLINEAR, float64) stores it
-    order = names.permute_qk(torch.arange(value.shape[0]), p.heads).numpy() if p.heads else None
+    mag = float(np.float32(m))  # as quantize(value, AUTOBITLINEAR, "F64") stores it
     rows, cols = value.shape
-    code_rows = bf16_code_rows(value, threshold, order)
+    order = names.permute_qk(np.arange(rows), p.heads) if p.heads else None
+    code_rows = bf16_code_rows(value.data, threshold, order)
     if t.id == types.I2_S:
-        data = i2s_layouts.encode_rows(code_rows, rows, cols, float(mag.to(torch.float32)), plan.i2s_layout)
+        data = i2s_layouts.encode_rows(code_rows, rows, cols, mag, plan.i2s_layout)
     else:
-        d = mag.to(torch.float16).float() if plan.mode == "folded" else 1.0
-        data = t.encode_rows(code_rows, rows, cols, d)
+        data = t.encode_rows(code_rows, rows, cols, folded_d(mag) if plan.mode == "folded" else 1.0)
     return Made(data, "quantized", mag)
+
+
+def folded_d(magnitude: float) -> np.float16:
+    """A magnitude folded into every block's fp16 ``d``: rounded once to fp16 (through float32, as torch does)."""
+    return np.uint16(float_bits(magnitude, "F16")).view(np.float16)
 
 
 def _encodes_rows(t: GGMLType, plan: Plan, cols: int) -> bool:
@@ -136,42 +140,39 @@ def _encodes_rows(t: GGMLType, plan: Plan, cols: int) -> bool:
     return t.encode_rows is not None and plan.mode in ("tensor", "folded")
 
 
-def encode_ternary(p: TensorPlan, plan: Plan, codes: torch.Tensor, mag: torch.Tensor) -> torch.Tensor:
+def encode_ternary(p: TensorPlan, plan: Plan, codes: np.ndarray, mag: float) -> np.ndarray:
     """The bytes of one quantized weight: codes (and the scale where the data holds it) in its type."""
     t = types.TYPES[p.tensor.type]
     mode = plan.mode
     if t.kind == "ternary":
-        if t.id == types.I2_S:
-            return i2s_layouts.encode(codes, float(mag.to(torch.float32)), plan.i2s_layout)
-        if mode == "in-data":
-            return t.encode(codes, float(mag.to(torch.float32)))
+        if t.flat:  # I2_S: the fp32 scale follows the codes
+            return t.encode(codes, mag, plan.i2s_layout)
         if mode == "blocks":  # llama.cpp's: fp16 d = max|x| per block, 0 for a block of zeros
             return t.encode(codes, tq_block_d(codes, mag, t.block))
-        d = mag.to(torch.float16).float() if mode == "folded" else 1.0
-        return t.encode(codes, d)
-    if p.scale is not None:  # F16 fallback beside an exact .scale tensor
-        return t.encode(codes.to(t.torch_dtype))
-    return t.encode(codes.to(t.torch_dtype) * mag.to(t.torch_dtype))  # codes x mean|W| in that dtype
+        return t.encode(codes, folded_d(mag) if mode == "folded" else 1.0)
+    if p.scale is not None:  # F16 fallback beside an exact .scale tensor: the codes themselves
+        return t.encode(Dense(codes, "I8").to(t.dtype_name))
+    # codes x mean|W| in that dtype (mean|W| rounded to it once: exact products)
+    return t.encode(TernaryWeight(codes, Scale.of(mag, LinearClass.AUTOBITLINEAR, "F64")).dequantize(t.dtype_name))
 
 
-def _dense_slab(chunk: torch.Tensor, t: GGMLType, entry: TensorEntry) -> torch.Tensor:
+def _dense_slab(chunk: Dense, t: GGMLType, entry: TensorEntry) -> np.ndarray:
     """Rows of a float tensor in type ``t``; refused where a value would overflow it."""
-    if t.max_finite is None or chunk.dtype == t.torch_dtype or not chunk.numel():
+    if t.max_finite is None or chunk.dtype_name == t.dtype_name or not chunk.size:
         return t.encode(chunk)
-    if chunk.dtype == torch.bfloat16 and t.torch_dtype == torch.float16 and chunk.is_contiguous():
+    if chunk.dtype_name == "BF16" and t.dtype_name == "F16":
         return _bf16_to_f16(chunk, t, entry)
-    lo, hi = torch.aminmax(chunk)  # one cheap pass; isfinite on the converted result is far slower
+    values = chunk.float64() if chunk.dtype_name == "F64" else chunk.data
+    lo, hi = np.min(values), np.max(values)  # one cheap pass; a check on the converted result is slower
     if float(hi) >= t.max_finite or float(lo) <= -t.max_finite:
         _overflow(t, entry)
     return t.encode(chunk)
 
 
-def _bf16_to_f16(chunk: torch.Tensor, t: GGMLType, entry: TensorEntry) -> torch.Tensor:
+def _bf16_to_f16(chunk: Dense, t: GGMLType, entry: TensorEntry) -> np.ndarray:
     """bf16 -> f16, checked for overflow on the bit patterns first (a magnitude of 65536 or more,
-    infinity included, rounds past F16's largest finite value). The check runs in numpy, in steps
-    that stay in cache; the conversion is one torch call, as each call wakes torch's thread pool
-    (milliseconds on a loaded machine), which small steps would pay many times over."""
-    bits = chunk.reshape(-1).view(torch.int16).numpy().view(np.uint16)
+    infinity included, rounds past F16's largest finite value), in steps that stay in cache."""
+    bits = np.ascontiguousarray(chunk.data).reshape(-1)
     mag = np.empty(min(_CHECK_STEP, bits.size), dtype=np.uint16)
     for a in range(0, bits.size, _CHECK_STEP):
         b = min(a + _CHECK_STEP, bits.size)
@@ -188,3 +189,4 @@ def _overflows(magnitude_bits: np.ndarray) -> bool:
 
 def _overflow(t: GGMLType, entry: TensorEntry) -> None:
     raise CheckpointError(entry.source, f"values overflow {t.name}; choose --embed-type bf16 or f32", entry.name)
+

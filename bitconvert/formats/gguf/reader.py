@@ -1,9 +1,15 @@
 """The ``gguf`` reader: a GGUF file as a :class:`Checkpoint`, each tensor decoded when loaded.
 
-TQ1_0, TQ2_0, I2_S, F16, BF16, F32 and Q8_0 tensors of the ``bitnet``, ``bitnet-b1.58``, ``bitnet-25``
-and ``llama`` architectures, including llama.cpp-converted files whose scale was folded per block
-(codes and the scale are recovered when every non-zero block has the same ``d``). Codecs are found
+TQ1_0, TQ2_0, I2_S, F16, BF16, F32 and Q8_0 tensors of every GGUF architecture a family is written
+under (:mod:`.archs`), including llama.cpp-converted files whose scale was folded per block (codes
+and the scale are recovered when every block holding a code has the same ``d``). Codecs are found
 through the type table (``types.py``); bytes no encoder writes are refused, never decoded.
+
+What each quantized linear is, before anything is loaded: TQ/I2_S codes, and floats beside a
+``.scale`` tensor (the writer's F16 fallback, codes), are TERNARY; other floats of a quantized
+linear are LATENT, carrying the exact scale ``bitconvert.ternary_scales`` recorded for them. A
+TERNARY tensor whose blocks disagree on ``d`` (or whose floats are not codes) loads as float32
+values, with a note: the file holds no codes with one scale there.
 """
 
 from __future__ import annotations
@@ -13,52 +19,35 @@ import tempfile
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from ...model.checkpoint import Checkpoint, TensorEntry, Value, check_tensor_set
-from ...model.config import ModelConfig, QuantConfig, QuantMode
+import numpy as np
+
+from ...dtypes import Dense, float_bits
 from ...errors import CheckpointError
+from ...io.provenance import PROVENANCE_KEY, parse_provenance
+from ...model.checkpoint import (
+    Checkpoint, Facts, GGUFFacts, Kind, Stored, TensorEntry, Value, check_tensor_set, float_stored,
+)  # fmt: skip
+from ...model.config import ModelConfig, QuantConfig, QuantMode
 from ...ternary.linear_class import LinearClass
-from ...ternary.records import SCALES_KEY, decode_records
+from ...ternary.records import SCALES_KEY, ScaleRecord, decode_records
+from ...ternary.scale import Scale
+from ...ternary.stats import CodeCounts, float_code_counts
+from ...ternary.weight import TernaryWeight
 from .. import register_reader
-from . import i2s_layouts, metadata, names, tokenizer, types
+from . import code_counts, i2s_layouts, metadata, names, tokenizer, types
 from .parser import GGUFFile, TensorInfo, is_gguf
 
-if TYPE_CHECKING:  # opening reads the header only; torch where a tensor is loaded
-    import torch
-
-    from ...ternary.stored import StoredScale
-    from ...ternary import TernaryScale
-
 NAME = "gguf"
-ORIGIN_KEYS = {
-    metadata.Keys.General.NAME: "model_name",
-    metadata.Keys.General.SOURCE_URL: "source_url",
-    metadata.Keys.General.LICENSE: "license",
-}
 
 
-def _scale_hints(f: GGUFFile) -> dict[str, StoredScale]:
+def _records(f: GGUFFile) -> dict[str, ScaleRecord]:
     raw = f.get(SCALES_KEY)
     if raw is None:
         return {}
     if not isinstance(raw, str):
         raise CheckpointError(f.path, f"{SCALES_KEY} is not a string")
-    return {name: r.stored for name, r in decode_records(raw, f.path).items()}
-
-
-def _scale(stored: torch.Tensor, hint: StoredScale | None) -> TernaryScale:
-    """The stored magnitude as a scale; the recorded original when it rounds to exactly this value."""
-    import torch
-
-    from ...ternary.stored import StoredScale
-    from ...ternary import TernaryScale
-
-    stored = stored.reshape(1)
-    recorded = hint.to_scale() if hint is not None else None
-    if recorded is not None and torch.equal(recorded.magnitude(stored.dtype).reshape(1), stored):
-        return recorded
-    return TernaryScale(stored.clone(), LinearClass.AUTOBITLINEAR)
+    return decode_records(raw, f.path)
 
 
 @dataclass
@@ -67,131 +56,126 @@ class _TensorSource:
     info: TensorInfo
     hf_name: str
     scale: TensorInfo | None  # the F32 [1] ``.scale`` tensor beside a weight, if any
-    hint: StoredScale | None  # the exact scale recorded under bitconvert.ternary_scales
-    heads: int | None  # set for llama-architecture q/k, whose rows are permuted on disk
+    record: ScaleRecord | None  # the exact scale recorded under bitconvert.ternary_scales
+    heads: int | None  # set for q/k of a family whose rows are permuted on disk
     notes: list[str]
     i2s_layout: str = i2s_layouts.DEFAULT_LAYOUT  # the byte order of an I2_S tensor
 
     def fail(self, problem: str) -> CheckpointError:
         return CheckpointError(self.f.path, problem, self.info.name)
 
-    def _tensor_scale(self) -> torch.Tensor | None:
-        import torch
+    def _restored(self, stored: Scale) -> Scale:
+        """The stored magnitude as a scale; the recorded original when it rounds to exactly this value."""
+        return self.record.restores(stored) if self.record is not None else stored
 
+    def _tensor_scale(self, checked: bool = True) -> Scale | None:
+        """The ``.scale`` tensor as an F32 magnitude (restored from the record); checked: one finite
+        positive value, else an error naming it; unchecked: None where it is not one value."""
         if self.scale is None:
             return None
-        s = self.f.read_float(self.scale.name).reshape(-1).float()
-        if s.numel() != 1 or not bool(torch.isfinite(s).all()) or not bool(s[0] > 0):
-            problem = f"scale must be one finite positive value, got {s.tolist()[:4]}"
+        s = self.f.read_float(self.scale.name).float32().reshape(-1)
+        if checked and (s.size != 1 or not np.isfinite(s).all() or not s[0] > 0):
+            problem = f"scale must be one finite positive value, got {[float(v) for v in s[:4]]}"
             raise CheckpointError(self.f.path, problem, self.scale.name)
-        return s
+        if s.size != 1:
+            return None
+        return self._restored(Scale("F32", s.tobytes(), LinearClass.AUTOBITLINEAR))
 
-    def _check_positive(self, s: torch.Tensor) -> torch.Tensor:
-        v = float(s.reshape(-1)[0])
-        if not v > 0 or v == float("inf"):
-            raise self.fail(f"{self.info.type_name} scale is {v}, not finite and positive")
-        return s
+    def _in_data_scale(self, word: np.ndarray) -> Scale:
+        """I2_S's fp32 magnitude after the codes (its four bytes), restored from the record."""
+        return self._restored(Scale("F32", np.ascontiguousarray(word).tobytes(), LinearClass.AUTOBITLINEAR))
 
-    def _order(self, w: torch.Tensor) -> torch.Tensor:
+    def _order(self, w: np.ndarray) -> np.ndarray:
         return names.unpermute_qk(w, self.heads) if self.heads else w
 
-    def load_scale(self) -> TernaryScale:
-        import torch
+    # --- the bytes as stored ------------------------------------------------------------------
 
-        t = self.info
-        if t.ggml.flat:  # the scale follows the codes: read its four bytes alone
-            raw = self.f.read_raw(t.name, t.nbytes - t.ggml.tail, 4)
-            return _scale(self._check_positive(raw.view(torch.float32)), self.hint)
-        s = self._tensor_scale()
-        assert s is not None
-        return _scale(s, self.hint)
-
-    def code_counts(self) -> tuple[tuple[int, int, int, int], StoredScale] | None:
-        """Counts of the codes and the scale :meth:`load` gives, off the bytes (``TensorEntry.load_code_counts``);
-        None where a ``.scale`` tensor or blocks with different ``d`` leave it to loading."""
-        from . import code_counts
-
+    def stored(self) -> Stored:
         t = self.info
         raw = self.f.read_bytes(t.name)
+        if t.ggml.kind == "ternary":
+            if t.ggml.flat:
+                n = raw.size - t.ggml.tail
+                scale = self._in_data_scale(raw[n : n + 4])
+            else:
+                scale = self._tensor_scale(checked=False)
+            return Stored(raw, f"gguf:{t.type_name}", scale=scale, counts=lambda: self._code_counts(raw))
+        dtype = t.ggml.dtype_name
+        if dtype is None:  # Q8_0: blocks, not values
+            return Stored(raw, f"gguf:{t.type_name}")
+        if self.scale is not None:  # codes stored as floats, the magnitude in the .scale tensor
+            one = float_bits(1.0, dtype)
+            return Stored(raw, "floats", dtype, self._tensor_scale(checked=False), lambda: float_code_counts(raw, dtype, one))
+        if self.record is not None:
+            magnitude = self.record.scale.magnitude_bits(dtype)
+            return Stored(raw, "floats", dtype, self.record.scale, lambda: float_code_counts(raw, dtype, magnitude))
+        return float_stored(raw, dtype)
+
+    def _code_counts(self, raw: np.ndarray) -> CodeCounts | None:
+        """Counts of the codes :meth:`load` gives, off the bytes; None where it gives floats (blocks
+        disagreeing on ``d``, or a ``d`` that is no finite positive magnitude)."""
+        t = self.info
         if t.ggml.flat:
-            counts, word = code_counts.i2s_counts(raw, t.shape)
-            return counts, code_counts.stored_scale(word, "F32", self.hint)
+            return code_counts.i2s_counts(raw, t.shape)[0]
         counts, d = code_counts.block_counts(raw, t.ggml.id)
         if d is None:
             return None
-        if self.scale is None:
-            return counts, code_counts.stored_scale(d, "F16", self.hint)
-        if self.scale.type != types.F32:
-            return None
-        s = self.f.read_bytes(self.scale.name)
-        scale = code_counts.with_tensor_scale(d, s, self.hint)
-        return None if scale is None else (counts, scale)
+        dv = np.uint16(d).view(np.float16)
+        return counts if np.isfinite(dv) and dv > 0 else None
+
+    # --- the values -----------------------------------------------------------------------------
 
     def load(self) -> Value:
-        import torch
-
-        from ...ternary import TernaryWeight, recover_ternary
-
         if self.info.ggml.kind == "ternary":
             return self._load_codes()
         w = self.f.read_float(self.info.name)
         s = self._tensor_scale()
-        if s is not None:
-            if bool(((w == -1) | (w == 0) | (w == 1)).all()):
-                return TernaryWeight(self._order(w.to(torch.int8)), _scale(s, self.hint))
-            return self._order(w.float() * s)
-        w = self._order(w)
-        if self.hint is not None:
-            hint = self.hint.to_scale()
-            found = recover_ternary(w)
-            if found is not None and torch.equal(found[1].reshape(1), hint.magnitude(w.dtype).reshape(1)):
-                return TernaryWeight(found[0], hint)
-        return w
+        if s is None:  # a latent weight (or dense tensor) as stored
+            return Dense(self._order(w.data), w.dtype_name)
+        values = w.float32()
+        if bool(((values == -1) | (values == 0) | (values == 1)).all()):
+            return TernaryWeight(self._order(values.astype(np.int8)), s)
+        return Dense(self._order(values * np.float32(s.item())), "F32")
 
     def _load_codes(self) -> Value:
-        from ...ternary import TernaryWeight
-
         t = self.info
-        raw = self.f.read_raw(t.name)
+        raw = self.f.read_bytes(t.name)
         problem = t.ggml.first_invalid(raw, t.shape) if t.ggml.first_invalid else None
         if problem is not None:
             raise self.fail(problem)
-        if t.ggml.id == types.I2_S:  # three byte orders, one per bitnet.cpp build
-            codes, d = i2s_layouts.decode(raw, t.shape, self.i2s_layout)
-        else:
-            codes, d = t.ggml.decode_codes(raw, t.shape)
-        if t.ggml.flat:  # one scale for the whole tensor
-            return TernaryWeight(self._order(codes), _scale(self._check_positive(d), self.hint))
+        if t.ggml.flat:  # three byte orders, one per bitnet.cpp build; one scale for the whole tensor
+            codes, scale = i2s_layouts.decode(raw, t.shape, self.i2s_layout)
+            v = float(scale[0])
+            if not v > 0 or v == float("inf"):
+                raise self.fail(f"{t.type_name} scale is {v}, not finite and positive")
+            return TernaryWeight(self._order(codes), self._in_data_scale(scale))
+        codes, d = t.ggml.decode_codes(raw, t.shape)
         return self._from_blocks(codes, d)
 
-    def _from_blocks(self, codes: torch.Tensor, d: torch.Tensor) -> Value:
+    def _from_blocks(self, codes: np.ndarray, d: np.ndarray) -> Value:
         """Codes with a ``d`` per block: one scale when every block that holds a code agrees."""
-        import torch
-
-        from ...ternary import LinearClass, TernaryScale, TernaryWeight
-
         rows, cols = self.info.shape
         block = self.info.ggml.block
         s = self._tensor_scale()
-        used = codes.reshape(rows, -1, block).ne(0).any(-1)  # a block of zeros says nothing of d
+        used = (codes.reshape(rows, -1, block) != 0).any(-1)  # a block of zeros says nothing of d
         dv = d[used]
-        if dv.numel() == 0:
-            dv = torch.ones(1, dtype=torch.float16)
-        if bool((dv == dv[0]).all()) and bool(torch.isfinite(dv[0])) and bool(dv[0] > 0):
+        if dv.size == 0:
+            dv = np.ones(1, dtype=np.float16)
+        if bool((dv == dv[0]).all()) and bool(np.isfinite(dv[0])) and bool(dv[0] > 0):
             codes = self._order(codes)
             if s is None:
-                return TernaryWeight(codes, _scale(dv[:1].clone(), self.hint))
+                return TernaryWeight(codes, self._restored(Scale("F16", dv[:1].tobytes(), LinearClass.AUTOBITLINEAR)))
             if float(dv[0]) == 1.0:
-                return TernaryWeight(codes, _scale(s, self.hint))
+                return TernaryWeight(codes, s)
             # d and the tensor scale both apply: their product is exact in float64.
-            return TernaryWeight(codes, TernaryScale(dv[:1].double() * s.double(), LinearClass.AUTOBITLINEAR))
-        lo, hi = float(dv.float().min()), float(dv.float().max())
+            return TernaryWeight(codes, Scale.of(float(dv[0]) * s.item(), LinearClass.AUTOBITLINEAR, "F64"))
+        lo, hi = float(dv.astype(np.float32).min()), float(dv.astype(np.float32).max())
         self.notes.append(
             f"{self.hf_name}: {self.info.type_name} blocks carry different scales d ({lo:.6g} .. {hi:.6g}), so the "
             "tensor is no set of codes with one scale; loaded as float values"
         )
-        w = (codes.float().reshape(rows, -1, block) * d.float().unsqueeze(-1)).reshape(rows, cols)
-        return self._order(w * s if s is not None else w)
+        w = (codes.astype(np.float32).reshape(rows, -1, block) * d.astype(np.float32)[..., None]).reshape(rows, cols)
+        return Dense(self._order(w * np.float32(s.item()) if s is not None else w), "F32")
 
 
 def _stored_label(t: TensorInfo, scale: TensorInfo | None, layout: str) -> str:
@@ -214,31 +198,38 @@ class GGUFReader:
         f = GGUFFile(path)
         notes: list[str] = []
         arch, cfg, precision = metadata.read_config(f, "output.weight" not in f.tensors, notes)
-        hints = _scale_hints(f)
+        records = _records(f)
         layout, recorded = (i2s_layout, True) if i2s_layout else _i2s_layout(f, notes)
         used: set[str] = set()
         entries: dict[str, TensorEntry] = {}
         expected = cfg.expected_shapes()
         for gname, hf in names.from_gguf_table(cfg).items():
             want = (hf, expected[hf])
-            entries[hf] = _entry(f, arch, cfg, gname, want, hints.get(hf), used, notes, (layout, recorded))
+            entries[hf] = _entry(f, cfg, gname, want, records.get(hf), used, notes, (layout, recorded))
         _check_unused(f, used, notes)
-        info = _info(f, arch, hints)
-        if any(t.type == types.I2_S for t in f.tensors.values()):
-            info["i2s_layout"] = layout if recorded else f"{layout} (assumed: not recorded)"
-        if precision:
-            info["config_precision"] = precision
-        if any(e.ternary for e in entries.values()):
-            cfg.quantization = _held_quantization(cfg.quantization, info.get("linear_class", LinearClass.AUTOBITLINEAR))
-        ckpt = Checkpoint(NAME, path, cfg, entries, [], notes, info)
+        has_i2s = any(t.type == types.I2_S for t in f.tensors.values())
+        facts = Facts(
+            linear_class=_linear_class(records),
+            # GGUF's dtypes are its own conventions (F32 norms, the --embed-type); the model's are recorded
+            container_dtypes=True,
+            config_precision=precision,
+            gguf=GGUFFacts(
+                arch, tokenizer.from_gguf(f), f.get(metadata.Keys.General.FILE_TYPE),
+                layout if has_i2s else None, recorded,
+            ),  # fmt: skip
+        )
+        if any(e.kind is Kind.TERNARY for e in entries.values()):
+            cfg.quantization = _held_quantization(cfg.quantization, facts.linear_class or LinearClass.AUTOBITLINEAR)
+        ckpt = Checkpoint(NAME, path, cfg, entries, [], notes, facts)
+        _read_origin(f, ckpt)
         check_tensor_set(ckpt)
         ckpt.side_files = _tokenizer_side_files(f, ckpt, notes)
         return ckpt
 
 
 def _entry(
-    f: GGUFFile, arch: str, cfg: ModelConfig, gname: str, want: tuple[str, tuple[int, ...]],
-    hint: StoredScale | None, used: set[str], notes: list[str], layout: tuple[str, bool],
+    f: GGUFFile, cfg: ModelConfig, gname: str, want: tuple[str, tuple[int, ...]],
+    record: ScaleRecord | None, used: set[str], notes: list[str], layout: tuple[str, bool],
 ) -> TensorEntry:  # fmt: skip
     """The entry of one weight the metadata implies (HF name, shape), checked against the file's tensor."""
     hf, expected = want
@@ -256,22 +247,18 @@ def _entry(
     coded = t.ggml.kind == "ternary"
     if coded and not quantized:
         raise CheckpointError(f.path, f"{t.type_name} is only read for quantized linear weights", gname)
-    src = _TensorSource(f, t, hf, scale, hint, names.permuted_heads(arch, hf, cfg), notes, layout[0])
-    cheap_scale = t.ggml.flat or scale is not None
-    if not (coded or scale is not None):
+    src = _TensorSource(f, t, hf, scale, record, names.permuted_heads(hf, cfg), notes, layout[0])
+    if coded or scale is not None:
+        kind = Kind.TERNARY
+        # the scale's dtype: the recorded original's, else as stored (fp32 tensor or I2_S tail, fp16 block d)
+        dtype = record.scale.dtype_name if record is not None else ("F32" if t.ggml.flat or scale is not None else "F16")
+    else:
+        kind = Kind.LATENT if quantized else Kind.DENSE
         dtype = t.ggml.dtype_name or "F32"
-    elif hint is not None:
-        dtype = hint.dtype_name
-    else:  # the scale as stored: fp32 tensor or I2_S tail, else the fp16 block d
-        dtype = "F32" if cheap_scale else "F16"
-    # a float weight is its stored bytes unless a scale, a recorded ternary scale or q/k row order applies
-    as_stored = t.ggml.dtype_name is not None and scale is None and hint is None and src.heads is None
+    label = _stored_label(t, scale, f"{layout[0]} layout" + ("" if layout[1] else " assumed"))
     return TensorEntry(
-        hf, expected, dtype, coded or scale is not None, str(f.path), src.load,
-        src.load_scale if cheap_scale else None,
-        _stored_label(t, scale, f"{layout[0]} layout" + ("" if layout[1] else " assumed")),
-        load_stored=(lambda: f.read_bytes(gname)) if as_stored and not coded else None,
-        load_code_counts=src.code_counts if coded else None,
+        hf, expected, kind, dtype, str(f.path), src.load, src.stored, label,
+        record=record if kind is Kind.LATENT else None,
     )  # fmt: skip
 
 
@@ -292,6 +279,14 @@ def _i2s_layout(f: GGUFFile, notes: list[str]) -> tuple[str, bool]:
     return recorded, True
 
 
+def _linear_class(records: dict[str, ScaleRecord]) -> LinearClass | None:
+    """The recorded scales' convention where they all share one; GGUF's own (magnitudes) where none is recorded."""
+    classes = {r.scale.linear_class for r in records.values()}
+    if len(classes) == 1:
+        return classes.pop()
+    return None if records else LinearClass.AUTOBITLINEAR
+
+
 def _held_quantization(recorded: QuantConfig | None, linear_class: LinearClass) -> QuantConfig:
     """The quantization config of what the file holds: stored codes and scales (offline), whatever the
     recorded source config said (a master's is online), keeping the modules it leaves unquantized."""
@@ -309,24 +304,14 @@ def _check_unused(f: GGUFFile, used: set[str], notes: list[str]) -> None:
         raise CheckpointError(f.path, "unexpected tensor: the metadata implies no such weight", gname)
 
 
-def _info(f: GGUFFile, arch: str, hints: dict[str, StoredScale]) -> dict:
-    info = {
-        "gguf_architecture": arch,
-        "gguf_tokenizer": tokenizer.from_gguf(f),
-        "gguf_file_type": f.get(metadata.Keys.General.FILE_TYPE),
-        # GGUF's dtypes are its own conventions (F32 norms, the --embed-type); the model's are recorded
-        "container_dtypes": True,
-    }
-    for key, field in ORIGIN_KEYS.items():
+def _read_origin(f: GGUFFile, ckpt: Checkpoint) -> None:
+    """Where the model comes from, as the header says (``general.*``), and the provenance it carries."""
+    for key, field in ((metadata.Keys.General.NAME, "model_name"), (metadata.Keys.General.SOURCE_URL, "source_url"),
+                       (metadata.Keys.General.LICENSE, "license")):  # fmt: skip
         value = f.get(key)
         if isinstance(value, str) and value:
-            info[field] = value
-    classes = {s.linear_class for s in hints.values()}
-    if len(classes) == 1:
-        info["linear_class"] = classes.pop()
-    elif not hints:
-        info["linear_class"] = LinearClass.AUTOBITLINEAR  # GGUF scales are magnitudes
-    return info
+            setattr(ckpt.origin, field, value)
+    ckpt.origin.recorded_provenance = parse_provenance(f.get(PROVENANCE_KEY), f.path)
 
 
 def _tokenizer_side_files(f: GGUFFile, ckpt: Checkpoint, notes: list[str]) -> list[Path]:

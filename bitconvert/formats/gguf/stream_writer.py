@@ -13,7 +13,7 @@ import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable
 
 import numpy as np
 from gguf.constants import Keys
@@ -32,9 +32,6 @@ from .parser import (
     STRING,
     UINT32,
 )
-
-if TYPE_CHECKING:  # the readers share its KV helpers while planning; torch only where tensors are written
-    import torch
 
 VERSION = 3
 
@@ -98,10 +95,9 @@ def encode_kv(key: str, kv: KV) -> bytes:
     return b"".join(out)
 
 
-def _as_bytes(t: torch.Tensor) -> memoryview:
-    import torch
-
-    return memoryview(t.detach().contiguous().cpu().view(torch.uint8).reshape(-1).numpy())
+def _as_bytes(a: np.ndarray) -> memoryview:
+    """An array's bytes as stored (any dtype), flat, without a copy where it is contiguous."""
+    return memoryview(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
 
 
 def _pad(n: int, alignment: int) -> int:
@@ -159,10 +155,10 @@ class GGUFStreamWriter:
         self._queue.put(None)
         self._thread.join()
 
-    def write(self, name: str, data: torch.Tensor | bytes) -> None:
+    def write(self, name: str, data: np.ndarray | bytes) -> None:
         self.write_parts(name, [data])
 
-    def write_parts(self, name: str, parts: Iterable[torch.Tensor | bytes]) -> None:
+    def write_parts(self, name: str, parts: Iterable[np.ndarray | bytes]) -> None:
         """One tensor's bytes, given in consecutive pieces (so a large tensor is never copied whole)."""
         want = self.plan[self._next]
         if name != want.name:

@@ -1,12 +1,13 @@
 """The GGML tensor types bitconvert reads and writes: one record per type, the only place their facts live.
 
 Ids and block sizes come from gguf-py's constants (``GGMLQuantizationType``, ``GGML_QUANT_SIZES``),
-the functions that turn values into bytes and back from :mod:`.codecs`. Three kinds:
+the functions that turn values into bytes and back from :mod:`.codecs` and :mod:`.i2s_layouts`
+(numpy arrays in and out). Three kinds:
 
 - ``float``: F32 / F16 / BF16 (values as stored) and Q8_0 (quantized per 32-value block);
-  ``encode(x [R, C]) -> bytes``, ``decode(raw [R, row bytes], C) -> float [R, C]``.
+  ``encode(Dense [R, C]) -> uint8``, ``decode(raw [R, row bytes], C) -> Dense [R, C]``.
 - ``ternary``: TQ1_0 / TQ2_0, rows of 256-value blocks each with an fp16 ``d``;
-  ``encode(codes [R, C], d) -> bytes``, ``decode(raw [R, row bytes], C) -> (codes, d [R, blocks])``.
+  ``encode(codes [R, C], d) -> uint8 [R, row bytes]``, ``decode(raw [R, row bytes], C) -> (codes, d [R, blocks])``.
 - ``ternary`` with ``flat = True``: I2_S, whose 128-value blocks run over the flattened tensor and
   end in one fp32 scale; ``encode(codes, scale)``, ``decode(raw, shape) -> (codes, scale [1])``.
 
@@ -16,18 +17,16 @@ byte), so a reader refuses a corrupt tensor instead of loading made-up codes.
 
 from __future__ import annotations
 
-import importlib
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from functools import partial
+from typing import Callable
 
+import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 
-from ...dtypes import torch_dtype
-from .blocks import I2_S_TAIL, QK_I2_S
-
-if TYPE_CHECKING:  # the table is read while planning (sizes, names); torch and the codecs only to encode or decode
-    import torch
+from ...dtypes import Dense
+from . import codecs, i2s_layouts
 
 _Q = GGMLQuantizationType
 
@@ -39,6 +38,8 @@ I2_S = 36
 TL1, TL2 = 38, 39
 #: bitnet.cpp's llama_ftype for an I2_S model (upstream gives 40 to another type)
 FILE_TYPE_I2_S = 40
+#: values per TQ block (ggml's QK_K, 256): what a quantized linear's rows must be a multiple of
+QK_K = codecs.QK_K
 
 
 @dataclass(frozen=True)
@@ -50,17 +51,13 @@ class GGMLType:
     block_bytes: int
     encode: Callable
     decode: Callable
-    first_invalid: Callable[[torch.Tensor, tuple[int, ...]], str | None] | None = None
+    first_invalid: Callable[[np.ndarray, tuple[int, ...]], str | None] | None = None
     flat: bool = False
     tail: int = 0  # bytes after the blocks (I2_S: the scale and its padding)
     dtype_name: str | None = None  # float types stored value by value: their safetensors dtype name
     max_finite: float | None = None  # magnitudes at or above this do not fit (F16 overflow)
     file_type: int | None = None  # general.file_type when this is the model's main weight type
     encode_rows: Callable | None = None  # ternary: encode(codes handed out by rows: codecs.CodeRows, R, C, d)
-
-    @property
-    def torch_dtype(self) -> torch.dtype | None:
-        return torch_dtype(self.dtype_name) if self.dtype_name else None
 
     def nbytes(self, shape: tuple[int, ...]) -> int:
         """Bytes a tensor of ``shape`` (PyTorch order) takes in a GGUF data section, unpadded."""
@@ -75,11 +72,13 @@ class GGMLType:
         n = shape[-1] if shape and not self.flat else math.prod(shape)
         return n % self.block == 0
 
-    def decode_values(self, raw: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    def decode_values(self, raw: np.ndarray, shape: tuple[int, ...]) -> Dense:
+        """A float type's stored bytes as values of ``shape`` (F32/F16/BF16 as stored, Q8_0 as float32)."""
         cols = shape[-1] if shape else 1
-        return self.decode(raw.reshape(-1, self.nbytes((cols,))), cols).reshape(shape)
+        values = self.decode(raw.reshape(-1, self.nbytes((cols,))), cols)
+        return Dense(values.data.reshape(shape), values.dtype_name)
 
-    def decode_codes(self, raw: torch.Tensor, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode_codes(self, raw: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
         """(int8 codes of ``shape``, the scale stored in the data: per-block ``d`` or the flat scale)."""
         if self.flat:
             return self.decode(raw, shape)
@@ -93,48 +92,33 @@ def _size(q: GGMLQuantizationType) -> dict:
     return {"id": int(q), "name": q.name, "block": block, "block_bytes": block_bytes}
 
 
-def _codec(name: str, dtype_name: str | None = None, module: str = "codecs") -> Callable:
-    """``<module>.<name>`` (with ``dtype=`` for the float codecs), importing that module (torch) on first use."""
-
-    def call(*args):
-        codec = getattr(importlib.import_module(f".{module}", __package__), name)
-        return codec(*args, **({"dtype": torch_dtype(dtype_name)} if dtype_name else {}))
-
-    call.__name__ = name
-    return call
-
-
 def _float(q: GGMLQuantizationType, dtype_name: str, file_type: int, max_finite: float | None = None) -> GGMLType:
     return GGMLType(
-        kind="float", encode=_codec("encode_float", dtype_name), decode=_codec("decode_float", dtype_name),
+        kind="float", encode=partial(codecs.encode_float, dtype_name=dtype_name),
+        decode=partial(codecs.decode_float, dtype_name=dtype_name),
         dtype_name=dtype_name, max_finite=max_finite, file_type=file_type, **_size(q),
     )  # fmt: skip
 
 
-def _tq2_0_invalid(raw: torch.Tensor, shape: tuple[int, ...]) -> str | None:
-    from . import codecs
-
+def _tq2_0_invalid(raw: np.ndarray, shape: tuple[int, ...]) -> str | None:
     cols = shape[-1]
-    bad = codecs.first_code_3(codecs.tq2_0_raw_codes(raw.reshape(-1, cols // codecs.QK_K * 66), cols))
+    bad = codecs.first_code_3(codecs.tq2_0_raw_codes(raw.reshape(-1, cols // QK_K * codecs.TQ2_0_BYTES), cols))
     return None if bad is None else f"TQ2_0 code 3 (not ternary) in row {bad // (cols // 4)}"
 
 
-def _tq1_0_invalid(raw: torch.Tensor, shape: tuple[int, ...]) -> str | None:
-    from . import codecs
-
+def _tq1_0_invalid(raw: np.ndarray, shape: tuple[int, ...]) -> str | None:
     cols = shape[-1]
-    row = codecs.tq1_0_first_noncanonical(raw.reshape(-1, cols // codecs.QK_K * 54), cols)
+    row = codecs.tq1_0_first_noncanonical(raw.reshape(-1, cols // QK_K * codecs.TQ1_0_BYTES), cols)
     return None if row is None else f"TQ1_0 byte that no ternary values encode (not canonical) in row {row}"
 
 
-def _i2_s_invalid(raw: torch.Tensor, shape: tuple[int, ...]) -> str | None:
-    from . import codecs
-
-    bad = codecs.first_code_3(raw[: math.prod(shape) // 4])
+def _i2_s_invalid(raw: np.ndarray, shape: tuple[int, ...]) -> str | None:
+    bad = codecs.first_code_3(raw.reshape(-1)[: math.prod(shape) // 4])
     return None if bad is None else f"I2_S code 3 (not ternary) at value {bad * 4} or after"
 
 
 _F16_OVERFLOW = 65520.0  # the smallest magnitude that rounds to infinity in F16
+_I2_S_BLOCK = i2s_layouts.BLOCK[i2s_layouts.DEFAULT_LAYOUT]
 
 TYPES: dict[int, GGMLType] = {
     t.id: t
@@ -142,17 +126,16 @@ TYPES: dict[int, GGMLType] = {
         _float(_Q.F32, "F32", int(LlamaFileType.ALL_F32)),
         _float(_Q.F16, "F16", int(LlamaFileType.MOSTLY_F16), _F16_OVERFLOW),
         _float(_Q.BF16, "BF16", int(LlamaFileType.MOSTLY_BF16)),
-        GGMLType(kind="float", encode=_codec("encode_q8_0"), decode=_codec("decode_q8_0"), **_size(_Q.Q8_0)),
-        GGMLType(kind="ternary", encode=_codec("encode_tq1_0"), decode=_codec("decode_tq1_0"),
+        GGMLType(kind="float", encode=codecs.encode_q8_0, decode=codecs.decode_q8_0, **_size(_Q.Q8_0)),
+        GGMLType(kind="ternary", encode=codecs.encode_tq1_0, decode=codecs.decode_tq1_0,
                  first_invalid=_tq1_0_invalid, file_type=int(LlamaFileType.MOSTLY_TQ1_0),
-                 encode_rows=_codec("encode_tq1_0_rows"), **_size(_Q.TQ1_0)),
-        GGMLType(kind="ternary", encode=_codec("encode_tq2_0"), decode=_codec("decode_tq2_0"),
+                 encode_rows=codecs.encode_tq1_0_rows, **_size(_Q.TQ1_0)),
+        GGMLType(kind="ternary", encode=codecs.encode_tq2_0, decode=codecs.decode_tq2_0,
                  first_invalid=_tq2_0_invalid, file_type=int(LlamaFileType.MOSTLY_TQ2_0),
-                 encode_rows=_codec("encode_tq2_0_rows"), **_size(_Q.TQ2_0)),
+                 encode_rows=codecs.encode_tq2_0_rows, **_size(_Q.TQ2_0)),
         # ggml is told one byte per value; the real size is 2 bits per value plus the tail.
-        GGMLType(I2_S, "I2_S", "ternary", QK_I2_S, QK_I2_S // 4, _codec("encode", module="i2s_layouts"),
-                 _codec("decode", module="i2s_layouts"),
-                 _i2_s_invalid, flat=True, tail=I2_S_TAIL, file_type=FILE_TYPE_I2_S),
+        GGMLType(I2_S, "I2_S", "ternary", _I2_S_BLOCK, _I2_S_BLOCK // 4, i2s_layouts.encode, i2s_layouts.decode,
+                 _i2_s_invalid, flat=True, tail=i2s_layouts.TAIL, file_type=FILE_TYPE_I2_S),
     )
 }  # fmt: skip
 UNSUPPORTED = {TL1: "TL1 (bitnet.cpp kernel-tile layout, not portable)", TL2: "TL2 or MXFP4"}

@@ -18,30 +18,28 @@ back restores it exactly, whatever its dtype and convention.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+import numpy as np
 
-from ...model.checkpoint import Checkpoint
-from ...model.config import Architecture, ModelConfig
 from ...errors import CheckpointError, UsageError
 from ...io.pipeline import ahead_budget, produced_ahead
 from ...io.provenance import PROVENANCE_KEY, provenance_text
-from ...ternary.recipes import GGUF_RECIPES, Recipe
+from ...model.checkpoint import Checkpoint, Kind
+from ...model.config import ModelConfig
+from ...model.families import EMBEDDING, LM_HEAD
+from ...ternary.recipes import RECIPES, Recipe, check_recipe
 from ...ternary.records import encode_record
 from .. import Progress, WriteReport, register_writer
 from ..hf.common import ordered_names
-from ..options import choice_parser, option, parse_flag, recipe_field
-from . import i2s_layouts, metadata, names, production, tokenizer, types
+from . import archs, i2s_layouts, metadata, names, production, tokenizer, types
+from .options import GGUFOptions
 from .plan import Plan, TensorPlan
 from .stream_writer import KV, GGUFStreamWriter, PlannedGGUFTensor, kv_str
 from .types import GGMLType
 
 NAME = "gguf"
-WEIGHT_TYPES = ("tq2_0", "tq1_0", "i2_s", "f16", "bf16", "f32")  # what --gguf-type takes
-EMBED_TYPES = ("f16", "bf16", "f32", "q8_0")  # what --embed-type takes
-EMBEDDINGS = ("model.embed_tokens.weight", "lm_head.weight")
+EMBEDDINGS = (EMBEDDING, LM_HEAD)
 SCALE_MODES = {
     "blocks": "llama.cpp's: fp16 d = max|x| per 256-value block (the magnitude rounded to fp16)",
     "tensor": "exact: codes with d = 1 and an F32 .scale tensor per weight",
@@ -51,42 +49,17 @@ SCALE_MODES = {
 }
 
 
-@dataclass(frozen=True)
-class GGUFOptions:
-    gguf_type: str = option(
-        "tq2_0", "--gguf-type", "weight type of quantized linears: " + ", ".join(WEIGHT_TYPES),
-        choice_parser("--gguf-type", WEIGHT_TYPES),
-    )  # fmt: skip
-    embed_type: str = option(
-        "f16", "--embed-type", "type of token_embd (and an untied output): " + ", ".join(EMBED_TYPES),
-        choice_parser("--embed-type", EMBED_TYPES),
-    )  # fmt: skip
-    allow_fallback: bool = option(
-        False, "--allow-fallback", "write quantized linears a ternary type cannot hold as F16", parse_flag
-    )
-    no_tokenizer: bool = option(
-        False, "--no-tokenizer", "write no tokenizer (else an unreadable tokenizer.json is an error)", parse_flag
-    )
-    recipe: Recipe = recipe_field(
-        GGUF_RECIPES,
-        "how a master is quantized: transformers (exact fp32 scale, default), llama.cpp (tq types: fp16 d = "
-        "max|x| per block, as convert_hf_to_gguf.py) or bitnet.cpp (i2_s: its converter's folded scale)",
-    )
-    i2s_layout: str | None = option(
-        None, "--i2s-layout", "I2_S byte layout (bitnet.cpp build): x86 (default, official files), x86-rows or arm",
-        choice_parser("--i2s-layout", i2s_layouts.LAYOUTS),
-    )  # fmt: skip
-
-
 def scale_mode(wtype: GGMLType, arch: str, recipe: Recipe = Recipe.TRANSFORMERS) -> str:
-    """Where a quantized weight's scale goes for this type and architecture (see SCALE_MODES)."""
-    if recipe is Recipe.LLAMA_CPP:
-        return "blocks"
+    """Where a quantized weight's scale goes for this type and architecture (see SCALE_MODES): the
+    recipe's own place where it has one, else the data's (I2_S), else a ``.scale`` tensor where the
+    architecture's graph multiplies one in, else folded into the blocks' ``d``."""
+    if RECIPES[recipe].gguf_scale_mode is not None:
+        return RECIPES[recipe].gguf_scale_mode
     if wtype.kind != "ternary":
         return "dequantized"
     if wtype.flat:
         return "in-data"
-    return "folded" if arch == metadata.ARCH_LLAMA else "tensor"
+    return "tensor" if archs.graph(arch).scale_tensors else "folded"
 
 
 class GGUFWriter:
@@ -119,8 +92,8 @@ class GGUFWriter:
 def plan_tensors(ckpt: Checkpoint, options: GGUFOptions) -> Plan:
     cfg = ckpt.config
     wtype = types.BY_OPTION[options.gguf_type]
-    _check_recipe(ckpt, options, wtype)
-    arch = metadata.gguf_architecture(cfg.architecture, options.gguf_type)
+    _check_options(ckpt, options, wtype)
+    arch = archs.gguf_architecture(cfg.family, options.gguf_type)
     layout = options.i2s_layout or i2s_layouts.DEFAULT_LAYOUT
     plan = Plan(arch, wtype, scale_mode(wtype, arch, options.recipe), options.recipe, layout)
     etype = types.BY_OPTION[options.embed_type]
@@ -129,7 +102,7 @@ def plan_tensors(ckpt: Checkpoint, options: GGUFOptions) -> Plan:
         gname = names.to_gguf(hf, cfg)
         if gname is None:
             raise CheckpointError(e.source, "no GGUF name for this tensor", hf)
-        heads = names.permuted_heads(arch, hf, cfg)
+        heads = names.permuted_heads(hf, cfg)
         if ckpt.is_quantized_linear(hf):
             plan.tensors.append(_plan_quantized(plan, hf, gname, e.shape, e.source, options.allow_fallback))
             plan.tensors[-1].heads = heads
@@ -145,8 +118,8 @@ def plan_tensors(ckpt: Checkpoint, options: GGUFOptions) -> Plan:
     return plan
 
 
-def _check_recipe(ckpt: Checkpoint, options: GGUFOptions, wtype: GGMLType) -> None:
-    """Refuse a recipe or I2_S layout where it cannot do what it names."""
+def _check_options(ckpt: Checkpoint, options: GGUFOptions, wtype: GGMLType) -> None:
+    """Refuse an I2_S layout where it cannot apply, and a recipe where it cannot do what it names."""
     if options.i2s_layout is not None and wtype.id != types.I2_S:
         raise UsageError(f"--i2s-layout applies to --gguf-type i2_s only, not {options.gguf_type}")
     if wtype.id == types.I2_S and not options.allow_fallback:
@@ -155,19 +128,8 @@ def _check_recipe(ckpt: Checkpoint, options: GGUFOptions, wtype: GGMLType) -> No
             problem = ckpt.is_quantized_linear(name) and i2s_layouts.layout_problem(layout, tuple(e.shape))
             if problem:
                 raise CheckpointError(e.source, problem, name)
-    recipe = options.recipe
-    if recipe is Recipe.TRANSFORMERS:
-        return
-    if recipe is Recipe.LLAMA_CPP and wtype.id not in (types.TQ1_0, types.TQ2_0):
-        raise UsageError(f"--recipe llama.cpp writes tq1_0 or tq2_0, as llama.cpp's converter; not {options.gguf_type}")
-    if recipe is Recipe.BITNET_CPP and wtype.id != types.I2_S:
-        raise UsageError(f"--recipe bitnet.cpp writes i2_s, as bitnet.cpp's converter; not {options.gguf_type}")
-    stored = [n for n, e in ckpt.tensors.items() if e.ternary]
-    if stored:
-        raise UsageError(
-            f"--recipe {recipe.value} quantizes a float master, but {ckpt.path} ({ckpt.format}) already holds ternary "
-            f"codes (e.g. {stored[0]}), which are never requantized: drop --recipe"
-        )
+    chosen = {"gguf_type": options.gguf_type}
+    check_recipe(options.recipe, NAME, chosen, ckpt.first_stored_ternary(), f"{ckpt.path} ({ckpt.format})")
 
 
 def _plan_quantized(plan: Plan, hf: str, gname: str, shape: tuple, source: str, allow_fallback: bool) -> TensorPlan:
@@ -185,7 +147,7 @@ def _plan_quantized(plan: Plan, hf: str, gname: str, shape: tuple, source: str, 
         raise CheckpointError(source, problem, hf)
     plan.fallbacks.append(hf)
     # upstream llama.cpp's bitnet graph multiplies .scale in (checked); bitnet.cpp's is unverified
-    keep_scale = plan.arch == metadata.ARCH_BITNET and wtype.kind == "ternary" and not wtype.flat
+    keep_scale = archs.graph(plan.arch).scale_tensors and wtype.kind == "ternary" and not wtype.flat
     return TensorPlan(hf, PlannedGGUFTensor(gname, types.F16, shape), "fallback", scale if keep_scale else None)
 
 
@@ -195,27 +157,38 @@ def _plan_quantized(plan: Plan, hf: str, gname: str, shape: tuple, source: str, 
 def _metadata(ckpt: Checkpoint, plan: Plan, options: GGUFOptions, report: WriteReport) -> dict[str, KV]:
     cfg = ckpt.config
     md: dict[str, KV] = {}
-    name, source_url, license = metadata.origin(ckpt.info, ckpt.path)
+    name, source_url, license = metadata.origin(ckpt.origin, ckpt.path)
     md.update(metadata.general(name, plan.arch, plan.wtype.file_type, source_url, license))
     md.update(metadata.hyperparameters(cfg, plan.arch))
     if not options.no_tokenizer:
         md.update(_tokenizer(ckpt, report))
     records = {}
     for p in plan.tensors:
-        e = ckpt.tensors[p.hf]
-        if p.role != "dense" and e.load_scale is not None:
-            records[p.hf] = encode_record(e.load_scale())
+        scale = _exact_scale(ckpt, p)
+        if scale is not None:
+            records[p.hf] = encode_record(scale)
     md.update(metadata.bitconvert_keys(cfg, ckpt.format, plan.mode, records))
     if plan.wtype.id == types.I2_S:
         md[metadata.KEY_I2S_LAYOUT] = kv_str(plan.i2s_layout)
-    if ckpt.info.get("provenance"):
-        md[PROVENANCE_KEY] = kv_str(provenance_text(ckpt.info["provenance"]))
+    if ckpt.origin.provenance:
+        md[PROVENANCE_KEY] = kv_str(provenance_text(ckpt.origin.provenance))
     return md
+
+
+def _exact_scale(ckpt: Checkpoint, p: TensorPlan):
+    """The exact scale a quantized weight's source holds where it is known before its codes are: a
+    stored ternary weight's (read without its codes), a master's recorded one."""
+    if p.role == "dense":
+        return None
+    e = ckpt.tensors[p.hf]
+    if e.kind is Kind.TERNARY:
+        return e.stored().scale
+    return e.record.scale if e.record is not None else None
 
 
 def _tokenizer(ckpt: Checkpoint, report: WriteReport) -> dict[str, KV]:
     """A GGUF source's tokenizer keys as they were; else keys built from tokenizer.json."""
-    carried = ckpt.info.get("gguf_tokenizer")
+    carried = ckpt.facts.gguf.tokenizer if ckpt.facts.gguf is not None else None
     if carried:
         return carried
     cfg = ckpt.config
@@ -248,9 +221,10 @@ def _stream(ckpt: Checkpoint, plan: Plan, md: dict[str, KV], out: Path, progress
                 w.write(p.tensor.name, m.data)
                 mag = m.magnitude
                 if plan.mode == "folded" and p.role == "ternary":
-                    folded_err = max(folded_err, abs(float(mag.to(torch.float16)) / float(mag) - 1.0))
+                    folded = float(production.folded_d(mag))
+                    folded_err = max(folded_err, abs(folded / mag - 1.0))
                 if p.scale is not None:
-                    w.write(p.scale.name, mag.to(torch.float32))
+                    w.write(p.scale.name, np.array([mag], dtype="<f4"))
             progress(total, total, "")
     finally:
         made.close()
@@ -261,22 +235,9 @@ def _stream(ckpt: Checkpoint, plan: Plan, md: dict[str, KV], out: Path, progress
 
 
 def _check_layout(cfg: ModelConfig, arch: str, report: WriteReport) -> None:
-    if arch == metadata.ARCH_LLAMA:
-        return
-    if cfg.num_attention_heads * cfg.head_dim != cfg.hidden_size:
-        report.warnings.append(
-            f"heads x head_dim ({cfg.num_attention_heads} x {cfg.head_dim}) differs from hidden_size "
-            f"({cfg.hidden_size}): llama.cpp's {arch!r} architecture cannot load this model"
-        )
-    if not cfg.tie_word_embeddings:
-        report.warnings.append(
-            f"untied embeddings: output.weight written, which llama.cpp's {arch!r} architecture refuses to load"
-        )
-    if cfg.architecture is Architecture.BITNET and arch == metadata.ARCH_BITNET:
-        report.warnings.append(
-            "upstream llama.cpp runs the bitnet architecture with SiLU; this relu² model (2B-4T) gives wrong "
-            "logits there (bitnet.cpp's I2_S build, --gguf-type i2_s, applies relu²)"
-        )
+    report.warnings += archs.loading_warnings(
+        cfg.family, arch, cfg.hidden_act, cfg.num_attention_heads, cfg.head_dim, cfg.hidden_size, cfg.tie_word_embeddings
+    )
 
 
 def _report_losses(plan: Plan, options: GGUFOptions, how: Counter, folded_err: float, report: WriteReport) -> None:
