@@ -13,19 +13,18 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
-from ...model.config import ModelConfig
-from ...errors import CheckpointError, UsageError
+from ...dtypes import config_name
+from ...errors import CheckpointError
 from ...io.jsonfile import read_json_object
+from ...model.config import ModelConfig
+from ...model.families import FAMILIES, Family
 from ...ternary.records import NANOTRON_SCALES_KEY, ScaleRecord, decode_records
-from ..options import choice_parser, dtype_field, option, parse_flag
-from .flavors import DEFAULT_FLAVOR, FLAVORS, NANOTRON_ROPE_THETA, Flavor
-
-if TYPE_CHECKING:  # the reader parses these files while planning; torch types are annotations here
-    import torch
+from .flavors import NANOTRON_ROPE_THETA, Flavor
+from .options import VERSIONS, NanotronOptions  # noqa: F401 (the writer's options, declared apart for the CLI)
 
 MODEL_CONFIG = "model_config.json"
 CONFIG_YAML = "config.yaml"
@@ -33,7 +32,6 @@ CHECKPOINT_METADATA = "checkpoint_metadata.json"
 #: tensors the flavor's model has no parameter for (written only with --allow-lossy); Nanotron never reads it
 KEPT_FILE = "bitconvert_kept.safetensors"
 OWN_FILES = (MODEL_CONFIG, CONFIG_YAML, CHECKPOINT_METADATA, KEPT_FILE)
-VERSIONS = ("1.4", "1.5")
 CUSTOM_KEY = "bitconvert"
 #: Nanotron's dataclass defaults, for model_config.json files that leave a field out.
 NANOTRON_DEFAULTS = {
@@ -86,7 +84,7 @@ def model_config_dict(cfg: ModelConfig, vocab_rows: int, flavor: Flavor, rope_in
     return d
 
 
-def config_yaml_text(model_config: dict[str, Any], tp: int, dtype: torch.dtype) -> str:
+def config_yaml_text(model_config: dict[str, Any], tp: int, dtype_name: str) -> str:
     """A minimal ``config.yaml`` for Nanotron's strict loader: only sections and fields all three flavors take.
 
     Training sections (tokens, optimizer, data_stages, checkpoints) are the user's to add.
@@ -104,7 +102,7 @@ def config_yaml_text(model_config: dict[str, Any], tp: int, dtype: torch.dtype) 
         "model": {
             "model_config": model_config,
             "init_method": {"std": model_config["initializer_range"]},
-            "dtype": str(dtype).removeprefix("torch."),
+            "dtype": config_name(dtype_name),
             "make_vocab_size_divisible_by": 1,
             "ddp_bucket_cap_mb": 25,
         },
@@ -133,49 +131,6 @@ def checkpoint_metadata_dict(version: str, tp: int, custom: dict[str, Any], sequ
 
 def dump_json(path: Path, data: dict[str, Any], *, sort_keys: bool) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=sort_keys) + "\n", encoding="utf-8")
-
-
-# --- options ------------------------------------------------------------------------------------
-
-
-def _parse_tp(value: Any) -> int:
-    try:
-        tp = int(value) if not isinstance(value, bool) else 0
-    except (TypeError, ValueError):
-        tp = 0
-    if tp < 1 or str(tp) != str(value).strip():
-        raise UsageError(f"--tp must be a positive integer, got {value!r}")
-    return tp
-
-
-def _parse_optional_flag(value: Any) -> bool | None:
-    return None if value is None else bool(value)
-
-
-@dataclass(frozen=True)
-class NanotronOptions:
-    flavor: str = option(
-        DEFAULT_FLAVOR,
-        "--nanotron-flavor",
-        "the Nanotron code the checkpoint is for: pr180 (BitNet PR head, default), pr178, main",
-        choice_parser("--nanotron-flavor", FLAVORS),
-    )
-    tp: int = option(1, "--tp", "tensor-parallel size to write", _parse_tp)
-    #: None: the flavor's (PR #180 hard-codes interleaved; main's config default is HF order)
-    rope_interleaved: bool | None = option(
-        None, "--rope-interleaved/--no-rope-interleaved", "RoPE row layout (main only)", _parse_optional_flag
-    )
-    #: None: the version the flavor's own save_weights writes
-    nanotron_version: str | None = option(
-        None, "--nanotron-version", "checkpoint version", choice_parser("--nanotron-version", VERSIONS)
-    )
-    allow_approximate: bool = option(
-        False, "--allow-approximate", "accept a conversion that cannot be exact (packed -> Nanotron)", parse_flag
-    )
-    allow_lossy: bool = option(
-        False, "--allow-lossy", "convert although the flavor's model cannot hold all of the source model", parse_flag
-    )
-    dtype: torch.dtype | None = dtype_field("dtype of the written parameters: bf16, f16 or f32; default bf16")
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -207,19 +162,28 @@ def _int_field(d: dict[str, Any], key: str, path: Path, default: int | None = No
     return v
 
 
+def has_sub_norms(family: Family) -> bool:
+    return family.norm("attn_sub_norm") is not None or family.norm("ffn_sub_norm") is not None
+
+
+def family_from_files(sub_norms: bool, act: str) -> Family:
+    """The family of a Nanotron model that recorded none, asked of the family records: the first one
+    whose sub-norms are there exactly when the files hold sub-norm folders, preferring one Nanotron
+    can hold and then one whose activation is ``act``."""
+    return max(
+        FAMILIES.values(),
+        key=lambda f: (has_sub_norms(f) == sub_norms, f.nanotron, f.hidden_act == act),
+    )  # max keeps the first of equals: registration order breaks ties
+
+
 def _hf_dict_from_nanotron(mc: dict[str, Any], sub_norms: bool) -> dict[str, Any]:
-    """An HF config for a Nanotron model that recorded none: architecture from the sub-norms and activation."""
+    """An HF config for a Nanotron model that recorded none: family from the sub-norms and activation."""
     act = str(mc.get("hidden_act", NANOTRON_DEFAULTS["hidden_act"]))
-    if not sub_norms:
-        arch, model_type = "LlamaForCausalLM", "llama"
-    elif act == "relu2":
-        arch, model_type = "BitNetForCausalLM", "bitnet"
-    else:
-        arch, model_type = "BitnetForCausalLM", "llama"
+    family = family_from_files(sub_norms, act)
     d = {k: mc[k] for k in _REQUIRED}
     d.update(
-        architectures=[arch],
-        model_type=model_type,
+        architectures=[family.hf_architecture],
+        model_type=family.model_type,
         hidden_act=act,
         num_key_value_heads=mc.get("num_key_value_heads") or mc["num_attention_heads"],
         **{k: mc.get(k, NANOTRON_DEFAULTS[k]) for k in ("bos_token_id", "eos_token_id", "max_position_embeddings",
@@ -269,19 +233,28 @@ def _rebuilt_config(mc: dict, custom: dict, sub_norms: bool, mc_path: Path, note
     if not custom:  # Nanotron rewrites checkpoint_metadata.json without custom_metas whenever it saves
         notes.append(
             f"no bitconvert record in {CHECKPOINT_METADATA}: Hugging Face config rebuilt from model_config.json "
-            f"({config.architecture.value}, rope_theta {config.rope_theta:g})"
+            f"({config.family.key}, rope_theta {config.rope_theta:g})"
         )
         if "rope_theta" not in mc:
             warnings.append(
                 f"rope_theta is absent from {MODEL_CONFIG} and no record says it: read as Nanotron's "
                 f"{NANOTRON_ROPE_THETA:g} (2B-4T-style models use 500000); set it in config.json if it was not"
             )
-    if config.hidden_act == "relu2" and not config.spec.attn_sub_norm:
+    lost = _lost_sub_norms_family(config)
+    if lost is not None:
         warnings.append(
-            "relu2 without the attention/FFN sub-norms: evidently a 2B-4T-style model that lost its sub-norms in "
-            "Nanotron; read as LlamaForCausalLM with relu2"
+            f"{config.hidden_act} without the attention/FFN sub-norms: evidently a {lost.hf_architecture}-style model "
+            f"that lost its sub-norms in Nanotron; read as {config.family.hf_architecture} with {config.hidden_act}"
         )
     return config
+
+
+def _lost_sub_norms_family(config: ModelConfig) -> Family | None:
+    """A family with sub-norms that the activation points to, where the model read has none (and its
+    own family does not compute that activation by default): what the model evidently was."""
+    if has_sub_norms(config.family) or config.family.hidden_act == config.hidden_act:
+        return None
+    return next((f for f in FAMILIES.values() if has_sub_norms(f) and f.hidden_act == config.hidden_act), None)
 
 
 def _recorded_config(
@@ -293,10 +266,10 @@ def _recorded_config(
         return None
     config = ModelConfig.from_hf_dict(hf, path / CHECKPOINT_METADATA)
     _check_against_record(mc, config, path / MODEL_CONFIG)
-    sub_norm = config.spec.attn_sub_norm
-    if sub_norm and not sub_norm_folders and f"model.layers.0.{sub_norm}.weight" not in kept:
+    sub_norm = config.family.norm("attn_sub_norm") or config.family.norm("ffn_sub_norm")
+    if sub_norm and not sub_norm_folders and f"model.layers.0.{sub_norm.path}.weight" not in kept:
         warnings.append(
-            f"the recorded {config.architecture.value} model's sub-norms are not in this checkpoint "
+            f"the recorded {config.family.key} model's sub-norms are not in this checkpoint "
             "(no Nanotron model has them)"
         )
         return None
@@ -319,7 +292,7 @@ def _recorded_scales(path: Path, custom: dict) -> dict[str, ScaleRecord]:
         return {}
     scales = {}
     for name, record in decode_records(raw, path / CHECKPOINT_METADATA).items():
-        if record.written_raw is None:
+        if record.written is None:
             raise CheckpointError(path / CHECKPOINT_METADATA, "scale record without the written value", name)
         scales[name] = record
     return scales

@@ -23,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...model.config import ModelConfig
+from .options import DEFAULT_FLAVOR as _OPTIONS_DEFAULT
+from .options import FLAVOR_CHOICES
 
 #: the RoPE base every model without a ``rope_theta`` field uses
 NANOTRON_ROPE_THETA = 10000.0
@@ -56,19 +58,20 @@ FLAVORS: dict[str, Flavor] = {
 }
 #: PR #180 is the one BitNet model in Nanotron a user can check out today (see docs/nanotron.md)
 DEFAULT_FLAVOR = "pr180"
+assert DEFAULT_FLAVOR == _OPTIONS_DEFAULT and tuple(FLAVORS) == FLAVOR_CHOICES, "options.py spells the flavors out"
 
 
 def losses(cfg: ModelConfig, flavor: Flavor) -> list[str]:
     """What a model built by ``flavor``'s code would not have of ``cfg``'s model, one sentence each."""
     out = []
-    spec = cfg.spec
-    if spec.attn_sub_norm:
+    family = cfg.family
+    subs = [n for n in (family.norm("attn_sub_norm"), family.norm("ffn_sub_norm")) if n is not None]
+    if subs:
         out.append(
-            f"the attention and FFN sub-norms ({spec.attn_sub_norm}, {spec.ffn_sub_norm}): "
-            f"{flavor.title} has no such layers"
+            f"the attention and FFN sub-norms ({', '.join(n.path for n in subs)}): {flavor.title} has no such layers"
         )
     if not flavor.decoder_norms:
-        out.append(f"the decoder norm weights (input_layernorm, post_attention_layernorm): {flavor.title} has none")
+        out.append(f"the decoder norm weights ({', '.join(decoder_norm_paths(cfg))}): {flavor.title} has none")
     if cfg.hidden_act not in ACTIVATIONS:
         out.append(f"the activation {cfg.hidden_act!r}: {flavor.title} does not compute it")
     if not flavor.rope_in_config and cfg.rope_theta != NANOTRON_ROPE_THETA:
@@ -78,3 +81,8 @@ def losses(cfg: ModelConfig, flavor: Flavor) -> list[str]:
     if not flavor.bitnet:
         out.append(f"the BitNet b1.58 quantization: {flavor.title} runs the linear layers in full precision")
     return out
+
+
+def decoder_norm_paths(cfg: ModelConfig) -> list[str]:
+    """The family's pre-attention and pre-FFN norms (``input_layernorm``, ``post_attention_layernorm``)."""
+    return [n.path for n in (cfg.family.norm("attn_norm"), cfg.family.norm("ffn_norm")) if n is not None]

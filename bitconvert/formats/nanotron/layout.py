@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ...model.config import ModelConfig
-
-if TYPE_CHECKING:  # the layout rule is planned without torch (numpy); RoPE row order works on tensors
-    import torch
+from ...model.families import EMBEDDING, FINAL_NORM, LM_HEAD
 
 UNSHARDED_FILE = "model_weight.safetensors"
 SHARD_FILE_RE = re.compile(r"model_weight_pp-rank-(\d+)-of-(\d+)_tp-rank-(\d+)-of-(\d+)\.safetensors")
@@ -83,45 +80,49 @@ def param_specs(cfg: ModelConfig, vocab_rows: int, layout: ModelLayout = ModelLa
     the layout has no folder for are in no spec (see :func:`unplaced_tensors`).
     """
     h = cfg.hidden_size
-    embed = Part("model.embed_tokens.weight", 0, cfg.vocab_size)
+    embed = Part(EMBEDDING, 0, cfg.vocab_size)
     specs = [ParamSpec("token_position_embeddings/pp_block/token_embedding", (vocab_rows, h), (embed,), 0)]
     for i in range(cfg.num_hidden_layers):
         specs += _decoder_layer_specs(cfg, i, layout)
-    specs.append(ParamSpec("final_layer_norm/pp_block", (h,), (Part("model.norm.weight", 0, h),), None))
+    specs.append(ParamSpec("final_layer_norm/pp_block", (h,), (Part(FINAL_NORM, 0, h),), None))
     if not cfg.tie_word_embeddings:
         # Tied models keep only the embedding: Nanotron saves a tied parameter under its first name.
-        specs.append(ParamSpec("lm_head/pp_block", (vocab_rows, h), (Part("lm_head.weight", 0, cfg.vocab_size),), 0))
+        specs.append(ParamSpec("lm_head/pp_block", (vocab_rows, h), (Part(LM_HEAD, 0, cfg.vocab_size),), 0))
     return specs
 
 
-def _norm(path: str, name: str, width: int) -> ParamSpec:
-    return ParamSpec(path, (width,), (Part(name, 0, width),), None)
+def _norm(path: str, hf: str, role: str, cfg: ModelConfig, wanted: bool = True) -> ParamSpec | None:
+    """The norm folder ``path`` holding the family's norm of ``role``, where wanted and the family has one."""
+    norm = cfg.family.norm(role)
+    if norm is None or not wanted:
+        return None
+    width = cfg.dims()[norm.dim]
+    return ParamSpec(path, (width,), (Part(f"{hf}{norm.path}.weight", 0, width),), None)
 
 
 def _decoder_layer_specs(cfg: ModelConfig, i: int, layout: ModelLayout) -> list[ParamSpec]:
     h, inter = cfg.hidden_size, cfg.intermediate_size
     nq, nkv, d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
     q_rows, kv_rows = nq * d, nkv * d
-    sub_norms = cfg.spec if layout.sub_norms and cfg.spec.attn_sub_norm else None
     hf, nt = f"model.layers.{i}.", f"decoder/{i}/pp_block/"
+    # the family's projections by role (their GGUF names): Nanotron fuses q|k|v and gate|up
+    lin = {spec.gguf: f"{hf}{spec.path}.weight" for spec in cfg.family.linears}
     qkv = (
-        Part(hf + "self_attn.q_proj.weight", 0, q_rows, nq),
-        Part(hf + "self_attn.k_proj.weight", q_rows, kv_rows, nkv),
-        Part(hf + "self_attn.v_proj.weight", q_rows + kv_rows, kv_rows),
+        Part(lin["attn_q"], 0, q_rows, nq),
+        Part(lin["attn_k"], q_rows, kv_rows, nkv),
+        Part(lin["attn_v"], q_rows + kv_rows, kv_rows),
     )
-    gate_up = (Part(hf + "mlp.gate_proj.weight", 0, inter), Part(hf + "mlp.up_proj.weight", inter, inter))
+    gate_up = (Part(lin["ffn_gate"], 0, inter), Part(lin["ffn_up"], inter, inter))
     mlp = nt + layout.mlp + "/"
     specs = [
-        _norm(nt + "input_layernorm", hf + "input_layernorm.weight", h) if layout.decoder_norms else None,
+        _norm(nt + "input_layernorm", hf, "attn_norm", cfg, layout.decoder_norms),
         ParamSpec(nt + "attn/qkv_proj", (q_rows + 2 * kv_rows, h), qkv, 0, (q_rows, kv_rows, kv_rows)),
-        ParamSpec(nt + "attn/o_proj", (h, q_rows), (Part(hf + "self_attn.o_proj.weight", 0, h),), 1),
-        _norm(nt + ATTN_SUB_NORM, hf + sub_norms.attn_sub_norm + ".weight", q_rows) if sub_norms else None,
-        _norm(nt + "post_attention_layernorm", hf + "post_attention_layernorm.weight", h)
-        if layout.decoder_norms
-        else None,
+        ParamSpec(nt + "attn/o_proj", (h, q_rows), (Part(lin["attn_output"], 0, h),), 1),
+        _norm(nt + ATTN_SUB_NORM, hf, "attn_sub_norm", cfg, layout.sub_norms),
+        _norm(nt + "post_attention_layernorm", hf, "ffn_norm", cfg, layout.decoder_norms),
         ParamSpec(mlp + "gate_up_proj", (2 * inter, h), gate_up, 0, (inter, inter)),
-        ParamSpec(mlp + "down_proj", (h, inter), (Part(hf + "mlp.down_proj.weight", 0, h),), 1),
-        _norm(nt + FFN_SUB_NORM, hf + sub_norms.ffn_sub_norm + ".weight", inter) if sub_norms else None,
+        ParamSpec(mlp + "down_proj", (h, inter), (Part(lin["ffn_down"], 0, h),), 1),
+        _norm(nt + FFN_SUB_NORM, hf, "ffn_sub_norm", cfg, layout.sub_norms),
     ]
     return [s for s in specs if s is not None]
 
@@ -289,14 +290,14 @@ def tiling_problem(boxes: list[tuple[tuple[int, int], ...]], shape: tuple[int, .
 # --- RoPE row order -----------------------------------------------------------------------------
 
 
-def to_interleaved(w: torch.Tensor, heads: int) -> torch.Tensor:
+def to_interleaved(w: np.ndarray, heads: int) -> np.ndarray:
     """HF rotate_half rows (pairs j, j + d/2) -> interleaved rows (pairs 2j, 2j + 1), within each head."""
     rows, cols = w.shape
     d = rows // heads
-    return w.reshape(heads, 2, d // 2, cols).transpose(1, 2).reshape(rows, cols)
+    return w.reshape(heads, 2, d // 2, cols).swapaxes(1, 2).reshape(rows, cols)
 
 
-def from_interleaved(w: torch.Tensor, heads: int) -> torch.Tensor:
+def from_interleaved(w: np.ndarray, heads: int) -> np.ndarray:
     rows, cols = w.shape
     d = rows // heads
-    return w.reshape(heads, d // 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)  # numpy or torch
+    return w.reshape(heads, d // 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)

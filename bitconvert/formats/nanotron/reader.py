@@ -10,21 +10,26 @@ rank files, so only that tensor is resident.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ...model.checkpoint import Checkpoint, TensorEntry, check_tensor_set
-from ...dtypes import FLOAT_NAMES, itemsize, torch_dtype
+from ...dtypes import FLOAT_NAMES, Dense
 from ...errors import CheckpointError
+from ...io.provenance import read_provenance_file
 from ...io.safetensors import SafetensorsFile
-from ...ternary.stored import float_bits, recorded_ternary_counts
+from ...model.checkpoint import (
+    Checkpoint, Kind, NanotronFacts, Stored, TensorEntry, check_tensor_set, float_stored,
+)  # fmt: skip
+from ...ternary.quantize import matches_record
+from ...ternary.records import ScaleRecord
+from ...ternary.stats import float_code_counts
+from ...ternary.weight import TernaryWeight
 from .. import register_reader
 from ..hf.common import NOT_SIDE_FILES
 from .config import CHECKPOINT_METADATA, KEPT_FILE, MODEL_CONFIG, OWN_FILES, NanotronMeta, read_meta
+from .flavors import decoder_norm_paths
 from .layout import (
     ATTN_SUB_NORM,
     FFN_SUB_NORM,
@@ -36,57 +41,31 @@ from .layout import (
     param_specs,
     unplaced_tensors,
 )
-from .shards import StoredParam, assemble_words, open_sharded, open_unsharded, scan_weight_files, shard_ranks
-
-if TYPE_CHECKING:  # opening reads headers only; torch where a tensor is loaded
-    import torch
-
-    from ...ternary.records import ScaleRecord
-
-    from ...ternary import TernaryWeight
+from .shards import StoredParam, assemble_rows, open_sharded, open_unsharded, scan_weight_files, shard_ranks
 
 NAME = "nanotron"
 
 
-def _latent_words(param: StoredParam, part: Part, rope_interleaved: bool) -> np.ndarray:
-    """The HF tensor ``part`` of ``param`` as stored words (numpy, no torch): its rows gathered from the
-    ranks, q/k rows put back in HF order where Nanotron keeps them interleaved."""
-    w = assemble_words(param, part.start, part.start + part.rows)
+def _load_latent(param: StoredParam, part: Part, rope_interleaved: bool) -> Dense:
+    """The HF tensor ``part`` of ``param`` as stored: its rows gathered from the ranks, q/k rows put
+    back in HF order where Nanotron keeps them interleaved."""
+    w = assemble_rows(param, part.start, part.start + part.rows)
     if part.rope_heads and rope_interleaved:
-        w = np.ascontiguousarray(from_interleaved(w, part.rope_heads))
+        return Dense(np.ascontiguousarray(from_interleaved(w.data, part.rope_heads)), w.dtype_name)
     return w
 
 
-def _load_latent(param: StoredParam, part: Part, rope_interleaved: bool) -> torch.Tensor:
-    import torch
-
-    return torch.from_numpy(_latent_words(param, part, rope_interleaved)).view(param.dtype)
-
-
-def _recorded_counts(param: StoredParam, part: Part, record: ScaleRecord):
-    """What :func:`_load_recorded` finds, as code counts off the stored bits (rows in any order)."""
-    if record.written_raw is None or record.written_raw[0] != param.dtype_name:
-        return None
-    words = assemble_words(param, part.start, part.start + part.rows)
-    magnitude = int.from_bytes(record.written_raw[1], "little")
-    return recorded_ternary_counts(words.reshape(-1).view(np.uint8), param.dtype_name, magnitude, record.stored)
-
-
-def _as_recorded(w: torch.Tensor, record: ScaleRecord) -> TernaryWeight | None:
-    """The packed weight bitconvert wrote as ``w``, if ``w`` is still exactly its codes x the magnitude written."""
-    import torch
-
-    from ...ternary import TernaryWeight, recover_ternary
-
-    scale, written = record.scale, record.written
-    if w.dtype != written.dtype:
-        return None
-    if not bool(w.any()):
-        return TernaryWeight(torch.zeros(w.shape, dtype=torch.int8), scale)
-    found = recover_ternary(w)
-    if found is not None and torch.equal(found[1].reshape(()), written):
-        return TernaryWeight(found[0], scale)
-    return None
+def _stored(param: StoredParam, part: Part, rope_interleaved: bool, record: ScaleRecord | None) -> Stored:
+    """The tensor's stored floats (gathered across ranks, HF row order); for a weight bitconvert wrote
+    from a ternary one, its codes counted off the bits against the magnitude written."""
+    raw = _load_latent(param, part, rope_interleaved).raw()
+    if record is None:
+        return float_stored(raw, param.dtype_name)
+    written = record.written
+    if written is None or written[0] != param.dtype_name:  # loading decides what it is
+        return Stored(raw, "floats", param.dtype_name, record.scale)
+    magnitude = int.from_bytes(written[1], "little")
+    return Stored(raw, "floats", param.dtype_name, record.scale, lambda: float_code_counts(raw, param.dtype_name, magnitude))
 
 
 def _load_recorded(param: StoredParam, part: Part, meta: NanotronMeta) -> TernaryWeight:
@@ -95,9 +74,9 @@ def _load_recorded(param: StoredParam, part: Part, meta: NanotronMeta) -> Ternar
     Checked here, when the tensor is loaded anyway, and not at open: opening reads no tensor data.
     A weight that changed since (edited in place; Nanotron's own saves drop the record) is an
     error rather than a silent switch to latent, because a writer may already have used the
-    recorded scale (``load_scale``) for this tensor.
+    recorded scale (``stored().scale``) for this tensor.
     """
-    tw = _as_recorded(_load_latent(param, part, meta.rope_interleaved), meta.scales[part.hf_name])
+    tw = matches_record(_load_latent(param, part, meta.rope_interleaved), meta.scales[part.hf_name])
     if tw is None:
         raise CheckpointError(
             param.folder,
@@ -178,24 +157,20 @@ def _entry(param: StoredParam, part: Part, meta: NanotronMeta) -> TensorEntry:
     if len(param.spec.parts) > 1:
         how += f", fused {param.spec.path.rsplit('/', 1)[-1]}"
     shape = (part.rows, *param.spec.shape[1:])
-    hint = meta.scales.get(part.hf_name)
-    if hint is None:
-        load = lambda: _load_latent(param, part, meta.rope_interleaved)
-        stored = lambda: _latent_words(param, part, meta.rope_interleaved).reshape(-1).view(np.uint8)
-        return TensorEntry(part.hf_name, shape, param.dtype_name, False, str(param.folder), load, stored=how,
-                           load_stored=stored)  # fmt: skip
+    rope = meta.rope_interleaved
+    record = meta.scales.get(part.hf_name)
+    if record is None:
+        kind = Kind.LATENT if meta.config.is_quantized_linear(part.hf_name) else Kind.DENSE
+        return TensorEntry(
+            part.hf_name, shape, kind, param.dtype_name, str(param.folder), lambda: _load_latent(param, part, rope),
+            lambda: _stored(param, part, rope, None), how,
+        )  # fmt: skip
     # A weight bitconvert wrote from a packed one is that ternary weight while it is unchanged.
     return TensorEntry(
-        part.hf_name,
-        shape,
-        hint.stored.dtype_name,
-        True,
-        str(param.folder),
-        lambda: _load_recorded(param, part, meta),
-        hint.stored.to_scale,
-        stored=how + " (latent of a packed weight)",
-        load_code_counts=lambda: _recorded_counts(param, part, hint),
-    )
+        part.hf_name, shape, Kind.TERNARY, record.scale.dtype_name, str(param.folder),
+        lambda: _load_recorded(param, part, meta), lambda: _stored(param, part, rope, record),
+        how + " (latent of a packed weight)", record=record,
+    )  # fmt: skip
 
 
 def _layout_of(found: dict[str, list[Path]]) -> ModelLayout:
@@ -211,15 +186,8 @@ def _open_kept(path: Path) -> SafetensorsFile | None:
     return SafetensorsFile(f) if f.is_file() else None
 
 
-def _ones(shape: tuple[int, ...], dtype: str) -> torch.Tensor:
-    import torch
-
-    return torch.ones(shape, dtype=torch_dtype(dtype))
-
-
-def _ones_bytes(shape: tuple[int, ...], dtype: str) -> np.ndarray:
-    word = float_bits(np.float64(1.0), dtype).to_bytes(itemsize(dtype), "little")
-    return np.frombuffer(word * math.prod(shape), dtype=np.uint8)
+def _ones(shape: tuple[int, ...], dtype: str) -> Dense:
+    return Dense.from_float32(np.ones(shape, dtype=np.float32), dtype)
 
 
 def _unplaced_entries(
@@ -228,6 +196,7 @@ def _unplaced_entries(
     """Tensors the model has but no parameter folder holds: from bitconvert's kept file, else decoder
     norms of a model without them (PR #180) as ones, with a warning."""
     shapes = meta.config.expected_shapes()
+    decoder_norms = tuple(f".{p}.weight" for p in decoder_norm_paths(meta.config))
     out: dict[str, TensorEntry] = {}
     ones = []
     for name in unplaced_tensors(meta.config, specs):
@@ -235,22 +204,22 @@ def _unplaced_entries(
         if stored is not None:
             if stored.shape != shapes[name] or stored.dtype_name not in FLOAT_NAMES:
                 raise CheckpointError(kept.path, f"holds shape {list(stored.shape)}, the model needs {list(shapes[name])}", name)
-            load = lambda kept=kept, name=name: kept.read(name)
             out[name] = TensorEntry(
-                name, shapes[name], stored.dtype_name, False, str(kept.path), load, stored="kept beside",
-                load_stored=lambda kept=kept, name=name: kept.read_bytes(name),
-            )
-        elif name.endswith(("input_layernorm.weight", "post_attention_layernorm.weight")):
+                name, shapes[name], Kind.DENSE, stored.dtype_name, str(kept.path), lambda kept=kept, name=name: kept.read(name),
+                lambda kept=kept, name=name, t=stored: float_stored(kept.read_bytes(name), t.dtype_name), "kept beside",
+            )  # fmt: skip
+        elif decoder_norms and name.endswith(decoder_norms):
             ones.append(name)
-            load = lambda shape=shapes[name]: _ones(shape, dtype)
-            out[name] = TensorEntry(name, shapes[name], dtype, False, "(none)", load, stored="absent: ones",
-                                    load_stored=lambda shape=shapes[name]: _ones_bytes(shape, dtype))  # fmt: skip
+            out[name] = TensorEntry(
+                name, shapes[name], Kind.DENSE, dtype, "(none)", lambda shape=shapes[name]: _ones(shape, dtype),
+                lambda shape=shapes[name]: float_stored(_ones(shape, dtype).raw(), dtype), "absent: ones",
+            )  # fmt: skip
         else:
             raise CheckpointError(path / KEPT_FILE, "missing parameter: neither a weight folder nor this file holds it", name)
     if ones:
         meta.warnings.append(
-            f"{len(ones)} decoder norm weights (input_layernorm, post_attention_layernorm) are not in this checkpoint "
-            "(PR #180's model has none): read as ones"
+            f"{len(ones)} decoder norm weights ({', '.join(decoder_norm_paths(meta.config))}) are not in this "
+            "checkpoint (PR #180's model has none): read as ones"
         )
     return out
 
@@ -278,13 +247,12 @@ class NanotronReader:
         entries = {part.hf_name: _entry(param, part, meta) for param in params for part in param.spec.parts}
         entries.update(_unplaced_entries(path, meta, specs, kept, params[-1].dtype_name))
         flavor = "pr180" if layout.mlp == "MLPBitNet" else "pr178" if meta.flavor == "bitnet" else "main"
-        info: dict = {"tensor_parallel": tp or 1, "rope_interleaved": meta.rope_interleaved, "nanotron_flavor": flavor}
-        if version is not None:
-            info["nanotron_version"] = version
-        classes = {meta.scales[n].stored.linear_class for n in entries if n in meta.scales}
+        ckpt = Checkpoint(NAME, path, meta.config, entries, _side_files(path), meta.notes + sorted(notes))
+        ckpt.facts.nanotron = NanotronFacts(tp or 1, meta.rope_interleaved, flavor, version)
+        classes = {meta.scales[n].scale.linear_class for n in entries if n in meta.scales}
         if len(classes) == 1:
-            info["linear_class"] = classes.pop()
-        ckpt = Checkpoint(NAME, path, meta.config, entries, _side_files(path), meta.notes + sorted(notes), info)
+            ckpt.facts.linear_class = classes.pop()
+        ckpt.origin.recorded_provenance = read_provenance_file(path)
         ckpt.warnings = meta.warnings
         check_tensor_set(ckpt)
         return ckpt

@@ -1,7 +1,7 @@
 """The stored side of a Nanotron checkpoint: finding its weight files, checking their headers and
 slice metadata, and reading rows of a parameter straight out of its rank files.
 
-Everything here but :func:`read_rows` (and :func:`assemble_words`, built on it) reads file names and
+Everything here but :func:`read_rows` (and :func:`assemble_rows`, built on it) reads file names and
 safetensors headers only; those two are the only places tensor bytes are read.
 """
 
@@ -11,11 +11,9 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import numpy as np
 
-from ...dtypes import FLOAT_NAMES, itemsize, torch_dtype
+from ...dtypes import FLOAT_NAMES, Dense, itemsize, numpy_dtype
 from ...errors import CheckpointError
 from ...io.safetensors import SafetensorsFile, StoredTensor, read_exact
 from .layout import (
@@ -28,9 +26,6 @@ from .layout import (
     resolve_box,
     tiling_problem,
 )
-
-if TYPE_CHECKING:  # opening reads headers only; torch where rows are read
-    import torch
 
 Bounds = tuple[tuple[int, int], ...]
 
@@ -48,10 +43,6 @@ class StoredParam:
     folder: Path
     shards: list[Shard]  # one entry covering everything for an unsharded file
     dtype_name: str  # as the shard headers name it ("BF16")
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return torch_dtype(self.dtype_name)
 
 
 def _inside(p: Path, root: Path) -> bool:
@@ -184,16 +175,12 @@ def open_sharded(
     return StoredParam(spec, folder, shards, dtypes.pop())
 
 
-#: numpy has no bfloat16: rows travel as unsigned words of each dtype's size, viewed as floats by torch
-_WORDS = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
-
-
 def read_rows(shard: Shard, start: int, stop: int) -> np.ndarray:
-    """Rows ``[start, stop)`` of one stored shard as stored words (numpy), read with pread: only those
-    bytes become resident."""
+    """Rows ``[start, stop)`` of one stored shard as its stored values (numpy; bf16 as uint16 words),
+    read with pread: only those bytes become resident."""
     t = shard.tensor
     shape = (stop - start, *t.shape[1:])
-    word = _WORDS[itemsize(t.dtype_name)]
+    word = numpy_dtype(t.dtype_name)
     row_bytes = math.prod(t.shape[1:]) * itemsize(t.dtype_name)
     n = (stop - start) * row_bytes
     if not n:
@@ -202,10 +189,9 @@ def read_rows(shard: Shard, start: int, stop: int) -> np.ndarray:
     return np.frombuffer(buf, dtype=word).reshape(shape)
 
 
-def assemble_words(param: StoredParam, start: int, stop: int) -> np.ndarray:
-    """Rows ``[start, stop)`` of the unsharded parameter as stored words, gathered from whichever
-    ranks hold them (no torch: checks on stored bits use this)."""
-    out = np.empty((stop - start, *param.spec.shape[1:]), dtype=_WORDS[itemsize(param.dtype_name)])
+def assemble_rows(param: StoredParam, start: int, stop: int) -> Dense:
+    """Rows ``[start, stop)`` of the unsharded parameter as stored, gathered from whichever ranks hold them."""
+    out = np.empty((stop - start, *param.spec.shape[1:]), dtype=numpy_dtype(param.dtype_name))
     for shard in param.shards:
         for loc, glob in shard.pairs:
             g0, g1 = glob[0]
@@ -217,4 +203,4 @@ def assemble_words(param: StoredParam, start: int, stop: int) -> np.ndarray:
             dst = (slice(a - start, b - start), *(slice(x, y) for x, y in glob[1:]))
             src = (slice(None), *(slice(x, y) for x, y in loc[1:]))
             out[dst] = rows[src]
-    return out
+    return Dense(out, param.dtype_name)

@@ -11,14 +11,16 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
+import numpy as np
 
-from ...model.checkpoint import Checkpoint, Value, as_dense
-from ...model.config import ModelConfig
+from ...dtypes import Dense, float_bits, itemsize, numpy_dtype
 from ...errors import CheckpointError, UsageError
 from ...io.safetensors import PlannedTensor, SafetensorsWriter
+from ...model.checkpoint import Checkpoint, Kind, TensorEntry, Value, as_dense
+from ...model.config import ModelConfig
+from ...ternary import TernaryWeight, absmean_quantize, recover_ternary
+from ...ternary.quantize import matches_record
 from ...ternary.records import NANOTRON_SCALES_KEY, encode_record
-from ...ternary import LinearClass, TernaryScale, TernaryWeight, absmean_quantize, recover_ternary
 from .. import Progress, WriteReport, register_writer
 from ..hf.common import copy_side_files
 from .config import (
@@ -33,7 +35,7 @@ from .config import (
     dump_json,
     model_config_dict,
 )
-from .flavors import FLAVORS, Flavor, losses
+from .flavors import DEFAULT_FLAVOR, FLAVORS, Flavor, losses
 from .layout import (
     DATA_KEY,
     UNSHARDED_FILE,
@@ -64,51 +66,64 @@ class _Approximation:
     tensor instead of one per original tensor; the report measures that difference per tensor.
     """
 
-    targets: dict[str, tuple[torch.Tensor, float]] = field(default_factory=dict)  # codes in param row order, m
+    targets: dict[str, tuple[np.ndarray, float]] = field(default_factory=dict)  # codes in param row order, m
     scales: dict[str, list[str]] = field(default_factory=dict)
     results: dict[str, dict[str, float]] = field(default_factory=dict)
 
-    def latent_for(self, part: Part, tw: TernaryWeight, dtype: torch.dtype, rope: bool) -> torch.Tensor:
+    def latent_for(self, part: Part, tw: TernaryWeight, dtype_name: str, rope: bool) -> Dense:
         codes = tw.codes
         if part.rope_heads and rope:
-            codes = to_interleaved(codes, part.rope_heads)
+            codes = np.ascontiguousarray(to_interleaved(codes, part.rope_heads))
         m = tw.scale.multiplier
-        nonzero = int(codes.count_nonzero())
-        written = torch.tensor(m * codes.numel() / nonzero if nonzero else 0.0, dtype=torch.float64).to(dtype)
+        nonzero = int(np.count_nonzero(codes))
+        # m / p in float64, rounded once into the written dtype (as torch's float64 -> dtype cast)
+        word = float_bits(m * codes.size / nonzero if nonzero else 0.0, dtype_name)
         self.targets[part.hf_name] = (codes, m)
-        self.scales[part.hf_name] = encode_record(tw.scale, written)
-        return codes.to(dtype) * written
+        self.scales[part.hf_name] = encode_record(tw.scale, (dtype_name, word.to_bytes(itemsize(dtype_name), "little")))
+        return _times_word(codes, word, dtype_name)
 
-    def measure(self, spec: ParamSpec, effective: torch.Tensor) -> None:
-        """Compare Nanotron's effective weight (per-rank quantized, in param rows) with the packed one."""
+    def measure(self, spec: ParamSpec, effective: np.ndarray) -> None:
+        """Compare Nanotron's effective weight (per-rank quantized, float32, in param rows) with the packed one."""
         for part in spec.parts:
             if part.hf_name not in self.targets:
                 continue
             codes, m = self.targets.pop(part.hf_name)
-            got = effective[part.start : part.start + part.rows].double()
-            want = codes.double() * m
-            norm = float(want.norm())
-            err = float((got - want).norm())
+            got = effective[part.start : part.start + part.rows].astype(np.float64)
+            want = codes.astype(np.float64) * m
+            norm = float(np.linalg.norm(want))
+            err = float(np.linalg.norm(got - want))
             self.results[part.hf_name] = {
                 "relative_error": err / norm if norm else err,
-                "codes_changed": int((torch.sign(got).to(torch.int8) != codes).sum()),
+                "codes_changed": int(np.count_nonzero(np.sign(got).astype(np.int8) != codes)),
             }
 
 
-def _nanotron_effective(local: torch.Tensor) -> torch.Tensor:
+def _times_word(codes: np.ndarray, word: int, dtype_name: str) -> Dense:
+    """codes x the value whose stored word is ``word``: exactly -word, +0 or +word, as torch's product gives."""
+    sign = 1 << (8 * itemsize(dtype_name) - 1)
+    words = np.zeros(codes.shape, dtype=numpy_dtype(dtype_name)).view(f"<u{itemsize(dtype_name)}")
+    words[codes > 0] = word
+    words[codes < 0] = word | sign
+    return Dense(words.view(numpy_dtype(dtype_name)), dtype_name)
+
+
+def _nanotron_effective(local: Dense) -> np.ndarray:
     """What Nanotron's BitNet layer multiplies with: absmean-quantized with this shard's own scale (fp32)."""
     codes, mean_abs = absmean_quantize(local)
-    return codes.float() * mean_abs
+    return codes.astype(np.float32) * np.float32(mean_abs)
 
 
-def _ternary_of(value: Value) -> TernaryWeight | None:
-    """The ternary weight behind a value: stored codes, or a float that is exactly codes x one magnitude."""
+def _ternary_of(entry: TensorEntry, value: Value) -> TernaryWeight | None:
+    """The ternary weight behind a value: stored codes, floats still exactly codes x the scale their
+    record names (that exact scale), or floats that are exactly codes x one magnitude; None for a
+    latent weight (floats written for online quantization that no longer match their record are latent)."""
     if isinstance(value, TernaryWeight):
         return value
-    found = recover_ternary(value)
-    if found is None:
-        return None
-    return TernaryWeight(found[0], TernaryScale(found[1], LinearClass.AUTOBITLINEAR))
+    if entry.record is not None:
+        kept = matches_record(value, entry.record)
+        if kept is not None or entry.record.online:
+            return kept
+    return recover_ternary(value)
 
 
 def _approximation_refused(ckpt: Checkpoint, name: str) -> UsageError:
@@ -132,11 +147,36 @@ def _check_tensor_parallel(cfg: ModelConfig, specs: list[ParamSpec], tp: int) ->
             raise UsageError(f"--tp {tp}: {problem}")
 
 
+def _flavor_and_rope(ckpt: Checkpoint, opts: NanotronOptions) -> tuple[Flavor, bool | None]:
+    """The flavor asked for, else a Nanotron source's own (a reshard changes the TP size only, and
+    keeps the source's RoPE row order where not told otherwise), else the default; and the RoPE order
+    asked for or kept (None: the flavor's)."""
+    source = ckpt.facts.nanotron
+    if opts.flavor is not None or source is None or source.flavor not in FLAVORS:
+        return FLAVORS[opts.flavor or DEFAULT_FLAVOR], opts.rope_interleaved
+    flavor = FLAVORS[source.flavor]
+    rope = opts.rope_interleaved
+    if rope is None and flavor.rope_in_config:
+        rope = source.rope_interleaved
+    return flavor, rope
+
+
+def _lossy_refused(ckpt: Checkpoint, flavor: Flavor, lost: list[str]) -> CheckpointError:
+    """The one-line refusal of a lossy conversion, naming a flavor that would hold the model whole, if any."""
+    whole = next((f.name for f in FLAVORS.values() if f is not flavor and not losses(ckpt.config, f)), None)
+    return CheckpointError(
+        ckpt.path,
+        f"--nanotron-flavor {flavor.name} would lose {'; '.join(lost)}. Pass --allow-lossy to convert anyway"
+        + (f" or try --nanotron-flavor {whole}" if whole else ""),
+    )
+
+
 def _resolve(ckpt: Checkpoint, opts: NanotronOptions) -> _Plan:
     """What will be written, checked against the flavor before anything is: refusals come first."""
     cfg, tp = ckpt.config, opts.tp
-    flavor = FLAVORS[opts.flavor]
-    rope = opts.rope_interleaved
+    if not cfg.family.nanotron:
+        raise UsageError(f"--to nanotron: no Nanotron model holds the {cfg.family.key} family ({cfg.family.title})")
+    flavor, rope = _flavor_and_rope(ckpt, opts)
     if rope is None:
         rope = not flavor.rope_in_config  # PR #180 interleaves; main's config default keeps HF order
     elif not rope and not flavor.rope_in_config:
@@ -149,11 +189,7 @@ def _resolve(ckpt: Checkpoint, opts: NanotronOptions) -> _Plan:
     _check_tensor_parallel(cfg, specs, tp)
     lost = losses(cfg, flavor)  # after the usage errors: a bad option is reported as such first
     if lost and not opts.allow_lossy:
-        raise CheckpointError(
-            ckpt.path,
-            f"--nanotron-flavor {flavor.name} would lose {'; '.join(lost)}. Pass --allow-lossy to convert anyway"
-            + ("" if flavor.name == "pr178" else " or try --nanotron-flavor pr178"),
-        )
+        raise _lossy_refused(ckpt, flavor, lost)
     return _Plan(flavor, tp, opts.dtype or ckpt.model_dtype(), rope, version, vocab_rows, specs, lost)
 
 
@@ -161,7 +197,7 @@ def _resolve(ckpt: Checkpoint, opts: NanotronOptions) -> _Plan:
 class _Plan:
     flavor: Flavor
     tp: int
-    dtype: torch.dtype
+    dtype: str  # the written parameters' dtype name ("BF16")
     rope_interleaved: bool
     version: str
     vocab_rows: int
@@ -190,24 +226,24 @@ class NanotronWriter:
         self._finish_report(ckpt.config, plan, approx, how, report)
         return report
 
-    def _write_param(self, spec: ParamSpec, full: torch.Tensor, plan: _Plan, out: Path, approx, report) -> None:
+    def _write_param(self, spec: ParamSpec, full: np.ndarray, plan: _Plan, out: Path, approx, report) -> None:
         folder = out / "model" / "model" / spec.path
         folder.mkdir(parents=True, exist_ok=True)
         if not spec.sharded:
-            self._write_file(folder / UNSHARDED_FILE, full, None, out, report)
+            self._write_file(folder / UNSHARDED_FILE, Dense(full, plan.dtype), None, out, report)
             return
         # Packed-derived parts: rebuild Nanotron's effective weight rank by rank to measure the gap.
         measured = any(p.hf_name in approx.targets for p in spec.parts)
-        effective = torch.empty(spec.shape, dtype=torch.float32) if measured else None
+        effective = np.empty(spec.shape, dtype=np.float32) if measured else None
         for rank in range(plan.tp):
             pairs = rank_slices(spec, plan.tp, rank)
-            local = torch.empty(local_shape(spec, plan.tp), dtype=plan.dtype)
+            local = np.empty(local_shape(spec, plan.tp), dtype=full.dtype)
             for loc, glob in pairs:
                 local[loc] = full[glob]
             meta = shard_metadata(spec, plan.tp, rank, plan.version)
-            self._write_file(folder / shard_file_name(rank, plan.tp), local, meta, out, report)
+            self._write_file(folder / shard_file_name(rank, plan.tp), Dense(local, plan.dtype), meta, out, report)
             if effective is not None:
-                eff = _nanotron_effective(local)
+                eff = _nanotron_effective(Dense(local, plan.dtype))
                 for loc, glob in pairs:
                     effective[glob] = eff[loc]
         if effective is not None:
@@ -257,38 +293,41 @@ class NanotronWriter:
             return
         names = [n for n in ckpt.config.quantized_linear_names() if n in ckpt.tensors]
         for name in names:
-            if ckpt.tensors[name].ternary:
+            if ckpt.tensors[name].kind is Kind.TERNARY:
                 raise _approximation_refused(ckpt, name)
-        hinted = next((n for n in names if ckpt.tensors[n].load_scale is not None), None)
-        if hinted is not None and _ternary_of(ckpt.tensors[hinted].load()) is not None:
-            raise _approximation_refused(ckpt, hinted)
+        recorded = next((n for n in names if ckpt.tensors[n].record is not None), None)
+        if recorded is not None and _ternary_of(ckpt.tensors[recorded], ckpt.tensors[recorded].load()) is not None:
+            raise _approximation_refused(ckpt, recorded)
 
     @staticmethod
-    def _build_param(ckpt, spec: ParamSpec, opts, plan: _Plan, approx: _Approximation, how: Counter) -> torch.Tensor:
+    def _build_param(ckpt, spec: ParamSpec, opts, plan: _Plan, approx: _Approximation, how: Counter) -> np.ndarray:
+        """The unsharded parameter as stored values of ``plan.dtype`` (bf16 as its words)."""
         covered = sum(p.rows for p in spec.parts)
-        full = (torch.zeros if covered < spec.shape[0] else torch.empty)(spec.shape, dtype=plan.dtype)
+        full = (np.zeros if covered < spec.shape[0] else np.empty)(spec.shape, dtype=numpy_dtype(plan.dtype))
         for part in spec.parts:
-            value = ckpt.tensors[part.hf_name].load()
-            tw = _ternary_of(value) if ckpt.is_quantized_linear(part.hf_name) else None
+            entry = ckpt.tensors[part.hf_name]
+            value = entry.load()
+            quantized = ckpt.is_quantized_linear(part.hf_name)
+            tw = _ternary_of(entry, value) if quantized else None
             if tw is not None:
                 if not opts.allow_approximate:
                     raise _approximation_refused(ckpt, part.hf_name)
-                w = approx.latent_for(part, tw, plan.dtype, plan.rope_interleaved)
+                w = approx.latent_for(part, tw, plan.dtype, plan.rope_interleaved).data
                 how["approximated"] += 1
             else:
-                w = as_dense(value, plan.dtype)
+                w = as_dense(value, plan.dtype).data
                 if part.rope_heads and plan.rope_interleaved:
                     w = to_interleaved(w, part.rope_heads)
-                if ckpt.is_quantized_linear(part.hf_name):
+                if quantized:
                     how["latent"] += 1
             full[part.start : part.start + part.rows] = w
         return full
 
     @staticmethod
-    def _write_file(path: Path, tensor: torch.Tensor, metadata, out: Path, report: WriteReport) -> None:
-        planned = PlannedTensor(DATA_KEY, tensor.dtype, tuple(tensor.shape))
+    def _write_file(path: Path, value: Dense, metadata, out: Path, report: WriteReport) -> None:
+        planned = PlannedTensor(DATA_KEY, value.dtype_name, value.shape)
         with SafetensorsWriter(path, [planned], metadata) as w:
-            w.write(DATA_KEY, tensor)
+            w.write(DATA_KEY, value)
         report.files.append(path.relative_to(out).as_posix())
         report.tensors += 1
         report.bytes_written += planned.nbytes
