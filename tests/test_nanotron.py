@@ -508,6 +508,173 @@ def test_a_model_the_flavor_holds_converts_without_allow_lossy(tmp_path):
     assert not report.warnings and not (tmp_path / "nt/bitconvert_kept.safetensors").exists()
 
 
+def _lossless_llama(root: Path) -> Path:
+    """A Llama-architecture master with RoPE base 10000: PR #180 at e1c3c1a5 (pr178) holds it whole."""
+    src = make_checkpoint(root / "src", "llama", "master", heads=4, kv_heads=2, seed=7)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["rope_theta"] = 10000.0
+    (src / "config.json").write_text(json.dumps(cfg))
+    return src
+
+
+def test_reshard_keeps_the_source_flavor(tmp_path):
+    """Nanotron -> Nanotron changes the TP size only: the source's flavor (and RoPE row order) unless told."""
+    src = _lossless_llama(tmp_path)
+    for tp in (1, 2):
+        convert(src, tmp_path / f"direct{tp}", "nanotron", {"flavor": "pr178", "tp": tp})
+    report = convert(tmp_path / "direct2", tmp_path / "2to1", "nanotron", {"tp": 1}).report  # no flavor, not lossy
+    assert report.details["flavor"] == "pr178" and not report.warnings
+    assert tree(tmp_path / "2to1") == tree(tmp_path / "direct1")
+    r = run_cli("convert", tmp_path / "direct1", tmp_path / "cli2", "--to", "nanotron", "--tp", "2")
+    assert r.returncode == 0, r.stderr
+    assert tree(tmp_path / "cli2") == tree(tmp_path / "direct2")
+    # main with interleaved rows, which is not main's default, stays so
+    to(FIXTURES / "llama-master", tmp_path / "main2", "nanotron", tp=2, flavor="main", rope_interleaved=True)
+    report = convert(tmp_path / "main2", tmp_path / "main1", "nanotron", {"tp": 1, "allow_lossy": True}).report
+    assert report.details["flavor"] == "main" and report.details["rope_interleaved"] is True
+    assert json.loads((tmp_path / "main1/model_config.json").read_text())["rope_interleaved"] is True
+    # a flavor asked for is the one written; the refusal names a flavor only where that one holds the model whole
+    with pytest.raises(CheckpointError, match="--nanotron-flavor pr180 would lose the decoder norm") as caught:
+        convert(tmp_path / "direct2", tmp_path / "pr180", "nanotron", {"flavor": "pr180"})
+    assert str(caught.value).endswith("or try --nanotron-flavor pr178") and "\n" not in str(caught.value)
+    with pytest.raises(CheckpointError, match="would lose") as caught:  # rope_theta 500000: pr178 stops too
+        convert(FIXTURES / "llama-master", tmp_path / "pr180", "nanotron", {"flavor": "pr180"})
+    assert "try --nanotron-flavor" not in str(caught.value)
+    assert not (tmp_path / "pr180").exists()
+
+
+def _renamed_llama(root: Path, architecture: str) -> Path:
+    src = shutil.copytree(FIXTURES / "llama-master", root / architecture)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["architectures"] = [architecture]
+    (src / "config.json").write_text(json.dumps(cfg))
+    return src
+
+
+def test_a_renamed_family_converts_unchanged(tmp_path, monkeypatch):
+    """Families are data: a renamed copy of the Llama record goes to Nanotron and back as Llama does."""
+    from dataclasses import replace
+
+    from bitconvert.model.families import FAMILIES
+
+    copy = replace(FAMILIES["llama"], key="llama-renamed", hf_architecture="RenamedLlamaForCausalLM", model_types=())
+    monkeypatch.setitem(FAMILIES, copy.key, copy)
+    src = _renamed_llama(tmp_path, copy.hf_architecture)
+    to(src, tmp_path / "nt", "nanotron", tp=2)
+    to(FIXTURES / "llama-master", tmp_path / "llama", "nanotron", tp=2)
+    a, b = tree(tmp_path / "nt"), tree(tmp_path / "llama")
+    assert sorted(a) == sorted(b) and [n for n in a if a[n] != b[n]] == ["checkpoint_metadata.json"]  # hf_config
+    assert open_checkpoint(tmp_path / "nt").config.family.key == copy.key
+    to(tmp_path / "nt", tmp_path / "back", "hf-bf16")
+    assert json.loads((tmp_path / "back/config.json").read_text())["architectures"] == [copy.hf_architecture]
+    want, got = read_all(src), read_all(tmp_path / "back")
+    assert sorted(want) == sorted(got) and all(torch.equal(want[n], got[n]) for n in want)
+
+
+def test_a_family_nanotron_cannot_hold_is_refused(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from bitconvert.model.families import FAMILIES
+
+    family = replace(FAMILIES["llama"], key="no-nanotron", hf_architecture="NoNanotronForCausalLM", nanotron=False)
+    monkeypatch.setitem(FAMILIES, family.key, family)
+    src = _renamed_llama(tmp_path, family.hf_architecture)
+    with pytest.raises(UsageError, match="no Nanotron model holds the no-nanotron family") as caught:
+        to(src, tmp_path / "nt", "nanotron")
+    assert "\n" not in str(caught.value) and not (tmp_path / "nt").exists()
+
+
+def test_family_of_a_checkpoint_without_record_comes_from_the_records(tmp_path, monkeypatch):
+    """No recorded HF config: the family is the record whose sub-norms and activation the files show."""
+    from dataclasses import replace
+
+    from bitconvert.model.families import FAMILIES
+
+    gelu = replace(FAMILIES["1bitllm"], key="gelu-subnorms", hf_architecture="GeluBitnetForCausalLM", hidden_act="gelu")
+    monkeypatch.setitem(FAMILIES, gelu.key, gelu)
+    nt = tmp_path / "nt"
+    to(FIXTURES / "1bitllm-master", nt, "nanotron", tp=1)
+    for name, value in read_all(nt / "bitconvert_kept.safetensors").items():  # the sub-norms, as old folders
+        layer, module = name.split(".")[2], "attn/attn_sub_norm" if "attn" in name else "mlp/ffn_sub_norm"
+        folder = nt / f"model/model/decoder/{layer}/pp_block/{module}"
+        folder.mkdir(parents=True)
+        save_file({"data": value}, str(folder / "model_weight.safetensors"))
+    (nt / "bitconvert_kept.safetensors").unlink()
+    meta = json.loads((nt / "checkpoint_metadata.json").read_text())
+    meta["custom_metas"] = None
+    (nt / "checkpoint_metadata.json").write_text(json.dumps(meta))
+    assert open_checkpoint(nt).config.family.key == "1bitllm"  # silu, sub-norms
+    mc = json.loads((nt / "model_config.json").read_text())
+    (nt / "model_config.json").write_text(json.dumps({**mc, "hidden_act": "gelu"}))
+    ckpt = open_checkpoint(nt)
+    assert ckpt.config.family.key == gelu.key and ckpt.config.hidden_act == "gelu"
+    assert [w for w in ckpt.warnings if "sub-norms" in w] == []  # only rope_theta, which the PRs' config lacks
+
+
+NO_TORCH_SCRIPT = """
+import sys
+from pathlib import Path
+from bitconvert.formats import no_progress
+from bitconvert.formats.hf.bf16 import HFBF16Reader
+from bitconvert.formats.hf.packed import HFPackedReader
+from bitconvert.formats.nanotron.options import NanotronOptions
+from bitconvert.formats.nanotron.reader import NanotronReader
+from bitconvert.formats.nanotron.writer import NanotronWriter
+
+master, packed, out = map(Path, sys.argv[1:4])
+for name, reader, options in (
+    ("m", HFBF16Reader(), NanotronOptions(flavor="pr178", tp=2, allow_lossy=True)),
+    ("p", HFPackedReader(), NanotronOptions(tp=2, allow_lossy=True, allow_approximate=True, dtype="f32")),
+):
+    (out / name).mkdir()
+    NanotronWriter().write(reader.read(master if name == "m" else packed), out / name, options, no_progress)
+    for entry in NanotronReader().read(out / name).tensors.values():
+        entry.load()
+        stored = entry.stored()
+        if stored.counts is not None:
+            stored.counts()
+print("torch" in sys.modules)
+"""
+
+
+def test_writing_and_reading_import_no_torch(tmp_path):
+    r = subprocess.run([sys.executable, "-c", NO_TORCH_SCRIPT, FIXTURES / "bitnet-2b4t-master",
+                        FIXTURES / "llama-packed", tmp_path], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"
+
+
+def test_entries_say_what_they_are(tmp_path):
+    """Latent linears LATENT, norms and embeddings DENSE, weights behind a recorded scale TERNARY; stored
+    bytes are the floats in HF row order, counted against the written magnitude where recorded."""
+    from bitconvert.formats.nanotron.options import FLAVOR_CHOICES, VERSIONS
+    from bitconvert.formats.nanotron.flavors import FLAVORS
+    from bitconvert.model.checkpoint import Kind
+
+    assert tuple(FLAVORS) == FLAVOR_CHOICES and VERSIONS == ("1.4", "1.5")
+    to(FIXTURES / "llama-master", tmp_path / "m", "nanotron", tp=2)
+    ckpt = open_checkpoint(tmp_path / "m")
+    assert ckpt.facts.nanotron.tensor_parallel == 2 and ckpt.facts.nanotron.flavor == "pr178"
+    assert ckpt.facts.nanotron.version == "1.4" and ckpt.facts.linear_class is None
+    hf = read_all(FIXTURES / "llama-master")
+    for name, entry in ckpt.tensors.items():
+        assert entry.kind is (Kind.LATENT if ckpt.is_quantized_linear(name) else Kind.DENSE), name
+        stored = entry.stored()
+        assert stored.layout == "floats" and stored.dtype_name == "BF16"
+        assert bytes(stored.data) == hf[name].view(torch.int16).numpy().tobytes(), name
+    to(FIXTURES / "llama-packed", tmp_path / "p", "nanotron", tp=2, allow_approximate=True)
+    ckpt = open_checkpoint(tmp_path / "p")
+    packed = open_checkpoint(FIXTURES / "llama-packed")
+    assert ckpt.facts.linear_class.value == "bitlinear"
+    for name in ckpt.config.quantized_linear_names():
+        entry, want = ckpt.tensors[name], packed.tensors[name].load()
+        assert entry.kind is Kind.TERNARY and entry.dtype_name == want.scale.dtype_name
+        stored = entry.stored()
+        assert stored.scale == want.scale and stored.counts() == packed.tensors[name].stored().counts()
+        got = entry.load()
+        assert got.scale == want.scale and (got.codes == want.codes).all()
+
+
 def test_changed_weights_are_a_one_line_error_at_load(tmp_path):
     """The recorded scale is checked when a weight is loaded (opening reads no data): a stale record stops."""
     nt = tmp_path / "nt"
