@@ -15,14 +15,15 @@ import pytest
 import torch
 from conftest import FIXTURES, make_checkpoint, read_all, run_cli
 
-from bitconvert.model.checkpoint import as_ternary
 from bitconvert.convert import convert
+from bitconvert.dtypes import Dense
 from bitconvert.errors import CheckpointError
 from bitconvert.formats import open_checkpoint
 from bitconvert.formats.gguf import codecs, i2s_layouts, types
 from bitconvert.formats.gguf.names import permute_qk
 from bitconvert.formats.gguf.parser import GGUFFile
-from bitconvert.ternary import LinearClass, TernaryWeight, absmean_quantize
+from bitconvert.model.checkpoint import as_dense
+from bitconvert.ternary import LinearClass, TernaryWeight, absmean_quantize, as_ternary
 
 KINDS = ("1bitllm", "bitnet-2b4t", "llama")
 DIMS = dict(hidden=256, intermediate=512, layers=2, heads=4, kv_heads=2)  # TQ rows: multiples of 256
@@ -47,9 +48,8 @@ def to_gguf(src: Path, dst: Path, gguf_type: str = "tq2_0", **extra) -> dict:
     return convert(src, dst, "gguf", opts).to_dict()
 
 
-def random_codes(rows: int, cols: int, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(-1, 2, (rows, cols), generator=g).to(torch.int8)
+def random_codes(rows: int, cols: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(-1, 2, (rows, cols)).astype(np.int8)
 
 
 # --- codecs ---------------------------------------------------------------------------------------
@@ -60,33 +60,33 @@ def test_tq_encoding_is_byte_identical_to_gguf_py(qtype):
     codes = random_codes(48, 1024)
     codes[3, :256] = 0  # an all-zero block
     enc = codecs.encode_tq2_0 if qtype == Q.TQ2_0 else codecs.encode_tq1_0
-    ours = enc(codes, 1.0).numpy()
-    theirs = gguf.quants.quantize(codes.float().numpy(), qtype)
+    ours = enc(codes, 1.0)
+    theirs = gguf.quants.quantize(codes.astype(np.float32), qtype)
     # gguf-py sets d = max|block|, i.e. 0 for the all-zero block; every other byte must agree.
     bsize = types.TYPES[int(qtype)].block_bytes
     theirs_d1 = theirs.reshape(48, 4, bsize).copy()
     theirs_d1[3, 0, -2:] = np.frombuffer(np.float16(1.0).tobytes(), dtype=np.uint8)
     assert np.array_equal(ours, theirs_d1.reshape(48, -1))
-    assert np.array_equal(gguf.quants.dequantize(ours, qtype), codes.float().numpy())
+    assert np.array_equal(gguf.quants.dequantize(ours, qtype), codes.astype(np.float32))
 
 
 @pytest.mark.parametrize("kind", ["tq2_0", "tq1_0"])
 def test_tq_decode_inverts_encode_with_per_block_d(kind):
     codes = random_codes(8, 512, seed=1)
-    d = torch.rand(8, 2) + 0.5
+    d = np.random.default_rng(1).random((8, 2), dtype=np.float32) + np.float32(0.5)
     enc, dec = {
         "tq2_0": (codecs.encode_tq2_0, codecs.decode_tq2_0),
         "tq1_0": (codecs.encode_tq1_0, codecs.decode_tq1_0),
     }[kind]
     back, d_back = dec(enc(codes, d), 512)
-    assert torch.equal(back, codes)
-    assert torch.equal(d_back, d.to(torch.float16))
+    assert np.array_equal(back, codes)
+    assert d_back.dtype == np.float16 and np.array_equal(d_back, d.astype(np.float16))
 
 
 def test_tq2_0_layout_matches_the_spec():
     # value j of a block: byte (j // 128) * 32 + j % 32, shift 2 * ((j % 128) // 32), code t + 1
     codes = random_codes(1, 256, seed=2)
-    raw = codecs.encode_tq2_0(codes).numpy()[0]
+    raw = codecs.encode_tq2_0(codes)[0]
     for j in range(256):
         byte, shift = (j // 128) * 32 + j % 32, 2 * ((j % 128) // 32)
         assert (raw[byte] >> shift) & 3 == codes[0, j] + 1
@@ -96,22 +96,22 @@ def test_tq2_0_layout_matches_the_spec():
 def test_i2_s_layout_matches_bitnet_cpp():
     # value j of each 128-block: byte j % 32, bits 6 - 2 * (j // 32); fp32 scale right after n/4 bytes
     codes = random_codes(4, 256, seed=3)
-    raw = i2s_layouts.encode(codes, 0.0123, "x86").numpy()
-    flat = codes.reshape(-1).numpy()
+    raw = i2s_layouts.encode(codes, 0.0123, "x86")
+    flat = codes.reshape(-1)
     assert raw.size == flat.size // 4 + 32
     for i, t in enumerate(flat):
         block, j = divmod(i, 128)
         assert (raw[block * 32 + j % 32] >> (6 - 2 * (j // 32))) & 3 == t + 1
     assert raw[256:260].view(np.float32)[0] == np.float32(0.0123)
-    back, scale = i2s_layouts.decode(torch.from_numpy(raw), (4, 256), "x86")
-    assert torch.equal(back, codes) and scale.item() == np.float32(0.0123)
+    back, scale = i2s_layouts.decode(raw, (4, 256), "x86")
+    assert np.array_equal(back, codes) and scale[0] == np.float32(0.0123)
 
 
 def test_q8_0_is_byte_identical_to_gguf_py():
     x = torch.randn(16, 256) * 3
     x[0, :32] = 0
     x[1, 5] = 0.5 * (x[1, :32].abs().max() / 127)  # a value that lands on .5 after scaling
-    assert np.array_equal(codecs.encode_q8_0(x).numpy(), gguf.quants.quantize(x.numpy(), Q.Q8_0))
+    assert np.array_equal(codecs.encode_q8_0(Dense.from_torch(x)), gguf.quants.quantize(x.numpy(), Q.Q8_0))
 
 
 # --- round trips ----------------------------------------------------------------------------------
@@ -150,9 +150,9 @@ def test_master_is_quantized_like_transformers(models, tmp_path):
     master = read_all(src)
     for name in ck.config.quantized_linear_names():
         tw = ck.tensors[name].load()
-        codes, mean_abs = absmean_quantize(master[name])
-        assert torch.equal(tw.codes, codes), name
-        assert tw.scale.value.dtype == torch.float32 and tw.scale.item() == mean_abs.item()
+        codes, mean_abs = absmean_quantize(Dense.from_torch(master[name]))
+        assert np.array_equal(tw.codes, codes), name
+        assert tw.scale.dtype_name == "F32" and tw.scale.item() == float(mean_abs)
 
 
 # --- cross-check with gguf-py's reader ----------------------------------------------------------
@@ -173,9 +173,9 @@ def test_gguf_py_dequantizes_our_file_to_codes_times_scale(models, tmp_path, ggu
             "mlp.up_proj", "ffn_up").replace("mlp.down_proj", "ffn_down")  # fmt: skip
         t, s = tensors[gname], tensors[gname.removesuffix(".weight") + ".scale"]
         assert t.tensor_type == qtype and s.tensor_type == Q.F32 and list(s.shape) == [1]
-        tw, _ = as_ternary(ck.tensors[hf].load(), LinearClass.AUTOBITLINEAR, torch.float32)
+        tw, _ = as_ternary(ck.tensors[hf].load(), LinearClass.AUTOBITLINEAR, "F32")
         deq = gguf.quants.dequantize(t.data, qtype) * s.data.reshape(())
-        expect = tw.codes.float().numpy() * tw.scale.value.numpy().reshape(())
+        expect = tw.codes.astype(np.float32) * np.float32(tw.scale.item())
         assert deq.shape == expect.shape and np.array_equal(deq, expect), hf
         checked += 1
     assert checked == 14
@@ -237,20 +237,20 @@ def test_llama_arch_permutes_q_k_and_folds_the_scale(models, tmp_path):
         ("model.layers.1.self_attn.q_proj.weight", "blk.1.attn_q.weight", 4),
         ("model.layers.1.self_attn.k_proj.weight", "blk.1.attn_k.weight", 2),
     ):
-        tw, _ = as_ternary(ck.tensors[hf].load(), LinearClass.AUTOBITLINEAR, torch.float64)
+        tw, _ = as_ternary(ck.tensors[hf].load(), LinearClass.AUTOBITLINEAR, "F64")
         deq = gguf.quants.dequantize(tensors[gname].data, Q.TQ2_0)
         d = np.float16(tw.scale.item())
         # independent of our permute_qk: row r of head h, half i -> row h*D + 2*r + i
         rows = tw.codes.shape[0]
         hd = rows // heads
         expect = np.empty((rows, tw.codes.shape[1]), dtype=np.float32)
-        c = tw.codes.float().numpy()
+        c = tw.codes.astype(np.float32)
         for h in range(heads):
             for r in range(hd // 2):
                 for i in range(2):
                     expect[h * hd + 2 * r + i] = c[h * hd + i * hd // 2 + r]
         assert np.array_equal(deq, expect * np.float32(d)), hf
-        assert torch.equal(permute_qk(tw.codes, heads), torch.from_numpy(expect).to(torch.int8))
+        assert np.array_equal(permute_qk(tw.codes, heads), expect.astype(np.int8))
 
 
 # --- llama.cpp-converted files ----------------------------------------------------------------------
@@ -289,16 +289,16 @@ def _write_like_llama_cpp(path: Path, ckpt_dir: Path, perturb: bool = False) -> 
             gname = f"blk.{layer}.{short}.weight"
         value = e.load()
         if ck.is_quantized_linear(hf):
-            tw, _ = as_ternary(value, LinearClass.AUTOBITLINEAR, torch.float32)
-            codes = tw.codes.clone()
+            tw, _ = as_ternary(value, LinearClass.AUTOBITLINEAR, "F32")
+            codes = tw.codes.copy()
             codes[0, :256] = 0  # an all-zero block: ggml writes d = 0 there
             truth[hf] = TernaryWeight(codes, tw.scale)
-            x = codes.float() * tw.scale.value
+            x = codes.astype(np.float32) * np.float32(tw.scale.item())
             if perturb and hf.endswith("0.self_attn.q_proj.weight"):
                 x[1, :256] *= 2
-            w.add_tensor(gname, gguf.quants.quantize(x.numpy(), Q.TQ2_0), raw_dtype=Q.TQ2_0)
+            w.add_tensor(gname, gguf.quants.quantize(x, Q.TQ2_0), raw_dtype=Q.TQ2_0)
         else:
-            w.add_tensor(gname, value.float().numpy())
+            w.add_tensor(gname, as_dense(value, "F32").data)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -310,12 +310,12 @@ def test_reads_llama_cpp_folded_scales(models, tmp_path):
     path = tmp_path / "llamacpp.gguf"
     truth = _write_like_llama_cpp(path, models["1bitllm-packed"])
     ck = open_checkpoint(path)
-    assert ck.config.architecture.value == "1bitllm"
+    assert ck.config.family.key == "1bitllm"
     for hf, want in truth.items():
         tw = ck.tensors[hf].load()
         assert isinstance(tw, TernaryWeight), hf
-        assert torch.equal(tw.codes, want.codes), hf
-        assert tw.scale.dtype == torch.float16 and tw.scale.item() == float(want.scale.value.to(torch.float16))
+        assert np.array_equal(tw.codes, want.codes), hf
+        assert tw.scale.dtype_name == "F16" and tw.scale.item() == want.scale.magnitude("F16")
 
 
 def test_reads_unequal_block_scales_as_float_and_says_why(models, tmp_path):
@@ -323,7 +323,7 @@ def test_reads_unequal_block_scales_as_float_and_says_why(models, tmp_path):
     _write_like_llama_cpp(path, models["1bitllm-packed"], perturb=True)
     ck = open_checkpoint(path)
     w = ck.tensors["model.layers.0.self_attn.q_proj.weight"].load()
-    assert not isinstance(w, TernaryWeight) and w.dtype == torch.float32
+    assert isinstance(w, Dense) and w.dtype_name == "F32"
     assert any("model.layers.0.self_attn.q_proj.weight" in n and "different scales" in n for n in ck.notes)
 
 
@@ -350,7 +350,7 @@ def test_gguf_to_gguf_keeps_the_tokenizer_and_codes(models, tmp_path):
     a, b = open_checkpoint(tmp_path / "a.gguf"), open_checkpoint(tmp_path / "b.gguf")
     for name in a.config.quantized_linear_names():
         ta, tb = a.tensors[name].load(), b.tensors[name].load()
-        assert torch.equal(ta.codes, tb.codes) and ta.scale.same_as(tb.scale)
+        assert np.array_equal(ta.codes, tb.codes) and ta.scale.same_as(tb.scale)
 
 
 def test_i2_s_file_layout(models, tmp_path):
@@ -362,10 +362,10 @@ def test_i2_s_file_layout(models, tmp_path):
     t = f.tensors["blk.0.ffn_down.weight"]
     assert t.type == types.I2_S and t.nbytes == 256 * 512 // 4 + 32
     assert "output.weight" not in f.tensors and not any(n.endswith(".scale") for n in f.tensors)
-    raw = f.read_raw(t.name)
+    raw = f.read_bytes(t.name)
     ck = open_checkpoint(models["bitnet-2b4t-packed"])
     tw = ck.tensors["model.layers.0.mlp.down_proj.weight"].load()
-    assert raw[256 * 512 // 4 :][:4].view(torch.float32).item() == float(tw.scale.magnitude(torch.float32))
+    assert raw[256 * 512 // 4 :][:4].view(np.float32)[0] == tw.scale.magnitude("F32")
 
 
 # --- CLI ------------------------------------------------------------------------------------------
@@ -389,7 +389,7 @@ def test_allow_fallback_writes_f16_and_lists_tensors(tmp_path):
     a, b = open_checkpoint(FIXTURES / "1bitllm-packed"), open_checkpoint(dst)
     for name in a.config.quantized_linear_names():
         ta, tb = a.tensors[name].load(), b.tensors[name].load()
-        assert torch.equal(ta.codes, tb.codes) and ta.scale.same_as(tb.scale), name
+        assert np.array_equal(ta.codes, tb.codes) and ta.scale.same_as(tb.scale), name
 
 
 def test_bad_gguf_type_is_a_usage_error(tmp_path):
@@ -520,11 +520,12 @@ def test_unquantized_linears_stay_dense_and_in_order(models, tmp_path):
     assert f.tensors["blk.1.attn_q.weight"].type == types.TQ2_0
     master = read_all(src)
     stored = f.read_float("blk.0.attn_q.weight")
-    assert torch.equal(stored, permute_qk(master["model.layers.0.self_attn.q_proj.weight"].to(torch.float16), 4))
+    want = permute_qk(master["model.layers.0.self_attn.q_proj.weight"].to(torch.float16).numpy(), 4)
+    assert stored.dtype_name == "F16" and np.array_equal(stored.data, want)
     ck = open_checkpoint(tmp_path / "m.gguf")
     for name in (m + ".weight" for m in keep):
         back = ck.tensors[name].load()
-        assert not isinstance(back, TernaryWeight) and torch.equal(back, master[name].to(torch.float16)), name
+        assert isinstance(back, Dense) and torch.equal(back.torch(), master[name].to(torch.float16)), name
 
 
 def test_failure_mid_stream_leaves_nothing(models, tmp_path):
@@ -555,26 +556,26 @@ def test_type_table_agrees_with_gguf_py_and_the_codecs():
         q = Q(t.id)
         assert q.name == t.name and gguf.GGML_QUANT_SIZES[q] == (t.block, t.block_bytes)
     codes = random_codes(4, 512, seed=7)
-    values = codes.float() * 127  # exact in every float type, Q8_0 included (d = 1)
+    values = Dense.of(codes.astype(np.float32) * 127)  # exact in every float type, Q8_0 included (d = 1)
     for t in types.TYPES.values():
         data = t.encode(codes, 1.0) if t.kind == "ternary" else t.encode(values)
-        assert data.view(torch.uint8).numel() == t.nbytes((4, 512)), t.name
+        assert data.dtype == np.uint8 and data.size == t.nbytes((4, 512)), t.name
         if t.kind == "ternary":
-            back, _ = t.decode_codes(data.view(torch.uint8).reshape(-1), (4, 512))
-            assert torch.equal(back, codes) and t.first_invalid(data.view(torch.uint8).reshape(-1), (4, 512)) is None
+            back, _ = t.decode_codes(data.reshape(-1), (4, 512))
+            assert np.array_equal(back, codes) and t.first_invalid(data.reshape(-1), (4, 512)) is None
         else:
-            assert torch.equal(t.decode_values(data.view(torch.uint8).reshape(-1), (4, 512)).float(), values), t.name
+            assert np.array_equal(t.decode_values(data.reshape(-1), (4, 512)).float32(), values.data), t.name
 
 
 def test_tq1_0_canonical_bytes_are_exactly_what_the_encoder_writes():
     # every byte value, decoded and re-encoded: canonical iff it comes back unchanged
-    block = codecs.encode_tq1_0(torch.zeros(1, 256, dtype=torch.int8)).clone()
+    block = codecs.encode_tq1_0(np.zeros((1, 256), dtype=np.int8)).copy()
     for pos in (0, 40, 49):  # a qs byte of the first and second group, a qh byte
         for value in range(256):
-            raw = block.clone()
+            raw = block.copy()
             raw[0, pos] = value
             codes, _ = codecs.decode_tq1_0(raw, 256)
-            same = torch.equal(codecs.encode_tq1_0(codes), raw)
+            same = np.array_equal(codecs.encode_tq1_0(codes), raw)
             assert (codecs.tq1_0_first_noncanonical(raw, 256) is None) == same, (pos, value)
 
 
@@ -608,7 +609,7 @@ def rewrite_gguf(src: Path, dst: Path, changes: dict) -> Path:
     plan = [PlannedGGUFTensor(t.name, t.type, t.shape) for t in f.tensors.values()]
     with GGUFStreamWriter(dst, md, plan) as w:
         for t in f.tensors.values():
-            w.write(t.name, f.read_raw(t.name))
+            w.write(t.name, f.read_bytes(t.name))
     return dst
 
 

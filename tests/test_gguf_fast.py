@@ -17,14 +17,15 @@ import torch
 from conftest import make_checkpoint, read_all
 from safetensors.torch import load_file, save_file
 
-from bitconvert.ternary.fast import jit
 from bitconvert.convert import convert
+from bitconvert.dtypes import Dense
 from bitconvert.errors import CheckpointError
 from bitconvert.formats.gguf import codecs, i2s_layouts, production, types
 from bitconvert.formats.gguf.names import permute_qk
 from bitconvert.ternary import LinearClass, quantize
+from bitconvert.ternary.fast import jit
 from bitconvert.ternary.fast.bf16_codes import bf16_code_rows
-from bitconvert.ternary import bf16_scale_threshold
+from bitconvert.ternary.quantize import bf16_scale_threshold
 
 Q = gguf.GGMLQuantizationType
 DIMS = dict(hidden=256, intermediate=512, layers=2, heads=4, kv_heads=2)
@@ -42,7 +43,12 @@ def _ties() -> torch.Tensor:
     return torch.tensor(vals * 256, dtype=torch.bfloat16).reshape(12, 256)
 
 
-def _weights() -> dict[str, torch.Tensor]:
+def _weights() -> dict[str, Dense]:
+    """The weights below as numpy bf16 words (built in torch, which has bf16)."""
+    return {name: Dense.from_torch(w) for name, w in _torch_weights().items()}
+
+
+def _torch_weights() -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(5)
     normal = (torch.randn(64, 512, generator=g) * 0.02).to(torch.bfloat16)
     edge = normal.clone()
@@ -59,16 +65,16 @@ def _weights() -> dict[str, torch.Tensor]:
 def test_codes_from_bits_are_the_quantized_codes(name):
     w = _weights()[name]
     if name == "ties":
-        assert torch.equal(w.float().abs().mean(), torch.tensor(1.0))
+        assert torch.equal(_torch_weights()[name].float().abs().mean(), torch.tensor(1.0))
     m, threshold = bf16_scale_threshold(w)
-    tw = quantize(w, LinearClass.AUTOBITLINEAR, torch.float32)
-    assert torch.equal(m.reshape(1), tw.scale.value)
+    tw = quantize(w, LinearClass.AUTOBITLINEAR, "F32")
+    assert np.float32(m).tobytes() == tw.scale.data
     if threshold is None:  # only where the bit-pattern path does not apply (an overflowing mean)
         assert name == "huge"
         return
-    rows = bf16_code_rows(w, threshold)
+    rows = bf16_code_rows(w.data, threshold)
     got = np.concatenate([rows(r, min(r + 3, w.shape[0])).copy() for r in range(0, w.shape[0], 3)])
-    assert np.array_equal(got.view(np.int8), tw.codes.numpy())
+    assert np.array_equal(got.view(np.int8), tw.codes)
 
 
 @pytest.mark.parametrize("qtype", [Q.TQ2_0, Q.TQ1_0])
@@ -77,28 +83,28 @@ def test_codes_from_bits_are_the_quantized_codes(name):
 def test_tq_bytes_from_bits_equal_encoding_the_codes(qtype, heads, name):
     w = _weights()[name]
     t = types.TYPES[int(qtype)]
-    tw = quantize(w, LinearClass.AUTOBITLINEAR, torch.float64)
+    tw = quantize(w, LinearClass.AUTOBITLINEAR, "F64")
     codes = permute_qk(tw.codes, heads) if heads else tw.codes
-    d = tw.scale.value.to(torch.float16).float()
+    d = np.float16(np.float32(tw.scale.item()))  # float64 -> fp16 through float32, as torch rounds
     _, threshold = bf16_scale_threshold(w)
-    order = permute_qk(torch.arange(w.shape[0]), heads).numpy() if heads else None
-    fast = t.encode_rows(bf16_code_rows(w, threshold, order), *w.shape, d)
-    assert torch.equal(fast, t.encode(codes, d))
+    order = permute_qk(np.arange(w.shape[0]), heads) if heads else None
+    fast = t.encode_rows(bf16_code_rows(w.data, threshold, order), *w.shape, d)
+    assert np.array_equal(fast, t.encode(codes, d))
     # and gguf-py reads back the permuted codes times d
-    deq = gguf.quants.dequantize(fast.numpy(), qtype)
-    assert np.array_equal(deq, codes.float().numpy() * np.float32(np.float16(float(d))))
+    deq = gguf.quants.dequantize(fast, qtype)
+    assert np.array_equal(deq, codes.astype(np.float32) * np.float32(d))
 
 
 @pytest.mark.parametrize("layout", ["x86", "arm"])
 @pytest.mark.parametrize("name", ["normal", "ties", "edge", "tiny", "zeros"])
 def test_i2_s_bytes_from_bits_equal_encoding_the_codes(layout, name):
     w = _weights()[name]
-    tw = quantize(w, LinearClass.AUTOBITLINEAR, torch.float32)
-    scale = float(tw.scale.value)
+    tw = quantize(w, LinearClass.AUTOBITLINEAR, "F32")
+    scale = tw.scale.item()
     _, threshold = bf16_scale_threshold(w)
     assert i2s_layouts.encodes_rows(layout, w.shape[1])
-    fast = i2s_layouts.encode_rows(bf16_code_rows(w, threshold), *w.shape, scale, layout)
-    assert torch.equal(fast, i2s_layouts.encode(tw.codes, scale, layout))
+    fast = i2s_layouts.encode_rows(bf16_code_rows(w.data, threshold), *w.shape, scale, layout)
+    assert np.array_equal(fast, i2s_layouts.encode(tw.codes, scale, layout))
 
 
 @pytest.mark.parametrize("path", ["compiled", "numpy"])
@@ -110,15 +116,15 @@ def test_tq2_0_lane_packing_matches_gguf_py_on_every_code_pattern(path, monkeypa
         assert jit.kernels() is not None
     else:
         monkeypatch.setattr(jit, "kernels", lambda values=None: None)
-    combos = torch.tensor(np.indices((3,) * 4).reshape(4, -1).T - 1, dtype=torch.int8)  # [81, 4]
-    codes = combos.repeat(256 * 4 // 81 + 1, 1)[: 256 * 4].T.reshape(16, 256).contiguous()
-    ours = codecs.encode_tq2_0(codes, 1.0).numpy()
-    theirs = gguf.quants.quantize(codes.float().numpy(), Q.TQ2_0)
+    combos = (np.indices((3,) * 4).reshape(4, -1).T - 1).astype(np.int8)  # [81, 4]
+    codes = np.ascontiguousarray(np.tile(combos, (256 * 4 // 81 + 1, 1))[: 256 * 4].T.reshape(16, 256))
+    ours = codecs.encode_tq2_0(codes, 1.0)
+    theirs = gguf.quants.quantize(codes.astype(np.float32), Q.TQ2_0)
     assert np.array_equal(ours, theirs)
     for layout in ("x86", "arm"):
-        raw = codes.numpy().view(np.uint8)
+        raw = codes.view(np.uint8)
         fast = i2s_layouts.encode_rows(lambda r0, r1: raw[r0:r1], 16, 256, 0.5, layout)
-        assert torch.equal(fast, i2s_layouts.encode(codes, 0.5, layout)), layout
+        assert np.array_equal(fast, i2s_layouts.encode(codes, 0.5, layout)), layout
 
 
 # --- whole files ----------------------------------------------------------------------------------
@@ -204,43 +210,42 @@ def test_non_finite_master_weight_is_refused_naming_it(masters, tmp_path, value)
 
 @pytest.mark.parametrize("qtype", [Q.TQ2_0, Q.TQ1_0])
 def test_encoding_split_over_two_threads_matches_gguf_py(qtype, monkeypatch):
-    g = torch.Generator().manual_seed(11)
-    codes = torch.randint(-1, 2, (1024, 2048), generator=g).to(torch.int8)  # 32 steps: split in two
+    codes = np.random.default_rng(11).integers(-1, 2, (1024, 2048)).astype(np.int8)  # 32 steps: split in two
     enc = types.TYPES[int(qtype)].encode
     threads = []
     real = codecs._split
     monkeypatch.setattr(codecs, "_split", lambda steps, f: threads.append(len(steps)) or real(steps, f))
-    ours = enc(codes, 1.0).numpy()
+    ours = enc(codes, 1.0)
     assert threads == [32] and len(codecs._row_steps(1024, 2048)) >= codecs._SPLIT_MIN_STEPS
-    assert np.array_equal(ours, gguf.quants.quantize(codes.float().numpy(), qtype))
+    assert np.array_equal(ours, gguf.quants.quantize(codes.astype(np.float32), qtype))
     monkeypatch.setattr(codecs, "_SPLIT_MIN_STEPS", 10**9)  # one thread: the same bytes
-    assert np.array_equal(enc(codes, 1.0).numpy(), ours)
+    assert np.array_equal(enc(codes, 1.0), ours)
 
 
 def test_i2_s_split_over_two_threads_matches_the_reference_layouts():
-    g = torch.Generator().manual_seed(12)
-    codes = torch.randint(-1, 2, (1024, 2048), generator=g).to(torch.int8)
-    raw = codes.numpy().view(np.uint8)
+    codes = np.random.default_rng(12).integers(-1, 2, (1024, 2048)).astype(np.int8)
+    raw = codes.view(np.uint8)
     assert len(codecs._row_steps(1024, 2048)) >= codecs._SPLIT_MIN_STEPS
     for layout in ("x86", "arm"):
         fast = i2s_layouts.encode_rows(lambda r0, r1: raw[r0:r1], 1024, 2048, 0.5, layout)
-        assert torch.equal(fast, i2s_layouts.encode(codes, 0.5, layout)), layout
+        assert np.array_equal(fast, i2s_layouts.encode(codes, 0.5, layout)), layout
 
 
 def test_rows_of_a_large_weight_are_the_same_with_and_without_numba(monkeypatch):
     g = torch.Generator().manual_seed(13)
-    w = (torch.randn(1024, 1024, generator=g) * 0.02).to(torch.bfloat16)  # numba's size
-    w[0, :6] = _bf16([0x0000, 0x8000, 0x0001, 0x8001, 0x7F7E & 0x3FFF, 0xBF00])
+    t = (torch.randn(1024, 1024, generator=g) * 0.02).to(torch.bfloat16)  # numba's size
+    t[0, :6] = _bf16([0x0000, 0x8000, 0x0001, 0x8001, 0x7F7E & 0x3FFF, 0xBF00])
+    w = Dense.from_torch(t)
     _, threshold = bf16_scale_threshold(w)
-    order = permute_qk(torch.arange(1024), 8).numpy()
+    order = permute_qk(np.arange(1024), 8)
 
     def codes(rows) -> np.ndarray:
         return np.concatenate([rows(r, min(r + 100, 1024)).copy() for r in range(0, 1024, 100)])
 
-    with_jit = [codes(bf16_code_rows(w, threshold, o)) for o in (None, order)]
+    with_jit = [codes(bf16_code_rows(w.data, threshold, o)) for o in (None, order)]
     monkeypatch.setattr(jit, "kernels", lambda values=None: None)
-    without = [codes(bf16_code_rows(w, threshold, o)) for o in (None, order)]
+    without = [codes(bf16_code_rows(w.data, threshold, o)) for o in (None, order)]
     expect = quantize(w, LinearClass.AUTOBITLINEAR).codes
-    assert np.array_equal(without[0].view(np.int8), expect.numpy())
-    assert np.array_equal(without[1].view(np.int8), permute_qk(expect, 8).numpy())
+    assert np.array_equal(without[0].view(np.int8), expect)
+    assert np.array_equal(without[1].view(np.int8), permute_qk(expect, 8))
     assert all(np.array_equal(a, b) for a, b in zip(with_jit, without))

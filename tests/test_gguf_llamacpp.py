@@ -117,9 +117,9 @@ def embedding_only_logits(src: Path) -> torch.Tensor:
     from bitconvert.formats import open_checkpoint
 
     ck = open_checkpoint(src)
-    emb = as_dense(ck.tensors["model.embed_tokens.weight"].load(), torch.float32)[torch.tensor(TOKENS)]
-    norm = as_dense(ck.tensors["model.norm.weight"].load(), torch.float32)
-    head = as_dense(ck.tensors["lm_head.weight"].load(), torch.float32)
+    emb = as_dense(ck.tensors["model.embed_tokens.weight"].load(), "F32").torch()[torch.tensor(TOKENS)]
+    norm = as_dense(ck.tensors["model.norm.weight"].load(), "F32").torch()
+    head = as_dense(ck.tensors["lm_head.weight"].load(), "F32").torch()
     x = emb * torch.rsqrt(emb.pow(2).mean(-1, keepdim=True) + ck.config.rms_norm_eps) * norm
     return x @ head.T
 

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from peer_tools import compile_quantize_i2_s, run_quantize_i2_s
 
 from bitconvert.formats.gguf import i2s_layouts
 from bitconvert.formats.gguf.i2s_layouts import LAYOUTS, decode, encode, indistinguishable, layout_problem
 
 
-def random_codes(rows: int, cols: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(-1, 2, (rows, cols), generator=g, dtype=torch.int8)
+def random_codes(rows: int, cols: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(-1, 2, (rows, cols)).astype(np.int8)
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +27,11 @@ def test_layout_equals_compiled_quantize_i2_s(builds, layout, shape):
         pytest.skip(layout_problem(layout, shape))
     codes = random_codes(*shape, seed=sum(shape))
     magnitude = np.float32(0.0123456)
-    values = codes.numpy().astype(np.float32) * magnitude  # what bitnet.cpp's converter hands it
+    values = codes.astype(np.float32) * magnitude  # what bitnet.cpp's converter hands it
     theirs = run_quantize_i2_s(builds[layout], values)
     ours = encode(codes, float(magnitude), layout)
-    assert len(theirs) == ours.numel() == codes.numel() // 4 + 32
-    assert bytes(ours.numpy()) == theirs
+    assert ours.dtype == np.uint8 and len(theirs) == ours.size == codes.size // 4 + 32
+    assert bytes(ours) == theirs
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -41,21 +39,21 @@ def test_layouts_round_trip(layout):
     codes = random_codes(16, 384, seed=3)
     raw = encode(codes, 0.5, layout)
     back, scale = decode(raw, tuple(codes.shape), layout)
-    assert torch.equal(back, codes)
-    assert float(scale) == 0.5
+    assert back.dtype == np.int8 and np.array_equal(back, codes)
+    assert scale.dtype == np.float32 and float(scale[0]) == 0.5
 
 
 def test_layouts_differ_and_wrong_layout_scrambles():
     codes = random_codes(8, 256, seed=4)
-    raws = {lay: bytes(encode(codes, 1.0, lay).numpy()) for lay in LAYOUTS}
+    raws = {lay: bytes(encode(codes, 1.0, lay)) for lay in LAYOUTS}
     assert len(set(raws.values())) == 3
     wrong, _ = decode(encode(codes, 1.0, "x86"), (8, 256), "arm")
-    assert not torch.equal(wrong, codes)
+    assert not np.array_equal(wrong, codes)
     assert not indistinguishable(encode(codes, 1.0, "x86"), (8, 256))
 
 
 def test_constant_tensor_is_layout_free():
-    zeros = torch.zeros(8, 256, dtype=torch.int8)
+    zeros = np.zeros((8, 256), dtype=np.int8)
     assert indistinguishable(encode(zeros, 1.0, "x86"), (8, 256))
 
 
@@ -64,7 +62,7 @@ def test_hand_worked_arm_example():
     and -1 at j = 40. ARM: byte j % 16, shift 6 - 2 * (j // 16): j = 17 -> byte 1, shift 4,
     stored 2 -> byte 1 = 0b01_10_01_01 = 0x65; j = 40 -> byte 8, shift 2 (40 // 16 = 2), stored 0 ->
     byte 8 = 0b01_01_00_01 = 0x51; every other byte holds four zeros (stored 1) = 0x55."""
-    codes = torch.zeros(1, 64, dtype=torch.int8)
+    codes = np.zeros((1, 64), dtype=np.int8)
     codes[0, 17], codes[0, 40] = 1, -1
     raw = encode(codes, 1.0, "arm")[:16].tolist()
     assert raw[1] == 0x65 and raw[8] == 0x51
@@ -76,7 +74,7 @@ def test_layout_problems_are_named():
     assert "multiple of 128" in layout_problem("x86", (1, 64))
     assert layout_problem("arm", (1, 64)) is None
     with pytest.raises(ValueError, match="multiple of 4"):
-        i2s_layouts.encode(torch.zeros(6, 256, dtype=torch.int8), 1.0, "x86-rows")
+        i2s_layouts.encode(np.zeros((6, 256), dtype=np.int8), 1.0, "x86-rows")
 
 
 # --- through the GGUF writer and reader ------------------------------------------------------------
@@ -98,7 +96,7 @@ def test_gguf_files_in_each_layout_read_back_and_say_so(layout, tmp_path):
     a, b = open_checkpoint(src), open_checkpoint(out)
     for name in a.tensors:
         if a.is_quantized_linear(name):
-            assert torch.equal(a.tensors[name].load().codes, b.tensors[name].load().codes), name
+            assert np.array_equal(a.tensors[name].load().codes, b.tensors[name].load().codes), name
     info = describe_checkpoint(out, stats=False)
     assert info["i2s_layout"] == layout
     shown = run_cli("inspect", out, "--no-stats")
