@@ -277,6 +277,17 @@ def test_a_family_without_a_runtime_block_is_refused(tmp_path):
         del FAMILIES["other"]
 
 
+def test_nothing_below_the_runtime_imports_it():
+    """torch stays on the runtime's side: ternary, model, formats and io never import runtime or kernels."""
+    from test_import_cycles import import_graph
+
+    lower = tuple(f"bitconvert.{p}" for p in ("errors", "secrets", "dtypes", "io", "ternary", "model", "formats"))
+    torch_side = ("bitconvert.runtime", "bitconvert.kernels")
+    leaks = {m: sorted(d for d in deps if d.startswith(torch_side))
+             for m, deps in import_graph().items() if m.startswith(lower)}
+    assert {m: d for m, d in leaks.items() if d} == {}
+
+
 def test_weights_stay_ternary_codes():
     model = load_model(FIXTURES / "bitnet-2b4t-master")
     ckpt = open_checkpoint(FIXTURES / "bitnet-2b4t-master")
