@@ -707,3 +707,183 @@ def test_unreadable_tokenizer_json_is_an_error_unless_no_tokenizer(models, tmp_p
     assert not any(k.startswith("tokenizer.") for k in f.metadata)
     r = run_cli("convert", src, tmp_path / "x", "--to", "hf-packed", "--no-tokenizer")
     assert r.returncode == 2 and "--no-tokenizer" in r.stderr
+
+
+# --- families as data, the entry contract, no torch ------------------------------------------------
+
+
+def test_family_records_name_their_tensors_as_gguf_py_does():
+    # the records hold the GGUF names; gguf-py's table is where they come from
+    from gguf.constants import MODEL_ARCH_NAMES, MODEL_TENSORS, TENSOR_NAMES
+
+    from bitconvert.model.families import FAMILIES, GLOBAL_GGUF
+
+    archs = {name: arch for arch, name in MODEL_ARCH_NAMES.items()}
+    checked = set()
+    for family in FAMILIES.values():
+        if family.gguf_arch not in archs:
+            continue
+        known = {TENSOR_NAMES[t] for t in MODEL_TENSORS[archs[family.gguf_arch]]}
+        for spec in (*family.norms, *family.linears):
+            assert "blk.{bid}." + spec.gguf in known, (family.key, spec.gguf)
+        checked.add(family.gguf_arch)
+    assert checked == {"bitnet", "llama"}
+    assert set(GLOBAL_GGUF.values()) <= set(TENSOR_NAMES.values())
+
+
+def test_option_choices_are_the_tables_choices():
+    from bitconvert.formats.gguf.options import EMBED_TYPES, I2S_LAYOUTS, WEIGHT_TYPES
+    from bitconvert.ternary.recipes import recipes_for
+
+    assert set(WEIGHT_TYPES) | set(EMBED_TYPES) <= set(types.BY_OPTION)
+    assert all(types.BY_OPTION[t].kind == "float" for t in EMBED_TYPES)
+    assert I2S_LAYOUTS == i2s_layouts.LAYOUTS and I2S_LAYOUTS[0] == i2s_layouts.DEFAULT_LAYOUT
+    from bitconvert.formats.gguf.options import GGUFOptions
+
+    recipe = next(f for f in __import__("dataclasses").fields(GGUFOptions) if f.name == "recipe")
+    assert recipe.metadata["choices"] == tuple(r.value for r in recipes_for("gguf"))
+
+
+def test_a_renamed_family_goes_to_gguf_and_back_unchanged(models, tmp_path, monkeypatch):
+    """Families are data: a renamed copy of the Llama record is written as Llama is (Q/K permuted,
+    scale folded), read back as itself (the recorded config), and without that record as the first
+    family its GGUF architecture, norms and activation fit."""
+    import shutil
+    from dataclasses import replace
+
+    from bitconvert.model.families import FAMILIES
+
+    copy = replace(FAMILIES["llama"], key="llama-renamed", hf_architecture="RenamedLlamaForCausalLM", model_types=())
+    monkeypatch.setitem(FAMILIES, copy.key, copy)
+    src = Path(shutil.copytree(models["llama-packed"], tmp_path / "renamed"))
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["architectures"] = [copy.hf_architecture]
+    (src / "config.json").write_text(json.dumps(cfg))
+    to_gguf(src, tmp_path / "r.gguf", embed_type="bf16")
+    to_gguf(models["llama-packed"], tmp_path / "l.gguf", embed_type="bf16")
+    fr, fl = GGUFFile(tmp_path / "r.gguf"), GGUFFile(tmp_path / "l.gguf")
+    assert list(fr.tensors) == list(fl.tensors)
+    assert all(np.array_equal(fr.read_bytes(n), fl.read_bytes(n)) for n in fr.tensors)
+    same = {k for k in fr.metadata if k in fl.metadata and repr(fr.metadata[k]) == repr(fl.metadata[k])}
+    differ = sorted(set(fr.metadata) - same)
+    assert differ == ["bitconvert.hf_config", "bitconvert.provenance", "general.name"]
+    assert open_checkpoint(tmp_path / "r.gguf").config.family.key == copy.key
+    convert(tmp_path / "r.gguf", tmp_path / "back", "hf-packed")
+    assert json.loads((tmp_path / "back/config.json").read_text())["architectures"] == [copy.hf_architecture]
+    a, b = read_all(src), read_all(tmp_path / "back")
+    assert sorted(a) == sorted(b) and all(torch.equal(a[n], b[n]) for n in a)
+    bare = rewrite_gguf(tmp_path / "r.gguf", tmp_path / "bare.gguf", {"bitconvert.hf_config": None})
+    assert open_checkpoint(bare).config.family.key == "llama"  # registered first, and fits as well
+
+
+@pytest.mark.parametrize("kind,gguf_type", [(k, "tq2_0") for k in KINDS] + [("bitnet-2b4t", "i2_s")])
+def test_family_comes_from_the_header_without_the_recorded_config(models, tmp_path, kind, gguf_type):
+    to_gguf(models[f"{kind}-packed"], tmp_path / "m.gguf", gguf_type)
+    want = open_checkpoint(tmp_path / "m.gguf").config.family
+    bare = rewrite_gguf(tmp_path / "m.gguf", tmp_path / "bare.gguf", {"bitconvert.hf_config": None})
+    ck = open_checkpoint(bare)
+    assert ck.config.family is want
+    arch = GGUFFile(bare).get("general.architecture")
+    quiet = rewrite_gguf(bare, tmp_path / "quiet.gguf", {f"{arch}.hidden_activation": None})
+    # no activation written (llama.cpp's own converter writes none): the family computing what the
+    # architecture's graph applies, SiLU under bitnet and llama, relu² under bitnet.cpp's bitnet-b1.58
+    expect = {"bitnet": "1bitllm", "llama": "llama", "bitnet-b1.58": "bitnet-b1.58"}[arch]
+    assert open_checkpoint(quiet).config.family.key == expect
+    for name in ck.config.quantized_linear_names()[:3]:
+        assert np.array_equal(ck.tensors[name].load().codes, open_checkpoint(tmp_path / "m.gguf").tensors[name].load().codes)
+
+
+@pytest.mark.parametrize("gguf_type", ["tq2_0", "tq1_0", "i2_s", "f16"])
+def test_entries_say_what_they_are_and_stored_bytes_agree_with_load(models, tmp_path, monkeypatch, gguf_type):
+    from bitconvert.formats.gguf import parser
+    from bitconvert.model.checkpoint import Kind, entry_as_ternary
+    from bitconvert.ternary.stats import code_counts
+
+    monkeypatch.setattr(parser, "MAP_MIN_BYTES", 1)  # every tensor mapped, as large ones are
+    embed = "q8_0" if gguf_type == "tq1_0" else "f16"
+    to_gguf(models["bitnet-2b4t-packed"], tmp_path / "m.gguf", gguf_type, embed_type=embed)
+    ck = open_checkpoint(tmp_path / "m.gguf")
+    f = GGUFFile(tmp_path / "m.gguf")
+    for name, e in ck.tensors.items():
+        s, value = e.stored(), e.load()
+        assert s.data.dtype == np.uint8 and s.data.ndim == 1 and not s.data.flags.owndata, name
+        assert isinstance(s.data.base, memoryview), name  # mapped, not copied
+        assert s.data.size == f.tensors[name_of(ck, name)].nbytes, name
+        if not ck.is_quantized_linear(name):
+            assert e.kind is Kind.DENSE and isinstance(value, Dense), name
+            if name == "model.embed_tokens.weight" and embed == "q8_0":
+                assert s.layout == "gguf:Q8_0" and value.dtype_name == "F32"
+            else:
+                assert s.layout == "floats" and s.dtype_name == value.dtype_name and np.array_equal(s.data, value.raw())
+            continue
+        if gguf_type == "f16":  # dequantized: latent floats, their exact scale recorded beside them
+            assert e.kind is Kind.LATENT and e.record is not None and isinstance(value, Dense), name
+            assert s.layout == "floats" and s.dtype_name == "F16" and s.scale == e.record.scale
+            tw, how = entry_as_ternary(e, value, e.record.scale.linear_class, e.record.scale.dtype_name)
+            assert how == "kept" and tw.scale == e.record.scale
+        else:
+            assert e.kind is Kind.TERNARY and isinstance(value, TernaryWeight), name
+            assert s.layout == f"gguf:{gguf_type.upper()}" and s.scale == value.scale, name
+            tw = value
+        assert s.counts() == code_counts(tw.codes), name
+
+
+def name_of(ck, hf: str) -> str:
+    from bitconvert.formats.gguf.names import to_gguf as gguf_name
+
+    return gguf_name(hf, ck.config)
+
+
+def test_facts_and_origin_come_from_the_header(models, tmp_path):
+    from bitconvert.formats.gguf.stream_writer import kv_str
+
+    src = models["bitnet-2b4t-packed"]
+    to_gguf(src, tmp_path / "m.gguf", "i2_s", i2s_layout="arm")
+    ck = open_checkpoint(tmp_path / "m.gguf")
+    g = ck.facts.gguf
+    assert (g.architecture, g.file_type, g.i2s_layout, g.i2s_layout_recorded) == ("bitnet-b1.58", 40, "arm", True)
+    assert g.tokenizer["tokenizer.ggml.model"].value == "gpt2" and ck.facts.container_dtypes
+    assert ck.facts.linear_class is ck.config.quantization.linear_class
+    assert ck.origin.model_name == src.name and ck.origin.license is None
+    recorded = ck.origin.recorded_provenance
+    assert recorded["source"]["path"] == str(src) and recorded["output"] == {"format": "gguf", "files": ["m.gguf"]}
+    changed = rewrite_gguf(
+        tmp_path / "m.gguf", tmp_path / "named.gguf",
+        {"general.source.url": kv_str("https://huggingface.co/org/model"), "general.license": kv_str("mit"),
+         "bitconvert.i2s_layout": None},
+    )  # fmt: skip
+    ck = open_checkpoint(changed)
+    assert (ck.origin.source_url, ck.origin.license) == ("https://huggingface.co/org/model", "mit")
+    assert (ck.facts.gguf.i2s_layout, ck.facts.gguf.i2s_layout_recorded) == ("x86", False)
+    to_gguf(changed, tmp_path / "again.gguf", "tq2_0")
+    again = GGUFFile(tmp_path / "again.gguf")
+    assert again.get("general.source.url") == "https://huggingface.co/org/model" and again.get("general.license") == "mit"
+    assert open_checkpoint(tmp_path / "again.gguf").facts.gguf.i2s_layout is None
+
+
+def test_converting_to_and_from_gguf_imports_no_torch(tmp_path):
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+from pathlib import Path
+from bitconvert.convert import convert
+from bitconvert.formats import open_checkpoint
+out = Path({str(tmp_path)!r})
+for t, lay in (("tq2_0", None), ("tq1_0", None), ("i2_s", "x86"), ("i2_s", "x86-rows"), ("i2_s", "arm")):
+    dst = out / f"{{t}}-{{lay}}.gguf"
+    convert({str(FIXTURES / "bitnet-2b4t-256-master")!r}, dst, "gguf", {{"gguf_type": t, "i2s_layout": lay}})
+    ck = open_checkpoint(dst)
+    for e in ck.tensors.values():
+        e.load()
+        s = e.stored()
+        if s.counts is not None:
+            s.counts()
+convert(out / "tq2_0-None.gguf", out / "packed", "hf-packed")
+convert(out / "i2_s-arm.gguf", out / "again.gguf", "gguf", {{"gguf_type": "tq1_0"}})
+print(sorted(m for m in sys.modules if m.split(".")[0] == "torch"))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
