@@ -36,7 +36,9 @@ def test_the_wrapper_sees_torch_when_it_is_imported():
     assert torch_imported("inspect", PACKED)
 
 
-@pytest.mark.parametrize("args", [["--help"], ["formats"], ["convert", "--help"], ["--version"]])
+@pytest.mark.parametrize(
+    "args", [["--help"], ["formats"], ["convert", "--help"], ["pack", "--help"], ["unpack", "--help"], ["--version"]]
+)
 def test_no_torch_for(args):
     assert not torch_imported(*args)
 

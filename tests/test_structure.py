@@ -52,7 +52,7 @@ def test_opening_an_hf_directory_parses_each_header_once(fixture, monkeypatch):
     [
         ("hf-packed", ["--gguf-type", "tq2_0"], "--gguf-type"),
         ("hf-packed", ["--tp", "7"], "--tp"),
-        ("hf-packed", ["--embed-type", "zzz"], "--embed-type"),
+        ("hf-packed", ["--embed-type", "q8_0"], "--embed-type"),
         ("gguf", ["--scale-dtype", "f32"], "--scale-dtype"),
         ("gguf", ["--max-shard-size", "1KB"], "--max-shard-size"),
         ("gguf", ["--dtype", "f32"], "--dtype"),
@@ -74,10 +74,9 @@ def test_refusal_names_the_formats_that_take_the_option():
 
 
 def test_options_parse_and_keep_defaults():
-    import torch
-
     opts = options_for("hf-packed", {"scale_dtype": "f32", "max_shard_size": "2MB"})
-    assert (opts.scale_dtype, opts.max_shard_size, opts.linear_class, opts.dtype) == (torch.float32, 2_000_000, None, None)
+    assert (opts.scale_dtype, opts.max_shard_size, opts.linear_class, opts.dtype) == ("F32", 2_000_000, None, None)
+    assert options_for("hf-packed", {}).scale_dtype == "BF16"  # a default is read as a given value is
     assert options_for("gguf", {}).gguf_type == "tq2_0"
     with pytest.raises(UsageError, match="--gguf-type must be one of"):
         options_for("gguf", {"gguf_type": "nonsense"})

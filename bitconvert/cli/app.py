@@ -19,7 +19,7 @@ app = typer.Typer(
     help="Convert, verify and run BitNet b1.58 (ternary) checkpoints.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion; choices are completed
 )
 
 #: in the order ``--help`` lists them

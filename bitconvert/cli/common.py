@@ -14,15 +14,15 @@ import sys
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterator, Optional
+from typing import Annotated, Any, Callable, Iterator
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from ..errors import BitconvertError, UsageError
+from ..formats.options import FLOAT_CHOICES, dtype_parser
 
 #: exit code of an error bitconvert did not expect (a bug), distinct from 1 (bad input) and 2 (bad usage)
 INTERNAL_ERROR_EXIT = 3
@@ -35,11 +35,14 @@ err = Console(stderr=True)
 state = {"debug": False}
 
 
-# --- shared option types ----------------------------------------------------------------------
+# --- shared option types (the write options are generated: see options.py) ---------------------
 Src = Annotated[
-    Path, typer.Argument(help="Input checkpoint: a directory (HF safetensors), a file, or hf://ORG/NAME[@REV].")
+    Path,
+    typer.Argument(
+        metavar="SRC", help="Input checkpoint: a directory (HF safetensors), a file, or hf://ORG/NAME\\[@REV]."
+    ),
 ]
-Dst = Annotated[Path, typer.Argument(help="Output path; created only when the conversion succeeds.")]
+Dst = Annotated[Path, typer.Argument(metavar="DST", help="Output path; created only when the conversion succeeds.")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")]
 Device = Annotated[str, typer.Option("--device", help="Runtime device: cpu or cuda.")]
 Force = Annotated[bool, typer.Option("--force", help="Replace DST if it exists.")]
@@ -51,31 +54,13 @@ HashSources = Annotated[
         "Hub sources are recorded with their sha256 anyway).",
     ),
 ]
-MaxShard = Annotated[
-    Optional[str], typer.Option("--max-shard-size", help="Largest safetensors shard, e.g. 5GB, 500MB. Default 5GB.")
-]
-LinearClassOpt = Annotated[
-    Optional[str],
-    typer.Option(
-        "--linear-class",
-        help="weight_scale convention: autobitlinear (mean|W|, multiply) or bitlinear (1/mean|W|, divide). "
-        "Default: the source's, else autobitlinear.",
-    ),
-]
-ScaleDtype = Annotated[
-    Optional[str], typer.Option("--scale-dtype", help="dtype of packed weight_scale: bf16 or f32. Default bf16.")
-]
-DtypeOpt = Annotated[
-    Optional[str], typer.Option("--dtype", help="dtype of float tensors written: bf16, f16 or f32. Default: the source's.")
-]
 
 
 # --- parsing ----------------------------------------------------------------------------------
 
 
-def parse_dtype(text: str, allowed: tuple[str, ...] = ("bf16", "f16", "f32")):
-    from ..formats.options import dtype_parser
-
+def parse_dtype(text: str, allowed: tuple[str, ...] = FLOAT_CHOICES) -> str:
+    """``bf16`` -> ``"BF16"``: a float dtype as typed, to its name (a usage error names the ones allowed)."""
     return dtype_parser("--dtype", allowed)(text)
 
 
@@ -91,11 +76,6 @@ def parse_tokens(text: str) -> list[int]:
     if not ids:
         raise UsageError("--tokens is empty; give e.g. --tokens 1,2,3")
     return ids
-
-
-def given_options(**values: Any) -> dict[str, Any]:
-    """The write options the user actually gave (None means "not given"; pass a flag as ``flag or None``)."""
-    return {k: v for k, v in values.items() if v is not None}
 
 
 # --- the error boundary -----------------------------------------------------------------------
@@ -131,8 +111,8 @@ def error_boundary() -> Iterator[None]:
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         yield
-    except (typer.Exit, typer.Abort, click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
-        raise  # typer's and click's own exits and usage errors already carry their code
+    except (typer.Exit, typer.Abort, typer.TyperException):
+        raise  # typer's own exits and usage errors (its click is vendored) already carry their code
     except BitconvertError as exc:
         raise _fail(str(exc), exc.exit_code) from None
     except (KeyboardInterrupt, Terminated):

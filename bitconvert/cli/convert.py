@@ -1,39 +1,27 @@
-"""Conversion commands: inspect, pack, unpack, convert, formats."""
+"""Conversion commands: inspect, pack, unpack, convert, formats.
+
+The write options of ``pack`` (hf-packed), ``unpack`` (hf-bf16) and ``convert`` (every writer) are
+generated from the writers' option dataclasses by :func:`.options.takes_write_options`.
+"""
 
 from __future__ import annotations
 
 import json
-from typing import Annotated, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import typer
 from rich.table import Table
 
-from ..errors import UsageError
-from .common import (
-    Dst,
-    DtypeOpt,
-    Force,
-    HashSources,
-    JsonOut,
-    LinearClassOpt,
-    MaxShard,
-    ScaleDtype,
-    Src,
-    emit_json,
-    given_options,
-    out,
-    progress_bar,
-    run_conversion,
-)
+from ..formats import OPTIONS, writer_names
+from .common import Dst, Force, HashSources, JsonOut, Src, emit_json, out, progress_bar, run_conversion
+from .options import given, takes_write_options
 
-RecipeOpt = Annotated[
-    Optional[str],
-    typer.Option(
-        "--recipe",
-        help="Quantize a master as this producer does, bit for bit: transformers (default), onebitllms "
-        "(hf-packed), llama.cpp (gguf tq1_0/tq2_0), bitnet.cpp (gguf i2_s).",
-    ),
+#: ``--to``: one of the formats bitconvert writes (listed in --help, offered by shell completion)
+To = Annotated[
+    Literal.__getitem__(tuple(writer_names())),
+    typer.Option("--to", help="Output format (see `bitconvert formats`).", case_sensitive=False),
 ]
+
 
 def inspect(
     src: Src,
@@ -85,123 +73,39 @@ def print_inspection(info: dict) -> None:
         out.print(f"[yellow]warning:[/] {warning}", highlight=False)
 
 
+@takes_write_options("hf-packed")
 def pack(
-    src: Src,
-    dst: Dst,
-    linear_class: LinearClassOpt = None,
-    scale_dtype: ScaleDtype = None,
-    dtype: DtypeOpt = None,
-    max_shard_size: MaxShard = None,
-    recipe: RecipeOpt = None,
-    force: Force = False,
-    hash_sources: HashSources = False,
-    json_out: JsonOut = False,
+    src: Src, dst: Dst, force: Force = False, hash_sources: HashSources = False, json_out: JsonOut = False, **options: Any
 ) -> None:
     """Quantize a master (or re-pack any checkpoint) into transformers' packed 2-bit layout (hf-packed)."""
-    opts = given_options(
-        linear_class=linear_class, dtype=dtype, scale_dtype=scale_dtype, max_shard_size=max_shard_size, recipe=recipe
-    )
-    run_conversion(src, dst, "hf-packed", opts, force=force, json_out=json_out, hash_sources=hash_sources)
+    run_conversion(src, dst, "hf-packed", given(options), force=force, json_out=json_out, hash_sources=hash_sources)
 
 
+@takes_write_options("hf-bf16")
 def unpack(
-    src: Src,
-    dst: Dst,
-    dtype: Annotated[
-        Optional[str], typer.Option("--dtype", help="dtype of the written weights: bf16 or f32. Default: the source's.")
-    ] = None,
-    online_exact: Annotated[
-        bool,
-        typer.Option(
-            "--online-exact",
-            help="Write codes x mean|W|/p (p: non-zero fraction), so that online quantization "
-            "(transformers' online mode) gives back the packed layer instead of scaling it by p.",
-        ),
-    ] = False,
-    max_shard_size: MaxShard = None,
-    force: Force = False,
-    hash_sources: HashSources = False,
-    json_out: JsonOut = False,
+    src: Src, dst: Dst, force: Force = False, hash_sources: HashSources = False, json_out: JsonOut = False, **options: Any
 ) -> None:
     """Write float weights (codes x mean|W|) in the HF master layout (hf-bf16)."""
-    if dtype is not None and dtype not in ("bf16", "f32"):
-        raise UsageError(f"--dtype must be bf16 or f32, got {dtype!r}")
-    opts = given_options(dtype=dtype, max_shard_size=max_shard_size, online_exact=online_exact or None)
-    run_conversion(src, dst, "hf-bf16", opts, force=force, json_out=json_out, hash_sources=hash_sources)
+    run_conversion(src, dst, "hf-bf16", given(options), force=force, json_out=json_out, hash_sources=hash_sources)
 
 
+@takes_write_options(*OPTIONS)
 def convert(
     src: Src,
     dst: Dst,
-    to: Annotated[str, typer.Option("--to", help="Output format (see `bitconvert formats`).")],
-    linear_class: LinearClassOpt = None,
-    scale_dtype: ScaleDtype = None,
-    dtype: DtypeOpt = None,
-    max_shard_size: MaxShard = None,
-    gguf_type: Annotated[
-        Optional[str], typer.Option("--gguf-type", help="GGUF weight type: tq2_0 (default), tq1_0, i2_s, f16, bf16, f32.")
-    ] = None,
-    embed_type: Annotated[
-        Optional[str], typer.Option("--embed-type", help="GGUF token_embd type: f16 (default), bf16, f32, q8_0.")
-    ] = None,
-    allow_fallback: Annotated[
-        bool, typer.Option("--allow-fallback", help="GGUF: write tensors a ternary type cannot hold as F16.")
-    ] = False,
-    no_tokenizer: Annotated[
-        bool, typer.Option("--no-tokenizer", help="GGUF: write no tokenizer (else an unreadable one is an error).")
-    ] = False,
-    recipe: RecipeOpt = None,
-    i2s_layout: Annotated[
-        Optional[str],
-        typer.Option("--i2s-layout", help="GGUF i2_s byte layout (bitnet.cpp build): x86 (default), x86-rows, arm."),
-    ] = None,
-    tp: Annotated[Optional[str], typer.Option("--tp", help="Nanotron: tensor-parallel size to write (default 1).")] = None,
-    rope_interleaved: Annotated[
-        Optional[bool], typer.Option("--rope-interleaved/--no-rope-interleaved", help="Nanotron: RoPE layout.")
-    ] = None,
-    nanotron_version: Annotated[
-        Optional[str],
-        typer.Option("--nanotron-version", help="Nanotron checkpoint version: 1.4 or 1.5 (default: the flavor's)."),
-    ] = None,
-    allow_approximate: Annotated[
-        bool, typer.Option("--allow-approximate", help="Accept a conversion that cannot be exact (packed -> Nanotron).")
-    ] = False,
-    nanotron_flavor: Annotated[
-        Optional[str],
-        typer.Option("--nanotron-flavor", help="Nanotron code to load it: pr180 (BitNet PR head, default), pr178, main."),
-    ] = None,
-    allow_lossy: Annotated[
-        bool, typer.Option("--allow-lossy", help="Convert although the target cannot hold all of the model (warns).")
-    ] = False,
+    to: To,
     push_to: Annotated[
         Optional[str], typer.Option("--push-to", help="Upload the result to this Hub repo (ORG/NAME) when done.")
     ] = None,
     force: Force = False,
     hash_sources: HashSources = False,
     json_out: JsonOut = False,
+    **options: Any,
 ) -> None:
     """Convert SRC into any format bitconvert writes."""
-    opts = given_options(
-        linear_class=linear_class,
-        dtype=dtype,
-        scale_dtype=scale_dtype,
-        max_shard_size=max_shard_size,
-        gguf_type=gguf_type,
-        embed_type=embed_type,
-        allow_fallback=allow_fallback or None,
-        no_tokenizer=no_tokenizer or None,
-        recipe=recipe,
-        i2s_layout=i2s_layout,
-        tp=tp,
-        rope_interleaved=rope_interleaved,
-        nanotron_version=nanotron_version,
-        allow_approximate=allow_approximate or None,
-        flavor=nanotron_flavor,
-        allow_lossy=allow_lossy or None,
-    )
     from ..formats import options_for
 
-    opts = options_for(to, opts)  # refuses, before any work, an option that --to does not take
+    opts = options_for(to, given(options))  # refuses, before any work, an option that --to does not take
     if push_to:  # convert, then upload DST as one commit (cli/upload.py renders both)
         from .upload import convert_and_push
 

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
 from ..errors import UsageError
 from .common import Device, Force, JsonOut, Src, emit_json, err, out, parse_dtype, parse_tokens, progress_bar
 
+COMPUTE_DTYPES = ("f32", "bf16", "f16")
 ComputeDtype = Annotated[
-    str, typer.Option("--dtype", help="Compute dtype of activations and dense weights: f32, bf16 or f16.")
+    Literal[COMPUTE_DTYPES],
+    typer.Option("--dtype", help="Compute dtype of activations and dense weights.", case_sensitive=False),
 ]
 
 
 def _compute_dtype(text: str):
-    return parse_dtype(text, ("f32", "bf16", "f16"))
+    return parse_dtype(text, COMPUTE_DTYPES)
 
 
 def run(

@@ -63,7 +63,7 @@ def _print_skipped(skipped: list[dict]) -> None:
 
 
 def upload(
-    src: Annotated[str, typer.Argument(help="Checkpoint to upload: a directory, a file, or hf://ORG/NAME[@REV].")],
+    src: Annotated[str, typer.Argument(metavar="SRC", help="Checkpoint to upload: a directory, a file, or hf://ORG/NAME\\[@REV].")],
     repo_id: Annotated[str, typer.Argument(metavar="ORG/NAME", help="Destination model repository.")],
     revision: Annotated[
         Optional[str], typer.Option("--revision", help="Branch to commit to (created if missing).")

@@ -72,6 +72,17 @@ CATALOGUE: dict[str, tuple[str | None, str | None]] = {
     "nanotron": ("nanotron.reader", "nanotron.writer"),
 }
 
+# Each writer's options class, in a light module of its format (no numpy, no writer): the command
+# line is generated from these classes (bitconvert/cli/options.py) and an option a format does not
+# take is refused before anything is read. The order is the one `convert --help` lists them in.
+# A test checks that every writer's ``Options`` is the class named here.
+OPTIONS: dict[str, str] = {
+    "hf-packed": "hf.options:HFPackedOptions",
+    "hf-bf16": "hf.options:HFBF16Options",
+    "gguf": "gguf.options:GGUFOptions",
+    "nanotron": "nanotron.options:NanotronOptions",
+}
+
 
 def modes(name: str) -> str:
     """``read``, ``write`` or ``read/write``: what bitconvert does with format ``name``."""
@@ -108,20 +119,42 @@ def load_all() -> None:
     load_writers()
 
 
+def writer_names() -> list[str]:
+    """The formats bitconvert writes, sorted (no module is imported)."""
+    return sorted(name for name, (_, writer) in CATALOGUE.items() if writer)
+
+
+def _unknown_writer(name: str) -> UsageError:
+    return UsageError(f"unknown output format {name!r}; choose one of: {', '.join(writer_names())}")
+
+
 def writer_for(name: str) -> Writer:
     load_writers()
     if name not in WRITERS:
-        raise UsageError(f"unknown output format {name!r}; choose one of: {', '.join(sorted(WRITERS))}")
+        raise _unknown_writer(name)
     return WRITERS[name]
 
 
+def options_class(fmt: str) -> type:
+    """Writer ``fmt``'s options dataclass, imported from its light module (not the writer)."""
+    if fmt not in OPTIONS:
+        raise _unknown_writer(fmt)
+    module, cls = OPTIONS[fmt].split(":")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
+
+
+def option_classes() -> dict[str, type]:
+    """Every writer's options dataclass by format, in :data:`OPTIONS` order."""
+    return {fmt: options_class(fmt) for fmt in OPTIONS}
+
+
 def options_for(fmt: str, given: Mapping[str, Any] | Any = None) -> Any:
-    """The options of writer ``fmt`` from ``given`` (field name -> value, or a ready instance).
+    """The options of writer ``fmt`` from ``given`` (field name -> value, None meaning not given; or
+    a ready instance). Imports no writer.
 
     An option that ``fmt`` does not take is a UsageError naming the formats that take it.
     """
-    writer = writer_for(fmt)
-    return build_options(fmt, writer.Options, given, {n: w.Options for n, w in WRITERS.items()})
+    return build_options(fmt, options_class(fmt), given, option_classes())
 
 
 def detect_format(path: Path) -> str:

@@ -1,9 +1,17 @@
-"""Typed write options: one frozen dataclass per writer, each field naming its CLI flag.
+"""Typed write options: one frozen dataclass per writer, each field declaring its CLI flag once.
 
-A writer declares ``Options`` (a dataclass built from the shared fields below plus its own), so
-its defaults are documented once, in the field. :func:`build_options` turns what a caller gave
-(CLI strings or typed values, keyed by field name) into that dataclass and refuses, as a usage
-error, any option the chosen format does not take, naming the formats that do.
+A writer's ``Options`` class lives in a light module of its format (``hf/options.py``,
+``gguf/options.py``, ``nanotron/options.py``) and is listed in ``formats.OPTIONS``, so that the
+command line can be generated from it, and an option refused, without importing any writer (nor
+numpy: this module and those import nothing heavy; parsers import what they need when called).
+
+A field is declared with :func:`option`: its default written as a user types it (``"bf16"``,
+``"5GB"``, ``"transformers"``), its flag, its help, its parser and, for a choice, its values.
+:func:`write_options` makes the frozen dataclass and runs every value, default or given, through
+its field's parser, so an instance holds typed values (dtype names such as ``"BF16"``, byte counts,
+enums) however it was made. :func:`build_options` turns what a caller gave (keyed by field name)
+into that dataclass and refuses, as a usage error, an option the chosen format does not take,
+naming the formats that do.
 """
 
 from __future__ import annotations
@@ -12,8 +20,10 @@ import dataclasses
 import re
 from typing import Any, Callable, Iterable, Mapping
 
-from ..dtypes import SHORT_NAMES
 from ..errors import UsageError
+
+#: the float dtypes a ``--dtype`` takes, as typed on the command line
+FLOAT_CHOICES = ("bf16", "f16", "f32")
 
 
 def option(
@@ -23,14 +33,42 @@ def option(
     parse: Callable[[Any], Any] | None = None,
     *,
     choices: Iterable[str] | None = None,
+    metavar: str | None = None,
+    negative: str | None = None,
 ) -> Any:
-    """A dataclass field that knows its CLI flag, its help text, how to read a string and, for a
-    choice, the values it takes (which ``--help`` lists and shell completion offers). A choice
-    without its own ``parse`` is read by :func:`choice_parser`; a ``bool`` field is a plain flag."""
+    """A dataclass field that knows its CLI flag, its help text and how to read a value.
+
+    ``default``: as typed on the command line (the parser makes it typed); None means "not
+    chosen" (the writer decides, e.g. from the source), and a bool default makes a plain flag.
+    ``choices``: the values a choice takes (``--help`` lists them, shell completion offers them);
+    a choice without its own ``parse`` is read by :func:`choice_parser`. ``metavar``: the word
+    ``--help`` shows for a free value (``SIZE``). ``negative``: the flag that sets a yes/no/unset
+    option (default None) to False, e.g. ``--no-rope-interleaved``.
+    """
     choices = tuple(choices) if choices is not None else None
     if parse is None and choices is not None:
         parse = choice_parser(cli, choices)
-    return dataclasses.field(default=default, metadata={"cli": cli, "help": help, "parse": parse, "choices": choices})
+    if isinstance(default, bool) and negative is not None:
+        raise ValueError(f"{cli}: a flag with a negative form needs default None (unset)")
+    metadata = {"cli": cli, "help": help, "parse": parse, "choices": choices, "metavar": metavar, "negative": negative}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def write_options(cls: type) -> type:
+    """A frozen dataclass whose every value, default or given, is read by its field's parser.
+
+    The parsers accept the typed value too, so reading twice (``dataclasses.replace``) is harmless.
+    """
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            parse = f.metadata.get("parse")
+            value = getattr(self, f.name)
+            if parse is not None and value is not None:
+                object.__setattr__(self, f.name, parse(value))
+
+    cls.__post_init__ = __post_init__
+    return dataclasses.dataclass(frozen=True)(cls)
 
 
 # --- parsers shared by the writers' fields (each accepts the typed value too) ---------------------
@@ -50,17 +88,20 @@ def parse_size(text: Any) -> int:
     return size
 
 
-def dtype_parser(flag: str, allowed: Iterable[str] = ("bf16", "f16", "f32")) -> Callable[[Any], Any]:
-    """Parses ``bf16``/``f16``/``f32`` (or the dtype name itself, ``"BF16"``) into the dtype name."""
+def dtype_parser(flag: str, allowed: Iterable[str] = FLOAT_CHOICES) -> Callable[[Any], Any]:
+    """Parses ``bf16``/``f16``/``f32`` (any case, or the dtype name itself, ``"BF16"``) into the dtype name."""
     allowed = tuple(allowed)
 
     def parse(value: Any):
+        from ..dtypes import SHORT_NAMES  # numpy: only once a value is read
+
         names = {SHORT_NAMES[a]: a for a in allowed}
         if value in names:
             return value
-        if value not in allowed:
+        text = str(value).lower()
+        if text not in allowed:
             raise UsageError(f"{flag} must be one of {', '.join(allowed)}, got {value!r}")
-        return SHORT_NAMES[value]
+        return SHORT_NAMES[text]
 
     return parse
 
@@ -71,7 +112,7 @@ def parse_linear_class(value: Any):
     if value is None or isinstance(value, LinearClass):
         return value
     try:
-        return LinearClass(value)
+        return LinearClass(str(value).lower())
     except ValueError:
         raise UsageError(f"--linear-class must be autobitlinear or bitlinear, got {value!r}") from None
 
@@ -92,6 +133,21 @@ def parse_flag(value: Any) -> bool:
     return bool(value)
 
 
+def recipe_parser(fmt: str) -> Callable[[Any], Any]:
+    """Reads a ``--recipe`` for writer ``fmt`` into a :class:`~bitconvert.ternary.recipes.Recipe`,
+    refusing one that cannot write ``fmt`` (the records in ``ternary.recipes`` say which can)."""
+
+    def parse(value: Any):
+        from ..ternary.recipes import parse_recipe, recipes_for
+
+        try:
+            return parse_recipe(value, recipes_for(fmt))
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+
+    return parse
+
+
 # --- the fields several writers share -----------------------------------------------------------
 
 
@@ -99,19 +155,27 @@ def linear_class_field() -> Any:
     return option(
         None,
         "--linear-class",
-        "weight_scale convention: autobitlinear (mean|W|, multiply) or bitlinear (1/mean|W|, divide); "
-        "default: the source's, else autobitlinear",
+        "Convention of weight_scale: autobitlinear (mean|W|, multiply) or bitlinear (1/mean|W|, divide). "
+        "Default: the source's, else autobitlinear.",
         parse_linear_class,
         choices=("autobitlinear", "bitlinear"),
     )
 
 
-def dtype_field(help: str, allowed: Iterable[str] = ("bf16", "f16", "f32")) -> Any:
+def dtype_field(help: str, allowed: Iterable[str] = FLOAT_CHOICES) -> Any:
     return option(None, "--dtype", help, dtype_parser("--dtype", allowed), choices=tuple(allowed))
 
 
 def max_shard_size_field() -> Any:
-    return option(5 * 1000**3, "--max-shard-size", "largest safetensors shard, e.g. 5GB, 500MB", parse_size)
+    return option("5GB", "--max-shard-size", "Largest safetensors shard, e.g. 5GB, 500MB.", parse_size, metavar="SIZE")
+
+
+def recipe_option(fmt: str, choices: Iterable[str], help: str) -> Any:
+    """``--recipe``: which producer's quantization a master is reproduced with; the first choice is
+    the default. ``choices`` are the names of ``ternary.recipes.recipes_for(fmt)``, written out so
+    that reading them needs no numpy (tests/test_cli_options.py checks they agree)."""
+    choices = tuple(choices)
+    return option(choices[0], "--recipe", help, recipe_parser(fmt), choices=choices)
 
 
 # --- building ----------------------------------------------------------------------------------
@@ -130,6 +194,7 @@ def build_options(fmt: str, options_cls: type, given: Mapping[str, Any] | Any, t
     """``options_cls`` filled from ``given`` (field name -> value; a ready instance passes through).
 
     ``takers`` maps every writer's name to its options class, to name who takes a refused option.
+    A value of None counts as not given.
     """
     if isinstance(given, options_cls):
         return given
@@ -139,26 +204,11 @@ def build_options(fmt: str, options_cls: type, given: Mapping[str, Any] | Any, t
     values = {}
     for name, value in (given or {}).items():
         if name not in known:
-            flag = next((flag_of(c, name) for c in takers.values() if name in fields_of(c)), None)
-            if flag is None:
-                raise UsageError(f"unknown write option {name!r}")
             who = sorted(f for f, c in takers.items() if name in fields_of(c))
+            if not who:
+                raise UsageError(f"unknown write option {name!r}")
+            flag = flag_of(takers[who[0]], name)
             raise UsageError(f"{flag} does not apply to --to {fmt}; it is taken by: {', '.join(who)}")
-        parse = known[name].metadata.get("parse")
-        values[name] = parse(value) if parse is not None and value is not None else value
-    return options_cls(**values)
-
-
-def recipe_field(allowed: Iterable[Any], help: str) -> Any:
-    """``--recipe``: which producer's quantization a master is reproduced with (see bitconvert.ternary.recipes)."""
-    allowed = tuple(allowed)
-
-    def parse(value: Any):
-        from ..ternary.recipes import parse_recipe
-
-        try:
-            return parse_recipe(value, allowed)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-
-    return option(allowed[0], "--recipe", help, parse, choices=tuple(r.value for r in allowed))
+        if value is not None:
+            values[name] = value
+    return options_cls(**values)  # the dataclass parses every value (write_options)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from ...dtypes import Dense
@@ -12,23 +11,9 @@ from ...model.config import QuantConfig, QuantMode
 from ...ternary import LinearClass, TernaryWeight
 from ...ternary.records import SCALES_KEY, VALUES_EXACT, VALUES_KEY, VALUES_ONLINE, encode_record, encode_records
 from .. import Progress, WriteReport, register_writer
-from ..options import dtype_field, max_shard_size_field, option, parse_flag
 from .bf16 import NAME
 from .common import copy_side_files, ordered_names, write_json, write_safetensors_dir
-
-
-@dataclass(frozen=True)
-class HFBF16Options:
-    dtype: str | None = dtype_field(
-        "dtype of the written weights: bf16, f16 or f32; default: the source's, per tensor"
-    )
-    max_shard_size: int = max_shard_size_field()
-    online_exact: bool = option(
-        False,
-        "--online-exact",
-        "write codes x mean|W|/p (p: non-zero fraction) so that online quantization gives back the packed layer",
-        parse_flag,
-    )
+from .options import HFBF16Options
 
 
 def _recorded_scales(ckpt: Checkpoint, names: list[str]) -> dict[str, list[str]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 from ...dtypes import Dense
@@ -12,29 +11,11 @@ from ...io.safetensors import PlannedTensor
 from ...model.checkpoint import Checkpoint, Kind, TensorEntry, as_dense, entry_as_ternary, quantizing
 from ...model.config import QuantConfig, QuantMode
 from ...ternary import VALUES_PER_BYTE, LinearClass, Scale, pack_codes, quantize_packed, recover_ternary
-from ...ternary.recipes import RECIPES, Recipe, check_recipe, recipe_quantizer, recipes_for
+from ...ternary.recipes import RECIPES, Recipe, check_recipe, recipe_quantizer
 from .. import Progress, WriteReport, register_writer
-from ..options import dtype_field, linear_class_field, max_shard_size_field, option, recipe_field, dtype_parser
 from .common import copy_side_files, ordered_names, write_json, write_safetensors_dir
+from .options import HFPackedOptions
 from .packed import NAME, scale_name
-
-
-@dataclass(frozen=True)
-class HFPackedOptions:
-    linear_class: LinearClass | None = linear_class_field()
-    scale_dtype: str = option(
-        "BF16", "--scale-dtype", "dtype of each weight_scale: bf16 or f32", dtype_parser("--scale-dtype", ("bf16", "f32")),
-        choices=("bf16", "f32"),
-    )
-    dtype: str | None = dtype_field(
-        "dtype of dense tensors (embedding, norms): bf16, f16 or f32; default: the source's, per tensor"
-    )
-    max_shard_size: int = max_shard_size_field()
-    recipe: Recipe = recipe_field(
-        recipes_for(NAME),
-        "how a master is quantized: transformers (fp32, default) or onebitllms (bf16 arithmetic, "
-        "bf16 bitlinear scales, onebitllms' config keys)",
-    )
 
 
 def _packed(entry: TensorEntry, linear_class: LinearClass, options: HFPackedOptions) -> tuple[Dense, Scale, str]:
