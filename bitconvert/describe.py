@@ -1,23 +1,27 @@
-"""``inspect``: what a checkpoint is, tensor by tensor, as plain data."""
+"""``inspect``: what a checkpoint is, tensor by tensor, as plain data (numpy, no torch).
+
+Statistics come off the stored bytes where they tell them (``entry.stored().counts``: the code
+counts and the scale of packed and GGUF weights, without decoding), else from the loaded values.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .model.checkpoint import TensorEntry
 from .formats import Progress, no_progress, open_checkpoint
-from .ternary.stats import counts_stats, packed_code_counts
-
-if TYPE_CHECKING:  # only statistics need tensors (and torch); --no-stats reads headers alone
-    from .ternary import TernaryScale
+from .model.checkpoint import Checkpoint, Kind, TensorEntry, load_recorded
+from .ternary.quantize import mean_abs
+from .ternary.scale import Scale
+from .ternary.stats import CodeCounts, code_counts, counts_stats
+from .ternary.weight import TernaryWeight
 
 
 def _tensor_row(entry: TensorEntry, quantized: bool, stats: bool) -> dict[str, Any]:
     row: dict[str, Any] = {
         "name": entry.name,
         "shape": list(entry.shape),
-        "stored": entry.stored,
+        "stored": entry.label,
         "role": "ternary linear" if quantized else "dense",
     }
     if stats and quantized:
@@ -26,22 +30,21 @@ def _tensor_row(entry: TensorEntry, quantized: bool, stats: bool) -> dict[str, A
 
 
 def _ternary_figures(entry: TensorEntry) -> dict[str, Any]:
-    """Code fractions and scale (or a master's mean|W|), from the packed bytes where the reader keeps them."""
-    from .ternary import TernaryWeight, mean_abs, ternary_stats
-
-    if entry.load_packed is not None and entry.load_scale is not None:
-        counts = packed_code_counts(entry.load_packed())
-        if not counts[3]:  # else load() below raises the reader's error naming the bad field
-            return _figures(counts_stats(*counts), entry.load_scale())
-    value = entry.load()
+    """Code fractions and scale (or a master's mean|W|), off the stored bytes where they give them."""
+    if entry.kind is not Kind.DENSE:
+        stored = entry.stored()
+        counts = stored.counts() if stored.counts is not None and stored.scale is not None else None
+        if counts is not None and not counts[3]:  # else load() below raises the reader's error naming the bad field
+            return _figures(counts, stored.scale)
+    value = load_recorded(entry)  # a recorded LATENT weight is its ternary weight, as verify sees it
     if isinstance(value, TernaryWeight):
-        return _figures(ternary_stats(value.codes), value.scale)
+        return _figures(code_counts(value.codes), value.scale)
     return {"latent_mean_abs": float(mean_abs(value))}
 
 
-def _figures(fractions: dict[str, float], scale: TernaryScale) -> dict[str, Any]:
+def _figures(counts: CodeCounts, scale: Scale) -> dict[str, Any]:
     return {
-        "codes": {k: round(v, 6) for k, v in fractions.items()},
+        "codes": {k: round(v, 6) for k, v in counts_stats(*counts).items()},
         "scale": {"value": scale.item(), "linear_class": scale.linear_class.value, "mean_abs": scale.multiplier},
     }
 
@@ -50,6 +53,18 @@ def _bytes_on_disk(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def _gguf_figures(ckpt: Checkpoint) -> dict[str, Any]:
+    """A GGUF file's own architecture name (beside the model family) and its I2_S byte layout."""
+    gguf = ckpt.facts.gguf
+    if gguf is None:
+        return {}
+    out: dict[str, Any] = {"gguf_architecture": gguf.architecture}
+    if gguf.i2s_layout is not None:
+        # the layout (bitnet.cpp build) as recorded, or "... (assumed: not recorded)"
+        out["i2s_layout"] = gguf.i2s_layout if gguf.i2s_layout_recorded else f"{gguf.i2s_layout} (assumed: not recorded)"
+    return out
 
 
 def describe_checkpoint(path: str | Path, *, stats: bool = True, progress: Progress = no_progress) -> dict[str, Any]:
@@ -65,7 +80,8 @@ def describe_checkpoint(path: str | Path, *, stats: bool = True, progress: Progr
     return {
         "path": str(path),
         "format": ckpt.format,
-        "architecture": cfg.architecture.value,
+        # the model family (bitconvert's name for it); a GGUF file's own name is gguf_architecture
+        "architecture": cfg.family.key,
         "config": {
             "hidden_size": cfg.hidden_size,
             "intermediate_size": cfg.intermediate_size,
@@ -88,6 +104,5 @@ def describe_checkpoint(path: str | Path, *, stats: bool = True, progress: Progr
         "ternary_tensors": sum(1 for r in rows if r["role"] == "ternary linear"),
         "notes": ckpt.notes,
         "warnings": ckpt.warnings,
-        # GGUF I2_S: the byte layout (bitnet.cpp build) as recorded, or "... (assumed: not recorded)"
-        **({"i2s_layout": ckpt.info["i2s_layout"]} if "i2s_layout" in ckpt.info else {}),
+        **_gguf_figures(ckpt),
     }

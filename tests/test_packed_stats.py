@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from bitconvert.describe import describe_checkpoint
+from bitconvert.dtypes import Dense, non_finite_count
 from bitconvert.formats import open_checkpoint
-from bitconvert.ternary.stats import counts_stats, packed_code_counts, unpacked_chunks
-from bitconvert.ternary import pack_codes, ternary_stats, unpack_codes
-from bitconvert.verify.integrity import non_finite_count
+from bitconvert.model.checkpoint import Stored
+from bitconvert.ternary import pack_codes, unpack_codes
+from bitconvert.ternary.stats import code_counts, counts_stats, packed_code_counts, unpacked_chunks
 from bitconvert.verify.manifest import packed_ternary_digest, tensor_digest
 from tests.conftest import FIXTURES
 
@@ -19,15 +21,14 @@ PACKED = ["bitnet-2b4t-packed", "1bitllm-packed", "llama-packed"]
 @pytest.mark.parametrize("rows,cols", [(4, 1), (64, 40), (2560, 96), (8, 70000)])
 def test_counts_and_chunks_equal_unpacked(rows, cols):
     g = torch.Generator().manual_seed(rows)
-    codes = torch.randint(-1, 2, (rows, cols), generator=g, dtype=torch.int8)
+    codes = torch.randint(-1, 2, (rows, cols), generator=g, dtype=torch.int8).numpy()
     packed = pack_codes(codes)
-    packed.view(-1)[::97] |= 0b11 << 2  # some invalid fields, read back as 2 by unpack_codes
+    packed.reshape(-1)[::97] |= 0b11 << 2  # some invalid fields, read back as 2 by unpack_codes
     unpacked = unpack_codes(packed)
     counts = packed_code_counts(packed)
     assert counts == tuple(int((unpacked == v).sum()) for v in (-1, 0, 1, 2))
-    assert torch.equal(torch.cat([torch.from_numpy(c.copy()) for c in unpacked_chunks(packed)]), unpacked.reshape(-1))
-    stats = counts_stats(*counts)
-    assert stats == ternary_stats(unpacked)
+    assert np.array_equal(np.concatenate([c.copy() for c in unpacked_chunks(packed)]), unpacked.reshape(-1))
+    assert counts_stats(*counts) == counts_stats(*code_counts(unpacked))
 
 
 @pytest.mark.parametrize("fixture", PACKED)
@@ -36,11 +37,12 @@ def test_packed_digest_and_inspect_equal_unpacked(fixture):
     info = {row["name"]: row for row in describe_checkpoint(FIXTURES / fixture)["tensors"]}
     n = 0
     for name, entry in ckpt.tensors.items():
-        if entry.load_packed is None:
+        stored = entry.stored()
+        if stored.layout != "hf-packed":
             continue
         value = entry.load()
-        assert packed_ternary_digest(entry.shape, entry.load_packed(), entry.load_scale()) == tensor_digest(value)
-        assert info[name]["codes"] == {k: round(v, 6) for k, v in ternary_stats(value.codes).items()}
+        assert packed_ternary_digest(entry.shape, stored.data, stored.scale) == tensor_digest(value)
+        assert info[name]["codes"] == {k: round(v, 6) for k, v in counts_stats(*code_counts(value.codes)).items()}
         assert info[name]["scale"]["value"] == value.scale.item()
         n += 1
     assert n > 0
@@ -50,19 +52,23 @@ def test_packed_digest_and_inspect_equal_unpacked(fixture):
 def test_non_finite_count(dtype):
     x = torch.randn(3, 70001).to(dtype)
     x[0, 5], x[1, 7], x[2, 70000] = float("inf"), float("nan"), float("-inf")
-    assert non_finite_count(x) == 3 == int((~torch.isfinite(x)).sum())
+    value = Dense.from_torch(x)
+    assert non_finite_count(value.raw(), value.dtype_name) == 3 == int((~torch.isfinite(x)).sum())
 
 
 def _without_stored_bytes(monkeypatch):
-    """Make verify_integrity load every tensor (the torch path), as it did before stored bytes."""
+    """Make verify_integrity load every tensor: each entry's stored() says nothing the checks can use."""
     import dataclasses
 
     from bitconvert.verify import integrity
 
+    def opaque():
+        return Stored(np.empty(0, dtype=np.uint8), "opaque")
+
     def opened(*args, **kwargs):
         ckpt = open_checkpoint(*args, **kwargs)
         for name, e in ckpt.tensors.items():
-            ckpt.tensors[name] = dataclasses.replace(e, load_stored=None, load_packed=None, load_stored_scale=None)
+            ckpt.tensors[name] = dataclasses.replace(e, stored=opaque)
         return ckpt
 
     monkeypatch.setattr(integrity, "open_checkpoint", opened)
@@ -90,7 +96,7 @@ def _damaged(tmp_path, fixture: str):
 @pytest.mark.parametrize("fixture", PACKED + ["bitnet-2b4t-master", "onebitllms-bf16"])
 @pytest.mark.parametrize("damaged", [False, True])
 def test_integrity_on_stored_bytes_equals_integrity_on_loaded_tensors(fixture, damaged, tmp_path, monkeypatch):
-    # `upload --dry-run` checks stored bytes without torch: same checks, messages, figures and hashes
+    # `upload --dry-run` checks stored bytes without decoding them: same checks, messages, figures and hashes
     from bitconvert.verify import verify_integrity
 
     src = _damaged(tmp_path, fixture) if damaged else FIXTURES / fixture

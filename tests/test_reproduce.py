@@ -160,9 +160,9 @@ def rewritten_as(path: Path, dst: Path, layout: str) -> Path:
     data = bytearray(path.read_bytes())
     for t in f.tensors.values():
         if t.type_name == "I2_S":
-            raw = f.read_raw(t.name)
+            raw = f.read_bytes(t.name)
             codes, scale = i2s_layouts.decode(raw, t.shape, "x86")
-            data[t.offset : t.offset + t.nbytes] = bytes(i2s_layouts.encode(codes, float(scale), layout).numpy())
+            data[t.offset : t.offset + t.nbytes] = i2s_layouts.encode(codes, float(scale[0]), layout).tobytes()
     dst.write_bytes(bytes(data))
     return dst
 

@@ -1,8 +1,8 @@
 """Integrity checks read off stored bytes (GGUF blocks, recorded float weights, Nanotron shards) say
 exactly what the checks of the loaded tensors say, on sound and on damaged files.
 
-``verify`` without a manifest and ``upload --dry-run`` count codes from bytes (numpy, no torch);
-with hashing on, every tensor is loaded and decoded by its reader. Both must agree check for check:
+``verify`` without a manifest and ``upload --dry-run`` count codes from bytes (``entry.stored()``);
+with hashing on, every tensor but packed ones is loaded and decoded by its reader. Both must agree check for check:
 the loaded path is the readers' own decoding, cross-checked elsewhere against gguf-py, llama.cpp and
 Nanotron.
 """
@@ -23,8 +23,7 @@ from bitconvert.convert import convert
 from bitconvert.formats.gguf.parser import GGUFFile
 from bitconvert.ternary.linear_class import LinearClass
 from bitconvert.io.safetensors import SafetensorsFile
-from bitconvert.ternary.stored import StoredScale
-from bitconvert.ternary import TernaryScale
+from bitconvert.ternary.scale import Scale
 from bitconvert.verify import verify_integrity
 
 PACKED_256 = FIXTURES / "bitnet-2b4t-256-packed"
@@ -225,5 +224,7 @@ def test_magnitude_bits_round_as_torch_does(cls, src, dst):
     mask = (1 << (8 * torch.empty(0, dtype=word).element_size())) - 1
     for v in stored:
         data = v.reshape(1).view(torch.uint8).numpy().tobytes()
-        expected = TernaryScale(v.reshape(1), cls).magnitude(torch_dtype(dst)).reshape(1).view(word).item() & mask
-        assert StoredScale(src, data, cls).magnitude_bits(dst) == expected, (float(v), cls, src, dst)
+        # mean|W| in float64 (the stored value, or its reciprocal), then one torch cast into dst
+        mean = v.double() if cls is LinearClass.AUTOBITLINEAR else 1.0 / v.double()
+        expected = mean.to(torch_dtype(dst)).reshape(1).view(word).item() & mask
+        assert Scale(src, data, cls).magnitude_bits(dst) == expected, (float(v), cls, src, dst)

@@ -312,7 +312,7 @@ def test_logits_agree_for_exact_conversions(tmp_path):
     """A master and its pack with fp32 bitlinear scales are the same model: the runtime agrees."""
     master = FIXTURES / "llama-master"
     packed = tmp_path / "packed"
-    convert(master, packed, "hf-packed", {"linear_class": LinearClass.BITLINEAR, "scale_dtype": torch.float32})
+    convert(master, packed, "hf-packed", {"linear_class": LinearClass.BITLINEAR, "scale_dtype": "F32"})
     r, data = verify_json(packed, "--against", master, "--logits")
     assert r.returncode == 0, failing(r)
     assert data["figures"]["against.logits_max_abs_diff"] == 0.0
@@ -370,3 +370,49 @@ def test_digests_are_skipped_when_no_manifest_is_wanted_and_checks_stay_the_same
     assert [(c.name, c.passed, c.detail, c.tensor) for c in plain.checks] == [
         (c.name, c.passed, c.detail, c.tensor) for c in hashed.checks
     ]
+
+
+def test_200000_failing_manifest_entries_report_in_linear_time(tmp_path):
+    """Each manifest entry the checkpoint lacks is one failed check; 200,000 of them are checked,
+    summarized and written as JSON and JUnit through the library in seconds (once over two minutes)."""
+    import time
+
+    from bitconvert.verify import VerifyRequest, run
+
+    entry = {"kind": "dense", "shape": [1], "dtype": "F32", "sha256": "0" * 64}
+    manifest = {"bitconvert_manifest": 1, "tensors": {f"model.extra.{i}.weight": entry for i in range(200_000)}}
+    (tmp_path / "m.json").write_text(json.dumps(manifest))
+    start = time.perf_counter()
+    report = run(PACKED, VerifyRequest(manifest_check=tmp_path / "m.json"))
+    report.write_json(tmp_path / "r.json")
+    report.write_junit(tmp_path / "r.xml")
+    summary, worst = report.summary(), report.largest_figures()
+    elapsed = time.perf_counter() - start
+    assert len(report.failures) == 200_000 + 24  # the manifest's tensors missing, the checkpoint's not in it
+    assert summary["manifest"] == {"passed": 0, "failed": 200_024} and worst["manifest"] is None
+    assert json.loads((tmp_path / "r.json").read_text())["checks_failed"] == 200_024
+    assert (tmp_path / "r.xml").read_text().count('type="VerifyFailure"') == 200_024
+    assert elapsed < 10, f"{elapsed:.1f} s"
+    print(f"\n200,000 failing manifest entries: checked and reported in {elapsed:.1f} s")
+
+
+def test_run_composes_the_checks_and_writes_the_manifest_only_when_src_passes(tmp_path):
+    from bitconvert.errors import UsageError
+    from bitconvert.verify import VerifyRequest, run
+
+    manifest = tmp_path / "m.json"
+    report = run(PACKED, VerifyRequest(against=LLAMA_PACKED, target="transformers", manifest=manifest))
+    names = {c.name for c in report.checks}
+    assert {"open", "codes", "against.config", "target.transformers.format"} <= names
+    assert report.against == str(LLAMA_PACKED) and not report.passed  # another model: the config differs
+    assert not manifest.exists() and report.manifest_written is None
+    assert any("manifest not written" in n for n in report.notes)
+    report = run(PACKED, VerifyRequest(manifest=manifest))
+    assert report.passed and report.manifest_written == str(manifest)
+    assert json.loads(manifest.read_text())["tensors"] == report.manifest["tensors"]
+    assert run(PACKED, VerifyRequest(manifest_check=manifest)).passed
+    for bad in (VerifyRequest(logits=True), VerifyRequest(tokens=[1]), VerifyRequest(recipe="onebitllms"),
+                VerifyRequest(thresholds=Thresholds(atol=-1)), VerifyRequest(target="vllm"),
+                VerifyRequest(manifest_check=tmp_path / "nope.json"), VerifyRequest(roundtrip="nope")):
+        with pytest.raises(UsageError):
+            run(PACKED, bad)

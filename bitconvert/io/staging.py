@@ -210,3 +210,17 @@ def staged_output(dst: Path, *, directory: bool, force: bool) -> Iterator[Path]:
             exc.filename = str(dst)  # a failed write() names no file: it was this output's
         raise
     fsync_dir(dst.parent)
+
+
+def write_atomically(path: Path, data: str | bytes) -> None:
+    """Write a small output file (a report, a manifest) whole or not at all: staged beside ``path``
+    and renamed over it, so a reader never sees half of it and an interrupted run leaves the old one."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise UsageError(f"{path.parent}: output folder does not exist")
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    with staged_output(path, directory=False, force=True) as tmp:
+        with open(tmp, "xb") as f:
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())

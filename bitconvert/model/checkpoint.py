@@ -218,6 +218,20 @@ def entry_as_ternary(
         return as_ternary(value, linear_class, scale_dtype, entry.record, quantizer)
 
 
+def load_recorded(entry: TensorEntry) -> Value:
+    """``entry.load()``, except that a LATENT weight whose floats are still exactly codes x the scale its
+    ``record`` wrote down (``unpack`` output) is that ternary weight, as a conversion keeps it: what
+    ``verify`` and ``inspect`` check and show."""
+    from ..ternary.quantize import matches_record
+
+    value = entry.load()
+    if entry.kind is Kind.LATENT and entry.record is not None and isinstance(value, Dense):
+        kept = matches_record(value, entry.record)
+        if kept is not None:
+            return kept
+    return value
+
+
 def as_dense(value: Value, dtype_name: str) -> Dense:
     """Floats: dense values cast, ternary weights dequantized (codes x mean|W|)."""
     from ..ternary.weight import TernaryWeight
@@ -249,5 +263,6 @@ def is_ignored_tensor(name: str) -> bool:
 
 __all__ = [
     "Checkpoint", "Facts", "GGUFFacts", "Kind", "NanotronFacts", "Origin", "Stored", "TensorEntry", "Value",
-    "FLOAT_NAMES", "as_dense", "check_tensor_set", "entry_as_ternary", "float_stored", "is_ignored_tensor", "quantizing",
+    "FLOAT_NAMES", "as_dense", "check_tensor_set", "entry_as_ternary", "float_stored", "is_ignored_tensor", "load_recorded",
+    "quantizing",
 ]  # fmt: skip

@@ -1,4 +1,8 @@
-"""The README.md model card written when an upload has none: Hub front matter, format, loading, provenance."""
+"""The README.md model card written when an upload has none: Hub front matter, format, loading, provenance.
+
+What it says about the model comes from its family record (class, activation, sub-norms) and from
+the consumer facts ``verify --target`` checks (what transformers and llama.cpp compute).
+"""
 
 from __future__ import annotations
 
@@ -6,19 +10,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import __version__
-
-ARCH_NAMES = {
-    "bitnet-b1.58": "BitNetForCausalLM (microsoft/bitnet-b1.58-2B-4T family: relu², sub-norms)",
-    "1bitllm": "BitnetForCausalLM (1bitLLM family: SiLU, sub-norms)",
-    "llama": "LlamaForCausalLM (HF1BitLLM / Falcon3 1.58-bit family)",
-}
+from ..formats.gguf.archs import ACTIVATION_WORDS, graph
+from ..model.families import FAMILIES, Family
+from ..verify.consumer_checks import family_name, foreign_sub_norms
 
 
 @dataclass
 class CardInput:
     repo_id: str  # where the card will live
     format: str  # bitconvert format name, e.g. hf-packed
-    architecture: str  # bitconvert Architecture value
+    architecture: str  # the model family's key (``inspect``'s architecture), e.g. bitnet-b1.58
     files: list[str] = field(default_factory=list)  # files of the upload, for loading hints
     provenance: dict[str, Any] | None = None
     #: how the ternary weights are stored, as the reader labels them (e.g. "U8 packed + BF16 scale", "I2_S")
@@ -92,11 +93,13 @@ def _format_text(card: CardInput) -> str:
 
 def _loading(card: CardInput) -> str:
     fam, repo = _family(card.format), card.repo_id
+    family = FAMILIES.get(card.architecture)
     if fam == "hf":
-        if card.architecture == "1bitllm":
+        if family is not None and foreign_sub_norms(family):
             return (
-                "`BitnetForCausalLM` is not part of transformers: load it with the original 1bitLLM modelling code "
-                "(`trust_remote_code=True` on a repository that ships it), or convert it with bitconvert.\n"
+                f"`{family.hf_architecture}` is not part of transformers: load it with the original "
+                f"{family_name(family)} modelling code (`trust_remote_code=True` on a repository that ships it), "
+                "or convert it with bitconvert.\n"
             )
         return (
             "With transformers:\n\n```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
@@ -111,16 +114,41 @@ def _loading(card: CardInput) -> str:
                 f"hf download {repo} {gguf} --local-dir model\n"
                 f'python run_inference.py -m model/{gguf} -p "Hello"\n```\n'
             )
-        text = f'With llama.cpp:\n\n```sh\nllama-cli -hf {repo} -p "Hello"\n```\n'
-        if card.architecture == "bitnet-b1.58":
-            text += (
-                "\nNote: upstream llama.cpp computes this architecture's feed-forward with SiLU, while the model "
-                "uses relu²; its outputs there are wrong. Use a runtime that implements relu² (e.g. bitnet.cpp).\n"
-            )
-        return text
+        return f'With llama.cpp:\n\n```sh\nllama-cli -hf {repo} -p "Hello"\n```\n' + _activation_note(family)
     if fam == "nanotron":
         return "With Nanotron's BitNet support (huggingface/nanotron PR #180), loading this directory.\n"
     return "With bitconvert (`bitconvert inspect`, `bitconvert convert`).\n"
+
+
+def _words(activation: str) -> str:
+    return ACTIVATION_WORDS.get(activation, activation)
+
+
+def _activation_note(family: Family | None) -> str:
+    """Where the GGUF consumer's graph applies another activation than the model's: say so."""
+    if family is None:
+        return ""
+    runs = graph(family.gguf_arch)
+    if not runs.activation or runs.activation == family.hidden_act:
+        return ""
+    own = _words(family.hidden_act)
+    i2s = graph(family.gguf_arch_i2s) if family.gguf_arch_i2s else None
+    elsewhere = f" (e.g. {i2s.consumer})" if i2s is not None and i2s.activation == family.hidden_act else ""
+    return (
+        f"\nNote: upstream {runs.consumer} computes this architecture's feed-forward with {_words(runs.activation)}, "
+        f"while the model uses {own}; its outputs there are wrong. Use a runtime that implements {own}{elsewhere}.\n"
+    )
+
+
+def _architecture(card: CardInput) -> str:
+    """The model's class and family in words, from its family record (the key itself when unknown)."""
+    family = FAMILIES.get(card.architecture)
+    if family is None:
+        return card.architecture
+    traits = [_words(family.hidden_act)]
+    if any(n.role in ("attn_sub_norm", "ffn_sub_norm") for n in family.norms):
+        traits.append("sub-norms")
+    return f"{family.hf_architecture} ({family.title}: {', '.join(traits)})"
 
 
 def _cell(value: Any) -> str:
@@ -164,7 +192,7 @@ def render_card(card: CardInput) -> str:
     from ..secrets import scrub_secrets
 
     name = card.repo_id.split("/")[-1]
-    arch = ARCH_NAMES.get(card.architecture, card.architecture)
+    arch = _architecture(card)
     body = (
         f"# {name}\n\n"
         f"A BitNet b1.58 checkpoint: every linear weight is -1, 0 or +1 with one scale per tensor. "

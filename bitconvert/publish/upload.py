@@ -9,7 +9,8 @@ from typing import Any
 
 from .. import __version__
 from ..errors import CheckpointError, UsageError
-from ..io.provenance import read_provenance, sha256_file, visible_files
+from ..model.checkpoint import Kind
+from ..io.provenance import sha256_file, visible_files
 from ..hub.errors import HubError, hub_errors
 from ..secrets import one_line, scrub_secrets
 from ..hub.source import PICKLE_SUFFIXES, SourceRef, check_repo_id, resolve_source
@@ -98,17 +99,24 @@ class UploadResult:
         }
 
 
-def _verify_or_refuse(path: Path, progress) -> dict[str, Any]:
-    """The verify issue's integrity checks; a failure stops the upload before any request."""
-    from ..verify import check_line, verify_integrity
+def _open_verified(path: Path, progress) -> tuple[Any, dict[str, Any]]:
+    """SRC opened once, and the verify issue's integrity checks of it; a failure stops the upload
+    before any request. Returns the checkpoint and the plan's verify summary."""
+    from ..formats import open_checkpoint
+    from ..verify.integrity import open_failure, verify_integrity
+    from ..verify.report import VerifyReport, check_line
 
-    report = verify_integrity(path, progress=progress, digests=False)
+    try:
+        ckpt = open_checkpoint(path)
+    except CheckpointError as exc:  # as verify reports it: the first check failed
+        ckpt, report = None, VerifyReport(str(path), [open_failure(exc)])
+    else:
+        report = verify_integrity(ckpt, progress=progress, digests=False)
     failed = [one_line(check_line(c)) for c in report.checks if not c.passed]
-    if not report.passed:
+    if failed:
         more = f" (+{len(failed) - 1} more)" if len(failed) > 1 else ""
-        first = failed[0] if failed else "integrity checks failed"
-        raise CheckpointError(path, f"fails its integrity checks, so nothing was uploaded: {first}{more}")
-    return {"passed": True, "checks": len(report.checks), "notes": list(report.notes)}
+        raise CheckpointError(path, f"fails its integrity checks, so nothing was uploaded: {failed[0]}{more}")
+    return ckpt, {"passed": True, "checks": len(report.checks), "notes": list(report.notes)}
 
 
 def default_commit_message(fmt: str) -> str:
@@ -136,14 +144,13 @@ def plan_upload(
     Pickles (``*.bin``, ``*.pt``, ...) are left out and listed in ``skipped`` unless ``include_pickles``;
     a symlink that resolves outside SRC is refused (a local file must not leave the machine by accident).
     """
-    from ..formats import no_progress, open_checkpoint
+    from ..formats import no_progress
 
     card_path = _check_request(repo_id, revision, commit_message, card_file)
     source = resolve_source(src, endpoint=endpoint)
     if not source.path.exists():
         raise UsageError(f"{src}: no such file or directory")
-    verify = _verify_or_refuse(source.path, progress or no_progress)
-    ckpt = open_checkpoint(source.path)
+    ckpt, verify = _open_verified(source.path, progress or no_progress)
     files, skipped = _checkpoint_files(source, replaced_card=card_path is not None, include_pickles=include_pickles)
     card_text, card_origin, card_file_entry = _choose_card(source, ckpt, repo_id, files, card_path)
     if card_file_entry is not None:
@@ -239,7 +246,8 @@ def _choose_card(
 def _generated_card(source: SourceRef, ckpt, repo_id: str, files: list[PlannedFile]) -> str:
     from .card import CardInput, render_card
 
-    provenance = read_provenance(source.path)
+    # what the source records of its own origin, as its reader found it (no second parse of the file)
+    provenance = dict(ckpt.origin.recorded_provenance) if ckpt.origin.recorded_provenance else None
     if source.repo_id is not None:
         # Re-hosting an hf:// source: that repository is what these weights came from, unless its own
         # provenance names an earlier one.
@@ -250,10 +258,10 @@ def _generated_card(source: SourceRef, ckpt, repo_id: str, files: list[PlannedFi
         CardInput(
             repo_id=repo_id,
             format=ckpt.format,
-            architecture=ckpt.config.architecture.value,
+            architecture=ckpt.config.family.key,
             files=[f.path_in_repo for f in files],
             provenance=provenance,
-            storage=sorted({e.stored for e in ckpt.tensors.values() if e.ternary and e.stored}),
+            storage=sorted({e.label for e in ckpt.tensors.values() if e.kind is Kind.TERNARY and e.label}),
             linear_class=getattr(ckpt.source_linear_class(), "value", None),
         )
     )

@@ -8,8 +8,10 @@
 - :func:`verify_target` -- what a consumer (transformers, llama.cpp, bitnet.cpp, Nanotron) is known
   to compute from SRC, against the reference runtime (the rule table: :mod:`.targets`).
 - :func:`verify_reproduce` -- a published file rebuilt from its master with each producer recipe.
+- :func:`run` -- all of these as one :class:`VerifyRequest` asks (what ``bitconvert verify`` does).
 
-Each returns a :class:`VerifyReport` of :class:`Check` entries; nothing is printed.
+Each returns a :class:`VerifyReport` of :class:`Check` entries; nothing is printed. Only the
+``--logits`` comparison computes with torch (the reference runtime); everything else is numpy.
 """
 
 from __future__ import annotations
@@ -18,15 +20,17 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 #: each public name -> the submodule defining it. Loaded on first use (PEP 562), so that ``upload
-#: --dry-run``, which needs only the integrity checks (no torch on stored bytes), does not import
-#: the comparison and reproduction modules, which compute on tensors.
+#: --dry-run``, which needs only the integrity checks, does not import the comparison, conversion
+#: and reproduction modules.
 _EXPORTS = {
     "CONSUMERS": "targets",
     "Check": "report",
     "Thresholds": "report",
     "VerifyReport": "report",
+    "VerifyRequest": "request",
     "check_line": "report",
     "read_manifest": "manifest",
+    "run": "request",
     "verify_against": "compare",
     "verify_integrity": "integrity",
     "verify_reproduce": "reproduce",
@@ -42,6 +46,7 @@ if TYPE_CHECKING:  # the names above, for type checkers (F401: they are exported
     from .manifest import read_manifest, write_manifest
     from .report import Check, Thresholds, VerifyReport, check_line
     from .reproduce import verify_reproduce
+    from .request import VerifyRequest, run
     from .roundtrip import verify_roundtrip
     from .targets import CONSUMERS, verify_target
 

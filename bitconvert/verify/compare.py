@@ -15,15 +15,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import torch
+import numpy as np
 
-from ..model.checkpoint import Checkpoint, Value
-from ..dtypes import dtype_name
+from ..dtypes import Dense
 from ..errors import CheckpointError
 from ..formats import Progress, no_progress, open_checkpoint
-from ..ternary import LinearClass, TernaryScale, TernaryWeight, quantize
-from .integrity import READ_ERRORS
+from ..model.checkpoint import Checkpoint, Value, load_recorded
+from ..ternary.linear_class import LinearClass
+from ..ternary.quantize import quantize
+from ..ternary.scale import Scale
+from ..ternary.weight import TernaryWeight
 from .report import Check, Thresholds, VerifyReport
+from .values import READ_ERRORS, first_difference, max_abs_diff, read_problem, recorded
 
 CONFIG_FIELDS = (
     "architecture",
@@ -41,8 +44,11 @@ CONFIG_FIELDS = (
 )
 
 
-#: A fixed token sequence for --logits: deterministic, spread over the vocabulary.
 def default_tokens(vocab_size: int, n: int = 16, bos: int | None = None) -> list[int]:
+    """A fixed token sequence for --logits: deterministic, spread over the vocabulary (torch's
+    generator, as it always was: the logits comparison runs on torch anyway)."""
+    import torch
+
     g = torch.Generator().manual_seed(1234)
     ids = torch.randint(0, vocab_size, (n,), generator=g).tolist()
     if bos is not None and 0 <= bos < vocab_size:
@@ -82,12 +88,17 @@ def verify_against(
     return report
 
 
+def _config_value(ckpt: Checkpoint, field: str) -> object:
+    # the family is compared by its key, as `inspect` names it
+    return ckpt.config.family.key if field == "architecture" else getattr(ckpt.config, field)
+
+
 def _config_check(a: Checkpoint, b: Checkpoint, report: VerifyReport) -> bool:
     diffs = []
     for f in CONFIG_FIELDS:
-        va, vb = getattr(a.config, f), getattr(b.config, f)
+        va, vb = _config_value(a, f), _config_value(b, f)
         if va != vb and not _same_as_stored(f, va, vb, a, b):
-            diffs.append(f"{f}: src {getattr(va, 'value', va)!r}, ref {getattr(vb, 'value', vb)!r}")
+            diffs.append(f"{f}: src {va!r}, ref {vb!r}")
     detail = "; ".join(diffs) or "same architecture and dimensions"
     report.add(Check("config", not diffs, detail, figure=float(len(diffs))))
     return not diffs
@@ -95,25 +106,25 @@ def _config_check(a: Checkpoint, b: Checkpoint, report: VerifyReport) -> bool:
 
 def _same_as_stored(field: str, va: object, vb: object, a: Checkpoint, b: Checkpoint) -> bool:
     """Whether two config floats agree at the precision a side's format stores that field in
-    (``info["config_precision"]``, e.g. float32 in GGUF): 1e-05 equals GGUF's float32 1e-05."""
-    stored = {c.info.get("config_precision", {}).get(field) for c in (a, b)} - {None}
+    (``facts.config_precision``, e.g. float32 in GGUF): 1e-05 equals GGUF's float32 1e-05."""
+    stored = {c.facts.config_precision.get(field) for c in (a, b)} - {None}
     if stored != {"float32"} or not all(isinstance(v, float) for v in (va, vb)):
         return False
-    return torch.tensor(va, dtype=torch.float32).item() == torch.tensor(vb, dtype=torch.float32).item()
+    with np.errstate(over="ignore"):
+        return bool(np.float32(va) == np.float32(vb))
 
 
 def _load(ckpt: Checkpoint, name: str, role: str, report: VerifyReport) -> Value | None:
     try:
-        return ckpt.tensors[name].load()
+        return load_recorded(ckpt.tensors[name])
     except READ_ERRORS as exc:
-        problem = exc.problem if isinstance(exc, CheckpointError) else f"{type(exc).__name__}: {exc}"
-        report.add(Check("readable", False, f"{role} {ckpt.tensors[name].source}: {problem}", name))
+        report.add(Check("readable", False, f"{role} {ckpt.tensors[name].source}: {read_problem(exc)}", name))
         return None
 
 
 def _tensor_checks(a: Checkpoint, b: Checkpoint, th: Thresholds, report: VerifyReport, progress: Progress) -> None:
     names = list(a.tensors) + [n for n in b.tensors if n not in a.tensors]
-    recorded = {"src": 0, "ref": 0}
+    counted = {"src": 0, "ref": 0}
     for i, name in enumerate(names):
         progress(i, len(names), name)
         if name not in a.tensors:
@@ -130,7 +141,7 @@ def _tensor_checks(a: Checkpoint, b: Checkpoint, th: Thresholds, report: VerifyR
         if va is None or vb is None:
             continue
         for role, entry, value in (("src", ea, va), ("ref", eb, vb)):
-            recorded[role] += isinstance(value, TernaryWeight) and not entry.ternary
+            counted[role] += recorded(entry, value)
         ternary = a.is_quantized_linear(name) or isinstance(va, TernaryWeight) or isinstance(vb, TernaryWeight)
         if ternary:
             _compare_ternary(name, va, vb, th, report)
@@ -138,7 +149,7 @@ def _tensor_checks(a: Checkpoint, b: Checkpoint, th: Thresholds, report: VerifyR
             _compare_dense(name, va, vb, th, report)
         del va, vb
     progress(len(names), len(names), "")
-    for role, n in recorded.items():
+    for role, n in counted.items():
         if n:
             report.notes.append(
                 f"{role}: {n} weights are stored as floats (codes x scale) with their exact scale recorded in "
@@ -150,54 +161,45 @@ def _tensor_checks(a: Checkpoint, b: Checkpoint, th: Thresholds, report: VerifyR
 
 def _ternary_of(value: Value, linear_class: LinearClass) -> TernaryWeight:
     # Online semantics: a latent weight is quantized in fp32, its scale kept in fp32 until re-expressed.
-    return value if isinstance(value, TernaryWeight) else quantize(value, linear_class, torch.float32)
+    return value if isinstance(value, TernaryWeight) else quantize(value, linear_class, "F32")
 
 
-def _target(va: Value, vb: Value) -> tuple[LinearClass, torch.dtype]:
+def _target(va: Value, vb: Value) -> tuple[LinearClass, str]:
     for v in (va, vb):
         if isinstance(v, TernaryWeight):
-            return v.scale.linear_class, v.scale.dtype
-    return LinearClass.BITLINEAR, torch.float32
+            return v.scale.linear_class, v.scale.dtype_name
+    return LinearClass.BITLINEAR, "F32"
 
 
 def _compare_ternary(name: str, va: Value, vb: Value, th: Thresholds, report: VerifyReport) -> None:
     cls, dtype = _target(va, vb)
     ta, tb = _ternary_of(va, cls), _ternary_of(vb, cls)
-    diff = ta.codes != tb.codes
-    n = int(diff.sum())
+    n, first = first_difference(ta.codes, tb.codes)
     if n:
-        r, c = (int(x) for x in torch.nonzero(diff)[0])
-        first = f"row {r}, column {c}: src {int(ta.codes[r, c])}, ref {int(tb.codes[r, c])}"
-        detail = f"{n} of {diff.numel()} codes differ (first at {first})"
+        r, c = first
+        where = f"row {r}, column {c}: src {int(ta.codes[r, c])}, ref {int(tb.codes[r, c])}"
+        detail = f"{n} of {ta.codes.size} codes differ (first at {where})"
     else:
-        detail = f"all {diff.numel()} codes equal"
+        detail = f"all {ta.codes.size} codes equal"
     report.add(Check("codes", n <= th.code_mismatches, detail, name, float(n), float(th.code_mismatches)))
     sa, sb = ta.scale.to(cls, dtype), tb.scale.to(cls, dtype)
     rel = _relative(sa, sb)
-    how = f"{cls.value} {dtype_name(dtype)}"
-    detail = f"src {sa.item():.9g}, ref {sb.item():.9g} ({how}" + (
-        ", ref re-expressed)" if not tb.scale.same_as(sb) else ")"
+    detail = f"src {sa.item():.9g}, ref {sb.item():.9g} ({cls.value} {dtype}" + (
+        ", ref re-expressed)" if tb.scale != sb else ")"
     )
     report.add(Check("scale", rel <= th.scale_rtol, detail, name, rel, th.scale_rtol))
 
 
-def _relative(sa: TernaryScale, sb: TernaryScale) -> float:
+def _relative(sa: Scale, sb: Scale) -> float:
     a, b = sa.item(), sb.item()
     if a == b:
         return 0.0
     return abs(a - b) / abs(b) if b else float("inf")
 
 
-def _compare_dense(name: str, va: torch.Tensor, vb: torch.Tensor, th: Thresholds, report: VerifyReport) -> None:
-    cast = vb.to(va.dtype)
-    diff = (va.double() - cast.double()).abs()
-    finite_a, finite_b = torch.isfinite(va), torch.isfinite(cast)
-    # inf == inf and nan at the same place are "equal" for a bit-exact copy; anything else is inf apart.
-    same_special = (~finite_a & ~finite_b) & ((va == cast) | (torch.isnan(va) & torch.isnan(cast)))
-    diff = torch.where(same_special, torch.zeros_like(diff), diff)
-    diff = torch.where(torch.isnan(diff), torch.full_like(diff, float("inf")), diff)
-    worst = float(diff.max()) if diff.numel() else 0.0
-    cast_note = f", ref cast {dtype_name(vb.dtype)} -> {dtype_name(va.dtype)}" if vb.dtype != va.dtype else ""
+def _compare_dense(name: str, va: Dense, vb: Dense, th: Thresholds, report: VerifyReport) -> None:
+    worst = max_abs_diff(va, vb.to(va.dtype_name))
+    cast_note = f", ref cast {vb.dtype_name} -> {va.dtype_name}" if vb.dtype_name != va.dtype_name else ""
     detail = f"max abs diff {worst:.6g}{cast_note}"
     report.add(Check("tensor", worst <= th.atol, detail, name, worst, th.atol))
 
@@ -205,6 +207,9 @@ def _compare_dense(name: str, va: torch.Tensor, vb: torch.Tensor, th: Thresholds
 def _logits_checks(
     a: Checkpoint, b: Checkpoint, th: Thresholds, tokens: Sequence[int] | None, device: str, report: VerifyReport
 ) -> None:
+    """The reference runtime's logits of both models: the one check that computes with torch."""
+    import torch
+
     from ..runtime import compute_logits
 
     cfg = a.config
@@ -228,13 +233,17 @@ def _logits_checks(
 
 
 def _summarize(report: VerifyReport) -> None:
-    def worst(name: str) -> float | None:
-        figs = [c.figure for c in report.checks if c.name == name and c.figure is not None]
-        return max(figs) if figs else None
-
+    worst: dict[str, float] = {}
+    mismatches = failed = 0
+    for c in report.checks:  # one pass, whatever the number of checks
+        failed += not c.passed
+        if c.name == "codes":
+            mismatches += c.figure or 0
+        if c.name in ("scale", "tensor") and c.figure is not None:
+            worst[c.name] = c.figure if c.name not in worst else max(worst[c.name], c.figure)
     report.figures.update(
-        code_mismatches=int(sum(c.figure or 0 for c in report.checks if c.name == "codes")),
-        scale_max_rel_diff=worst("scale"),
-        tensor_max_abs_diff=worst("tensor"),
-        failed=len(report.failures),
+        code_mismatches=int(mismatches),
+        scale_max_rel_diff=worst.get("scale"),
+        tensor_max_abs_diff=worst.get("tensor"),
+        failed=failed,
     )

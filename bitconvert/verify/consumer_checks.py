@@ -1,9 +1,11 @@
 """What a checkpoint is, as far as the consumer rules of :mod:`.targets` need it, and the rule checks.
 
-Each check takes :class:`Facts` and returns a :class:`Finding`. A rule about GGUF files applies to
-a GGUF SRC as stored; for any other SRC it applies to what ``convert --to gguf`` would write (the
-GGUF architecture bitconvert chooses, rows that TQ or I2_S must hold), so the same command answers
-"can I ship this to llama.cpp?" before converting.
+Each check takes a :class:`Subject` and returns a :class:`Finding`. A rule about GGUF files applies
+to a GGUF SRC as stored; for any other SRC it applies to what ``convert --to gguf`` would write (the
+GGUF architecture the model's family record names, rows that TQ or I2_S must hold), so the same
+command answers "can I ship this to llama.cpp?" before converting. Facts about the model come from
+its family record, facts about Nanotron's codebases from :mod:`bitconvert.formats.nanotron.flavors`;
+what is written here is what the other consumers do. numpy only.
 """
 
 from __future__ import annotations
@@ -12,21 +14,30 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
+import numpy as np
 
-from ..model.checkpoint import Checkpoint
-from ..model.config import Architecture, ModelConfig
-from ..formats.gguf import codecs, i2s_layouts, metadata, names, types
+from ..dtypes import Dense
+from ..formats.gguf import archs, i2s_layouts
 from ..formats.gguf.parser import GGUFFile
-from ..ternary import TernaryWeight
+from ..formats.gguf.types import QK_K
+from ..formats.nanotron.flavors import FLAVORS, NANOTRON_ROPE_THETA
+from ..formats.nanotron.layout import param_specs
+from ..model.checkpoint import Checkpoint, Kind
+from ..model.config import ModelConfig
+from ..model.families import Family
+from ..ternary.linear_class import LinearClass
+from ..ternary.quantize import quantize
+from ..ternary.weight import TernaryWeight
 
-#: rows (in_features) each ternary GGUF type needs, as a multiple
-TQ_ROWS = codecs.QK_K
-#: Nanotron's RotaryEmbedding default base, the only one its BitNet config can express
-NANOTRON_ROPE_BASE = 10000.0
-#: fused Nanotron parameters and the HF projections each concatenates
-FUSED = {"qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-         "gate_up_proj": ("mlp.gate_proj", "mlp.up_proj")}  # fmt: skip
+#: values per row each ternary GGUF type (TQ1_0, TQ2_0) needs, as a multiple: ggml's QK_K
+TQ_ROWS = QK_K
+#: the GGUF architecture transformers' GGUF loader reads (dequantizing every tensor to floats)
+TRANSFORMERS_GGUF_ARCHITECTURE = "llama"
+#: where transformers' BitNet model keeps its sub-norms (modeling_bitnet.py); sub-norms anywhere
+#: else are dropped by transformers and exist only in a repository's remote code
+TRANSFORMERS_SUB_NORMS = {"attn_sub_norm": "self_attn.attn_sub_norm", "ffn_sub_norm": "mlp.ffn_sub_norm"}
+#: the activation bitnet.cpp (llama.cpp submodule 390c3077 or later) replaces by SiLU
+BITNET_CPP_REPLACED_ACTIVATION = "relu2"
 
 
 @dataclass
@@ -39,9 +50,10 @@ class Finding:
 
 
 @dataclass
-class Facts:
+class Subject:
+    """The checkpoint under test, and its parsed GGUF header when it is a GGUF file."""
+
     ckpt: Checkpoint
-    #: the parsed file when SRC is a GGUF
     gguf: GGUFFile | None
 
     @property
@@ -50,60 +62,80 @@ class Facts:
 
     def gguf_arch(self, gguf_type: str) -> str:
         """``general.architecture`` of SRC, or the one ``convert --to gguf --gguf-type T`` writes."""
-        if self.gguf is not None:
-            return str(self.gguf.get("general.architecture"))
-        return metadata.gguf_architecture(self.cfg.architecture, gguf_type)
+        if self.ckpt.facts.gguf is not None:
+            return self.ckpt.facts.gguf.architecture
+        return archs.gguf_architecture(self.cfg.family, gguf_type)
 
     def where(self, gguf_type: str) -> str:
         return "this GGUF" if self.gguf is not None else f"`convert --to gguf --gguf-type {gguf_type}` of it"
 
+    def tensor_types(self, type_name: str) -> list[str]:
+        """The GGUF tensors of type ``type_name`` (``"I2_S"``), by GGUF name."""
+        return [t.name for t in self.gguf.tensors.values() if t.type_name == type_name] if self.gguf else []
 
-def gather(ckpt: Checkpoint) -> Facts:
-    gguf = GGUFFile(ckpt.path) if ckpt.format == "gguf" else None
-    return Facts(ckpt, gguf)
+
+def gather(ckpt: Checkpoint) -> Subject:
+    return Subject(ckpt, GGUFFile(ckpt.path) if ckpt.facts.gguf is not None else None)
 
 
-def _narrow_rows(f: Facts, multiple: int) -> list[str]:
+def _narrow_rows(f: Subject, multiple: int) -> list[str]:
     return [n for n in f.cfg.quantized_linear_names() if f.ckpt.tensors[n].shape[1] % multiple]
+
+
+def foreign_sub_norms(family: Family) -> list[str]:
+    """The family's sub-norm paths transformers' BitNet model does not have (its weights are dropped there)."""
+    return [n.path for n in family.norms if n.role in TRANSFORMERS_SUB_NORMS and n.path != TRANSFORMERS_SUB_NORMS[n.role]]
+
+
+def family_name(family: Family) -> str:
+    """How people call the family: the first word of its title (``1bitLLM``)."""
+    return family.title.split()[0]
 
 
 # --- transformers -----------------------------------------------------------------------------
 
 
-def transformers_format(f: Facts) -> Finding:
+def transformers_format(f: Subject) -> Finding:
     fmt = f.ckpt.format
     if fmt.startswith("hf-"):
         return Finding(True, f"{fmt}: transformers loads it (safetensors + config.json)")
-    if fmt == "gguf" and f.gguf_arch("tq2_0") == metadata.ARCH_LLAMA:
+    if f.ckpt.facts.gguf is not None and f.gguf_arch("tq2_0") == TRANSFORMERS_GGUF_ARCHITECTURE:
         return Finding(False, "transformers reads a `llama` GGUF by dequantizing every tensor to floats and runs a "
                               "plain float Llama: no BitNet weight or activation quantization")
-    if fmt == "gguf":
+    if f.ckpt.facts.gguf is not None:
         return Finding(False, f"transformers has no GGUF loader for architecture {f.gguf_arch('tq2_0')!r}")
     return Finding(False, f"transformers does not read {fmt} checkpoints; convert with --to hf-packed")
 
 
-def transformers_layout(f: Facts) -> Finding:
-    if f.cfg.architecture is not Architecture.BITNET_1BITLLM:
-        return Finding(True, f"{f.cfg.spec.hf_architecture}: a class transformers has")
-    return Finding(False, "1bitLLM layout: transformers has no class with inner_attn_ln / ffn_layernorm; model_type "
-                          f"{f.cfg.raw.get('model_type', 'llama')!r} builds a model without those sub-norms and drops "
-                          "their weights (only the repository's own remote code runs it as trained)")
+def transformers_layout(f: Subject) -> Finding:
+    family = f.cfg.family
+    foreign = foreign_sub_norms(family)
+    if not foreign:
+        return Finding(True, f"{family.hf_architecture}: a class transformers has")
+    names = " / ".join(path.rsplit(".", 1)[-1] for path in foreign)
+    return Finding(False, f"{family_name(family)} layout: transformers has no class with {names}; model_type "
+                          f"{f.cfg.raw.get('model_type', family.model_type)!r} builds a model without those sub-norms "
+                          "and drops their weights (only the repository's own remote code runs it as trained)")
 
 
-def transformers_scale_meaning(f: Facts) -> Finding:
-    ternary = [n for n, e in f.ckpt.tensors.items() if e.ternary and e.load_scale is not None]
-    if not ternary or not f.ckpt.format.startswith("hf-"):
+def transformers_scale_meaning(f: Subject) -> Finding:
+    if not f.ckpt.format.startswith("hf-"):
+        return Finding(True, "no stored weight_scale: transformers quantizes the floats itself (absmean, online)")
+    scales = {}
+    for n, e in f.ckpt.tensors.items():
+        if e.kind is Kind.TERNARY and (scale := e.stored().scale) is not None:
+            scales[n] = scale
+    if not scales:
         return Finding(True, "no stored weight_scale: transformers quantizes the floats itself (absmean, online)")
     q = f.cfg.quantization
     if q is None:
         return Finding(False, "packed weights but no quantization_config: transformers builds plain Linear layers "
-                              "and never reads weight_scale", tensor=ternary[0])
+                              "and never reads weight_scale", tensor=next(iter(scales)))
     # the weight magnitude mean|W| each layer runs with, as transformers reads the stored scale
-    mags = [f.ckpt.tensors[n].load_scale().multiplier for n in ternary]
-    median = statistics.median(mags)
+    median = statistics.median(s.multiplier for s in scales.values())
     flipped = 1.0 / median if median > 0 else float("inf")
     ok = median <= 1.0 or flipped > 1.0
-    how = "divides by" if q.linear_class.value == "bitlinear" else "multiplies by"
+    how = "divides by" if q.linear_class is LinearClass.BITLINEAR else "multiplies by"
     detail = (f"linear_class {q.linear_class.value}: transformers {how} weight_scale; median weight magnitude "
               f"mean|W| {median:.4g}")
     if not ok:
@@ -115,16 +147,22 @@ def transformers_scale_meaning(f: Facts) -> Finding:
 # --- llama.cpp --------------------------------------------------------------------------------
 
 
-def llamacpp_architecture(f: Facts) -> Finding:
+def _llamacpp_graph(arch: str) -> archs.Graph | None:
+    """llama.cpp's graph for GGUF architecture ``arch``, or None where llama.cpp has none."""
+    graph = archs.graph(arch)
+    return graph if graph.consumer == "llama.cpp" else None
+
+
+def llamacpp_architecture(f: Subject) -> Finding:
     arch = f.gguf_arch("tq2_0")
-    ok = arch in (metadata.ARCH_BITNET, metadata.ARCH_LLAMA)
+    ok = _llamacpp_graph(arch) is not None
     detail = f"{f.where('tq2_0')}: architecture {arch!r}"
     return Finding(ok, detail + ("" if ok else ", which llama.cpp does not know (bitnet.cpp's name): it refuses the file"))
 
 
-def llamacpp_tensor_types(f: Facts) -> Finding:
+def llamacpp_tensor_types(f: Subject) -> Finding:
     if f.gguf is not None:
-        unknown = [t.name for t in f.gguf.tensors.values() if t.type == types.I2_S]
+        unknown = f.tensor_types("I2_S")
         if unknown:
             return Finding(False, f"{len(unknown)} I2_S tensors: a bitnet.cpp type (id 36) llama.cpp does not have",
                            float(len(unknown)), 0.0, unknown[0])
@@ -138,24 +176,26 @@ def llamacpp_tensor_types(f: Facts) -> Finding:
     return Finding(True, f"every ternary weight's rows are a multiple of {TQ_ROWS} (TQ1_0/TQ2_0)")
 
 
-def llamacpp_ffn_activation(f: Facts) -> Finding:
+def llamacpp_ffn_activation(f: Subject) -> Finding:
     arch, act = f.gguf_arch("tq2_0"), f.cfg.hidden_act
-    if arch == metadata.ARCH_BITNET and act != "silu":
-        return Finding(False, f"{f.where('tq2_0')} is architecture 'bitnet', whose FFN llama.cpp runs with SiLU; this "
-                              f"model's activation is {act!r}")
+    graph = _llamacpp_graph(arch)
+    if graph is not None and graph.activation != act:
+        words = archs.ACTIVATION_WORDS.get(graph.activation, graph.activation)
+        return Finding(False, f"{f.where('tq2_0')} is architecture {arch!r}, whose FFN llama.cpp runs with {words}; "
+                              f"this model's activation is {act!r}")
     return Finding(True, f"architecture {arch!r}, activation {act!r}")
 
 
-def llamacpp_scale_tensors(f: Facts) -> Finding:
+def llamacpp_scale_tensors(f: Subject) -> Finding:
     """Always passes for the build checked (it multiplies ``.scale`` tensors in for every
     architecture); says where the scale lives, and what older builds did."""
     arch = f.gguf_arch("tq2_0")
-    scales = [t for t in f.gguf.tensors if t.endswith(names.SCALE_SUFFIX)] if f.gguf is not None else []
+    scales = [t for t in f.gguf.tensors if t.endswith(".scale")] if f.gguf is not None else []
     if scales:
         return Finding(True, f"{len(scales)} F32 .scale tensors, multiplied in by llama.cpp's generic per-tensor "
                              f"scale pass in architecture {arch!r} too (builds before it: 'bitnet' only)",
                        float(len(scales)), tensor=scales[0])
-    if arch == metadata.ARCH_LLAMA:
+    if arch == archs.ARCH_LLAMA:
         return Finding(True, "architecture 'llama' without .scale tensors: each tensor scale is in the fp16 block d")
     return Finding(True, f"architecture {arch!r}: no .scale tensors")
 
@@ -163,18 +203,18 @@ def llamacpp_scale_tensors(f: Facts) -> Finding:
 # --- bitnet.cpp ---------------------------------------------------------------------------------
 
 
-def bitnetcpp_ffn_activation(f: Facts) -> Finding:
+def bitnetcpp_ffn_activation(f: Subject) -> Finding:
     act = f.cfg.hidden_act
-    if act == "relu2":
+    if act == BITNET_CPP_REPLACED_ACTIVATION:
         return Finding(False, "relu² model (2B-4T): bitnet.cpp built from its llama.cpp submodule at 390c3077 or "
                               "later runs the FFN with SiLU")
     return Finding(True, f"activation {act!r}")
 
 
-def bitnetcpp_rows(layout: str) -> Callable[[Facts], Finding]:
+def bitnetcpp_rows(layout: str) -> Callable[[Subject], Finding]:
     """Rows a bitnet.cpp build of ``layout`` can hold, for what ``convert --to gguf --gguf-type i2_s`` writes."""
 
-    def check(f: Facts) -> Finding:
+    def check(f: Subject) -> Finding:
         if f.gguf is not None:
             return Finding(True, "stored as it is (the layout rule checks the I2_S tensors)")
         bad = [(n, i2s_layouts.layout_problem(layout, tuple(f.ckpt.tensors[n].shape)))
@@ -188,94 +228,133 @@ def bitnetcpp_rows(layout: str) -> Callable[[Facts], Finding]:
     return check
 
 
-def bitnetcpp_i2_s_layout(layout: str) -> Callable[[Facts], Finding]:
+def bitnetcpp_i2_s_layout(layout: str) -> Callable[[Subject], Finding]:
     """The I2_S byte layout of SRC's tensors against the one a ``layout`` build reads."""
 
-    def check(f: Facts) -> Finding:
+    def check(f: Subject) -> Finding:
         if f.gguf is None:
             return Finding(True, f"write it with `--gguf-type i2_s --i2s-layout {layout}`")
-        i2s = [t.name for t in f.gguf.tensors.values() if t.type == types.I2_S]
+        i2s = f.tensor_types("I2_S")
         if not i2s:
             return Finding(True, "no I2_S tensors")
-        stored = str(f.ckpt.info.get("i2s_layout", i2s_layouts.DEFAULT_LAYOUT))
-        if stored == layout:
+        facts = f.ckpt.facts.gguf
+        stored = facts.i2s_layout or i2s_layouts.DEFAULT_LAYOUT
+        if facts.i2s_layout_recorded and stored == layout:
             return Finding(True, f"{len(i2s)} I2_S tensors in the {layout} layout, as recorded")
-        return Finding(False, f"{len(i2s)} I2_S tensors in the {stored} layout; a {layout} build reads other "
-                              "codes from the same bytes", float(len(i2s)), 0.0, i2s[0])
+        # a layout the file does not record is only assumed: no build can be promised the right codes
+        shown = stored if facts.i2s_layout_recorded else f"{stored} (assumed: not recorded)"
+        return Finding(False, f"{len(i2s)} I2_S tensors in the {shown} layout; a {layout} build reads other codes "
+                              "from the same bytes", float(len(i2s)), 0.0, i2s[0])
 
     return check
 
 
-# --- Nanotron -----------------------------------------------------------------------------------
+# --- Nanotron (its codebases' facts: formats/nanotron/flavors.py) ---------------------------------
 
 
-def nanotron_sub_norms(f: Facts) -> Finding:
-    spec = f.cfg.spec
-    subs = [s for s in (spec.attn_sub_norm, spec.ffn_sub_norm) if s]
+def nanotron_sub_norms(f: Subject) -> Finding:
+    subs = [n.path for n in f.cfg.family.norms if n.role in ("attn_sub_norm", "ffn_sub_norm")]
     if subs:
         return Finding(False, f"the model has sub-norms ({', '.join(subs)}); no Nanotron model applies them: it "
                               "computes the network without them", tensor=f"model.layers.0.{subs[0]}.weight")
     return Finding(True, "no sub-norms")
 
 
-def nanotron_pr180_norms(f: Facts) -> Finding:
-    return Finding(False, "PR #180's head has no input_layernorm / post_attention_layernorm and normalizes every "
-                          "BitLinear's input without a weight: the model's decoder norm weights are not applied")
+def nanotron_decoder_norms(flavor: str) -> Callable[[Subject], Finding]:
+    """Whether ``flavor``'s decoder layer applies the model's input / post-attention norm weights."""
+
+    def check(f: Subject) -> Finding:
+        if FLAVORS[flavor].decoder_norms:
+            return Finding(True, f"{FLAVORS[flavor].title} applies input_layernorm and post_attention_layernorm")
+        return Finding(False, f"{FLAVORS[flavor].title} has no input_layernorm / post_attention_layernorm and "
+                              "normalizes every BitLinear's input without a weight: the model's decoder norm weights "
+                              "are not applied")
+
+    return check
 
 
-def nanotron_rope_theta(f: Facts) -> Finding:
-    theta = f.cfg.rope_theta
-    ok = theta == NANOTRON_ROPE_BASE
-    detail = f"rope_theta {theta:g}" + ("" if ok else f": the BitNet model's RoPE base is {NANOTRON_ROPE_BASE:g}")
-    return Finding(ok, detail, theta, NANOTRON_ROPE_BASE)
+def nanotron_rope_theta(flavor: str) -> Callable[[Subject], Finding]:
+    """The RoPE base ``flavor`` runs with: the config's where it has the field, else Nanotron's default."""
+
+    def check(f: Subject) -> Finding:
+        theta = f.cfg.rope_theta
+        if FLAVORS[flavor].rope_in_config:
+            return Finding(True, f"rope_theta {theta:g}, a config field of {FLAVORS[flavor].title}", theta)
+        ok = theta == NANOTRON_ROPE_THETA
+        detail = f"rope_theta {theta:g}" + ("" if ok else f": the BitNet model's RoPE base is {NANOTRON_ROPE_THETA:g}")
+        return Finding(ok, detail, theta, NANOTRON_ROPE_THETA)
+
+    return check
 
 
-def nanotron_unquantized(f: Facts) -> Finding:
-    return Finding(False, "upstream main has no BitNet layers: it runs the latent weights as plain floats, "
-                          "unquantized, and activations in full precision")
+def nanotron_quantization(flavor: str) -> Callable[[Subject], Finding]:
+    """Whether ``flavor``'s linear layers quantize their weights at all."""
+
+    def check(f: Subject) -> Finding:
+        if FLAVORS[flavor].bitnet:
+            return Finding(True, f"{FLAVORS[flavor].title} quantizes its linear weights (BitNet b1.58)")
+        return Finding(False, f"{FLAVORS[flavor].title} has no BitNet layers: it runs the latent weights as plain "
+                              "floats, unquantized, and activations in full precision")
+
+    return check
 
 
-def _effective(w: torch.Tensor) -> torch.Tensor:
-    """absmean ternary weight as Nanotron's ``weight_quant`` and transformers' online mode compute it."""
-    s = 1.0 / w.abs().mean().clamp(min=1e-5)
-    return (w * s).round().clamp(-1, 1) / s
+def _effective(latent: np.ndarray) -> np.ndarray:
+    """The ternary weight absmean quantization makes of float32 ``latent`` (Nanotron's ``weight_quant``,
+    transformers' online mode): codes x mean|W|, as float64."""
+    tw = quantize(Dense.of(np.ascontiguousarray(latent, dtype=np.float32)), LinearClass.BITLINEAR, "F32")
+    return tw.dequantize("F32").float64()
 
 
-def nanotron_fused_scales(f: Facts) -> Finding:
+def nanotron_fused_scales(f: Subject) -> Finding:
     """Nanotron quantizes the fused qkv_proj / gate_up_proj with one absmean: how far that weight is
     from the reference's per-projection weights (TP 1), as the worst relative Frobenius error."""
     worst, where = 0.0, None
-    for i in range(f.cfg.num_hidden_layers):
-        for fused in FUSED:
-            err = fused_error(f.ckpt, i, fused)
-            if err is not None and err > worst:
-                worst, where = err, f"model.layers.{i}.{FUSED[fused][0]}.weight"
+    for parts in fused_parameters(f.cfg).values():
+        err = _fused_error(f.ckpt, parts)
+        if err is not None and err > worst:
+            worst, where = err, parts[0]
     ok = worst == 0.0
     detail = "q/k/v (and gate/up) are quantized with one absmean per fused weight"
     detail += "" if ok else f"; the weights differ from the reference's per-projection ones by up to {worst:.3g}"
     return Finding(ok, detail, worst, 0.0, where)
 
 
+def fused_parameters(cfg: ModelConfig) -> dict[tuple[int, str], tuple[str, ...]]:
+    """(layer, Nanotron parameter name) -> the HF tensors that fused parameter concatenates, in
+    Nanotron's own layout (``decoder/<i>/pp_block/attn/qkv_proj`` = q|k|v rows)."""
+    out = {}
+    for spec in param_specs(cfg, cfg.vocab_size):
+        if len(spec.parts) > 1:
+            layer = int(spec.path.split("/")[1])
+            out[layer, spec.path.rsplit("/", 1)[-1]] = tuple(p.hf_name for p in spec.parts)
+    return out
+
+
 def fused_error(ckpt: Checkpoint, layer: int, fused: str) -> float | None:
     """Relative Frobenius difference between Nanotron's quantization of the fused weight ``fused``
     (``qkv_proj`` or ``gate_up_proj``) of ``layer`` and the reference's per-projection weights."""
-    hf = [f"model.layers.{layer}.{p}.weight" for p in FUSED[fused]]
-    if not all(ckpt.is_quantized_linear(n) for n in hf):
+    return _fused_error(ckpt, fused_parameters(ckpt.config)[layer, fused])
+
+
+def _fused_error(ckpt: Checkpoint, parts: tuple[str, ...]) -> float | None:
+    if not all(ckpt.is_quantized_linear(n) for n in parts):
         return None
-    pairs = [_reference_and_latent(ckpt, n) for n in hf]
-    ref = torch.cat([r for r, _ in pairs])
-    got = _effective(torch.cat([latent for _, latent in pairs]))
-    return float((got - ref).norm() / ref.norm().clamp(min=1e-30))
+    pairs = [_reference_and_latent(ckpt, n) for n in parts]
+    ref = np.concatenate([r for r, _ in pairs])
+    got = _effective(np.concatenate([latent for _, latent in pairs]))
+    return float(np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-30))
 
 
-def _reference_and_latent(ckpt: Checkpoint, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The weight the reference runs, and the latent weight Nanotron holds for it: the master's
-    floats, or for stored codes t with magnitude m, t x m / p (p: non-zero fraction), which is
-    what ``--to nanotron --allow-approximate`` writes so that one unfused matrix quantizes back exactly."""
+def _reference_and_latent(ckpt: Checkpoint, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """The weight the reference runs (float64), and the latent weight Nanotron holds for it (float32):
+    the master's floats, or for stored codes t with magnitude m, t x m / p (p: non-zero fraction),
+    which is what ``--to nanotron --allow-approximate`` writes so that one unfused matrix quantizes
+    back exactly."""
     value = ckpt.tensors[name].load()
     if not isinstance(value, TernaryWeight):
-        w = value.float()
+        w = value.float32()
         return _effective(w), w
-    ref = value.dequantize(torch.float32)
-    p = float(value.codes.ne(0).float().mean())
-    return ref, ref / p if p > 0 else ref
+    ref = value.dequantize("F32").float32()
+    p = float(np.count_nonzero(value.codes)) / max(value.codes.size, 1)
+    return ref.astype(np.float64), ref / np.float32(p) if p > 0 else ref

@@ -1,49 +1,46 @@
-"""``verify SRC``: is the checkpoint whole and self-consistent? Reads every tensor once, in turn."""
+"""``verify SRC``: is the checkpoint whole and self-consistent? Reads every tensor once, in turn.
+
+Each tensor is checked on what its reader says it is (``entry.kind``), off its stored bytes where
+they tell enough (``entry.stored()``: code counts and the scale of ternary weights, the float words
+of dense ones), else on its loaded value. Where the bytes cannot vouch for a tensor (a code 3, a
+scale that is not finite and positive, blocks with different scales) the value is loaded, so the
+reader names the problem in its own words. Both ways give the same checks; numpy only, no torch.
+"""
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Literal
+from typing import Any, Iterator, Literal
 
-from ..model.checkpoint import Checkpoint, TensorEntry
-from ..model.config import QuantMode
-from ..dtypes import dtype_name, is_float_dtype, itemsize, torch_name
+from ..dtypes import EXPONENT_BITS, Dense, itemsize, non_finite_count, torch_name
 from ..errors import CheckpointError
 from ..formats import Progress, no_progress, open_checkpoint
+from ..formats.hf.packed import NAME as PACKED_LAYOUT
 from ..io.jsonfile import parse_json_text
-from ..ternary.stats import counts_stats, packed_code_counts
-from ..ternary.stored import EXPONENT_BITS, StoredScale, non_finite_bits
-from .manifest import (
-    check_manifest,
-    new_manifest,
-    packed_ternary_digest,
-    read_manifest,
-    stored_dense_digest,
-    tensor_digest,
-)
+from ..model.checkpoint import Checkpoint, Kind, TensorEntry, load_recorded
+from ..model.config import QuantMode
+from ..ternary.scale import Scale
+from ..ternary.stats import CodeCounts, code_counts, counts_stats
+from ..ternary.weight import TernaryWeight
+from .manifest import check_manifest, new_manifest, packed_ternary_digest, read_manifest, stored_dense_digest, tensor_digest
 from .report import Check, VerifyReport
+from .values import READ_ERRORS, read_problem
 
-if TYPE_CHECKING:  # tensors whose reader keeps their stored bytes are checked on those, without torch
-    import torch
-
-    from ..ternary import TernaryScale
-
-#: load failures that mean "this tensor is unreadable" rather than a bug in bitconvert
-READ_ERRORS = (CheckpointError, OSError, ValueError, RuntimeError)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
-Loaded = tuple[Literal["packed", "stored", "value", "error"], Any]
+#: what is known of one tensor before its checks: code counts off its bytes, float words, a value, an error
+Read = tuple[Literal["counts", "floats", "value", "error"], Any]
 
 
 def verify_integrity(
-    src: str | Path,
+    src: str | Path | Checkpoint,
     *,
     manifest_check: str | Path | dict[str, Any] | None = None,
     format: str | None = None,
     progress: Progress = no_progress,
     digests: bool = True,
 ) -> VerifyReport:
-    """Integrity checks of one checkpoint in any format the project reads.
+    """Integrity checks of one checkpoint in any format the project reads (a path, or one already opened).
 
     Checks: the checkpoint opens; config consistency; the tensor set and shapes the config implies;
     every tensor readable with the right dtype; ternary codes in {-1, 0, 1} and scales finite and
@@ -51,24 +48,24 @@ def verify_integrity(
     ``manifest`` holds a sha256 per tensor; ``manifest_check`` (a path or a loaded manifest) adds
     one check per tensor against it. ``digests=False`` skips the hashing (a quarter of the time
     of a packed model's checks) where no manifest is wanted: ``report.manifest`` is then None.
-    Raises only ``UsageError`` (SRC does not exist, bad format
-    name) or ``CheckpointError`` for an unreadable ``manifest_check`` file; every problem of the
-    checkpoint itself is a failed check.
+    Raises only ``UsageError`` (SRC does not exist, bad format name) or ``CheckpointError`` for an
+    unreadable ``manifest_check`` file; every problem of the checkpoint itself is a failed check.
     """
-    report = VerifyReport(str(src), mode="integrity")
+    report = VerifyReport(str(src.path if isinstance(src, Checkpoint) else src), mode="integrity")
     expected_manifest = None
     if manifest_check is not None:
         expected_manifest = manifest_check if isinstance(manifest_check, dict) else read_manifest(manifest_check)
-    try:
-        ckpt = open_checkpoint(src, format)
-    except CheckpointError as exc:
-        report.add(Check("open", False, f"{exc.path}: {exc.problem}", exc.tensor))
-        return report
+    if isinstance(src, Checkpoint):
+        ckpt = src
+    else:
+        try:
+            ckpt = open_checkpoint(src, format)
+        except CheckpointError as exc:
+            report.add(open_failure(exc))
+            return report
     cfg = ckpt.config
-    summary = f"{ckpt.format}, architecture {cfg.architecture.value}, {len(ckpt.tensors)} tensors"
-    report.add(Check("open", True, summary))
-    for note in ckpt.notes:
-        report.notes.append(note)
+    report.add(Check("open", True, f"{ckpt.format}, architecture {cfg.family.key}, {len(ckpt.tensors)} tensors"))
+    report.notes += ckpt.notes
     _config_checks(ckpt, report)
     _tensor_set_checks(ckpt, report)
     found = _tensor_checks(ckpt, report, progress, digests or expected_manifest is not None)
@@ -76,14 +73,18 @@ def verify_integrity(
     if digests:
         report.manifest = new_manifest(ckpt.format, {k: v for k, v in found.items() if v is not None})
     if expected_manifest is not None:
-        for c in check_manifest(expected_manifest, found):
-            report.add(c)
+        report.checks += check_manifest(expected_manifest, found)
     report.figures.update(
         tensors=len(ckpt.tensors),
         ternary_tensors=sum(1 for n in ckpt.tensors if ckpt.is_quantized_linear(n)),
         failed=len(report.failures),
     )
     return report
+
+
+def open_failure(exc: CheckpointError) -> Check:
+    """The failed ``open`` check of a checkpoint that does not open."""
+    return Check("open", False, f"{exc.path}: {exc.problem}", exc.tensor)
 
 
 def _config_checks(ckpt: Checkpoint, report: VerifyReport) -> None:
@@ -111,20 +112,17 @@ def _config_checks(ckpt: Checkpoint, report: VerifyReport) -> None:
 
     # How the weights are stored must agree with what the quantization config tells transformers.
     q = cfg.quantization
-    stored_ternary = [e.name for e in ckpt.tensors.values() if e.ternary]
-    stored_float = [n for n, e in ckpt.tensors.items() if ckpt.is_quantized_linear(n) and not e.ternary]
+    stored_ternary = [e.name for e in ckpt.tensors.values() if e.kind is Kind.TERNARY]
+    stored_float = [n for n, e in ckpt.tensors.items() if ckpt.is_quantized_linear(n) and e.kind is not Kind.TERNARY]
+    hf = ckpt.format.startswith("hf-")
     if q is None:
-        ok = not stored_ternary or not ckpt.format.startswith("hf-")
-        detail = (
-            "none; weights are latent floats"
-            if ok
-            else "quantized weights stored, but config.json has no quantization_config"
-        )
+        ok = not stored_ternary or not hf
+        detail = "none; weights are latent floats" if ok else "quantized weights stored, but config.json has no quantization_config"
         report.add(Check("quantization_config", ok, detail, None if ok else stored_ternary[0]))
     elif q.mode is QuantMode.ONLINE and stored_ternary:
         report.add(Check("quantization_config", False, "quantization_mode is online but the weight is stored quantized",
                          stored_ternary[0]))
-    elif q.mode is QuantMode.OFFLINE and stored_float and ckpt.format.startswith("hf-"):
+    elif q.mode is QuantMode.OFFLINE and stored_float and hf:
         report.add(Check("quantization_config", False, "quantization_mode is offline but the weight is a float master",
                          stored_float[0]))
     else:
@@ -150,125 +148,114 @@ def _tensor_set_checks(ckpt: Checkpoint, report: VerifyReport) -> None:
         report.add(Check("tensor_set", True, f"{len(expected)} tensors, names and shapes as the config implies"))
 
 
-def _load(entry: TensorEntry, packed: bool = True, hashed: bool = True) -> Loaded:
-    """What the checks need of one tensor: its stored bytes where the reader keeps them (packed codes +
-    scale, or a dense tensor's floats), or, where no hash is wanted, the counts of its codes read off
-    its bytes; else the loaded value (``packed=False``: always the value)."""
+# --- reading each tensor ------------------------------------------------------------------------
+
+
+def _read(entry: TensorEntry, hashed: bool) -> Read:
+    """What the checks need of one tensor: off its bytes where they vouch for it, else its value."""
     try:
-        if packed and not hashed and entry.load_code_counts is not None:
-            found = entry.load_code_counts()
-            if found is not None:
-                return "counts", found
-        if packed and entry.load_packed is not None and entry.load_stored_scale is not None:
-            raw = entry.load_packed()
-            try:
-                scale = entry.load_stored_scale()
-            except READ_ERRORS:  # load() reports it, after any bad code, as the reader orders them
-                return _load(entry, packed=False)
-            return "packed", (raw, scale)
-        if packed and entry.load_stored is not None and entry.dtype_name in EXPONENT_BITS:
-            return "stored", entry.load_stored()
-        return "value", entry.load()
+        found = _off_the_bytes(entry, hashed)
+        return found if found is not None else ("value", load_recorded(entry))
     except READ_ERRORS as exc:
         return "error", exc
 
 
-def _loaded_ahead(ckpt: Checkpoint, hashed: bool) -> Iterator[tuple[str, TensorEntry, Loaded]]:
-    """Each tensor loaded, the next one read on a worker thread while the caller checks this one."""
+def _off_the_bytes(entry: TensorEntry, hashed: bool) -> Read | None:
+    """("counts", (counts, stored)) for ternary codes counted off their bytes, ("floats", stored) for
+    float words checked as they are, None where only the value tells (then it is loaded)."""
+    if hashed and entry.kind is not Kind.TERNARY:
+        return None  # a digest hashes the values load() gives (a reader may reorder rows, e.g. GGUF q/k)
+    try:
+        stored = entry.stored()
+    except READ_ERRORS:
+        return None  # load() reports it, in the reader's words
+    if stored.counts is not None and entry.kind is not Kind.DENSE:
+        # a digest needs the codes in order: off the bytes only where the layout gives them so
+        if stored.scale is None or (hashed and stored.layout != PACKED_LAYOUT):
+            return None
+        counts = stored.counts()
+        if counts is None or counts[3] or not stored.scale.is_valid():
+            return None  # the value says what the bytes cannot (different block scales) or what is wrong
+        return "counts", (counts, stored)
+    if entry.kind is Kind.TERNARY or (entry.kind is Kind.LATENT and entry.record is not None):
+        return None  # codes the bytes cannot count: decoded by load()
+    if stored.layout != "floats" or (stored.dtype_name or entry.dtype_name) not in EXPONENT_BITS:
+        return None  # quantized or converted on loading (GGUF Q8_0 embeddings)
+    return "floats", stored
+
+
+def _read_ahead(ckpt: Checkpoint, hashed: bool) -> Iterator[tuple[str, TensorEntry, Read]]:
+    """Each tensor read, the next one read on a worker thread while the caller checks this one."""
     entries = list(ckpt.tensors.items())
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bitconvert-verify") as pool:
-        pending = pool.submit(_load, entries[0][1], True, hashed) if entries else None
+        pending = pool.submit(_read, entries[0][1], hashed) if entries else None
         for i, (name, entry) in enumerate(entries):
-            loaded = pending.result()
-            pending = pool.submit(_load, entries[i + 1][1], True, hashed) if i + 1 < len(entries) else None
-            yield name, entry, loaded
-            del loaded
+            found = pending.result()
+            pending = pool.submit(_read, entries[i + 1][1], hashed) if i + 1 < len(entries) else None
+            yield name, entry, found
+            del found
 
 
 def _tensor_checks(ckpt: Checkpoint, report: VerifyReport, progress: Progress, hashed: bool) -> dict[str, dict | None]:
     """Every tensor's checks; returns its digest (None where unreadable, or where not ``hashed``)."""
     digests: dict[str, dict | None] = {}
     total = len(ckpt.tensors)
-    for i, (name, entry, (kind, data)) in enumerate(_loaded_ahead(ckpt, hashed)):
+    for i, (name, entry, (how, data)) in enumerate(_read_ahead(ckpt, hashed)):
         progress(i, total, name)
-        if kind in ("packed", "counts"):
-            counts, scale = data if kind == "counts" else (packed_code_counts(data[0]), data[1])
-            if counts[3] or not scale.is_valid():  # the reader's own message names the first bad field
-                kind, data = _load(entry, packed=False)
-            else:
-                _ternary_checks(name, entry.stored, tuple(entry.shape), counts, scale, report)
-                digests[name] = packed_ternary_digest(tuple(entry.shape), *data) if kind == "packed" and hashed else None
-                continue
-        if kind == "stored":
-            digests[name] = _stored_checks(name, entry, data, report, hashed)
-            continue
-        if kind == "error":
-            problem = data.problem if isinstance(data, CheckpointError) else f"{type(data).__name__}: {data}"
-            report.add(Check("readable", False, f"{entry.source}: {problem}", name))
+        if how == "counts":
+            counts, stored = data
+            _ternary_checks(name, entry, counts, stored.scale, report)
+            digests[name] = packed_ternary_digest(entry.shape, stored.data, stored.scale) if hashed else None
+        elif how == "floats":
+            _float_checks(name, entry, data.data, data.dtype_name or entry.dtype_name, report)
             digests[name] = None
-            continue
-        digests[name] = _value_checks(name, entry, data, report, hashed)
+        elif how == "error":
+            report.add(Check("readable", False, f"{entry.source}: {read_problem(data)}", name))
+            digests[name] = None
+        else:
+            digests[name] = _value_checks(name, entry, data, report, hashed)
     progress(total, total, "")
     return digests
 
 
-def _stored_checks(name: str, entry: TensorEntry, raw, report: VerifyReport, hashed: bool) -> dict | None:
-    """:func:`_value_checks` of a dense float tensor from its stored bytes: same checks, no torch."""
-    shape, dtype = tuple(entry.shape), entry.dtype_name
-    bad = non_finite_bits(raw, dtype)
-    report.add(Check("readable", True, f"{entry.stored or torch_name(dtype)} {list(shape)}", name))
-    detail = f"{bad} of {raw.size // itemsize(dtype)} values are inf or nan" if bad else "all finite"
-    report.add(Check("finite", bad == 0, detail, name, float(bad), 0.0))
-    return stored_dense_digest(shape, dtype, raw) if hashed else None
-
-
 def _value_checks(name: str, entry: TensorEntry, value, report: VerifyReport, hashed: bool) -> dict | None:
-    from ..ternary import TernaryWeight
-
+    """The checks of one loaded value (a ternary weight or floats); its digest where ``hashed``."""
     shape = tuple(value.shape)
     if shape != tuple(entry.shape):
         report.add(Check("readable", False, f"loads with shape {list(shape)}, declared {list(entry.shape)}", name))
         return None
     if isinstance(value, TernaryWeight):
-        codes = value.codes
-        invalid = int(((codes != -1) & (codes != 0) & (codes != 1)).sum())
-        counts = (int((codes == -1).sum()), int((codes == 0).sum()), int((codes == 1).sum()), invalid)
-        _ternary_checks(name, entry.stored, shape, counts, value.scale, report)
-    elif not value.is_floating_point():
-        report.add(Check("readable", False, f"dtype {value.dtype} where a float tensor is expected", name))
+        _ternary_checks(name, entry, code_counts(value.codes), value.scale, report)
+    elif not isinstance(value, Dense) or not value.is_float:
+        what = torch_name(value.dtype_name) if isinstance(value, Dense) else type(value).__name__
+        report.add(Check("readable", False, f"dtype {what} where a float tensor is expected", name))
         return None
     else:
-        bad = non_finite_count(value)
-        report.add(Check("readable", True, f"{entry.stored or value.dtype} {list(shape)}", name))
-        detail = f"{bad} of {value.numel()} values are inf or nan" if bad else "all finite"
-        report.add(Check("finite", bad == 0, detail, name, float(bad), 0.0))
+        _float_checks(name, entry, value.raw(), value.dtype_name, report)
     return tensor_digest(value) if hashed else None
 
 
-def non_finite_count(value: torch.Tensor, chunk: int = 1 << 16) -> int:
-    """How many values are inf or nan, from their exponent bits (:func:`~bitconvert.ternary.stored.non_finite_bits`)."""
-    import torch
-
-    if not is_float_dtype(value.dtype):
-        return int((~torch.isfinite(value)).sum())
-    raw = value.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
-    return non_finite_bits(raw, dtype_name(value.dtype), chunk)
+def _float_checks(name: str, entry: TensorEntry, raw, dtype_name: str, report: VerifyReport) -> None:
+    """``readable`` and ``finite`` of float values, from their words (inf and nan: all exponent bits set)."""
+    bad = non_finite_count(raw, dtype_name)
+    report.add(Check("readable", True, f"{entry.label or torch_name(dtype_name)} {list(entry.shape)}", name))
+    detail = f"{bad} of {raw.size // itemsize(dtype_name)} values are inf or nan" if bad else "all finite"
+    report.add(Check("finite", bad == 0, detail, name, float(bad), 0.0))
 
 
-def _ternary_checks(
-    name: str, stored: str, shape: tuple[int, ...], counts: tuple[int, int, int, int],
-    scale: TernaryScale | StoredScale, report: VerifyReport,
-) -> None:  # fmt: skip
-    report.add(Check("readable", True, f"{stored or 'ternary'} {list(shape)}", name))
+def _ternary_checks(name: str, entry: TensorEntry, counts: CodeCounts, scale: Scale, report: VerifyReport) -> None:
+    report.add(Check("readable", True, f"{entry.label or 'ternary'} {list(entry.shape)}", name))
     minus, zero, plus, invalid = counts
     stats = counts_stats(minus, zero, plus, invalid)
     detail = f"-1/0/+1 fractions {stats['minus']:.3f}/{stats['zero']:.3f}/{stats['plus']:.3f}"
     report.add(Check("codes", invalid == 0, detail if not invalid else f"{invalid} values outside {{-1, 0, 1}}",
                      name, float(invalid), 0.0))
-    v = scale.item()
-    dtype = torch_name(scale.dtype_name) if isinstance(scale, StoredScale) else str(scale.dtype)
-    report.add(Check("scale", scale.is_valid(), f"{scale.linear_class.value} {dtype}"
-                     + ("" if scale.is_valid() else ": not finite and positive"), name, v))
+    valid = scale.is_valid()
+    report.add(Check("scale", valid, f"{scale.linear_class.value} {torch_name(scale.dtype_name)}"
+                     + ("" if valid else ": not finite and positive"), name, scale.item()))
+
+
+# --- side files ---------------------------------------------------------------------------------
 
 
 def _side_file_checks(ckpt: Checkpoint, report: VerifyReport) -> None:
@@ -307,3 +294,6 @@ def _tokenizer_check(path: Path, vocab_size: int) -> Check:
     ok = n <= vocab_size
     detail = f"tokenizer.json: {n} tokens" + ("" if ok else f", more than vocab_size {vocab_size}")
     return Check("side_files", ok, detail, figure=float(n), threshold=float(vocab_size))
+
+
+__all__ = ["READ_ERRORS", "open_failure", "verify_integrity"]

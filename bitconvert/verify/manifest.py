@@ -3,7 +3,8 @@
 Ternary weights hash their int8 codes, shape and exact stored scale (value bytes, dtype and
 convention); other tensors their dtype, shape and bytes. A packed checkpoint and the same model
 re-packed or sharded differently therefore share a manifest, while any changed code, scale bit
-or dense value changes the tensor's hash.
+or dense value changes the tensor's hash. The hashed text is fixed: a manifest written by any
+earlier bitconvert checks against the same checkpoint.
 """
 
 from __future__ import annotations
@@ -11,82 +12,50 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable
 
 import numpy as np
 
+from ..dtypes import Dense
 from ..errors import CheckpointError
 from ..io.jsonfile import parse_json_text
+from ..io.staging import write_atomically
+from ..ternary.scale import Scale
 from ..ternary.stats import unpacked_chunks
-from ..ternary.stored import StoredScale
+from ..ternary.weight import TernaryWeight
 from .report import Check
-
-if TYPE_CHECKING:  # hashes of stored bytes (upload's planning) need no torch; of loaded tensors, they do
-    import torch
-
-    from ..ternary import TernaryScale, TernaryWeight
 
 MANIFEST_VERSION = 1
 
 
-def _feed(h: "hashlib._Hash", t: torch.Tensor) -> None:
-    import torch
-
-    t = t.detach().cpu().contiguous().reshape(-1)
-    if t.numel():
-        h.update(memoryview(t.view(torch.uint8).numpy()))
-
-
-def tensor_digest(value: torch.Tensor | TernaryWeight) -> dict[str, Any]:
-    """The manifest entry of one loaded tensor: kind, shape, dtype and sha256."""
-    import torch
-
-    from ..dtypes import dtype_name
-    from ..ternary import TernaryWeight
-
+def tensor_digest(value: Dense | TernaryWeight) -> dict[str, Any]:
+    """The manifest entry of one loaded value: kind, shape, dtype and sha256."""
     if isinstance(value, TernaryWeight):
-        return _ternary_digest(value.shape, StoredScale.of(value.scale), [value.codes.to(torch.int8)])
-    h = _dense_hash(list(value.shape), dtype_name(value.dtype))
-    _feed(h, value)
-    return _dense_entry(list(value.shape), dtype_name(value.dtype), h)
+        return _ternary_digest(value.shape, value.scale, [np.ascontiguousarray(value.codes, dtype=np.int8)])
+    return stored_dense_digest(value.shape, value.dtype_name, value.raw())
 
 
 def stored_dense_digest(shape: tuple[int, ...], dtype_name: str, raw: np.ndarray) -> dict[str, Any]:
-    """:func:`tensor_digest` of a dense tensor from its stored bytes (``raw``, uint8), without torch."""
-    h = _dense_hash(list(shape), dtype_name)
+    """:func:`tensor_digest` of a dense tensor from its bytes (``raw``, uint8, row-major)."""
+    h = hashlib.sha256()
+    h.update(f"dense|{list(shape)}|{dtype_name}|".encode())
     if raw.size:
         h.update(memoryview(np.ascontiguousarray(raw).reshape(-1)))
-    return _dense_entry(list(shape), dtype_name, h)
+    return {"kind": "dense", "shape": list(shape), "dtype": dtype_name, "sha256": h.hexdigest()}
 
 
-def _dense_hash(shape: list[int], dtype_name: str) -> "hashlib._Hash":
-    h = hashlib.sha256()
-    h.update(f"dense|{shape}|{dtype_name}|".encode())
-    return h
+def packed_ternary_digest(shape: tuple[int, ...], packed: np.ndarray, scale: Scale) -> dict[str, Any]:
+    """:func:`tensor_digest` of a ternary weight from its packed bytes (HF row-block layout), unpacked
+    a chunk at a time."""
+    return _ternary_digest(shape, scale, unpacked_chunks(packed))
 
 
-def _dense_entry(shape: list[int], dtype_name: str, h: "hashlib._Hash") -> dict[str, Any]:
-    return {"kind": "dense", "shape": shape, "dtype": dtype_name, "sha256": h.hexdigest()}
-
-
-def packed_ternary_digest(
-    shape: tuple[int, ...], packed: Any, scale: TernaryScale | StoredScale
-) -> dict[str, Any]:
-    """:func:`tensor_digest` of a ternary weight from its packed bytes (HF row-block layout, numpy or
-    a tensor), unpacked a chunk at a time; with a :class:`StoredScale`, without torch."""
-    stored = scale if isinstance(scale, StoredScale) else StoredScale.of(scale)
-    return _ternary_digest(shape, stored, unpacked_chunks(packed))
-
-
-def _ternary_digest(shape: tuple[int, ...], scale: StoredScale, codes: Iterable) -> dict[str, Any]:
+def _ternary_digest(shape: tuple[int, ...], scale: Scale, codes: Iterable[np.ndarray]) -> dict[str, Any]:
     h = hashlib.sha256()
     h.update(f"ternary|{list(shape)}|{scale.linear_class.value}|{scale.dtype_name}|".encode())
     for chunk in codes:  # int8 codes in row-major order, whole or in chunks
-        if isinstance(chunk, np.ndarray):
-            if chunk.size:
-                h.update(memoryview(chunk))
-        else:
-            _feed(h, chunk)
+        if chunk.size:
+            h.update(memoryview(np.ascontiguousarray(chunk).reshape(-1)))
     h.update(b"|")
     h.update(scale.data)
     return {"kind": "ternary", "shape": list(shape), "dtype": scale.dtype_name, "sha256": h.hexdigest()}
@@ -103,7 +72,8 @@ def new_manifest(src_format: str, tensors: dict[str, dict[str, Any]]) -> dict[st
 
 
 def write_manifest(manifest: dict[str, Any], path: str | Path) -> None:
-    Path(path).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    """Write ``manifest`` to ``path`` whole or not at all (replacing what is there)."""
+    write_atomically(Path(path), json.dumps(manifest, indent=2, sort_keys=False) + "\n")
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
@@ -124,13 +94,11 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
 
 
 def check_manifest(expected: dict[str, Any], actual: dict[str, dict[str, Any] | None]) -> list[Check]:
-    """One check per tensor named by either side; ``actual[name]`` is None when it could not be read."""
+    """One check per tensor named by either side; ``actual[name]`` is None when it could not be read.
+    Linear in the names of both sides (each lookup is a dict's)."""
     want = expected["tensors"]
     checks = []
-    for name in list(want) + [n for n in actual if n not in want]:
-        if name not in want:
-            checks.append(Check("manifest", False, "tensor is not in the manifest", name))
-            continue
+    for name, entry in want.items():
         if name not in actual:
             checks.append(Check("manifest", False, "tensor in the manifest is missing from the checkpoint", name))
             continue
@@ -138,11 +106,12 @@ def check_manifest(expected: dict[str, Any], actual: dict[str, dict[str, Any] | 
         if got is None:
             checks.append(Check("manifest", False, "tensor could not be read, so not hashed", name))
             continue
-        ok = got["sha256"] == want[name]["sha256"]
+        ok = got["sha256"] == entry["sha256"]
         detail = "sha256 matches" if ok else (
-            f"sha256 {got['sha256'][:16]}... differs from the manifest's {want[name]['sha256'][:16]}..."
-            f" ({got['kind']} {got['dtype']} {got['shape']} vs {want[name].get('kind')} "
-            f"{want[name].get('dtype')} {want[name].get('shape')})"
+            f"sha256 {got['sha256'][:16]}... differs from the manifest's {entry['sha256'][:16]}..."
+            f" ({got['kind']} {got['dtype']} {got['shape']} vs {entry.get('kind')} "
+            f"{entry.get('dtype')} {entry.get('shape')})"
         )
         checks.append(Check("manifest", ok, detail, name))
+    checks += [Check("manifest", False, "tensor is not in the manifest", name) for name in actual if name not in want]
     return checks

@@ -22,18 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
 
-from ..model.checkpoint import Checkpoint, Value
 from ..convert import convert
-from ..dtypes import dtype_name
+from ..dtypes import Dense
 from ..errors import BitconvertError, CheckpointError, UsageError
 from ..formats import Progress, no_progress, open_checkpoint
-from ..ternary.recipes import GGUF_RECIPES, HF_PACKED_RECIPES, Recipe
-from ..ternary import TernaryWeight
+from ..model.checkpoint import Checkpoint, Kind, Value
+from ..ternary.recipes import RECIPES, Recipe, check_recipe, recipes_for
+from ..ternary.weight import TernaryWeight
 from .report import Check, VerifyReport
-
-RECIPES_OF = {"hf-packed": HF_PACKED_RECIPES, "gguf": GGUF_RECIPES}
+from .values import first_difference, max_abs_diff
 
 
 @dataclass
@@ -44,11 +43,18 @@ class _Attempt:
 
     @property
     def score(self) -> tuple[int, int, int]:
-        def total(name: str) -> int:
-            return int(sum(c.figure or 0 for c in self.report.checks if c.name == name and not c.passed))
+        codes = scales = failed = 0
+        for c in self.report.checks:
+            if not c.passed:
+                failed += 1
+                codes += int(c.figure or 0) if c.name == "reproduce.codes" else 0
+                scales += c.name == "reproduce.scale"
+        return (codes, scales, failed)
 
-        scales = sum(1 for c in self.report.checks if c.name == "reproduce.scale" and not c.passed)
-        return (total("reproduce.codes"), scales, len(self.report.failures))
+
+def _rebuilt_formats() -> str:
+    """The formats some recipe writes, in the records' order (``hf-packed or gguf``)."""
+    return " or ".join(dict.fromkeys(fmt for record in RECIPES.values() for fmt in record.writes))
 
 
 def verify_reproduce(
@@ -56,9 +62,9 @@ def verify_reproduce(
 ) -> VerifyReport:
     """Rebuild ``published`` from ``master`` with ``recipe`` (or each, with ``"auto"``) and compare."""
     pub = open_checkpoint(published)
-    if pub.format not in RECIPES_OF:
-        raise UsageError(f"--reproduce rebuilds hf-packed or gguf files; {published} is {pub.format}")
-    allowed = RECIPES_OF[pub.format]
+    allowed = recipes_for(pub.format)
+    if not allowed:
+        raise UsageError(f"--reproduce rebuilds {_rebuilt_formats()} files; {published} is {pub.format}")
     if recipe == "auto":
         candidates = list(allowed)
     else:
@@ -120,7 +126,8 @@ def verify_reproduce(
 def _layouts_to_try(pub: Checkpoint) -> list[str | None]:
     """None (read as the file says), or each I2_S layout when the file records none and the bytes
     alone cannot tell (see formats/gguf/i2s_layouts.py)."""
-    if not str(pub.info.get("i2s_layout", "")).endswith("(assumed: not recorded)"):
+    gguf = pub.facts.gguf
+    if gguf is None or gguf.i2s_layout is None or gguf.i2s_layout_recorded:
         return [None]
     from ..formats.gguf.i2s_layouts import LAYOUTS, layout_problem
 
@@ -138,8 +145,8 @@ def _attempt(
     pub: Checkpoint, master, recipe: Recipe, layout: str | None, tmp: Path, skipped: list[str], progress: Progress
 ) -> _Attempt | None:
     """PUBLISHED rebuilt with one recipe (and I2_S layout), compared; None (and a note) if it cannot be."""
-    options = _options_like(pub, recipe)
     label = recipe.value + (f" ({layout})" if layout else "")
+    options = _options_like(pub, recipe)
     if options is None:
         skipped.append(f"{label}: cannot write {pub.format} as stored here")
         return None
@@ -147,6 +154,8 @@ def _attempt(
         options["i2s_layout"] = layout
     out = tmp / (f"{recipe.value}-{layout}.gguf" if pub.format == "gguf" else recipe.value)
     try:
+        # the recipe's record refuses what its producer never writes (a type, a scale convention)
+        check_recipe(recipe, pub.format, options, None, str(master))
         convert(master, out, pub.format, options)
     except BitconvertError as exc:
         skipped.append(f"{label}: {exc}")
@@ -155,47 +164,43 @@ def _attempt(
 
 
 def _options_like(pub: Checkpoint, recipe: Recipe) -> dict[str, Any] | None:
-    """Writer options that store what ``pub`` stores, with ``recipe``; None if the recipe cannot."""
+    """Writer options that store what ``pub`` stores, with ``recipe``; None if no writer setting can."""
     ternary = [e for n, e in pub.tensors.items() if pub.is_quantized_linear(n)]
-    if pub.format == "hf-packed":
-        dense = [e.dtype for e in pub.tensors.values() if not e.ternary]
-        options: dict[str, Any] = {"recipe": recipe, "dtype": dense[0] if dense else torch.bfloat16}
-        options["scale_dtype"] = ternary[0].dtype if ternary else torch.bfloat16
-        options["linear_class"] = pub.source_linear_class()
-        return options
+    if pub.format != "gguf":
+        dense = [e.dtype_name for e in pub.tensors.values() if e.kind is not Kind.TERNARY]
+        return {"recipe": recipe, "dtype": dense[0] if dense else "BF16",
+                "scale_dtype": ternary[0].dtype_name if ternary else "BF16",
+                "linear_class": pub.source_linear_class()}  # fmt: skip
     from ..formats.gguf.parser import GGUFFile
 
     f = GGUFFile(pub.path)
     types = {t.type_name for t in f.tensors.values()} & {"TQ1_0", "TQ2_0", "I2_S"}
     if len(types) != 1:
         return None
-    gguf_type = types.pop().lower()
-    if (recipe is Recipe.LLAMA_CPP and gguf_type == "i2_s") or (recipe is Recipe.BITNET_CPP and gguf_type != "i2_s"):
-        return None  # llama.cpp's converter writes TQ types only, bitnet.cpp's I2_S only
-    options = {"recipe": recipe, "gguf_type": gguf_type}
+    options: dict[str, Any] = {"recipe": recipe, "gguf_type": types.pop().lower()}
     embed = f.tensors.get("token_embd.weight")
     if embed is not None and embed.type_name.lower() in ("f16", "bf16", "f32", "q8_0"):
         options["embed_type"] = embed.type_name.lower()
-    if gguf_type == "i2_s":
-        options["i2s_layout"] = str(pub.info.get("i2s_layout", "x86")).split(" ")[0]
+    if options["gguf_type"] == "i2_s":
+        options["i2s_layout"] = (pub.facts.gguf and pub.facts.gguf.i2s_layout) or "x86"
     return options
 
 
 def _compare(pub: Checkpoint, rebuilt: Checkpoint, progress: Progress) -> VerifyReport:
     report = VerifyReport(str(pub.path), mode="reproduce")
-    raw = _raw_reader(pub, rebuilt)
     counterpart = _counterparts(pub, rebuilt)
     names = list(pub.tensors)
     for i, name in enumerate(names):
         progress(i, len(names), name)
-        if counterpart.get(name) not in rebuilt.tensors:
+        other = counterpart.get(name)
+        if other not in rebuilt.tensors:
             report.add(Check("reproduce.dense", False, "not in the rebuilt file", name))
             continue
-        a, b = pub.tensors[name].load(), rebuilt.tensors[counterpart[name]].load()
+        a, b = pub.tensors[name].load(), rebuilt.tensors[other].load()
         if pub.is_quantized_linear(name):
             _compare_ternary(name, a, b, report)
-            if raw is not None:
-                _compare_bytes(name, raw, report)
+            if pub.format == "gguf":  # hf-packed bytes follow from codes + scale: packing is canonical
+                _compare_bytes(name, pub, rebuilt, other, report)
         else:
             _compare_dense(name, a, b, report)
         del a, b
@@ -221,21 +226,17 @@ def _compare_ternary(name: str, a: Value, b: Value, report: VerifyReport) -> Non
         report.add(Check("reproduce.codes", False, f"{which} tensor is no set of codes with one scale", name))
         return
     report.add(_degenerate_check(name, a))
-    diff = a.codes != b.codes
-    n = int(diff.sum())
+    n, first = first_difference(a.codes, b.codes)
     if n:
-        pos = [int(x) for x in torch.nonzero(diff)[0]]
-        first = f"{pos}: published {int(a.codes[tuple(pos)])}, rebuilt {int(b.codes[tuple(pos)])}"
-        detail = f"codes differ: {n} of {diff.numel()} (first at {first})"
+        where = f"{list(first)}: published {int(a.codes[first])}, rebuilt {int(b.codes[first])}"
+        detail = f"codes differ: {n} of {a.codes.size} (first at {where})"
     else:
-        detail = f"all {diff.numel()} codes identical"
+        detail = f"all {a.codes.size} codes identical"
     report.add(Check("reproduce.codes", n == 0, detail, name, float(n), 0.0))
-    sa, sb = a.scale, b.scale
-    if sb.linear_class is not sa.linear_class or sb.dtype != sa.dtype:
-        sb = sb.to(sa.linear_class, sa.dtype)
-    same = torch.equal(sa.value.reshape(1), sb.value.reshape(1))
+    sa, sb = a.scale, b.scale.to(a.scale.linear_class, a.scale.dtype_name)
+    same = sa.item() == sb.item()
     rel = 0.0 if same else abs(sa.item() - sb.item()) / abs(sb.item() or 1.0)
-    how = f"{sa.linear_class.value} {dtype_name(sa.dtype)}"
+    how = f"{sa.linear_class.value} {sa.dtype_name}"
     detail = (
         f"scale identical ({how})"
         if same
@@ -246,8 +247,8 @@ def _compare_ternary(name: str, a: Value, b: Value, report: VerifyReport) -> Non
 
 def _degenerate_check(name: str, w: TernaryWeight) -> Check:
     codes = w.codes.reshape(-1)
-    first = int(codes[0]) if codes.numel() else 0
-    constant = codes.numel() > 0 and bool((codes == first).all())
+    first = int(codes[0]) if codes.size else 0
+    constant = codes.size > 0 and not np.any(codes != first)
     if not constant:
         return Check("reproduce.nondegenerate", True, "codes take more than one value", name)
     what = "all zero" if first == 0 else f"constant: every code is {first:+d}"
@@ -255,50 +256,34 @@ def _degenerate_check(name: str, w: TernaryWeight) -> Check:
 
 
 def _compare_dense(name: str, a: Value, b: Value, report: VerifyReport) -> None:
-    if isinstance(a, TernaryWeight) or isinstance(b, TernaryWeight):
+    if not isinstance(a, Dense) or not isinstance(b, Dense):
         report.add(Check("reproduce.dense", False, "stored ternary in one file and dense in the other", name))
         return
-    same = a.dtype == b.dtype and torch.equal(a, b)
-    worst = 0.0 if same else float((a.double() - b.to(a.dtype).double()).abs().max())
-    detail = (
-        "identical"
-        if same
-        else f"values differ (max abs diff {worst:.6g}; {dtype_name(a.dtype)} vs {dtype_name(b.dtype)})"
-    )
+    if a.shape != b.shape:
+        worst = float("inf")
+    elif a.dtype_name == b.dtype_name and np.array_equal(a.data, b.data):
+        worst = 0.0  # the same words: no arithmetic needed
+    else:
+        worst = max_abs_diff(a, b.to(a.dtype_name))
+    same = a.dtype_name == b.dtype_name and worst == 0.0
+    detail = "identical" if same else f"values differ (max abs diff {worst:.6g}; {a.dtype_name} vs {b.dtype_name})"
     report.add(Check("reproduce.dense", same, detail, name, worst, 0.0))
 
 
 # --- GGUF: the stored bytes, which also hold what codes + scale do not (block d of zeros, padding) --
 
 
-@dataclass
-class _RawPair:
-    pub: Any
-    rebuilt: Any
-    names: dict[str, str]  # HF name -> GGUF name
-
-
-def _raw_reader(pub: Checkpoint, rebuilt: Checkpoint) -> _RawPair | None:
-    if pub.format != "gguf":
-        return None  # hf-packed bytes follow from codes + scale: packing is canonical
-    from ..formats.gguf import names
-    from ..formats.gguf.parser import GGUFFile
-
-    return _RawPair(GGUFFile(pub.path), GGUFFile(rebuilt.path), {n: names.to_gguf(n, pub.config) for n in pub.tensors})
-
-
-def _compare_bytes(name: str, raw: _RawPair, report: VerifyReport) -> None:
-    gname = raw.names[name]
+def _compare_bytes(name: str, pub: Checkpoint, rebuilt: Checkpoint, other: str, report: VerifyReport) -> None:
     try:
-        a, b = raw.pub.read_raw(gname), raw.rebuilt.read_raw(gname)
-    except (KeyError, CheckpointError) as exc:
+        a, b = pub.tensors[name].stored().data, rebuilt.tensors[other].stored().data
+    except CheckpointError as exc:
         report.add(Check("reproduce.bytes", False, f"cannot read stored bytes: {exc}", name))
         return
-    n = min(a.numel(), b.numel())
-    diff = torch.nonzero(a[:n] != b[:n])
-    if a.numel() == b.numel() and diff.numel() == 0:
+    n = min(a.size, b.size)
+    differing, first = first_difference(a[:n], b[:n])
+    if a.size == b.size and not differing:
         report.add(Check("reproduce.bytes", True, f"all {n} stored bytes identical", name))
         return
-    first = int(diff[0]) if diff.numel() else n
-    detail = f"{int(diff.numel())} of {n} stored bytes differ (first at byte {first})"
-    report.add(Check("reproduce.bytes", False, detail, name, float(diff.numel()), 0.0))
+    at = first[0] if first is not None else n
+    detail = f"{differing} of {n} stored bytes differ (first at byte {at})"
+    report.add(Check("reproduce.bytes", False, detail, name, float(differing), 0.0))

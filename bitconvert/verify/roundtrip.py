@@ -3,7 +3,7 @@
 Both legs are written with SRC's own choices (dense dtype, scale dtype, scale convention), so a
 lossless format brings every code, scale bit and dense value back; the report holds the checks of
 the intermediate against SRC (``there.*``) and of the result against SRC (``back.*``), with the
-strict thresholds of :class:`~bitconvert.verify.compare.Thresholds`.
+strict thresholds of :class:`~bitconvert.verify.report.Thresholds`.
 
 A master's latent float weights cannot pass through a ternary format; for those the comparison is
 of the ternary model they quantize to (codes and scale), as everywhere in ``verify``.
@@ -16,25 +16,23 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping
 
-import torch
-
-from ..model.checkpoint import Checkpoint
 from ..convert import convert
 from ..errors import BitconvertError, CheckpointError
 from ..formats import Progress, no_progress, open_checkpoint, writer_for
 from ..formats.options import fields_of
-from .compare import Thresholds, verify_against
-from .report import Check, VerifyReport
+from ..model.checkpoint import Checkpoint, Kind
+from .compare import verify_against
+from .report import Check, Thresholds, VerifyReport
 
 
 def options_like(ckpt: Checkpoint, fmt: str) -> dict[str, Any]:
     """The options of writer ``fmt`` that reproduce ``ckpt``'s own storage choices."""
-    dense = Counter(e.dtype for n, e in ckpt.tensors.items() if not e.ternary)
-    scales = Counter(e.dtype for e in ckpt.tensors.values() if e.ternary)
+    dense = Counter(e.dtype_name for e in ckpt.tensors.values() if e.kind is not Kind.TERNARY)
+    scales = Counter(e.dtype_name for e in ckpt.tensors.values() if e.kind is Kind.TERNARY)
     wanted = {
         "linear_class": ckpt.source_linear_class(),
-        "dtype": dense.most_common(1)[0][0] if dense else torch.bfloat16,
-        "scale_dtype": scales.most_common(1)[0][0] if scales else torch.bfloat16,
+        "dtype": dense.most_common(1)[0][0] if dense else "BF16",
+        "scale_dtype": scales.most_common(1)[0][0] if scales else "BF16",
     }
     taken = fields_of(writer_for(fmt).Options)
     return {k: v for k, v in wanted.items() if k in taken}
@@ -64,7 +62,7 @@ def verify_roundtrip(
     except CheckpointError as exc:
         report.add(Check("open", False, f"{exc.path}: {exc.problem}", exc.tensor))
         return report
-    if any(not e.ternary for n, e in ckpt.tensors.items() if ckpt.is_quantized_linear(n)):
+    if any(e.kind is not Kind.TERNARY for n, e in ckpt.tensors.items() if ckpt.is_quantized_linear(n)):
         report.notes.append("SRC holds latent float weights: they are compared through their absmean quantization")
     with tempfile.TemporaryDirectory(prefix="bitconvert-roundtrip-") as tmp:
         mid = _target_path(Path(tmp), "there", fmt)

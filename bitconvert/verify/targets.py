@@ -16,6 +16,8 @@ from pathlib import Path
 
 from ..errors import CheckpointError, UsageError
 from ..formats import open_checkpoint
+from ..formats.gguf import i2s_layouts
+from ..formats.nanotron.flavors import NANOTRON_ROPE_THETA
 from . import consumer_checks as c
 from .report import Check, VerifyReport
 
@@ -34,7 +36,7 @@ class Rule:
     fact: str
     #: where the fact is written: upstream project + path (line) at the checked commit, or an issue URL
     source: str
-    check: Callable[[c.Facts], c.Finding]
+    check: Callable[[c.Subject], c.Finding]
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ def _bitnetcpp(layout: str, build: str) -> tuple[Rule, ...]:
         _BITNETCPP_ACTIVATION,
         Rule("i2_s_layout", f"{build} reads I2_S in the {layout} byte layout; other layouts are other codes",
              _BITNETCPP_LAYOUT_SOURCE, c.bitnetcpp_i2_s_layout(layout)),
-        Rule("i2_s_rows", f"the {layout} layout packs blocks of {'64' if layout == 'arm' else '128'} values",
+        Rule("i2_s_rows", f"the {layout} layout packs blocks of {i2s_layouts.BLOCK[layout]} values",
              _BITNETCPP_LAYOUT_SOURCE, c.bitnetcpp_rows(layout)),
     )
 
@@ -78,13 +80,18 @@ _NT_SUB_NORMS = Rule(
     f"{NT_MAIN} src/nanotron/models/llama.py (LlamaDecoderLayer)",
     c.nanotron_sub_norms,
 )
-_NT_ROPE = Rule(
-    "rope_theta",
-    "the BitNet config has no rope_theta: RoPE runs with base 10000",
-    "src/nanotron/config/models_config.py:69-92 (LlamaBitNetConfig), src/nanotron/models/llama_bitnet.py:51 "
-    "(RotaryEmbedding theta=10000.0) and :321-324 (built without theta), at 2239f41e and e1c3c1a5",
-    c.nanotron_rope_theta,
-)
+
+
+def _nt_rope(flavor: str) -> Rule:
+    return Rule(
+        "rope_theta",
+        f"the BitNet config has no rope_theta: RoPE runs with base {NANOTRON_ROPE_THETA:g}",
+        "src/nanotron/config/models_config.py:69-92 (LlamaBitNetConfig), src/nanotron/models/llama_bitnet.py:51 "
+        "(RotaryEmbedding theta=10000.0) and :321-324 (built without theta), at 2239f41e and e1c3c1a5",
+        c.nanotron_rope_theta(flavor),
+    )
+
+
 _NT_FUSED = Rule(
     "fused_scales",
     "weight_quant takes one absmean per (rank-local) fused qkv_proj / gate_up_proj weight",
@@ -132,15 +139,16 @@ CONSUMERS: dict[str, Consumer] = {
                                   "input without a weight",
                  f"{NT_PR180} src/nanotron/models/llama_bitnet.py:611, :619, :628, :635 (commented out); "
                  "src/nanotron/parallel/tensor_parallel/nn.py:344 (normalize), :416, :511",
-                 c.nanotron_pr180_norms),
-            _NT_ROPE, _NT_FUSED,
+                 c.nanotron_decoder_norms("pr180")),
+            _nt_rope("pr180"), _NT_FUSED,
         )),
-        Consumer("nanotron-pr178", "Nanotron's BitNet model of PRs #178/#179", (_NT_SUB_NORMS, _NT_ROPE, _NT_FUSED)),
+        Consumer("nanotron-pr178", "Nanotron's BitNet model of PRs #178/#179",
+                 (_NT_SUB_NORMS, _nt_rope("pr178"), _NT_FUSED)),
         Consumer("nanotron-main", "upstream Nanotron main (Llama, no BitNet)", (
             _NT_SUB_NORMS,
             Rule("quantization", "has no BitNet layers: Llama's linears run the weights as given",
                  f"{NT_MAIN} src/nanotron/models/ (no llama_bitnet.py), src/nanotron/models/llama.py "
-                 "(TensorParallelColumnLinear / TensorParallelRowLinear)", c.nanotron_unquantized),
+                 "(TensorParallelColumnLinear / TensorParallelRowLinear)", c.nanotron_quantization("main")),
         )),
     )
 }
@@ -173,7 +181,7 @@ def verify_target(src: str | Path, target: str, *, format: str | None = None) ->
         verdict = "" if found.passed else f" [{who.name}: {rule.fact}; source: {rule.source}]"
         report.add(Check(f"{who.name}.{rule.name}", found.passed, found.detail + verdict, found.tensor,
                          found.figure, found.threshold))
-    if ckpt.format != "gguf" and who.name.startswith(("llama.cpp", "bitnet.cpp")):
+    if ckpt.facts.gguf is None and who.name.startswith(("llama.cpp", "bitnet.cpp")):
         report.notes.append(f"{ckpt.format} SRC: GGUF rules checked for what `convert --to gguf` would write")
     report.figures["failed"] = len(report.failures)
     return report
