@@ -84,6 +84,29 @@ def block_counts(raw: np.ndarray, type_id: int) -> tuple[CodeCounts, int | None]
     return _counts(total), (F16_ONE if found is None else found) if agree else None
 
 
+def block_d(raw: np.ndarray, type_id: int) -> tuple[int | None, CodeCounts | None]:
+    """The ``d`` word :func:`block_counts` finds, mostly without counting: where every block stores the
+    same ``d``, it is that word unless no block holds a code (then fp16 1.0, as loading reads it),
+    which the first blocks nearly always settle. Else the blocks are counted: (``d``, the counts)."""
+    block_bytes, segments, d_at = _BLOCKS[type_id]
+    blocks = raw.reshape(-1, block_bytes)
+    d = np.ascontiguousarray(blocks[:, d_at : d_at + 2]).view("<u2").reshape(-1)
+    if d.size and not np.any(d != d[0]):
+        word = int(d[0])
+        return (word if word == F16_ONE or _any_code(blocks, segments) else F16_ONE), None
+    counts, word = block_counts(raw, type_id)
+    return word, counts
+
+
+def _any_code(blocks: np.ndarray, segments: list) -> bool:
+    """Whether any block holds a non-zero (or invalid) code, looking a chunk at a time."""
+    for b0 in range(0, blocks.shape[0], _BLOCK_CHUNK):
+        chunk = blocks[b0 : b0 + _BLOCK_CHUNK]
+        if any(np.any(chunk[:, lo:hi] != zero) for (lo, hi), _, zero in segments):
+            return True
+    return False
+
+
 def i2s_counts(raw: np.ndarray, shape: tuple[int, ...]) -> tuple[CodeCounts, int]:
     """Code counts of an I2_S tensor's bytes (any of the three layouts: they order the same 2-bit
     fields differently) and its fp32 scale word."""

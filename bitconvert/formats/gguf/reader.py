@@ -32,7 +32,7 @@ from ...model.config import ModelConfig, QuantConfig, QuantMode
 from ...ternary.linear_class import LinearClass
 from ...ternary.records import SCALES_KEY, ScaleRecord, decode_records
 from ...ternary.scale import Scale
-from ...ternary.stats import CodeCounts, float_code_counts
+from ...ternary.stats import float_code_counts
 from ...ternary.weight import TernaryWeight
 from .. import register_reader
 from . import code_counts, i2s_layouts, metadata, names, tokenizer, types
@@ -69,8 +69,8 @@ class _TensorSource:
         return self.record.restores(stored) if self.record is not None else stored
 
     def _tensor_scale(self, checked: bool = True) -> Scale | None:
-        """The ``.scale`` tensor as an F32 magnitude (restored from the record); checked: one finite
-        positive value, else an error naming it; unchecked: None where it is not one value."""
+        """The ``.scale`` tensor as the F32 magnitude it stores; checked: one finite positive value,
+        else an error naming it; unchecked: None where it is not one value."""
         if self.scale is None:
             return None
         s = self.f.read_float(self.scale.name).float32().reshape(-1)
@@ -79,7 +79,7 @@ class _TensorSource:
             raise CheckpointError(self.f.path, problem, self.scale.name)
         if s.size != 1:
             return None
-        return self._restored(Scale("F32", s.tobytes(), LinearClass.AUTOBITLINEAR))
+        return Scale("F32", s.tobytes(), LinearClass.AUTOBITLINEAR)
 
     def _in_data_scale(self, word: np.ndarray) -> Scale:
         """I2_S's fp32 magnitude after the codes (its four bytes), restored from the record."""
@@ -93,35 +93,41 @@ class _TensorSource:
     def stored(self) -> Stored:
         t = self.info
         raw = self.f.read_bytes(t.name)
-        if t.ggml.kind == "ternary":
-            if t.ggml.flat:
-                n = raw.size - t.ggml.tail
-                scale = self._in_data_scale(raw[n : n + 4])
-            else:
-                scale = self._tensor_scale(checked=False)
-            return Stored(raw, f"gguf:{t.type_name}", scale=scale, counts=lambda: self._code_counts(raw))
+        layout = f"gguf:{t.type_name}"
+        if t.ggml.flat:  # I2_S: the fp32 scale follows the codes
+            n = raw.size - t.ggml.tail
+            counts = lambda: code_counts.i2s_counts(raw, t.shape)[0]  # noqa: E731
+            return Stored(raw, layout, scale=self._in_data_scale(raw[n : n + 4]), counts=counts)
+        if t.ggml.kind == "ternary":  # the scale is the d of the blocks holding codes (x a .scale tensor)
+            word, counted = code_counts.block_d(raw, t.ggml.id)
+            scale = self._block_scale(word)
+            counts = (lambda: None) if scale is None else (lambda: counted or code_counts.block_counts(raw, t.ggml.id)[0])
+            return Stored(raw, layout, scale=scale, counts=counts)
         dtype = t.ggml.dtype_name
         if dtype is None:  # Q8_0: blocks, not values
-            return Stored(raw, f"gguf:{t.type_name}")
+            return Stored(raw, layout)
         if self.scale is not None:  # codes stored as floats, the magnitude in the .scale tensor
-            one = float_bits(1.0, dtype)
-            return Stored(raw, "floats", dtype, self._tensor_scale(checked=False), lambda: float_code_counts(raw, dtype, one))
+            one, s = float_bits(1.0, dtype), self._tensor_scale(checked=False)
+            scale = self._restored(s) if s is not None else None
+            return Stored(raw, "floats", dtype, scale, lambda: float_code_counts(raw, dtype, one))
         if self.record is not None:
             magnitude = self.record.scale.magnitude_bits(dtype)
             return Stored(raw, "floats", dtype, self.record.scale, lambda: float_code_counts(raw, dtype, magnitude))
         return float_stored(raw, dtype)
 
-    def _code_counts(self, raw: np.ndarray) -> CodeCounts | None:
-        """Counts of the codes :meth:`load` gives, off the bytes; None where it gives floats (blocks
-        disagreeing on ``d``, or a ``d`` that is no finite positive magnitude)."""
-        t = self.info
-        if t.ggml.flat:
-            return code_counts.i2s_counts(raw, t.shape)[0]
-        counts, d = code_counts.block_counts(raw, t.ggml.id)
-        if d is None:
+    def _block_scale(self, word: int | None) -> Scale | None:
+        """The scale :meth:`load` gives TQ blocks whose code-holding blocks store ``d`` (fp16 bits);
+        None where it gives floats (blocks disagreeing on ``d``, no finite positive ``d``) or fails."""
+        if word is None:
             return None
-        dv = np.uint16(d).view(np.float16)
-        return counts if np.isfinite(dv) and dv > 0 else None
+        dv = np.uint16(word).view(np.float16)
+        if not (np.isfinite(dv) and dv > 0):
+            return None
+        if self.scale is None:
+            return self._restored(Scale("F16", np.uint16(word).tobytes(), LinearClass.AUTOBITLINEAR))
+        if self.scale.type != types.F32:
+            return None
+        return code_counts.with_tensor_scale(word, self.f.read_bytes(self.scale.name), self.record)
 
     # --- the values -----------------------------------------------------------------------------
 
@@ -134,7 +140,7 @@ class _TensorSource:
             return Dense(self._order(w.data), w.dtype_name)
         values = w.float32()
         if bool(((values == -1) | (values == 0) | (values == 1)).all()):
-            return TernaryWeight(self._order(values.astype(np.int8)), s)
+            return TernaryWeight(self._order(values.astype(np.int8)), self._restored(s))
         return Dense(self._order(values * np.float32(s.item())), "F32")
 
     def _load_codes(self) -> Value:
@@ -166,7 +172,7 @@ class _TensorSource:
             if s is None:
                 return TernaryWeight(codes, self._restored(Scale("F16", dv[:1].tobytes(), LinearClass.AUTOBITLINEAR)))
             if float(dv[0]) == 1.0:
-                return TernaryWeight(codes, s)
+                return TernaryWeight(codes, self._restored(s))
             # d and the tensor scale both apply: their product is exact in float64.
             return TernaryWeight(codes, Scale.of(float(dv[0]) * s.item(), LinearClass.AUTOBITLINEAR, "F64"))
         lo, hi = float(dv.astype(np.float32).min()), float(dv.astype(np.float32).max())
