@@ -145,7 +145,8 @@ class NanotronMeta:
     rope_interleaved: bool
     tp: int | None  # from checkpoint_metadata.json, when present
     version: str | None
-    flavor: str  # whose config class model_config.json is: "bitnet" (the PRs) or "llama"
+    #: model_config.json is the PRs' LlamaBitNetConfig (``is_bitnet_config``), not a plain LlamaConfig
+    bitnet_config: bool
     #: bitconvert's scale records (each with the magnitude written), as bytes until a tensor is loaded
     scales: dict[str, ScaleRecord] = field(default_factory=dict)
     #: bitconvert's record (custom_metas.bitconvert), empty for a checkpoint Nanotron saved
@@ -276,12 +277,12 @@ def _recorded_config(
     return config
 
 
-def _rope_order(mc: dict, custom: dict, flavor: str, notes: list) -> bool:
+def _rope_order(mc: dict, custom: dict, bitnet_config: bool, notes: list) -> bool:
     if "rope_interleaved" in custom:
         return bool(custom["rope_interleaved"])
     if "rope_interleaved" in mc:
         return bool(mc["rope_interleaved"])
-    if flavor == "llama":  # the PRs' BitNet model interleaves, always
+    if not bitnet_config:  # the PRs' BitNet model interleaves, always
         notes.append("RoPE row order not recorded: read as interleaved, what Nanotron applied before rope_interleaved")
     return True
 
@@ -312,18 +313,18 @@ def read_meta(path: Path, sub_norm_folders: bool, kept: set[str]) -> NanotronMet
     notes: list[str] = []
     warnings: list[str] = []
     tp, version, custom = _read_record(path, notes)
-    flavor = "bitnet" if mc.get("is_bitnet_config") else "llama"
-    if flavor == "llama" and custom.get("flavor") != "main":
+    bitnet_config = bool(mc.get("is_bitnet_config"))
+    if not bitnet_config and custom.get("flavor") != "main":
         notes.append("model_config.json is a plain Llama config (no is_bitnet_config); linears read as BitNet latents")
     config = _recorded_config(path, mc, custom, sub_norm_folders, kept, warnings)
     if config is None:
         config = _rebuilt_config(mc, custom, sub_norm_folders, mc_path, notes, warnings)
     if mc["vocab_size"] < config.vocab_size:
         raise CheckpointError(mc_path, f"vocab_size {mc['vocab_size']} is below the model's vocabulary ({config.vocab_size})")
-    rope = _rope_order(mc, custom, flavor, notes)
+    rope = _rope_order(mc, custom, bitnet_config, notes)
     lost = custom.get("lost")
     if lost:
         listed = "; ".join(map(str, lost)) if isinstance(lost, list) else str(lost)
         notes.append(f"written with --allow-lossy for {custom.get('flavor', 'Nanotron')}, whose model lacks: {listed}")
     scales = _recorded_scales(path, custom)
-    return NanotronMeta(config, mc["vocab_size"], rope, tp, version, flavor, scales, custom, notes, warnings)
+    return NanotronMeta(config, mc["vocab_size"], rope, tp, version, bitnet_config, scales, custom, notes, warnings)

@@ -169,7 +169,7 @@ def _entry(param: StoredParam, part: Part, meta: NanotronMeta) -> TensorEntry:
     return TensorEntry(
         part.hf_name, shape, Kind.TERNARY, record.scale.dtype_name, str(param.folder),
         lambda: _load_recorded(param, part, meta), lambda: _stored(param, part, rope, record),
-        how + " (latent of a packed weight)", record=record,
+        how + " (latent of a packed weight)",
     )  # fmt: skip
 
 
@@ -246,7 +246,7 @@ class NanotronReader:
         params, version = _open_params(path, planned, notes)
         entries = {part.hf_name: _entry(param, part, meta) for param in params for part in param.spec.parts}
         entries.update(_unplaced_entries(path, meta, specs, kept, params[-1].dtype_name))
-        flavor = "pr180" if layout.mlp == "MLPBitNet" else "pr178" if meta.flavor == "bitnet" else "main"
+        flavor = "pr180" if layout.mlp == "MLPBitNet" else "pr178" if meta.bitnet_config else "main"
         ckpt = Checkpoint(NAME, path, meta.config, entries, _side_files(path), meta.notes + sorted(notes))
         ckpt.facts.nanotron = NanotronFacts(tp or 1, meta.rope_interleaved, flavor, version)
         classes = {meta.scales[n].scale.linear_class for n in entries if n in meta.scales}
