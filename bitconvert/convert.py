@@ -52,7 +52,8 @@ def convert(
     """Convert the checkpoint at ``src`` into format ``to`` at ``dst``; ``dst`` appears only when complete.
 
     ``options``: the writer's options dataclass, or a mapping of its field names to values (strings
-    as on the command line, or typed); an option that ``to`` does not take is a UsageError.
+    as on the command line, or typed; None means not given); an option that ``to`` does not take
+    is a UsageError.
     ``hash_sources``: record the sha256 of every source file in the provenance. Off, only the
     digests known without reading are recorded (a Hub snapshot's LFS blobs): hashing is a second
     full pass over the source, on a 2-core machine as long as the conversion itself.
@@ -67,8 +68,8 @@ def convert(
     )
 
     start = time.perf_counter()
+    options = options_for(to, options)  # a refused option costs no writer import
     writer = writer_for(to)
-    options = options_for(to, options)
     source = resolve_source(src)  # hf://ORG/NAME[@REV] -> local snapshot; local paths unchanged
     shown_src, src, dst = source.uri or str(src), source.path, Path(dst)
     check_paths(src, dst, force)

@@ -204,3 +204,13 @@ def test_building_the_command_line_imports_no_writer():
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
     assert all(w for _, w in CATALOGUE.values())
+
+
+def test_the_error_boundary_lets_typer_exits_and_usage_errors_through():
+    from bitconvert.cli.common import error_boundary
+
+    for exc in (typer.Exit(1), typer.Abort(), typer.BadParameter("no")):
+        with pytest.raises(type(exc)) as caught:
+            with error_boundary():
+                raise exc
+        assert caught.value is exc

@@ -31,9 +31,15 @@ def torch_imported(*args: str) -> bool:
     return proc.stderr.strip().splitlines()[-1] == "TORCH-IMPORTED"
 
 
-def test_the_wrapper_sees_torch_when_it_is_imported():
-    # `inspect` with statistics decodes ternary codes, which needs torch: the probe must say so
-    assert torch_imported("inspect", PACKED)
+def test_the_wrapper_sees_torch_when_it_is_imported(tmp_path):
+    # the reference runtime computes with torch: the probe must say so
+    assert torch_imported("logits", PACKED, "--tokens", "1,2", "--out", tmp_path / "logits.npy")
+
+
+def test_no_torch_for_inspect_with_statistics():
+    # code statistics are counted off the stored bytes (numpy)
+    assert not torch_imported("inspect", PACKED)
+    assert not torch_imported("inspect", "--json", FIXTURES / "bitnet-2b4t-master")
 
 
 @pytest.mark.parametrize(

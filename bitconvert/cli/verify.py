@@ -1,24 +1,22 @@
-"""`verify`: integrity and comparison checks for CI."""
+"""`verify`: integrity and comparison checks for CI. The library composes the run
+(:class:`bitconvert.verify.VerifyRequest`, :func:`bitconvert.verify.run`); this module parses the
+options into a request and renders, prints and writes the report."""
 
 from __future__ import annotations
 
-import os
+import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 from rich.table import Table
 
-from ..errors import UsageError
-from .common import Device, JsonOut, Src, emit_json, err, out, parse_tokens, progress_bar
+from ..formats import OPTIONS, writer_names
+from .common import Device, JsonOut, Src, err, out, parse_tokens, progress_bar
+from .options import cli_options
 
-
-def _write_atomically(path: Path, text: str) -> None:
-    if not path.parent.is_dir():
-        raise UsageError(f"{path.parent}: output folder does not exist")
-    tmp = path.parent / f".{path.name}.bitconvert-partial"
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+#: ``--recipe``: ``auto`` (each recipe the format takes) or one of the writers' recipes
+RECIPES = ("auto", *next(o.choices for o in cli_options(tuple(OPTIONS)) if o.name == "recipe"))
 
 
 def verify(
@@ -31,8 +29,9 @@ def verify(
         typer.Option("--logits", help="Also compare the reference runtime's logits (with --against or --roundtrip)."),
     ] = False,
     roundtrip: Annotated[
-        Optional[str],
-        typer.Option("--roundtrip", metavar="FORMAT", help="Convert SRC to FORMAT and back in a temp dir; compare."),
+        Optional[Literal[tuple(writer_names())]],
+        typer.Option("--roundtrip", help="Convert SRC to this format and back in a temp dir; compare.",
+                     case_sensitive=False),
     ] = None,
     manifest: Annotated[
         Optional[Path],
@@ -73,107 +72,34 @@ def verify(
         ),
     ] = None,
     recipe: Annotated[
-        str,
-        typer.Option(
-            "--recipe", help="With --reproduce: transformers, onebitllms, llama.cpp, bitnet.cpp, or auto (each)."
-        ),
+        Literal[RECIPES],
+        typer.Option("--recipe", help="With --reproduce: one recipe, or auto (each the format takes).",
+                     case_sensitive=False),
     ] = "auto",
     json_out: JsonOut = False,
 ) -> None:
     """Check SRC's integrity; --against, --roundtrip, --reproduce or --target compare it too. Exit 0 all pass, 1 any fail."""
-    from ..verify import Thresholds
+    from ..verify import Thresholds, VerifyRequest, run
 
-    _check_options(logits, against, roundtrip, tokens, manifest_check,
-                   (max_code_mismatches, scale_rtol, atol, logits_atol, min_argmax_agreement))
-    if reproduce is None and recipe != "auto":
-        raise UsageError("--recipe is used by --reproduce only")
-    ids = parse_tokens(tokens) if tokens is not None else None
-    if target is not None:  # an unknown consumer is a usage error before any reading
-        from ..verify.targets import consumer
-
-        consumer(target)
-    th = Thresholds(max_code_mismatches, scale_rtol, atol, logits_atol, min_argmax_agreement)
+    request = VerifyRequest(
+        against=against, logits=logits, tokens=parse_tokens(tokens) if tokens is not None else None, device=device,
+        roundtrip=roundtrip, target=target, reproduce=reproduce, recipe=recipe, manifest=manifest,
+        manifest_check=manifest_check,
+        thresholds=Thresholds(max_code_mismatches, scale_rtol, atol, logits_atol, min_argmax_agreement),
+    )  # fmt: skip
     with progress_bar(not json_out) as progress:
-        report = _run_checks(src, against, roundtrip, manifest, manifest_check, th, logits, ids, device, progress)
-        if reproduce is not None:
-            _merge(report, _reproduce(src, reproduce, recipe, progress), "")
-    if target is not None:  # what the consumer computes: bitconvert/verify/targets.py
-        from ..verify.targets import verify_target
-
-        _merge(report, verify_target(src, target), "target.")
-    written = _write_manifest(report, manifest)
+        report = run(src, request, progress=progress)  # refuses a contradictory request before reading
     if junit is not None:
-        _write_atomically(junit, report.to_junit_xml())
+        report.write_junit(junit)
     if json_out:
-        emit_json({**report.to_dict(), "manifest_written": written})
+        sys.stdout.write(report.to_json(manifest_written=report.manifest_written))
     else:
-        _render(report, show_all, written)
+        _render(report, show_all)
     if not report.passed:
         raise typer.Exit(1)
 
 
-def _check_options(logits, against, roundtrip, tokens, manifest_check, thresholds) -> None:
-    """Refuse contradictory or out-of-range options before any checkpoint is read."""
-    max_code_mismatches, scale_rtol, atol, logits_atol, min_argmax_agreement = thresholds
-    if logits and against is None and roundtrip is None:
-        raise UsageError("--logits compares two models: add --against REF or --roundtrip FORMAT")
-    if tokens is not None and not logits:
-        raise UsageError("--tokens is used by --logits only")
-    if min_argmax_agreement < 0 or min_argmax_agreement > 1:
-        raise UsageError(f"--min-argmax-agreement is a fraction between 0 and 1, got {min_argmax_agreement}")
-    if min(max_code_mismatches, scale_rtol, atol, logits_atol) < 0:
-        raise UsageError("thresholds must not be negative")
-    if manifest_check is not None and not manifest_check.is_file():
-        raise UsageError(f"{manifest_check}: no such file")
-
-
-def _run_checks(src, against, roundtrip, manifest, manifest_check, th, logits, ids, device, progress):
-    """Integrity first, then the comparisons asked for, merged into one report."""
-    from ..verify import verify_integrity  # the comparisons compute on tensors: imported when asked for
-
-    # digests only for a manifest written or checked: hashing is a quarter of the work
-    wanted = manifest is not None or manifest_check is not None
-    report = verify_integrity(src, manifest_check=manifest_check, progress=progress, digests=wanted)
-    if against is not None:
-        from ..verify import verify_against
-
-        other = verify_against(src, against, thresholds=th, logits=logits, tokens=ids, device=device, progress=progress)
-        _merge(report, other, "against.")
-    if roundtrip is not None:
-        from ..verify import verify_roundtrip
-
-        _merge(report, verify_roundtrip(src, roundtrip, thresholds=th, logits=logits, progress=progress), "roundtrip.")
-    return report
-
-
-def _reproduce(src, master: Path, recipe: str, progress):
-    from ..verify.reproduce import verify_reproduce
-
-    if not master.exists():
-        raise UsageError(f"{master}: no such file or directory")
-    return verify_reproduce(src, master, recipe=recipe, progress=progress)
-
-
-def _write_manifest(report, manifest: Path | None) -> str | None:
-    """Write the per-tensor sha256 manifest when asked and SRC passed; returns where it went."""
-    from ..verify import write_manifest
-
-    if manifest is None:
-        return None
-    if report.passed and report.manifest is not None:
-        write_manifest(report.manifest, manifest)
-        return str(manifest)
-    report.notes.append(f"manifest not written to {manifest}: SRC did not pass")
-    return None
-
-
-def _merge(report, other, prefix: str) -> None:
-    report.extend(other, prefix)
-    if other.against:
-        report.against = other.against if report.against is None else f"{report.against}, {other.against}"
-
-
-def _render(report, show_all: bool, manifest_written: str | None) -> None:
+def _render(report, show_all: bool) -> None:
     from ..verify.report import check_line, format_figure
 
     verdict = "[bold green]PASSED[/]" if report.passed else "[bold red]FAILED[/]"
@@ -181,9 +107,9 @@ def _render(report, show_all: bool, manifest_written: str | None) -> None:
     out.print(f"verify {report.src}{against}: {verdict} ({len(report.checks)} checks, {len(report.failures)} failed)",
               highlight=False)
     summary = Table("check", "passed", "failed", "largest figure")
+    largest = report.largest_figures()
     for name, counts in report.summary().items():
-        figs = [c.figure for c in report.checks if c.name == name and c.figure is not None]
-        worst = format_figure(max(figs, key=abs)) if figs else ""
+        worst = format_figure(largest[name]) if largest[name] is not None else ""
         style = "red" if counts["failed"] else None
         summary.add_row(name, str(counts["passed"]), str(counts["failed"]), worst, style=style)
     out.print(summary)
@@ -198,7 +124,7 @@ def _render(report, show_all: bool, manifest_written: str | None) -> None:
         out.print(table)
     for note in report.notes:
         out.print(f"[yellow]note:[/] {note}", highlight=False)
-    if manifest_written:
-        out.print(f"manifest written to {manifest_written}", highlight=False)
+    if report.manifest_written:
+        out.print(f"manifest written to {report.manifest_written}", highlight=False)
     for c in report.failures[:20]:  # one plain line per failure on stderr, for CI logs
         err.print(f"FAIL {check_line(c)}", highlight=False, markup=False, soft_wrap=True)

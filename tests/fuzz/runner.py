@@ -30,7 +30,7 @@ from .targets import PARSERS, all_targets
 SLOW_S = 2.0
 HANG_S = 20.0
 SPIKE_BYTES = 200 * 2**20
-#: address space the worker may add beyond what it has after importing everything (torch reserves a lot)
+#: address space the worker may add beyond what it has after importing everything (numeric libraries reserve a lot)
 AS_HEADROOM = 1536 * 2**20
 CORPUS = Path(__file__).resolve().parent / "corpus"
 BAD = ("unexpected", "slow", "memory")

@@ -39,10 +39,10 @@ def _open(path: Path, load: bool = False) -> None:
     if load:  # a reader checks lazily what it can only check on load (codes, scales)
         for entry in ckpt.tensors.values():
             entry.load()
-            # and what verify reads off the stored bytes instead (no torch), where the reader offers it
-            for off_bytes in (entry.load_code_counts, entry.load_stored, entry.load_packed):
-                if off_bytes is not None:
-                    off_bytes()
+            # and what verify reads off the stored bytes instead of decoding them
+            stored = entry.stored()
+            if stored.counts is not None:
+                stored.counts()
 
 
 def _hf_copy(workdir: Path, fixture: str) -> Path:
