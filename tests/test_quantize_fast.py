@@ -21,8 +21,8 @@ from bitconvert.ternary import absmean_quantize as _absmean_quantize
 from bitconvert.ternary import quantize as _quantize
 from bitconvert.ternary import quantize_packed as _quantize_packed
 from bitconvert.ternary.fast import jit
-from bitconvert.ternary.quantize import mean_abs as _mean_abs
 from bitconvert.ternary.fast.summation import calibrated_lanes
+from bitconvert.ternary.quantize import mean_abs as _mean_abs
 from tests.conftest import FIXTURES
 
 bitnet = pytest.importorskip("transformers.integrations.bitnet")

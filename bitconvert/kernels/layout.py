@@ -66,7 +66,9 @@ def as_packed_tensor(packed: torch.Tensor | np.ndarray, device: torch.device | s
 
 
 def prepare_weight(
-    packed: torch.Tensor | np.ndarray | PreparedTernaryWeight, validate: bool = False, device: torch.device | str | None = None
+    packed: torch.Tensor | np.ndarray | PreparedTernaryWeight,
+    validate: bool = False,
+    device: torch.device | str | None = None,
 ) -> PreparedTernaryWeight:
     """Wrap an HF-layout packed weight (``uint8 [R/4, C]``, torch or numpy) for the kernels, on ``device``
     when one is given (else where it is; numpy bytes: the CPU); cheap when already contiguous there.

@@ -27,7 +27,7 @@ def ternary_linear(
     ``weight_scale`` (any float dtype) and ``linear_class`` says what it means. All three must sit
     on ``x``'s device (packed numpy bytes are taken there). The result equals, to fp32 rounding::
 
-        q, s = quantize_activations(x)                 # bitconvert.runtime.activations: int8 per token, s = 127 / max|x|
+        q, s = quantize_activations(x)                 # int8 per token, s = 127 / max|x| (bitconvert.runtime)
         y = (q.float() @ unpack_codes(weight).float().T) / s
         y = y * scale   (autobitlinear)   or   y / scale   (bitlinear)
         return y.to(x.dtype)

@@ -14,7 +14,7 @@ grouped KV heads, gated MLP with the config's activation, and BitNet's sub-norms
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -137,7 +137,9 @@ def block_for(cfg: ModelConfig, where: str) -> type:
     name = cfg.family.runtime_block
     if name not in BLOCKS:
         known = ", ".join(sorted(BLOCKS))
-        raise CheckpointError(where, f"family {cfg.family.key!r} runs as block {name!r}, which the runtime lacks ({known})")
+        raise CheckpointError(
+            where, f"family {cfg.family.key!r} runs as block {name!r}, which the runtime lacks ({known})"
+        )
     return BLOCKS[name]
 
 

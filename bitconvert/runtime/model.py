@@ -36,7 +36,7 @@ from ..ternary import LinearClass, TernaryWeight, quantize
 from ..ternary.quantize import matches_record
 from .blocks import ACTIVATIONS, BitNetBlock, block_for
 from .cache import KVCache
-from .linear import DenseLinear, TernaryLinear, kernels_usable, rms_norm
+from .linear import TernaryLinear, kernels_usable, rms_norm
 
 #: compute dtypes the runtime runs in, by name
 COMPUTE_DTYPES = ("F32", "BF16", "F16")
