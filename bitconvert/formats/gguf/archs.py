@@ -12,9 +12,10 @@ tensors the file holds and by its ``{arch}.hidden_activation``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
+from ...model.config import ModelConfig
 from ...model.families import FAMILIES, Family
 from .names import layer_name
 
@@ -84,18 +85,19 @@ def family_for(arch: str, activation: str | None, has_tensor: Callable[[str], bo
     return fitting[0]
 
 
-def loading_warnings(family: Family, arch: str, hidden_act: str, heads: int, head_dim: int, hidden: int,
-                     tied: bool) -> list[str]:  # fmt: skip
-    """What the consumer of ``arch`` will not load or will compute differently, in words."""
-    g = graph(arch)
+def loading_warnings(cfg: ModelConfig, arch: str) -> list[str]:
+    """What the consumer of ``arch`` will not load of a model of ``cfg``, or will compute differently, in words."""
+    g, family, hidden_act = graph(arch), cfg.family, cfg.hidden_act
     out = []
-    if g.tied_square_only and heads * head_dim != hidden:
+    if g.tied_square_only and cfg.num_attention_heads * cfg.head_dim != cfg.hidden_size:
         out.append(
-            f"heads x head_dim ({heads} x {head_dim}) differs from hidden_size ({hidden}): "
-            f"{g.consumer}'s {arch!r} architecture cannot load this model"
+            f"heads x head_dim ({cfg.num_attention_heads} x {cfg.head_dim}) differs from hidden_size "
+            f"({cfg.hidden_size}): {g.consumer}'s {arch!r} architecture cannot load this model"
         )
-    if g.tied_square_only and not tied:
-        out.append(f"untied embeddings: output.weight written, which {g.consumer}'s {arch!r} architecture refuses to load")
+    if g.tied_square_only and not cfg.tie_word_embeddings:
+        out.append(
+            f"untied embeddings: output.weight written, which {g.consumer}'s {arch!r} architecture refuses to load"
+        )
     if g.activation and hidden_act != g.activation:
         words = ACTIVATION_WORDS.get(hidden_act, hidden_act)
         where = ""

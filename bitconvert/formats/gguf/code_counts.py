@@ -46,7 +46,11 @@ def _zero_byte(table: np.ndarray) -> int:
 
 #: per block type: (bytes per block, [(byte range, code-count table, its all-zero byte)], offset of the fp16 d)
 _BLOCKS = {
-    types.TQ2_0: (codecs.TQ2_0_BYTES, [((0, codecs.TQ2_0_QS), FIELD_COUNTS, _zero_byte(FIELD_COUNTS))], codecs.TQ2_0_QS),
+    types.TQ2_0: (
+        codecs.TQ2_0_BYTES,
+        [((0, codecs.TQ2_0_QS), FIELD_COUNTS, _zero_byte(FIELD_COUNTS))],
+        codecs.TQ2_0_QS,
+    ),
     types.TQ1_0: (
         codecs.TQ1_0_BYTES,
         [((0, 48), _TQ1_QS, _zero_byte(_TQ1_QS)), ((48, codecs.TQ1_0_QS), _TQ1_QH, _zero_byte(_TQ1_QH))],

@@ -21,7 +21,7 @@ Which function serves which GGML type is recorded once, in ``types.py``.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType

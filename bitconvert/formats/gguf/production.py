@@ -189,4 +189,3 @@ def _overflows(magnitude_bits: np.ndarray) -> bool:
 
 def _overflow(t: GGMLType, entry: TensorEntry) -> None:
     raise CheckpointError(entry.source, f"values overflow {t.name}; choose --embed-type bf16 or f32", entry.name)
-

@@ -26,13 +26,21 @@ from ...dtypes import Dense, float_bits
 from ...errors import CheckpointError
 from ...io.provenance import PROVENANCE_KEY, parse_provenance
 from ...model.checkpoint import (
-    Checkpoint, Facts, GGUFFacts, Kind, Stored, TensorEntry, Value, check_tensor_set, float_stored,
+    Checkpoint,
+    Facts,
+    GGUFFacts,
+    Kind,
+    Stored,
+    TensorEntry,
+    Value,
+    check_tensor_set,
+    float_stored,
 )  # fmt: skip
 from ...model.config import ModelConfig, QuantConfig, QuantMode
 from ...ternary.linear_class import LinearClass
 from ...ternary.records import SCALES_KEY, ScaleRecord, decode_records
 from ...ternary.scale import Scale
-from ...ternary.stats import float_code_counts
+from ...ternary.stats import CodeCounts, float_code_counts
 from ...ternary.weight import TernaryWeight
 from .. import register_reader
 from . import code_counts, i2s_layouts, metadata, names, tokenizer, types
@@ -96,13 +104,12 @@ class _TensorSource:
         layout = f"gguf:{t.type_name}"
         if t.ggml.flat:  # I2_S: the fp32 scale follows the codes
             n = raw.size - t.ggml.tail
-            counts = lambda: code_counts.i2s_counts(raw, t.shape)[0]  # noqa: E731
+            counts = lambda: code_counts.i2s_counts(raw, t.shape)[0]
             return Stored(raw, layout, scale=self._in_data_scale(raw[n : n + 4]), counts=counts)
         if t.ggml.kind == "ternary":  # the scale is the d of the blocks holding codes (x a .scale tensor)
             word, counted = code_counts.block_d(raw, t.ggml.id)
             scale = self._block_scale(word)
-            counts = (lambda: None) if scale is None else (lambda: counted or code_counts.block_counts(raw, t.ggml.id)[0])
-            return Stored(raw, layout, scale=scale, counts=counts)
+            return Stored(raw, layout, scale=scale, counts=lambda: self._block_counts(raw, scale, counted))
         dtype = t.ggml.dtype_name
         if dtype is None:  # Q8_0: blocks, not values
             return Stored(raw, layout)
@@ -114,6 +121,12 @@ class _TensorSource:
             magnitude = self.record.scale.magnitude_bits(dtype)
             return Stored(raw, "floats", dtype, self.record.scale, lambda: float_code_counts(raw, dtype, magnitude))
         return float_stored(raw, dtype)
+
+    def _block_counts(self, raw: np.ndarray, scale: Scale | None, counted: CodeCounts | None) -> CodeCounts | None:
+        """The codes' counts where the blocks are codes with one scale (else :meth:`load` gives floats)."""
+        if scale is None:
+            return None
+        return counted or code_counts.block_counts(raw, self.info.ggml.id)[0]
 
     def _block_scale(self, word: int | None) -> Scale | None:
         """The scale :meth:`load` gives TQ blocks whose code-holding blocks store ``d`` (fp16 bits);
@@ -214,16 +227,10 @@ class GGUFReader:
             entries[hf] = _entry(f, cfg, gname, want, records.get(hf), used, notes, (layout, recorded))
         _check_unused(f, used, notes)
         has_i2s = any(t.type == types.I2_S for t in f.tensors.values())
-        facts = Facts(
-            linear_class=_linear_class(records),
-            # GGUF's dtypes are its own conventions (F32 norms, the --embed-type); the model's are recorded
-            container_dtypes=True,
-            config_precision=precision,
-            gguf=GGUFFacts(
-                arch, tokenizer.from_gguf(f), f.get(metadata.Keys.General.FILE_TYPE),
-                layout if has_i2s else None, recorded,
-            ),  # fmt: skip
-        )
+        file_type = f.get(metadata.Keys.General.FILE_TYPE)
+        gguf = GGUFFacts(arch, tokenizer.from_gguf(f), file_type, layout if has_i2s else None, recorded)
+        # GGUF's dtypes are its own conventions (F32 norms, the --embed-type); the model's are recorded
+        facts = Facts(_linear_class(records), container_dtypes=True, config_precision=precision, gguf=gguf)
         if any(e.kind is Kind.TERNARY for e in entries.values()):
             cfg.quantization = _held_quantization(cfg.quantization, facts.linear_class or LinearClass.AUTOBITLINEAR)
         ckpt = Checkpoint(NAME, path, cfg, entries, [], notes, facts)
@@ -257,7 +264,8 @@ def _entry(
     if coded or scale is not None:
         kind = Kind.TERNARY
         # the scale's dtype: the recorded original's, else as stored (fp32 tensor or I2_S tail, fp16 block d)
-        dtype = record.scale.dtype_name if record is not None else ("F32" if t.ggml.flat or scale is not None else "F16")
+        stored_dtype = "F32" if t.ggml.flat or scale is not None else "F16"
+        dtype = record.scale.dtype_name if record is not None else stored_dtype
     else:
         kind = Kind.LATENT if quantized else Kind.DENSE
         dtype = t.ggml.dtype_name or "F32"

@@ -11,9 +11,9 @@ import os
 import queue
 import struct
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 from gguf.constants import Keys
@@ -187,7 +187,7 @@ class GGUFStreamWriter:
         finally:
             self._file.close()
 
-    def __enter__(self) -> "GGUFStreamWriter":
+    def __enter__(self) -> GGUFStreamWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -235,9 +235,7 @@ def _stream(ckpt: Checkpoint, plan: Plan, md: dict[str, KV], out: Path, progress
 
 
 def _check_layout(cfg: ModelConfig, arch: str, report: WriteReport) -> None:
-    report.warnings += archs.loading_warnings(
-        cfg.family, arch, cfg.hidden_act, cfg.num_attention_heads, cfg.head_dim, cfg.hidden_size, cfg.tie_word_embeddings
-    )
+    report.warnings += archs.loading_warnings(cfg, arch)
 
 
 def _report_losses(plan: Plan, options: GGUFOptions, how: Counter, folded_err: float, report: WriteReport) -> None:
