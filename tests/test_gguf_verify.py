@@ -141,6 +141,21 @@ def test_readme_gguf_examples_run_on_bundled_fixtures(tmp_path):
     assert set(a) == set(b) and all(a[k].dtype == b[k].dtype and (a[k] == b[k]).all() for k in a)
 
 
+def test_inspect_names_the_family_and_the_files_own_architecture(tmp_path):
+    """`inspect` keeps `architecture` the model family and says which GGUF architecture the file declares."""
+    from bitconvert.convert import convert
+    from bitconvert.describe import describe_checkpoint
+
+    src = ROOT / "fixtures" / "bitnet-2b4t-256-packed"
+    for gtype, arch in (("tq2_0", "bitnet"), ("i2_s", "bitnet-b1.58")):
+        out = tmp_path / f"{gtype}.gguf"
+        convert(src, out, "gguf", {"gguf_type": gtype})
+        d = describe_checkpoint(out)
+        assert d["architecture"] == "bitnet-b1.58" and d["gguf_architecture"] == arch
+        assert ("i2s_layout" in d) == (gtype == "i2_s")
+    assert "gguf_architecture" not in describe_checkpoint(src)
+
+
 def test_wide_fixture_rows_fill_tq_blocks():
     cfg = json.loads((ROOT / "fixtures" / "bitnet-2b4t-256-master" / "config.json").read_text())
     assert cfg["hidden_size"] % 256 == 0 and cfg["intermediate_size"] % 256 == 0

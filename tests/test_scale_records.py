@@ -9,8 +9,8 @@ import pytest
 from conftest import FIXTURES, run_cli
 
 from bitconvert.errors import CheckpointError
-from bitconvert.ternary.records import SCALES_KEY, decode_record, encode_record
 from bitconvert.ternary import LinearClass, Scale
+from bitconvert.ternary.records import SCALES_KEY, decode_record, encode_record
 
 
 def _shorten_first_record(text: str) -> tuple[str, str]:

@@ -21,8 +21,8 @@ from test_gguf_verify import llama_cpp_pair  # noqa: F401  (fixture: llama.cpp's
 import bitconvert.verify.integrity as integrity
 from bitconvert.convert import convert
 from bitconvert.formats.gguf.parser import GGUFFile
-from bitconvert.ternary.linear_class import LinearClass
 from bitconvert.io.safetensors import SafetensorsFile
+from bitconvert.ternary.linear_class import LinearClass
 from bitconvert.ternary.scale import Scale
 from bitconvert.verify import verify_integrity
 

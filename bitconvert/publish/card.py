@@ -148,7 +148,7 @@ def _architecture(card: CardInput) -> str:
     traits = [_words(family.hidden_act)]
     if any(n.role in ("attn_sub_norm", "ffn_sub_norm") for n in family.norms):
         traits.append("sub-norms")
-    return f"{family.hf_architecture} ({family.title}: {', '.join(traits)})"
+    return f"{family.hf_architecture}, {family.title}; {', '.join(traits)}"
 
 
 def _cell(value: Any) -> str:

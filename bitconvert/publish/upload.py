@@ -9,11 +9,11 @@ from typing import Any
 
 from .. import __version__
 from ..errors import CheckpointError, UsageError
-from ..model.checkpoint import Kind
-from ..io.provenance import sha256_file, visible_files
 from ..hub.errors import HubError, hub_errors
-from ..secrets import one_line, scrub_secrets
 from ..hub.source import PICKLE_SUFFIXES, SourceRef, check_repo_id, resolve_source
+from ..io.provenance import sha256_file, visible_files
+from ..model.checkpoint import Kind
+from ..secrets import one_line, scrub_secrets
 
 CARD_NAME = "README.md"
 

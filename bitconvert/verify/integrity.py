@@ -23,7 +23,7 @@ from ..model.config import QuantMode
 from ..ternary.scale import Scale
 from ..ternary.stats import CodeCounts, code_counts, counts_stats
 from ..ternary.weight import TernaryWeight
-from .manifest import check_manifest, new_manifest, packed_ternary_digest, read_manifest, stored_dense_digest, tensor_digest
+from .manifest import check_manifest, new_manifest, packed_ternary_digest, read_manifest, tensor_digest
 from .report import Check, VerifyReport
 from .values import READ_ERRORS, read_problem
 

@@ -159,8 +159,8 @@ class VerifyReport:
         out = [
             '<?xml version="1.0" encoding="UTF-8"?>',
             "<testsuites>",
-            f'  <testsuite name={_attr(suite_name)} tests="{len(self.checks)}" failures="{failed}" errors="0" '
-            'skipped="0">',
+            (f'  <testsuite name={_attr(suite_name)} tests="{len(self.checks)}" failures="{failed}" errors="0" '
+             'skipped="0">'),
             "    <properties>",
             f'      <property name="src" value={_attr(self.src)} />',
         ]
@@ -171,8 +171,8 @@ class VerifyReport:
             case = f"    <testcase classname={_attr('verify.' + c.name)} name={_attr(c.tensor or c.name)}"
             if not c.passed:
                 message = check_line(c)
-                out += [case + ">", f'      <failure message={_attr(message)} type="VerifyFailure">{_text(message)}'
-                        "</failure>", "    </testcase>"]  # fmt: skip
+                failure = f'      <failure message={_attr(message)} type="VerifyFailure">{_text(message)}</failure>'
+                out += [case + ">", failure, "    </testcase>"]
             elif c.detail:
                 out += [case + ">", f"      <system-out>{_text(c.detail)}</system-out>", "    </testcase>"]
             else:
