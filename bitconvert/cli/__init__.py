@@ -1,8 +1,9 @@
 """The ``bitconvert`` command: parses arguments, calls the library, renders results.
 
-``common`` holds the shared option types, output helpers and the error boundary; ``convert``,
-``verify``, ``runtime`` and ``upload`` one command group each; ``app`` assembles them. Exit codes are
-listed in ``common``'s docstring and in README.md.
+``common`` holds the shared option types, output helpers and the error boundary; ``options``
+generates the write options of ``pack``, ``unpack`` and ``convert`` from the writers' option
+dataclasses; ``convert``, ``verify``, ``runtime`` and ``upload`` hold one command group each; ``app``
+assembles them. Exit codes are listed in ``common``'s docstring and in README.md.
 """
 
 from .app import app, main
