@@ -192,8 +192,10 @@ def tq2_0_raw_codes(raw: np.ndarray, cols: int) -> np.ndarray:
 
 # --- TQ1_0 ----------------------------------------------------------------------------------------
 
-_MUL5 = np.array([1, 3, 9, 27, 81], dtype=np.uint16).reshape(5, 1)
-_MUL4 = np.array([1, 3, 9, 27], dtype=np.uint16).reshape(4, 1)
+#: per byte: its trits as codes, ``((byte * 3**n) mod 256) * 3 >> 8`` - 1 for n = 0..4 (qh bytes use the first four)
+_TRIT_CODES = np.array(
+    [[((((b * 3**n) & 0xFF) * 3) >> 8) - 1 for n in range(5)] for b in range(256)], dtype=np.int8
+)
 #: byte stored for a base-3 value v (0..242): ceil(v * 256 / 243)
 TQ1_BYTE = ((np.arange(243) * 256 + 242) // 243).astype(np.uint8)
 _TQ1_BYTE_256 = np.concatenate([TQ1_BYTE, np.zeros(13, dtype=np.uint8)])  # indexable by any byte
@@ -235,12 +237,6 @@ def _base3(digits: np.ndarray, weights: tuple[int, ...], out: np.ndarray) -> Non
     out += sum(weights)
 
 
-def _trits(q: np.ndarray, mul: np.ndarray) -> np.ndarray:
-    """Trits of base-3 bytes ``q [..., k]`` -> ``[..., len(mul), k]`` in {0, 1, 2} (uint8)."""
-    x = (q[..., None, :].astype(np.uint16) * mul) & 0xFF
-    return ((x * 3) >> 8).astype(np.uint8)
-
-
 def decode_tq1_0(raw: np.ndarray, cols: int) -> tuple[np.ndarray, np.ndarray]:
     """uint8 ``[R, C/256 * 54]`` -> (int8 codes ``[R, C]``, fp16 d ``[R, C/256]``).
 
@@ -249,13 +245,13 @@ def decode_tq1_0(raw: np.ndarray, cols: int) -> tuple[np.ndarray, np.ndarray]:
     """
     rows, nb = raw.shape[0], cols // QK_K
     b = raw.reshape(rows, nb, TQ1_0_BYTES)
-    t0 = _trits(b[:, :, :32], _MUL5).reshape(rows, nb, 160)
-    t1 = _trits(b[:, :, 32:48], _MUL5).reshape(rows, nb, 80)
-    th = _trits(b[:, :, 48:TQ1_0_QS], _MUL4).reshape(rows, nb, 16)
-    codes = np.concatenate([t0, t1, th], axis=-1)
-    codes -= 1
+    codes = np.empty((rows, nb, QK_K), dtype=np.int8)
+    # each group's bytes give their trits, [..., byte, n]; value m + k*n of a group is trit n of byte m
+    for (lo, hi), (v0, v1), trits in (((0, 32), (0, 160), 5), ((32, 48), (160, 240), 5), ((48, 52), (240, 256), 4)):
+        group = _view(codes[:, :, v0:v1], (rows, nb, trits, hi - lo))
+        group[...] = _TRIT_CODES[b[:, :, lo:hi], :trits].swapaxes(-1, -2)
     d = np.ascontiguousarray(b[:, :, TQ1_0_QS:]).view("<f2").reshape(rows, nb)
-    return codes.view(np.int8).reshape(rows, cols), d
+    return codes.reshape(rows, cols), d
 
 
 # --- Q8_0 -----------------------------------------------------------------------------------------
