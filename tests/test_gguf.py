@@ -793,6 +793,19 @@ def test_family_comes_from_the_header_without_the_recorded_config(models, tmp_pa
         assert np.array_equal(ck.tensors[name].load().codes, open_checkpoint(tmp_path / "m.gguf").tensors[name].load().codes)
 
 
+def test_older_architecture_name_reads_as_its_graph(models, tmp_path):
+    # bitnet.cpp's first 2B-4T files say bitnet-25 where later ones say bitnet-b1.58
+    to_gguf(models["bitnet-2b4t-packed"], tmp_path / "m.gguf", "i2_s")
+    f = GGUFFile(tmp_path / "m.gguf")
+    changes = {"general.architecture": _kv("str", "bitnet-25"), "bitconvert.hf_config": None}
+    for key, kv in f.metadata.items():
+        if key.startswith("bitnet-b1.58."):
+            changes[key], changes["bitnet-25." + key.removeprefix("bitnet-b1.58.")] = None, kv
+    old = open_checkpoint(rewrite_gguf(tmp_path / "m.gguf", tmp_path / "old.gguf", changes))
+    assert old.config.family.key == "bitnet-b1.58" and old.facts.gguf.architecture == "bitnet-25"
+    assert old.config.num_hidden_layers == 2 and old.config.hidden_act == "relu2"
+
+
 @pytest.mark.parametrize("gguf_type", ["tq2_0", "tq1_0", "i2_s", "f16"])
 def test_entries_say_what_they_are_and_stored_bytes_agree_with_load(models, tmp_path, monkeypatch, gguf_type):
     from bitconvert.formats.gguf import parser
