@@ -37,6 +37,7 @@ from ...model.checkpoint import (
     float_stored,
 )  # fmt: skip
 from ...model.config import ModelConfig, QuantConfig, QuantMode
+from ...model.families import GLOBAL_GGUF, LM_HEAD
 from ...ternary.linear_class import LinearClass
 from ...ternary.records import SCALES_KEY, ScaleRecord, decode_records
 from ...ternary.scale import Scale
@@ -216,7 +217,8 @@ class GGUFReader:
         --reproduce`` tries each on files that record none)."""
         f = GGUFFile(path)
         notes: list[str] = []
-        arch, cfg, precision = metadata.read_config(f, "output.weight" not in f.tensors, notes)
+        tied = GLOBAL_GGUF[LM_HEAD] + names.WEIGHT_SUFFIX not in f.tensors  # no output head: token_embd is it
+        arch, cfg, precision = metadata.read_config(f, tied, notes)
         records = _records(f)
         layout, recorded = (i2s_layout, True) if i2s_layout else _i2s_layout(f, notes)
         used: set[str] = set()
