@@ -195,7 +195,7 @@ def bench_shape(name, out_features, in_features, batches, timer, copy_gbps, devi
 
     generator = torch.Generator(device=device).manual_seed(0)
     codes = torch.randint(-1, 2, (out_features, in_features), generator=generator, device=device, dtype=torch.int8)
-    packed = pack_codes(codes)
+    packed = torch.from_numpy(pack_codes(codes.cpu().numpy())).to(device)
     del codes
     weight = kernels.prepare_weight(packed)
     scale = torch.tensor([0.0123], dtype=torch.bfloat16, device=device)  # stored mean|W|
@@ -223,7 +223,7 @@ def bench_shape(name, out_features, in_features, batches, timer, copy_gbps, devi
         )
         return us
 
-    reference_codes = unpack_codes(packed)
+    reference_codes = torch.from_numpy(unpack_codes(packed.cpu().numpy())).to(device)
     for dtype, label in ((torch.int8, "unpack int8"), (torch.bfloat16, "unpack bf16")):
         ok = "ok" if torch.equal(kernels.unpack_ternary(weight, dtype), reference_codes.to(dtype)) else "FAIL"
         moved = packed_bytes * (1 + 4 * dtype.itemsize)

@@ -77,6 +77,7 @@ def make_model(out: Path, layers: int, vocab: int, seed: int = 0) -> Path:
     import torch
 
     from bitconvert.convert import convert
+    from bitconvert.dtypes import Dense
     from bitconvert.io.safetensors import PlannedTensor, SafetensorsWriter
     from bitconvert.ternary import LinearClass
 
@@ -97,7 +98,7 @@ def make_model(out: Path, layers: int, vocab: int, seed: int = 0) -> Path:
     master = out / "master"
     master.mkdir(parents=True)
     g = torch.Generator().manual_seed(seed)
-    plan = [PlannedTensor(name, torch.bfloat16, shape) for name, shape in shapes.items()]
+    plan = [PlannedTensor(name, "BF16", shape) for name, shape in shapes.items()]
     with SafetensorsWriter(master / "model.safetensors", plan, {"format": "pt"}) as w:
         for t in plan:
             if len(t.shape) == 1:
@@ -106,7 +107,7 @@ def make_model(out: Path, layers: int, vocab: int, seed: int = 0) -> Path:
                 value = torch.randn(t.shape, generator=g)
             else:
                 value = 0.02 * torch.randn(t.shape, generator=g)
-            w.write(t.name, value.to(torch.bfloat16))
+            w.write(t.name, Dense.from_torch(value.to(torch.bfloat16)))
     config = {
         "architectures": ["BitNetForCausalLM"], "model_type": "bitnet", "hidden_act": "relu2",
         "hidden_size": h, "intermediate_size": i, "num_hidden_layers": layers, "num_attention_heads": s["heads"],

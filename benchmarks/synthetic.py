@@ -19,6 +19,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bitconvert.dtypes import Dense  # noqa: E402
 from bitconvert.io.safetensors import PlannedTensor, SafetensorsWriter  # noqa: E402
 
 CONFIG_2B4T = {
@@ -72,7 +73,7 @@ def shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
 def write_synthetic(out: Path, layers: int = 30, seed: int = 0) -> Path:
     cfg = dict(CONFIG_2B4T, num_hidden_layers=layers)
     out.mkdir(parents=True, exist_ok=True)
-    plan = [PlannedTensor(n, torch.bfloat16, s) for n, s in sorted(shapes(cfg).items())]
+    plan = [PlannedTensor(n, "BF16", s) for n, s in sorted(shapes(cfg).items())]
     g = torch.Generator().manual_seed(seed)
     with SafetensorsWriter(out / "model.safetensors", plan, {"format": "pt"}) as w:
         for t in plan:
@@ -80,7 +81,7 @@ def write_synthetic(out: Path, layers: int = 30, seed: int = 0) -> Path:
                 x = 1.0 + 0.1 * torch.randn(t.shape, generator=g)
             else:
                 x = torch.randn(t.shape, generator=g) * 0.02
-            w.write(t.name, x.to(torch.bfloat16))
+            w.write(t.name, Dense.from_torch(x.to(torch.bfloat16)))
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copyfile(ROOT / "fixtures" / "tokenizer" / f, out / f)

@@ -79,6 +79,9 @@ class TensorEntry:
     #: LATENT: the exact scale recorded for floats written from a ternary weight (``unpack`` output),
     #: used while the floats still are codes x that scale
     record: ScaleRecord | None = None
+    #: LATENT: the floats were written for online quantization (codes x mean|W| / p): their scale is
+    #: mean|values|, so they are quantized, never recovered as codes x one magnitude
+    online: bool = False
 
     @property
     def ternary(self) -> bool:
@@ -215,7 +218,7 @@ def entry_as_ternary(
     from ..ternary.quantize import as_ternary
 
     with quantizing(entry):
-        return as_ternary(value, linear_class, scale_dtype, entry.record, quantizer)
+        return as_ternary(value, linear_class, scale_dtype, entry.record, quantizer, entry.online)
 
 
 def load_recorded(entry: TensorEntry) -> Value:

@@ -199,7 +199,7 @@ def matches_record(weight: Dense, record: ScaleRecord) -> TernaryWeight | None:
 
 def as_ternary(
     value: Dense | TernaryWeight, linear_class: LinearClass, scale_dtype: str, record: ScaleRecord | None = None,
-    quantizer=None,
+    quantizer=None, online: bool = False,
 ) -> tuple[TernaryWeight, str]:
     """The ternary form of a quantized linear weight's value, and how it was obtained.
 
@@ -207,13 +207,14 @@ def as_ternary(
     scale), the scale re-expressed only where class or dtype differ; ``"recovered"``: floats that
     are exactly codes x one magnitude; ``"quantized"``: a latent weight quantized by ``quantizer``
     (``(Dense, LinearClass, dtype) -> TernaryWeight``, default :func:`quantize`). Floats written for
-    online quantization (an online record they no longer match) are latent: quantized, never recovered.
+    online quantization (``online``, or an online record they no longer match) are latent: quantized,
+    never recovered.
     """
     if isinstance(value, TernaryWeight):
         return value.with_scale(value.scale.to(linear_class, scale_dtype)), "kept"
     if record is not None and (kept := matches_record(value, record)) is not None:
         return kept.with_scale(kept.scale.to(linear_class, scale_dtype)), "kept"
-    if record is not None and record.online:
+    if online or (record is not None and record.online):
         tw = quantize(value, LinearClass.AUTOBITLINEAR, "F32")
         return tw.with_scale(tw.scale.to(linear_class, scale_dtype)), "quantized"
     found = recover_ternary(value)
