@@ -80,3 +80,49 @@ def test_options_parse_and_keep_defaults():
     assert options_for("gguf", {}).gguf_type == "tq2_0"
     with pytest.raises(UsageError, match="--gguf-type must be one of"):
         options_for("gguf", {"gguf_type": "nonsense"})
+
+
+#: the package's layers, low to high: a module imports only from its own layer or lower ones
+LAYERS = (
+    ("bitconvert", "bitconvert.errors", "bitconvert.secrets", "bitconvert.dtypes"),
+    ("bitconvert.io",),
+    ("bitconvert.ternary",),
+    ("bitconvert.model",),
+    ("bitconvert.formats", "bitconvert.hub"),
+    ("bitconvert.convert", "bitconvert.describe", "bitconvert.kernels"),
+    ("bitconvert.runtime",),
+    ("bitconvert.verify",),
+    ("bitconvert.publish",),
+    ("bitconvert.cli", "bitconvert.__main__"),
+)
+
+
+def layer_of(module: str) -> int:
+    """The layer of ``module``: its longest listed prefix's; every module must have one."""
+    found = [(len(name), i) for i, names in enumerate(LAYERS) for name in names
+             if module == name or module.startswith(name + ".")]  # fmt: skip
+    assert found, f"{module} is in no layer: add it to LAYERS"
+    return max(found)[1]
+
+
+def test_no_import_climbs_to_a_higher_layer():
+    from test_import_cycles import import_graph
+
+    climbs = [f"{m} -> {d}" for m, deps in sorted(import_graph().items()) for d in sorted(deps) if layer_of(d) > layer_of(m)]
+    assert climbs == []
+
+
+def test_the_layer_check_sees_a_climb(tmp_path):
+    """The check above can fail: a lazy import from the ternary layer up to the formats is one climb."""
+    from test_import_cycles import import_graph
+
+    pkg = tmp_path / "bitconvert"
+    (pkg / "ternary").mkdir(parents=True)
+    (pkg / "formats").mkdir()
+    for f in ("__init__.py", "ternary/__init__.py", "formats/__init__.py"):
+        (pkg / f).write_text("")
+    (pkg / "ternary" / "math.py").write_text("def f():\n    from ..formats import thing\n")
+    graph = import_graph(pkg)
+    assert [(m, d) for m, deps in graph.items() for d in deps if layer_of(d) > layer_of(m)] == [
+        ("bitconvert.ternary.math", "bitconvert.formats")
+    ]

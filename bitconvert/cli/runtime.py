@@ -9,6 +9,7 @@ from typing import Annotated, Literal, Optional
 import typer
 
 from ..errors import UsageError
+from ..extras import require
 from .common import Device, Force, JsonOut, Src, emit_json, err, out, parse_dtype, parse_tokens, progress_bar
 
 COMPUTE_DTYPES = ("f32", "bf16", "f16")
@@ -42,6 +43,7 @@ def run(
     json_out: JsonOut = False,
 ) -> None:
     """Generate text (or token ids) with the reference runtime, from any format bitconvert reads."""
+    require("runtime", "bitconvert run")
     from ..formats import open_checkpoint
     from ..runtime import Generation, TextTokenizer, load_model, stop_token_ids
 
@@ -122,6 +124,7 @@ def logits(
     json_out: JsonOut = False,
 ) -> None:
     """Write the reference runtime's float32 logits [T, vocab] for --tokens to a .npy file."""
+    require("runtime", "bitconvert logits")
     import numpy as np
 
     from ..runtime import load_model

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..runtime.activations import quantize_activations
+from .activations import quantize_activations
 from ..ternary import VALUES_PER_BYTE, LinearClass
 
 

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..runtime.activations import ACTIVATION_FLOOR as _FLOOR
+from .activations import ACTIVATION_FLOOR as _FLOOR
 from .backend import multiprocessor_count, triton_kernel
 from .layout import PreparedTernaryWeight
 

@@ -13,7 +13,7 @@ Importing this package imports torch; nothing below it (ternary, model, formats,
 
 from __future__ import annotations
 
-from .activations import quantize_activations
+from ..kernels.activations import quantize_activations
 from .blocks import BLOCKS, register_block
 from .generate import Generation, generate
 from .model import RuntimeModel, compute_logits, load_model

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ..dtypes import Dense
 from ..ternary import VALUES_PER_BYTE, LinearClass, TernaryWeight, pack_codes
-from .activations import quantize_activations
+from ..kernels.activations import quantize_activations
 
 _int_mm_works: dict[str, bool] = {}
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..errors import UsageError
+from ..extras import require
 from ..formats import Progress, no_progress
 from .report import Thresholds, VerifyReport
 
@@ -53,6 +54,8 @@ class VerifyRequest:
         th = self.thresholds
         if self.logits and self.against is None and self.roundtrip is None:
             raise UsageError("--logits compares two models: add --against REF or --roundtrip FORMAT")
+        if self.logits:
+            require("runtime", "verify --logits")
         if self.tokens is not None and not self.logits:
             raise UsageError("--tokens is used by --logits only")
         if self.reproduce is None and self.recipe != "auto":

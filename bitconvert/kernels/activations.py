@@ -1,8 +1,9 @@
 """W1.58A8's activation side: per-token absmax quantization to int8, in torch.
 
 Every ternary layer quantizes its input this way before the integer product (transformers'
-``ActQuant``); the Triton kernels reproduce it step for step. It is the runtime's, not the
-ternary package's: that one holds weights in numpy and never imports torch.
+``ActQuant``): the runtime's torch path calls it, the Triton kernels reproduce it step for step.
+It lives with the kernels (which the runtime builds on), not in the ternary package, which holds
+weights in numpy and never imports torch.
 """
 
 from __future__ import annotations
