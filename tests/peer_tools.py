@@ -188,3 +188,21 @@ def _run(cmd: list[str], who: str) -> None:
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, check=False)
     if done.returncode:
         raise AssertionError(f"{who} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+
+
+# --- llama.cpp itself (llama-cpp-python) -------------------------------------------------------------
+
+LLAMA_CPP_WHEEL = "pip install --find-links ../shared/wheels llama-cpp-python==0.3.36"
+
+
+def llama_cpp_logits(path: Path, tokens: list[int]):
+    """llama.cpp's logits (a float32 torch tensor, one row per token) for ``tokens`` run through ``path``."""
+    import torch
+
+    llama_cpp = pytest.importorskip("llama_cpp", reason=f"llama-cpp-python is not installed ({LLAMA_CPP_WHEEL})")
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, logits_all=True, verbose=False, n_threads=2)
+    try:
+        llm.eval(tokens)
+        return torch.tensor(np.array(llm.scores[: len(tokens)]), dtype=torch.float32)
+    finally:
+        llm.close()

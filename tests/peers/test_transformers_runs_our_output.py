@@ -1,8 +1,10 @@
-"""transformers loads what bitconvert writes, and computes the same logits as its own packing.
+"""transformers loads what bitconvert writes and computes what its own packing computes: ``pack`` output
+tensor for tensor equal to transformers' ``pack_weights``/``WeightQuant`` and equal logits;
+``unpack`` output loads as codes x mean|W|; ``--online-exact`` floats run the packed model in online
+mode; and the two ``verify --target transformers`` rules it proves (the scale's meaning follows
+``linear_class``; the 1bitLLM sub-norms are dropped).
 
-Masters are made by transformers itself (random init, save_pretrained). The reference packed
-model is built with transformers' own ``pack_weights`` and ``WeightQuant`` arithmetic, saved with
-the official safetensors writer; ours comes from ``bitconvert pack``. Offline BitNet in
+Masters are made by transformers itself (random init, ``save_pretrained``). Offline BitNet in
 transformers 5.23 runs in the checkpoint dtype (bf16), so the exact comparison is in bf16.
 """
 
@@ -14,21 +16,27 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import FIXTURES, cli, read_all
+from safetensors.torch import save_file
 
-transformers = pytest.importorskip("transformers")
-pytest.importorskip("accelerate")
+from bitconvert.runtime import compute_logits
+from bitconvert.ternary import LinearClass, unpack_codes
+from bitconvert.verify import verify_target
 
-from conftest import read_all, run_cli  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
+transformers = pytest.importorskip("transformers", reason="transformers (test extra) is the peer")
+pytest.importorskip("accelerate", reason="transformers needs accelerate (test extra) to load these models")
 from transformers import AutoModelForCausalLM, BitNetConfig, LlamaConfig  # noqa: E402
 from transformers.integrations.bitnet import WeightQuant, pack_weights  # noqa: E402
 
-from bitconvert.ternary import LinearClass, pack_codes  # noqa: E402
 
 TOKENS = torch.tensor([[5, 17, 99, 3, 250, 42, 7, 7, 130, 64, 1, 200]])
+
+
 DIMS = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, vocab_size=300, max_position_embeddings=256,
             bos_token_id=1, eos_token_id=2)
+
+
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -50,6 +58,19 @@ def make_master(tmp: Path, arch: str) -> Path:
     out = tmp / f"{arch}-master"
     model.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="module")
+def master_of(tmp_path_factory):
+    """``master_of(arch)``: transformers' own master of ``arch``, made once for this module (read only)."""
+    made: dict[str, Path] = {}
+
+    def get(arch: str) -> Path:
+        if arch not in made:
+            made[arch] = make_master(tmp_path_factory.mktemp(arch), arch)
+        return made[arch]
+
+    return get
 
 
 def reference_pack(master: Path, out: Path, linear_class: LinearClass) -> Path:
@@ -98,10 +119,10 @@ CASES = [("bitnet", LinearClass.AUTOBITLINEAR), ("llama", LinearClass.BITLINEAR)
 
 
 @pytest.mark.parametrize("arch,linear_class", CASES, ids=[c[0] for c in CASES])
-def test_transformers_loads_pack_output_with_identical_logits(tmp_path, arch, linear_class):
-    master = make_master(tmp_path, arch)
+def test_transformers_loads_pack_output_with_identical_logits(master_of, tmp_path, arch, linear_class):
+    master = master_of(arch)
     ours = tmp_path / "ours"
-    r = run_cli("pack", master, ours, "--linear-class", linear_class.value)
+    r = cli("pack", master, ours, "--linear-class", linear_class.value)
     assert r.returncode == 0, r.stderr
     ref = reference_pack(master, tmp_path / "ref", linear_class)
 
@@ -126,18 +147,16 @@ def test_transformers_loads_pack_output_with_identical_logits(tmp_path, arch, li
 
 
 @pytest.mark.parametrize("arch,linear_class", CASES, ids=[c[0] for c in CASES])
-def test_unpack_output_loads_in_transformers(tmp_path, arch, linear_class):
-    master = make_master(tmp_path, arch)
+def test_unpack_output_loads_in_transformers(master_of, tmp_path, arch, linear_class):
+    master = master_of(arch)
     packed, unpacked = tmp_path / "p", tmp_path / "u"
-    assert run_cli("pack", master, packed, "--linear-class", linear_class.value).returncode == 0
-    r = run_cli("unpack", packed, unpacked)
+    assert cli("pack", master, packed, "--linear-class", linear_class.value).returncode == 0
+    r = cli("unpack", packed, unpacked)
     assert r.returncode == 0, r.stderr
     model = AutoModelForCausalLM.from_pretrained(unpacked, dtype=torch.bfloat16)
     # The loaded float weights are exactly codes x mean|W| of the packed model.
     tensors = read_all(packed / "model.safetensors")
     name = "model.layers.1.mlp.down_proj.weight"
-    from bitconvert.ternary import unpack_codes
-
     codes = torch.from_numpy(unpack_codes(tensors[name].numpy()))
     scale = tensors[name.replace("weight", "weight_scale")].double()
     magnitude = scale if linear_class is LinearClass.AUTOBITLINEAR else 1.0 / scale
@@ -148,23 +167,17 @@ def test_unpack_output_loads_in_transformers(tmp_path, arch, linear_class):
         assert torch.isfinite(model(TOKENS).logits).all()
 
 
-def test_pack_codes_match_transformers_pack_weights():
-    g = torch.Generator().manual_seed(1)
-    codes = torch.randint(-1, 2, (64, 40), generator=g, dtype=torch.int8)
-    assert torch.equal(torch.from_numpy(pack_codes(codes.numpy())), pack_weights(codes.clone().to(torch.int32)))
-
-
 @pytest.mark.parametrize("arch,linear_class", CASES, ids=[c[0] for c in CASES])
-def test_online_exact_unpack_runs_the_packed_model_in_transformers_online_mode(tmp_path, arch, linear_class):
+def test_online_exact_unpack_runs_the_packed_model_in_transformers_online_mode(master_of, tmp_path, arch, linear_class):
     """transformers' online mode on `unpack --online-exact` output computes the packed model (to bf16
     rounding of the scales); on plain `unpack` output it scales every layer by p."""
-    master = make_master(tmp_path, arch)
+    master = master_of(arch)
     packed = tmp_path / "p"
     # f32 throughout: transformers' offline path computes in the checkpoint's dtype.
-    r = run_cli("pack", master, packed, "--linear-class", linear_class.value, "--dtype", "f32", "--scale-dtype", "f32")
+    r = cli("pack", master, packed, "--linear-class", linear_class.value, "--dtype", "f32", "--scale-dtype", "f32")
     assert r.returncode == 0, r.stderr
     for flag in ([], ["--online-exact"]):
-        r = run_cli("unpack", packed, tmp_path / f"u{len(flag)}", "--dtype", "f32", *flag)
+        r = cli("unpack", packed, tmp_path / f"u{len(flag)}", "--dtype", "f32", *flag)
         assert r.returncode == 0, r.stderr
     ref = AutoModelForCausalLM.from_pretrained(packed, dtype=torch.float32)
     exact = AutoModelForCausalLM.from_pretrained(tmp_path / "u1", dtype=torch.float32)
@@ -176,3 +189,61 @@ def test_online_exact_unpack_runs_the_packed_model_in_transformers_online_mode(t
     print(f"\n{arch}: max abs logit diff vs packed: --online-exact {exact_diff:.3g}, plain unpack {plain_diff:.3g}")
     assert exact_diff < 1e-3 * float(want.abs().max())
     assert plain_diff > 100 * exact_diff
+
+
+CONSUMER_TOKENS = [315, 39, 276, 75, 78, 270, 257, 75, 67, 0, 220, 51, 261, 220, 80, 84]
+
+
+def outcome(src, target: str) -> dict[str, bool]:
+    """rule name -> passed, for one consumer."""
+    return {c.name.split(".")[-1]: c.passed for c in verify_target(src, target).checks}
+
+
+def check_of(src, target: str, rule: str):
+    return next(c for c in verify_target(src, target).checks if c.name == f"{target}.{rule}")
+
+
+def _pack_f32(master: Path, out: Path, *extra: str) -> Path:
+    # transformers' offline BitNet layers run in the checkpoint's dtype: f32 for a strict comparison
+    r = cli("pack", master, out, "--dtype", "f32", "--scale-dtype", "f32", *extra)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def _transformers_logits(path: Path) -> torch.Tensor:
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return model(torch.tensor([CONSUMER_TOKENS])).logits[0].float()
+
+
+def _flip_linear_class(src: Path, out: Path) -> Path:
+    shutil.copytree(src, out)
+    cfg = json.loads((out / "config.json").read_text())
+    q = cfg["quantization_config"]
+    q["linear_class"] = {"autobitlinear": "bitlinear", "bitlinear": "autobitlinear"}[q["linear_class"]]
+    (out / "config.json").write_text(json.dumps(cfg))
+    return out
+
+
+def test_transformers_reads_weight_scale_by_linear_class(tmp_path):
+    packed = _pack_f32(FIXTURES / "bitnet-2b4t-master", tmp_path / "p")
+    flipped = _flip_linear_class(packed, tmp_path / "flipped")
+    ours, theirs = compute_logits(packed, CONSUMER_TOKENS), _transformers_logits(packed)
+    flipped_theirs = _transformers_logits(flipped)
+    assert (ours - theirs).abs().max().item() < 1e-4
+    # the same bytes under the other linear_class: transformers computes another model
+    assert (flipped_theirs - theirs).abs().max().item() > 1.0
+    assert outcome(packed, "transformers")["scale_meaning"]
+    c = check_of(flipped, "transformers", "scale_meaning")
+    assert not c.passed and "written for the other linear_class" in c.detail and c.figure > 1
+
+
+def test_transformers_drops_the_1bitllm_sub_norms(tmp_path):
+    packed = _pack_f32(FIXTURES / "1bitllm-master", tmp_path / "p")
+    ours, theirs = compute_logits(packed, CONSUMER_TOKENS), _transformers_logits(packed)
+    diff = (ours - theirs).abs().max().item()
+    print(f"\n1bitLLM layout: max |logit diff| transformers vs runtime {diff:.3g}")
+    assert diff > 1e-2  # vs < 1e-4 for the 2B-4T layout above
+    c = check_of(packed, "transformers", "layout")
+    assert not c.passed and "inner_attn_ln" in c.detail
+    assert outcome(FIXTURES / "bitnet-2b4t-packed", "transformers")["layout"]

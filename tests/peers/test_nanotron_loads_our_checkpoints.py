@@ -1,4 +1,6 @@
-"""bitconvert's Nanotron checkpoints loaded by Nanotron itself, at each flavor's commit, at TP 1 and TP 2.
+"""Nanotron itself loads bitconvert's Nanotron checkpoints, at each flavor's commit, at TP 1 and TP 2:
+every parameter equals the master's, every stored file is read, and what Nanotron saves reads
+back equal (less what Nanotron drops).
 
 Nanotron runs from ``../shared/peers/nanotron`` (its source at the three commits, plus the CPU shims
 that let it import and run without CUDA) in subprocesses only: ``tests/nanotron_peer_check.py``
@@ -14,28 +16,38 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import FIXTURES, make_checkpoint, read_all
+from conftest import FIXTURES, ROOT, read_all
 
 from bitconvert.convert import convert
 from bitconvert.formats import open_checkpoint
 
-HERE = Path(__file__).resolve().parent
-PEERS = HERE.parent.parent / "shared" / "peers" / "nanotron"
+HERE = ROOT / "tests"
+PEERS = ROOT.parent / "shared" / "peers" / "nanotron"
+
+
 TREES = {"pr180": "pr180-2239f41e", "pr178": "pr178-e1c3c1a5", "main": "main-2411b022"}
+
+
 CONFIG_CLASS = {"pr180": "LlamaBitNetConfig", "pr178": "LlamaBitNetConfig", "main": "LlamaConfig"}
+
+
 #: what Nanotron needs beyond bitconvert's own dependencies (the `test` extra installs them)
 NEEDS = {
     "pr180": ("dacite", "yaml", "packaging", "tqdm"),
     "pr178": ("dacite", "yaml", "packaging", "tqdm"),
     "main": ("dacite", "yaml", "packaging", "tqdm", "datasets", "transformers", "einops", "psutil", "torchtyping"),
 }
+
+
 KINDS = ("bitnet-2b4t", "1bitllm", "llama")
+
 
 pytestmark = pytest.mark.skipif(
     not (PEERS / "cpu-shims" / "nanotron_cpu.py").is_file(),
@@ -49,7 +61,7 @@ def _missing(flavor: str) -> list[str]:
 
 def _lossless_llama(root: Path) -> Path:
     """A Llama-architecture BitNet master with RoPE base 10000: what PR #180 at e1c3c1a5 holds whole."""
-    src = make_checkpoint(root / "llama-rope10k", "llama", "master", heads=4, kv_heads=2, seed=7)
+    src = Path(shutil.copytree(FIXTURES / "llama-master", root / "llama-rope10k"))
     cfg = json.loads((src / "config.json").read_text())
     cfg["rope_theta"] = 10000.0
     (src / "config.json").write_text(json.dumps(cfg))
