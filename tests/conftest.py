@@ -126,9 +126,10 @@ def read_all(path: Path) -> dict:
 # --- one set of inputs for the whole session ----------------------------------------------------------
 
 
-def _digest(path: Path) -> dict[str, str]:
+def _fingerprint(path: Path) -> dict[str, tuple[int, int]]:
+    """Each file's size and modification time: any write changes them, and large inputs cost no read."""
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    return {str(f): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+    return {str(f): (f.stat().st_size, f.stat().st_mtime_ns) for f in files}
 
 
 class SharedInputs:
@@ -136,13 +137,13 @@ class SharedInputs:
 
     Under pytest-xdist the workers share one folder, and a lock lets the first worker build each
     input while the others wait for it; a plain run builds into its own temporary folder. Each
-    input is digested when first handed out and checked when the session ends, so a test that
-    changes a shared input (instead of its own copy) fails the run.
+    input's files are fingerprinted when first handed out and checked when the session ends, so a
+    test that changes a shared input (instead of its own copy) fails the run.
     """
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.handed: dict[Path, dict[str, str]] = {}
+        self.handed: dict[Path, dict[str, tuple[int, int]]] = {}
 
     def get(self, name: str, build: Callable[[Path], Path]) -> Path:
         """``root/name``, made by ``build(folder) -> path inside it`` if no worker has made it yet."""
@@ -161,11 +162,11 @@ class SharedInputs:
 
     def hand_out(self, path: Path) -> Path:
         if path not in self.handed:
-            self.handed[path] = _digest(path)
+            self.handed[path] = _fingerprint(path)
         return path
 
     def changed(self) -> list[str]:
-        return [str(p) for p, digest in self.handed.items() if _digest(p) != digest]
+        return [str(p) for p, digest in self.handed.items() if _fingerprint(p) != digest]
 
 
 @pytest.fixture(scope="session")
@@ -216,6 +217,12 @@ class _WideCheckpoints:
 def wide_checkpoint(tiny_checkpoint) -> _WideCheckpoints:
     """The wide (256-value rows) checkpoint of each family and layout, by ``"kind-layout"``."""
     return _WideCheckpoints(tiny_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def nanotron_masters(tiny_checkpoint) -> dict[str, Path]:
+    """A master of each family whose four key/value heads split 1, 2 and 4 ways (Nanotron needs kv_heads % tp == 0)."""
+    return {kind: tiny_checkpoint(kind, "master", kv_heads=4) for kind in ("bitnet-2b4t", "1bitllm", "llama")}
 
 
 @pytest.fixture(scope="session")

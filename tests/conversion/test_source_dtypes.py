@@ -1,4 +1,4 @@
-"""Dense tensors keep the source's dtype unless --dtype says otherwise (issue 13, item 6).
+"""Dense tensors keep the source's dtype unless --dtype says otherwise.
 
 An fp16 master is made from a fixture with values bf16 cannot hold, so a silent re-rounding to
 bf16 (what pack, unpack and the GGUF metadata used to do) changes bits and logits.
@@ -9,12 +9,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import gguf
 import pytest
 import torch
-from conftest import FIXTURES, read_all, run_cli
+from conftest import FIXTURES, cli, read_all
 from safetensors.torch import save_file
 
 from bitconvert.model.families import LINEARS
+from bitconvert.runtime import compute_logits
+
 
 TOKENS = [315, 39, 276, 75, 78, 270, 257, 75, 67, 0, 220, 51, 261, 220, 80, 84]
 
@@ -51,7 +54,7 @@ def dense_of(path: Path) -> dict[str, torch.Tensor]:
     return {n: t for n, t in read_all(path).items() if not is_linear(n) and not n.endswith("weight_scale")}
 
 
-def test_master_is_off_the_bf16_grid(master):
+def test_the_fp16_master_is_off_the_bf16_grid(master):
     # guard: the test means something only if bf16 cannot hold these values
     dense = dense_of(master)
     assert all(not torch.equal(t, t.bfloat16().half()) for t in dense.values())
@@ -60,9 +63,9 @@ def test_master_is_off_the_bf16_grid(master):
 def test_pack_and_unpack_keep_fp16_dense_tensors(master, tmp_path):
     src = dense_of(master)
     packed, unpacked = tmp_path / "packed", tmp_path / "unpacked"
-    r = run_cli("pack", master, packed)
+    r = cli("pack", master, packed)
     assert r.returncode == 0, r.stderr
-    r = run_cli("unpack", packed, unpacked)
+    r = cli("unpack", packed, unpacked)
     assert r.returncode == 0, r.stderr
     for out in (packed, unpacked):
         got = dense_of(out)
@@ -75,8 +78,8 @@ def test_pack_and_unpack_keep_fp16_dense_tensors(master, tmp_path):
     assert {t.dtype for t in read_all(unpacked).values()} == {torch.float16}
 
 
-def test_dtype_option_still_converts(master, tmp_path):
-    r = run_cli("pack", master, tmp_path / "p", "--dtype", "bf16")
+def test_the_dtype_option_still_converts(master, tmp_path):
+    r = cli("pack", master, tmp_path / "p", "--dtype", "bf16")
     assert r.returncode == 0, r.stderr
     got = dense_of(tmp_path / "p")
     assert {t.dtype for t in got.values()} == {torch.bfloat16}
@@ -84,13 +87,11 @@ def test_dtype_option_still_converts(master, tmp_path):
 
 
 def test_packed_logits_equal_the_masters(master, tmp_path):
-    from bitconvert.runtime import compute_logits
-
     ref = compute_logits(master, TOKENS)
     kept = tmp_path / "kept"
-    assert run_cli("pack", master, kept, "--scale-dtype", "f32").returncode == 0
+    assert cli("pack", master, kept, "--scale-dtype", "f32").returncode == 0
     rounded = tmp_path / "rounded"
-    assert run_cli("pack", master, rounded, "--scale-dtype", "f32", "--dtype", "bf16").returncode == 0
+    assert cli("pack", master, rounded, "--scale-dtype", "f32", "--dtype", "bf16").returncode == 0
     diff_kept = (compute_logits(kept, TOKENS) - ref).abs().max().item()
     diff_rounded = (compute_logits(rounded, TOKENS) - ref).abs().max().item()
     print(f"\nmax |logit diff| vs the fp16 master: source dtype kept {diff_kept:.3g}, bf16 {diff_rounded:.3g}")
@@ -99,9 +100,8 @@ def test_packed_logits_equal_the_masters(master, tmp_path):
 
 
 def test_gguf_records_the_source_config_as_it_was(master, tmp_path):
-    gguf = pytest.importorskip("gguf")
     out = tmp_path / "m.gguf"
-    r = run_cli("convert", master, out, "--to", "gguf", "--gguf-type", "f16")
+    r = cli("convert", master, out, "--to", "gguf", "--gguf-type", "f16")
     assert r.returncode == 0, r.stderr
     field = gguf.GGUFReader(str(out)).fields["bitconvert.hf_config"]
     recorded = json.loads(bytes(field.parts[field.data[0]]).decode())
