@@ -22,6 +22,11 @@ from typing import Callable
 import pytest
 from safetensors import safe_open
 
+# Triton decides at its first import whether it compiles or interprets: the kernel tests need its
+# interpreter for CPU tensors, so ask for it before any test module can import triton (a GPU run sets
+# TRITON_INTERPRET=0 itself; tests that need the compiler start a process without it).
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
 sys.path.insert(0, str(ROOT))
@@ -197,7 +202,9 @@ def tiny_checkpoint(shared_inputs) -> Callable[..., Path]:
         spec = {**(WIDE if wide else {}), **dims}
         seed = (WIDE_SEED if wide else 0) if seed is None else seed
         name = "-".join([kind, layout, *(f"{k}{v}" for k, v in sorted(spec.items())), f"seed{seed}"])
-        return shared_inputs.get(name, lambda d: make_checkpoint(d / f"{kind}-{layout}", kind, layout, seed=seed, **spec))
+        return shared_inputs.get(
+            name, lambda folder: make_checkpoint(folder / f"{kind}-{layout}", kind, layout, seed=seed, **spec)
+        )
 
     return get
 

@@ -115,7 +115,8 @@ def test_family_comes_from_the_header_without_the_recorded_config(wide_checkpoin
     expect = {"bitnet": "1bitllm", "llama": "llama", "bitnet-b1.58": "bitnet-b1.58"}[arch]
     assert open_checkpoint(quiet).config.family.key == expect
     for name in ck.config.quantized_linear_names()[:3]:
-        assert np.array_equal(ck.tensors[name].load().codes, open_checkpoint(tmp_path / "m.gguf").tensors[name].load().codes)
+        recorded = open_checkpoint(tmp_path / "m.gguf").tensors[name].load()
+        assert np.array_equal(ck.tensors[name].load().codes, recorded.codes)
 
 
 def test_older_architecture_name_reads_as_its_graph(wide_checkpoint, tmp_path):
@@ -195,7 +196,8 @@ def test_facts_and_origin_come_from_the_header(wide_checkpoint, tmp_path):
     assert (ck.facts.gguf.i2s_layout, ck.facts.gguf.i2s_layout_recorded) == ("x86", False)
     to_gguf(changed, tmp_path / "again.gguf", "tq2_0")
     again = GGUFFile(tmp_path / "again.gguf")
-    assert again.get("general.source.url") == "https://huggingface.co/org/model" and again.get("general.license") == "mit"
+    assert again.get("general.source.url") == "https://huggingface.co/org/model"
+    assert again.get("general.license") == "mit"
     assert open_checkpoint(tmp_path / "again.gguf").facts.gguf.i2s_layout is None
 
 

@@ -188,5 +188,6 @@ def test_the_metadata_llama_cpp_reads_is_the_configs(wide_checkpoint, tmp_path):
 def test_gguf_pys_quantizer_needs_rows_of_256_as_the_rule_says():
     with pytest.raises(gguf.quants.QuantError):  # llama.cpp's own quantizer (gguf-py) refuses 64-wide rows
         gguf.quants.quantize(np.zeros((4, 64), dtype=np.float32), gguf.GGMLQuantizationType.TQ2_0)
-    c = next(c for c in verify_target(FIXTURES / "llama-packed", "llama.cpp").checks if c.name == "llama.cpp.tensor_types")
+    checks = verify_target(FIXTURES / "llama-packed", "llama.cpp").checks
+    c = next(c for c in checks if c.name == "llama.cpp.tensor_types")
     assert not c.passed and c.figure == 14 and "rows of 64 values" in c.detail

@@ -1,9 +1,9 @@
-"""Kernels of bitconvert.kernels against the torch reference built from bitconvert.ternary.
+"""Kernels of bitconvert.kernels against the torch reference built from bitconvert.ternary, and the runtime on them.
 
 Triton decides once, when it is first imported, whether it compiles or interprets; this module
 asks for the interpreter before anything can import it, so the kernels run on CPU tensors (and
 on CUDA tensors, if any, through the interpreter too). To test the compiled kernels on a GPU
-machine, run ``TRITON_INTERPRET=0 pytest tests/test_kernels.py``: the CPU kernel tests then skip
+machine, run ``TRITON_INTERPRET=0 pytest tests/runtime/test_ternary_kernels.py``: the CPU kernel tests then skip
 and the same tests run on CUDA. ``test_kernels_compile_for_hopper`` compiles for sm_90 without a
 GPU in a separate process.
 """
@@ -12,12 +12,14 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything below can import triton
 
+import json
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
+from conftest import FIXTURES
 
 from bitconvert import kernels
 from bitconvert.kernels import linear as linear_module
@@ -338,3 +340,38 @@ def test_kernels_compile_for_hopper():
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("ok ") == 5, result.stdout
+
+KERNEL_CHECK = """
+import json, sys, torch
+from bitconvert.runtime import generate, load_model
+prompt = json.loads(sys.argv[1])
+out = {}
+for fixture in sys.argv[2:]:
+    plain = load_model(fixture)
+    kernel = load_model(fixture, use_kernels=True)
+    assert kernel.layers[0].q.packed is not None and kernel.layers[0].q.codes is None
+    out[fixture] = {
+        "gemm": torch.equal(kernel.logits(prompt), plain.logits(prompt)),
+        "gemv": torch.equal(kernel.logits(prompt[:5]), plain.logits(prompt[:5])),
+        "generate": generate(kernel, prompt[:4], max_new_tokens=6) == generate(plain, prompt[:4], max_new_tokens=6),
+    }
+print(json.dumps(out))
+"""
+
+
+def test_the_runtime_on_triton_kernels_equals_the_torch_path():
+    """The CUDA path calls bitconvert.kernels.ternary_linear; under TRITON_INTERPRET=1 (set before
+    Triton is imported, hence a fresh process) the same kernels run on the CPU, so the integration
+    is tested here: GEMM above 8 tokens, GEMV at or below, and generation with the cache."""
+    from bitconvert.kernels import triton_unavailable_reason
+
+    if triton_unavailable_reason():
+        pytest.skip(triton_unavailable_reason())
+    fixtures = [str(FIXTURES / f) for f in ("bitnet-2b4t-packed", "llama-packed")]
+    prompt = [5, 17, 99, 3, 250, 42, 7, 7, 130, 64, 1, 200, 31, 8, 77, 150]
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    r = subprocess.run([sys.executable, "-c", KERNEL_CHECK, json.dumps(prompt), *fixtures],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr
+    results = json.loads(r.stdout)
+    assert results == {f: {"gemm": True, "gemv": True, "generate": True} for f in fixtures}

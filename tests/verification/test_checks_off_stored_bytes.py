@@ -1,56 +1,57 @@
-"""Integrity checks read off stored bytes (GGUF blocks, recorded float weights, Nanotron shards) say
-exactly what the checks of the loaded tensors say, on sound and on damaged files.
+"""Integrity checks read off stored bytes (packed weights, GGUF blocks, recorded float weights, Nanotron
+shards) say exactly what the checks of the loaded tensors say, check for check, on sound and on
+damaged files.
 
 ``verify`` without a manifest and ``upload --dry-run`` count codes from bytes (``entry.stored()``);
-with hashing on, every tensor but packed ones is loaded and decoded by its reader. Both must agree check for check:
-the loaded path is the readers' own decoding, cross-checked elsewhere against gguf-py, llama.cpp and
-Nanotron.
+with hashing on, every tensor but packed ones is loaded and decoded by its reader, whose decoding is
+cross-checked elsewhere against gguf-py, llama.cpp and Nanotron.
 """
 
 from __future__ import annotations
 
 import math
+import shutil
 import struct
 
 import numpy as np
 import pytest
-import torch
 from conftest import FIXTURES
-from test_gguf_verify import llama_cpp_pair  # noqa: F401  (fixture: llama.cpp's own TQ2_0 file)
 
 import bitconvert.verify.integrity as integrity
-from bitconvert.convert import convert
+from bitconvert.formats import open_checkpoint
 from bitconvert.formats.gguf.parser import GGUFFile
 from bitconvert.io.safetensors import SafetensorsFile
-from bitconvert.ternary.linear_class import LinearClass
-from bitconvert.ternary.scale import Scale
+from bitconvert.model.checkpoint import Stored
 from bitconvert.verify import verify_integrity
 
+PACKED = ["bitnet-2b4t-packed", "1bitllm-packed", "llama-packed"]
+
+
 PACKED_256 = FIXTURES / "bitnet-2b4t-256-packed"
+
+
 CASES = {
-    "tq2_0": (PACKED_256, "m.gguf", "gguf", {}),
-    "tq1_0": (PACKED_256, "m-tq1.gguf", "gguf", {"gguf_type": "tq1_0"}),
-    "i2_s-x86": (PACKED_256, "m-i2s.gguf", "gguf", {"gguf_type": "i2_s"}),
-    "i2_s-x86-rows": (PACKED_256, "m-i2s-rows.gguf", "gguf", {"gguf_type": "i2_s", "i2s_layout": "x86-rows"}),
-    "i2_s-arm": (PACKED_256, "m-i2s-arm.gguf", "gguf", {"gguf_type": "i2_s", "i2s_layout": "arm"}),
-    "tq2_0-llama.cpp-recipe": (FIXTURES / "bitnet-2b4t-256-master", "lc.gguf", "gguf", {"recipe": "llama.cpp"}),
-    "hf-bf16-recorded": (FIXTURES / "bitnet-2b4t-packed", "unpacked", "hf-bf16", {}),
-    "nanotron-latent": (FIXTURES / "bitnet-2b4t-master", "nt", "nanotron", {"tp": 2, "flavor": "pr178", "allow_lossy": True}),
-    "nanotron-recorded": (FIXTURES / "llama-packed", "nt-rec", "nanotron",
+    "tq2_0": (PACKED_256, "gguf", {}),
+    "tq1_0": (PACKED_256, "gguf", {"gguf_type": "tq1_0"}),
+    "i2_s-x86": (PACKED_256, "gguf", {"gguf_type": "i2_s"}),
+    "i2_s-x86-rows": (PACKED_256, "gguf", {"gguf_type": "i2_s", "i2s_layout": "x86-rows"}),
+    "i2_s-arm": (PACKED_256, "gguf", {"gguf_type": "i2_s", "i2s_layout": "arm"}),
+    "tq2_0-llama.cpp-recipe": (FIXTURES / "bitnet-2b4t-256-master", "gguf", {"recipe": "llama.cpp"}),
+    "hf-bf16-recorded": (FIXTURES / "bitnet-2b4t-packed", "hf-bf16", {}),
+    "nanotron-latent": (FIXTURES / "bitnet-2b4t-master", "nanotron", {"tp": 2, "flavor": "pr178", "allow_lossy": True}),
+    "nanotron-recorded": (FIXTURES / "llama-packed", "nanotron",
                           {"tp": 2, "flavor": "pr178", "allow_approximate": True, "allow_lossy": True}),
-    "nanotron-no-norms": (FIXTURES / "bitnet-2b4t-master", "nt-180", "nanotron", {"tp": 1, "allow_lossy": True}),
+    "nanotron-no-norms": (FIXTURES / "bitnet-2b4t-master", "nanotron", {"tp": 1, "allow_lossy": True}),
 }  # fmt: skip
+
+
 LATENT = {"nanotron-latent", "nanotron-no-norms"}  # float masters: no codes to count
 
 
 @pytest.fixture(scope="module")
-def made(tmp_path_factory):
-    root = tmp_path_factory.mktemp("stored-checks")
-    out = {}
-    for key, (src, name, fmt, options) in CASES.items():
-        out[key] = root / name
-        convert(src, out[key], fmt, dict(options))
-    return out
+def made(converted):
+    """Every case converted once per session (shared: tests that damage one copy it first)."""
+    return {key: converted(src, fmt, **options) for key, (src, fmt, options) in CASES.items()}
 
 
 def checks(report) -> list[tuple]:
@@ -83,14 +84,11 @@ def test_checks_off_the_bytes_equal_the_checks_of_the_loaded_tensors(case, made,
     assert quantized > 0 and sum(c[0] == "codes" for c in off_bytes) == (0 if case in LATENT else quantized)
 
 
-def test_llama_cpp_files_are_checked_off_their_bytes_too(llama_cpp_pair, monkeypatch):  # noqa: F811
-    _, theirs, _ = llama_cpp_pair
+def test_llama_cpp_files_are_checked_off_their_bytes_too(wide_checkpoint, llama_cpp_gguf, monkeypatch):
+    theirs = llama_cpp_gguf(wide_checkpoint["1bitllm-master"], "tq2_0")
     off_bytes, loaded, fell_back = both_ways(theirs, monkeypatch)
     assert off_bytes == loaded and fell_back == []
     assert sum(c[0] == "codes" and c[1] for c in off_bytes) == 14
-
-
-# --- damaged files: the byte path hands what it cannot vouch for to the reader, which says the same ---
 
 
 def _gguf_tensor(path, name):
@@ -113,7 +111,7 @@ def _used_tq2_0_blocks(path, gname):
     return t, np.flatnonzero((blocks[:, :64] != 0x55).any(axis=1))
 
 
-def test_a_code_3_in_tq2_0(made, tmp_path, monkeypatch):
+def test_a_code_3_in_tq2_0_fails_the_same_both_ways(made, tmp_path, monkeypatch):
     t = _gguf_tensor(made["tq2_0"], "blk.0.ffn_down.weight")
     bad = _patched(made["tq2_0"], tmp_path / "bad.gguf", {t.offset + 5: b"\xff"})
     off_bytes, loaded, fell_back = both_ways(bad, monkeypatch)
@@ -143,7 +141,7 @@ def test_a_d_of_two_with_the_scale_tensor_multiplies(made, tmp_path, monkeypatch
 
 
 @pytest.mark.parametrize("value", [-1.0, 0.0, float("nan"), float("inf")])
-def test_a_bad_scale_in_i2_s_and_in_the_tq2_0_scale_tensor(made, tmp_path, monkeypatch, value):
+def test_a_bad_scale_in_i2_s_and_in_the_tq2_0_scale_tensor_fails_the_same_both_ways(made, tmp_path, monkeypatch, value):
     t = _gguf_tensor(made["i2_s-x86"], "blk.0.ffn_up.weight")
     n = math.prod(t.shape) // 4
     bad = _patched(made["i2_s-x86"], tmp_path / "i2s.gguf", {t.offset + n: struct.pack("<f", value)})
@@ -155,7 +153,7 @@ def test_a_bad_scale_in_i2_s_and_in_the_tq2_0_scale_tensor(made, tmp_path, monke
     assert off_bytes == loaded and [c[3] for c in off_bytes if not c[1]]
 
 
-def test_a_tq1_0_byte_no_trits_encode(made, tmp_path, monkeypatch):
+def test_a_tq1_0_byte_no_trits_encode_fails_the_same_both_ways(made, tmp_path, monkeypatch):
     t = _gguf_tensor(made["tq1_0"], "blk.0.ffn_gate.weight")
     encoded = {-(-v * 256 // 243) for v in range(243)}  # ceil(v * 256 / 243): the bytes five trits encode to
     stray = next(b for b in range(256) if b not in encoded)
@@ -175,9 +173,7 @@ def _bf16_at(path, name):
 
 
 @pytest.mark.parametrize("value", [0.5, float("nan"), -0.0])
-def test_a_recorded_bf16_weight_that_changed(made, tmp_path, monkeypatch, value):
-    import shutil
-
+def test_a_recorded_bf16_weight_that_changed_is_checked_the_same_both_ways(made, tmp_path, monkeypatch, value):
     src = tmp_path / "changed"
     shutil.copytree(made["hf-bf16-recorded"], src)
     f, at = _bf16_at(src, "model.layers.1.self_attn.o_proj.weight")
@@ -188,9 +184,7 @@ def test_a_recorded_bf16_weight_that_changed(made, tmp_path, monkeypatch, value)
     assert fell_back == ([] if value == 0 else ["model.layers.1.self_attn.o_proj.weight"])
 
 
-def test_a_recorded_nanotron_weight_that_changed(made, tmp_path, monkeypatch):
-    import shutil
-
+def test_a_recorded_nanotron_weight_that_changed_fails_the_same_both_ways(made, tmp_path, monkeypatch):
     src = tmp_path / "nt"
     shutil.copytree(made["nanotron-recorded"], src)
     shard = next(p for p in sorted((src / "model/model").rglob("*.safetensors")) if "o_proj" in str(p))
@@ -202,29 +196,58 @@ def test_a_recorded_nanotron_weight_that_changed(made, tmp_path, monkeypatch):
     assert [c[0] for c in bad] == ["readable"] and "no longer equals the ternary weight" in bad[0][2]
 
 
-# --- the one number the byte path computes: a recorded scale's magnitude in the stored dtype ---
+def _without_stored_bytes(monkeypatch):
+    """Make verify_integrity load every tensor: each entry's stored() says nothing the checks can use."""
+    import dataclasses
+
+    from bitconvert.verify import integrity
+
+    def opaque():
+        return Stored(np.empty(0, dtype=np.uint8), "opaque")
+
+    def opened(*args, **kwargs):
+        ckpt = open_checkpoint(*args, **kwargs)
+        for name, e in ckpt.tensors.items():
+            ckpt.tensors[name] = dataclasses.replace(e, stored=opaque)
+        return ckpt
+
+    monkeypatch.setattr(integrity, "open_checkpoint", opened)
 
 
-@pytest.mark.parametrize("cls", list(LinearClass))
-@pytest.mark.parametrize("src", ["F64", "F32", "BF16", "F16"])
-@pytest.mark.parametrize("dst", ["F64", "F32", "BF16", "F16"])
-def test_magnitude_bits_round_as_torch_does(cls, src, dst):
-    from bitconvert.dtypes import torch_dtype
+def _damaged(tmp_path, fixture: str):
+    """A copy of ``fixture`` with a NaN in a dense tensor and, if packed, a code 3, a zero and an inf scale."""
+    from safetensors.torch import load_file, save_file
 
-    gen = torch.Generator().manual_seed(7)
-    values = torch.exp(torch.randn(400, generator=gen, dtype=torch.float64) * 6)
-    # ties of the 16-bit types nudged up by less than float32 resolves: rounding through float32
-    # (as torch does) lands on the tie and goes to even, rounding directly would go up
-    ties = torch.tensor([1 + 2**-8, 1 + 3 * 2**-8, 1 + 2**-11, 1 + 3 * 2**-11], dtype=torch.float64)
-    odd = torch.arange(1, 200, 2, dtype=torch.float64)
-    values = torch.cat([values, ties, ties + 2**-40, (1 + odd * 2**-9) * 3.0, 1 / ties,
-                        torch.tensor([65504.0, 65520.0, 1e-8, 3e38, 1e300, 5e-324])])  # fmt: skip
-    stored = values.to(torch_dtype(src))
-    word = {"F64": torch.int64, "F32": torch.int32, "BF16": torch.int16, "F16": torch.int16}[dst]
-    mask = (1 << (8 * torch.empty(0, dtype=word).element_size())) - 1
-    for v in stored:
-        data = v.reshape(1).view(torch.uint8).numpy().tobytes()
-        # mean|W| in float64 (the stored value, or its reciprocal), then one torch cast into dst
-        mean = v.double() if cls is LinearClass.AUTOBITLINEAR else 1.0 / v.double()
-        expected = mean.to(torch_dtype(dst)).reshape(1).view(word).item() & mask
-        assert Scale(src, data, cls).magnitude_bits(dst) == expected, (float(v), cls, src, dst)
+    dst = tmp_path / fixture
+    shutil.copytree(FIXTURES / fixture, dst)
+    tensors = load_file(str(dst / "model.safetensors"))
+    tensors["model.norm.weight"] = tensors["model.norm.weight"].clone()
+    tensors["model.norm.weight"][3] = float("nan")
+    if "model.layers.0.mlp.up_proj.weight_scale" in tensors:
+        tensors["model.layers.0.mlp.up_proj.weight"].view(-1)[5] = 0xFF
+        tensors["model.layers.0.mlp.down_proj.weight_scale"].zero_()
+        tensors["model.layers.1.mlp.down_proj.weight_scale"].fill_(float("inf"))
+    save_file(tensors, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    return dst
+
+
+@pytest.mark.parametrize("fixture", PACKED + ["bitnet-2b4t-master", "onebitllms-bf16"])
+@pytest.mark.parametrize("damaged", [False, True])
+def test_hf_checks_off_stored_bytes_equal_the_checks_of_loaded_tensors(fixture, damaged, tmp_path, monkeypatch):
+    # `upload --dry-run` checks stored bytes without decoding them: same checks, messages, figures and hashes
+    from bitconvert.verify import verify_integrity
+
+    src = _damaged(tmp_path, fixture) if damaged else FIXTURES / fixture
+
+    def report():
+        r = verify_integrity(src)
+        return [(c.name, c.passed, c.detail, c.tensor, c.figure) for c in r.checks], r.manifest
+
+    on_bytes = report()
+    _without_stored_bytes(monkeypatch)
+    assert on_bytes == report()
+    failed = [c for c in on_bytes[0] if not c[1]]
+    assert bool(failed) == damaged
+    if damaged and fixture in PACKED:
+        assert {c[3] for c in failed} == {"model.norm.weight", "model.layers.0.mlp.up_proj.weight",
+                                          "model.layers.0.mlp.down_proj.weight", "model.layers.1.mlp.down_proj.weight"}

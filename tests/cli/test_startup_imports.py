@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import FIXTURES
@@ -54,51 +55,45 @@ def test_no_torch_for(args):
 HF_FIXTURES = ["bitnet-2b4t-packed", "1bitllm-packed", "llama-packed", "onebitllms-packed",
                "bitnet-2b4t-master", "1bitllm-master", "llama-master", "onebitllms-bf16"]  # fmt: skip
 CONVERTED = {
-    "gguf-tq2_0": ("bitnet-2b4t-256-packed", "m.gguf", "gguf", {}),
-    "gguf-i2_s": ("bitnet-2b4t-256-packed", "m-i2s.gguf", "gguf", {"gguf_type": "i2_s"}),
-    "nanotron-tp2": ("bitnet-2b4t-master", "nt", "nanotron",
-                     {"tp": 2, "flavor": "pr178", "allow_lossy": True}),
-    "nanotron-tp2-from-packed": ("bitnet-2b4t-packed", "nt-packed", "nanotron",
+    "gguf-tq2_0": ("bitnet-2b4t-256-packed", "gguf", {}),
+    "gguf-i2_s": ("bitnet-2b4t-256-packed", "gguf", {"gguf_type": "i2_s"}),
+    "nanotron-tp2": ("bitnet-2b4t-master", "nanotron", {"tp": 2, "flavor": "pr178", "allow_lossy": True}),
+    "nanotron-tp2-from-packed": ("bitnet-2b4t-packed", "nanotron",
                                  {"tp": 2, "flavor": "pr178", "allow_lossy": True, "allow_approximate": True}),
-    "hf-bf16-recorded": ("bitnet-2b4t-packed", "unpacked", "hf-bf16", {}),
+    "hf-bf16-recorded": ("bitnet-2b4t-packed", "hf-bf16", {}),
 }  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory) -> dict[str, Path]:
-    from bitconvert.convert import convert
-
-    root = tmp_path_factory.mktemp("formats")
-    out = {}
-    for key, (src, name, fmt, options) in CONVERTED.items():
-        out[key] = root / name
-        convert(FIXTURES / src, out[key], fmt, options)
-    return out
+def formats(converted) -> dict[str, Path]:
+    """Each converted input, made once per session."""
+    return {key: converted(FIXTURES / src, fmt, **options) for key, (src, fmt, options) in CONVERTED.items()}
 
 
-def _source(name: str, converted: dict[str, Path]) -> Path:
-    return converted[name] if name in CONVERTED else FIXTURES / name
+def _source(name: str, formats: dict[str, Path]) -> Path:
+    return formats[name] if name in CONVERTED else FIXTURES / name
 
 
 @pytest.mark.parametrize("name", HF_FIXTURES + list(CONVERTED))
-def test_no_torch_for_inspect_no_stats(name, converted):
-    src = _source(name, converted)
+def test_no_torch_for_inspect_no_stats(name, formats):
+    src = _source(name, formats)
     assert not torch_imported("inspect", "--no-stats", src)
     assert not torch_imported("inspect", "--no-stats", "--json", src)
 
 
 # upload's planning verifies SRC on stored bytes (numpy): packed codes and scales, floats as stored,
 # GGUF blocks and I2_S codes counted by byte tables, recorded float weights and Nanotron shards by
-# their bits (tests/test_stored_checks.py shows those checks equal the checks of the loaded tensors).
+# their bits (tests/verification/test_checks_off_stored_bytes.py shows those checks equal the checks of
+# the loaded tensors).
 @pytest.mark.parametrize("name", HF_FIXTURES + list(CONVERTED))
-def test_no_torch_for_upload_dry_run(name, converted):
-    assert not torch_imported("upload", _source(name, converted), "org/name", "--dry-run")
+def test_no_torch_for_upload_dry_run(name, formats):
+    assert not torch_imported("upload", _source(name, formats), "org/name", "--dry-run")
 
 
-def test_no_torch_for_verify_without_a_manifest(converted):
+def test_no_torch_for_verify_without_a_manifest(formats):
     # the same checks back `verify`: torch is imported only once a tensor must be decoded
     for name in ("bitnet-2b4t-packed", "gguf-tq2_0", "nanotron-tp2-from-packed", "hf-bf16-recorded"):
-        assert not torch_imported("verify", _source(name, converted))
+        assert not torch_imported("verify", _source(name, formats))
 
 
 def test_the_format_catalogue_matches_what_the_modules_register():
