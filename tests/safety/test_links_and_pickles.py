@@ -1,18 +1,17 @@
 """Files from outside SRC and pickles: a side file, shard or index entry that leads out of SRC is
 refused naming both ends (for pack, convert and upload alike), the Hugging Face cache's own links
 into blobs/ are followed, a checkpoint of pickles only is refused, and upload leaves pickles out
-and says so unless asked."""
+and says so unless asked (upload's dry run, with the Hub client offline)."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import FIXTURES, cli, one_line_error, read_all, run_cli
+from conftest import FIXTURES, cli, one_line_error, read_all
 from refusals import copy_fixture, expect_failure, refused, tree_digest
 
 PACKED = FIXTURES / "bitnet-2b4t-packed"
@@ -77,26 +76,29 @@ def test_a_checkpoint_of_pickles_only_is_refused(tmp_path):
     expect_failure(tmp_path, src, "pytorch_model.bin", "pickle")
 
 
-def _offline_env(tmp_path: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
-    env.update(HF_HOME=str(tmp_path / "hf-home"), HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1")
-    return env
+@pytest.fixture
+def offline(tmp_path, monkeypatch) -> None:
+    """The Hub client in this process offline, with a private cache: a dry run must need neither."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-home" / "hub"))
 
 
-def test_upload_refuses_a_symlink_out_of_src(tmp_path):
+def test_upload_refuses_a_symlink_out_of_src(tmp_path, offline):
     src = tmp_path / "packed"
     shutil.copytree(PACKED, src)
     secret = tmp_path / "token"
     secret.write_text("hf_notreallyasecretbutcouldbe\n")
     (src / "notes.txt").symlink_to(secret)
     before = tree_digest(src)
-    proc = run_cli("upload", src, "org/name", "--dry-run", env=_offline_env(tmp_path))
+    proc = cli("upload", src, "org/name", "--dry-run")
     one_line_error(proc, 1, str(src / "notes.txt"), str(secret), "outside")
     assert "hf_notreallyasecret" not in proc.stdout
     assert tree_digest(src) == before
 
 
-def test_upload_follows_the_hf_cache_links_of_a_local_snapshot(tmp_path):
+def test_upload_follows_the_hf_cache_links_of_a_local_snapshot(tmp_path, offline):
     # the same rule as every reader: a snapshot's files are links into the cache's blobs/
     repo = tmp_path / "hub" / "models--org--name"
     snap = repo / "snapshots" / "0123abcd"
@@ -105,25 +107,25 @@ def test_upload_follows_the_hf_cache_links_of_a_local_snapshot(tmp_path):
     for i, f in enumerate(sorted(p for p in PACKED.iterdir() if p.is_file())):
         shutil.copyfile(f, repo / "blobs" / f"blob{i}")
         (snap / f.name).symlink_to(Path("../../blobs") / f"blob{i}")
-    proc = run_cli("upload", snap, "org/name", "--dry-run", "--json", env=_offline_env(tmp_path))
+    proc = cli("upload", snap, "org/name", "--dry-run", "--json")
     assert proc.returncode == 0, proc.stderr
     planned = {op["path"] for op in json.loads(proc.stdout)["operations"]}
     assert {p.name for p in PACKED.iterdir() if p.is_file()} <= planned
 
 
-def test_upload_leaves_pickles_out_and_says_so(tmp_path):
+def test_upload_leaves_pickles_out_and_says_so(tmp_path, offline):
     src = tmp_path / "packed"
     shutil.copytree(PACKED, src)
     (src / "training_args.bin").write_bytes(b"\x80\x04not really a pickle")
     (src / "optimizer.pt").write_bytes(b"PK\x03\x04")
-    proc = run_cli("upload", src, "org/name", "--dry-run", "--json", env=_offline_env(tmp_path))
+    proc = cli("upload", src, "org/name", "--dry-run", "--json")
     assert proc.returncode == 0, proc.stderr
     plan = json.loads(proc.stdout)
     paths = {op["path"] for op in plan["operations"]}
     assert "training_args.bin" not in paths and "optimizer.pt" not in paths and "model.safetensors" in paths
     assert {s["path"] for s in plan["skipped"]} == {"training_args.bin", "optimizer.pt"}
-    human = run_cli("upload", src, "org/name", "--dry-run", env=_offline_env(tmp_path))
+    human = cli("upload", src, "org/name", "--dry-run")
     assert "skip training_args.bin" in human.stdout and "skip optimizer.pt" in human.stdout
-    asked = run_cli("upload", src, "org/name", "--dry-run", "--json", "--include-pickles", env=_offline_env(tmp_path))
+    asked = cli("upload", src, "org/name", "--dry-run", "--json", "--include-pickles")
     assert asked.returncode == 0, asked.stderr
     assert {"training_args.bin", "optimizer.pt"} <= {op["path"] for op in json.loads(asked.stdout)["operations"]}
