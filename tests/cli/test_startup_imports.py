@@ -46,7 +46,7 @@ def test_no_torch_for_inspect_with_statistics():
 @pytest.mark.parametrize(
     "args", [["--help"], ["formats"], ["convert", "--help"], ["pack", "--help"], ["unpack", "--help"], ["--version"]]
 )
-def test_no_torch_for(args):
+def test_no_torch_is_imported_for_help_formats_and_version(args):
     assert not torch_imported(*args)
 
 

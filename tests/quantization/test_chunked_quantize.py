@@ -83,7 +83,7 @@ def threads(request):
     torch.set_num_threads(before)
 
 
-def test_this_torch_build_is_reproduced(threads):
+def test_this_torch_builds_summation_order_is_reproduced(threads):
     # if this fails, quantization still is exact (torch's own mean is used) but not chunked
     assert calibrated_lanes(threads) is not None
 
@@ -144,7 +144,7 @@ def test_non_finite_is_refused_and_other_dtypes_follow_the_recipe():
 
 
 @pytest.mark.parametrize("master", ["bitnet-2b4t-master", "1bitllm-master", "llama-master"])
-def test_shipped_masters(master):
+def test_shipped_masters_quantize_as_transformers_does(master):
     with safe_open(FIXTURES / master / "model.safetensors", "pt") as f:
         for name in f.keys():
             if not name.endswith("proj.weight"):

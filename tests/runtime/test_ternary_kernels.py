@@ -241,7 +241,7 @@ def test_dispatch_uses_gemv_up_to_the_threshold(monkeypatch, device):
 # ---- torch fallback, API ------------------------------------------------------------------
 
 
-def test_torch_fallback_matches_reference(monkeypatch):
+def test_the_torch_fallback_matches_the_reference(monkeypatch):
     monkeypatch.setattr(linear_module, "uses_triton", lambda device: False)
     monkeypatch.setattr(unpack_module, "uses_triton", lambda device: False)
     packed, scale, generator = make_layer(132, 96, "cpu", seed=5)
@@ -277,7 +277,7 @@ def test_numpy_bytes_as_the_checkpoint_gives_them(device):
         kernels.prepare_weight(codes)
 
 
-def test_where_the_kernels_run():
+def test_the_kernels_run_where_triton_can():
     from bitconvert.kernels.backend import triton_interpreting
 
     assert kernels.uses_triton("cpu") == triton_interpreting()
@@ -286,7 +286,7 @@ def test_where_the_kernels_run():
         assert kernels.uses_triton("cuda") == kernels.triton_available()
 
 
-def test_prepare_weight():
+def test_prepare_weight_validates_codes_and_reports_the_layout():
     packed, _, _ = make_layer(64, 32, "cpu")
     weight = kernels.prepare_weight(packed, validate=True)
     assert (weight.out_features, weight.in_features, weight.rows_per_plane) == (64, 32, 16)

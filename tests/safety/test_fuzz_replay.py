@@ -23,7 +23,7 @@ def bounded_pass():
 
 
 @pytest.mark.parametrize("parser", PARSERS)
-def test_bounded_pass(bounded_pass, parser):
+def test_a_bounded_seeded_pass_finds_no_bad_outcome(bounded_pass, parser):
     result = bounded_pass[parser]
     assert result.total == INPUTS
     listed = "\n".join(f"#{f.index} {f.context} {f.outcome}: {f.detail}" for f in result.findings[:20])
@@ -38,7 +38,7 @@ CASES = corpus_cases()
 
 
 @pytest.mark.parametrize("parser", sorted({c[0] for c in CASES}))
-def test_corpus_replays(parser):
+def test_every_kept_failure_now_replays_cleanly(parser):
     """Each input that once failed now ends as accepted or refused (one line), quickly, in bounded memory."""
     worker = Worker(parser, default_cache())
     try:
