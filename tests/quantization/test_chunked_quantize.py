@@ -25,7 +25,7 @@ from bitconvert.ternary.fast.summation import calibrated_lanes
 from bitconvert.ternary.quantize import mean_abs as _mean_abs
 from tests.conftest import FIXTURES
 
-bitnet = pytest.importorskip("transformers.integrations.bitnet")
+bitnet = pytest.importorskip("transformers.integrations.bitnet", reason="transformers (test extra) is the oracle")
 
 #: every linear shape of microsoft/bitnet-b1.58-2B-4T (q/o, k/v, gate/up, down)
 SHAPES_2B4T = [(2560, 2560), (640, 2560), (6912, 2560), (2560, 6912)]
