@@ -107,7 +107,8 @@ def test_debug_keeps_the_traceback():
 
 def test_sigterm_mid_write_leaves_nothing(tiny_checkpoint, tmp_path):
     """SIGTERM in the middle of writing: no DST, no staging directory."""
-    src = tiny_checkpoint("llama", "master", hidden=1024, intermediate=4096, layers=8, heads=8, kv_heads=8)
+    # the 0.5 GB master of the peak-memory test: long enough to write that the signal lands mid-way
+    src = tiny_checkpoint("llama", "master", hidden=1024, intermediate=4096, layers=16, heads=8, kv_heads=8)
     out = tmp_path / "o"
     proc = subprocess.Popen([sys.executable, "-m", "bitconvert", "pack", str(src), str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -125,8 +126,8 @@ def test_sigterm_mid_write_leaves_nothing(tiny_checkpoint, tmp_path):
 
 @pytest.fixture(scope="module")
 def big_master(tiny_checkpoint) -> Path:
-    """A master large enough that packing it takes a moment (about 50 MB)."""
-    return tiny_checkpoint("bitnet-2b4t", "master", hidden=512, intermediate=1536, layers=8)
+    """A master large enough that packing it takes a moment (about 100 MB, the Nanotron peak-memory test's)."""
+    return tiny_checkpoint("llama", "master", hidden=512, intermediate=1536, layers=16, heads=8, kv_heads=8)
 
 
 def test_sigkill_leftover_is_removed_by_the_next_run(big_master, tmp_path):
