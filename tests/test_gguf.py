@@ -132,15 +132,23 @@ def test_packed_gguf_packed_is_byte_identical(models, tmp_path, kind, gguf_type)
     assert cfg_b["quantization_config"]["linear_class"] == cfg_a["quantization_config"]["linear_class"]
 
 
-def test_default_f16_embedding_keeps_every_ternary_tensor(models, tmp_path):
+def test_default_embedding_type_keeps_every_tensor_exactly(models, tmp_path):
+    """token_embd and an untied output keep the source's bf16 by default: the round trip is exact."""
     src = models["llama-packed"]
     to_gguf(src, tmp_path / "m.gguf")
     convert(tmp_path / "m.gguf", tmp_path / "back", "hf-packed")
     a, b = read_all(src), read_all(tmp_path / "back")
     for name in a:
-        if name.endswith(("_proj.weight", "weight_scale")):
+        if name.endswith(("_proj.weight", "weight_scale")) or name == "lm_head.weight":
             assert torch.equal(a[name], b[name]), name
-    assert torch.equal(b["lm_head.weight"], a["lm_head.weight"].to(torch.float16).to(torch.bfloat16))
+
+
+def test_an_embedding_type_that_rounds_is_said(models, tmp_path):
+    """--embed-type f16 on a bf16 source rounds its values: the conversion says so; bf16 does not."""
+    r = convert(models["llama-packed"], tmp_path / "f16.gguf", "gguf", {"embed_type": "f16"})
+    assert any("token_embd" in w and "rounds them" in w for w in r.report.warnings), r.report.warnings
+    r = convert(models["llama-packed"], tmp_path / "bf16.gguf", "gguf", {"embed_type": "bf16"})
+    assert not any("token_embd" in w for w in r.report.warnings)
 
 
 def test_master_is_quantized_like_transformers(models, tmp_path):
@@ -182,7 +190,7 @@ def test_gguf_py_dequantizes_our_file_to_codes_times_scale(models, tmp_path, ggu
     fields = reader.fields
     assert fields["general.architecture"].contents() == "bitnet"
     assert "output.weight" not in tensors
-    assert tensors["token_embd.weight"].tensor_type == Q.F16
+    assert tensors["token_embd.weight"].tensor_type == Q.BF16  # the bf16 master's own type
     assert tensors["blk.0.attn_norm.weight"].tensor_type == Q.F32
     assert tensors["blk.0.ffn_sub_norm.weight"].tensor_type == Q.F32
     assert fields["general.quantized_by"].contents().startswith("bitconvert ")
@@ -357,7 +365,7 @@ def test_i2_s_file_layout(models, tmp_path):
     to_gguf(models["bitnet-2b4t-packed"], tmp_path / "m.gguf", "i2_s")
     f = GGUFFile(tmp_path / "m.gguf")
     assert f.get("general.architecture") == "bitnet-b1.58" and f.get("general.file_type") == 40
-    assert f.tensors["token_embd.weight"].type == types.F16
+    assert f.tensors["token_embd.weight"].type == types.BF16  # the bf16 master's own type
     assert f.tensors["blk.0.attn_norm.weight"].type == types.F32
     t = f.tensors["blk.0.ffn_down.weight"]
     assert t.type == types.I2_S and t.nbytes == 256 * 512 // 4 + 32

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..dtypes import config_name
 from ..errors import CheckpointError
+from ..io.files import read_regular
 from ..io.jsonfile import parse_json_text
 from ..io.values import flag, positive, text, token_ids, whole
 from ..ternary.linear_class import LinearClass
@@ -268,11 +269,7 @@ def load_config_json(path: Path) -> tuple[dict[str, Any], list[str]]:
             out[k] = v
         return out
 
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise CheckpointError(path, f"cannot read config: {exc.strerror or exc}") from None
-    d = parse_json_text(raw, path, "config", object_pairs_hook=keep_last)
+    d = parse_json_text(read_regular(path, "config"), path, "config", object_pairs_hook=keep_last)
     if not isinstance(d, dict):
         raise CheckpointError(path, "config is not a JSON object")
     return d, duplicates

@@ -174,7 +174,7 @@ def _off_the_bytes(entry: TensorEntry, hashed: bool) -> Read | None:
         if stored.scale is None or (hashed and stored.layout != PACKED_LAYOUT):
             return None
         counts = stored.counts()
-        if counts is None or counts[3] or not stored.scale.is_valid():
+        if counts is None or counts[3] or not stored.scale.is_valid(all_zero=not (counts[0] or counts[2])):
             return None  # the value says what the bytes cannot (different block scales) or what is wrong
         return "counts", (counts, stored)
     if entry.kind is Kind.TERNARY or (entry.kind is Kind.LATENT and entry.record is not None):
@@ -250,7 +250,7 @@ def _ternary_checks(name: str, entry: TensorEntry, counts: CodeCounts, scale: Sc
     detail = f"-1/0/+1 fractions {stats['minus']:.3f}/{stats['zero']:.3f}/{stats['plus']:.3f}"
     report.add(Check("codes", invalid == 0, detail if not invalid else f"{invalid} values outside {{-1, 0, 1}}",
                      name, float(invalid), 0.0))
-    valid = scale.is_valid()
+    valid = scale.is_valid(all_zero=not (minus or plus))
     report.add(Check("scale", valid, f"{scale.linear_class.value} {torch_name(scale.dtype_name)}"
                      + ("" if valid else ": not finite and positive"), name, scale.item()))
 

@@ -19,7 +19,11 @@ I2S_LAYOUTS = ("x86", "x86-rows", "arm")  # i2s_layouts.LAYOUTS
 @write_options
 class GGUFOptions:
     gguf_type: str = option("tq2_0", "--gguf-type", "Weight type of quantized linears.", choices=WEIGHT_TYPES)
-    embed_type: str = option("f16", "--embed-type", "Type of token_embd (and an untied output).", choices=EMBED_TYPES)
+    embed_type: str | None = option(
+        None, "--embed-type",
+        "Type of token_embd (and an untied output); default: the source's own float type (f16, bf16 or f32), "
+        "f16 for any other.", choices=EMBED_TYPES,
+    )  # fmt: skip
     allow_fallback: bool = option(
         False, "--allow-fallback", "Write quantized linears a ternary type cannot hold as F16.", parse_flag
     )

@@ -250,6 +250,8 @@ class GGUFFile:
                 raise CheckpointError(self.path, f"dimensions {ne} overflow a 64-bit element count", name)
             n *= d
         t = types.TYPES[gtype]
+        if not ne and t.block > 1 and not t.flat:
+            raise CheckpointError(self.path, f"a {t.name} tensor is rows of blocks, so it needs a dimension; this has none", name)
         if not t.fits(tuple(reversed(ne))):
             what = f"{n} values" if t.flat else f"row length {ne[0]}"
             raise CheckpointError(self.path, f"{what} is not a multiple of {t.name}'s block of {t.block}", name)

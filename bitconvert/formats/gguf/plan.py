@@ -30,6 +30,8 @@ class Plan:
     i2s_layout: str = i2s_layouts.DEFAULT_LAYOUT
     tensors: list[TensorPlan] = field(default_factory=list)
     fallbacks: list[str] = field(default_factory=list)
+    #: the warning when --embed-type rounds the source's embedding, or None
+    embed_loss: str | None = None
 
     def flat(self) -> list[PlannedGGUFTensor]:
         return [t for p in self.tensors for t in ((p.tensor, p.scale) if p.scale else (p.tensor,))]

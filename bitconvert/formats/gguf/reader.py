@@ -166,7 +166,7 @@ class _TensorSource:
         if t.ggml.flat:  # three byte orders, one per bitnet.cpp build; one scale for the whole tensor
             codes, scale = i2s_layouts.decode(raw, t.shape, self.i2s_layout)
             v = float(scale[0])
-            if not v > 0 or v == float("inf"):
+            if not (0 < v < float("inf")) and not (v == 0 and not codes.any()):  # quantize_i2_s: 0 for all zeros
                 raise self.fail(f"{t.type_name} scale is {v}, not finite and positive")
             return TernaryWeight(self._order(codes), self._in_data_scale(scale))
         codes, d = t.ggml.decode_codes(raw, t.shape)
@@ -228,6 +228,7 @@ class GGUFReader:
             want = (hf, expected[hf])
             entries[hf] = _entry(f, cfg, gname, want, records.get(hf), used, notes, (layout, recorded))
         _check_unused(f, used, notes)
+        tokenizer.check_vocabulary(f, cfg.vocab_size)
         has_i2s = any(t.type == types.I2_S for t in f.tensors.values())
         file_type = f.get(metadata.Keys.General.FILE_TYPE)
         gguf = GGUFFacts(arch, tokenizer.from_gguf(f), file_type, layout if has_i2s else None, recorded)

@@ -25,6 +25,7 @@ from .parser import GGUFFile
 from .stream_writer import KV, kv_bool, kv_i32s, kv_str, kv_strs, kv_u32
 
 NORMAL, CONTROL, USER_DEFINED = int(TokenType.NORMAL), int(TokenType.CONTROL), int(TokenType.USER_DEFINED)
+UNUSED = int(TokenType.UNUSED)
 _TOK = Keys.Tokenizer
 
 LLAMA3_SPLIT = (
@@ -163,8 +164,10 @@ def _vocabulary(vocab: dict, added_tokens: Any, size: int) -> tuple[list[str], l
             types[tid] = CONTROL if added.get("special") else USER_DEFINED
     for i, t in enumerate(tokens):
         if t is None:
-            tokens[i] = f"[PAD{i}]"  # llama.cpp's convention for ids the tokenizer does not use
-            types[i] = USER_DEFINED
+            # llama.cpp's convention for ids the tokenizer does not use: UNUSED, so that the text
+            # "[PAD500]" is never tokenized as token 500 (a USER_DEFINED token would be matched whole)
+            tokens[i] = f"[PAD{i}]"
+            types[i] = UNUSED
     return tokens, types  # type: ignore[return-value]
 
 
@@ -192,7 +195,8 @@ def _special_tokens(
     bos_token = tokens[bos_id] if bos_id is not None and 0 <= bos_id < len(tokens) else None
     add_bos = tcfg.get("add_bos_token")
     kv[_TOK.ADD_BOS] = kv_bool(add_bos if isinstance(add_bos, bool) else _adds_bos(tok, bos_token))
-    kv[_TOK.ADD_EOS] = kv_bool(bool(tcfg.get("add_eos_token", False)))
+    add_eos = tcfg.get("add_eos_token", False)
+    kv[_TOK.ADD_EOS] = kv_bool(add_eos if isinstance(add_eos, bool) else False)
     template = tcfg.get("chat_template")
     if isinstance(template, list):  # named templates: llama.cpp takes the default one
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
@@ -225,6 +229,34 @@ def _not_utf8(text: str) -> bool:
     except UnicodeEncodeError:
         return True
     return False
+
+
+def check_vocabulary(f: GGUFFile, rows: int) -> None:
+    """Refuse a GGUF vocabulary that no tokenizer could be rebuilt from, before anything is written:
+    more tokens than embedding rows, per-token arrays of other lengths, a special token id outside
+    the list, and (for gpt2 BPE, which maps each string to one id) a token string given twice."""
+    tokens = f.get(_TOK.LIST)
+    if tokens is None:
+        return
+    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+        raise CheckpointError(f.path, f"{_TOK.LIST} is not a list of strings")
+    if len(tokens) > rows:
+        raise CheckpointError(f.path, f"{_TOK.LIST} has {len(tokens)} tokens for {rows} embedding rows")
+    for key in (_TOK.TOKEN_TYPE, _TOK.SCORES):
+        values = f.get(key)
+        if values is not None and (not hasattr(values, "__len__") or len(values) != len(tokens)):
+            n = len(values) if hasattr(values, "__len__") else "not a list of"
+            raise CheckpointError(f.path, f"{key} has {n} entries for {len(tokens)} tokens")
+    for key in (_TOK.BOS_ID, _TOK.EOS_ID, _TOK.PAD_ID, _TOK.UNK_ID, _TOK.SEP_ID):
+        tid = f.get(key)
+        if tid is not None and not (isinstance(tid, int) and 0 <= tid < len(tokens)):
+            raise CheckpointError(f.path, f"{key} {tid!r} is not the id of one of its {len(tokens)} tokens")
+    if f.get(_TOK.MODEL) == "gpt2":
+        seen: dict[str, int] = {}
+        for i, t in enumerate(tokens):
+            if t in seen:
+                raise CheckpointError(f.path, f"{_TOK.LIST} holds {t!r:.60} twice (ids {seen[t]} and {i})")
+            seen[t] = i
 
 
 def write_hf_tokenizer(f: GGUFFile, out: Path) -> list[Path]:

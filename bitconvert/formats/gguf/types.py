@@ -54,6 +54,9 @@ class GGMLType:
     first_invalid: Callable[[np.ndarray, tuple[int, ...]], str | None] | None = None
     flat: bool = False
     tail: int = 0  # bytes after the blocks (I2_S: the scale and its padding)
+    #: the last bytes of the tail that carry no data (I2_S: 28 after the scale, which llama.cpp's
+    #: quantizer leaves uninitialised): byte comparisons skip them
+    padding: int = 0
     dtype_name: str | None = None  # float types stored value by value: their safetensors dtype name
     max_finite: float | None = None  # magnitudes at or above this do not fit (F16 overflow)
     file_type: int | None = None  # general.file_type when this is the model's main weight type
@@ -135,7 +138,8 @@ TYPES: dict[int, GGMLType] = {
                  encode_rows=codecs.encode_tq2_0_rows, **_size(_Q.TQ2_0)),
         # ggml is told one byte per value; the real size is 2 bits per value plus the tail.
         GGMLType(I2_S, "I2_S", "ternary", _I2_S_BLOCK, _I2_S_BLOCK // 4, i2s_layouts.encode, i2s_layouts.decode,
-                 _i2_s_invalid, flat=True, tail=i2s_layouts.TAIL, file_type=FILE_TYPE_I2_S),
+                 _i2_s_invalid, flat=True, tail=i2s_layouts.TAIL, padding=i2s_layouts.TAIL - 4,
+                 file_type=FILE_TYPE_I2_S),
     )
 }  # fmt: skip
 UNSUPPORTED = {TL1: "TL1 (bitnet.cpp kernel-tile layout, not portable)", TL2: "TL2 or MXFP4"}

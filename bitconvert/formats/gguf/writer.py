@@ -77,7 +77,7 @@ class GGUFWriter:
         report.bytes_written = out.stat().st_size
         report.ternary_sources = dict(how)
         report.details.update(
-            gguf_type=options.gguf_type, architecture=plan.arch, token_embd=options.embed_type,
+            gguf_type=options.gguf_type, architecture=plan.arch, token_embd=embed_type(ckpt, options),
             scale=SCALE_MODES[plan.mode], recipe=plan.recipe.value,
         )  # fmt: skip
         if plan.wtype.id == types.I2_S:
@@ -96,7 +96,8 @@ def plan_tensors(ckpt: Checkpoint, options: GGUFOptions) -> Plan:
     arch = archs.gguf_architecture(cfg.family, options.gguf_type)
     layout = options.i2s_layout or i2s_layouts.DEFAULT_LAYOUT
     plan = Plan(arch, wtype, scale_mode(wtype, arch, options.recipe), options.recipe, layout)
-    etype = types.BY_OPTION[options.embed_type]
+    plan.embed_loss = _embed_loss(ckpt, options)
+    etype = types.BY_OPTION[embed_type(ckpt, options)]
     for hf in ordered_names(cfg, ckpt.tensors):
         e = ckpt.tensors[hf]
         gname = names.to_gguf(hf, cfg)
@@ -116,6 +117,32 @@ def plan_tensors(ckpt: Checkpoint, options: GGUFOptions) -> Plan:
             dense = types.TYPES[types.F32 if len(e.shape) == 1 else types.F16]
         plan.tensors.append(TensorPlan(hf, PlannedGGUFTensor(gname, dense.id, e.shape), "dense", heads=heads))
     return plan
+
+
+#: source float dtype -> the --embed-type that holds it exactly
+_EXACT_EMBED = {"F16": "f16", "BF16": "bf16", "F32": "f32"}
+#: embed types that hold every value of a source dtype (widening), beside the source's own
+_WIDER = {"F16": ("f32",), "BF16": ("f32",)}
+
+
+def embed_type(ckpt: Checkpoint, options: GGUFOptions) -> str:
+    """The type token_embd is written in: the one asked for, else the source's own float type."""
+    if options.embed_type is not None:
+        return options.embed_type
+    e = ckpt.tensors.get(EMBEDDINGS[0])
+    return _EXACT_EMBED.get(e.dtype_name, "f16") if e is not None and e.kind is Kind.DENSE else "f16"
+
+
+def _embed_loss(ckpt: Checkpoint, options: GGUFOptions) -> str | None:
+    """A warning when the embedding type asked for rounds the source's float values."""
+    e = ckpt.tensors.get(EMBEDDINGS[0])
+    chosen = embed_type(ckpt, options)
+    if e is None or e.kind is not Kind.DENSE or e.dtype_name not in _EXACT_EMBED:
+        return None
+    if chosen == _EXACT_EMBED[e.dtype_name] or chosen in _WIDER.get(e.dtype_name, ()):
+        return None
+    return (f"token_embd: the source's {e.dtype_name} values are stored as {chosen.upper()} (--embed-type {chosen}), "
+            f"which rounds them; the default keeps {_EXACT_EMBED[e.dtype_name]}")
 
 
 def _check_options(ckpt: Checkpoint, options: GGUFOptions, wtype: GGMLType) -> None:
@@ -239,6 +266,8 @@ def _check_layout(cfg: ModelConfig, arch: str, report: WriteReport) -> None:
 
 
 def _report_losses(plan: Plan, options: GGUFOptions, how: Counter, folded_err: float, report: WriteReport) -> None:
+    if plan.embed_loss:
+        report.warnings.append(plan.embed_loss)
     if plan.mode == "folded" and how:
         report.warnings.append(
             f"llama.cpp's {plan.arch!r} architecture loads no .scale tensors: each tensor scale was folded into the "
