@@ -12,6 +12,7 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -163,10 +164,16 @@ def run_codegen(kind: str, shapes: list[tuple[int, int]], bm: list[int], bk: lis
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 
 
-def read_gguf(path: Path) -> tuple[dict, dict[str, tuple[int, tuple[int, ...], bytes]]]:
-    """(metadata, tensor name -> (type id, dims as ne, bytes from its offset to the next tensor's)).
-    A tensor's bytes thus include its padding and, for TL types, the scale slot after it; bitconvert's
-    own parser is not used."""
+class Tensor(NamedTuple):
+    type: int  # GGML type id
+    dims: tuple[int, ...]  # ne, as the header lists them
+    data: bytes  # from its offset to the next tensor's (padding, and a TL scale slot, included)
+    offset: int  # absolute, in the file
+
+
+def read_gguf(path: Path) -> tuple[dict, dict[str, Tensor]]:
+    """(metadata, tensor name -> :class:`Tensor`), by the header's own offsets; bitconvert's parser is
+    not used."""
     b = path.read_bytes()
     pos = 0
 
@@ -201,9 +208,60 @@ def read_gguf(path: Path) -> tuple[dict, dict[str, tuple[int, tuple[int, ...], b
         infos.append((name, dims, take("<I"), take("<Q")))
     align = kv.get("general.alignment", 32)
     start = -(-pos // align) * align
-    ends = sorted(off for *_, off in infos)[1:] + [len(b) - start]
     order = sorted(infos, key=lambda i: i[3])
-    return kv, {name: (typ, dims, b[start + off : start + end]) for (name, dims, typ, off), end in zip(order, ends)}
+    ends = [off for *_, off in order][1:] + [len(b) - start]
+    return kv, {
+        name: Tensor(typ, dims, b[start + off : start + end], start + off)
+        for (name, dims, typ, off), end in zip(order, ends)
+    }
+
+
+def tensor_data(path: Path) -> dict[str, tuple[int, tuple[int, ...], bytes]]:
+    """Each tensor's type, dims and meaningful bytes: an I2_S tensor's codes and fp32 scale without
+    the 28 bytes after it, which llama-quantize leaves uninitialised; other tensors' bytes unpadded."""
+    out = {}
+    for name, t in read_gguf(path)[1].items():
+        n = 1
+        for d in t.dims:
+            n *= d
+        size = {36: n // 4 + 4, 0: 4 * n, 1: 2 * n}.get(t.type, len(t.data))
+        out[name] = (t.type, t.dims, t.data[:size])
+    return out
+
+
+def permute_qk_rows(src: Path, dst: Path, heads: dict[str, int], inverse: bool = False) -> Path:
+    """A copy of an x86-layout I2_S GGUF whose attn_q / attn_k rows are reordered per head as
+    llama.cpp's converter permutes them for `llama` (``inverse``: undone), metadata unchanged: a file
+    in the other RoPE convention. ``heads``: "attn_q" / "attn_k" -> head count. (x86 I2_S keeps a
+    row of k values in k/4 consecutive bytes when k is a multiple of 128.)"""
+    raw = bytearray(src.read_bytes())
+    for name, t in read_gguf(src)[1].items():
+        kind = name.split(".")[-2]
+        if kind not in heads:
+            continue
+        cols, rows = t.dims
+        assert t.type == 36 and cols % 128 == 0, (name, t.type, t.dims)
+        h = heads[kind]
+        order = np.arange(rows).reshape(h, 2, rows // h // 2).swapaxes(1, 2).reshape(-1)
+        block = np.frombuffer(bytes(raw[t.offset : t.offset + rows * cols // 4]), np.uint8).reshape(rows, cols // 4)
+        moved = np.empty_like(block)
+        if inverse:
+            moved[order] = block
+        else:
+            moved = block[order]
+        raw[t.offset : t.offset + rows * cols // 4] = moved.tobytes()
+    dst.write_bytes(bytes(raw))
+    return dst
+
+
+def renamed_key(src: Path, dst: Path, key: str, new: str) -> Path:
+    """A copy of a GGUF with one metadata key renamed in place (same length: no offset moves)."""
+    assert len(key) == len(new)
+    raw = src.read_bytes()
+    encoded = struct.pack("<Q", len(key)) + key.encode()
+    assert raw.count(encoded) == 1, key
+    dst.write_bytes(raw.replace(encoded, struct.pack("<Q", len(new)) + new.encode()))
+    return dst
 
 
 # --- the prebuilt runtime -----------------------------------------------------------------------

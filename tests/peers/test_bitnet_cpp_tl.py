@@ -87,10 +87,10 @@ def tensors_compared(ours: Path, theirs: Path) -> int:
     _, a = read_gguf(ours)
     _, b = read_gguf(theirs)
     assert sorted(a) == sorted(b)
-    for name, (typ, dims, data) in b.items():
-        assert a[name][:2] == (typ, dims), name
-        assert a[name][2] == data, f"{name}: {sum(x != y for x, y in zip(a[name][2], data))} bytes differ"
-    return sum(1 for typ, _, _ in b.values() if typ in (38, 39))
+    for name, t in b.items():
+        assert (a[name].type, a[name].dims) == (t.type, t.dims), name
+        assert a[name].data == t.data, f"{name}: {sum(x != y for x, y in zip(a[name].data, t.data))} bytes differ"
+    return sum(1 for t in b.values() if t.type in (38, 39))
 
 
 def test_codegen_writes_the_grammar_bitconvert_reads(configs):
@@ -131,7 +131,7 @@ def test_upstream_gguf_py_header_reads_the_same(models, configs, tmp_path, kind)
     upstream = convert_with_peer(model, tmp_path / "upstream.gguf", kind, kernel_ini=configs[kind], writer="upstream")
     _, listed = read_gguf(upstream)
     assert sum(name.endswith("_scale") for name in listed) == 14
-    assert upstream.read_bytes().endswith(fork.read_bytes()[-sum(len(d) for _, _, d in read_gguf(fork)[1].values()):])
+    assert upstream.read_bytes().endswith(fork.read_bytes()[-sum(len(t.data) for t in read_gguf(fork)[1].values()):])
     with assumed(KernelChoice(configs[kind])):
         a, b = open_checkpoint(fork), open_checkpoint(upstream)
     assert not any("_scale" in n for n in b.tensors)

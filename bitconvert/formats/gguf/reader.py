@@ -347,7 +347,7 @@ def _read_origin(f: GGUFFile, ckpt: Checkpoint) -> None:
 def _tokenizer_side_files(f: GGUFFile, ckpt: Checkpoint, notes: list[str]) -> list[Path]:
     """tokenizer.json / tokenizer_config.json rebuilt in a folder that lives as long as ``ckpt``."""
     model = f.get(metadata.Keys.Tokenizer.MODEL)
-    if model is None:
+    if model is None or model == tokenizer.NO_VOCAB:
         return []
     folder = Path(tempfile.mkdtemp(prefix="bitconvert-gguf-tokenizer-"))
     weakref.finalize(ckpt, shutil.rmtree, folder, True)

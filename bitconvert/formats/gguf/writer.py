@@ -199,6 +199,8 @@ def _metadata(ckpt: Checkpoint, plan: Plan, options: GGUFOptions, report: WriteR
     md.update(metadata.hyperparameters(cfg, plan.arch))
     if not options.no_tokenizer:
         md.update(_tokenizer(ckpt, report))
+    if tokenizer.MODEL_KEY not in md:
+        md.update(tokenizer.no_vocab())
     records = {}
     for p in plan.tensors:
         scale = _exact_scale(ckpt, p)
