@@ -24,6 +24,7 @@ from bitnet_cpp_peers import (
     dump_logits,
     llama_quantize,
     permute_qk_rows,
+    read_gguf,
     renamed_key,
     runtime_logits,
     runtime_skip_reason,
@@ -32,6 +33,7 @@ from bitnet_cpp_peers import (
 from conftest import make_checkpoint
 
 from bitconvert.convert import convert
+from bitconvert.verify import verify_target
 
 pytestmark = pytest.mark.skipif(runtime_skip_reason() is not None, reason=str(runtime_skip_reason()))
 runtime = pytest.importorskip("bitconvert.runtime", reason="bitconvert.runtime (reference runtime) is not available")
@@ -44,6 +46,7 @@ DIMS = {"hidden": 256, "intermediate": 512, "layers": 2, "heads": 4, "kv_heads":
 #: I2_S layout |dcos| <= 0.32, Q/K rows in the other RoPE order <= 0.80 past position 0.
 DCOS = 0.998
 SEEDS = {"1bitllm": 5, "llama": 6}
+GGML_NAMES = {0: "F32", 1: "F16", 8: "Q8_0", 30: "BF16", 34: "TQ1_0", 35: "TQ2_0", 36: "I2_S"}
 
 
 def sharpened(model: Path, factor: float = 16.0) -> Path:
@@ -198,6 +201,10 @@ def test_every_file_computes_the_model(families, kind):
         low[label] = round(float(d.min()), 6)
     print("\n".join(f"{kind}: {label}: min dcos {v:.6f}" for label, v in low.items()))  # pytest -rP shows it
     assert all(v >= DCOS for v in low.values()), low
+    # and `verify --target bitnet.cpp` says this runtime loads them
+    for path in (fam.gguf("i2s"), fam.gguf("tq1_0")):
+        rules = {c.name: c.passed for c in verify_target(path, "bitnet.cpp").checks}
+        assert rules["bitnet.cpp.architecture"] and rules["bitnet.cpp.tensor_types"], rules
 
 
 # --- negative controls: what the check must catch -----------------------------------------------
@@ -231,6 +238,22 @@ def test_2b4t_i2_s_is_an_architecture_this_release_does_not_know(tmp_path):
     convert(model, tmp_path / "m.gguf", "gguf", {"gguf_type": "i2_s"})
     done = dump_logits(tmp_path / "m.gguf", TOKENS)
     assert done.returncode == 1 and "unknown model architecture: 'bitnet-b1.58'" in done.stderr
+    rule = next(c for c in verify_target(tmp_path / "m.gguf", "bitnet.cpp").checks if c.name.endswith(".architecture"))
+    assert not rule.passed and "first release refuses: unknown model architecture" in rule.detail
+
+
+def test_every_type_bitconvert_writes_loads(families):
+    """The float types and embedding types too (what `verify --target bitnet.cpp` lists as loaded)."""
+    from bitconvert.verify.consumer_checks import BITNET_CPP_TYPES
+
+    fam = families["1bitllm"]
+    seen = set()
+    for name, options in {"f16": {"gguf_type": "f16"}, "bf16": {"gguf_type": "bf16"}, "f32": {"gguf_type": "f32"},
+                          "i2s-q8_0": {"gguf_type": "i2_s", "embed_type": "q8_0"}}.items():  # fmt: skip
+        path = fam.gguf(name, **options)
+        assert runtime_logits(path, TOKENS).shape == (len(TOKENS), 320), name
+        seen |= {GGML_NAMES[t.type] for t in read_gguf(path)[1].values()}
+    assert seen | {"I2_S", "TQ1_0", "TQ2_0"} == set(BITNET_CPP_TYPES)
 
 
 def test_no_vocab_loads_here_and_in_llama_cpp(families, tmp_path):
