@@ -300,3 +300,12 @@ def test_tl_on_the_narrow_fixtures(tmp_path):
         assert np.array_equal(src.tensors[name].load().codes, back.tensors[name].load().codes), name
     info = json.loads(run_cli("inspect", tmp_path / "n.gguf", "--json").stdout)
     assert info["kernel_config"] == "n.ini (recorded in the file)"
+
+
+def test_gguf_py_reader_opens_no_tl_file(masters, ini_files, tmp_path):
+    """gguf-py knows ids 38/39 as other types (39: MXFP4) or not at all: its reader cannot open TL files."""
+    gguf = pytest.importorskip("gguf")
+    for kind in ("tl1", "tl2"):
+        convert(masters["llama"], tmp_path / f"{kind}.gguf", "gguf", {"gguf_type": kind, "kernel_config": ini_files[kind]})
+        with pytest.raises(ValueError):
+            gguf.GGUFReader(tmp_path / f"{kind}.gguf")

@@ -6,6 +6,7 @@ subprocess, with only the additions recorded below; an independent GGUF reader c
 
 from __future__ import annotations
 
+import mmap
 import os
 import shutil
 import struct
@@ -171,49 +172,56 @@ class Tensor(NamedTuple):
     offset: int  # absolute, in the file
 
 
-def read_gguf(path: Path) -> tuple[dict, dict[str, Tensor]]:
-    """(metadata, tensor name -> :class:`Tensor`), by the header's own offsets; bitconvert's parser is
-    not used."""
-    b = path.read_bytes()
-    pos = 0
+def read_gguf_header(path: Path) -> dict:
+    """(metadata, tensor name -> (type id, ne, absolute start, end)): each tensor runs from its offset to
+    the next tensor's (padding, and a TL scale slot, included). The file is mapped, not read whole;
+    bitconvert's parser is not used."""
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as b:
+        pos = 0
 
-    def take(fmt: str):
-        nonlocal pos
-        (v,) = struct.unpack_from(fmt, b, pos)
-        pos += struct.calcsize(fmt)
-        return v
+        def take(fmt: str):
+            nonlocal pos
+            (v,) = struct.unpack_from(fmt, b, pos)
+            pos += struct.calcsize(fmt)
+            return v
 
-    def value(t: int):
-        nonlocal pos
-        if t == 8:
-            n = take("<Q")
-            pos += n
-            return b[pos - n : pos].decode("utf-8", "replace")
-        if t == 9:
-            item, n = take("<I"), take("<Q")
-            return [value(item) for _ in range(n)]
-        return take(_SCALARS[t])
+        def value(t: int):
+            nonlocal pos
+            if t == 8:
+                n = take("<Q")
+                pos += n
+                return bytes(b[pos - n : pos]).decode("utf-8", "replace")
+            if t == 9:
+                item, n = take("<I"), take("<Q")
+                return [value(item) for _ in range(n)]
+            return take(_SCALARS[t])
 
-    assert b[:4] == b"GGUF", path
-    pos = 8
-    n_tensors, n_kv = take("<Q"), take("<Q")
-    kv = {}
-    for _ in range(n_kv):
-        key = value(8)
-        kv[key] = value(take("<I"))
-    infos = []
-    for _ in range(n_tensors):
-        name = value(8)
-        dims = tuple(take("<Q") for _ in range(take("<I")))
-        infos.append((name, dims, take("<I"), take("<Q")))
+        assert b[:4] == b"GGUF", path
+        pos = 8
+        n_tensors, n_kv = take("<Q"), take("<Q")
+        kv = {}
+        for _ in range(n_kv):
+            key = value(8)
+            kv[key] = value(take("<I"))
+        infos = []
+        for _ in range(n_tensors):
+            name = value(8)
+            dims = tuple(take("<Q") for _ in range(take("<I")))
+            infos.append((name, dims, take("<I"), take("<Q")))
+        size = len(b)
     align = kv.get("general.alignment", 32)
     start = -(-pos // align) * align
     order = sorted(infos, key=lambda i: i[3])
-    ends = [off for *_, off in order][1:] + [len(b) - start]
-    return kv, {
-        name: Tensor(typ, dims, b[start + off : start + end], start + off)
-        for (name, dims, typ, off), end in zip(order, ends)
-    }
+    ends = [off for *_, off in order][1:] + [size - start]
+    tensors = {name: (typ, dims, start + off, start + end) for (name, dims, typ, off), end in zip(order, ends)}
+    return kv, tensors
+
+
+def read_gguf(path: Path) -> tuple[dict, dict[str, Tensor]]:
+    """(metadata, tensor name -> :class:`Tensor`) of a small GGUF (see :func:`read_gguf_header`)."""
+    kv, tensors = read_gguf_header(path)
+    raw = path.read_bytes()
+    return kv, {n: Tensor(typ, dims, raw[a:b], a) for n, (typ, dims, a, b) in tensors.items()}
 
 
 def tensor_data(path: Path) -> dict[str, tuple[int, tuple[int, ...], bytes]]:

@@ -141,6 +141,18 @@ def test_upstream_gguf_py_header_reads_the_same(models, configs, tmp_path, kind)
             assert np.array_equal(x.codes, y.codes) and x.scale.item() == y.scale.item(), name
 
 
+def test_verify_reproduce_names_bitnet_cpps_recipe(models, configs, tmp_path):
+    """`verify FILE --reproduce MASTER` on bitnet.cpp's own TL file (its configuration named when
+    reading) rebuilds it bit for bit with --recipe bitnet.cpp (here the default recipe's exact mean
+    rounds to the same fp32 scales, so it does too)."""
+    from bitconvert.verify.reproduce import verify_reproduce
+
+    theirs = convert_with_peer(models["2b4t"], tmp_path / "theirs.gguf", "tl2", kernel_ini=configs["tl2"])
+    with assumed(KernelChoice(configs["tl2"])):
+        report = verify_reproduce(theirs, models["2b4t"])
+    assert report.passed and "bitnet.cpp" in report.figures["reproducing_recipes"], report.figures
+
+
 def test_packed_bitnet_input_converter_drops_the_scale(models, configs, tmp_path):
     """bitnet.cpp's converter packs offline-packed BitNet weights with scale 1.0 (the checkpoint's
     weight_scale is read but not used on its TL path); bitconvert keeps the stored scale. Codes agree."""

@@ -193,7 +193,7 @@ def preset_name(value: object, flag: str = "--kernel-preset") -> str:
 class KernelChoice:
     """What a user named: a kernel_config.ini (for either type) or a preset (one per type)."""
 
-    path: Path | None = None
+    path: Path | KernelConfig | None = None  # a configuration already read passes as it is
     preset: str | None = None
 
     def __bool__(self) -> bool:
@@ -202,8 +202,10 @@ class KernelChoice:
     def resolve(self, kind: str) -> KernelConfig:
         if self.path is not None and self.preset is not None:
             raise UsageError("name one kernel configuration: --kernel-config FILE or --kernel-preset NAME, not both")
+        if isinstance(self.path, KernelConfig):
+            return self.path
         if self.path is not None:
-            return read_ini(self.path)
+            return read_ini(Path(self.path))
         if self.preset is None:
             raise UsageError("no kernel configuration named (--kernel-config FILE or --kernel-preset NAME)")
         return preset(preset_name(self.preset), kind)

@@ -20,8 +20,11 @@ KERNEL_PRESETS = ("bitnet_b1_58-large", "bitnet_b1_58-3B", "Llama3-8B-1.58-100B-
 TL_TYPES = ("tl1", "tl2")
 
 
-def _parse_path(value: Any) -> Path:
-    return Path(value)
+def _parse_kernel_config(value: Any) -> Any:
+    """A path to kernel_config.ini; from Python, a ready ``kernel_config.KernelConfig`` too."""
+    from .kernel_config import KernelConfig
+
+    return value if isinstance(value, KernelConfig) else Path(value)
 
 
 def _parse_preset(value: Any) -> str:
@@ -52,7 +55,8 @@ class GGUFOptions:
     )  # fmt: skip
     kernel_config: Path | None = option(
         None, "--kernel-config", "TL1/TL2: the kernel_config.ini of the bitnet.cpp build that will run the file "
-        "(its include/kernel_config.ini): the tile each weight shape is packed with.", _parse_path, metavar="FILE",
+        "(its include/kernel_config.ini): the tile each weight shape is packed with.", _parse_kernel_config,
+        metavar="FILE",
     )  # fmt: skip
     kernel_preset: str | None = option(
         None, "--kernel-preset", "TL1/TL2: one of bitnet.cpp's preset kernel configurations (preset_kernels/), "
