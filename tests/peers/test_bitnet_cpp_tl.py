@@ -135,6 +135,7 @@ def test_upstream_gguf_py_header_reads_the_same(models, configs, tmp_path, kind)
     with assumed(KernelChoice(configs[kind])):
         a, b = open_checkpoint(fork), open_checkpoint(upstream)
     assert not any("_scale" in n for n in b.tensors)
+    assert any(n.startswith("14 `<name>_scale` tensor entries read as the TL scale slots") for n in b.notes)
     for name, entry in a.tensors.items():
         x, y = entry.load(), b.tensors[name].load()
         if hasattr(x, "codes"):

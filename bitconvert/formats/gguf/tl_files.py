@@ -21,6 +21,9 @@ def kernels_for(f: GGUFFile, given: KernelConfig | None, notes: list[str]) -> tu
     tl = [t for t in f.tensors.values() if t.ggml.tiled]
     if not tl:
         return None
+    if f.scale_entries:
+        notes.append(f"{len(f.scale_entries)} `<name>_scale` tensor entries read as the TL scale slots they "
+                     "describe (upstream gguf-py's header; bitnet.cpp's lists none)")  # fmt: skip
     text = f.get(kernel_config.RECORD_KEY)
     recorded = kernel_config.from_record(text, f.path) if text is not None else None
     if given is None:
