@@ -134,8 +134,10 @@ def main() -> None:
         elif "skipped" in r:
             print(f"{r['job']:28s} skipped: {r['skipped']}")
         else:
-            print(f"{r['job']:28s} {r['wall_s']:8.1f} s  peak RSS {r['peak_rss_mb']:8.1f} MB  exit {r['returncode']}"
-                  f"  {r['bytes'] or 0:,} bytes" + (f"\n{r['stderr']}" if r["returncode"] else ""))
+            print(
+                f"{r['job']:28s} {r['wall_s']:8.1f} s  peak RSS {r['peak_rss_mb']:8.1f} MB  exit {r['returncode']}"
+                f"  {r['bytes'] or 0:,} bytes" + (f"\n{r['stderr']}" if r["returncode"] else "")
+            )
 
 
 if __name__ == "__main__":

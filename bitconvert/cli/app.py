@@ -53,13 +53,21 @@ def _root(
     ] = False,
     kernel_config: Annotated[
         Optional[Path],
-        typer.Option("--kernel-config", metavar="FILE", help="Read TL1/TL2 GGUFs that record no kernel configuration "
-                     "(bitnet.cpp's own) with this kernel_config.ini of the build that wrote them."),
+        typer.Option(
+            "--kernel-config",
+            metavar="FILE",
+            help="Read TL1/TL2 GGUFs that record no kernel configuration "
+            "(bitnet.cpp's own) with this kernel_config.ini of the build that wrote them.",
+        ),
     ] = None,
     kernel_preset: Annotated[
         Optional[str],
-        typer.Option("--kernel-preset", metavar="NAME", help="Read such files with one of bitnet.cpp's preset "
-                     "kernel configurations (bitnet_b1_58-large, bitnet_b1_58-3B, Llama3-8B-1.58-100B-tokens)."),
+        typer.Option(
+            "--kernel-preset",
+            metavar="NAME",
+            help="Read such files with one of bitnet.cpp's preset "
+            "kernel configurations (bitnet_b1_58-large, bitnet_b1_58-3B, Llama3-8B-1.58-100B-tokens).",
+        ),
     ] = None,
 ) -> None:
     state["debug"] = debug

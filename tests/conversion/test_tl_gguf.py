@@ -21,8 +21,14 @@ from bitconvert.formats.gguf.parser import GGUFFile
 
 DIMS = {"hidden": 256, "intermediate": 512, "layers": 2, "heads": 4, "kv_heads": 2}
 SHAPES = [(256, 256), (128, 256), (512, 256), (256, 512)]
-TL1 = KernelConfig("tiny tl1", tuple(Tile(m, k, *t) for (m, k), t in zip(SHAPES, [(128, 64, 64), (128, 128, 32), (256, 128, 32), (128, 64, 32)])))
-TL2 = KernelConfig("tiny tl2", tuple(Tile(m, k, *t) for (m, k), t in zip(SHAPES, [(128, 96, 32), (128, 192, 32), (256, 96, 32), (128, 192, 32)])))
+TL1 = KernelConfig(
+    "tiny tl1",
+    tuple(Tile(m, k, *t) for (m, k), t in zip(SHAPES, [(128, 64, 64), (128, 128, 32), (256, 128, 32), (128, 64, 32)])),
+)
+TL2 = KernelConfig(
+    "tiny tl2",
+    tuple(Tile(m, k, *t) for (m, k), t in zip(SHAPES, [(128, 96, 32), (128, 192, 32), (256, 96, 32), (128, 192, 32)])),
+)
 CONFIGS = {"tl1": TL1, "tl2": TL2}
 
 
@@ -111,7 +117,9 @@ def test_tl2_bytes_follow_the_layout(tile):
 def test_tl2_sizes_are_bitnet_cpps_formula():
     # (k - 256) * m / 3 * 5 / 8 + 256 * m / 2 * 4 / 8, as the converter computes it (Python floor)
     assert tl_layouts.tl2_fill(256, 512) == 30037 and tl_layouts.tl2_fill(2560, 6912) == 3713706
-    assert tl_layouts.nbytes("tl2", (2560, 2560)) == 1392640 + 32 and tl_layouts.nbytes("tl1", (640, 2560)) == 409600 + 32
+    assert (
+        tl_layouts.nbytes("tl2", (2560, 2560)) == 1392640 + 32 and tl_layouts.nbytes("tl1", (640, 2560)) == 409600 + 32
+    )
 
 
 def test_invalid_bytes_are_found():
@@ -122,7 +130,9 @@ def test_invalid_bytes_are_found():
     bad[3] = 0xE0  # magnitude 14: no triplet
     assert "magnitude above 13" in tl_layouts.first_invalid_tl2(bad, (256, 256), tile)
     zero = tl_layouts.encode_tl2(np.zeros((256, 256), np.int8), 1.0, tile)
-    zero[256 * 192 // 6] = 1  # the first sign byte (192 = 256 - 256 % 96 triplet columns)  # a sign bit on a zero triplet: no encoder writes it
+    zero[256 * 192 // 6] = (
+        1  # the first sign byte (192 = 256 - 256 % 96 triplet columns)  # a sign bit on a zero triplet: no encoder writes it
+    )
     assert "sign bit set on a zero triplet" in tl_layouts.first_invalid_tl2(zero, (256, 256), tile)
     one = tl_layouts.encode_tl1(codes_of(256, 256, 2), 1.0, TL1.tiles[0])
     one[5] = 0x9F
@@ -179,7 +189,14 @@ def test_record_round_trips_and_is_checked():
     text = kernel_config.record(TL2, [(256, 256), (256, 256), (512, 256)])
     back = kernel_config.from_record(text, "f.gguf")
     assert back.name == "tiny tl2" and back.tiles == (TL2.tiles[0], TL2.tiles[2])
-    for broken in ("[]", "{}", '{"name": "x", "kernels": [[1, 2, 3]]}', '{"name": "x", "kernels": [[1, 2, 3, 4, true]]}', "{", 5):
+    for broken in (
+        "[]",
+        "{}",
+        '{"name": "x", "kernels": [[1, 2, 3]]}',
+        '{"name": "x", "kernels": [[1, 2, 3, 4, true]]}',
+        "{",
+        5,
+    ):
         with pytest.raises(CheckpointError, match="bitconvert.kernel_config is"):
             kernel_config.from_record(broken, "f.gguf")
 
@@ -244,7 +261,10 @@ def test_options_are_refused_where_they_cannot_apply(masters, ini_files, tmp_pat
     m = masters["bitnet-2b4t"]
     cases = [
         ({"gguf_type": "tl2"}, "name its configuration with --kernel-config FILE"),
-        ({"gguf_type": "i2_s", "kernel_preset": "bitnet_b1_58-3B"}, "--kernel-preset applies to --gguf-type tl1 or tl2 only"),
+        (
+            {"gguf_type": "i2_s", "kernel_preset": "bitnet_b1_58-3B"},
+            "--kernel-preset applies to --gguf-type tl1 or tl2 only",
+        ),
         ({"gguf_type": "tl2", "kernel_preset": "bitnet_b1_58-3B", "kernel_config": ini_files["tl2"]}, "not both"),
         ({"gguf_type": "tl2", "kernel_config": ini_files["tl2"], "recipe": "llama.cpp"}, "--recipe llama.cpp writes"),
     ]
@@ -252,7 +272,9 @@ def test_options_are_refused_where_they_cannot_apply(masters, ini_files, tmp_pat
         with pytest.raises(UsageError, match=problem):
             convert(m, tmp_path / "x.gguf", "gguf", options)
         assert not (tmp_path / "x.gguf").exists()
-    with pytest.raises(CheckpointError, match=r"weight shape 256×256 has no kernel in the preset bitnet_b1_58-3B \(tl2\)"):
+    with pytest.raises(
+        CheckpointError, match=r"weight shape 256×256 has no kernel in the preset bitnet_b1_58-3B \(tl2\)"
+    ):
         convert(m, tmp_path / "x.gguf", "gguf", {"gguf_type": "tl2", "kernel_preset": "bitnet_b1_58-3B"})
     # a TL1 configuration is no TL2 one: its tiles are named and refused
     with pytest.raises(CheckpointError, match="bm 128, bk 64, bmm 64: TL2 cannot pack it: bmm 64"):
@@ -262,16 +284,26 @@ def test_options_are_refused_where_they_cannot_apply(masters, ini_files, tmp_pat
 
 def test_cli_names_the_configuration(masters, ini_files, tmp_path):
     out = tmp_path / "m.gguf"
-    res = run_cli("convert", masters["llama"], out, "--to", "gguf", "--gguf-type", "tl1", "--kernel-config", ini_files["tl1"])
+    res = run_cli(
+        "convert", masters["llama"], out, "--to", "gguf", "--gguf-type", "tl1", "--kernel-config", ini_files["tl1"]
+    )
     assert res.returncode == 0, res.stderr
     res = run_cli("inspect", out)
     assert res.returncode == 0 and "TL kernel configuration: tl1.ini (recorded in the file)" in res.stdout
     assert "TL1 (bm 128, bk 64, bmm 64) + F32 scale in data" in res.stdout
     bad = tmp_path / "bad.ini"
     bad.write_text("[Kernels_0]\nm = 256\n")
-    res = run_cli("convert", masters["llama"], tmp_path / "n.gguf", "--to", "gguf", "--gguf-type", "tl1", "--kernel-config", bad)
-    assert res.returncode == 1 and res.stderr.count("\n") == 1 and "bad.ini: [Kernels_0] (line 1) has no k, bm, bk, bmm" in res.stderr
-    res = run_cli("convert", masters["llama"], tmp_path / "n.gguf", "--to", "gguf", "--gguf-type", "tl1", "--kernel-preset", "x")
+    res = run_cli(
+        "convert", masters["llama"], tmp_path / "n.gguf", "--to", "gguf", "--gguf-type", "tl1", "--kernel-config", bad
+    )
+    assert (
+        res.returncode == 1
+        and res.stderr.count("\n") == 1
+        and "bad.ini: [Kernels_0] (line 1) has no k, bm, bk, bmm" in res.stderr
+    )
+    res = run_cli(
+        "convert", masters["llama"], tmp_path / "n.gguf", "--to", "gguf", "--gguf-type", "tl1", "--kernel-preset", "x"
+    )
     assert res.returncode == 2 and "--kernel-preset" in res.stderr
 
 
@@ -285,16 +317,25 @@ def test_reading_with_another_configuration_is_noted_and_refused_where_it_cannot
 
     ckpt = GGUFReader().read(out, kernels=other)
     assert any("whose tiles differ from the ones the file records (tl1.ini)" in n for n in ckpt.notes)
-    with assumed(KernelChoice(preset="bitnet_b1_58-3B")):
-        with pytest.raises(CheckpointError, match=r"weight shape 256×256 has no kernel in preset bitnet_b1_58-3B \(tl1\)"):
-            open_checkpoint(out)
+    with (
+        assumed(KernelChoice(preset="bitnet_b1_58-3B")),
+        pytest.raises(CheckpointError, match=r"weight shape 256×256 has no kernel in preset bitnet_b1_58-3B \(tl1\)"),
+    ):
+        open_checkpoint(out)
 
 
 def test_tl_on_the_narrow_fixtures(tmp_path):
     """64-wide fixtures: a TL1 configuration of their own shapes works; TL2 needs bk of 24s."""
-    config = KernelConfig("narrow", tuple(Tile(m, k, 32, 32, 32) for m, k in ((64, 64), (32, 64), (128, 64), (64, 128))))
+    config = KernelConfig(
+        "narrow", tuple(Tile(m, k, 32, 32, 32) for m, k in ((64, 64), (32, 64), (128, 64), (64, 128)))
+    )
     (tmp_path / "n.ini").write_text(config.to_ini())
-    convert(FIXTURES / "llama-packed", tmp_path / "n.gguf", "gguf", {"gguf_type": "tl1", "kernel_config": tmp_path / "n.ini"})
+    convert(
+        FIXTURES / "llama-packed",
+        tmp_path / "n.gguf",
+        "gguf",
+        {"gguf_type": "tl1", "kernel_config": tmp_path / "n.ini"},
+    )
     src, back = open_checkpoint(FIXTURES / "llama-packed"), open_checkpoint(tmp_path / "n.gguf")
     for name in src.config.quantized_linear_names():
         assert np.array_equal(src.tensors[name].load().codes, back.tensors[name].load().codes), name

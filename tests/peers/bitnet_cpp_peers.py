@@ -44,7 +44,7 @@ CONVERTER = BITNET / "utils" / "convert-hf-to-gguf-bitnet.py"
 #:     slot the scale fills (Eddie-Wang1120/llama.cpp merge-dev gguf-py/gguf/gguf_writer.py); emulated
 #:     by showing upstream's header writers a filtered table. The data section is upstream's, unchanged.
 #: The converter reads include/kernel_config.ini from its working directory: each run gets its own.
-CONVERTER_DRIVER = r'''
+CONVERTER_DRIVER = r"""
 import sys, types, enum, runpy, dataclasses
 sys.path.insert(0, {gguf_py!r})
 sys.modules["convert"] = types.SimpleNamespace(LlamaHfVocab=None, permute=None)                  # A5
@@ -96,7 +96,7 @@ g["Model"].get_vocab_base_pre = lambda self, tokenizer: "llama-bpe"
 sys.argv = ["convert-hf-to-gguf-bitnet.py", *sys.argv[1:]]
 g["main"].__globals__["args"] = g["parse_args"]()
 g["main"]()
-'''
+"""
 
 
 def peer_env() -> dict:
@@ -105,8 +105,16 @@ def peer_env() -> dict:
     return dict(os.environ, PYTHONPATH="")
 
 
-def run_converter(model: Path, out: Path, outtype: str, *, kernel_ini: Path | None = None, writer: str = "fork",
-                  arch_name: str = "bitnet-b1.58", vocab: str = "gpt2") -> subprocess.CompletedProcess:
+def run_converter(
+    model: Path,
+    out: Path,
+    outtype: str,
+    *,
+    kernel_ini: Path | None = None,
+    writer: str = "fork",
+    arch_name: str = "bitnet-b1.58",
+    vocab: str = "gpt2",
+) -> subprocess.CompletedProcess:
     """bitnet.cpp's convert-hf-to-gguf-bitnet.py on ``model`` (additions above); the completed process
     (a failure is the caller's to judge: the converter refuses some inputs on purpose)."""
     if not CONVERTER.is_file():
@@ -120,7 +128,7 @@ def run_converter(model: Path, out: Path, outtype: str, *, kernel_ini: Path | No
     driver.write_text(CONVERTER_DRIVER.format(gguf_py=str(LLAMA_CPP / "gguf-py"), script=str(CONVERTER),
                                               arch_name=arch_name, writer=writer, vocab=vocab))  # fmt: skip
     cmd = [sys.executable, str(driver), str(model.resolve()), "--outfile", str(out.resolve()), "--outtype", outtype]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=work, env=peer_env())
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=work, env=peer_env(), check=False)
 
 
 def convert_with_peer(model: Path, out: Path, outtype: str, **kw) -> Path:
@@ -134,12 +142,14 @@ def convert_with_peer(model: Path, out: Path, outtype: str, **kw) -> Path:
 #: of their __main__ (the shape list lookup) is replaced in a scratch copy, so that --model names
 #: shapes "MxK,MxK,..." (a built-in model name still works). Everything else runs as shipped.
 CODEGEN_LINE = "kernel_shapes = ModelShapeDict[args.model]"
-CODEGEN_STANDIN = ('kernel_shapes = ModelShapeDict.get(args.model) or '
-                   '[[int(v) for v in s.split("x")] for s in args.model.split(",")]')
+CODEGEN_STANDIN = (
+    'kernel_shapes = ModelShapeDict.get(args.model) or [[int(v) for v in s.split("x")] for s in args.model.split(",")]'
+)
 
 
-def run_codegen(kind: str, shapes: list[tuple[int, int]], bm: list[int], bk: list[int], bmm: list[int],
-                work: Path) -> Path:
+def run_codegen(
+    kind: str, shapes: list[tuple[int, int]], bm: list[int], bk: list[int], bmm: list[int], work: Path
+) -> Path:
     """bitnet.cpp's utils/codegen_{kind}.py for ``shapes`` (m, k): the kernel_config.ini it writes."""
     script = BITNET / "utils" / f"codegen_{kind}.py"
     if not script.is_file():
@@ -154,7 +164,7 @@ def run_codegen(kind: str, shapes: list[tuple[int, int]], bm: list[int], bk: lis
     for flag, values in (("--BM", bm), ("--BK", bk), ("--bm", bmm)):
         args += [flag, ",".join(map(str, values))]
     done = subprocess.run([sys.executable, f"utils/{script.name}", *args], capture_output=True, text=True,
-                          timeout=120, cwd=work, env=peer_env())  # fmt: skip
+                          timeout=120, cwd=work, env=peer_env(), check=False)  # fmt: skip
     if done.returncode:
         raise AssertionError(f"bitnet.cpp's codegen failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return work / "include" / "kernel_config.ini"
@@ -300,7 +310,7 @@ def dump_logits(gguf: Path, tokens: list[int], threads: int = 1) -> subprocess.C
     """``dump-logits MODEL TOKENS OUT.npy -t N``: the logits land beside the model as ``.npy``."""
     out = gguf.with_suffix(f".t{threads}.npy")
     cmd = [str(DUMP_LOGITS), str(gguf), ",".join(map(str, tokens)), str(out), "-t", str(threads)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=_runtime_env())
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=_runtime_env(), check=False)
 
 
 def runtime_logits(gguf: Path, tokens: list[int], threads: int = 1) -> np.ndarray:
@@ -313,7 +323,7 @@ def runtime_logits(gguf: Path, tokens: list[int], threads: int = 1) -> np.ndarra
 def llama_quantize(src: Path, dst: Path, type_name: str) -> Path:
     """bitnet.cpp's llama-quantize (paths absolute: a relative one starting with a digit is read as a type)."""
     cmd = [str(QUANTIZE), str(src.resolve()), str(dst.resolve()), type_name, "1"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_runtime_env())
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_runtime_env(), check=False)
     if done.returncode:
         raise AssertionError(f"llama-quantize {type_name} failed ({done.returncode}):\n{done.stderr[-2000:]}")
     return dst

@@ -260,7 +260,10 @@ def test_no_vocab_loads_here_and_in_llama_cpp(families, tmp_path):
     """A file without tokenizer.ggml.model is refused by this runtime and by llama.cpp: bitconvert
     writes "no_vocab" when it embeds no tokenizer, and both then run it, with the same logits."""
     fam = families["1bitllm"]
-    with_vocab, no_vocab = fam.gguf("i2s", gguf_type="i2_s"), fam.gguf("i2s-no-vocab", gguf_type="i2_s", no_tokenizer=True)
+    with_vocab, no_vocab = (
+        fam.gguf("i2s", gguf_type="i2_s"),
+        fam.gguf("i2s-no-vocab", gguf_type="i2_s", no_tokenizer=True),
+    )
     assert np.array_equal(runtime_logits(no_vocab, TOKENS), runtime_logits(with_vocab, TOKENS))
     keyless = renamed_key(no_vocab, tmp_path / "keyless.gguf", "tokenizer.ggml.model", "tokenizer.ggml.mode_")
     done = dump_logits(keyless, TOKENS)
@@ -277,5 +280,11 @@ def test_no_vocab_loads_here_and_in_llama_cpp(families, tmp_path):
             llm.close()
     assert np.array_equal(logits["tq2_0"], logits["tq2_0-no-vocab"])
     with pytest.raises(ValueError):  # llama-cpp-python: "Failed to load model from file"
-        llama_cpp.Llama(model_path=str(renamed_key(fam.gguf("tq2_0-no-vocab"), tmp_path / "k2.gguf",
-                                                   "tokenizer.ggml.model", "tokenizer.ggml.mode_")), verbose=False)
+        llama_cpp.Llama(
+            model_path=str(
+                renamed_key(
+                    fam.gguf("tq2_0-no-vocab"), tmp_path / "k2.gguf", "tokenizer.ggml.model", "tokenizer.ggml.mode_"
+                )
+            ),
+            verbose=False,
+        )

@@ -131,7 +131,7 @@ def test_upstream_gguf_py_header_reads_the_same(models, configs, tmp_path, kind)
     upstream = convert_with_peer(model, tmp_path / "upstream.gguf", kind, kernel_ini=configs[kind], writer="upstream")
     _, listed = read_gguf(upstream)
     assert sum(name.endswith("_scale") for name in listed) == 14
-    assert upstream.read_bytes().endswith(fork.read_bytes()[-sum(len(t.data) for t in read_gguf(fork)[1].values()):])
+    assert upstream.read_bytes().endswith(fork.read_bytes()[-sum(len(t.data) for t in read_gguf(fork)[1].values()) :])
     with assumed(KernelChoice(configs[kind])):
         a, b = open_checkpoint(fork), open_checkpoint(upstream)
     assert not any("_scale" in n for n in b.tensors)
@@ -172,7 +172,9 @@ def test_packed_bitnet_input_converter_drops_the_scale(models, configs, tmp_path
 def test_fp16_master_converter_stops_bitconvert_writes(models, configs, tmp_path):
     done = run_converter(models["1bitllm-fp16"], tmp_path / "theirs.gguf", "tl2", kernel_ini=configs["tl2"])
     assert done.returncode != 0 and "AssertionError" in done.stderr and not (tmp_path / "theirs.gguf").exists()
-    convert(models["1bitllm-fp16"], tmp_path / "ours.gguf", "gguf", {"gguf_type": "tl2", "kernel_config": configs["tl2"]})
+    convert(
+        models["1bitllm-fp16"], tmp_path / "ours.gguf", "gguf", {"gguf_type": "tl2", "kernel_config": configs["tl2"]}
+    )
     ours = open_checkpoint(tmp_path / "ours.gguf")
     master = open_checkpoint(models["1bitllm-fp16"])
     convert(models["1bitllm-fp16"], tmp_path / "i2s.gguf", "gguf", {"gguf_type": "i2_s"})

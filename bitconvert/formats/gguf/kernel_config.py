@@ -213,7 +213,7 @@ class KernelChoice:
 
 #: the configuration to read TL files with when they record none (the CLI's --kernel-config /
 #: --kernel-preset given before the command); the GGUF reader takes it when a file is opened
-ASSUMED: ContextVar[KernelChoice] = ContextVar("bitconvert_kernel_config", default=KernelChoice())
+ASSUMED: ContextVar[KernelChoice | None] = ContextVar("bitconvert_kernel_config", default=None)
 
 
 @contextmanager
@@ -245,7 +245,11 @@ def from_record(text: object, source: str | Path) -> KernelConfig:
         value = json.loads(text)
     except (ValueError, RecursionError):
         raise CheckpointError(source, f"{what} not JSON") from None
-    if not isinstance(value, dict) or not isinstance(value.get("name"), str) or not isinstance(value.get("kernels"), list):
+    if (
+        not isinstance(value, dict)
+        or not isinstance(value.get("name"), str)
+        or not isinstance(value.get("kernels"), list)
+    ):
         raise CheckpointError(source, f"{what} not an object with a name and a list of kernels")
     tiles = []
     for row in value["kernels"]:

@@ -233,7 +233,11 @@ class GGUFFile:
             if t.tiled and self.alignment != DEFAULT_ALIGNMENT:
                 raise CheckpointError(self.path, f"{t.name} needs GGUF's alignment of {DEFAULT_ALIGNMENT}, "
                                                  f"the file has {self.alignment}", name)  # fmt: skip
-            if previous is not None and previous.ggml.tiled and self._is_scale_slot(previous, name, gtype, shape, offset):
+            if (
+                previous is not None
+                and previous.ggml.tiled
+                and self._is_scale_slot(previous, name, gtype, shape, offset)
+            ):
                 self.scale_entries.append(name)
                 continue
             size = t.nbytes(shape)
@@ -262,7 +266,9 @@ class GGUFFile:
 
     def _check_tensor(self, name: str, ne: list[int], gtype: int) -> None:
         if gtype not in types.TYPES:
-            raise CheckpointError(self.path, f"tensor type {types.type_name(gtype)} (id {gtype}) is not supported", name)
+            raise CheckpointError(
+                self.path, f"tensor type {types.type_name(gtype)} (id {gtype}) is not supported", name
+            )
         n = 1
         for d in ne:
             if d < 0:
@@ -272,7 +278,9 @@ class GGUFFile:
             n *= d
         t = types.TYPES[gtype]
         if t.tiled and len(ne) != 2:
-            raise CheckpointError(self.path, f"{t.name} tensor with {len(ne)} dimensions; {t.name} holds matrices", name)
+            raise CheckpointError(
+                self.path, f"{t.name} tensor with {len(ne)} dimensions; {t.name} holds matrices", name
+            )
         if not t.fits(tuple(reversed(ne))):
             what = f"{n} values" if t.flat else f"row length {ne[0]}"
             raise CheckpointError(self.path, f"{what} is not a multiple of {t.name}'s block of {t.block}", name)

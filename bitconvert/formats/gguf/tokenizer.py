@@ -42,6 +42,8 @@ NO_VOCAB = "no_vocab"
 def no_vocab() -> dict[str, KV]:
     """The keys of a GGUF that holds no tokenizer, so that llama.cpp and bitnet.cpp still load it."""
     return {_TOK.MODEL: kv_str(NO_VOCAB)}
+
+
 NO_TOKENIZER_HINT = "pass --no-tokenizer to write the GGUF without a tokenizer"
 
 

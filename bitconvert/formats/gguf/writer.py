@@ -34,7 +34,7 @@ from ...ternary.recipes import RECIPES, Recipe, check_recipe
 from ...ternary.records import encode_record
 from .. import Progress, WriteReport, register_writer
 from ..hf.common import ordered_names
-from . import archs, i2s_layouts, kernel_config, metadata, names, production, tokenizer, types, tl_layouts
+from . import archs, i2s_layouts, kernel_config, metadata, names, production, tl_layouts, tokenizer, types
 from .options import TL_TYPES, GGUFOptions
 from .plan import Plan, TensorPlan
 from .stream_writer import KV, GGUFStreamWriter, PlannedGGUFTensor, kv_str
