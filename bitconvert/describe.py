@@ -56,7 +56,8 @@ def _bytes_on_disk(path: Path) -> int:
 
 
 def _gguf_figures(ckpt: Checkpoint) -> dict[str, Any]:
-    """A GGUF file's own architecture name (beside the model family) and its I2_S byte layout."""
+    """A GGUF file's own architecture name (beside the model family), its I2_S byte layout or TL kernel
+    configuration."""
     gguf = ckpt.facts.gguf
     if gguf is None:
         return {}
@@ -64,6 +65,9 @@ def _gguf_figures(ckpt: Checkpoint) -> dict[str, Any]:
     if gguf.i2s_layout is not None:
         # the layout (bitnet.cpp build) as recorded, or "... (assumed: not recorded)"
         out["i2s_layout"] = gguf.i2s_layout if gguf.i2s_layout_recorded else f"{gguf.i2s_layout} (assumed: not recorded)"
+    if gguf.kernel_config is not None:
+        # TL1/TL2: the kernel configuration the tiles come from, and whether recorded or given
+        out["kernel_config"] = gguf.kernel_config
     return out
 
 

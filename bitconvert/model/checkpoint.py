@@ -111,6 +111,8 @@ class GGUFFacts:
     #: the I2_S byte layout the reader used, and whether the file records it
     i2s_layout: str | None = None
     i2s_layout_recorded: bool = True
+    #: TL1/TL2: the kernel configuration the reader used, and whether recorded or given, in words
+    kernel_config: str | None = None
 
 
 @dataclass

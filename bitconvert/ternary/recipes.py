@@ -14,7 +14,8 @@ the settings it forces, and :func:`check_recipe` is the one place a request is r
   floats ``t / s`` in the master's dtype (fp16 stays fp16, anything else becomes fp32); ggml's TQ
   quantizer then stores per block an fp16 ``d = max|x|`` (0 for an all-zero block).
 - ``bitnet.cpp`` (``convert-hf-to-gguf-bitnet.py``): the same fold; its I2_S quantizer keeps the
-  first non-zero magnitude as one fp32 scale per tensor (fp16-rounded for fp16 masters, 1bitLLM).
+  first non-zero magnitude as one fp32 scale per tensor (fp16-rounded for fp16 masters, 1bitLLM),
+  its TL1/TL2 packer max|x|, the same value (it stops on fp16 masters; bitconvert does not).
 
 Pure functions on numpy values: no files, no printing.
 """
@@ -146,7 +147,7 @@ RECIPES: dict[Recipe, RecipeRecord] = {
             arithmetic="fp32 absmean, codes folded to t/s in the master dtype; fp16 d = max|x| per block",
         ),
         RecipeRecord(
-            Recipe.BITNET_CPP, "bitnet.cpp convert-hf-to-gguf-bitnet.py", converter_fold, {"gguf": ("i2_s",)},
+            Recipe.BITNET_CPP, "bitnet.cpp convert-hf-to-gguf-bitnet.py", converter_fold, {"gguf": ("i2_s", "tl1", "tl2")},
             arithmetic="fp32 absmean, codes folded to t/s in the master dtype; one fp32 scale per tensor",
         ),
     )

@@ -38,6 +38,11 @@ TRANSFORMERS_GGUF_ARCHITECTURE = "llama"
 TRANSFORMERS_SUB_NORMS = {"attn_sub_norm": "self_attn.attn_sub_norm", "ffn_sub_norm": "mlp.ffn_sub_norm"}
 #: the activation bitnet.cpp (llama.cpp submodule 390c3077 or later) replaces by SiLU
 BITNET_CPP_REPLACED_ACTIVATION = "relu2"
+#: what bitnet.cpp's first release (c82b5e6, llama.cpp 406a5036) loads: the GGUF architectures, and
+#: the tensor types of the files bitconvert writes (each run in its prebuilt build)
+BITNET_CPP_ARCHITECTURES = (archs.ARCH_BITNET, archs.ARCH_LLAMA)
+BITNET_CPP_TYPES = ("I2_S", "TQ1_0", "TQ2_0", "F16", "BF16", "F32", "Q8_0")
+BITNET_CPP_TL = ("TL1", "TL2")
 
 
 @dataclass
@@ -206,9 +211,36 @@ def llamacpp_scale_tensors(f: Subject) -> Finding:
 def bitnetcpp_ffn_activation(f: Subject) -> Finding:
     act = f.cfg.hidden_act
     if act == BITNET_CPP_REPLACED_ACTIVATION:
-        return Finding(False, "relu² model (2B-4T): bitnet.cpp built from its llama.cpp submodule at 390c3077 or "
-                              "later runs the FFN with SiLU")
+        return Finding(False, "relu² model (2B-4T): bitnet.cpp's first release has no relu² graph (its `bitnet` "
+                              "architecture runs SiLU), and builds from its llama.cpp submodule at 390c3077 on run "
+                              "the FFN of `bitnet-b1.58` with SiLU")
     return Finding(True, f"activation {act!r}")
+
+
+def bitnetcpp_architecture(f: Subject) -> Finding:
+    arch = f.gguf_arch("i2_s")
+    detail = f"{f.where('i2_s')}: architecture {arch!r}"
+    if arch in BITNET_CPP_ARCHITECTURES:
+        return Finding(True, detail)
+    later = " (builds from llama.cpp 390c3077 on load it)" if archs.ALIASES.get(arch, arch) == archs.ARCH_BITNET_B158 else ""
+    return Finding(False, f"{detail}, which bitnet.cpp's first release refuses: unknown model architecture{later}")
+
+
+def bitnetcpp_tensor_types(f: Subject) -> Finding:
+    if f.gguf is None:
+        return Finding(True, f"`convert --to gguf` writes types it loads ({', '.join(BITNET_CPP_TYPES)})")
+    found = {t.type_name for t in f.gguf.tensors.values()}
+    tl = sorted(found & set(BITNET_CPP_TL))
+    if tl:
+        names = f.tensor_types(tl[0])
+        return Finding(False, f"{len(names)} {tl[0]} tensors: only a bitnet.cpp built with its lookup-table kernels "
+                              f"for these weight shapes (cmake -DBITNET_X86_TL2=ON / -DBITNET_ARM_TL1=ON after "
+                              "utils/codegen_tl*.py) reads them; the default build has none",
+                       float(len(names)), 0.0, names[0])  # fmt: skip
+    other = sorted(found - set(BITNET_CPP_TYPES))
+    if other:
+        return Finding(False, f"tensor types {', '.join(other)}, which bitnet.cpp's first release does not load")
+    return Finding(True, f"every tensor type is one it loads ({', '.join(sorted(found))})")
 
 
 def bitnetcpp_rows(layout: str) -> Callable[[Subject], Finding]:

@@ -174,10 +174,14 @@ def _options_like(pub: Checkpoint, recipe: Recipe) -> dict[str, Any] | None:
     from ..formats.gguf.parser import GGUFFile
 
     f = GGUFFile(pub.path)
-    types = {t.type_name for t in f.tensors.values()} & {"TQ1_0", "TQ2_0", "I2_S"}
+    types = {t.type_name for t in f.tensors.values()} & {"TQ1_0", "TQ2_0", "I2_S", "TL1", "TL2"}
     if len(types) != 1:
         return None
     options: dict[str, Any] = {"recipe": recipe, "gguf_type": types.pop().lower()}
+    if options["gguf_type"] in ("tl1", "tl2"):  # the tiles it was read with: recorded, or named when reading
+        from ..formats.gguf.tl_files import kernels_for
+
+        options["kernel_config"] = kernels_for(f, None, [])[0]
     embed = f.tensors.get("token_embd.weight")
     if embed is not None and embed.type_name.lower() in ("f16", "bf16", "f32", "q8_0"):
         options["embed_type"] = embed.type_name.lower()

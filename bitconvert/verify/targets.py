@@ -24,6 +24,8 @@ from .report import Check, VerifyReport
 TRANSFORMERS = "huggingface/transformers v5.23"
 LLAMA_CPP = "ggml-org/llama.cpp@0c1e57098"
 BITNET_CPP = "microsoft/BitNet@16da220"
+#: bitnet.cpp's first release, the one tests/peers/test_bitnet_cpp_runtime.py runs (prebuilt)
+BITNET_CPP_RELEASE = "microsoft/BitNet@c82b5e6 (llama.cpp submodule Eddie-Wang1120/llama.cpp@406a5036)"
 NT_PR180 = "huggingface/nanotron@2239f41e (PR #180 head)"
 NT_PR178 = "huggingface/nanotron@e1c3c1a5 (PRs #178/#179)"
 NT_MAIN = "huggingface/nanotron@2411b022 (main)"
@@ -55,9 +57,25 @@ _LLAMACPP_ACTIVATION = Rule(
 )
 _BITNETCPP_ACTIVATION = Rule(
     "ffn_activation",
-    "builds from its llama.cpp submodule at 390c3077 on run 2B-4T's relu² FFN with SiLU",
-    "https://github.com/microsoft/BitNet/issues/588",
+    "its first release has no relu² graph; builds from its llama.cpp submodule at 390c3077 on run 2B-4T's relu² "
+    "FFN with SiLU",
+    f"https://github.com/microsoft/BitNet/issues/588; {BITNET_CPP_RELEASE} src/llama.cpp (LLM_ARCH_BITNET: SiLU)",
     c.bitnetcpp_ffn_activation,
+)
+_BITNETCPP_ARCHITECTURE = Rule(
+    "architecture",
+    "its first release knows the architectures `bitnet` (1bitLLM) and `llama`, not `bitnet-b1.58` (2B-4T), which "
+    "builds from llama.cpp 390c3077 on load",
+    f"{BITNET_CPP_RELEASE} src/llama.cpp:219-259 (LLM_ARCH_NAMES); run in tests/peers/test_bitnet_cpp_runtime.py",
+    c.bitnetcpp_architecture,
+)
+_BITNETCPP_TYPES = Rule(
+    "tensor_types",
+    f"its first release loads {', '.join(c.BITNET_CPP_TYPES)}; TL1/TL2 only where it is built with the lookup-table "
+    "kernels generated for the file's weight shapes (not the default build)",
+    f"{BITNET_CPP_RELEASE} (each type run in tests/peers/test_bitnet_cpp_runtime.py); {BITNET_CPP} setup_env.py "
+    "(-DBITNET_X86_TL2=OFF / -DBITNET_ARM_TL1=OFF), utils/codegen_tl1.py, utils/codegen_tl2.py",
+    c.bitnetcpp_tensor_types,
 )
 _BITNETCPP_LAYOUT_SOURCE = (f"{BITNET_CPP} src/ggml-bitnet-mad.cpp:11-14 (QK_I2_S 128 on x86, 64 on ARM), quantize_i2_s "
                             ":51 (x86 with ACT_PARALLEL :53, ARM NEON :151)")
@@ -65,6 +83,8 @@ _BITNETCPP_LAYOUT_SOURCE = (f"{BITNET_CPP} src/ggml-bitnet-mad.cpp:11-14 (QK_I2_
 
 def _bitnetcpp(layout: str, build: str) -> tuple[Rule, ...]:
     return (
+        _BITNETCPP_ARCHITECTURE,
+        _BITNETCPP_TYPES,
         _BITNETCPP_ACTIVATION,
         Rule("i2_s_layout", f"{build} reads I2_S in the {layout} byte layout; other layouts are other codes",
              _BITNETCPP_LAYOUT_SOURCE, c.bitnetcpp_i2_s_layout(layout)),

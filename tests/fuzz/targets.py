@@ -92,15 +92,27 @@ def _run_gguf(context: str, data: bytes, workdir: Path) -> None:
     _open(path, load=True)
 
 
+#: a TL1 kernel configuration for the 64-wide fixtures' weight shapes (hidden 64, intermediate 128,
+#: two of four heads for k/v), in kernel_config.ini's grammar
+NARROW_KERNELS = "".join(
+    f"[Kernels_{i}]\nm = {m}\nk = {k}\nbm = 32\nbk = 32\nbmm = 32\n\n"
+    for i, (m, k) in enumerate(((64, 64), (32, 64), (128, 64), (64, 128)))
+)
+
+
 def make_gguf_seeds(cache: Path) -> dict[str, bytes]:
     """Small GGUF files written by bitconvert itself from the packed fixtures (cached between runs)."""
     from bitconvert.convert import convert
 
+    kernels = cache / "narrow-kernel_config.ini"
+    kernels.write_text(NARROW_KERNELS)
     seeds = {}
-    for fixture, gtype in (("llama-packed", None), ("bitnet-2b4t-packed", "i2_s")):
+    for fixture, gtype in (("llama-packed", None), ("bitnet-2b4t-packed", "i2_s"), ("1bitllm-packed", "tl1")):
         out = cache / f"{fixture}-{gtype or 'default'}.gguf"
         if not out.exists():
             opts = {"allow_fallback": True} if gtype is None else {"allow_fallback": True, "gguf_type": gtype}
+            if gtype == "tl1":
+                opts = {"gguf_type": gtype, "kernel_config": kernels}
             try:
                 convert(FIXTURES / fixture, out, "gguf", opts)
             except Exception:  # an option this tree's GGUF writer does not take: fall back to its defaults
@@ -239,6 +251,41 @@ def tokenizer_target() -> Target:
     return Target("tokenizer", seeds, mutate_json, _run_tokenizer)
 
 
+# --- bitnet.cpp's kernel_config.ini and bitconvert's record of it ---------------------------------
+
+
+def _run_kernel_config(context: str, data: bytes, workdir: Path) -> None:
+    """A kernel_config.ini as --kernel-config reads it (then each tile checked for both TL types), or
+    the JSON record a TL GGUF carries as the reader reads it."""
+    from bitconvert.formats.gguf import kernel_config, tl_layouts
+
+    if context.startswith("record/"):
+        config = kernel_config.from_record(data.decode("utf-8", errors="surrogateescape"), "x.gguf")
+    else:
+        path = workdir / "kernel_config.ini"
+        path.write_bytes(data)
+        config = kernel_config.read_ini(path)
+    for tile in config.tiles:
+        config.tile(tile.m, tile.k)
+        for kind in ("tl1", "tl2"):
+            tl_layouts.tile_problem(kind, tile)
+
+
+def kernel_config_target() -> Target:
+    from bitconvert.formats.gguf import kernel_config
+
+    from .mutate import mutate_bytes
+
+    seeds = {"ini/narrow": NARROW_KERNELS.encode()}
+    for name in kernel_config.PRESET_NAMES:
+        for kind in ("tl1", "tl2"):
+            config = kernel_config.preset(name, kind)
+            seeds[f"ini/{name}-{kind}"] = config.to_ini().encode()
+            used = [(t.m, t.k) for t in config.tiles]
+            seeds[f"record/{name}-{kind}"] = kernel_config.record(config, used).encode()
+    return Target("kernel_config", seeds, mutate_bytes, _run_kernel_config)
+
+
 def all_targets(cache: Path) -> dict[str, Callable[[], Target]]:
     """Builders by name: a worker builds only the target it runs."""
     return {
@@ -248,7 +295,8 @@ def all_targets(cache: Path) -> dict[str, Callable[[], Target]]:
         "index": index_target,
         "nanotron": lambda: nanotron_target(cache),
         "tokenizer": tokenizer_target,
+        "kernel_config": kernel_config_target,
     }
 
 
-PARSERS = ("safetensors", "gguf", "config", "index", "nanotron", "tokenizer")
+PARSERS = ("safetensors", "gguf", "config", "index", "nanotron", "tokenizer", "kernel_config")

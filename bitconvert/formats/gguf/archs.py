@@ -54,9 +54,13 @@ def graph(arch: str) -> Graph:
     return GRAPHS.get(ALIASES.get(arch, arch), _UNKNOWN)
 
 
+#: the ``--gguf-type`` values only bitnet.cpp reads: a family with ``gguf_arch_i2s`` is written under it
+BITNET_CPP_TYPES = ("i2_s", "tl1", "tl2")
+
+
 def gguf_architecture(family: Family, gguf_type: str) -> str:
     """The ``general.architecture`` a model of ``family`` is written under with ``--gguf-type gguf_type``."""
-    if gguf_type == "i2_s" and family.gguf_arch_i2s:
+    if gguf_type in BITNET_CPP_TYPES and family.gguf_arch_i2s:
         return family.gguf_arch_i2s  # e.g. what bitnet.cpp's ggml-model-i2_s.gguf of 2B-4T declares
     return family.gguf_arch
 

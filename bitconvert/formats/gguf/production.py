@@ -145,8 +145,8 @@ def encode_ternary(p: TensorPlan, plan: Plan, codes: np.ndarray, mag: float) -> 
     t = types.TYPES[p.tensor.type]
     mode = plan.mode
     if t.kind == "ternary":
-        if t.flat:  # I2_S: the fp32 scale follows the codes
-            return t.encode(codes, mag, plan.i2s_layout)
+        if t.flat:  # I2_S, TL1, TL2: the fp32 scale follows the codes
+            return t.encode(codes, mag, plan.layout(codes.shape))
         if mode == "blocks":  # llama.cpp's: fp16 d = max|x| per block, 0 for a block of zeros
             return t.encode(codes, tq_block_d(codes, mag, t.block))
         return t.encode(codes, folded_d(mag) if mode == "folded" else 1.0)

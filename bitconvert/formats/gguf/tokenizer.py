@@ -27,12 +27,24 @@ from .stream_writer import KV, kv_bool, kv_i32s, kv_str, kv_strs, kv_u32
 NORMAL, CONTROL, USER_DEFINED = int(TokenType.NORMAL), int(TokenType.CONTROL), int(TokenType.USER_DEFINED)
 UNUSED = int(TokenType.UNUSED)
 _TOK = Keys.Tokenizer
+MODEL_KEY = _TOK.MODEL
 
 LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 TOKENIZER_KEYS_PREFIX = "tokenizer."
+#: the tokenizer model of a GGUF without a vocabulary: llama.cpp (and bitnet.cpp) refuse a file with no
+#: ``tokenizer.ggml.model`` at all ("key not found in model"), and take this one to mean "no
+#: vocabulary; {arch}.vocab_size tokens" (llama-vocab.cpp, LLAMA_VOCAB_TYPE_NONE)
+NO_VOCAB = "no_vocab"
+
+
+def no_vocab() -> dict[str, KV]:
+    """The keys of a GGUF that holds no tokenizer, so that llama.cpp and bitnet.cpp still load it."""
+    return {_TOK.MODEL: kv_str(NO_VOCAB)}
+
+
 NO_TOKENIZER_HINT = "pass --no-tokenizer to write the GGUF without a tokenizer"
 
 

@@ -9,7 +9,9 @@ Scales stay exact. TQ types in the ``bitnet`` architecture store codes with bloc
 F32 ``[1]`` tensor ``blk.N.<name>.scale`` that llama.cpp multiplies into the matmul output. The
 ``llama`` architecture loads no such tensor, so there the scale is folded into every block's fp16
 ``d`` (rounded; reported). I2_S keeps one fp32 scale after the packed codes, as bitnet.cpp does, in
-the byte layout of ``--i2s-layout`` (recorded as ``bitconvert.i2s_layout``). ``--recipe`` quantizes a
+the byte layout of ``--i2s-layout`` (recorded as ``bitconvert.i2s_layout``); TL1/TL2 keep it in the
+slot after their data, packed by the tile ``--kernel-config`` / ``--kernel-preset`` gives each weight
+shape (recorded as ``bitconvert.kernel_config``). ``--recipe`` quantizes a
 master as llama.cpp's converter (fp16 ``d`` per block, no ``.scale``) or bitnet.cpp's does.
 Each stored scale is also recorded bit for bit under ``bitconvert.ternary_scales`` so converting
 back restores it exactly, whatever its dtype and convention.
@@ -32,8 +34,8 @@ from ...ternary.recipes import RECIPES, Recipe, check_recipe
 from ...ternary.records import encode_record
 from .. import Progress, WriteReport, register_writer
 from ..hf.common import ordered_names
-from . import archs, i2s_layouts, metadata, names, production, tokenizer, types
-from .options import GGUFOptions
+from . import archs, i2s_layouts, kernel_config, metadata, names, production, tl_layouts, tokenizer, types
+from .options import TL_TYPES, GGUFOptions
 from .plan import Plan, TensorPlan
 from .stream_writer import KV, GGUFStreamWriter, PlannedGGUFTensor, kv_str
 from .types import GGMLType
@@ -82,6 +84,8 @@ class GGUFWriter:
         )  # fmt: skip
         if plan.wtype.id == types.I2_S:
             report.details["i2s_layout"] = plan.i2s_layout
+        if plan.kernel_config is not None:
+            report.details["kernel_config"] = plan.kernel_config.name
         _report_losses(plan, options, how, folded_err, report)
         return report
 
@@ -95,7 +99,8 @@ def plan_tensors(ckpt: Checkpoint, options: GGUFOptions) -> Plan:
     _check_options(ckpt, options, wtype)
     arch = archs.gguf_architecture(cfg.family, options.gguf_type)
     layout = options.i2s_layout or i2s_layouts.DEFAULT_LAYOUT
-    plan = Plan(arch, wtype, scale_mode(wtype, arch, options.recipe), options.recipe, layout)
+    plan = Plan(arch, wtype, scale_mode(wtype, arch, options.recipe), options.recipe, layout,
+                _kernel_config(ckpt, options, wtype))  # fmt: skip
     plan.embed_loss = _embed_loss(ckpt, options)
     etype = types.BY_OPTION[embed_type(ckpt, options)]
     for hf in ordered_names(cfg, ckpt.tensors):
@@ -159,6 +164,38 @@ def _check_options(ckpt: Checkpoint, options: GGUFOptions, wtype: GGMLType) -> N
     check_recipe(options.recipe, NAME, chosen, ckpt.first_stored_ternary(), f"{ckpt.path} ({ckpt.format})")
 
 
+def _kernel_config(ckpt: Checkpoint, options: GGUFOptions, wtype: GGMLType) -> kernel_config.KernelConfig | None:
+    """TL1/TL2: the configuration named, with a tile bitnet.cpp can pack for every quantized weight
+    (else the weight's shape and the configuration are named); None for the other types."""
+    choice = kernel_config.KernelChoice(options.kernel_config, options.kernel_preset)
+    if not wtype.tiled:
+        if choice:
+            given = "--kernel-config" if options.kernel_config is not None else "--kernel-preset"
+            raise UsageError(f"{given} applies to --gguf-type {' or '.join(TL_TYPES)} only, not {options.gguf_type}")
+        return None
+    if not choice:
+        raise UsageError(
+            f"--gguf-type {options.gguf_type} packs each weight by the kernels of one bitnet.cpp build: name its "
+            "configuration with --kernel-config FILE (the build's include/kernel_config.ini) or --kernel-preset NAME"
+        )
+    config = choice.resolve(options.gguf_type)
+    for name, e in ckpt.tensors.items():
+        if not ckpt.is_quantized_linear(name):
+            continue
+        shape = tuple(e.shape)
+        tile = config.tile(*shape) if len(shape) == 2 else None
+        if tile is None:
+            problem = (f"weight shape {'×'.join(map(str, shape))} has no kernel in the {config.name} kernel "
+                       f"configuration (it has {config.shapes()}): a {wtype.name} build runs only the shapes it "
+                       "was generated for")  # fmt: skip
+            raise CheckpointError(e.source, problem, name)
+        problem = tl_layouts.tile_problem(options.gguf_type, tile)
+        if problem:
+            raise CheckpointError(e.source, f"{config.name}, {tile.describe()}: {wtype.name} cannot pack it: {problem}",
+                                  name)  # fmt: skip
+    return config
+
+
 def _plan_quantized(plan: Plan, hf: str, gname: str, shape: tuple, source: str, allow_fallback: bool) -> TensorPlan:
     wtype = plan.wtype
     scale = PlannedGGUFTensor(names.scale_name(gname), types.F32, (1,))
@@ -189,6 +226,8 @@ def _metadata(ckpt: Checkpoint, plan: Plan, options: GGUFOptions, report: WriteR
     md.update(metadata.hyperparameters(cfg, plan.arch))
     if not options.no_tokenizer:
         md.update(_tokenizer(ckpt, report))
+    if tokenizer.MODEL_KEY not in md:
+        md.update(tokenizer.no_vocab())
     records = {}
     for p in plan.tensors:
         scale = _exact_scale(ckpt, p)
@@ -197,6 +236,9 @@ def _metadata(ckpt: Checkpoint, plan: Plan, options: GGUFOptions, report: WriteR
     md.update(metadata.bitconvert_keys(cfg, ckpt.format, plan.mode, records))
     if plan.wtype.id == types.I2_S:
         md[metadata.KEY_I2S_LAYOUT] = kv_str(plan.i2s_layout)
+    if plan.kernel_config is not None:
+        shapes = [p.tensor.shape for p in plan.tensors if p.role == "ternary"]
+        md[kernel_config.RECORD_KEY] = kv_str(kernel_config.record(plan.kernel_config, shapes))
     if ckpt.origin.provenance:
         md[PROVENANCE_KEY] = kv_str(provenance_text(ckpt.origin.provenance))
     return md
