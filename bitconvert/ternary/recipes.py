@@ -108,6 +108,8 @@ class RecipeRecord:
     writes: dict[str, tuple[str, ...] | None]
     #: writer settings the producer always uses: option name -> (the value, in words for a refusal)
     forces: dict[str, tuple[Any, str]] = field(default_factory=dict)
+    #: writer settings the producer uses where the user names none (they may still choose otherwise)
+    defaults: dict[str, Any] = field(default_factory=dict)
     #: GGUF only: where the scale goes ("blocks": fp16 d = max|x| per block; None: the writer's choice)
     gguf_scale_mode: str | None = None
     #: config.json keys the producer writes instead of bitconvert's quantization_config (hf-packed)
@@ -143,11 +145,12 @@ RECIPES: dict[Recipe, RecipeRecord] = {
         ),
         RecipeRecord(
             Recipe.LLAMA_CPP, "llama.cpp convert_hf_to_gguf.py", converter_fold, {"gguf": ("tq1_0", "tq2_0")},
-            gguf_scale_mode="blocks",
+            gguf_scale_mode="blocks", defaults={"embed_type": "f16"},
             arithmetic="fp32 absmean, codes folded to t/s in the master dtype; fp16 d = max|x| per block",
         ),
         RecipeRecord(
             Recipe.BITNET_CPP, "bitnet.cpp convert-hf-to-gguf-bitnet.py", converter_fold, {"gguf": ("i2_s", "tl1", "tl2")},
+            defaults={"embed_type": "f16"},
             arithmetic="fp32 absmean, codes folded to t/s in the master dtype; one fp32 scale per tensor",
         ),
     )

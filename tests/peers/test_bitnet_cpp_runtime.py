@@ -137,7 +137,7 @@ def test_llama_i2_s_equals_bitnet_cpps_own_conversion(families):
     fam = families["llama"]
     packed = fam.packed("bitlinear")
     theirs = bitnet_cpp_i2_s(fam, packed)["I2_S"]
-    ours = fam.gguf("i2s-from-packed-bitlinear", packed, gguf_type="i2_s")
+    ours = fam.gguf("i2s-from-packed-bitlinear", packed, gguf_type="i2_s", embed_type="f16")  # bitnet.cpp's F16
     assert tensor_data(ours) == tensor_data(theirs)
     assert np.array_equal(runtime_logits(ours, TOKENS), runtime_logits(theirs, TOKENS))
 
@@ -150,7 +150,7 @@ def test_tq_equals_llama_quantize_of_bitnet_cpps_conversion(families, kind, gguf
         src, ours = fam.master, fam.gguf(f"{gguf_type}-recipe-llamacpp", gguf_type=gguf_type, recipe="llama.cpp")
     else:
         src = fam.packed("bitlinear")
-        ours = fam.gguf(f"{gguf_type}-from-packed-bitlinear", src, gguf_type=gguf_type)
+        ours = fam.gguf(f"{gguf_type}-from-packed-bitlinear", src, gguf_type=gguf_type, embed_type="f16")
     theirs = bitnet_cpp_i2_s(fam, src, (gguf_type.upper(),))[gguf_type.upper()]
     assert tensor_data(ours) == tensor_data(theirs)
     assert np.array_equal(runtime_logits(ours, TOKENS), runtime_logits(theirs, TOKENS))

@@ -107,7 +107,8 @@ def test_tl_bytes_equal_bitnet_cpp_converter(models, configs, tmp_path, model, k
     options, arch = CASES[model]
     theirs = convert_with_peer(models[model], tmp_path / "theirs.gguf", kind, kernel_ini=configs[kind], arch_name=arch)
     ours = tmp_path / "ours.gguf"
-    convert(models[model], ours, "gguf", {"gguf_type": kind, "kernel_config": configs[kind], **options})
+    # F16 embeddings, as bitnet.cpp's converter writes them (bitconvert keeps the source's type by default)
+    convert(models[model], ours, "gguf", {"gguf_type": kind, "kernel_config": configs[kind], "embed_type": "f16", **options})
     assert tensors_compared(ours, theirs) == 14
     kv_ours, kv_theirs = read_gguf(ours)[0], read_gguf(theirs)[0]
     assert kv_ours["general.architecture"] == kv_theirs["general.architecture"]
@@ -245,7 +246,8 @@ def test_presets_bytes_equal_bitnet_cpp_converter(tmp_path, name, kind):
         model = bf16_copy(model, tmp_path / "bf16")
     config = kernel_config.preset(name, kind)
     broken = [t for t in config.tiles if tl_layouts.tile_problem(kind, t)]
-    options = {"gguf_type": kind, "kernel_preset": name, **({"recipe": "bitnet.cpp"} if layout == "master" else {})}
+    options = {"gguf_type": kind, "kernel_preset": name, "embed_type": "f16",
+               **({"recipe": "bitnet.cpp"} if layout == "master" else {})}
     arch = "bitnet" if family == "1bitllm" else "bitnet-b1.58"
     ini = BITNET / "preset_kernels" / name / f"kernel_config_{kind}.ini"
     if broken:  # bitnet_b1_58-large's TL2 tile for 4096×1536 has bmm 64: neither can pack it

@@ -131,23 +131,27 @@ _WIDER = {"F16": ("f32",), "BF16": ("f32",)}
 
 
 def embed_type(ckpt: Checkpoint, options: GGUFOptions) -> str:
-    """The type token_embd is written in: the one asked for, else the source's own float type."""
+    """The type token_embd is written in: the one asked for, else the recipe's producer's (F16 for the
+    llama.cpp and bitnet.cpp converters), else the source's own float type."""
     if options.embed_type is not None:
         return options.embed_type
+    if "embed_type" in RECIPES[options.recipe].defaults:
+        return RECIPES[options.recipe].defaults["embed_type"]
     e = ckpt.tensors.get(EMBEDDINGS[0])
     return _EXACT_EMBED.get(e.dtype_name, "f16") if e is not None and e.kind is Kind.DENSE else "f16"
 
 
 def _embed_loss(ckpt: Checkpoint, options: GGUFOptions) -> str | None:
-    """A warning when the embedding type asked for rounds the source's float values."""
+    """A warning when the embedding type asked for (or the recipe's) rounds the source's float values."""
     e = ckpt.tensors.get(EMBEDDINGS[0])
     chosen = embed_type(ckpt, options)
     if e is None or e.kind is not Kind.DENSE or e.dtype_name not in _EXACT_EMBED:
         return None
     if chosen == _EXACT_EMBED[e.dtype_name] or chosen in _WIDER.get(e.dtype_name, ()):
         return None
-    return (f"token_embd: the source's {e.dtype_name} values are stored as {chosen.upper()} (--embed-type {chosen}), "
-            f"which rounds them; the default keeps {_EXACT_EMBED[e.dtype_name]}")
+    why = f"--embed-type {chosen}" if options.embed_type else f"as --recipe {options.recipe.value}'s producer does"
+    return (f"token_embd: the source's {e.dtype_name} values are stored as {chosen.upper()} ({why}), "
+            f"which rounds them; --embed-type {_EXACT_EMBED[e.dtype_name]} keeps them exact")
 
 
 def _check_options(ckpt: Checkpoint, options: GGUFOptions, wtype: GGMLType) -> None:
