@@ -254,3 +254,59 @@ def run_gpu_converter(master: Path, out: Path) -> Path:
          "microsoft/BitNet's gpu/ converter")  # fmt: skip
     (out / "model_state.pt").unlink()
     return out
+
+
+#: gpu/model.py imported with G2's stand-ins, plus G4: xformers.ops.RMSNorm as a module holding a
+#: ``weight`` of its size (what load_state_dict needs of it; it is never run). Builds the model for
+#: each file (BitLinearKernel layers for model_state_int2.pt, BitLinear for model_state_fp16.pt)
+#: and loads the file with strict=True; prints what it loaded.
+GPU_MODEL_DRIVER = r"""
+import ctypes, json, sys, types
+import torch
+gpu, folder, args = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+sys.path.insert(0, gpu)
+
+class RMSNorm(torch.nn.Module):  # G4
+    def __init__(self, dim, eps=1e-6, include_weight=True):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(dim))
+
+class _Unusable:
+    def __init__(self, *a, **k):
+        raise RuntimeError("xformers stand-in")
+
+ops, fmha, attn_bias = (types.ModuleType(n) for n in ("xformers.ops", "xformers.ops.fmha", "xformers.ops.fmha.attn_bias"))
+ops.RMSNorm, ops.rope_padded, attn_bias.BlockDiagonalCausalWithOffsetPaddedKeysMask = RMSNorm, _Unusable, _Unusable
+ops.fmha, fmha.attn_bias = fmha, attn_bias
+sys.modules.update({"xformers": types.ModuleType("xformers"), "xformers.ops": ops, "xformers.ops.fmha": fmha,
+                    "xformers.ops.fmha.attn_bias": attn_bias})
+_cdll = ctypes.CDLL
+ctypes.CDLL = lambda name, *a, **k: types.SimpleNamespace() if str(name).endswith("libbitnet.so") else _cdll(name, *a, **k)
+import model
+report = {}
+for name, kernel in (("model_state_int2.pt", True), ("model_state_fp16.pt", False)):
+    m = model.Transformer(model.ModelArgs(**args, use_kernel=kernel))
+    state = torch.load(folder + "/" + name, weights_only=True)
+    m.load_state_dict(state, strict=True)
+    report[name] = {k: [str(v.dtype), list(v.shape)] for k, v in m.state_dict().items()}
+print(json.dumps(report))
+"""
+
+
+def load_in_gpu_model(folder: Path, config: dict) -> dict:
+    """Load both W2A8 files of ``folder`` into gpu/model.py's Transformer (strict); the loaded state's
+    dtypes and shapes per file."""
+    gpu = BITNET / "gpu"
+    if not (gpu / "model.py").is_file():
+        pytest.skip(f"microsoft/BitNet's gpu/model.py not found at {gpu}")
+    args = dict(dim=config["hidden_size"], n_layers=config["num_hidden_layers"], n_heads=config["num_attention_heads"],
+                n_kv_heads=config["num_key_value_heads"], vocab_size=config["vocab_size"],
+                ffn_dim=config["intermediate_size"])  # fmt: skip
+    driver = folder.parent / "gpu_model_driver.py"
+    driver.write_text(GPU_MODEL_DRIVER, encoding="utf-8")
+    env = dict(os.environ, PYTHONPATH="")
+    done = subprocess.run([sys.executable, str(driver), str(gpu), str(folder), json.dumps(args)], capture_output=True,
+                          text=True, timeout=600, env=env, cwd=folder, check=False)  # fmt: skip
+    if done.returncode:
+        raise AssertionError(f"gpu/model.py could not load {folder}:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -78,3 +78,44 @@ def test_the_converters_output_alone_is_refused_in_one_line(peer_runs):
     assert r.returncode == 1 and r.stdout == ""
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and str(peer) in lines[0] and "config.json" in lines[0], r.stderr
+
+
+def test_the_gpu_model_loads_both_files_strictly(tmp_path):
+    """gpu/model.py's Transformer, kernel and float variants, takes every tensor of the files
+    ``--to bitnet-gpu`` writes (strict load_state_dict: no key missing or left over, shapes equal)."""
+    import json
+
+    from peer_tools import load_in_gpu_model
+
+    out = tmp_path / "gpu"
+    convert(FIXTURES / "bitnet-2b4t-master", out, "bitnet-gpu")
+    loaded = load_in_gpu_model(out, json.loads((out / "config.json").read_text()))
+    int2 = loaded[INT2_FILE]
+    assert int2["layers.0.attention.wqkv.weight"] == ["torch.int8", [128, 16]]
+    assert int2["layers.0.attention.wqkv.weight_scale"] == ["torch.bfloat16", [4]]
+    assert loaded[FP16_FILE]["layers.1.feed_forward.w13.weight"][1] == [256, 64]
+    # and a file with a key too few is refused by that model (the load above can fail)
+    import torch
+
+    state = torch.load(out / INT2_FILE, weights_only=True)
+    del state["norm.weight"]
+    torch.save(state, out / INT2_FILE)
+    with pytest.raises(AssertionError, match="Missing key"):
+        load_in_gpu_model(out, json.loads((out / "config.json").read_text()))
+
+
+def test_verify_reproduce_names_the_converters_recipe(peer_runs, tmp_path):
+    """``verify PEER --reproduce MASTER`` rebuilds the converter's files with each recipe: bitnet-gpu
+    reproduces them bit for bit, transformers' fp32 arithmetic differs in some codes."""
+    from bitconvert.verify.reproduce import verify_reproduce
+
+    master, peer = peer_runs["tiny"]
+    folder = tmp_path / "peer"
+    folder.mkdir()
+    for name in FILES:
+        shutil.copyfile(peer / name, folder / name)
+    shutil.copyfile(master / "config.json", folder / "config.json")
+    report = verify_reproduce(folder, master)
+    assert report.passed and report.figures["reproducing_recipes"] == ["bitnet-gpu"]
+    tried = report.figures["recipes"]
+    assert tried["transformers"]["codes_differing"] > 0 and tried["bitnet-gpu"]["codes_differing"] == 0
