@@ -126,6 +126,12 @@ def test_recipes_of_other_formats_are_refused():
     assert r.returncode == 2 and "--recipe must be one of transformers, onebitllms" in r.stderr, r.stderr
     r = run_cli("convert", FIXTURES / "bitnet-2b4t-packed", "x", "--to", "bitnet-gpu", "--recipe", "bitnet-gpu")
     assert r.returncode == 2 and "already holds ternary codes" in r.stderr, r.stderr
+    from bitconvert.ternary.recipes import Recipe, check_recipe, recipes_for
+
+    assert recipes_for("bitnet-gpu") == (Recipe.TRANSFORMERS, Recipe.BITNET_GPU)
+    for fmt in ("hf-packed", "gguf", "nanotron"):
+        with pytest.raises(UsageError, match=f"--recipe bitnet-gpu does not write {fmt}"):
+            check_recipe(Recipe.BITNET_GPU, fmt, {"gguf_type": "i2_s"}, None, "src")
 
 
 def test_an_output_differing_from_a_tied_embedding_is_named(tmp_path):
