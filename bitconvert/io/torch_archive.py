@@ -125,6 +125,12 @@ def serialization_id(names: list[str], crcs: list[int]) -> bytes:
 # --- writing ----------------------------------------------------------------------------------
 
 
+def _zip64_extra(size: int, written: int, offset: int) -> bytes:
+    """miniz's zip64 extra field: the sizes when a record reaches 4 GiB, the offset when it starts there."""
+    fields = (struct.pack("<QQ", size, written) if size >= _U32 else b"") + (struct.pack("<Q", offset) if offset >= _U32 else b"")
+    return struct.pack("<HH", 1, len(fields)) + fields
+
+
 class TorchArchiveWriter:
     """Writes the records of one ``torch.save`` archive in turn; :meth:`close` adds torch's closing
     records and the directory. ``stem``: the folder inside the archive (torch: the file's stem)."""
@@ -144,10 +150,7 @@ class TorchArchiveWriter:
         size, offset = view.nbytes, self._pos
         full = f"{self.stem}/{name}".encode("utf-8")
         big = size >= _U32 or offset >= _U32
-        zip64 = b""
-        if big:
-            fields = (b"" if size < _U32 else struct.pack("<QQ", size, 0)) + (b"" if offset < _U32 else struct.pack("<Q", offset))
-            zip64 = struct.pack("<HH", 1, len(fields)) + fields
+        zip64 = _zip64_extra(size, 0, offset) if big else b""  # sizes still zero in the local header
         start = offset + 30 + len(full) + len(zip64) + 4
         padding = -start % ALIGNMENT
         extra = zip64 + b"FB" + struct.pack("<H", padding) + b"Z" * padding
@@ -161,10 +164,7 @@ class TorchArchiveWriter:
             sizes = struct.pack("<QQ", size, size) if big else struct.pack("<II", size, size)
             self._write(struct.pack("<II", _DESCRIPTOR, crc) + sizes)
             self._crcs.append(crc)
-        central_extra = b""
-        if big:
-            fields = (b"" if size < _U32 else struct.pack("<QQ", size, size)) + (b"" if offset < _U32 else struct.pack("<Q", offset))
-            central_extra = struct.pack("<HH", 1, len(fields)) + fields
+        central_extra = _zip64_extra(size, size, offset) if big else b""
         self._central.append(
             struct.pack("<IHHHHHHIIIHHHHHII", _CENTRAL, 0, 0, _FLAGS if size else 0x0800, 0, 0, 0, crc,
                         min(size, _U32), min(size, _U32), len(full), len(central_extra), 0, 0, 0, 0, min(offset, _U32))

@@ -11,7 +11,6 @@ kernel multiplies with. Imports Triton.
 
 # No `from __future__ import annotations` here: Triton must see `tl.constexpr` annotations as objects.
 import torch
-import triton
 import triton.language as tl
 
 from .backend import triton_kernel

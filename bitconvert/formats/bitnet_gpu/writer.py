@@ -98,10 +98,20 @@ class BitnetGPUWriter:
             raise CheckpointError(ckpt.path, f"--to {NAME} would lose {'; '.join(lost)}. Pass --allow-lossy to write anyway")
         report = WriteReport(NAME)
         report.warnings += [f"lost in the W2A8 GPU model: {loss}" for loss in lost]
+        _Job(ckpt, options, report).run(tensors, out, progress)
+        return report
+
+
+class _Job:
+    """One conversion: what it writes and what it found along the way (the writer itself keeps no state)."""
+
+    def __init__(self, ckpt: Checkpoint, options: BitnetGPUOptions, report: WriteReport) -> None:
         self.ckpt, self.options, self.report = ckpt, options, report
         self.how: Counter = Counter()
         self.fp_dtype = options.dtype or ckpt.model_dtype()
         self._last_dense: tuple[str, np.ndarray] | None = None
+
+    def run(self, tensors: list[GPUTensor], out: Path, progress: Progress) -> None:
         groups = self._groups(tensors)
         archives = [TorchArchiveWriter(out / f, Path(f).stem) for f in (INT2_FILE, FP16_FILE)]
         try:
@@ -127,7 +137,6 @@ class BitnetGPUWriter:
                 archive.abort()
         progress(len(groups), len(groups), "")
         self._finish(out)
-        return report
 
     def _groups(self, tensors: list[GPUTensor]) -> list[_Group]:
         groups, n_int2 = [], 0
