@@ -64,6 +64,24 @@ def test_bytes_equal_torch_save(tmp_path, n):
         assert archive.read(f"data/{t.storage}").tobytes() == v.tobytes()
 
 
+def test_data_starting_like_a_data_descriptor_counts_in_the_id(tmp_path):
+    """torch's write hook takes any write of 8+ bytes that starts with PK\\x07\\x08 for a data
+    descriptor and hashes its next 4 bytes as a CRC: tensor data starting so changes the id."""
+    items = [("a", "U8", np.frombuffer(b"PK\x07\x08\x11\x22\x33\x44rest", dtype=np.uint8).copy()),
+             ("b", "U8", np.frombuffer(b"PK\x07\x08abc", dtype=np.uint8).copy())]  # fmt: skip
+    (tmp_path / "ours").mkdir()
+    (tmp_path / "torch").mkdir()
+    write_like_torch(tmp_path / "ours" / "m.pt", items)
+    save_with_torch(tmp_path / "torch" / "m.pt", items)
+    assert (tmp_path / "ours" / "m.pt").read_bytes() == (tmp_path / "torch" / "m.pt").read_bytes()
+    from bitconvert.io.torch_archive import serialization_id
+
+    archive = TorchArchive(tmp_path / "torch" / "m.pt")
+    names = [n for n in archive.records if n != ".data/serialization_id"]
+    plain = serialization_id(names, [archive.records[n].crc for n in names])
+    assert plain != archive.read(".data/serialization_id").tobytes()  # without the extra CRC: another id
+
+
 def test_the_name_hash_follows_the_hash_sets_order_not_the_writing_order(tmp_path):
     """Hashed in writing order the names give another serialization id than torch's."""
     from bitconvert.io.torch_archive import hash_combine, std_string_hash
