@@ -52,6 +52,8 @@ _M64 = (1 << 64) - 1
 #: the bucket counts a libstdc++ unordered_set grows through when filled one element at a time
 #: (its prime rehash policy: 13 buckets at the first insert, then the listed prime >= 2 x buckets)
 _BUCKET_GROWTH = (13, 29, 59, 127, 257, 541, 1109, 2357, 5087, 10273, 20753, 42043)
+#: the most records whose serialization id is reproduced (the hash table sizes above)
+MAX_WRITTEN_RECORDS = _BUCKET_GROWTH[-1]
 
 
 def std_string_hash(data: bytes) -> int:

@@ -17,7 +17,7 @@ import numpy as np
 from ...dtypes import EXPONENT_BITS, Dense, itemsize, numpy_dtype
 from ...errors import CheckpointError, UsageError
 from ...io.pipeline import ahead_budget, produced_ahead
-from ...io.torch_archive import ALIGNMENT, FORMAT_VERSION, TorchArchiveWriter
+from ...io.torch_archive import ALIGNMENT, FORMAT_VERSION, MAX_WRITTEN_RECORDS, TorchArchiveWriter
 from ...io.torch_pickle import SavedTensor, dict_pickle
 from ...model.checkpoint import Checkpoint, TensorEntry, as_dense, entry_as_ternary
 from ...model.config import QuantConfig, QuantMode
@@ -62,6 +62,10 @@ def _plan(ckpt: Checkpoint, options: BitnetGPUOptions) -> tuple[list[GPUTensor],
                 raise CheckpointError(ckpt.path, "not quantized in this model (modules_to_not_convert); the W2A8 "
                                                  "layout holds every projection as codes", part.hf_name)  # fmt: skip
     check_recipe(options.recipe, NAME, {}, ckpt.first_stored_ternary(), f"{ckpt.path} ({ckpt.format})")
+    records = len(tensors) + sum(t.fused for t in tensors) + 6  # the storages, and torch.save's own records
+    if records > MAX_WRITTEN_RECORDS:
+        raise UsageError(f"--to {NAME}: {records} records in {INT2_FILE}; torch.save's bytes are reproduced up to "
+                         f"{MAX_WRITTEN_RECORDS}")  # fmt: skip
     lost = []
     if cfg.hidden_act != GPU_ACTIVATION:
         lost.append(f"the activation: gpu/model.py computes {GPU_ACTIVATION} (squared ReLU), this model {cfg.hidden_act}")
