@@ -16,6 +16,8 @@ the settings it forces, and :func:`check_recipe` is the one place a request is r
 - ``bitnet.cpp`` (``convert-hf-to-gguf-bitnet.py``): the same fold; its I2_S quantizer keeps the
   first non-zero magnitude as one fp32 scale per tensor (fp16-rounded for fp16 masters, 1bitLLM),
   its TL1/TL2 packer max|x|, the same value (it stops on fp16 masters; bitconvert does not).
+- ``bitnet-gpu`` (microsoft/BitNet ``gpu/convert_checkpoint.py``, on the bf16 checkpoint its README
+  converts): onebitllms' bf16 codes; the stored scale is ``1/s`` rounded to bf16 (mean|W|, multiplied).
 
 Pure functions on numpy values: no files, no printing.
 """
@@ -41,6 +43,7 @@ class Recipe(str, enum.Enum):
     ONEBITLLMS = "onebitllms"
     LLAMA_CPP = "llama.cpp"
     BITNET_CPP = "bitnet.cpp"
+    BITNET_GPU = "bitnet-gpu"
 
 
 #: ``(latent weight, linear_class, scale dtype name) -> TernaryWeight``
@@ -67,6 +70,18 @@ def onebitllms_quantize(weight: Dense, linear_class: LinearClass = LinearClass.B
             out[a : a + step] = np.clip(np.rint(product), -1, 1)
     inv_word = int(f32_to_bf16(np.array([inv], dtype=np.float32))[0])
     return TernaryWeight(codes, Scale("BF16", inv_word.to_bytes(2, "little"), LinearClass.BITLINEAR))
+
+
+def bitnet_gpu_quantize(weight: Dense, linear_class: LinearClass = LinearClass.AUTOBITLINEAR, scale_dtype: str = "BF16") -> TernaryWeight:
+    """``quant_weight_int8`` of gpu/convert_checkpoint.py on the master cast to bf16.
+
+    Its codes are onebitllms' (``s = 1/mean|W|`` and ``W * s`` rounded in bf16); the scale it stores
+    is ``1.0 / s``, a float32 division rounded to bf16: mean|W| as the kernel multiplies it.
+    """
+    inverse = onebitllms_quantize(weight)
+    with np.errstate(divide="ignore", over="ignore"):
+        mean = np.float32(1.0) / np.float32(inverse.scale.item())
+    return TernaryWeight(inverse.codes, Scale.of(float(mean), LinearClass.AUTOBITLINEAR, "BF16"))
 
 
 def converter_fold(weight: Dense, linear_class: LinearClass = LinearClass.AUTOBITLINEAR, scale_dtype: str = "F32") -> TernaryWeight:
@@ -134,7 +149,8 @@ RECIPES: dict[Recipe, RecipeRecord] = {
     r.recipe: r
     for r in (
         RecipeRecord(
-            Recipe.TRANSFORMERS, "transformers' WeightQuant", _transformers, {"hf-packed": None, "gguf": None},
+            Recipe.TRANSFORMERS, "transformers' WeightQuant", _transformers,
+            {"hf-packed": None, "gguf": None, "bitnet-gpu": None},
             arithmetic="fp32 on the master's values, round half to even; scale per --linear-class and --scale-dtype",
         ),
         RecipeRecord(
@@ -152,6 +168,10 @@ RECIPES: dict[Recipe, RecipeRecord] = {
             Recipe.BITNET_CPP, "bitnet.cpp convert-hf-to-gguf-bitnet.py", converter_fold, {"gguf": ("i2_s", "tl1", "tl2")},
             defaults={"embed_type": "f16"},
             arithmetic="fp32 absmean, codes folded to t/s in the master dtype; one fp32 scale per tensor",
+        ),
+        RecipeRecord(
+            Recipe.BITNET_GPU, "microsoft/BitNet gpu/convert_checkpoint.py", bitnet_gpu_quantize, {"bitnet-gpu": None},
+            arithmetic="master cast to bf16; 1/mean|W| and W*s rounded to bf16; 1/s stored in bf16 (mean|W|)",
         ),
     )
 }  # fmt: skip

@@ -27,7 +27,8 @@ import numpy as np
 from ..convert import convert
 from ..dtypes import Dense
 from ..errors import BitconvertError, CheckpointError, UsageError
-from ..formats import Progress, no_progress, open_checkpoint
+from ..formats import Progress, no_progress, open_checkpoint, options_class
+from ..formats.options import fields_of
 from ..model.checkpoint import Checkpoint, Kind, Value
 from ..ternary.recipes import RECIPES, Recipe, check_recipe, recipes_for
 from ..ternary.weight import TernaryWeight
@@ -168,9 +169,11 @@ def _options_like(pub: Checkpoint, recipe: Recipe) -> dict[str, Any] | None:
     ternary = [e for n, e in pub.tensors.items() if pub.is_quantized_linear(n)]
     if pub.format != "gguf":
         dense = [e.dtype_name for e in pub.tensors.values() if e.kind is not Kind.TERNARY]
-        return {"recipe": recipe, "dtype": dense[0] if dense else "BF16",
-                "scale_dtype": ternary[0].dtype_name if ternary else "BF16",
-                "linear_class": pub.source_linear_class()}  # fmt: skip
+        options = {"recipe": recipe, "dtype": dense[0] if dense else "BF16",
+                   "scale_dtype": ternary[0].dtype_name if ternary else "BF16",
+                   "linear_class": pub.source_linear_class()}  # fmt: skip
+        taken = fields_of(options_class(pub.format))  # what this writer has a setting for (bitnet-gpu: no scale options)
+        return {k: v for k, v in options.items() if k in taken}
     from ..formats.gguf.parser import GGUFFile
 
     f = GGUFFile(pub.path)

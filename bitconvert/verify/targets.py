@@ -19,6 +19,7 @@ from ..formats import open_checkpoint
 from ..formats.gguf import i2s_layouts
 from ..formats.nanotron.flavors import NANOTRON_ROPE_THETA
 from . import consumer_checks as c
+from . import gpu_checks as g
 from .report import Check, VerifyReport
 
 TRANSFORMERS = "huggingface/transformers v5.23"
@@ -29,6 +30,7 @@ BITNET_CPP_RELEASE = "microsoft/BitNet@c82b5e6 (llama.cpp submodule Eddie-Wang11
 NT_PR180 = "huggingface/nanotron@2239f41e (PR #180 head)"
 NT_PR178 = "huggingface/nanotron@e1c3c1a5 (PRs #178/#179)"
 NT_MAIN = "huggingface/nanotron@2411b022 (main)"
+BITNET_GPU = f"{BITNET_CPP} gpu/"
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,20 @@ CONSUMERS: dict[str, Consumer] = {
         )),
         Consumer("nanotron-pr178", "Nanotron's BitNet model of PRs #178/#179",
                  (_NT_SUB_NORMS, _nt_rope("pr178"), _NT_FUSED)),
+        Consumer("bitnet-gpu", "microsoft/BitNet's gpu/ model and W2A8 CUDA kernel (model_state_int2.pt / _fp16.pt)", (
+            Rule("format", "generate.py loads the two torch.save files gpu/convert_checkpoint.py writes",
+                 f"{BITNET_GPU}README.md (end-to-end inference), convert_checkpoint.py", g.gpu_format),
+            Rule("model", "every block has attention and FFN sub-norms and a squared-ReLU FFN",
+                 f"{BITNET_GPU}model.py (Attention.attn_sub_norm, FeedForward.ffn_sub_norm, squared_relu)", g.gpu_model),
+            Rule("model_args", "the model is built from ModelArgs() defaults: 2B-4T's sizes, RoPE base 500000",
+                 f"{BITNET_GPU}model.py:40-49 (ModelArgs)", g.gpu_model_args),
+            Rule("kernel_shapes", "bitlinear_int8xint2 has kernels for ten (N, K) shapes at M = 1; any other prints "
+                                  "'required ladder gemm kernel' and returns zeros",
+                 f"{BITNET_GPU}bitnet_kernels/bitnet_kernels.cu:3-35", g.gpu_kernel_shapes),
+            Rule("fused_scales", "the kernel scales row r by ws[r / (N / ws_num)] (wqkv 3840 x 2560: ws_num 3, equal "
+                                 "thirds of 1280 rows), not by the q/k/v split 2560/640/640",
+                 f"{BITNET_GPU}bitnet_kernels/bitnet_kernels.h:80-82, bitnet_kernels.cu:4-5", g.gpu_fused_scales),
+        )),
         Consumer("nanotron-main", "upstream Nanotron main (Llama, no BitNet)", (
             _NT_SUB_NORMS,
             Rule("quantization", "has no BitNet layers: Llama's linears run the weights as given",

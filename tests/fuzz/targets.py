@@ -286,6 +286,38 @@ def kernel_config_target() -> Target:
     return Target("kernel_config", seeds, mutate_bytes, _run_kernel_config)
 
 
+def _bitnet_gpu_dir(cache: Path) -> Path:
+    """A bitnet-gpu folder bitconvert writes from the 2B-4T-style master (cached between runs)."""
+    from bitconvert.convert import convert
+
+    d = cache / "bitnet-gpu-bitnet-2b4t-master"
+    if not d.exists():
+        convert(FIXTURES / "bitnet-2b4t-master", d, "bitnet-gpu")
+    return d
+
+
+def bitnet_gpu_target(cache: Path) -> Target:
+    """Both torch.save files of a bitnet-gpu folder: zip directory, pickle, then every tensor loaded."""
+    from .mutate import mutate_torch_archive
+
+    folder = _bitnet_gpu_dir(cache)
+    names = ("model_state_int2.pt", "model_state_fp16.pt")
+    seeds = {f"bitnet-gpu/{name}": (folder / name).read_bytes() for name in names}
+
+    def run(context: str, data: bytes, workdir: Path) -> None:
+        name = context.split("/", 1)[1]
+        dst = workdir / "bitnet-gpu"
+        if not dst.exists():
+            shutil.copytree(folder, dst)
+        (dst / name).write_bytes(data)
+        try:
+            _open(dst, load=True)
+        finally:
+            shutil.copyfile(folder / name, dst / name)
+
+    return Target("bitnet-gpu", seeds, mutate_torch_archive, run)
+
+
 def all_targets(cache: Path) -> dict[str, Callable[[], Target]]:
     """Builders by name: a worker builds only the target it runs."""
     return {
@@ -296,7 +328,8 @@ def all_targets(cache: Path) -> dict[str, Callable[[], Target]]:
         "nanotron": lambda: nanotron_target(cache),
         "tokenizer": tokenizer_target,
         "kernel_config": kernel_config_target,
+        "bitnet-gpu": lambda: bitnet_gpu_target(cache),
     }
 
 
-PARSERS = ("safetensors", "gguf", "config", "index", "nanotron", "tokenizer", "kernel_config")
+PARSERS = ("safetensors", "gguf", "config", "index", "nanotron", "tokenizer", "kernel_config", "bitnet-gpu")
