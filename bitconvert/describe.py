@@ -99,7 +99,7 @@ def describe_checkpoint(path: str | Path, *, stats: bool = True, progress: Progr
         },
         "files": files,
         "bytes_on_disk": _bytes_on_disk(Path(ckpt.path)),
-        "side_files": [p.name for p in ckpt.side_files],
+        "side_files": list(ckpt.side_file_names()),
         "tensors": rows,
         "ternary_tensors": sum(1 for r in rows if r["role"] == "ternary linear"),
         "notes": ckpt.notes,

@@ -256,7 +256,7 @@ def nanotron_sub_norms(f: Subject) -> Finding:
     subs = [n.path for n in f.cfg.family.norms if n.role in ("attn_sub_norm", "ffn_sub_norm")]
     if subs:
         return Finding(False, f"the model has sub-norms ({', '.join(subs)}); no Nanotron model applies them: it "
-                              "computes the network without them", tensor=f"model.layers.0.{subs[0]}.weight")
+                              "computes the network without them", tensor=f"{f.cfg.layer_prefix(0)}{subs[0]}.weight")
     return Finding(True, "no sub-norms")
 
 

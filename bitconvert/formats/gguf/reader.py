@@ -10,6 +10,9 @@ What each quantized linear is, before anything is loaded: TQ/I2_S codes, and flo
 linear are LATENT, carrying the exact scale ``bitconvert.ternary_scales`` recorded for them. A
 TERNARY tensor whose blocks disagree on ``d`` (or whose floats are not codes) loads as float32
 values, with a note: the file holds no codes with one scale there.
+
+A norm whose family adds an offset to its gain (Gemma's ``1 + w``) is stored as ``offset + w`` (what
+llama.cpp multiplies by) and loads as ``w``: the stored value minus the offset, in float32 (exact).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +40,7 @@ from ...model.checkpoint import (
     float_stored,
 )  # fmt: skip
 from ...model.config import ModelConfig, QuantConfig, QuantMode
-from ...model.families import GLOBAL_GGUF, LM_HEAD
+from ...model.families import GLOBAL_GGUF_BY_ROLE, LM_HEAD_ROLE
 from ...ternary.linear_class import LinearClass
 from ...ternary.records import SCALES_KEY, ScaleRecord, decode_records
 from ...ternary.scale import Scale
@@ -217,20 +220,24 @@ class GGUFReader:
         --reproduce`` tries each on files that record none)."""
         f = GGUFFile(path)
         notes: list[str] = []
-        tied = GLOBAL_GGUF[LM_HEAD] + names.WEIGHT_SUFFIX not in f.tensors  # no output head: token_embd is it
+        tied = GLOBAL_GGUF_BY_ROLE[LM_HEAD_ROLE] + names.WEIGHT_SUFFIX not in f.tensors  # no output head: token_embd is it
         arch, cfg, precision = metadata.read_config(f, tied, notes)
         records = _records(f)
         layout, recorded = (i2s_layout, True) if i2s_layout else _i2s_layout(f, notes)
         used: set[str] = set()
         entries: dict[str, TensorEntry] = {}
         expected = cfg.expected_shapes()
+        offsets = cfg.norm_offsets()
         for gname, hf in names.from_gguf_table(cfg).items():
             want = (hf, expected[hf])
             entries[hf] = _entry(f, cfg, gname, want, records.get(hf), used, notes, (layout, recorded))
+            if hf in offsets:
+                entries[hf] = _without_offset(entries[hf], offsets[hf])
         _check_unused(f, used, notes)
         has_i2s = any(t.type == types.I2_S for t in f.tensors.values())
         file_type = f.get(metadata.Keys.General.FILE_TYPE)
-        gguf = GGUFFacts(arch, tokenizer.from_gguf(f), file_type, layout if has_i2s else None, recorded)
+        gguf = GGUFFacts(arch, tokenizer.from_gguf(f), file_type, layout if has_i2s else None, recorded,
+                         _pooling_type(f, arch))  # fmt: skip
         # GGUF's dtypes are its own conventions (F32 norms, the --embed-type); the model's are recorded
         facts = Facts(_linear_class(records), container_dtypes=True, config_precision=precision, gguf=gguf)
         if any(e.kind is Kind.TERNARY for e in entries.values()):
@@ -238,7 +245,7 @@ class GGUFReader:
         ckpt = Checkpoint(NAME, path, cfg, entries, [], notes, facts)
         _read_origin(f, ckpt)
         check_tensor_set(ckpt)
-        ckpt.side_files = _tokenizer_side_files(f, ckpt, notes)
+        ckpt.side_files = _side_files(f, ckpt, notes)
         return ckpt
 
 
@@ -330,17 +337,45 @@ def _read_origin(f: GGUFFile, ckpt: Checkpoint) -> None:
     ckpt.origin.recorded_provenance = parse_provenance(f.get(PROVENANCE_KEY), f.path)
 
 
-def _tokenizer_side_files(f: GGUFFile, ckpt: Checkpoint, notes: list[str]) -> list[Path]:
-    """tokenizer.json / tokenizer_config.json rebuilt in a folder that lives as long as ``ckpt``."""
+def _side_files(f: GGUFFile, ckpt: Checkpoint, notes: list[str]) -> list[Path]:
+    """tokenizer.json / tokenizer_config.json rebuilt, and the sentence-transformers files bitconvert
+    recorded, in a folder that lives as long as ``ckpt`` (its paths name the files as in the source)."""
     model = f.get(metadata.Keys.Tokenizer.MODEL)
-    if model is None:
+    recorded = metadata.read_side_files(f)
+    if model is None and not recorded:
         return []
     folder = Path(tempfile.mkdtemp(prefix="bitconvert-gguf-tokenizer-"))
     weakref.finalize(ckpt, shutil.rmtree, folder, True)
-    files = tokenizer.write_hf_tokenizer(f, folder)
-    if not files:
+    files = tokenizer.write_hf_tokenizer(f, folder) if model is not None else []
+    if model is not None and not files:
         notes.append(f"tokenizer model {model!r} is not rebuilt as tokenizer.json (only gpt2 BPE is)")
+    for name, text in recorded.items():
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        files.append(path)
+    ckpt.side_root = folder
     return files
+
+
+def _pooling_type(f: GGUFFile, arch: str) -> int | None:
+    value = f.get(metadata.Keys.LLM.POOLING_TYPE.format(arch=arch))
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise CheckpointError(f.path, f"metadata key {arch}.pooling_type is not an integer: {value!r:.80}")
+    return int(value)
+
+
+def _without_offset(entry: TensorEntry, offset: float) -> TensorEntry:
+    """A norm stored as ``offset + w`` loading as ``w`` (float32: the subtraction is exact)."""
+
+    def load() -> Value:
+        value = entry.load()
+        assert isinstance(value, Dense)
+        return Dense(value.float32() - np.float32(offset), "F32")
+
+    return replace(entry, load=load, dtype_name="F32", label=f"{entry.label} (stored + {offset:g})")
 
 
 register_reader(GGUFReader())

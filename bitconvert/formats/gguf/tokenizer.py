@@ -22,7 +22,7 @@ from gguf.constants import Keys, TokenType
 from ...errors import CheckpointError
 from ...io.jsonfile import read_json_object
 from .parser import GGUFFile
-from .stream_writer import KV, kv_bool, kv_i32s, kv_str, kv_strs, kv_u32
+from .stream_writer import KV, kv_bool, kv_f32s, kv_i32s, kv_str, kv_strs, kv_u32
 
 NORMAL, CONTROL, USER_DEFINED = int(TokenType.NORMAL), int(TokenType.CONTROL), int(TokenType.USER_DEFINED)
 _TOK = Keys.Tokenizer
@@ -31,6 +31,13 @@ LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+#: Qwen2 / Qwen3's split: single digits where Llama 3 groups three
+QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+#: llama.cpp's pre-tokenizer name for each split regex it implements
+SPLITS = {LLAMA3_SPLIT: "llama-bpe", QWEN2_SPLIT: "qwen2"}
 TOKENIZER_KEYS_PREFIX = "tokenizer."
 NO_TOKENIZER_HINT = "pass --no-tokenizer to write the GGUF without a tokenizer"
 
@@ -52,7 +59,7 @@ def _load_json(path: Path | None) -> dict[str, Any]:
         raise CheckpointError(path, f"{exc.problem}; {NO_TOKENIZER_HINT}") from None
 
 
-def _pre_type(pre: dict[str, Any] | None) -> str | None:
+def pre_tokenizer_name(pre: dict[str, Any] | None) -> str | None:
     """llama.cpp's pre-tokenizer name for a tokenizer.json ``pre_tokenizer``, when we recognise it."""
     if not isinstance(pre, dict):
         return None
@@ -67,11 +74,10 @@ def _pre_type(pre: dict[str, Any] | None) -> str | None:
     if (
         steps[0].get("type") == "Split"
         and isinstance(pattern, dict)
-        and pattern.get("Regex") == LLAMA3_SPLIT
         and steps[1].get("type") == "ByteLevel"
         and not steps[1].get("use_regex", True)
     ):
-        return "llama-bpe"
+        return SPLITS.get(pattern.get("Regex"))
     return None
 
 
@@ -134,7 +140,7 @@ def from_side_files(
         raise CheckpointError(
             by_name["tokenizer.json"], f"holds a token or merge that is not valid UTF-8; {NO_TOKENIZER_HINT}"
         )
-    pre = _pre_type(tok.get("pre_tokenizer"))
+    pre = pre_tokenizer_name(tok.get("pre_tokenizer"))
     if pre is None:
         pre = "default"
         out.warnings.append("unrecognised pre-tokenizer in tokenizer.json: wrote tokenizer.ggml.pre = 'default'")
@@ -146,6 +152,26 @@ def from_side_files(
     tcfg = _load_json(by_name.get("tokenizer_config.json"))
     out.kv.update(_special_tokens(tok, tcfg, tokens, bos_id, eos_id))
     return out
+
+
+def llama_from_side_files(files: dict[str, Path], vocab_size: int, config: dict[str, Any], warnings: list[str]) -> dict[str, KV]:
+    """llama.cpp's SPM keys (``model = "llama"``: pieces, scores, types) from a byte-fallback BPE
+    tokenizer.json (Gemma's), special tokens by gguf-py's rules; none, with a warning, without one."""
+    from .special_vocab import special_vocab
+    from .vocabulary import llama_vocabulary
+
+    tok = _load_json(files.get("tokenizer.json"))
+    if not tok:
+        warnings.append("no tokenizer.json: the GGUF has no tokenizer (llama.cpp needs one to run text)")
+        return {}
+    tcfg = _load_json(files.get("tokenizer_config.json"))
+    vocab = llama_vocabulary(tok, tcfg, vocab_size, files["tokenizer.json"])
+    kv = {
+        _TOK.MODEL: kv_str("llama"), _TOK.PRE: kv_str("default"), _TOK.LIST: kv_strs(vocab.tokens),
+        _TOK.SCORES: kv_f32s(vocab.scores), _TOK.TOKEN_TYPE: kv_i32s(vocab.types), _TOK.ADD_PREFIX: kv_bool(False),
+    }  # fmt: skip
+    kv.update(special_vocab(tok, tcfg or None, config, False, source=files["tokenizer.json"]).keys())
+    return kv
 
 
 def _vocabulary(vocab: dict, added_tokens: Any, size: int) -> tuple[list[str], list[int]] | str:
@@ -289,11 +315,12 @@ def _hf_vocab(tokens: list[str], types: Any) -> tuple[dict[str, int], list[dict[
 
 
 def _hf_pre_tokenizer(pre_name: Any) -> dict[str, Any]:
-    if pre_name == "llama-bpe":
+    split = next((regex for regex, name in SPLITS.items() if name == pre_name), None)
+    if split is not None:
         return {
             "type": "Sequence",
             "pretokenizers": [
-                {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": False},
+                {"type": "Split", "pattern": {"Regex": split}, "behavior": "Isolated", "invert": False},
                 {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
             ],
         }
