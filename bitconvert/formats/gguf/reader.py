@@ -373,7 +373,8 @@ def _without_offset(entry: TensorEntry, offset: float) -> TensorEntry:
     def load() -> Value:
         value = entry.load()
         assert isinstance(value, Dense)
-        return Dense(value.float32() - np.float32(offset), "F32")
+        with np.errstate(invalid="ignore", over="ignore"):  # non-finite values stay so (verify names them)
+            return Dense(value.float32() - np.float32(offset), "F32")
 
     return replace(entry, load=load, dtype_name="F32", label=f"{entry.label} (stored + {offset:g})")
 
