@@ -217,6 +217,8 @@ def named(tokenizer, arch):
     try:
         return known(tokenizer, arch)
     except NotImplementedError:
+        if {pre!r} is None:
+            raise
         return {pre!r}
 conv.get_vocab_base_pre = named
 sys.argv = ["convert-bitnet-embedding-to-gguf.py", *sys.argv[1:]]
@@ -225,8 +227,9 @@ conv.main()
 BITNET_EMBEDDING_CONVERTER = BITNET / "utils" / "convert-bitnet-embedding-to-gguf.py"
 
 
-def run_bitnet_embedding_converter(model: Path, out: Path, outtype: str = "i2_s", pre: str = "qwen2") -> Path:
-    """Microsoft's BitNet Embeddings converter on ``model`` (``--outtype i2_s|f16|f32``), into ``out``."""
+def run_bitnet_embedding_converter(model: Path, out: Path, outtype: str = "i2_s", pre: str | None = "qwen2") -> Path:
+    """Microsoft's BitNet Embeddings converter on ``model`` (``--outtype i2_s|f16|f32``), into ``out``
+    (``pre=None``: without addition 4, an unknown pre-tokenizer fails as in the converter itself)."""
     if not BITNET_EMBEDDING_CONVERTER.is_file():
         pytest.skip(f"bitnet.cpp's embedding converter not found at {BITNET_EMBEDDING_CONVERTER}")
     driver = out.parent / "bitnet_embedding_driver.py"
