@@ -45,7 +45,7 @@ def rope_bases(d: dict[str, Any], family: Family) -> tuple[float, float | None]:
     top-level ``rope_theta`` / ``rope_local_base_freq`` (4.x), ``rope_parameters.rope_theta``, or
     ``rope_parameters`` per layer type (5.x Gemma3: ``full_attention`` / ``sliding_attention``)."""
     rope = _object(d, "rope_parameters")
-    per_type = isinstance(rope.get(FULL_ATTENTION), dict) or isinstance(rope.get(SLIDING_ATTENTION), dict)
+    per_type = FULL_ATTENTION in rope or SLIDING_ATTENTION in rope
     full = _object(rope, FULL_ATTENTION, "rope_parameters.") if per_type else rope
     sliding = _object(rope, SLIDING_ATTENTION, "rope_parameters.") if per_type else {}
     prefix = f"rope_parameters.{FULL_ATTENTION}." if per_type else "rope_parameters."
