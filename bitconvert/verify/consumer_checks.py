@@ -176,6 +176,18 @@ def llamacpp_tensor_types(f: Subject) -> Finding:
     return Finding(True, f"every ternary weight's rows are a multiple of {TQ_ROWS} (TQ1_0/TQ2_0)")
 
 
+def llamacpp_known_tensors(f: Subject) -> Finding:
+    """Whether every per-layer tensor of the model is one llama.cpp's loader for the architecture knows."""
+    arch = f.gguf_arch("tq2_0")
+    unknown = archs.tensors_unknown_to(f.cfg.family, arch)
+    if unknown:
+        return Finding(False, f"{f.where('tq2_0')} holds {', '.join(unknown)} per layer, which llama.cpp's {arch!r} "
+                              "loader does not know: it refuses the file", float(len(unknown)), 0.0,
+                       f"{f.cfg.layer_prefix(0)}{f.cfg.family.norm(unknown[0]).path}.weight"
+                       if f.cfg.family.norm(unknown[0]) else None)  # fmt: skip
+    return Finding(True, f"every per-layer tensor is one llama.cpp's {arch!r} loader knows")
+
+
 def llamacpp_ffn_activation(f: Subject) -> Finding:
     arch, act = f.gguf_arch("tq2_0"), f.cfg.hidden_act
     graph = _llamacpp_graph(arch)

@@ -123,6 +123,11 @@ CONSUMERS: dict[str, Consumer] = {
             Rule("tensor_types", "has TQ1_0 (34) and TQ2_0 (35) in blocks of 256 values, no type 36 (I2_S)",
                  f"{LLAMA_CPP} gguf-py/gguf/constants.py:5793-5794 (types), :5957 (QK_K = 256), :5988-5989",
                  c.llamacpp_tensor_types),
+            Rule("known_tensors", "loads, per architecture, the tensors gguf-py's table lists for it and refuses a "
+                                  "file holding others (\"wrong number of tensors\")",
+                 f"{LLAMA_CPP} gguf-py/gguf/constants.py (MODEL_TENSORS); llama-cpp-python 0.3.36 on a GGUF "
+                 "with per-projection norms: \"wrong number of tensors; expected 38, got 24\"",
+                 c.llamacpp_known_tensors),
             _LLAMACPP_ACTIVATION,
             Rule("scale_tensors", "multiplies optional F32 `blk.N.*.scale` [1] tensors in, in every architecture "
                                   "(a generic pass; before it, only `bitnet` loaded them)",

@@ -301,3 +301,13 @@ def test_the_converters_out_of_vocabulary_eos_reads_with_a_note(tmp_path):
     ckpt = open_checkpoint(out)
     assert any("151643, outside the vocabulary of 384" in n for n in ckpt.notes), ckpt.notes
     assert ckpt.config.eos_token_id is None and ckpt.facts.gguf.pooling_type == 3
+
+
+def test_verify_target_llama_cpp_names_the_tensors_its_loader_refuses(tmp_path):
+    done = run_cli("verify", MASTERS[QWEN3], "--target", "llama.cpp", "--json")
+    rule = [c for c in json.loads(done.stdout)["checks"] if c["name"] == "target.llama.cpp.known_tensors"]
+    assert len(rule) == 1 and not rule[0]["passed"] and "attn_q_norm_in" in rule[0]["detail"]
+    assert rule[0]["tensor"] == "layers.0.self_attn.q_proj.norm.weight"
+    done = run_cli("verify", FIXTURES / "bitnet-2b4t-256-packed", "--target", "llama.cpp", "--json")
+    rule = [c for c in json.loads(done.stdout)["checks"] if c["name"] == "target.llama.cpp.known_tensors"]
+    assert len(rule) == 1 and rule[0]["passed"]
