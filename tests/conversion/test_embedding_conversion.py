@@ -312,3 +312,21 @@ def test_verify_target_llama_cpp_names_the_tensors_its_loader_refuses(tmp_path):
     done = run_cli("verify", FIXTURES / "bitnet-2b4t-256-packed", "--target", "llama.cpp", "--json")
     rule = [c for c in json.loads(done.stdout)["checks"] if c["name"] == "target.llama.cpp.known_tensors"]
     assert len(rule) == 1 and rule[0]["passed"]
+
+
+def test_qwen3_gguf_tokenizer_appends_the_end_token_as_the_original(tmp_path):
+    """Last-token pooling reads the token the post-processor appends: the GGUF says add_eos, and the
+    tokenizer.json rebuilt from it encodes as the original does."""
+    from tokenizers import Tokenizer
+
+    convert(MASTERS[QWEN3], tmp_path / "m.gguf", "gguf", {"gguf_type": "i2_s", "embed_type": "bf16"})
+    f = GGUFFile(tmp_path / "m.gguf")
+    original = Tokenizer.from_file(str(MASTERS[QWEN3] / "tokenizer.json"))
+    end = original.token_to_id("<|endoftext|>")
+    assert f.get("tokenizer.ggml.add_eos_token") is True and f.get("tokenizer.ggml.eos_token_id") == end
+    assert f.get("tokenizer.ggml.pre") == "qwen2"
+    ckpt = open_checkpoint(tmp_path / "m.gguf")  # its rebuilt side files live as long as it does
+    rebuilt = Tokenizer.from_file(str(ckpt.side_file_names()["tokenizer.json"]))
+    for text in ("query: What is BitNet? 12345", "Embeddings map texts\n\n  to vectors!"):
+        ids = original.encode(text).ids
+        assert ids[-1] == end and rebuilt.encode(text).ids == ids, text

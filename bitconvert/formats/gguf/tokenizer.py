@@ -89,6 +89,20 @@ def _token_content(value: Any) -> str | None:
     return None
 
 
+def _appends(tok: dict[str, Any]) -> str | None:
+    """The special token a TemplateProcessing post-processor appends to a single text (Qwen3-Embedding's
+    ``<|endoftext|>``), if any."""
+    post = tok.get("post_processor")
+    procs = (post.get("processors") if post.get("type") == "Sequence" else [post]) if isinstance(post, dict) else []
+    for p in procs or []:
+        single = p.get("single") if isinstance(p, dict) and p.get("type") == "TemplateProcessing" else None
+        if isinstance(single, list) and len(single) > 1 and isinstance(single[-1], dict):
+            last = (single[-1].get("SpecialToken") or {}).get("id")
+            if isinstance(last, str):
+                return last
+    return None
+
+
 def _adds_bos(tok: dict[str, Any], bos: str | None) -> bool:
     post = tok.get("post_processor")
     if not isinstance(post, dict) or bos is None:
@@ -218,7 +232,10 @@ def _special_tokens(
     bos_token = tokens[bos_id] if bos_id is not None and 0 <= bos_id < len(tokens) else None
     add_bos = tcfg.get("add_bos_token")
     kv[_TOK.ADD_BOS] = kv_bool(add_bos if isinstance(add_bos, bool) else _adds_bos(tok, bos_token))
-    kv[_TOK.ADD_EOS] = kv_bool(bool(tcfg.get("add_eos_token", False)))
+    eos_token = tokens[eos_id] if eos_id is not None and 0 <= eos_id < len(tokens) else None
+    add_eos = tcfg.get("add_eos_token")
+    appended = _appends(tok)
+    kv[_TOK.ADD_EOS] = kv_bool(add_eos if isinstance(add_eos, bool) else appended is not None and appended == eos_token)
     template = tcfg.get("chat_template")
     if isinstance(template, list):  # named templates: llama.cpp takes the default one
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
@@ -268,8 +285,8 @@ def write_hf_tokenizer(f: GGUFFile, out: Path) -> list[Path]:
     _check_utf8(f, _TOK.MERGES, merges)
     vocab, added = _hf_vocab(tokens, f.get(_TOK.TOKEN_TYPE))
     pre_name = f.get(_TOK.PRE)
-    bos_id = f.get(_TOK.BOS_ID)
-    bos = _token(tokens, bos_id)
+    bos_id, eos_id = f.get(_TOK.BOS_ID), f.get(_TOK.EOS_ID)
+    bos, eos = _token(tokens, bos_id), _token(tokens, eos_id)
     tok = {
         "version": "1.0",
         "truncation": None,
@@ -277,7 +294,8 @@ def write_hf_tokenizer(f: GGUFFile, out: Path) -> list[Path]:
         "added_tokens": added,
         "normalizer": None,
         "pre_tokenizer": _hf_pre_tokenizer(pre_name),
-        "post_processor": _hf_bos_template(bos, bos_id) if f.get(_TOK.ADD_BOS) and bos is not None else None,
+        "post_processor": _hf_template(bos if f.get(_TOK.ADD_BOS) else None, bos_id,
+                                       eos if f.get(_TOK.ADD_EOS) else None, eos_id),  # fmt: skip
         "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
         "model": {
             "type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
@@ -327,16 +345,22 @@ def _hf_pre_tokenizer(pre_name: Any) -> dict[str, Any]:
     return {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
 
 
-def _hf_bos_template(bos: str, bos_id: int) -> dict[str, Any]:
-    return {
-        "type": "TemplateProcessing",
-        "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
-        "pair": [
-            {"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
-            {"SpecialToken": {"id": bos, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}},
-        ],
-        "special_tokens": {bos: {"id": bos, "ids": [bos_id], "tokens": [bos]}},
-    }  # fmt: skip
+def _hf_template(bos: str | None, bos_id: Any, eos: str | None, eos_id: Any) -> dict[str, Any] | None:
+    """The post-processor adding BOS before and / or EOS after each text (None: neither)."""
+    if bos is None and eos is None:
+        return None
+
+    def text(seq: str, type_id: int) -> list[dict[str, Any]]:
+        around = [{"Sequence": {"id": seq, "type_id": type_id}}]
+        if bos is not None:
+            around.insert(0, {"SpecialToken": {"id": bos, "type_id": type_id}})
+        if eos is not None:
+            around.append({"SpecialToken": {"id": eos, "type_id": type_id}})
+        return around
+
+    special = {t: {"id": t, "ids": [i], "tokens": [t]} for t, i in ((bos, bos_id), (eos, eos_id)) if t is not None}
+    return {"type": "TemplateProcessing", "single": text("A", 0), "pair": text("A", 0) + text("B", 1),
+            "special_tokens": special}  # fmt: skip
 
 
 def _hf_tokenizer_config(f: GGUFFile, tokens: list[str]) -> dict[str, Any]:
