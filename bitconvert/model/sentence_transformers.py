@@ -88,6 +88,10 @@ def module_folder(path: Any, source: str | Path) -> str:
         raise _fail(source, f"module path must be a string, got {path!r:.80}")
     if path in ("", "."):
         return ""
+    try:
+        path.encode("utf-8")  # JSON escapes can spell lone surrogates, which no file system path holds
+    except UnicodeEncodeError:
+        raise _fail(source, f"module path {path!r:.80} is not valid UTF-8: refused") from None
     parts = PurePosixPath(path).parts
     bad = (
         "\\" in path or "\0" in path or path.startswith("/") or (len(path) > 1 and path[1] == ":")

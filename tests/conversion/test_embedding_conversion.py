@@ -330,3 +330,27 @@ def test_qwen3_gguf_tokenizer_appends_the_end_token_as_the_original(tmp_path):
     for text in ("query: What is BitNet? 12345", "Embeddings map texts\n\n  to vectors!"):
         ids = original.encode(text).ids
         assert ids[-1] == end and rebuilt.encode(text).ids == ids, text
+
+
+@pytest.mark.parametrize(
+    "recorded,words",
+    [
+        ({"modules.json": "[]", "1_Pooling/config.json": "{}"}, None),
+        ({"../modules.json": "[]"}, "not a folder inside the checkpoint"),
+        ({"notes.txt": "x"}, "not a sentence-transformers file"),
+        ({"modules.json": "\udcc7"}, "not valid UTF-8"),  # a GGUF string holding bytes that are not UTF-8
+        ({"1_Pooling/\ud800.json": "{}"}, "not valid UTF-8"),
+    ],
+)
+def test_recorded_side_files_are_checked_as_read(recorded, words):
+    from types import SimpleNamespace
+
+    from bitconvert.formats.gguf.metadata import KEY_SIDE_FILES, read_side_files
+
+    raw = json.dumps(recorded)
+    f = SimpleNamespace(path=Path("m.gguf"), get=lambda key: raw if key == KEY_SIDE_FILES else None)
+    if words is None:
+        assert read_side_files(f) == recorded
+    else:
+        with pytest.raises(CheckpointError, match=words):
+            read_side_files(f)

@@ -172,7 +172,11 @@ def read_side_files(f: GGUFFile) -> dict[str, str]:
     if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
         raise CheckpointError(f.path, f"{KEY_SIDE_FILES} is not an object of file texts")
     out = {}
-    for name in data:
+    for name, text in data.items():
+        try:  # the GGUF string may hold bytes that are not UTF-8 (kept as surrogates): no file holds those
+            name.encode("utf-8"), text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise CheckpointError(f.path, f"{KEY_SIDE_FILES}: {name!r:.80} is not valid UTF-8 text") from None
         folder, _, base = name.rpartition("/")
         checked = module_folder(folder, f.path) if folder else ""
         plain = base not in ("", ".", "..") and "\\" not in base and "\0" not in base
