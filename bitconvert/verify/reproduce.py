@@ -177,9 +177,8 @@ def _options_like(pub: Checkpoint, recipe: Recipe) -> dict[str, Any] | None:
         return {"recipe": recipe, "dtype": dense[0] if dense else "BF16",
                 "scale_dtype": ternary[0].dtype_name if ternary else "BF16",
                 "linear_class": pub.source_linear_class()}  # fmt: skip
-    from ..formats.gguf.parser import GGUFFile
-
     from ..formats.gguf.names import to_gguf
+    from ..formats.gguf.parser import GGUFFile
 
     f = GGUFFile(pub.path)
     types = {t.type_name for t in f.tensors.values()} & {"TQ1_0", "TQ2_0", "I2_S"}

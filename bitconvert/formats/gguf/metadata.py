@@ -182,7 +182,7 @@ def read_side_files(f: GGUFFile) -> dict[str, str]:
         plain = base not in ("", ".", "..") and "\\" not in base and "\0" not in base
         if not plain or not (checked or base in TOP_LEVEL_FILES):
             raise CheckpointError(f.path, f"{KEY_SIDE_FILES} names {name!r:.80}, not a sentence-transformers file")
-        out[f"{checked}/{base}" if checked else base] = data[name]
+        out[f"{checked}/{base}" if checked else base] = text
     return out
 
 

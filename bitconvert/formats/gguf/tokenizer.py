@@ -287,6 +287,7 @@ def write_hf_tokenizer(f: GGUFFile, out: Path) -> list[Path]:
     pre_name = f.get(_TOK.PRE)
     bos_id, eos_id = f.get(_TOK.BOS_ID), f.get(_TOK.EOS_ID)
     bos, eos = _token(tokens, bos_id), _token(tokens, eos_id)
+    template = _hf_template(bos if f.get(_TOK.ADD_BOS) else None, bos_id, eos if f.get(_TOK.ADD_EOS) else None, eos_id)
     tok = {
         "version": "1.0",
         "truncation": None,
@@ -294,8 +295,7 @@ def write_hf_tokenizer(f: GGUFFile, out: Path) -> list[Path]:
         "added_tokens": added,
         "normalizer": None,
         "pre_tokenizer": _hf_pre_tokenizer(pre_name),
-        "post_processor": _hf_template(bos if f.get(_TOK.ADD_BOS) else None, bos_id,
-                                       eos if f.get(_TOK.ADD_EOS) else None, eos_id),  # fmt: skip
+        "post_processor": template,
         "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
         "model": {
             "type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
