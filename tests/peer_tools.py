@@ -310,3 +310,56 @@ def load_in_gpu_model(folder: Path, config: dict) -> dict:
     if done.returncode:
         raise AssertionError(f"gpu/model.py could not load {folder}:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+#: bitnet.cpp's embedding converter (``utils/convert-bitnet-embedding-to-gguf.py``) imports gguf-py;
+#: this directory's llama.cpp gguf-py runs it with these additions only:
+#: 1. gguf-py itself first on sys.path (the converter looks for ``utils/gguf-py``, which BitNet lacks);
+#: 2. the I2_S type id 36 (bitnet.cpp's fork of ggml; upstream has no type 36);
+#: 3. GGML_QUANT_SIZES[I2_S] = (1, 1): the converter passes the weight's value shape with its uint8
+#:    bytes, and only (1, 1) leaves that shape unchanged (the byte count comes from the buffer);
+#: 4. where its pre-tokenizer table does not know the tokenizer's hash (every test tokenizer: the
+#:    table holds the published ones'), the pre-tokenizer is named instead of raising ("qwen2" for
+#:    the Qwen3 split regex). Known hashes keep their answer; the Gemma3 path never asks.
+#: Values, layout, tensor order and every other key are the converter's own.
+BITNET_EMBEDDING_DRIVER = r"""
+import enum, importlib.util, sys
+sys.path.insert(0, {gguf_py!r})
+import gguf
+from gguf import constants as k
+members = {{m.name: m.value for m in k.GGMLQuantizationType}}
+members["I2_S"] = 36
+k.GGMLQuantizationType = gguf.GGMLQuantizationType = enum.IntEnum("GGMLQuantizationType", members)
+k.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.I2_S] = (1, 1)
+spec = importlib.util.spec_from_file_location("bitnet_embedding_converter", {script!r})
+conv = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(conv)
+known = conv.get_vocab_base_pre
+def named(tokenizer, arch):
+    try:
+        return known(tokenizer, arch)
+    except NotImplementedError:
+        if {pre!r} is None:
+            raise
+        return {pre!r}
+conv.get_vocab_base_pre = named
+sys.argv = ["convert-bitnet-embedding-to-gguf.py", *sys.argv[1:]]
+conv.main()
+"""
+BITNET_EMBEDDING_CONVERTER = BITNET / "utils" / "convert-bitnet-embedding-to-gguf.py"
+
+
+def run_bitnet_embedding_converter(model: Path, out: Path, outtype: str = "i2_s", pre: str | None = "qwen2") -> Path:
+    """Microsoft's BitNet Embeddings converter on ``model`` (``--outtype i2_s|f16|f32``), into ``out``
+    (``pre=None``: without addition 4, an unknown pre-tokenizer fails as in the converter itself)."""
+    if not BITNET_EMBEDDING_CONVERTER.is_file():
+        pytest.skip(f"bitnet.cpp's embedding converter not found at {BITNET_EMBEDDING_CONVERTER}")
+    driver = out.parent / "bitnet_embedding_driver.py"
+    driver.write_text(
+        BITNET_EMBEDDING_DRIVER.format(gguf_py=str(LLAMA_CPP / "gguf-py"), script=str(BITNET_EMBEDDING_CONVERTER),
+                                       pre=pre),
+        encoding="utf-8",
+    )  # fmt: skip
+    cmd = [sys.executable, str(driver), str(model), "--outfile", str(out), "--outtype", outtype]
+    _run(cmd, "bitnet.cpp's embedding converter")
+    return out

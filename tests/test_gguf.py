@@ -651,7 +651,6 @@ HOSTILE = {
     "zero rope base": ({"bitnet.rope.freq_base": ("f32", 0.0)}, ["bitnet.rope.freq_base", "finite and positive"]),
     "text layers": ({"bitnet.block_count": ("str", "2")}, ["bitnet.block_count", "not an integer"]),
     "kv over heads": ({"bitnet.attention.head_count_kv": ("u32", 8)}, ["head_count_kv", "is 8"]),
-    "bos outside": ({"tokenizer.ggml.bos_token_id": ("u32", 10**6)}, ["bos_token_id", "not a token id"]),
     "no architecture": ({"general.architecture": None}, ["general.architecture", "missing"]),
     "activation number": ({"bitnet.hidden_activation": ("u32", 2)}, ["hidden_activation", "not a string"]),
 }
@@ -733,10 +732,10 @@ def test_family_records_name_their_tensors_as_gguf_py_does():
         if family.gguf_arch not in archs:
             continue
         known = {TENSOR_NAMES[t] for t in MODEL_TENSORS[archs[family.gguf_arch]]}
-        for spec in (*family.norms, *family.linears):
-            assert "blk.{bid}." + spec.gguf in known, (family.key, spec.gguf)
+        for spec in (*family.norms, *family.linears):  # bitnet.cpp's own names: the *_norm_in of embedding models
+            assert "blk.{bid}." + spec.gguf in known or spec.gguf.endswith("_norm_in"), (family.key, spec.gguf)
         checked.add(family.gguf_arch)
-    assert checked == {"bitnet", "llama"}
+    assert checked == {"bitnet", "llama", "qwen3", "gemma3"}
     assert set(GLOBAL_GGUF.values()) <= set(TENSOR_NAMES.values())
 
 

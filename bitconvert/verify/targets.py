@@ -19,6 +19,7 @@ from ..formats import open_checkpoint
 from ..formats.gguf import i2s_layouts
 from ..formats.nanotron.flavors import NANOTRON_ROPE_THETA
 from . import consumer_checks as c
+from . import nanotron_checks as n
 from . import gpu_checks as g
 from .report import Check, VerifyReport
 
@@ -100,7 +101,7 @@ _NT_SUB_NORMS = Rule(
     "no Nanotron model has the attention / FFN sub-norms of 2B-4T and 1bitLLM",
     f"{NT_PR180} and {NT_PR178} src/nanotron/models/llama_bitnet.py:602-640 (LlamaDecoderLayerBitNet); "
     f"{NT_MAIN} src/nanotron/models/llama.py (LlamaDecoderLayer)",
-    c.nanotron_sub_norms,
+    n.nanotron_sub_norms,
 )
 
 
@@ -110,7 +111,7 @@ def _nt_rope(flavor: str) -> Rule:
         f"the BitNet config has no rope_theta: RoPE runs with base {NANOTRON_ROPE_THETA:g}",
         "src/nanotron/config/models_config.py:69-92 (LlamaBitNetConfig), src/nanotron/models/llama_bitnet.py:51 "
         "(RotaryEmbedding theta=10000.0) and :321-324 (built without theta), at 2239f41e and e1c3c1a5",
-        c.nanotron_rope_theta(flavor),
+        n.nanotron_rope_theta(flavor),
     )
 
 
@@ -119,7 +120,7 @@ _NT_FUSED = Rule(
     "weight_quant takes one absmean per (rank-local) fused qkv_proj / gate_up_proj weight",
     "src/nanotron/parallel/tensor_parallel/nn.py: weight_quant at :326 and its use in the column linear at "
     ":418 (2239f41e); :314, :381 (e1c3c1a5)",
-    c.nanotron_fused_scales,
+    n.nanotron_fused_scales,
 )
 
 CONSUMERS: dict[str, Consumer] = {
@@ -145,6 +146,11 @@ CONSUMERS: dict[str, Consumer] = {
             Rule("tensor_types", "has TQ1_0 (34) and TQ2_0 (35) in blocks of 256 values, no type 36 (I2_S)",
                  f"{LLAMA_CPP} gguf-py/gguf/constants.py:5793-5794 (types), :5957 (QK_K = 256), :5988-5989",
                  c.llamacpp_tensor_types),
+            Rule("known_tensors", "loads, per architecture, the tensors gguf-py's table lists for it and refuses a "
+                                  "file holding others (\"wrong number of tensors\")",
+                 f"{LLAMA_CPP} gguf-py/gguf/constants.py (MODEL_TENSORS); llama-cpp-python 0.3.36 on a GGUF "
+                 "with per-projection norms: \"wrong number of tensors; expected 38, got 24\"",
+                 c.llamacpp_known_tensors),
             _LLAMACPP_ACTIVATION,
             Rule("scale_tensors", "multiplies optional F32 `blk.N.*.scale` [1] tensors in, in every architecture "
                                   "(a generic pass; before it, only `bitnet` loaded them)",
@@ -161,7 +167,7 @@ CONSUMERS: dict[str, Consumer] = {
                                   "input without a weight",
                  f"{NT_PR180} src/nanotron/models/llama_bitnet.py:611, :619, :628, :635 (commented out); "
                  "src/nanotron/parallel/tensor_parallel/nn.py:344 (normalize), :416, :511",
-                 c.nanotron_decoder_norms("pr180")),
+                 n.nanotron_decoder_norms("pr180")),
             _nt_rope("pr180"), _NT_FUSED,
         )),
         Consumer("nanotron-pr178", "Nanotron's BitNet model of PRs #178/#179",
@@ -184,7 +190,7 @@ CONSUMERS: dict[str, Consumer] = {
             _NT_SUB_NORMS,
             Rule("quantization", "has no BitNet layers: Llama's linears run the weights as given",
                  f"{NT_MAIN} src/nanotron/models/ (no llama_bitnet.py), src/nanotron/models/llama.py "
-                 "(TensorParallelColumnLinear / TensorParallelRowLinear)", c.nanotron_quantization("main")),
+                 "(TensorParallelColumnLinear / TensorParallelRowLinear)", n.nanotron_quantization("main")),
         )),
     )
 }

@@ -118,6 +118,17 @@ def make_gguf_seeds(cache: Path) -> dict[str, bytes]:
             except Exception:  # an option this tree's GGUF writer does not take: fall back to its defaults
                 convert(FIXTURES / fixture, out, "gguf", {"allow_fallback": True})
         seeds[f"{fixture}.gguf"] = out.read_bytes()
+    # embedding models: bitconvert's own (offset norms, pooling, recorded side files) and the layout of
+    # bitnet.cpp's embedding converter (F16 norms, an EOS outside the tiny vocabulary, no bitconvert keys)
+    for fixture, opts in (
+        ("bitnet-embedding-gemma3-master", {"gguf_type": "i2_s"}),
+        ("bitnet-embedding-qwen3-master", {"gguf_type": "i2_s", "recipe": "bitnet.cpp", "allow_lossy": True}),
+    ):
+        out = cache / f"{fixture}-{opts.get('recipe', 'default')}.gguf"
+        if (FIXTURES / fixture).is_dir():
+            if not out.exists():
+                convert(FIXTURES / fixture, out, "gguf", opts)
+            seeds[f"{fixture}.gguf"] = out.read_bytes()
     return seeds
 
 
@@ -316,6 +327,38 @@ def bitnet_gpu_target(cache: Path) -> Target:
             shutil.copyfile(folder / name, dst / name)
 
     return Target("bitnet-gpu", seeds, mutate_torch_archive, run)
+def _run_sentence_transformers(context: str, data: bytes, workdir: Path) -> None:
+    """modules.json and a module's config as the HF reader collects side files from them, as the GGUF
+    writer (bitconvert's pooling_type, bitnet.cpp's converter's) and ``verify`` read them."""
+    from bitconvert.formats import open_checkpoint
+    from bitconvert.formats.gguf import embedding_converter, metadata
+    from bitconvert.model.sentence_transformers import read_embedding_setup
+    from bitconvert.verify.integrity import _side_file_checks
+    from bitconvert.verify.report import VerifyReport
+
+    fixture, name = context.split("/", 1)
+    dst = _hf_copy(workdir, fixture)
+    (dst / name).write_bytes(data)
+    try:
+        ckpt = open_checkpoint(dst)
+        files = ckpt.side_file_names()
+        read_embedding_setup(files)
+        embedding_converter.pooling_type(files)
+        metadata.embedding_keys(ckpt, "qwen3", [])
+        _side_file_checks(ckpt, VerifyReport(str(dst)))
+    finally:
+        _restore(dst, fixture, (name,))
+
+
+def sentence_transformers_target() -> Target:
+    from .mutate import mutate_json
+
+    seeds = {}
+    for f in ("bitnet-embedding-qwen3-master", "bitnet-embedding-gemma3-master"):
+        for name in ("modules.json", "1_Pooling/config.json", "config_sentence_transformers.json",
+                     "sentence_bert_config.json"):  # fmt: skip
+            seeds[f"{f}/{name}"] = (FIXTURES / f / name).read_bytes()
+    return Target("sentence_transformers", seeds, mutate_json, _run_sentence_transformers)
 
 
 def all_targets(cache: Path) -> dict[str, Callable[[], Target]]:
@@ -329,7 +372,9 @@ def all_targets(cache: Path) -> dict[str, Callable[[], Target]]:
         "tokenizer": tokenizer_target,
         "kernel_config": kernel_config_target,
         "bitnet-gpu": lambda: bitnet_gpu_target(cache),
+        "sentence_transformers": sentence_transformers_target,
     }
 
 
-PARSERS = ("safetensors", "gguf", "config", "index", "nanotron", "tokenizer", "kernel_config", "bitnet-gpu")
+PARSERS = ("safetensors", "gguf", "config", "index", "nanotron", "tokenizer", "kernel_config", "bitnet-gpu",
+           "sentence_transformers")

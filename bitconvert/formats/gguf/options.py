@@ -51,8 +51,15 @@ class GGUFOptions:
         "gguf",
         ("transformers", "llama.cpp", "bitnet.cpp"),
         "How a master is quantized: transformers (exact fp32 scale), llama.cpp (tq types: fp16 d = max|x| "
-        "per block, as convert_hf_to_gguf.py) or bitnet.cpp (i2_s, tl1, tl2: its converter's folded scale).",
+        "per block, as convert_hf_to_gguf.py) or bitnet.cpp (i2_s, tl1, tl2: its converter's folded scale; for "
+        "embedding models i2_s or f16, byte for byte as convert-bitnet-embedding-to-gguf.py).",
     )
+    allow_lossy: bool = option(
+        False, "--allow-lossy",
+        "Write norms and recipe-chosen float tensors although their GGUF type rounds some values (e.g. a "
+        "producer's F16 norms with an offset); a warning per tensor.",
+        parse_flag,
+    )  # fmt: skip
     i2s_layout: str | None = option(
         None, "--i2s-layout", "I2_S byte layout (bitnet.cpp build): x86 (default; official files), x86-rows or arm.",
         choices=I2S_LAYOUTS,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ...ternary.recipes import Recipe
+from ...ternary.recipes import GGUFStyle, Recipe
 from . import i2s_layouts
 from .kernel_config import KernelConfig, Tile
 from .stream_writer import PlannedGGUFTensor
@@ -18,6 +18,10 @@ class TensorPlan:
     role: str  # "ternary" | "fallback" | "dense"
     scale: PlannedGGUFTensor | None = None
     heads: int | None = None  # llama-architecture q/k: rows permuted per head
+    #: a norm stored as its effective gain ``offset + w`` (NormSpec.offset; read back minus it)
+    offset: float = 0.0
+    #: a float tensor its type would round is refused (unless --allow-lossy); else only warned about
+    strict: bool = True
 
 
 @dataclass
@@ -33,8 +37,12 @@ class Plan:
     kernel_config: KernelConfig | None = None
     tensors: list[TensorPlan] = field(default_factory=list)
     fallbacks: list[str] = field(default_factory=list)
-    #: the warning when --embed-type rounds the source's embedding, or None
-    embed_loss: str | None = None
+    #: how the recipe's producer lays the file out (keys, tensor order, dense types)
+    style: GGUFStyle = field(default_factory=GGUFStyle)
+    #: write float tensors whose type rounds some of their values (else refused)
+    allow_lossy: bool = False
+    #: the model's task (Family.task): which of a producer's records quantizes it
+    task: str = "causal-lm"
 
     def layout(self, shape: tuple[int, ...]) -> str | Tile:
         """The byte order of a weight of ``shape`` in a flat type: the I2_S layout, or its TL tile."""

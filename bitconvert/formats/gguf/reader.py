@@ -12,6 +12,9 @@ What each quantized linear is, before anything is loaded: TQ/I2_S codes, and flo
 linear are LATENT, carrying the exact scale ``bitconvert.ternary_scales`` recorded for them. A
 TERNARY tensor whose blocks disagree on ``d`` (or whose floats are not codes) loads as float32
 values, with a note: the file holds no codes with one scale there.
+
+A norm whose family adds an offset to its gain (Gemma's ``1 + w``) is stored as ``offset + w`` (what
+llama.cpp multiplies by) and loads as ``w``: the stored value minus the offset, in float32 (exact).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +42,7 @@ from ...model.checkpoint import (
     float_stored,
 )  # fmt: skip
 from ...model.config import ModelConfig, QuantConfig, QuantMode
-from ...model.families import GLOBAL_GGUF, LM_HEAD
+from ...model.families import GLOBAL_GGUF_BY_ROLE, LM_HEAD_ROLE
 from ...ternary.linear_class import LinearClass
 from ...ternary.records import SCALES_KEY, ScaleRecord, decode_records
 from ...ternary.scale import Scale
@@ -47,7 +50,7 @@ from ...ternary.stats import CodeCounts, float_code_counts
 from ...ternary.stats import code_counts as code_counts_of
 from ...ternary.weight import TernaryWeight
 from .. import register_reader
-from . import code_counts, i2s_layouts, metadata, names, tl_files, tokenizer, types
+from . import code_counts, hf_tokenizer, i2s_layouts, metadata, names, tl_files, tokenizer, types
 from .kernel_config import KernelConfig, Tile
 from .parser import GGUFFile, TensorInfo, is_gguf
 
@@ -227,7 +230,7 @@ class GGUFReader:
         tiles (else the recorded ones, else :data:`.kernel_config.ASSUMED`'s)."""
         f = GGUFFile(path)
         notes: list[str] = []
-        tied = GLOBAL_GGUF[LM_HEAD] + names.WEIGHT_SUFFIX not in f.tensors  # no output head: token_embd is it
+        tied = GLOBAL_GGUF_BY_ROLE[LM_HEAD_ROLE] + names.WEIGHT_SUFFIX not in f.tensors  # no output head: token_embd is it
         arch, cfg, precision = metadata.read_config(f, tied, notes)
         records = _records(f)
         layout, recorded = (i2s_layout, True) if i2s_layout else _i2s_layout(f, notes)
@@ -235,16 +238,19 @@ class GGUFReader:
         used: set[str] = set()
         entries: dict[str, TensorEntry] = {}
         expected = cfg.expected_shapes()
+        offsets = cfg.norm_offsets()
         for gname, hf in names.from_gguf_table(cfg).items():
             want = (hf, expected[hf])
             tile = tl_files.tile_for(f, gname, tiles)
             entries[hf] = _entry(f, cfg, gname, want, records.get(hf), used, notes, (tile or layout, recorded))
+            if hf in offsets:
+                entries[hf] = _without_offset(entries[hf], offsets[hf])
         _check_unused(f, used, notes)
-        tokenizer.check_vocabulary(f, cfg.vocab_size)
+        hf_tokenizer.check_vocabulary(f, cfg.vocab_size)
         has_i2s = any(t.type == types.I2_S for t in f.tensors.values())
         file_type = f.get(metadata.Keys.General.FILE_TYPE)
         gguf = GGUFFacts(arch, tokenizer.from_gguf(f), file_type, layout if has_i2s else None, recorded,
-                         tiles[1] if tiles else None)  # fmt: skip
+                         tiles[1] if tiles else None, _pooling_type(f, arch))  # fmt: skip
         # GGUF's dtypes are its own conventions (F32 norms, the --embed-type); the model's are recorded
         facts = Facts(_linear_class(records), container_dtypes=True, config_precision=precision, gguf=gguf)
         if any(e.kind is Kind.TERNARY for e in entries.values()):
@@ -252,7 +258,7 @@ class GGUFReader:
         ckpt = Checkpoint(NAME, path, cfg, entries, [], notes, facts)
         _read_origin(f, ckpt)
         check_tensor_set(ckpt)
-        ckpt.side_files = _tokenizer_side_files(f, ckpt, notes)
+        ckpt.side_files = _side_files(f, ckpt, notes)
         return ckpt
 
 
@@ -345,17 +351,48 @@ def _read_origin(f: GGUFFile, ckpt: Checkpoint) -> None:
     ckpt.origin.recorded_provenance = parse_provenance(f.get(PROVENANCE_KEY), f.path)
 
 
-def _tokenizer_side_files(f: GGUFFile, ckpt: Checkpoint, notes: list[str]) -> list[Path]:
-    """tokenizer.json / tokenizer_config.json rebuilt in a folder that lives as long as ``ckpt``."""
+def _side_files(f: GGUFFile, ckpt: Checkpoint, notes: list[str]) -> list[Path]:
+    """tokenizer.json / tokenizer_config.json rebuilt, and the sentence-transformers files bitconvert
+    recorded, in a folder that lives as long as ``ckpt`` (its paths name the files as in the source)."""
     model = f.get(metadata.Keys.Tokenizer.MODEL)
-    if model is None or model == tokenizer.NO_VOCAB:
+    if model == tokenizer.NO_VOCAB:  # a file written without a tokenizer says so; nothing to rebuild
+        model = None
+    recorded = metadata.read_side_files(f)
+    if model is None and not recorded:
         return []
     folder = Path(tempfile.mkdtemp(prefix="bitconvert-gguf-tokenizer-"))
     weakref.finalize(ckpt, shutil.rmtree, folder, True)
-    files = tokenizer.write_hf_tokenizer(f, folder)
-    if not files:
+    files = hf_tokenizer.write_hf_tokenizer(f, folder) if model is not None else []
+    if model is not None and not files:
         notes.append(f"tokenizer model {model!r} is not rebuilt as tokenizer.json (only gpt2 BPE is)")
+    for name, text in recorded.items():
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        files.append(path)
+    ckpt.side_root = folder
     return files
+
+
+def _pooling_type(f: GGUFFile, arch: str) -> int | None:
+    value = f.get(metadata.Keys.LLM.POOLING_TYPE.format(arch=arch))
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise CheckpointError(f.path, f"metadata key {arch}.pooling_type is not an integer: {value!r:.80}")
+    return int(value)
+
+
+def _without_offset(entry: TensorEntry, offset: float) -> TensorEntry:
+    """A norm stored as ``offset + w`` loading as ``w`` (float32: the subtraction is exact)."""
+
+    def load() -> Value:
+        value = entry.load()
+        assert isinstance(value, Dense)
+        with np.errstate(invalid="ignore", over="ignore"):  # non-finite values stay so (verify names them)
+            return Dense(value.float32() - np.float32(offset), "F32")
+
+    return replace(entry, load=load, dtype_name="F32", label=f"{entry.label} (stored + {offset:g})")
 
 
 register_reader(GGUFReader())
