@@ -28,8 +28,8 @@ def _check_utf8(f: GGUFFile, key: str, texts: list[str]) -> None:
 
 def check_vocabulary(f: GGUFFile, rows: int) -> None:
     """Refuse a GGUF vocabulary that no tokenizer could be rebuilt from, before anything is written:
-    more tokens than embedding rows, per-token arrays of other lengths, a special token id outside
-    the list, and (for gpt2 BPE, which maps each string to one id) a token string given twice."""
+    more tokens than embedding rows, per-token arrays of other lengths, a special token id that is not
+    an integer, and (for gpt2 BPE, which maps each string to one id) a token string given twice."""
     tokens = f.get(_TOK.LIST)
     if tokens is None:
         return
@@ -42,10 +42,12 @@ def check_vocabulary(f: GGUFFile, rows: int) -> None:
         if values is not None and (not hasattr(values, "__len__") or len(values) != len(tokens)):
             n = len(values) if hasattr(values, "__len__") else "not a list of"
             raise CheckpointError(f.path, f"{key} has {n} entries for {len(tokens)} tokens")
+    # A special id outside the list is read with a note and left out of the rebuilt tokenizer (bitnet.cpp's
+    # embedding converter writes the full Qwen3 vocabulary's EOS whatever the list); only a non-integer is refused.
     for key in (_TOK.BOS_ID, _TOK.EOS_ID, _TOK.PAD_ID, _TOK.UNK_ID, _TOK.SEP_ID):
         tid = f.get(key)
-        if tid is not None and not (isinstance(tid, int) and 0 <= tid < len(tokens)):
-            raise CheckpointError(f.path, f"{key} {tid!r} is not the id of one of its {len(tokens)} tokens")
+        if tid is not None and (isinstance(tid, bool) or not isinstance(tid, (int, np.integer))):
+            raise CheckpointError(f.path, f"{key} {tid!r:.60} is not a token id")
     if f.get(_TOK.MODEL) == "gpt2":
         seen: dict[str, int] = {}
         for i, t in enumerate(tokens):
