@@ -72,7 +72,7 @@ def convert(
     writer = writer_for(to)
     source = resolve_source(src)  # hf://ORG/NAME[@REV] -> local snapshot; local paths unchanged
     shown_src, src, dst = source.uri or str(src), source.path, Path(dst)
-    check_paths(src, dst, force)
+    check_paths(src, dst, force, directory=writer.writes_directory)
     ckpt = open_checkpoint(src, src_format)
     if source.repo_id is not None:  # writers that name the model or its origin (GGUF) read these
         ckpt.origin.model_name = source.repo_id.split("/")[-1]

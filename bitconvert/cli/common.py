@@ -39,7 +39,8 @@ state = {"debug": False}
 Src = Annotated[
     Path,
     typer.Argument(
-        metavar="SRC", help="Input checkpoint: a directory (HF safetensors), a file, or hf://ORG/NAME\\[@REV]."
+        metavar="SRC", help="Input checkpoint: a directory (HF safetensors), a file, or hf://ORG/NAME\\[@REV].",
+        readable=False,  # bitconvert says in one line what it cannot read (click would print a usage box)
     ),
 ]
 Dst = Annotated[Path, typer.Argument(metavar="DST", help="Output path; created only when the conversion succeeds.")]
@@ -89,10 +90,15 @@ def _on_sigterm(signum, frame):
     raise Terminated()
 
 
+#: control characters (a newline in a path would split the one error line) shown as escapes
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)} | {ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"}
+
+
 def _fail(message: str, code: int, label: str = "error") -> typer.Exit:
     """Print ``label: message`` as one line (the label in red on a terminal); the exit to raise."""
     if state["debug"]:
         traceback.print_exc()
+    message = message.translate(_CONTROL)
     line = Text.assemble((f"{label}:", "bold red"), " ", message) if label else Text(message)
     err.print(line, highlight=False, soft_wrap=True)
     return typer.Exit(code)

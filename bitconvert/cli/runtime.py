@@ -43,13 +43,14 @@ def run(
     json_out: JsonOut = False,
 ) -> None:
     """Generate text (or token ids) with the reference runtime, from any format bitconvert reads."""
-    require("runtime", "bitconvert run")
     from ..formats import open_checkpoint
-    from ..runtime import Generation, TextTokenizer, load_model, stop_token_ids
 
     if (prompt is None) == (tokens is None):
         raise UsageError("give exactly one of --prompt TEXT or --tokens 1,2,3")
     compute_dtype = _compute_dtype(dtype)
+    require("runtime", "bitconvert run")
+    from ..runtime import Generation, TextTokenizer, load_model, stop_token_ids
+
     ids = parse_tokens(tokens) if tokens is not None else None
     ckpt = open_checkpoint(src)
     tok = TextTokenizer.from_checkpoint(ckpt)
@@ -124,18 +125,15 @@ def logits(
     json_out: JsonOut = False,
 ) -> None:
     """Write the reference runtime's float32 logits [T, vocab] for --tokens to a .npy file."""
+    from ..io.staging import check_output, staged_output
+
+    ids = parse_tokens(tokens)
+    compute_dtype = _compute_dtype(dtype)
+    check_output(out_path, force=force, what="logits file")
     require("runtime", "bitconvert logits")
     import numpy as np
 
     from ..runtime import load_model
-    from ..io.staging import staged_output
-
-    ids = parse_tokens(tokens)
-    compute_dtype = _compute_dtype(dtype)
-    if out_path.exists() and not force:
-        raise UsageError(f"{out_path} already exists; pass --force to replace it")
-    if not out_path.parent.is_dir():
-        raise UsageError(f"{out_path.parent}: output folder does not exist")
     with progress_bar(not json_out) as progress:
         model = load_model(src, device, compute_dtype, progress=progress)
     result = model.logits(ids).numpy()

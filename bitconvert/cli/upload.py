@@ -73,7 +73,9 @@ def upload(
         bool, typer.Option("--private", help="Create the repository private (if it is created).")
     ] = False,
     commit_message: Annotated[Optional[str], typer.Option("--commit-message", help="Commit summary line.")] = None,
-    card: Annotated[Optional[Path], typer.Option("--card", help="Use this file as README.md (model card).")] = None,
+    card: Annotated[
+        Optional[Path], typer.Option("--card", help="Use this file as README.md (model card).", readable=False)
+    ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the operations and the card; send nothing.")
     ] = False,

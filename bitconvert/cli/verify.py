@@ -4,9 +4,11 @@ options into a request and renders, prints and writes the report."""
 
 from __future__ import annotations
 
+import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Iterator, Literal, Optional
 
 import typer
 from rich.table import Table
@@ -22,7 +24,8 @@ RECIPES = ("auto", *next(o.choices for o in cli_options(tuple(OPTIONS)) if o.nam
 def verify(
     src: Src,
     against: Annotated[
-        Optional[Path], typer.Option("--against", help="Reference checkpoint (any format) to compare SRC with.")
+        Optional[Path],
+        typer.Option("--against", help="Reference checkpoint (any format) to compare SRC with.", readable=False),
     ] = None,
     logits: Annotated[
         bool,
@@ -39,7 +42,8 @@ def verify(
     ] = None,
     manifest_check: Annotated[
         Optional[Path],
-        typer.Option("--manifest-check", metavar="FILE", help="Check every tensor's sha256 against FILE."),
+        typer.Option("--manifest-check", metavar="FILE", help="Check every tensor's sha256 against FILE.",
+                     readable=False),
     ] = None,
     tokens: Annotated[
         Optional[str],
@@ -68,7 +72,8 @@ def verify(
     reproduce: Annotated[
         Optional[Path],
         typer.Option(
-            "--reproduce", metavar="MASTER", help="Rebuild SRC (hf-packed or GGUF) from MASTER; compare bit for bit."
+            "--reproduce", metavar="MASTER", help="Rebuild SRC (hf-packed or GGUF) from MASTER; compare bit for bit.",
+            readable=False,
         ),
     ] = None,
     recipe: Annotated[
@@ -79,16 +84,15 @@ def verify(
     json_out: JsonOut = False,
 ) -> None:
     """Check SRC's integrity; --against, --roundtrip, --reproduce or --target compare it too. Exit 0 all pass, 1 any fail."""
+    from ..io.staging import check_output
     from ..verify import Thresholds, VerifyRequest, run
 
-    request = VerifyRequest(
-        against=against, logits=logits, tokens=parse_tokens(tokens) if tokens is not None else None, device=device,
-        roundtrip=roundtrip, target=target, reproduce=reproduce, recipe=recipe, manifest=manifest,
-        manifest_check=manifest_check,
-        thresholds=Thresholds(max_code_mismatches, scale_rtol, atol, logits_atol, min_argmax_agreement),
-    )  # fmt: skip
-    with progress_bar(not json_out) as progress:
-        report = run(src, request, progress=progress)  # refuses a contradictory request before reading
+    if junit is not None:
+        check_output(junit, force=True, what="JUnit report")  # before any work, and before an error report
+    with _reported_errors(src, junit, json_out):
+        report = _run(src, against, logits, tokens, device, roundtrip, target, reproduce, recipe, manifest,
+                      manifest_check, Thresholds(max_code_mismatches, scale_rtol, atol, logits_atol,
+                                                 min_argmax_agreement), json_out)  # fmt: skip
     if junit is not None:
         report.write_junit(junit)
     if json_out:
@@ -97,6 +101,38 @@ def verify(
         _render(report, show_all)
     if not report.passed:
         raise typer.Exit(1)
+
+
+def _run(src, against, logits, tokens, device, roundtrip, target, reproduce, recipe, manifest, manifest_check,
+         thresholds, json_out):  # fmt: skip
+    from ..verify import VerifyRequest, run
+
+    request = VerifyRequest(
+        against=against, logits=logits, tokens=parse_tokens(tokens) if tokens is not None else None, device=device,
+        roundtrip=roundtrip, target=target, reproduce=reproduce, recipe=recipe, manifest=manifest,
+        manifest_check=manifest_check, thresholds=thresholds,
+    )  # fmt: skip
+    with progress_bar(not json_out) as progress:
+        return run(src, request, progress=progress)  # refuses a contradictory request before reading
+
+
+@contextmanager
+def _reported_errors(src: Path, junit: Path | None, json_out: bool) -> Iterator[None]:
+    """A run that ends in an error (usage, an unreadable manifest) still leaves its reports: a JUnit
+    file with one error case, a JSON object on stdout; the error line and exit code follow as usual."""
+    from ..errors import BitconvertError
+    from ..io.staging import write_atomically
+    from ..verify.report import junit_error_xml
+
+    try:
+        yield
+    except BitconvertError as exc:
+        if junit is not None:
+            write_atomically(junit, junit_error_xml(str(src), str(exc)), "JUnit report")
+        if json_out:
+            sys.stdout.write(json.dumps({"passed": False, "src": str(src), "error": str(exc),
+                                         "exit_code": exc.exit_code}, indent=2) + "\n")
+        raise
 
 
 def _render(report, show_all: bool) -> None:

@@ -66,6 +66,8 @@ WRITERS: dict[str, Writer] = {}
 # imports the readers only, which need no torch until a tensor is loaded. A test checks the table
 # against what the modules register.
 CATALOGUE: dict[str, tuple[str | None, str | None]] = {
+    # first: a folder of torch.save files with a config.json is this format's, not an HF directory
+    "bitnet-gpu": ("bitnet_gpu.reader", "bitnet_gpu.writer"),
     "hf-bf16": ("hf.bf16", "hf.bf16_writer"),
     "hf-packed": ("hf.packed", "hf.packed_writer"),
     "gguf": ("gguf.reader", "gguf.writer"),
@@ -81,6 +83,7 @@ OPTIONS: dict[str, str] = {
     "hf-bf16": "hf.options:HFBF16Options",
     "gguf": "gguf.options:GGUFOptions",
     "nanotron": "nanotron.options:NanotronOptions",
+    "bitnet-gpu": "bitnet_gpu.options:BitnetGPUOptions",
 }
 
 
@@ -161,8 +164,9 @@ def detect_format(path: Path) -> str:
     load_readers()
     if not path.exists():
         raise UsageError(f"{path}: no such file or directory")
-    for name, reader in READERS.items():
-        if reader.detect(path):
+    # in CATALOGUE order, whatever order the modules were imported (and registered) in
+    for name in CATALOGUE:
+        if name in READERS and READERS[name].detect(path):
             return name
     raise CheckpointError(path, "not a checkpoint bitconvert can read (no config.json with safetensors weights, no GGUF)")
 

@@ -88,11 +88,9 @@ def _depth(raw: bytes) -> int:
 
 
 def read_json_object(path: Path, what: str = "JSON", object_pairs_hook=None) -> dict[str, Any]:
-    try:
-        text = path.read_bytes()
-    except OSError as exc:
-        raise CheckpointError(path, f"cannot read: {exc.strerror or exc}") from None
-    data = parse_json_text(text, path, what, object_pairs_hook)
+    from .files import read_regular
+
+    data = parse_json_text(read_regular(path, what), path, what, object_pairs_hook)
     if not isinstance(data, dict):
         raise CheckpointError(path, f"{what} is not a JSON object" if what != "JSON" else "not a JSON object")
     return data

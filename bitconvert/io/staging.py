@@ -22,25 +22,47 @@ import functools
 import os
 import re
 import shutil
+import stat
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 from ..errors import UsageError
+from .files import kind_of
 
 
-def check_paths(src: Path, dst: Path, force: bool) -> None:
-    """Refuse a destination that would overwrite, contain or sit inside the source."""
+def check_paths(src: Path, dst: Path, force: bool, *, directory: bool = True) -> None:
+    """Refuse a destination that would overwrite, contain or sit inside the source, or that
+    :func:`check_output` refuses."""
     s, d = src.resolve(), dst.resolve()
     if d == s or s in d.parents:
         raise UsageError(f"{dst}: the output may not be the input or lie inside it ({src})")
     if d in s.parents:
         raise UsageError(f"{dst}: the output may not contain the input ({src})")
-    if (dst.exists() or dst.is_symlink()) and not force:
-        raise UsageError(f"{dst} already exists; pass --force to replace it")
-    if not dst.parent.is_dir():
-        raise UsageError(f"{dst.parent}: output folder does not exist")
+    check_output(dst, directory=directory, force=force)
+
+
+def check_output(path: Path, *, directory: bool = False, force: bool = False, what: str = "output") -> None:
+    """The one rule for every path bitconvert writes (outputs, reports, manifests, logits): a new
+    path, or, with ``force``, an existing regular file (a directory, for a directory output) that is
+    replaced. A device, FIFO or socket is never replaced (as root, replacing ``/dev/null`` would break
+    the machine), nor a directory by a file. Refused as a UsageError before any work."""
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode  # through a link: what it names is what a writer would hit
+    except FileNotFoundError:
+        mode = None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot use as the {what}: {exc.strerror or exc}") from None
+    if mode is not None or path.is_symlink():
+        replaceable = stat.S_ISREG(mode) or (directory and stat.S_ISDIR(mode)) if mode is not None else True
+        if not replaceable:
+            raise UsageError(f"{path}: the {what} path is {kind_of(mode)}; give a new path or a regular file")
+        if not force:
+            raise UsageError(f"{path} already exists; pass --force to replace it")
+    if not path.parent.is_dir():
+        raise UsageError(f"{path.parent}: output folder does not exist")
 
 
 # --- owners -----------------------------------------------------------------------------------
@@ -199,9 +221,9 @@ def staged_output(dst: Path, *, directory: bool, force: bool) -> Iterator[Path]:
     remove_stale(dst)
     stem = f".{dst.name}.bitconvert-{owner_tag()}-{uuid.uuid4().hex[:8]}"
     tmp, old = dst.parent / f"{stem}.partial", dst.parent / f"{stem}.old"
-    if directory:
-        tmp.mkdir()
-    try:
+    try:  # created inside: a signal right after the folder appears still removes it
+        if directory:
+            tmp.mkdir()
         yield tmp
         _move_into_place(tmp, dst, old, force)
     except BaseException as exc:
@@ -212,12 +234,12 @@ def staged_output(dst: Path, *, directory: bool, force: bool) -> Iterator[Path]:
     fsync_dir(dst.parent)
 
 
-def write_atomically(path: Path, data: str | bytes) -> None:
+def write_atomically(path: Path, data: str | bytes, what: str = "report") -> None:
     """Write a small output file (a report, a manifest) whole or not at all: staged beside ``path``
-    and renamed over it, so a reader never sees half of it and an interrupted run leaves the old one."""
+    and renamed over it, so a reader never sees half of it and an interrupted run leaves the old one.
+    Only a new path or a regular file is replaced (:func:`check_output`)."""
     path = Path(path)
-    if not path.parent.is_dir():
-        raise UsageError(f"{path.parent}: output folder does not exist")
+    check_output(path, force=True, what=what)
     raw = data.encode("utf-8") if isinstance(data, str) else data
     with staged_output(path, directory=False, force=True) as tmp:
         with open(tmp, "xb") as f:

@@ -50,9 +50,11 @@ class Scale:
         """The stored value, exactly, as a Python float."""
         return value_item(self.data, self.dtype_name)
 
-    def is_valid(self) -> bool:
+    def is_valid(self, all_zero: bool = False) -> bool:
+        """Finite and positive; or 0 for a weight whose codes are all zero (``all_zero``): bitnet.cpp's
+        ``quantize_i2_s`` stores 0 there, and a zero weight computes zero whatever its scale."""
         v = self.item()
-        return v > 0 and v != math.inf and v == v
+        return (v > 0 and v != math.inf) or (all_zero and v == 0)
 
     @property
     def multiplier(self) -> float:
@@ -75,7 +77,10 @@ class Scale:
         """This scale re-expressed; exact unless the convention flips or the dtype narrows."""
         if linear_class is self.linear_class and dtype_name == self.dtype_name:
             return self
-        v = self.item() if linear_class is self.linear_class else (math.inf if self.item() == 0 else 1.0 / self.item())
+        v = self.item()
+        if linear_class is not self.linear_class:
+            # 0 (an all-zero weight's, see is_valid) has no reciprocal; any scale serves those codes
+            v = 1.0 if v == 0 else 1.0 / v
         return Scale.of(v, linear_class, dtype_name)
 
     def same_as(self, other: "Scale") -> bool:

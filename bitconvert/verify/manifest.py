@@ -19,6 +19,7 @@ import numpy as np
 from ..dtypes import Dense
 from ..errors import CheckpointError
 from ..io.jsonfile import parse_json_text
+from ..io.files import read_regular
 from ..io.staging import write_atomically
 from ..ternary.scale import Scale
 from ..ternary.stats import unpacked_chunks
@@ -73,16 +74,12 @@ def new_manifest(src_format: str, tensors: dict[str, dict[str, Any]]) -> dict[st
 
 def write_manifest(manifest: dict[str, Any], path: str | Path) -> None:
     """Write ``manifest`` to ``path`` whole or not at all (replacing what is there)."""
-    write_atomically(Path(path), json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    write_atomically(Path(path), json.dumps(manifest, indent=2, sort_keys=False) + "\n", "manifest")
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    try:
-        text = path.read_bytes()
-    except OSError as exc:
-        raise CheckpointError(path, f"cannot read manifest: {exc.strerror or exc}") from None
-    data = parse_json_text(text, path, "manifest")
+    data = parse_json_text(read_regular(path, "manifest"), path, "manifest")
     if not isinstance(data, dict) or data.get("bitconvert_manifest") != MANIFEST_VERSION:
         raise CheckpointError(path, f"not a bitconvert manifest (version {MANIFEST_VERSION})")
     tensors = data.get("tensors")

@@ -181,6 +181,25 @@ class VerifyReport:
         return "\n".join(out)
 
 
+def junit_error_xml(src: str, message: str, suite_name: str = "bitconvert verify") -> str:
+    """JUnit XML for a run that could not check anything (a usage error, an unreadable manifest): one
+    test case carrying an ``error``, so a CI reporter shows the reason instead of "no report found"."""
+    return "\n".join([
+        '<?xml version="1.0" encoding="UTF-8"?>',
+        "<testsuites>",
+        f'  <testsuite name={_attr(suite_name)} tests="1" failures="0" errors="1" skipped="0">',
+        "    <properties>",
+        f'      <property name="src" value={_attr(src)} />',
+        "    </properties>",
+        '    <testcase classname="verify.run" name="verify">',
+        f'      <error message={_attr(message)} type="VerifyError">{_text(message)}</error>',
+        "    </testcase>",
+        "  </testsuite>",
+        "</testsuites>",
+        "",
+    ])
+
+
 _JSON_STRING = json.encoder.encode_basestring_ascii  # what json.dumps writes for a str (C)
 _JSON_ANY = json.JSONEncoder(default=str).encode
 

@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 
 from ..errors import UsageError
 from ..extras import require
+from ..io.staging import check_output
 from ..formats import Progress, no_progress
 from .report import Thresholds, VerifyReport
 
@@ -54,8 +55,6 @@ class VerifyRequest:
         th = self.thresholds
         if self.logits and self.against is None and self.roundtrip is None:
             raise UsageError("--logits compares two models: add --against REF or --roundtrip FORMAT")
-        if self.logits:
-            require("runtime", "verify --logits")
         if self.tokens is not None and not self.logits:
             raise UsageError("--tokens is used by --logits only")
         if self.reproduce is None and self.recipe != "auto":
@@ -64,8 +63,10 @@ class VerifyRequest:
             raise UsageError(f"--min-argmax-agreement is a fraction between 0 and 1, got {th.argmax_agreement}")
         if min(th.code_mismatches, th.scale_rtol, th.atol, th.logits_atol) < 0:
             raise UsageError("thresholds must not be negative")
-        if isinstance(self.manifest_check, (str, Path)) and not Path(self.manifest_check).is_file():
+        if isinstance(self.manifest_check, (str, Path)) and not Path(self.manifest_check).exists():
             raise UsageError(f"{self.manifest_check}: no such file")
+        if self.manifest is not None:
+            check_output(Path(self.manifest), force=True, what="manifest")
         if self.reproduce is not None and not Path(self.reproduce).exists():
             raise UsageError(f"{self.reproduce}: no such file or directory")
         if self.roundtrip is not None:
@@ -76,6 +77,8 @@ class VerifyRequest:
             from .targets import consumer
 
             consumer(self.target)  # an unknown consumer, before any reading
+        if self.logits:  # last: it imports torch
+            require("runtime", "verify --logits")
 
     @property
     def hashed(self) -> bool:

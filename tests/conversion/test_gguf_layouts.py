@@ -154,7 +154,7 @@ def test_an_i2_s_file_is_laid_out_as_bitnet_cpp_reads_it(wide_checkpoint, tmp_pa
     to_gguf(wide_checkpoint["bitnet-2b4t-packed"], tmp_path / "m.gguf", "i2_s")
     f = GGUFFile(tmp_path / "m.gguf")
     assert f.get("general.architecture") == "bitnet-b1.58" and f.get("general.file_type") == 40
-    assert f.tensors["token_embd.weight"].type == types.F16
+    assert f.tensors["token_embd.weight"].type == types.BF16  # the bf16 master's own type
     assert f.tensors["blk.0.attn_norm.weight"].type == types.F32
     t = f.tensors["blk.0.ffn_down.weight"]
     assert t.type == types.I2_S and t.nbytes == 256 * 512 // 4 + 32

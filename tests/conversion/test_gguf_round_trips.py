@@ -45,15 +45,25 @@ def test_packed_gguf_packed_is_byte_identical(wide_checkpoint, tmp_path, kind, g
     assert cfg_b["quantization_config"]["linear_class"] == cfg_a["quantization_config"]["linear_class"]
 
 
-def test_default_f16_embedding_keeps_every_ternary_tensor(wide_checkpoint, tmp_path):
+def test_default_embedding_type_keeps_every_tensor_exactly(wide_checkpoint, tmp_path):
+    """token_embd and an untied output keep the source's bf16 by default: the round trip is exact."""
     src = wide_checkpoint["llama-packed"]
     to_gguf(src, tmp_path / "m.gguf")
     convert(tmp_path / "m.gguf", tmp_path / "back", "hf-packed")
     a, b = read_all(src), read_all(tmp_path / "back")
     for name in a:
-        if name.endswith(("_proj.weight", "weight_scale")):
+        if name.endswith(("_proj.weight", "weight_scale")) or name == "lm_head.weight":
             assert torch.equal(a[name], b[name]), name
-    assert torch.equal(b["lm_head.weight"], a["lm_head.weight"].to(torch.float16).to(torch.bfloat16))
+
+
+def test_an_embedding_type_that_rounds_is_said(wide_checkpoint, tmp_path):
+    """--embed-type f16 on a bf16 source rounds the values F16 cannot hold (here the subnormal ones of
+    the untied output): the conversion counts them per tensor; bf16 holds every value."""
+    r = convert(wide_checkpoint["llama-packed"], tmp_path / "f16.gguf", "gguf", {"embed_type": "f16"})
+    said = [w for w in r.report.warnings if "values change when stored as F16" in w]
+    assert said and all(w.startswith(("lm_head.weight (output.weight)", "model.embed_tokens.weight")) for w in said), said
+    r = convert(wide_checkpoint["llama-packed"], tmp_path / "bf16.gguf", "gguf", {"embed_type": "bf16"})
+    assert not any("values change" in w for w in r.report.warnings), r.report.warnings
 
 
 def test_master_is_quantized_like_transformers(wide_checkpoint, tmp_path):

@@ -15,7 +15,7 @@ from conftest import FIXTURES, ROOT
 
 from bitconvert.formats import open_checkpoint
 from bitconvert.verify import verify_target
-from bitconvert.verify.consumer_checks import fused_error
+from bitconvert.verify.nanotron_checks import fused_error
 
 PEERS = ROOT.parent / "shared" / "peers"
 

@@ -116,10 +116,10 @@ def test_f16_overflow_in_a_bf16_embedding_is_refused_naming_it(wide_checkpoint, 
     master = wide_checkpoint["bitnet-2b4t-master"]
     big = _copy_with(master, tmp_path / "big", embed, (5, 7), 65536.0)  # smallest past F16
     with pytest.raises(CheckpointError, match="overflow F16") as err:
-        convert(big, tmp_path / "o.gguf", "gguf", {"gguf_type": "tq2_0"})
+        convert(big, tmp_path / "o.gguf", "gguf", {"gguf_type": "tq2_0", "embed_type": "f16"})
     assert embed in str(err.value) and not (tmp_path / "o.gguf").exists()
     fits = _copy_with(master, tmp_path / "fits", embed, (5, 7), -65280.0)  # the largest below
-    convert(fits, tmp_path / "o.gguf", "gguf", {"gguf_type": "tq2_0"})
+    convert(fits, tmp_path / "o.gguf", "gguf", {"gguf_type": "tq2_0", "embed_type": "f16"})
 
 
 def test_float_values_of_an_unknown_kind_are_refused(tmp_path):

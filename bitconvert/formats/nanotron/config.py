@@ -20,10 +20,12 @@ import yaml
 from ...dtypes import config_name
 from ...errors import CheckpointError
 from ...io.jsonfile import read_json_object
+from ...io.values import flag
 from ...model.config import ModelConfig
 from ...model.families import FAMILIES, Family
 from ...ternary.records import NANOTRON_SCALES_KEY, ScaleRecord, decode_records
 from .flavors import NANOTRON_ROPE_THETA, Flavor
+from .layout import padded_vocab
 from .options import VERSIONS, NanotronOptions  # noqa: F401 (the writer's options, declared apart for the CLI)
 
 MODEL_CONFIG = "model_config.json"
@@ -80,7 +82,7 @@ def model_config_dict(cfg: ModelConfig, vocab_rows: int, flavor: Flavor, rope_in
     )
     if flavor.rope_in_config:
         d.update(rope_theta=float(cfg.rope_theta), rope_interleaved=rope_interleaved)
-    d.update(tie_word_embeddings=cfg.tie_word_embeddings, use_cache=bool(raw.get("use_cache", True)), vocab_size=vocab_rows)
+    d.update(tie_word_embeddings=cfg.tie_word_embeddings, use_cache=_flag(raw, "use_cache", "config.json", True), vocab_size=vocab_rows)
     return d
 
 
@@ -156,6 +158,14 @@ class NanotronMeta:
     warnings: list[str] = field(default_factory=list)
 
 
+def _flag(d: dict[str, Any], key: str, path: Path | str, default: bool | None = None) -> bool | None:
+    """``d[key]`` as a JSON boolean (``"false"`` is not false); a CheckpointError naming ``path`` otherwise."""
+    try:
+        return flag(d, key, default)
+    except ValueError as exc:
+        raise CheckpointError(path, str(exc)) from None
+
+
 def _int_field(d: dict[str, Any], key: str, path: Path, default: int | None = None) -> int:
     v = d.get(key, default)
     if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
@@ -220,7 +230,7 @@ def _check_against_record(mc: dict[str, Any], config: ModelConfig, mc_path: Path
         have = heads if key == "num_key_value_heads" else mc[key]
         if have != value:
             raise CheckpointError(mc_path, f"{key} is {have}, but the recorded Hugging Face config says {value}")
-    if bool(mc.get("tie_word_embeddings", False)) != config.tie_word_embeddings:
+    if _flag(mc, "tie_word_embeddings", mc_path, False) != config.tie_word_embeddings:
         raise CheckpointError(mc_path, "tie_word_embeddings disagrees with the recorded Hugging Face config")
 
 
@@ -268,7 +278,7 @@ def _recorded_config(
     config = ModelConfig.from_hf_dict(hf, path / CHECKPOINT_METADATA)
     _check_against_record(mc, config, path / MODEL_CONFIG)
     sub_norm = config.family.norm("attn_sub_norm") or config.family.norm("ffn_sub_norm")
-    if sub_norm and not sub_norm_folders and f"model.layers.0.{sub_norm.path}.weight" not in kept:
+    if sub_norm and not sub_norm_folders and f"{config.layer_prefix(0)}{sub_norm.path}.weight" not in kept:
         warnings.append(
             f"the recorded {config.family.key} model's sub-norms are not in this checkpoint "
             "(no Nanotron model has them)"
@@ -277,11 +287,34 @@ def _recorded_config(
     return config
 
 
+def _trim_padded_vocab(path: Path, config: ModelConfig, tp: int, warnings: list) -> None:
+    """A Nanotron save pads the vocabulary to a multiple of the TP size and keeps no record of the
+    original: where the checkpoint's tokenizer.json holds fewer tokens and the rows are exactly that
+    padding, the model is read with the tokenizer's vocabulary (the padding rows are dropped), saying so."""
+    tokenizer = path / "tokenizer.json"
+    if not tokenizer.is_file():
+        return
+    try:
+        tok = read_json_object(tokenizer, "tokenizer")
+    except CheckpointError:
+        return  # the side-file checks report it
+    model = tok.get("model") if isinstance(tok.get("model"), dict) else {}
+    ids = set(model.get("vocab", {}).values()) if isinstance(model.get("vocab"), dict) else set()
+    ids |= {a.get("id") for a in tok.get("added_tokens") or [] if isinstance(a, dict)}
+    n = max((i for i in ids if isinstance(i, int) and not isinstance(i, bool)), default=-1) + 1
+    if 0 < n < config.vocab_size and padded_vocab(n, tp) == config.vocab_size:
+        warnings.append(
+            f"vocab_size {config.vocab_size} is Nanotron's padding of the tokenizer's {n} tokens to a multiple of "
+            f"tp={tp}: read with {n} (the {config.vocab_size - n} padding row(s) of the embedding and head dropped)"
+        )
+        config.vocab_size = n
+
+
 def _rope_order(mc: dict, custom: dict, bitnet_config: bool, notes: list) -> bool:
     if "rope_interleaved" in custom:
-        return bool(custom["rope_interleaved"])
+        return _flag(custom, "rope_interleaved", CHECKPOINT_METADATA)
     if "rope_interleaved" in mc:
-        return bool(mc["rope_interleaved"])
+        return _flag(mc, "rope_interleaved", MODEL_CONFIG)
     if not bitnet_config:  # the PRs' BitNet model interleaves, always
         notes.append("RoPE row order not recorded: read as interleaved, what Nanotron applied before rope_interleaved")
     return True
@@ -308,12 +341,12 @@ def read_meta(path: Path, sub_norm_folders: bool, kept: set[str]) -> NanotronMet
     mc = read_json_object(mc_path)
     for key in _REQUIRED:
         _int_field(mc, key, mc_path)
-    if not mc.get("is_bitnet_config") and not mc.get("is_llama_config"):
+    if not _flag(mc, "is_bitnet_config", mc_path, False) and not _flag(mc, "is_llama_config", mc_path, False):
         raise CheckpointError(mc_path, "names no Llama-family model (neither is_bitnet_config nor is_llama_config)")
     notes: list[str] = []
     warnings: list[str] = []
     tp, version, custom = _read_record(path, notes)
-    bitnet_config = bool(mc.get("is_bitnet_config"))
+    bitnet_config = bool(_flag(mc, "is_bitnet_config", mc_path, False))
     if not bitnet_config and custom.get("flavor") != "main":
         notes.append("model_config.json is a plain Llama config (no is_bitnet_config); linears read as BitNet latents")
     config = _recorded_config(path, mc, custom, sub_norm_folders, kept, warnings)
@@ -321,6 +354,8 @@ def read_meta(path: Path, sub_norm_folders: bool, kept: set[str]) -> NanotronMet
         config = _rebuilt_config(mc, custom, sub_norm_folders, mc_path, notes, warnings)
     if mc["vocab_size"] < config.vocab_size:
         raise CheckpointError(mc_path, f"vocab_size {mc['vocab_size']} is below the model's vocabulary ({config.vocab_size})")
+    if not custom:
+        _trim_padded_vocab(path, config, tp or 1, warnings)
     rope = _rope_order(mc, custom, bitnet_config, notes)
     lost = custom.get("lost")
     if lost:
