@@ -119,28 +119,6 @@ def test_foreign_gguf_floats_become_the_shortest_decimal(llama_cpp_pair, tmp_pat
     assert '"rms_norm_eps": 1e-05' in (out / "config.json").read_text()
 
 
-def readme_gguf_examples() -> list[list[str]]:
-    """The ``$ bitconvert ...`` lines of README.md that involve GGUF, as argument lists."""
-    import shlex
-
-    lines = [ln.strip().removeprefix("$ ") for ln in (ROOT / "README.md").read_text().splitlines()]
-    return [shlex.split(ln)[1:] for ln in lines if ln.startswith("bitconvert ") and "gguf" in ln]
-
-
-def test_readme_gguf_examples_run_on_bundled_fixtures(tmp_path):
-    examples = readme_gguf_examples()
-    assert len(examples) >= 5 and any("fixtures/bitnet-2b4t-256-packed" in a for a in examples)
-    for args in examples:
-        args = [a.replace("/tmp/", f"{tmp_path}/") for a in args]  # outputs go to this test's folder
-        r = run_cli(*args, cwd=ROOT)
-        assert r.returncode == 0, (args, r.stderr[-1500:])
-    back = tmp_path / "bitnet-256-back"
-    from conftest import read_all
-
-    a, b = read_all(ROOT / "fixtures" / "bitnet-2b4t-256-packed"), read_all(back)
-    assert set(a) == set(b) and all(a[k].dtype == b[k].dtype and (a[k] == b[k]).all() for k in a)
-
-
 def test_inspect_names_the_family_and_the_files_own_architecture(tmp_path):
     """`inspect` keeps `architecture` the model family and says which GGUF architecture the file declares."""
     from bitconvert.convert import convert
