@@ -127,7 +127,7 @@ def user_folder(tmp: Path) -> tuple[Path, dict]:
 
 def run_shell(command: str, cwd: Path, env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", "-o", "pipefail", "-c", command], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, check=False)
 
 
 def expected_exit(command: str) -> int:
