@@ -69,7 +69,8 @@ def fenced_blocks(path: Path) -> list[Block]:
         indent, ticks, words = len(m["indent"]), m["ticks"], m["info"].split()
         body, j = [], i + 1
         while j < len(lines) and lines[j].strip() != ticks:
-            body.append(lines[j][indent:] if lines[j][:indent].isspace() else lines[j].lstrip())
+            line = lines[j]
+            body.append(line[indent:] if line[:indent].strip() == "" else line.lstrip())
             j += 1
         language = words[0] if words else ""
         blocks.append(Block(path, i + 1, language, words[1] if len(words) > 1 else None, "\n".join(body)))
