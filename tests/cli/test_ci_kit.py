@@ -150,12 +150,15 @@ def test_the_hook_verifies_each_touched_checkpoint_once(installed):
     install_as_pre_commit_does(work, env, source)
     for name in ("llama-packed", "bitnet-2b4t-packed"):
         shutil.copytree(FIXTURES / name, work / "models" / name)
-    r = run_shell("bitconvert convert fixtures/bitnet-2b4t-256-packed models/m.gguf --to gguf", work, env)
-    assert r.returncode == 0, r.stderr
+    for convert in ("bitconvert convert fixtures/bitnet-2b4t-256-packed models/m.gguf --to gguf",
+                    "bitconvert convert fixtures/llama-master models/nt --to nanotron --tp 2 --allow-lossy"):
+        r = run_shell(convert, work, env)
+        assert r.returncode == 0, r.stderr
     r = run_hook(work, env, [*changed(work, "models"), "README.md"])
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr
     verified = re.findall(r"^verify (\S+):", r.stdout, re.MULTILINE)
-    assert sorted(verified) == ["models/bitnet-2b4t-packed", "models/llama-packed", "models/m.gguf"], r.stdout
+    assert sorted(verified) == ["models/bitnet-2b4t-packed", "models/llama-packed", "models/m.gguf", "models/nt"], r.stdout
+    assert any(f.startswith("models/nt/model/") and f.endswith(".safetensors") for f in changed(work, "models"))
     r = run_hook(work, env, changed(work, "models"), ["--target", "llama.cpp", "--"])
     assert r.returncode == 1 and "target.llama.cpp.ffn_activation" in r.stdout + r.stderr, r.stdout[-2000:]
 
