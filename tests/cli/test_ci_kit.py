@@ -156,7 +156,7 @@ def test_the_hook_verifies_each_touched_checkpoint_once(installed):
         assert r.returncode == 0, r.stderr
     r = run_hook(work, env, [*changed(work, "models"), "README.md"])
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr
-    verified = re.findall(r"^verify (\S+):", r.stdout, re.MULTILINE)
+    verified = re.findall(r"^verify (\S+):", r.stdout + r.stderr, re.MULTILINE)  # the summary, on either stream
     assert sorted(verified) == ["models/bitnet-2b4t-packed", "models/llama-packed", "models/m.gguf", "models/nt"], r.stdout
     assert any(f.startswith("models/nt/model/") and f.endswith(".safetensors") for f in changed(work, "models"))
     r = run_hook(work, env, changed(work, "models"), ["--target", "llama.cpp", "--"])
