@@ -1,4 +1,4 @@
-"""Benchmark: every conversion/verification job of issue 14 against the copy floor, in ONE alternated run.
+"""Benchmark: every conversion and verification job against the copy floor, in ONE alternated run.
 
     python benchmarks/table.py [--dir bench-out/2b4t-bf16] [--layers 30] [--rounds 2] [--json]
 
