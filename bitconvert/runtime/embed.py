@@ -1,0 +1,167 @@
+"""Sentence embeddings from an embedding model, as sentence-transformers computes them.
+
+The model's sentence-transformers side files say what follows the backbone (``modules.json``: a
+Transformer, a Pooling module, a Normalize module); :class:`Embedder` applies exactly that: text
+(with a named prompt prepended, lower-cased where ``do_lower_case`` says so) through the checkpoint's
+``tokenizer.json`` with its special tokens (Qwen3's appends the end token last-token pooling reads),
+truncated to ``max_seq_length``; the backbone's final-normed hidden states (the runtime, W1.58A8);
+the pooling mode of ``1_Pooling/config.json``; L2 normalization where a Normalize module is listed.
+One sequence at a time, so no padding is involved. A pipeline step it cannot compute (a Dense
+module, several pooling modes at once) is refused in one line naming ``modules.json``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import CheckpointError, UsageError
+from ..formats import Progress, no_progress, open_checkpoint
+from ..model.checkpoint import Checkpoint
+from ..model.families import EMBEDDING_TASK
+from ..model.sentence_transformers import MODULES_FILE, EmbeddingSetup, read_embedding_setup
+from .model import RuntimeModel, load_model, refuse_unless
+from .tokenizer import TextTokenizer
+
+#: the pipeline steps computed here, by class name; the Transformer is the backbone itself
+COMPUTED_MODULES = ("Transformer", "Pooling", "Normalize")
+
+
+def _weighted_mean(h: torch.Tensor) -> torch.Tensor:
+    weights = torch.arange(1, h.shape[0] + 1, dtype=h.dtype)[:, None]  # position i weighs i + 1
+    return (h * weights).sum(0) / weights.sum()
+
+
+#: sentence-transformers' pooling modes over one unpadded sequence's hidden states ``[T, hidden]``
+POOLINGS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "lasttoken": lambda h: h[-1],
+    "cls_token": lambda h: h[0],
+    "mean_tokens": lambda h: h.mean(0),
+    "max_tokens": lambda h: h.max(0).values,
+    "mean_sqrt_len_tokens": lambda h: h.sum(0) / (h.shape[0] ** 0.5),
+    "weightedmean_tokens": _weighted_mean,
+}
+
+
+def l2_normalize(v: torch.Tensor) -> torch.Tensor:
+    """``v / max(|v|, 1e-12)``, as torch's F.normalize (sentence-transformers' Normalize)."""
+    return v / v.norm().clamp_min(1e-12)
+
+
+def embedding_setup(ckpt: Checkpoint) -> EmbeddingSetup:
+    """The side files' pipeline, checked for what :class:`Embedder` computes (one line otherwise)."""
+    files = ckpt.side_file_names()
+    where = files.get(MODULES_FILE, ckpt.path)
+    setup = read_embedding_setup(files)
+    if setup is None:
+        raise CheckpointError(ckpt.path, f"no {MODULES_FILE}: the model's pooling is unknown, nothing to embed with")
+    other = [m.kind for m in setup.modules if m.kind not in COMPUTED_MODULES]
+    if other:
+        raise CheckpointError(where, f"module {other[0]} is not computed by the runtime ({', '.join(COMPUTED_MODULES)})")
+    if setup.pooling is None:
+        raise CheckpointError(where, "no Pooling module with its config.json: the pooling is unknown")
+    if len(setup.pooling.modes) != 1 or setup.pooling.modes[0] not in POOLINGS:
+        modes = "+".join(setup.pooling.modes) or "none"
+        raise CheckpointError(where, f"pooling {modes} is not computed by the runtime (one of {', '.join(POOLINGS)})")
+    return setup
+
+
+@dataclass
+class Embedded:
+    """One input's embedding: its token ids and its float32 vector."""
+
+    tokens: list[int]
+    vector: np.ndarray
+    text: str | None = None
+
+
+@dataclass
+class Embedder:
+    """A loaded embedding model with its tokenizer and pipeline."""
+
+    model: RuntimeModel
+    setup: EmbeddingSetup
+    tokenizer: TextTokenizer | None
+    source: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def pooling(self) -> str:
+        return self.setup.pooling_mode() or ""
+
+    def encode(self, text: str, prompt_name: str | None = None) -> list[int]:
+        """Token ids of ``text`` as sentence-transformers feeds them (prompt, case, specials, length)."""
+        if self.tokenizer is None:
+            raise UsageError(f"{self.source} has no tokenizer.json (a GGUF keeps only a gpt2 BPE vocabulary "
+                             "as one); give token ids instead of text")  # fmt: skip
+        name = prompt_name if prompt_name is not None else self.setup.default_prompt_name
+        if name is not None:
+            if name not in self.setup.prompts:
+                known = ", ".join(self.setup.prompts) or "none"
+                raise UsageError(f"{self.source}: no prompt named {name!r} (the model has: {known})")
+            text = self.setup.prompts[name] + text
+        if self.setup.do_lower_case:
+            text = text.lower()
+        ids = self.tokenizer.tokenizer.encode(text, add_special_tokens=True).ids
+        limit = self.setup.max_seq_length
+        if limit is not None and len(ids) > limit:  # the end (with the end token) is what pools
+            raise UsageError(f"{len(ids)} tokens exceed the model's max_seq_length ({limit})")
+        return ids
+
+    def embed_tokens(self, ids: Sequence[int]) -> np.ndarray:
+        """The float32 embedding of one token sequence, pooled and normalized as the side files say."""
+        hidden = self.model.hidden_states(list(ids))
+        v = POOLINGS[self.pooling](hidden)
+        if self.setup.normalize:
+            v = l2_normalize(v)
+        return v.numpy()
+
+    def embed(self, texts: Sequence[str] = (), tokens: Sequence[Sequence[int]] = (),
+              prompt_name: str | None = None) -> list[Embedded]:  # fmt: skip
+        """Each text's embedding (through the tokenizer), then each token list's (as given)."""
+        out = []
+        for text in texts:
+            ids = self.encode(text, prompt_name)
+            out.append(Embedded(ids, self.embed_tokens(ids), text))
+        for ids in tokens:
+            out.append(Embedded(list(ids), self.embed_tokens(ids)))
+        return out
+
+
+def load_embedder(
+    src: str | Path | Checkpoint,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype = torch.float32,
+    *,
+    progress: Progress = no_progress,
+) -> Embedder:
+    """An :class:`Embedder` for ``src`` (any readable layout of an embedding family); a UsageError
+    naming it when it is a causal LM, a CheckpointError when its pipeline cannot be computed."""
+    ckpt = src if isinstance(src, Checkpoint) else open_checkpoint(src)
+    refuse_unless(ckpt.config, EMBEDDING_TASK, ckpt.path)
+    setup = embedding_setup(ckpt)  # before the weights: a pipeline we cannot compute is refused first
+    tokenizer = TextTokenizer.from_checkpoint(ckpt)
+    model = load_model(ckpt, device, dtype, progress=progress)
+    return Embedder(model, setup, tokenizer, f"{ckpt.path}", list(model.notes))
+
+
+def embed(
+    src: str | Path | Checkpoint,
+    texts: Sequence[str] = (),
+    *,
+    tokens: Sequence[Sequence[int]] = (),
+    prompt_name: str | None = None,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype = torch.float32,
+) -> np.ndarray:
+    """float32 ``[len(texts) + len(tokens), dim]``: the sentence embeddings of ``texts`` (through the
+    checkpoint's tokenizer, with prompt ``prompt_name`` if given) then of ``tokens`` (ids as given),
+    from any readable checkpoint of an embedding family."""
+    if not texts and not tokens:
+        raise UsageError("give at least one text or token list to embed")
+    embedder = load_embedder(src, device, dtype)
+    return np.stack([e.vector for e in embedder.embed(texts, tokens, prompt_name)])
