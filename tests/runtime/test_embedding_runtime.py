@@ -177,14 +177,15 @@ def test_embed_command_json_and_npy(tmp_path):
     assert doc["embeddings"][0]["tokens"][-1] == 330  # the tokenizer's appended end token, which pools
 
 
-def test_embed_refuses_a_causal_lm_and_run_refuses_an_embedding_model():
+def test_embed_refuses_a_causal_lm_and_run_refuses_an_embedding_model(tmp_path):
     r = run_cli("embed", FIXTURES / "bitnet-2b4t-master", "--text", "hi")
     assert r.returncode == 2 and "not an embedding model" in r.stderr and "Traceback" not in r.stderr
-    for args in (("run", "--tokens", "1,2"), ("logits", "--tokens", "1,2", "--out", "/nonexistent/x.npy")):
+    for args in (("run", "--tokens", "1,2"), ("logits", "--tokens", "1,2", "--out", tmp_path / "x.npy")):
         r = run_cli(args[0], MASTERS["gemma3"], *args[1:])
         assert r.returncode == 2, r.stderr
         assert "is an embedding model" in r.stderr and "Traceback" not in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x.npy").exists()
 
 
 def test_library_refusals():
