@@ -23,7 +23,7 @@ from ..errors import CheckpointError, UsageError
 from ..formats import Progress, no_progress, open_checkpoint
 from ..model.checkpoint import Checkpoint
 from ..model.families import EMBEDDING_TASK
-from ..model.sentence_transformers import MODULES_FILE, EmbeddingSetup, read_embedding_setup
+from ..model.sentence_transformers import MODULES_FILE, EmbeddingSetup, Pooling, read_embedding_setup
 from .model import RuntimeModel, load_model, refuse_unless
 from .tokenizer import TextTokenizer
 
@@ -52,13 +52,28 @@ def l2_normalize(v: torch.Tensor) -> torch.Tensor:
     return v / v.norm().clamp_min(1e-12)
 
 
-def embedding_setup(ckpt: Checkpoint) -> EmbeddingSetup:
-    """The side files' pipeline, checked for what :class:`Embedder` computes (one line otherwise)."""
+#: GGUF's ``{arch}.pooling_type`` (llama.cpp's enum) -> the sentence-transformers pooling mode
+GGUF_POOLING = {1: "mean_tokens", 2: "cls_token", 3: "lasttoken"}
+
+
+def embedding_setup(ckpt: Checkpoint, notes: list[str] | None = None) -> EmbeddingSetup:
+    """The side files' pipeline, checked for what :class:`Embedder` computes (one line otherwise).
+
+    A GGUF without them (another converter's) is embedded with its ``pooling_type`` and L2
+    normalization, as llama.cpp's embedding tool does by default; ``notes`` says so."""
     files = ckpt.side_file_names()
     where = files.get(MODULES_FILE, ckpt.path)
     setup = read_embedding_setup(files)
+    pooling_type = ckpt.facts.gguf.pooling_type if ckpt.facts.gguf is not None else None
+    if setup is None and pooling_type in GGUF_POOLING:
+        mode = GGUF_POOLING[pooling_type]
+        if notes is not None:
+            notes.append(f"no sentence-transformers files: pooling {mode} from the GGUF's pooling_type "
+                         f"({pooling_type}), L2-normalized as llama.cpp's embedding tool does")  # fmt: skip
+        return EmbeddingSetup((), Pooling((mode,)), normalize=True)
     if setup is None:
-        raise CheckpointError(ckpt.path, f"no {MODULES_FILE}: the model's pooling is unknown, nothing to embed with")
+        raise CheckpointError(ckpt.path, f"no {MODULES_FILE} and no GGUF pooling_type: the model's pooling is "
+                                         "unknown, nothing to embed with")  # fmt: skip
     other = [m.kind for m in setup.modules if m.kind not in COMPUTED_MODULES]
     if other:
         raise CheckpointError(where, f"module {other[0]} is not computed by the runtime ({', '.join(COMPUTED_MODULES)})")
@@ -143,10 +158,11 @@ def load_embedder(
     naming it when it is a causal LM, a CheckpointError when its pipeline cannot be computed."""
     ckpt = src if isinstance(src, Checkpoint) else open_checkpoint(src)
     refuse_unless(ckpt.config, EMBEDDING_TASK, ckpt.path)
-    setup = embedding_setup(ckpt)  # before the weights: a pipeline we cannot compute is refused first
+    notes: list[str] = []
+    setup = embedding_setup(ckpt, notes)  # before the weights: a pipeline we cannot compute is refused first
     tokenizer = TextTokenizer.from_checkpoint(ckpt)
     model = load_model(ckpt, device, dtype, progress=progress)
-    return Embedder(model, setup, tokenizer, f"{ckpt.path}", list(model.notes))
+    return Embedder(model, setup, tokenizer, f"{ckpt.path}", notes + list(model.notes))
 
 
 def embed(

@@ -18,9 +18,10 @@ from typing import Sequence
 import numpy as np
 
 from ..dtypes import Dense
-from ..errors import CheckpointError
+from ..errors import CheckpointError, UsageError
 from ..formats import Progress, no_progress, open_checkpoint
 from ..model.checkpoint import Checkpoint, Value, load_recorded
+from ..model.families import EMBEDDING_TASK
 from ..ternary.linear_class import LinearClass
 from ..ternary.quantize import quantize
 from ..ternary.scale import Scale
@@ -64,11 +65,13 @@ def verify_against(
     logits: bool = False,
     tokens: Sequence[int] | None = None,
     device: str = "cpu",
+    embeddings: bool = False,
     src_format: str | None = None,
     ref_format: str | None = None,
     progress: Progress = no_progress,
 ) -> VerifyReport:
-    """Compare SRC with REF: config, tensor set, codes, scales, dense tensors, optionally logits."""
+    """Compare SRC with REF: config, tensor set, codes, scales, dense tensors, optionally logits (causal
+    LMs) or sentence embeddings (embedding models; a UsageError names the one that fits)."""
     report = VerifyReport(str(src), mode="against", against=str(ref))
     opened = []
     for role, path, fmt in (("src", src, src_format), ("ref", ref, ref_format)):
@@ -79,13 +82,27 @@ def verify_against(
     if len(opened) < 2:
         return report
     a, b = opened
+    _refuse_other_task(a, logits, embeddings)
     report.add(Check("open", True, f"src {a.format}, ref {b.format}"))
     _config_check(a, b, report)  # its own check: a config difference never hides the tensors'
     _tensor_checks(a, b, thresholds, report, progress)
     if logits:
         _logits_checks(a, b, thresholds, tokens, device, report)
+    if embeddings:
+        from .embeddings import embedding_checks
+
+        embedding_checks(a, b, report, device, thresholds.min_cosine)
     _summarize(report)
     return report
+
+
+def _refuse_other_task(ckpt: Checkpoint, logits: bool, embeddings: bool) -> None:
+    """--logits on an embedding model, --embeddings on a causal LM: a usage error naming the other."""
+    task = ckpt.config.family.task
+    if logits and task == EMBEDDING_TASK:
+        raise UsageError(f"{ckpt.path} is an embedding model ({ckpt.config.family.title}): compare with --embeddings")
+    if embeddings and task != EMBEDDING_TASK:
+        raise UsageError(f"{ckpt.path} is not an embedding model ({ckpt.config.family.title}): compare with --logits")
 
 
 def _config_value(ckpt: Checkpoint, field: str) -> object:
