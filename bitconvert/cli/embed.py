@@ -56,9 +56,8 @@ def embed(
     if out_path is not None:
         from ..io.staging import staged_output
 
-        with staged_output(out_path, directory=False, force=force) as tmp:
-            with open(tmp, "xb") as f:
-                np.save(f, vectors)
+        with staged_output(out_path, directory=False, force=force) as tmp, open(tmp, "xb") as f:
+            np.save(f, vectors)
     if json_out:
         emit_json({
             "src": str(src),

@@ -26,6 +26,7 @@ from ..ternary.linear_class import LinearClass
 from ..ternary.quantize import quantize
 from ..ternary.scale import Scale
 from ..ternary.weight import TernaryWeight
+from .as_stored import as_stored_by, default_tokens
 from .report import Check, Thresholds, VerifyReport
 from .values import READ_ERRORS, first_difference, max_abs_diff, read_problem, recorded
 
@@ -43,18 +44,6 @@ CONFIG_FIELDS = (
     "tie_word_embeddings",
     "hidden_act",
 )
-
-
-def default_tokens(vocab_size: int, n: int = 16, bos: int | None = None) -> list[int]:
-    """A fixed token sequence for --logits: deterministic, spread over the vocabulary (torch's
-    generator, as it always was: the logits comparison runs on torch anyway)."""
-    import torch
-
-    g = torch.Generator().manual_seed(1234)
-    ids = torch.randint(0, vocab_size, (n,), generator=g).tolist()
-    if bos is not None and 0 <= bos < vocab_size:
-        ids[0] = bos
-    return ids
 
 
 def verify_against(
@@ -234,7 +223,7 @@ def _logits_checks(
 
     from ..runtime import compute_logits
 
-    a_run, b_run, basis = a, _as_stored_by(b, a), ""
+    a_run, b_run, basis = a, as_stored_by(b, a), ""
     if b_run is not b:
         basis = f"; REF's master weights run as SRC stores them ({_stored_scale_kinds(a)})"
     cfg = a.config
@@ -260,30 +249,6 @@ def _logits_checks(
     report.figures["logits_max_abs_diff"] = worst
     report.figures["argmax_agreement"] = agree
     report.figures["tokens"] = ids
-
-
-def _as_stored_by(master: Checkpoint, stored: Checkpoint) -> Checkpoint:
-    """``master`` with each latent quantized linear replaced by its ternary form as ``stored`` holds
-    that weight (its scale's convention and dtype): the model the stored file means, if the
-    conversion was exact. ``master`` itself where it has no latent weight ``stored`` stores quantized."""
-    from dataclasses import replace
-
-    from ..model.checkpoint import Kind, entry_as_ternary
-
-    swaps = {}
-    for name, entry in master.tensors.items():
-        other = stored.tensors.get(name)
-        if entry.kind is not Kind.LATENT or other is None or other.kind is not Kind.TERNARY:
-            continue
-        scale = other.stored().scale or other.load().scale
-
-        def load(entry=entry, scale=scale):
-            return entry_as_ternary(entry, entry.load(), scale.linear_class, scale.dtype_name)[0]
-
-        swaps[name] = replace(entry, kind=Kind.TERNARY, load=load, dtype_name=scale.dtype_name)
-    if not swaps:
-        return master
-    return replace(master, tensors={**master.tensors, **swaps})
 
 
 def _stored_scale_kinds(ckpt: Checkpoint) -> str:

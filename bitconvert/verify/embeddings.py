@@ -18,13 +18,12 @@ something REF does not: a changed code, scale or value (the tensor checks name w
 
 from __future__ import annotations
 
-from dataclasses import replace
 import numpy as np
 
 from ..errors import CheckpointError
 from ..model.checkpoint import Checkpoint, Kind
 from ..model.families import EMBEDDING_TASK
-from .compare import _as_stored_by, default_tokens
+from .as_stored import as_stored_by, default_tokens, dense_as_stored_by, floats_as_stored_by
 from .report import Check, VerifyReport
 
 #: the texts both models embed: short and long, punctuation, digits, non-ASCII
@@ -37,46 +36,6 @@ TEXTS = (
 #: the cosine limits: float32 arithmetic on equal codes and scales, or on floats quantized on load
 CODES_LIMIT = 1 - 1e-6
 FLOATS_LIMIT = 1 - 1e-5
-
-
-def _dense_as_stored_by(ref: Checkpoint, src: Checkpoint) -> tuple[Checkpoint, list[str]]:
-    """``ref`` with each dense float tensor cast to the dtype SRC stores it in (where they differ)."""
-    swaps, casts = {}, set()
-    for name, entry in ref.tensors.items():
-        other = src.tensors.get(name)
-        if entry.kind is not Kind.DENSE or other is None or other.kind is not Kind.DENSE:
-            continue
-        if other.dtype_name == entry.dtype_name or other.dtype_name not in ("F32", "F16", "BF16"):
-            continue
-
-        def load(entry=entry, dtype=other.dtype_name):
-            return entry.load().to(dtype)
-
-        swaps[name] = replace(entry, load=load, dtype_name=other.dtype_name)
-        casts.add(f"{entry.dtype_name} -> {other.dtype_name}")
-    if not swaps:
-        return ref, []
-    return replace(ref, tensors={**ref.tensors, **swaps}), sorted(casts)
-
-
-def _floats_as_stored_by(ref: Checkpoint, src: Checkpoint) -> Checkpoint:
-    """``ref`` with each latent quantized linear that SRC also holds as floats replaced by the floats a
-    conversion writes for it (codes x mean|W| in SRC's dtype), so both are quantized on load alike."""
-    from ..model.checkpoint import entry_as_ternary
-    from ..ternary.linear_class import LinearClass
-
-    swaps = {}
-    for name, entry in ref.tensors.items():
-        other = src.tensors.get(name)
-        if entry.kind is not Kind.LATENT or other is None or other.kind is not Kind.LATENT:
-            continue
-
-        def load(entry=entry, dtype=other.dtype_name):
-            weight = entry_as_ternary(entry, entry.load(), LinearClass.AUTOBITLINEAR, "F32")[0]
-            return weight.dequantize(dtype)
-
-        swaps[name] = replace(entry, load=load, dtype_name=other.dtype_name)
-    return replace(ref, tensors={**ref.tensors, **swaps}) if swaps else ref
 
 
 def _inputs(a: Checkpoint, b: Checkpoint) -> tuple[list[list[int]], str]:
@@ -110,7 +69,8 @@ def embedding_checks(a: Checkpoint, b: Checkpoint, report: VerifyReport, device:
                                                   "compare it with --logits"))  # fmt: skip
             return
     floats = holds_floats(a)
-    b_run, casts = _dense_as_stored_by(_floats_as_stored_by(_as_stored_by(b, a), a) if floats else _as_stored_by(b, a), a)
+    b_run = as_stored_by(b, a)
+    b_run, casts = dense_as_stored_by(floats_as_stored_by(b_run, a) if floats else b_run, a)
     limit = min_cosine if min_cosine is not None else (FLOATS_LIMIT if floats else CODES_LIMIT)
     try:
         ids, what = _inputs(a, b)

@@ -32,8 +32,8 @@ from conftest import FIXTURES, run_cli
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from bitconvert.convert import convert  # noqa: E402
-from bitconvert.errors import UsageError  # noqa: E402
+from bitconvert.convert import convert
+from bitconvert.errors import UsageError
 
 TEXTS = ("What is BitNet?", "Ternary weights take 1.58 bits each.", "a b c d e f g h i j k l")
 MASTERS = {"qwen3": FIXTURES / "bitnet-embedding-qwen3-master", "gemma3": FIXTURES / "bitnet-embedding-gemma3-master"}

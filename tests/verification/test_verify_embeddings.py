@@ -11,10 +11,10 @@ from conftest import FIXTURES, run_cli
 
 pytest.importorskip("torch")
 
-from bitconvert.convert import convert  # noqa: E402
-from bitconvert.formats.gguf.parser import GGUFFile  # noqa: E402
-from bitconvert.verify import VerifyRequest, run  # noqa: E402
-from bitconvert.verify.embeddings import CODES_LIMIT, FLOATS_LIMIT, TEXTS  # noqa: E402
+from bitconvert.convert import convert
+from bitconvert.formats.gguf.parser import GGUFFile
+from bitconvert.verify import VerifyRequest, run
+from bitconvert.verify.embeddings import CODES_LIMIT, FLOATS_LIMIT, TEXTS
 
 MASTERS = {k: FIXTURES / f"bitnet-embedding-{k}-master" for k in ("qwen3", "gemma3")}
 
@@ -82,7 +82,7 @@ def test_a_lower_limit_can_be_given(converted, tmp_path):
     bad = flip_one_code(out / "i2s.gguf", tmp_path / "bad.gguf", "blk.0.ffn_down.weight")
     report = run(bad, VerifyRequest(against=master, embeddings=True))
     worst = next(c.figure for c in report.checks if c.name == "against.embeddings")
-    code, doc = verify_json(bad, "--against", master, "--embeddings", "--min-cosine", str(worst - 1e-9),
+    _, doc = verify_json(bad, "--against", master, "--embeddings", "--min-cosine", str(worst - 1e-9),
                             "--max-code-mismatches", "1")  # fmt: skip
     assert embeddings_check(doc)["passed"]
 
