@@ -31,18 +31,21 @@ from .tokenizer import TextTokenizer
 COMPUTED_MODULES = ("Transformer", "Pooling", "Normalize")
 
 
-def _weighted_mean(h: torch.Tensor) -> torch.Tensor:
+def _weighted_mean(h: torch.Tensor, skip: int) -> torch.Tensor:
     weights = torch.arange(1, h.shape[0] + 1, dtype=h.dtype)[:, None]  # position i weighs i + 1
+    weights[:skip] = 0
     return (h * weights).sum(0) / weights.sum()
 
 
-#: sentence-transformers' pooling modes over one unpadded sequence's hidden states ``[T, hidden]``
-POOLINGS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "lasttoken": lambda h: h[-1],
-    "cls_token": lambda h: h[0],
-    "mean_tokens": lambda h: h.mean(0),
-    "max_tokens": lambda h: h.max(0).values,
-    "mean_sqrt_len_tokens": lambda h: h.sum(0) / (h.shape[0] ** 0.5),
+#: sentence-transformers' pooling modes over one unpadded sequence's hidden states ``[T, hidden]``;
+#: ``skip``: the prompt's tokens, which a Pooling with ``include_prompt: false`` leaves out of its
+#: averages (the first and last token are found as before, as sentence-transformers finds them)
+POOLINGS: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {
+    "lasttoken": lambda h, skip: h[-1],
+    "cls_token": lambda h, skip: h[0],
+    "mean_tokens": lambda h, skip: h[skip:].mean(0),
+    "max_tokens": lambda h, skip: h[skip:].max(0).values,
+    "mean_sqrt_len_tokens": lambda h, skip: h[skip:].sum(0) / ((h.shape[0] - skip) ** 0.5),
     "weightedmean_tokens": _weighted_mean,
 }
 
@@ -108,29 +111,50 @@ class Embedder:
     def pooling(self) -> str:
         return self.setup.pooling_mode() or ""
 
-    def encode(self, text: str, prompt_name: str | None = None) -> list[int]:
-        """Token ids of ``text`` as sentence-transformers feeds them (prompt, case, specials, length)."""
-        if self.tokenizer is None:
-            raise UsageError(f"{self.source} has no tokenizer.json (a GGUF keeps only a gpt2 BPE vocabulary "
-                             "as one); give token ids instead of text")  # fmt: skip
+    def _prompt(self, prompt_name: str | None) -> str:
+        """The prompt text named (or the model's default), "" for none."""
         name = prompt_name if prompt_name is not None else self.setup.default_prompt_name
-        if name is not None:
-            if name not in self.setup.prompts:
-                known = ", ".join(self.setup.prompts) or "none"
-                raise UsageError(f"{self.source}: no prompt named {name!r} (the model has: {known})")
-            text = self.setup.prompts[name] + text
+        if name is None:
+            return ""
+        if name not in self.setup.prompts:
+            known = ", ".join(self.setup.prompts) or "none"
+            raise UsageError(f"{self.source}: no prompt named {name!r} (the model has: {known})")
+        return self.setup.prompts[name]
+
+    def prompt_length(self, prompt_name: str | None = None) -> int:
+        """How many leading tokens the pooling leaves out: the prompt's, where the Pooling module says
+        ``include_prompt: false`` (counted as sentence-transformers 5 counts them: the prompt encoded
+        alone, less a final special token such as an appended end token); else 0."""
+        prompt = self._prompt(prompt_name)
+        if not prompt or self.setup.pooling is None or self.setup.pooling.include_prompt:
+            return 0
+        ids = self._tokenize(prompt)
+        assert self.tokenizer is not None  # _tokenize refused otherwise
+        return len(ids) - (1 if ids and ids[-1] in self.tokenizer.special_ids() else 0)
+
+    def _tokenize(self, text: str) -> list[int]:
+        if self.tokenizer is None:
+            raise UsageError(f"{self.source} has no tokenizer.json (a GGUF's is rebuilt from a byte-level BPE "
+                             "vocabulary only); give token ids (--tokens) instead of text")  # fmt: skip
         if self.setup.do_lower_case:
             text = text.lower()
-        ids = self.tokenizer.tokenizer.encode(text, add_special_tokens=True).ids
+        return self.tokenizer.tokenizer.encode(text, add_special_tokens=True).ids
+
+    def encode(self, text: str, prompt_name: str | None = None) -> list[int]:
+        """Token ids of ``text`` as sentence-transformers feeds them (prompt, case, specials, length)."""
+        ids = self._tokenize(self._prompt(prompt_name) + text)
         limit = self.setup.max_seq_length
         if limit is not None and len(ids) > limit:  # the end (with the end token) is what pools
             raise UsageError(f"{len(ids)} tokens exceed the model's max_seq_length ({limit})")
         return ids
 
-    def embed_tokens(self, ids: Sequence[int]) -> np.ndarray:
-        """The float32 embedding of one token sequence, pooled and normalized as the side files say."""
+    def embed_tokens(self, ids: Sequence[int], skip: int = 0) -> np.ndarray:
+        """The float32 embedding of one token sequence, pooled and normalized as the side files say
+        (``skip``: leading prompt tokens the pooling leaves out, see :meth:`prompt_length`)."""
+        if skip >= len(ids) and skip:
+            raise UsageError(f"the text adds no token after the prompt's {skip}: nothing to pool")
         hidden = self.model.hidden_states(list(ids))
-        v = POOLINGS[self.pooling](hidden)
+        v = POOLINGS[self.pooling](hidden, skip)
         if self.setup.normalize:
             v = l2_normalize(v)
         return v.numpy()
@@ -139,9 +163,10 @@ class Embedder:
               prompt_name: str | None = None) -> list[Embedded]:  # fmt: skip
         """Each text's embedding (through the tokenizer), then each token list's (as given)."""
         out = []
+        skip = self.prompt_length(prompt_name) if texts else 0
         for text in texts:
             ids = self.encode(text, prompt_name)
-            out.append(Embedded(ids, self.embed_tokens(ids), text))
+            out.append(Embedded(ids, self.embed_tokens(ids, skip), text))
         for ids in tokens:
             out.append(Embedded(list(ids), self.embed_tokens(ids)))
         return out
@@ -162,7 +187,7 @@ def load_embedder(
     setup = embedding_setup(ckpt, notes)  # before the weights: a pipeline we cannot compute is refused first
     tokenizer = TextTokenizer.from_checkpoint(ckpt)
     model = load_model(ckpt, device, dtype, progress=progress)
-    return Embedder(model, setup, tokenizer, f"{ckpt.path}", notes + list(model.notes))
+    return Embedder(model, setup, tokenizer, f"{ckpt.path}", list(ckpt.notes) + notes + list(model.notes))
 
 
 def embed(

@@ -197,3 +197,29 @@ def test_library_refusals():
         embed(FIXTURES / "bitnet-2b4t-master", ["hi"])
     with pytest.raises(UsageError, match="no prompt named 'nope'"):
         embed(MASTERS["qwen3"], ["hi"], prompt_name="nope")
+
+
+def test_mean_pooling_leaves_the_prompt_out_where_the_pooling_says(tmp_path):
+    """A Pooling with mean tokens and ``include_prompt: false``: the mean over the text's tokens only,
+    the prompt's length counted as sentence-transformers 5 counts it (the prompt encoded alone, less a
+    final special token), on transformers' backbone as above."""
+    import shutil
+
+    from bitconvert.runtime import embed
+
+    copy = tmp_path / "bitnet-embedding-gemma3-mean"
+    shutil.copytree(MASTERS["gemma3"], copy)
+    pooling = json.loads((copy / "1_Pooling" / "config.json").read_text())
+    pooling.update(pooling_mode_lasttoken=False, pooling_mode_mean_tokens=True, include_prompt=False)
+    (copy / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    prompt = json.loads((copy / "config_sentence_transformers.json").read_text())["prompts"]["query"]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(copy)
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    skip = len(prompt_ids) - (prompt_ids[-1] in tokenizer.all_special_ids)
+    with torch.no_grad():
+        hidden = reference_model(copy)(**tokenizer(prompt + TEXTS[1], return_tensors="pt")).last_hidden_state[0]
+    expected = torch.nn.functional.normalize(hidden[skip:].mean(0), dim=-1).numpy()
+    with_prompt = torch.nn.functional.normalize(hidden.mean(0), dim=-1).numpy()
+    got = embed(copy, [TEXTS[1]], prompt_name="query")
+    assert cosines(got, expected[None])[0] >= MIN_COSINE
+    assert cosines(got, with_prompt[None])[0] < 0.9999  # the prompt's tokens would move it
