@@ -23,7 +23,7 @@ from ..errors import CheckpointError, UsageError
 from ..formats import Progress, no_progress, open_checkpoint
 from ..model.checkpoint import Checkpoint
 from ..model.families import EMBEDDING_TASK
-from ..model.sentence_transformers import MODULES_FILE, EmbeddingSetup, Pooling, read_embedding_setup
+from ..model.sentence_transformers import MODULE_CONFIG, MODULES_FILE, EmbeddingSetup, Pooling, read_embedding_setup
 from .model import RuntimeModel, load_model, refuse_unless
 from .tokenizer import TextTokenizer
 
@@ -84,7 +84,9 @@ def embedding_setup(ckpt: Checkpoint, notes: list[str] | None = None) -> Embeddi
         raise CheckpointError(where, "no Pooling module with its config.json: the pooling is unknown")
     if len(setup.pooling.modes) != 1 or setup.pooling.modes[0] not in POOLINGS:
         modes = "+".join(setup.pooling.modes) or "none"
-        raise CheckpointError(where, f"pooling {modes} is not computed by the runtime (one of {', '.join(POOLINGS)})")
+        folder = next(m.path for m in setup.modules if m.kind == "Pooling")
+        raise CheckpointError(files.get(f"{folder}/{MODULE_CONFIG}", where),
+                              f"pooling {modes} is not computed by the runtime (one of {', '.join(POOLINGS)})")
     return setup
 
 

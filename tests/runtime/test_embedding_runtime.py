@@ -223,3 +223,23 @@ def test_mean_pooling_leaves_the_prompt_out_where_the_pooling_says(tmp_path):
     got = embed(copy, [TEXTS[1]], prompt_name="query")
     assert cosines(got, expected[None])[0] >= MIN_COSINE
     assert cosines(got, with_prompt[None])[0] < 0.9999  # the prompt's tokens would move it
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: (d / "modules.json").write_text(json.dumps(
+        json.loads((d / "modules.json").read_text())[:2]
+        + [{"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"}])),
+     "modules.json: module Dense is not computed by the runtime"),
+    (lambda d: (d / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_lasttoken": False})),
+     "1_Pooling/config.json"),
+    (lambda d: (d / "modules.json").unlink(), "no modules.json and no GGUF pooling_type"),
+])  # fmt: skip
+def test_a_pipeline_the_runtime_cannot_compute_is_refused_in_one_line(tmp_path, change, message):
+    import shutil
+
+    copy = tmp_path / "model"
+    shutil.copytree(MASTERS["qwen3"], copy)
+    change(copy)
+    r = run_cli("embed", copy, "--text", "hi")
+    assert r.returncode == 1 and message in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
