@@ -1,13 +1,15 @@
 """Sentence embeddings from an embedding model, as sentence-transformers computes them.
 
 The model's sentence-transformers side files say what follows the backbone (``modules.json``: a
-Transformer, a Pooling module, a Normalize module); :class:`Embedder` applies exactly that: text
-(with a named prompt prepended, lower-cased where ``do_lower_case`` says so) through the checkpoint's
-``tokenizer.json`` with its special tokens (Qwen3's appends the end token last-token pooling reads),
-truncated to ``max_seq_length``; the backbone's final-normed hidden states (the runtime, W1.58A8);
-the pooling mode of ``1_Pooling/config.json``; L2 normalization where a Normalize module is listed.
-One sequence at a time, so no padding is involved. A pipeline step it cannot compute (a Dense
-module, several pooling modes at once) is refused in one line naming ``modules.json``.
+Transformer, a Pooling module, then e.g. Dense and Normalize modules); :class:`Embedder` applies
+exactly that: text (with a named prompt prepended, lower-cased where ``do_lower_case`` says so)
+through the checkpoint's ``tokenizer.json`` with its special tokens (Qwen3's appends the end token
+last-token pooling reads), refused beyond ``max_seq_length``; the backbone's final-normed hidden
+states (the runtime, W1.58A8); the pooling mode of ``1_Pooling/config.json``; then, in the order
+``modules.json`` lists them, each Dense module (``activation(x W^T + b)``, its weights from the
+folder's ``model.safetensors``) and L2 normalization. One sequence at a time, so no padding is
+involved. A pipeline step it cannot compute (a module before the pooling, several pooling modes at
+once, an unknown activation) is refused in one line naming the file.
 """
 
 from __future__ import annotations
@@ -23,12 +25,29 @@ from ..errors import CheckpointError, UsageError
 from ..formats import Progress, no_progress, open_checkpoint
 from ..model.checkpoint import Checkpoint
 from ..model.families import EMBEDDING_TASK
-from ..model.sentence_transformers import MODULE_CONFIG, MODULES_FILE, EmbeddingSetup, Pooling, read_embedding_setup
-from .model import RuntimeModel, load_model, refuse_unless
+from ..model.sentence_transformers import (
+    MODULE_CONFIG,
+    MODULES_FILE,
+    DenseLayer,
+    EmbeddingSetup,
+    Pooling,
+    read_embedding_setup,
+)
+from .model import RuntimeModel, dense_tensor, load_model, refuse_unless
 from .tokenizer import TextTokenizer
 
 #: the pipeline steps computed here, by class name; the Transformer is the backbone itself
-COMPUTED_MODULES = ("Transformer", "Pooling", "Normalize")
+COMPUTED_MODULES = ("Transformer", "Pooling", "Dense", "Normalize")
+#: a Dense module's activation, by the class name sentence-transformers saves for it
+DENSE_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "torch.nn.modules.linear.Identity": lambda x: x,
+    "torch.nn.modules.activation.Tanh": torch.tanh,
+    "torch.nn.modules.activation.ReLU": torch.relu,
+    "torch.nn.modules.activation.Sigmoid": torch.sigmoid,
+    "torch.nn.modules.activation.GELU": torch.nn.functional.gelu,
+}
+DENSE_WEIGHTS = "model.safetensors"
+Step = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _weighted_mean(h: torch.Tensor, skip: int) -> torch.Tensor:
@@ -80,6 +99,12 @@ def embedding_setup(ckpt: Checkpoint, notes: list[str] | None = None) -> Embeddi
     other = [m.kind for m in setup.modules if m.kind not in COMPUTED_MODULES]
     if other:
         raise CheckpointError(where, f"module {other[0]} is not computed by the runtime ({', '.join(COMPUTED_MODULES)})")
+    kinds = [m.kind for m in setup.modules]
+    if "Pooling" in kinds and any(k not in ("Transformer", "Pooling") for k in kinds[: kinds.index("Pooling")]):
+        raise CheckpointError(where, "a module before the Pooling is not computed by the runtime (only after it)")
+    dense = [m.path for m in setup.modules if m.kind == "Dense" and m.path not in setup.dense]
+    if dense:
+        raise CheckpointError(where, f"Dense module {dense[0]!r:.80} has no {MODULE_CONFIG} in its folder")
     if setup.pooling is None:
         raise CheckpointError(where, "no Pooling module with its config.json: the pooling is unknown")
     if len(setup.pooling.modes) != 1 or setup.pooling.modes[0] not in POOLINGS:
@@ -88,6 +113,44 @@ def embedding_setup(ckpt: Checkpoint, notes: list[str] | None = None) -> Embeddi
         raise CheckpointError(files.get(f"{folder}/{MODULE_CONFIG}", where),
                               f"pooling {modes} is not computed by the runtime (one of {', '.join(POOLINGS)})")
     return setup
+
+
+def _dense_step(ckpt: Checkpoint, layer: DenseLayer, device: torch.device) -> Step:
+    """``activation(x @ W.T + b)`` with the module folder's weights, checked against its config."""
+    from ..io.safetensors import SafetensorsFile
+
+    files = ckpt.side_file_names()
+    config = files.get(f"{layer.folder}/{MODULE_CONFIG}", ckpt.path)
+    if layer.activation not in DENSE_ACTIVATIONS:
+        raise CheckpointError(config, f"Dense activation {layer.activation!r:.80} is not computed by the runtime")
+    name = f"{layer.folder}/{DENSE_WEIGHTS}"
+    if name not in files:
+        raise CheckpointError(config, f"no {name} beside it (the Dense weights; a pickle is never loaded)")
+    st = SafetensorsFile(files[name])
+    wanted = {"linear.weight": (layer.out_features, layer.in_features)}
+    if layer.bias:
+        wanted["linear.bias"] = (layer.out_features,)
+    values = {}
+    for key, shape in wanted.items():
+        if key not in st.tensors or tuple(st.tensors[key].shape) != shape:
+            found = tuple(st.tensors[key].shape) if key in st.tensors else "none"
+            raise CheckpointError(files[name], f"{key} must be {list(shape)} as the config says, found {found}")
+        values[key] = dense_tensor(st.read(key), torch.float32, device)
+    weight, bias, act = values["linear.weight"], values.get("linear.bias"), DENSE_ACTIVATIONS[layer.activation]
+    return lambda v: act(torch.nn.functional.linear(v, weight, bias))
+
+
+def pipeline_steps(ckpt: Checkpoint, setup: EmbeddingSetup, device: torch.device) -> list[Step]:
+    """What follows the Pooling, in the order of ``modules.json``: Dense layers and the normalization."""
+    steps: list[Step] = []
+    for module in setup.modules:
+        if module.kind == "Dense":
+            steps.append(_dense_step(ckpt, setup.dense[module.path], device))
+        elif module.kind == "Normalize":
+            steps.append(l2_normalize)
+    if not setup.modules and setup.normalize:  # a GGUF's pooling_type: normalized, as llama.cpp does
+        steps.append(l2_normalize)
+    return steps
 
 
 @dataclass
@@ -108,6 +171,8 @@ class Embedder:
     tokenizer: TextTokenizer | None
     source: str
     notes: list[str] = field(default_factory=list)
+    #: what follows the pooling (see :func:`pipeline_steps`)
+    steps: list[Step] = field(default_factory=list)
 
     @property
     def pooling(self) -> str:
@@ -156,10 +221,10 @@ class Embedder:
         if skip >= len(ids) and skip:
             raise UsageError(f"the text adds no token after the prompt's {skip}: nothing to pool")
         hidden = self.model.hidden_states(list(ids))
-        v = POOLINGS[self.pooling](hidden, skip)
-        if self.setup.normalize:
-            v = l2_normalize(v)
-        return v.numpy()
+        v = POOLINGS[self.pooling](hidden, skip).to(self.model.device)
+        for step in self.steps:
+            v = step(v)
+        return v.cpu().numpy()
 
     def embed(self, texts: Sequence[str] = (), tokens: Sequence[Sequence[int]] = (),
               prompt_name: str | None = None) -> list[Embedded]:  # fmt: skip
@@ -189,7 +254,8 @@ def load_embedder(
     setup = embedding_setup(ckpt, notes)  # before the weights: a pipeline we cannot compute is refused first
     tokenizer = TextTokenizer.from_checkpoint(ckpt)
     model = load_model(ckpt, device, dtype, progress=progress)
-    return Embedder(model, setup, tokenizer, f"{ckpt.path}", list(ckpt.notes) + notes + list(model.notes))
+    steps = pipeline_steps(ckpt, setup, model.device)
+    return Embedder(model, setup, tokenizer, f"{ckpt.path}", list(ckpt.notes) + notes + list(model.notes), steps)
 
 
 def embed(

@@ -229,7 +229,7 @@ def test_mean_pooling_leaves_the_prompt_out_where_the_pooling_says(tmp_path):
     (lambda d: (d / "modules.json").write_text(json.dumps(
         json.loads((d / "modules.json").read_text())[:2]
         + [{"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"}])),
-     "modules.json: module Dense is not computed by the runtime"),
+     "modules.json: Dense module '2_Dense' has no config.json in its folder"),
     (lambda d: (d / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_lasttoken": False})),
      "1_Pooling/config.json"),
     (lambda d: (d / "modules.json").unlink(), "no modules.json and no GGUF pooling_type"),
@@ -243,3 +243,49 @@ def test_a_pipeline_the_runtime_cannot_compute_is_refused_in_one_line(tmp_path, 
     r = run_cli("embed", copy, "--text", "hi")
     assert r.returncode == 1 and message in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_dense_modules_follow_the_pooling_in_their_order(tmp_path):
+    """Two Dense modules (Tanh with bias, then Identity without) between the Pooling and Normalize, as
+    sentence-transformers' Dense computes them: ``activation(linear(x))`` (sentence-transformers is not
+    installed here: torch's Linear and Tanh stand in for its Dense module, which is built from them)."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from bitconvert.runtime import embed
+
+    copy = tmp_path / "bitnet-embedding-qwen3-dense"
+    shutil.copytree(MASTERS["qwen3"], copy)
+    modules = json.loads((copy / "modules.json").read_text())
+    dense = [("2_Dense", 256, 128, True, "torch.nn.modules.activation.Tanh"),
+             ("3_Dense", 128, 64, False, "torch.nn.modules.linear.Identity")]  # fmt: skip
+    g = torch.Generator().manual_seed(5)
+    layers = []
+    for i, (folder, n_in, n_out, bias, act) in enumerate(dense):
+        (copy / folder).mkdir()
+        (copy / folder / "config.json").write_text(json.dumps(
+            {"in_features": n_in, "out_features": n_out, "bias": bias, "activation_function": act}))
+        linear = torch.nn.Linear(n_in, n_out, bias=bias)
+        with torch.no_grad():
+            linear.weight.copy_(torch.randn(n_out, n_in, generator=g) / n_in**0.5)
+            if bias:
+                linear.bias.copy_(torch.randn(n_out, generator=g))
+        save_file({f"linear.{k}": v.contiguous() for k, v in linear.state_dict().items()},
+                  str(copy / folder / "model.safetensors"))
+        layers.append((linear, torch.nn.Tanh() if act.endswith("Tanh") else torch.nn.Identity()))
+        modules.insert(2 + i, {"idx": 2 + i, "name": str(2 + i), "path": folder,
+                               "type": "sentence_transformers.models.Dense"})  # fmt: skip
+    (copy / "modules.json").write_text(json.dumps(modules))
+    tokenizer = transformers.AutoTokenizer.from_pretrained(copy)
+    with torch.no_grad():
+        v = reference_model(copy)(**tokenizer(TEXTS[0], return_tensors="pt")).last_hidden_state[0, -1]
+        for linear, act in layers:
+            v = act(linear(v))
+        expected = torch.nn.functional.normalize(v, dim=-1).numpy()
+    got = embed(copy, [TEXTS[0]])
+    assert got.shape == (1, 64) and cosines(got, expected[None])[0] >= MIN_COSINE
+    # a weight of another shape than the config says is refused naming the file
+    save_file({"linear.weight": torch.zeros(64, 127)}, str(copy / "3_Dense" / "model.safetensors"))
+    r = run_cli("embed", copy, "--text", "hi")
+    assert r.returncode == 1 and "3_Dense/model.safetensors" in r.stderr and "[64, 128]" in r.stderr, r.stderr
