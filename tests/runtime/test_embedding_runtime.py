@@ -138,6 +138,15 @@ def test_embeddings_equal_transformers_backbone_with_bitlinear(layouts, layout):
     assert np.allclose(np.linalg.norm(got, axis=-1), 1.0, atol=1e-6)
 
 
+def test_the_embed_command_gives_the_reference_on_the_i2s_gguf(layouts, tmp_path):
+    """The same proof through the command line: ``bitconvert embed FILE.gguf --tokens ... --out``."""
+    paths, references, ids = layouts
+    args = [a for t in ids for a in ("--tokens", ",".join(map(str, t)))]
+    r = run_cli("embed", paths["gguf-i2_s"], *args, "--out", tmp_path / "e.npy")
+    assert r.returncode == 0, r.stderr
+    assert cosines(np.load(tmp_path / "e.npy"), references["exact"]).min() >= MIN_COSINE
+
+
 def test_gguf_i2s_embeds_as_the_master(layouts):
     from bitconvert.runtime import embed
 
