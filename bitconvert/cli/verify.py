@@ -66,7 +66,7 @@ def verify(
     min_cosine: Annotated[
         Optional[float],
         typer.Option("--min-cosine", help="Lowest cosine allowed per text with --embeddings "
-                     "(default: float32 arithmetic on equal weights, 1-1e-6; 1-1e-5 for linears held as floats)."),
+                     "(default 1-1e-6: float32 arithmetic, REF running with the weights as SRC holds them)."),
     ] = None,
     device: Device = "cpu",
     target: Annotated[

@@ -1,4 +1,5 @@
-"""The decoder layer of the BitNet Embeddings backbones (Qwen3, Gemma3), driven by the family record.
+"""``"normed-projections"``: the decoder layer of the BitNet Embeddings backbones (Qwen3, Gemma3),
+driven by the family record.
 
 What differs between the two is data in their records and configs, so one block computes both:
 
@@ -127,6 +128,6 @@ class NormedBlock:
         return self.down(self.act(self.gate(x)) * self.up(x))
 
 
-# Both embedding families compute this layer; their records name it so a later family can differ.
-register_block("qwen3-embedding", NormedBlock)
-register_block("gemma3-embedding", NormedBlock)
+# The BitNet Embeddings families' records name this block; a family whose layer computes the same
+# (its norms found by role, its projections normalizing their own inputs) names it too.
+register_block("normed-projections", NormedBlock)
