@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from .. import __version__
-from . import convert, runtime, upload, verify
+from . import convert, embed, runtime, upload, verify
 from .common import guarded, out, state
 
 app = typer.Typer(
@@ -34,6 +34,7 @@ COMMANDS = (
     verify.verify,
     runtime.run,
     runtime.logits,
+    embed.embed,
 )
 for command in COMMANDS:
     app.command()(guarded(command))
