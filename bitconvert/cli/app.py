@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+import typer.main
 # typer 0.29 vendors click (typer._click; the pin in pyproject.toml keeps this path): its usage errors
 from typer._click.exceptions import ClickException, UsageError
 
@@ -118,16 +119,21 @@ def main() -> None:
 def _usage_error(exc: UsageError) -> int:
     """A usage error typer found while parsing: one line on stderr, and ``verify``'s reports (a JUnit
     error case, a JSON error object) when they were asked for, as on any other exit."""
-    ctx = exc.ctx
     if type(exc).__name__ == "NoArgsIsHelpError":  # a command given no arguments: its help
         exc.show()
         return 0
-    command = ctx.command_path if ctx is not None else "bitconvert"
+    args = sys.argv[1:]
+    # the parser's own errors (an option without its value) carry no context: the command is the first word
+    words = [a for a in args if not a.startswith("-")]
+    name = exc.ctx.info_name if exc.ctx is not None and exc.ctx.parent is not None else (words[0] if words else None)
+    commands = typer.main.get_command(app).commands
+    command = commands.get(name) if name else None
+    prog = Path(sys.argv[0]).name if sys.argv[0] and not sys.argv[0].endswith("__main__.py") else "bitconvert"
     message = usage_error_line(exc.format_message()).rstrip(".")
-    if ctx is not None and ctx.info_name == "verify":
+    if command is not None and name == "verify":
         from .verify import report_usage_error
 
-        takes_value = {o for p in ctx.command.params if not getattr(p, "is_flag", True) for o in p.opts}
-        report_usage_error(sys.argv[1:], message, exc.exit_code, takes_value)
-    fail_line(f"{message} (see '{command} --help')")
+        takes_value = {o for p in command.params if not getattr(p, "is_flag", True) for o in p.opts}
+        report_usage_error(args, message, exc.exit_code, takes_value)
+    fail_line(f"{message} (see '{prog}{' ' + name if command is not None else ''} --help')")
     return exc.exit_code
