@@ -25,7 +25,7 @@ from bitconvert.formats import CATALOGUE, OPTIONS, WRITERS, load_writers, option
 #: each command that takes write options -> the formats whose options it takes
 COMMANDS = {"pack": ("hf-packed",), "unpack": ("hf-bf16",), "convert": tuple(OPTIONS)}
 #: the options a command declares itself (everything else must be generated)
-OWN = {"--force", "--hash-sources", "--json", "--help"}
+OWN = {"--force", "--hash-sources", "--json", "--quiet", "--help"}
 OWN_OF = {"pack": OWN, "unpack": OWN, "convert": OWN | {"--to", "--push-to"}}
 WIDE = {**os.environ, "COLUMNS": "250"}  # --help on one line per option, whatever the terminal
 
