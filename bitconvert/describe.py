@@ -116,4 +116,6 @@ def describe_checkpoint(path: str | Path, *, stats: bool = True, progress: Progr
         "notes": ckpt.notes,
         "warnings": ckpt.warnings,
         **_gguf_figures(ckpt),
+        # a Nanotron checkpoint: the codebase it is written for (a reshard keeps it)
+        **({"nanotron_flavor": ckpt.facts.nanotron.flavor} if ckpt.facts.nanotron is not None else {}),
     }

@@ -43,6 +43,7 @@ def print_inspection(info: dict) -> None:
     cfg = info["config"]
     # the family (what the model is) apart from a GGUF file's own architecture name (what loaders dispatch on)
     gguf_arch = f", GGUF architecture {info['gguf_architecture']}" if info.get("gguf_architecture") else ""
+    gguf_arch += f", Nanotron flavor {info['nanotron_flavor']}" if info.get("nanotron_flavor") else ""
     out.print(f"[bold]{info['path']}[/]: {info['format']}, model family {info['family']} ({info['family_title']})"
               f"{gguf_arch}", highlight=False, soft_wrap=True)
     out.print(

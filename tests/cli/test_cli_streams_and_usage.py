@@ -189,7 +189,8 @@ def test_a_reshard_keeps_the_sources_flavor(tmp_path):
     assert warnings and all(w.startswith("lost in Nanotron (pr178)") and w.endswith("(as in SRC, a pr178 checkpoint)")
                             for w in warnings if w.startswith("lost"))  # fmt: skip
     info = json.loads(run_cli("inspect", resharded, "--json", "--no-stats").stdout)
-    assert "pr178" in json.dumps(info)
+    assert info["nanotron_flavor"] == "pr178"
+    assert "Nanotron flavor pr178" in run_cli("inspect", resharded, "--no-stats").stdout.splitlines()[0]
     assert run_cli("verify", resharded, "--against", nt).returncode == 0
     r = run_cli("convert", nt, tmp_path / "pr180", "--to", "nanotron", "--nanotron-flavor", "pr180")
     line = one_line(r.stderr)

@@ -105,6 +105,7 @@ def test_real_outputs_validate(outputs):
     # what each output is about, as the schema's optional parts say
     assert outputs["inspect-gguf"][0]["gguf_architecture"] == "bitnet"
     assert "gguf_architecture" not in outputs["inspect-packed"][0]
+    assert outputs["inspect-nanotron"][0]["nanotron_flavor"] == "pr178"
     assert outputs["verify-error"][0]["exit_code"] == 2 and "checks" not in outputs["verify-error"][0]
     assert "--no-such-option" in outputs["verify-usage-error"][0]["error"]
     assert outputs["verify-target"][0]["checks_failed"] > 0
@@ -120,6 +121,7 @@ def test_real_outputs_validate(outputs):
         ("inspect-gguf", lambda d: d.pop("family")),
         ("inspect-packed", lambda d: d["tensors"][0].update(role="ternary")),
         ("inspect-packed", lambda d: d["tensors"][-1].pop("shape")),
+        ("inspect-nanotron", lambda d: d.update(nanotron_flavor="pr179")),
         ("verify", lambda d: d["checks"][0].pop("passed")),
         ("verify", lambda d: d["checks"][0].update(figure="big")),
         ("verify", lambda d: d.pop("checks_failed")),
