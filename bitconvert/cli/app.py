@@ -11,8 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 import typer.main
-# typer 0.29 vendors click (typer._click; the pin in pyproject.toml keeps this path): its usage errors
-from typer._click.exceptions import ClickException, UsageError
+from typer._click.exceptions import ClickException, UsageError  # typer 0.29 vendors click (pinned in pyproject)
 
 from .. import __version__
 from . import convert, runtime, upload, verify

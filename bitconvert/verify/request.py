@@ -15,9 +15,9 @@ from typing import Any, Mapping, Sequence
 
 from ..errors import UsageError
 from ..extras import require
+from ..formats import Progress, no_progress
 from ..io.staging import check_output
 from ..io.suggest import no_such_path
-from ..formats import Progress, no_progress
 from .report import Thresholds, VerifyReport
 
 

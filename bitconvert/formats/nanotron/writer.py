@@ -260,8 +260,8 @@ class NanotronWriter:
     def _write_kept(ckpt: Checkpoint, plan: _Plan, out: Path, report: WriteReport) -> list[str]:
         """Tensors the flavor's model has no parameter for, beside the model where Nanotron never looks.
 
-        Only reached with --allow-lossy, or in a reshard of a checkpoint written so. Nanotron neither loads nor saves them; they let bitconvert
-        give the source back exactly from this very checkpoint.
+        Only reached with --allow-lossy, or in a reshard of a checkpoint written so. Nanotron neither
+        loads nor saves them; they let bitconvert give the source back exactly from this very checkpoint.
         """
         names = unplaced_tensors(ckpt.config, plan.specs)
         if not names:
