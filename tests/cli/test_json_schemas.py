@@ -11,7 +11,6 @@ import json
 import os
 import re
 import sys
-from pathlib import Path
 
 import jsonschema
 import pytest
@@ -185,7 +184,8 @@ def test_the_version_is_one_constant_in_one_place():
                 assigned.append(path.relative_to(ROOT).as_posix())
             if isinstance(node, ast.Dict):
                 for key, value in zip(node.keys, node.values):
-                    if isinstance(key, ast.Constant) and key.value == "schema_version" and isinstance(value, ast.Constant):
+                    named = isinstance(key, ast.Constant) and key.value == "schema_version"
+                    if named and isinstance(value, ast.Constant):
                         literal.append(path.relative_to(ROOT).as_posix())
     assert assigned == ["bitconvert/__init__.py"] and literal == []
 
