@@ -175,29 +175,36 @@ def os_error_line(exc: OSError) -> str:
     return f"{' -> '.join(paths)}: {reason}" if paths else reason
 
 
+def error_outcome(exc: BaseException) -> tuple[str, int, str] | None:
+    """What the error boundary says of ``exc`` and the exit code: (message, code, label); None for
+    typer's own exits and usage errors (its click is vendored), which already carry their code."""
+    if isinstance(exc, (typer.Exit, typer.Abort, typer.TyperException)):
+        return None
+    if isinstance(exc, BitconvertError):
+        return str(exc), exc.exit_code, "error"
+    if isinstance(exc, (KeyboardInterrupt, Terminated)):
+        return "interrupted; no output was left behind", INTERRUPTED_EXIT, ""
+    if isinstance(exc, MemoryError):
+        return "out of memory", 1, "error"
+    if isinstance(exc, OSError):
+        return os_error_line(exc), 1, "error"
+    text = " ".join(str(exc).split())
+    return (f"{type(exc).__name__}: {text} (rerun with --debug for the traceback)", INTERNAL_ERROR_EXIT,
+            "internal error")  # fmt: skip
+
+
 @contextmanager
 def error_boundary() -> Iterator[None]:
     """One line on stderr and the documented exit code, whatever went wrong; a traceback only with --debug."""
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         yield
-    except (typer.Exit, typer.Abort, typer.TyperException):
-        raise  # typer's own exits and usage errors (its click is vendored) already carry their code
-    except BitconvertError as exc:
-        raise _fail(str(exc), exc.exit_code) from None
-    except (KeyboardInterrupt, Terminated):
-        raise _fail("interrupted; no output was left behind", INTERRUPTED_EXIT, label="") from None
-    except MemoryError:
-        raise _fail("out of memory", 1) from None
-    except OSError as exc:
-        raise _fail(os_error_line(exc), 1) from None
-    except Exception as exc:
-        text = " ".join(str(exc).split())
-        raise _fail(
-            f"{type(exc).__name__}: {text} (rerun with --debug for the traceback)",
-            INTERNAL_ERROR_EXIT,
-            label="internal error",
-        ) from None
+    except (Exception, KeyboardInterrupt) as exc:
+        outcome = error_outcome(exc)
+        if outcome is None:
+            raise
+        message, code, label = outcome
+        raise _fail(message, code, label) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from ..errors import BitconvertError
 from ..formats import OPTIONS, writer_names
-from .common import Device, JsonOut, Src, emit_json, err, out, parse_tokens, progress_bar, say
+from .common import Device, JsonOut, Src, emit_json, err, error_outcome, out, parse_tokens, progress_bar, say
 from .options import cli_options
 
 #: ``--recipe``: ``auto`` (each recipe the format takes) or one of the writers' recipes
@@ -118,18 +118,26 @@ def _run(src, against, logits, tokens, device, roundtrip, target, reproduce, rec
 
 @contextmanager
 def _reported_errors(src: Path, junit: Path | None, json_out: bool) -> Iterator[None]:
-    """A run that ends in an error (usage, an unreadable manifest) still leaves its reports: a JUnit
-    file with one error case, a JSON object on stdout; the error line and exit code follow as usual."""
+    """A run that ends in an error (usage, an unreadable SRC or manifest, a full disk, a bug) still
+    leaves its reports: a JUnit file with one error case, a JSON object on stdout; the error line and
+    exit code follow as usual (the error boundary's)."""
     from ..io.staging import write_atomically
     from ..verify.report import junit_error_xml
 
     try:
         yield
-    except BitconvertError as exc:
+    except (Exception, KeyboardInterrupt) as exc:
+        outcome = error_outcome(exc)
+        if outcome is None:
+            raise
+        message, code, _ = outcome
         if junit is not None:
-            write_atomically(junit, junit_error_xml(str(src), str(exc)), "JUnit report")
+            try:
+                write_atomically(junit, junit_error_xml(str(src), message), "JUnit report")
+            except (OSError, BitconvertError):
+                pass  # the error itself is what is said; a report that cannot be written adds nothing
         if json_out:
-            emit_json({"passed": False, "src": str(src), "error": str(exc), "exit_code": exc.exit_code})
+            emit_json({"passed": False, "src": str(src), "error": message, "exit_code": code})
         raise
 
 

@@ -199,3 +199,29 @@ def test_a_reshard_keeps_the_sources_flavor(tmp_path):
     # a master (not a Nanotron source) still stops without --allow-lossy
     r = run_cli("convert", FIXTURES / "llama-master", tmp_path / "m", "--to", "nanotron", "--nanotron-flavor", "pr178")
     assert r.returncode == 1 and "Pass --allow-lossy" in one_line(r.stderr)
+
+
+@pytest.mark.parametrize(
+    ("raised", "code", "needle"),
+    [
+        (OSError(28, "No space left on device", "/scratch/x"), 1, "/scratch/x: No space left on device"),
+        (RuntimeError("a bug"), 3, "RuntimeError: a bug"),
+    ],
+)
+def test_verify_reports_an_os_error_or_a_bug_too(tmp_path, monkeypatch, raised, code, needle):
+    """Not only bitconvert's own errors: a full disk or a bug mid-run still leaves the JUnit error case."""
+    import bitconvert.verify
+    from typer.testing import CliRunner
+
+    from bitconvert.cli import app
+
+    def fail(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(bitconvert.verify, "run", fail)
+    report = tmp_path / "r.xml"
+    result = CliRunner().invoke(app, ["verify", str(PACKED_256), "--junit", str(report), "--json"])
+    assert result.exit_code == code
+    assert needle in junit_error(report)
+    data = json.loads(result.stdout)
+    assert data["exit_code"] == code and needle in data["error"]
