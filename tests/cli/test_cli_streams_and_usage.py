@@ -210,9 +210,9 @@ def test_a_reshard_keeps_the_sources_flavor(tmp_path):
 )
 def test_verify_reports_an_os_error_or_a_bug_too(tmp_path, monkeypatch, raised, code, needle):
     """Not only bitconvert's own errors: a full disk or a bug mid-run still leaves the JUnit error case."""
-    import bitconvert.verify
     from typer.testing import CliRunner
 
+    import bitconvert.verify
     from bitconvert.cli import app
 
     def fail(*args, **kwargs):
