@@ -44,9 +44,10 @@ def validate(data: dict, name: str) -> None:
     assert next(iter(data)) == "schema_version"  # the first key, for a reader that looks at the top only
 
 
-def json_of(*args, code: int = 0) -> dict:
+def json_of(*args, code: int | None = 0) -> dict:
+    """The JSON a command prints; ``code``: the exit code it must have (None: 0 or 1, a verdict)."""
     r = run_cli(*args, "--json")
-    assert r.returncode == code, r.stderr
+    assert r.returncode == code if code is not None else r.returncode in (0, 1), r.stderr
     return json.loads(r.stdout)
 
 
@@ -68,6 +69,9 @@ def outputs(tmp_path_factory) -> dict[str, tuple[dict, str]]:
         "inspect-nanotron": (json_of("inspect", nt), "inspect"),
         "verify": (json_of("verify", packed, "--against", master), "verify"),
         "verify-target": (json_of("verify", gguf, "--target", "llama.cpp", code=1), "verify"),
+        "verify-reproduce": (json_of("verify", gguf, "--reproduce", FIXTURES / "bitnet-2b4t-256-master", code=None),
+                             "verify"),
+        "verify-roundtrip": (json_of("verify", packed, "--roundtrip", "nanotron", code=None), "verify"),
         "verify-error": (json_of("verify", tmp / "nonexistent", code=2), "verify"),
         "verify-usage-error": (json_of("verify", packed, "--no-such-option", code=2), "verify"),
         "upload-dry-run": (json_of("upload", packed, "org/name", "--dry-run"), "upload-plan"),
