@@ -203,3 +203,9 @@ def test_the_schemas_are_package_data():
     assert set(SCHEMAS.glob("*.schema.json")) <= shipped
     test_extra = " ".join(config["project"]["optional-dependencies"]["test"])
     assert "jsonschema" in test_extra
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in FIXTURES.iterdir() if (p / "config.json").is_file()))
+def test_inspect_of_every_shipped_fixture_validates(name):
+    """Every family and layout the fixtures hold (embedding models, 1bitLLM, Llama, onebitllms, ...)."""
+    validate(json_of("inspect", FIXTURES / name), "inspect")
