@@ -32,6 +32,9 @@ SCHEMA_OF = {
     "run": "run",
     "logits": "logits",
 }
+COMMANDS = typer.main.get_command(app).commands
+if "embed" in COMMANDS:  # the embeddings runtime's command; its schema ships either way
+    SCHEMA_OF["embed"] = "embed"
 
 
 def schema(name: str) -> dict:
@@ -78,12 +81,14 @@ def outputs(tmp_path_factory) -> dict[str, tuple[dict, str]]:
         "logits": (json_of("logits", packed, "--tokens", "1,2,3", "--out", tmp / "l.npy"), "logits"),
         "run": (json_of("run", packed, "--tokens", "1,2", "--max-new-tokens", "2"), "run"),
     }
+    if "embed" in COMMANDS:
+        got["embed"] = (json_of("embed", FIXTURES / "bitnet-embedding-qwen3-master", "--text", "hello"), "embed")
     return got
 
 
 def test_every_schema_is_a_valid_draft_2020_12_schema():
     files = sorted(SCHEMAS.glob("*.schema.json"))
-    assert {f.name.removesuffix(".schema.json") for f in files} == {*SCHEMA_OF.values(), "upload-plan"}
+    assert {f.name.removesuffix(".schema.json") for f in files} == {*SCHEMA_OF.values(), "upload-plan", "embed"}
     for f in files:
         s = json.loads(f.read_text())
         assert s["$schema"] == "https://json-schema.org/draft/2020-12/schema"
@@ -94,8 +99,7 @@ def test_every_schema_is_a_valid_draft_2020_12_schema():
 
 
 def test_every_command_with_json_has_a_schema():
-    commands = typer.main.get_command(app).commands
-    with_json = {name for name, c in commands.items() if any("--json" in p.opts for p in c.params)}
+    with_json = {name for name, c in COMMANDS.items() if any("--json" in p.opts for p in c.params)}
     assert with_json == set(SCHEMA_OF)
 
 
