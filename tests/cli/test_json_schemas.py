@@ -148,7 +148,7 @@ def test_a_wrong_output_fails_its_schema(outputs, output, spoil):
 
 def _fake_hub_module():
     """The test module that holds the fake Hub server (wherever the tests tree keeps it)."""
-    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+    for path in sorted((ROOT / "tests").rglob("*.py")):
         if re.search(r"^class FakeHub\b", path.read_text(encoding="utf-8"), re.M):
             spec = importlib.util.spec_from_file_location(f"fake_hub_{path.stem}", path)
             module = importlib.util.module_from_spec(spec)
