@@ -84,7 +84,11 @@ def describe_checkpoint(path: str | Path, *, stats: bool = True, progress: Progr
     return {
         "path": str(path),
         "format": ckpt.format,
-        # the model family (bitconvert's name for it); a GGUF file's own name is gguf_architecture
+        # the model family: bitconvert's name for it and what it is; a GGUF file's own
+        # general.architecture is gguf_architecture. "architecture" repeats the family's name for
+        # scripts that read it before "family" existed.
+        "family": cfg.family.key,
+        "family_title": cfg.family.title,
         "architecture": cfg.family.key,
         "config": {
             "hidden_size": cfg.hidden_size,
@@ -112,4 +116,6 @@ def describe_checkpoint(path: str | Path, *, stats: bool = True, progress: Progr
         "notes": ckpt.notes,
         "warnings": ckpt.warnings,
         **_gguf_figures(ckpt),
+        # a Nanotron checkpoint: the codebase it is written for (a reshard keeps it)
+        **({"nanotron_flavor": ckpt.facts.nanotron.flavor} if ckpt.facts.nanotron is not None else {}),
     }

@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+import typer.main
+from typer._click.exceptions import ClickException, UsageError  # typer 0.29 vendors click (pinned in pyproject)
 
 from .. import __version__
 from . import convert, embed, runtime, upload, verify
-from .common import guarded, out, state
+from .common import INTERRUPTED_EXIT, Quiet, err, fail_line, guarded, out, state, usage_error_line
 
 app = typer.Typer(
     name="bitconvert",
@@ -49,6 +51,7 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    quiet: Quiet = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
@@ -72,6 +75,7 @@ def _root(
     ] = None,
 ) -> None:
     state["debug"] = debug
+    state["quiet"] = quiet
     if kernel_config is not None or kernel_preset is not None:
         # set for the command that follows, in this thread; the GGUF reader takes it when a file is opened
         from ..formats.gguf.kernel_config import ASSUMED, KernelChoice
@@ -88,14 +92,21 @@ def main() -> None:
     process ends with the command's exit code. For use inside another program, call ``app``.
     """
     try:
-        app()
+        # not standalone: a usage error comes back here, to be said in one line (typer draws a box)
+        code = app(standalone_mode=False)
+    except UsageError as exc:
+        code = _usage_error(exc)
+    except ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    except typer.Abort:
+        err.print("aborted", highlight=False)
+        code = INTERRUPTED_EXIT
     except SystemExit as exc:
         code = exc.code
-    else:
-        code = 0
+    code = code if isinstance(code, int) or code is None else code  # a command's return value is its result
     if code is not None and not isinstance(code, int):
-        print(code, file=sys.stderr)
-        code = 1
+        code = 0  # a command returned a value (none of bitconvert's does): it ran to the end
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -103,3 +114,26 @@ def main() -> None:
         except (OSError, ValueError):  # a reader that went away (a closed pipe) takes nothing more
             pass
     os._exit(code or 0)
+
+
+def _usage_error(exc: UsageError) -> int:
+    """A usage error typer found while parsing: one line on stderr, and ``verify``'s reports (a JUnit
+    error case, a JSON error object) when they were asked for, as on any other exit."""
+    if type(exc).__name__ == "NoArgsIsHelpError":  # a command given no arguments: its help
+        exc.show()
+        return 0
+    args = sys.argv[1:]
+    # the parser's own errors (an option without its value) carry no context: the command is the first word
+    words = [a for a in args if not a.startswith("-")]
+    name = exc.ctx.info_name if exc.ctx is not None and exc.ctx.parent is not None else (words[0] if words else None)
+    commands = typer.main.get_command(app).commands
+    command = commands.get(name) if name else None
+    prog = Path(sys.argv[0]).name if sys.argv[0] and not sys.argv[0].endswith("__main__.py") else "bitconvert"
+    message = usage_error_line(exc.format_message()).rstrip(".")
+    if command is not None and name == "verify":
+        from .verify import report_usage_error
+
+        takes_value = {o for p in command.params if not getattr(p, "is_flag", True) for o in p.opts}
+        report_usage_error(args, message, exc.exit_code, takes_value)
+    fail_line(f"{message} (see '{prog}{' ' + name if command is not None else ''} --help')")
+    return exc.exit_code

@@ -7,20 +7,24 @@ Exit codes: 0 success, 1 a checkpoint problem (or a failed check, or an OS error
 
 from __future__ import annotations
 
+import difflib
 import functools
+import inspect
 import json
+import re
 import signal
 import sys
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterator
+from typing import Annotated, Any, Callable, Iterator, Sequence
 
 import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from .. import SCHEMA_VERSION
 from ..errors import BitconvertError, UsageError
 from ..formats.options import FLOAT_CHOICES, dtype_parser
 
@@ -28,11 +32,47 @@ from ..formats.options import FLOAT_CHOICES, dtype_parser
 INTERNAL_ERROR_EXIT = 3
 INTERRUPTED_EXIT = 130
 
-# Wide enough for tensor names when output goes to a file or pipe (rich assumes 80 columns there).
-out = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True)
-#: set by the root callback (``--debug``), read by the error boundary
-state = {"debug": False}
+
+
+class _WholeLines:
+    """Standard output for rich when it is not a terminal: each line ends where its text ends.
+
+    rich pads every table cell to its column's width; in a file or pipe that leaves trailing blanks
+    that scripts and diffs trip on. Complete lines are written with trailing spaces removed; a line
+    still being written waits for its end (or a flush)."""
+
+    def __init__(self) -> None:
+        self._pending = ""
+
+    def write(self, text: str) -> int:
+        *lines, self._pending = (self._pending + text).split("\n")
+        if lines:
+            sys.stdout.write("".join(line.rstrip(" ") + "\n" for line in lines))
+        return len(text)
+
+    def flush(self) -> None:
+        if self._pending:
+            sys.stdout.write(self._pending)
+            self._pending = ""
+        sys.stdout.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    @property
+    def encoding(self) -> str:
+        return getattr(sys.stdout, "encoding", None) or "utf-8"
+
+
+_STDOUT_IS_TERMINAL = sys.stdout.isatty()
+# Requested output (tables, results). Wide enough for tensor names in a file or pipe (rich assumes 80
+# columns there), and never padded there.
+out = Console(width=None, soft_wrap=False) if _STDOUT_IS_TERMINAL else Console(file=_WholeLines(), width=160)
+# Errors, notes, warnings and progress. soft_wrap: a line is never cut into pieces, whatever the width.
+err = Console(stderr=True, soft_wrap=True)
+#: set by the root callback (``--debug``, ``--quiet``) or a command's own ``--quiet``; read by the
+#: error boundary and by :func:`say`
+state = {"debug": False, "quiet": False}
 
 
 # --- shared option types (the write options are generated: see options.py) ---------------------
@@ -94,14 +134,38 @@ def _on_sigterm(signum, frame):
 _CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)} | {ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"}
 
 
-def _fail(message: str, code: int, label: str = "error") -> typer.Exit:
-    """Print ``label: message`` as one line (the label in red on a terminal); the exit to raise."""
-    if state["debug"]:
-        traceback.print_exc()
+def fail_line(message: str, label: str = "error") -> None:
+    """Print ``label: message`` as one line on stderr (the label in red on a terminal)."""
     message = message.translate(_CONTROL)
     line = Text.assemble((f"{label}:", "bold red"), " ", message) if label else Text(message)
     err.print(line, highlight=False, soft_wrap=True)
+
+
+def _fail(message: str, code: int, label: str = "error") -> typer.Exit:
+    """:func:`fail_line` (after the traceback with --debug); the exit to raise."""
+    if state["debug"]:
+        traceback.print_exc()
+    fail_line(message, label)
     return typer.Exit(code)
+
+
+#: how typer words a value outside an option's choices
+_NOT_ONE_OF = re.compile(r"Value error, '(?P<value>[^']*)' is not one of (?P<choices>.*?)\.?$")
+
+
+def usage_error_line(message: str) -> str:
+    """typer's usage message as one line; a value outside an option's choices gets the closest
+    choices as a suggestion (``--to ggfu``: did you mean 'gguf'?)."""
+    message = " ".join(message.split())
+    found = _NOT_ONE_OF.search(message)
+    if found is None:
+        return message
+    choices = re.findall(r"'([^']*)'", found["choices"])
+    value = found["value"]
+    close = difflib.get_close_matches(value.lower(), choices, n=3, cutoff=0.5)
+    head = message[: found.start()]
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return f"{head}{value!r} is not one of {', '.join(choices)}{hint}"
 
 
 def os_error_line(exc: OSError) -> str:
@@ -111,41 +175,64 @@ def os_error_line(exc: OSError) -> str:
     return f"{' -> '.join(paths)}: {reason}" if paths else reason
 
 
+def error_outcome(exc: BaseException) -> tuple[str, int, str] | None:
+    """What the error boundary says of ``exc`` and the exit code: (message, code, label); None for
+    typer's own exits and usage errors (its click is vendored), which already carry their code."""
+    if isinstance(exc, (typer.Exit, typer.Abort, typer.TyperException)):
+        return None
+    if isinstance(exc, BitconvertError):
+        return str(exc), exc.exit_code, "error"
+    if isinstance(exc, (KeyboardInterrupt, Terminated)):
+        return "interrupted; no output was left behind", INTERRUPTED_EXIT, ""
+    if isinstance(exc, MemoryError):
+        return "out of memory", 1, "error"
+    if isinstance(exc, OSError):
+        return os_error_line(exc), 1, "error"
+    text = " ".join(str(exc).split())
+    return (f"{type(exc).__name__}: {text} (rerun with --debug for the traceback)", INTERNAL_ERROR_EXIT,
+            "internal error")  # fmt: skip
+
+
 @contextmanager
 def error_boundary() -> Iterator[None]:
     """One line on stderr and the documented exit code, whatever went wrong; a traceback only with --debug."""
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         yield
-    except (typer.Exit, typer.Abort, typer.TyperException):
-        raise  # typer's own exits and usage errors (its click is vendored) already carry their code
-    except BitconvertError as exc:
-        raise _fail(str(exc), exc.exit_code) from None
-    except (KeyboardInterrupt, Terminated):
-        raise _fail("interrupted; no output was left behind", INTERRUPTED_EXIT, label="") from None
-    except MemoryError:
-        raise _fail("out of memory", 1) from None
-    except OSError as exc:
-        raise _fail(os_error_line(exc), 1) from None
-    except Exception as exc:
-        text = " ".join(str(exc).split())
-        raise _fail(
-            f"{type(exc).__name__}: {text} (rerun with --debug for the traceback)",
-            INTERNAL_ERROR_EXIT,
-            label="internal error",
-        ) from None
+    except (Exception, KeyboardInterrupt) as exc:
+        outcome = error_outcome(exc)
+        if outcome is None:
+            raise
+        message, code, label = outcome
+        raise _fail(message, code, label) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
 
 
-def guarded(command: Callable) -> Callable:
-    """``command`` run inside :func:`error_boundary` (the app registers every command through this)."""
+Quiet = Annotated[
+    bool,
+    typer.Option("--quiet", "-q", help="No notes, warnings or progress (errors and the requested output stay)."),
+]
 
-    @functools.wraps(command)  # keeps the signature and annotations that typer reads
-    def run(*args, **kwargs):
+
+def guarded(command: Callable) -> Callable:
+    """``command`` run inside :func:`error_boundary`, with its own ``--quiet`` (the app registers every
+    command through this, so each takes ``--quiet`` after its name as well as before it)."""
+
+    @functools.wraps(command)  # keeps the annotations that typer reads; the signature is set below
+    def run(*args, quiet: bool = False, **kwargs):
+        state["quiet"] = state["quiet"] or quiet
         with error_boundary():
             return command(*args, **kwargs)
 
+    sig = inspect.signature(command, eval_str=True)
+    params = list(sig.parameters.values())
+    tail = [i for i, p in enumerate(params) if p.kind is inspect.Parameter.VAR_KEYWORD]
+    at = tail[0] if tail else len(params)
+    kind = inspect.Parameter.KEYWORD_ONLY if any(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params) \
+        else inspect.Parameter.POSITIONAL_OR_KEYWORD
+    quiet = inspect.Parameter("quiet", kind, default=False, annotation=Quiet)
+    run.__signature__ = sig.replace(parameters=params[:at] + [quiet] + params[at:])
     return run
 
 
@@ -155,7 +242,7 @@ def guarded(command: Callable) -> Callable:
 @contextmanager
 def progress_bar(enabled: bool) -> Iterator[Callable[[int, int, str], None]]:
     """A progress callback: a bar on a terminal, nothing otherwise."""
-    if not enabled or not err.is_terminal:
+    if not enabled or state["quiet"] or not err.is_terminal:
         yield lambda done, total, name: None
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -176,13 +263,14 @@ def progress_bar(enabled: bool) -> Iterator[Callable[[int, int, str], None]]:
         yield update
 
 
-def emit_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+def emit_json(data: dict[str, Any]) -> None:
+    """One JSON object on stdout, led by its ``schema_version`` (the schemas in ``bitconvert/schemas``)."""
+    sys.stdout.write(json.dumps({"schema_version": SCHEMA_VERSION, **data}, indent=2, default=str) + "\n")
 
 
 def print_conversion(result) -> None:
     d = result.to_dict()
-    table = Table(show_header=False, box=None)
+    table = Table(show_header=False, box=None, pad_edge=False)
     table.add_row("source", f"{d['src']} ({d['src_format']})")
     table.add_row("output", f"{d['dst']} ({d['format']})")
     table.add_row("tensors", str(d["tensors"]))
@@ -194,10 +282,17 @@ def print_conversion(result) -> None:
     table.add_row("files", ", ".join(d["files"]))
     table.add_row("time", f"{d['seconds']:.2f} s")
     out.print(table)
-    for note in d["notes"]:
-        out.print(f"[yellow]note:[/] {note}", highlight=False)
-    for w in d["warnings"]:
-        out.print(f"[yellow]warning:[/] {w}", highlight=False)
+    say(d["notes"], d["warnings"])
+
+
+def say(notes: Sequence[str] = (), warnings: Sequence[str] = ()) -> None:
+    """Notes and warnings, one whole line each on stderr (never cut, never padded); none with --quiet.
+    Requested output stays alone on stdout, so a pipe or ``> file`` receives only that."""
+    if state["quiet"]:
+        return
+    for label, lines in (("note:", notes), ("warning:", warnings)):
+        for line in lines:
+            err.print(Text.assemble((label, "yellow"), " ", line.translate(_CONTROL)), highlight=False)
 
 
 def run_conversion(

@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 from ..formats import OPTIONS, writer_names
-from .common import Dst, Force, HashSources, JsonOut, Src, emit_json, out, progress_bar, run_conversion
+from .common import Dst, Force, HashSources, JsonOut, Src, emit_json, out, progress_bar, run_conversion, say
 from .options import given, takes_write_options
 
 #: ``--to``: one of the formats bitconvert writes (listed in --help, offered by shell completion)
@@ -41,7 +41,11 @@ def inspect(
 
 def print_inspection(info: dict) -> None:
     cfg = info["config"]
-    out.print(f"[bold]{info['path']}[/]: {info['format']}, architecture {info['architecture']}", highlight=False)
+    # the family (what the model is) apart from a GGUF file's own architecture name (what loaders dispatch on)
+    gguf_arch = f", GGUF architecture {info['gguf_architecture']}" if info.get("gguf_architecture") else ""
+    gguf_arch += f", Nanotron flavor {info['nanotron_flavor']}" if info.get("nanotron_flavor") else ""
+    out.print(f"[bold]{info['path']}[/]: {info['format']}, model family {info['family']} ({info['family_title']})"
+              f"{gguf_arch}", highlight=False, soft_wrap=True)
     out.print(
         f"hidden {cfg['hidden_size']}, intermediate {cfg['intermediate_size']}, layers {cfg['num_hidden_layers']}, "
         f"heads {cfg['num_attention_heads']}/{cfg['num_key_value_heads']}, vocab {cfg['vocab_size']}, "
@@ -71,10 +75,7 @@ def print_inspection(info: dict) -> None:
             f"{scale['value']:.6g} ({scale['linear_class']})" if scale else "",
         )
     out.print(table)
-    for note in info["notes"]:
-        out.print(f"[yellow]note:[/] {note}", highlight=False)
-    for warning in info["warnings"]:
-        out.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    say(info["notes"], info["warnings"])
 
 
 @takes_write_options("hf-packed")

@@ -9,7 +9,7 @@ import typer
 
 from ..errors import UsageError
 from ..extras import require
-from .common import Device, Force, JsonOut, Src, emit_json, err, out, parse_tokens, progress_bar
+from .common import Device, Force, JsonOut, Src, emit_json, out, parse_tokens, progress_bar, say
 from .runtime import ComputeDtype, _compute_dtype
 
 
@@ -78,5 +78,4 @@ def embed(
         out.print(f"{label}: [{head}, ...] ({r.vector.size} values, {len(r.tokens)} tokens)", highlight=False)
     if out_path is not None:
         out.print(f"wrote {out_path}: float32 {vectors.shape[0]} x {vectors.shape[1]}", highlight=False)
-    for note in embedder.notes:
-        err.print(f"[yellow]note:[/] {note}", highlight=False)
+    say(embedder.notes)

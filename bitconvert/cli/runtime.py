@@ -10,7 +10,7 @@ import typer
 
 from ..errors import UsageError
 from ..extras import require
-from .common import Device, Force, JsonOut, Src, emit_json, err, out, parse_dtype, parse_tokens, progress_bar
+from .common import Device, Force, JsonOut, Src, emit_json, err, out, parse_dtype, parse_tokens, progress_bar, state
 
 COMPUTE_DTYPES = ("f32", "bf16", "f16")
 ComputeDtype = Annotated[
@@ -103,7 +103,8 @@ def _report(src, ids: list[int], gen, tok, *, tokens_only: bool, json_out: bool)
         rates.append(f"prefill {len(ids)} tokens at {gen.prefill_tokens_per_second:.1f} tok/s")
     if gen.decode_tokens_per_second:
         rates.append(f"decode {len(gen.tokens) - 1} tokens at {gen.decode_tokens_per_second:.1f} tok/s")
-    err.print(f"[dim]{'; '.join(rates) or 'no tokens generated'} ({gen.stopped_by})[/]", highlight=False)
+    if not state["quiet"]:
+        err.print(f"[dim]{'; '.join(rates) or 'no tokens generated'} ({gen.stopped_by})[/]", highlight=False)
 
 
 def _stream(tok, ids: list[int], shown: str) -> str:

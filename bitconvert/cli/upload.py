@@ -9,12 +9,12 @@ import typer
 from rich.table import Table
 
 from ..errors import BitconvertError
-from .common import JsonOut, emit_json, err, out, print_conversion, progress_bar
+from .common import JsonOut, emit_json, err, out, print_conversion, progress_bar, state
 
 
 def _quiet_client(json_out: bool) -> None:
     """huggingface_hub's progress bars go to stderr; keep them only for a person at a terminal."""
-    if json_out or not err.is_terminal:
+    if json_out or state["quiet"] or not err.is_terminal:
         from huggingface_hub.utils import disable_progress_bars
 
         disable_progress_bars()
@@ -22,7 +22,7 @@ def _quiet_client(json_out: bool) -> None:
 
 def _print_plan(plan, *, dry_run: bool) -> None:
     d = plan.to_dict()
-    head = Table(show_header=False, box=None)
+    head = Table(show_header=False, box=None, pad_edge=False)
     target = "a pull request against " if d["create_pr"] else ""
     private = ", private if created" if d["private"] else ""
     head.add_row("repository", f"{d['repo_id']} ({target}branch {d['revision']}{private})")

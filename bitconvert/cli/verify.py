@@ -4,7 +4,6 @@ options into a request and renders, prints and writes the report."""
 
 from __future__ import annotations
 
-import json
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,8 +12,9 @@ from typing import Annotated, Iterator, Literal, Optional
 import typer
 from rich.table import Table
 
+from ..errors import BitconvertError
 from ..formats import OPTIONS, writer_names
-from .common import Device, JsonOut, Src, err, out, parse_tokens, progress_bar
+from .common import Device, JsonOut, Src, emit_json, err, error_outcome, out, parse_tokens, progress_bar, say
 from .options import cli_options
 
 #: ``--recipe``: ``auto`` (each recipe the format takes) or one of the writers' recipes
@@ -95,7 +95,7 @@ def verify(
 ) -> None:
     """Check SRC's integrity; --against, --roundtrip, --reproduce or --target compare it too. Exit 0 all pass, 1 any fail."""
     from ..io.staging import check_output
-    from ..verify import Thresholds, VerifyRequest, run
+    from ..verify import Thresholds
 
     if junit is not None:
         check_output(junit, force=True, what="JUnit report")  # before any work, and before an error report
@@ -128,20 +128,26 @@ def _run(src, against, logits, embeddings, tokens, device, roundtrip, target, re
 
 @contextmanager
 def _reported_errors(src: Path, junit: Path | None, json_out: bool) -> Iterator[None]:
-    """A run that ends in an error (usage, an unreadable manifest) still leaves its reports: a JUnit
-    file with one error case, a JSON object on stdout; the error line and exit code follow as usual."""
-    from ..errors import BitconvertError
+    """A run that ends in an error (usage, an unreadable SRC or manifest, a full disk, a bug) still
+    leaves its reports: a JUnit file with one error case, a JSON object on stdout; the error line and
+    exit code follow as usual (the error boundary's)."""
     from ..io.staging import write_atomically
     from ..verify.report import junit_error_xml
 
     try:
         yield
-    except BitconvertError as exc:
+    except (Exception, KeyboardInterrupt) as exc:
+        outcome = error_outcome(exc)
+        if outcome is None:
+            raise
+        message, code, _ = outcome
         if junit is not None:
-            write_atomically(junit, junit_error_xml(str(src), str(exc)), "JUnit report")
+            try:
+                write_atomically(junit, junit_error_xml(str(src), message), "JUnit report")
+            except (OSError, BitconvertError):
+                pass  # the error itself is what is said; a report that cannot be written adds nothing
         if json_out:
-            sys.stdout.write(json.dumps({"passed": False, "src": str(src), "error": str(exc),
-                                         "exit_code": exc.exit_code}, indent=2) + "\n")
+            emit_json({"passed": False, "src": str(src), "error": message, "exit_code": code})
         raise
 
 
@@ -168,9 +174,49 @@ def _render(report, show_all: bool) -> None:
                 style=None if c.passed else "red",
             )
         out.print(table)
-    for note in report.notes:
-        out.print(f"[yellow]note:[/] {note}", highlight=False)
+    say(report.notes)
     if report.manifest_written:
         out.print(f"manifest written to {report.manifest_written}", highlight=False)
     for c in report.failures[:20]:  # one plain line per failure on stderr, for CI logs
         err.print(f"FAIL {check_line(c)}", highlight=False, markup=False, soft_wrap=True)
+
+
+def report_usage_error(args: list[str], message: str, exit_code: int, takes_value: set[str]) -> None:
+    """The reports of a ``verify`` whose command line typer refused: ``--junit FILE`` gets one error
+    case, ``--json`` an error object, so CI shows the reason instead of "no report found".
+    ``takes_value``: the options that take a value (not SRC, whatever it looks like)."""
+    from ..io.staging import write_atomically
+    from ..verify.report import junit_error_xml
+
+    junit = _option_value(args, "--junit")
+    src = _positional(args[args.index("verify") + 1:], takes_value) if "verify" in args else ""
+    if junit:
+        try:
+            write_atomically(Path(junit), junit_error_xml(src, message), "JUnit report")
+        except (OSError, BitconvertError):
+            pass  # the usage error is what is said; a report that cannot be written adds nothing
+    if "--json" in args:
+        emit_json({"passed": False, "src": src, "error": message, "exit_code": exit_code})
+
+
+def _option_value(args: list[str], name: str) -> str | None:
+    """The value given to option ``name`` (``NAME VALUE`` or ``NAME=VALUE``), if any."""
+    for i, a in enumerate(args):
+        if a == name and i + 1 < len(args) and not args[i + 1].startswith("-"):
+            return args[i + 1]
+        if a.startswith(name + "="):
+            return a[len(name) + 1:]
+    return None
+
+
+def _positional(args: list[str], takes_value: set[str]) -> str:
+    """The first argument that is neither an option nor an option's value: SRC, as typed."""
+    skip = False
+    for a in args:
+        if skip:
+            skip = False
+        elif a.startswith("-"):
+            skip = a in takes_value
+        else:
+            return a
+    return ""

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
 
 from ..errors import CheckpointError, UsageError
+from ..io.suggest import no_such_path
 from .options import build_options
 
 if TYPE_CHECKING:  # the registry itself needs no tensors: `bitconvert formats` must not import torch
@@ -163,7 +164,9 @@ def options_for(fmt: str, given: Mapping[str, Any] | Any = None) -> Any:
 def detect_format(path: Path) -> str:
     load_readers()
     if not path.exists():
-        raise UsageError(f"{path}: no such file or directory")
+        raise UsageError(no_such_path(path))
+    if path.is_file() and path.suffix == ".safetensors":  # a checkpoint is the folder: config.json lies beside
+        raise UsageError(f"{path}: a .safetensors file is one part of a checkpoint; pass its folder ({path.parent})")
     # in CATALOGUE order, whatever order the modules were imported (and registered) in
     for name in CATALOGUE:
         if name in READERS and READERS[name].detect(path):

@@ -12,6 +12,7 @@ from ..errors import CheckpointError, UsageError
 from ..hub.errors import HubError, hub_errors
 from ..hub.source import PICKLE_SUFFIXES, SourceRef, check_repo_id, resolve_source
 from ..io.provenance import sha256_file, visible_files
+from ..io.suggest import no_such_path
 from ..model.checkpoint import Kind
 from ..secrets import one_line, scrub_secrets
 
@@ -149,7 +150,7 @@ def plan_upload(
     card_path = _check_request(repo_id, revision, commit_message, card_file)
     source = resolve_source(src, endpoint=endpoint)
     if not source.path.exists():
-        raise UsageError(f"{src}: no such file or directory")
+        raise UsageError(no_such_path(src))
     ckpt, verify = _open_verified(source.path, progress or no_progress)
     files, skipped = _checkpoint_files(source, replaced_card=card_path is not None, include_pickles=include_pickles)
     card_text, card_origin, card_file_entry = _choose_card(source, ckpt, repo_id, files, card_path)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import SCHEMA_VERSION
 from ..io.staging import write_atomically
 
 
@@ -121,6 +122,7 @@ class VerifyReport:
 
     def _head(self) -> dict[str, Any]:
         return {
+            "schema_version": SCHEMA_VERSION,
             "passed": self.passed,
             "mode": self.mode,
             "src": self.src,

@@ -15,8 +15,9 @@ from typing import Any, Mapping, Sequence
 
 from ..errors import UsageError
 from ..extras import require
-from ..io.staging import check_output
 from ..formats import Progress, no_progress
+from ..io.staging import check_output
+from ..io.suggest import no_such_path
 from .report import Thresholds, VerifyReport
 
 
@@ -72,11 +73,11 @@ class VerifyRequest:
         if th.min_cosine is not None and not -1 <= th.min_cosine <= 1:
             raise UsageError(f"--min-cosine is a cosine between -1 and 1, got {th.min_cosine}")
         if isinstance(self.manifest_check, (str, Path)) and not Path(self.manifest_check).exists():
-            raise UsageError(f"{self.manifest_check}: no such file")
+            raise UsageError(no_such_path(self.manifest_check, "no such file"))
         if self.manifest is not None:
             check_output(Path(self.manifest), force=True, what="manifest")
         if self.reproduce is not None and not Path(self.reproduce).exists():
-            raise UsageError(f"{self.reproduce}: no such file or directory")
+            raise UsageError(no_such_path(self.reproduce))
         if self.roundtrip is not None:
             from ..formats import writer_for
 

@@ -28,9 +28,7 @@ COMMANDS = {"pack": ("hf-packed",), "unpack": ("hf-bf16",), "convert": tuple(OPT
 
 
 #: the options a command declares itself (everything else must be generated)
-OWN = {"--force", "--hash-sources", "--json", "--help"}
-
-
+OWN = {"--force", "--hash-sources", "--json", "--quiet", "--help"}
 OWN_OF = {"pack": OWN, "unpack": OWN, "convert": OWN | {"--to", "--push-to"}}
 
 

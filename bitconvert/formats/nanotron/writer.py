@@ -164,6 +164,9 @@ def _flavor_and_rope(ckpt: Checkpoint, opts: NanotronOptions) -> tuple[Flavor, b
 def _lossy_refused(ckpt: Checkpoint, flavor: Flavor, lost: list[str]) -> CheckpointError:
     """The one-line refusal of a lossy conversion, naming a flavor that would hold the model whole, if any."""
     whole = next((f.name for f in FLAVORS.values() if f is not flavor and not losses(ckpt.config, f)), None)
+    source = ckpt.facts.nanotron
+    if whole is None and source is not None and source.flavor in FLAVORS and source.flavor != flavor.name:
+        whole = f"{source.flavor} (SRC's own, which loses nothing more)"
     return CheckpointError(
         ckpt.path,
         f"--nanotron-flavor {flavor.name} would lose {'; '.join(lost)}. Pass --allow-lossy to convert anyway"
@@ -188,9 +191,11 @@ def _resolve(ckpt: Checkpoint, opts: NanotronOptions) -> _Plan:
     specs = param_specs(cfg, vocab_rows, ModelLayout(flavor.mlp, flavor.decoder_norms))
     _check_tensor_parallel(cfg, specs, tp)
     lost = losses(cfg, flavor)  # after the usage errors: a bad option is reported as such first
-    if lost and not opts.allow_lossy:
+    # a reshard into SRC's own flavor loses nothing SRC still had: what the flavor cannot hold, SRC lacks already
+    inherited = ckpt.facts.nanotron is not None and ckpt.facts.nanotron.flavor == flavor.name
+    if lost and not opts.allow_lossy and not inherited:
         raise _lossy_refused(ckpt, flavor, lost)
-    return _Plan(flavor, tp, opts.dtype or ckpt.model_dtype(), rope, version, vocab_rows, specs, lost)
+    return _Plan(flavor, tp, opts.dtype or ckpt.model_dtype(), rope, version, vocab_rows, specs, lost, inherited)
 
 
 @dataclass
@@ -203,6 +208,8 @@ class _Plan:
     vocab_rows: int
     specs: list[ParamSpec]
     lost: list[str]
+    #: the losses are SRC's own: SRC is a checkpoint of this flavor (a reshard)
+    inherited: bool = False
 
 
 class NanotronWriter:
@@ -253,8 +260,8 @@ class NanotronWriter:
     def _write_kept(ckpt: Checkpoint, plan: _Plan, out: Path, report: WriteReport) -> list[str]:
         """Tensors the flavor's model has no parameter for, beside the model where Nanotron never looks.
 
-        Only reached with --allow-lossy. Nanotron neither loads nor saves them; they let bitconvert
-        give the source back exactly from this very checkpoint.
+        Only reached with --allow-lossy, or in a reshard of a checkpoint written so. Nanotron neither
+        loads nor saves them; they let bitconvert give the source back exactly from this very checkpoint.
         """
         names = unplaced_tensors(ckpt.config, plan.specs)
         if not names:
@@ -284,7 +291,8 @@ class NanotronWriter:
                 f"{len(approx.results)} ternary weights approximated for Nanotron's per-(fused, per-rank) scale; "
                 f"worst relative error {approx.results[worst]['relative_error']:.3g} on {worst}"
             )
-        report.warnings += [f"lost in Nanotron ({plan.flavor.name}): {loss}" for loss in plan.lost]
+        already = f" (as in SRC, a {plan.flavor.name} checkpoint)" if plan.inherited else ""
+        report.warnings += [f"lost in Nanotron ({plan.flavor.name}): {loss}{already}" for loss in plan.lost]
 
     @staticmethod
     def _refuse_early(ckpt: Checkpoint, opts: NanotronOptions) -> None:
