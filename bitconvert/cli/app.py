@@ -11,10 +11,19 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from . import convert, runtime, upload, verify
+from . import coercion, convert, runtime, upload, verify
 from .common import guarded, out, state
 
-app = typer.Typer(
+class _App(typer.Typer):
+    """The Typer app, its parameters read without pydantic (see :mod:`.coercion`)."""
+
+    def __call__(self, *args, **kwargs):
+        command = typer.main.get_command(self)
+        coercion.install(command)
+        return command(*args, **kwargs)
+
+
+app = _App(
     name="bitconvert",
     help="Convert, verify and run BitNet b1.58 (ternary) checkpoints.",
     no_args_is_help=True,

@@ -12,7 +12,6 @@ from ..errors import CheckpointError, UsageError
 from ..hub.errors import HubError, hub_errors
 from ..hub.source import PICKLE_SUFFIXES, SourceRef, check_repo_id, resolve_source
 from ..io.provenance import sha256_file, visible_files
-from ..model.checkpoint import Kind
 from ..secrets import one_line, scrub_secrets
 
 CARD_NAME = "README.md"
@@ -244,6 +243,7 @@ def _choose_card(
 
 
 def _generated_card(source: SourceRef, ckpt, repo_id: str, files: list[PlannedFile]) -> str:
+    from ..model.checkpoint import Kind  # numpy: only once there is a checkpoint (a refusal costs none)
     from .card import CardInput, render_card
 
     # what the source records of its own origin, as its reader found it (no second parse of the file)

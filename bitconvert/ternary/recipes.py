@@ -16,23 +16,23 @@ the settings it forces, and :func:`check_recipe` is the one place a request is r
 - ``bitnet.cpp`` (``convert-hf-to-gguf-bitnet.py``): the same fold; its I2_S quantizer keeps the
   first non-zero magnitude as one fp32 scale per tensor (fp16-rounded for fp16 masters, 1bitLLM).
 
-Pure functions on numpy values: no files, no printing.
+The records are data (importing them loads no numpy); the producers' arithmetic is in
+:mod:`.producers`, pure functions on numpy values. No files, no printing.
 """
 
 from __future__ import annotations
 
 import enum
+import importlib
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import numpy as np
-
-from ..dtypes import Dense, f32_to_bf16, bf16_to_f32
 from ..errors import UsageError
 from .linear_class import LinearClass
-from .quantize import MEAN_ABS_FLOOR, NonFiniteWeight, first_non_finite, mean_abs, quantize
-from .scale import Scale
-from .weight import TernaryWeight
+
+if TYPE_CHECKING:
+    from ..dtypes import Dense
+    from .weight import TernaryWeight
 
 
 class Recipe(str, enum.Enum):
@@ -43,57 +43,18 @@ class Recipe(str, enum.Enum):
 
 
 #: ``(latent weight, linear_class, scale dtype name) -> TernaryWeight``
-Quantizer = Callable[[Dense, LinearClass, str], TernaryWeight]
+Quantizer = Callable[["Dense", LinearClass, str], "TernaryWeight"]
+
+#: the producers' arithmetic, in numpy (:mod:`.producers`): imported when a weight is quantized, so
+#: that reading or refusing a ``--recipe`` costs no numpy
+_PRODUCERS = f"{__package__}.producers"
+_FROM_PRODUCERS = ("onebitllms_quantize", "converter_fold", "tq_block_d")
 
 
-def onebitllms_quantize(weight: Dense, linear_class: LinearClass = LinearClass.BITLINEAR, scale_dtype: str = "BF16") -> TernaryWeight:
-    """onebitllms' ``_weight_quant`` on the master cast to bf16: every step rounded in bf16.
-
-    torch takes a bf16 tensor's mean as the float32 sum of its float32 values divided in float32,
-    then rounded to bf16; ``1 / mean`` and each ``w * s`` are float32 operations rounded to bf16.
-    """
-    w = weight.to("BF16")
-    mean = bf16_to_f32(f32_to_bf16(np.array([mean_abs(w)], dtype=np.float32)))[0]
-    mean = max(mean, bf16_to_f32(f32_to_bf16(np.array([MEAN_ABS_FLOOR])))[0])
-    with np.errstate(divide="ignore", over="ignore"):
-        inv = bf16_to_f32(f32_to_bf16(np.array([np.float32(1.0) / mean], dtype=np.float32)))[0]
-    codes = np.empty(w.shape, dtype=np.int8)
-    flat, out = w.data.reshape(-1), codes.reshape(-1)
-    step = 1 << 16
-    with np.errstate(over="ignore", invalid="ignore"):
-        for a in range(0, flat.size, step):
-            product = bf16_to_f32(f32_to_bf16(bf16_to_f32(flat[a : a + step]) * inv))
-            out[a : a + step] = np.clip(np.rint(product), -1, 1)
-    inv_word = int(f32_to_bf16(np.array([inv], dtype=np.float32))[0])
-    return TernaryWeight(codes, Scale("BF16", inv_word.to_bytes(2, "little"), LinearClass.BITLINEAR))
-
-
-def converter_fold(weight: Dense, linear_class: LinearClass = LinearClass.AUTOBITLINEAR, scale_dtype: str = "F32") -> TernaryWeight:
-    """The codes and folded magnitude ``t / s`` that llama.cpp's and bitnet.cpp's converters compute.
-
-    Both converters turn a bf16 tensor into fp32 before their ``weight_quant``, which returns the
-    folded floats in the dtype it was given: the magnitude is ``1 / (1/mean)`` in fp32, then
-    rounded once more to fp16 for an fp16 master.
-    """
-    dtype = "F16" if weight.dtype_name == "F16" else "F32"
-    tw = quantize(weight, LinearClass.BITLINEAR, "F32")  # codes, and s = 1/mean in fp32
-    with np.errstate(divide="ignore", over="ignore"):
-        magnitude = np.float32(1.0) / np.float32(tw.scale.item())
-    return TernaryWeight(tw.codes, Scale.of(float(magnitude), LinearClass.AUTOBITLINEAR, dtype))
-
-
-def tq_block_d(codes: np.ndarray, magnitude: float, block: int) -> np.ndarray:
-    """ggml's per-block fp16 ``d = max|x|`` of folded values ``codes x magnitude``, ``[rows, cols/block]``.
-
-    A block of zeros has ``d = 0``; every other block has the magnitude rounded to fp16.
-    """
-    rows, cols = codes.shape
-    used = (codes.reshape(rows, cols // block, block) != 0).any(-1)
-    return np.where(used, np.float16(np.float32(magnitude)), np.float16(0))
-
-
-def _transformers(weight: Dense, linear_class: LinearClass, scale_dtype: str) -> TernaryWeight:
-    return quantize(weight, linear_class, scale_dtype)
+def __getattr__(name: str) -> Any:
+    if name in _FROM_PRODUCERS:
+        return getattr(importlib.import_module(_PRODUCERS), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -102,7 +63,8 @@ class RecipeRecord:
 
     recipe: Recipe
     producer: str
-    quantize: Quantizer
+    #: the quantizer's name in :mod:`.producers`
+    quantizer: str
     #: output format -> the GGUF types it writes there (None: every type the format takes)
     writes: dict[str, tuple[str, ...] | None]
     #: writer settings the producer always uses: option name -> (the value, in words for a refusal)
@@ -113,6 +75,10 @@ class RecipeRecord:
     config_keys: Callable[[tuple[str, ...]], dict[str, Any]] | None = None
     #: the README's words on its arithmetic, rounding and stored scale
     arithmetic: str = ""
+
+    @property
+    def quantize(self) -> Quantizer:
+        return getattr(importlib.import_module(_PRODUCERS), self.quantizer)
 
 
 def _onebitllms_config(not_converted: tuple[str, ...]) -> dict[str, Any]:
@@ -131,22 +97,22 @@ RECIPES: dict[Recipe, RecipeRecord] = {
     r.recipe: r
     for r in (
         RecipeRecord(
-            Recipe.TRANSFORMERS, "transformers' WeightQuant", _transformers, {"hf-packed": None, "gguf": None},
+            Recipe.TRANSFORMERS, "transformers' WeightQuant", "transformers_quantize", {"hf-packed": None, "gguf": None},
             arithmetic="fp32 on the master's values, round half to even; scale per --linear-class and --scale-dtype",
         ),
         RecipeRecord(
-            Recipe.ONEBITLLMS, "onebitllms 0.0.4 quantize_to_1bit", onebitllms_quantize, {"hf-packed": None},
+            Recipe.ONEBITLLMS, "onebitllms 0.0.4 quantize_to_1bit", "onebitllms_quantize", {"hf-packed": None},
             forces={"linear_class": (LinearClass.BITLINEAR, "bitlinear (1/mean|W|)"), "scale_dtype": ("BF16", "bf16 scales")},
             config_keys=_onebitllms_config,
             arithmetic="master cast to bf16; 1/mean|W| and W*s rounded to bf16; 1/mean|W| stored in bf16",
         ),
         RecipeRecord(
-            Recipe.LLAMA_CPP, "llama.cpp convert_hf_to_gguf.py", converter_fold, {"gguf": ("tq1_0", "tq2_0")},
+            Recipe.LLAMA_CPP, "llama.cpp convert_hf_to_gguf.py", "converter_fold", {"gguf": ("tq1_0", "tq2_0")},
             gguf_scale_mode="blocks",
             arithmetic="fp32 absmean, codes folded to t/s in the master dtype; fp16 d = max|x| per block",
         ),
         RecipeRecord(
-            Recipe.BITNET_CPP, "bitnet.cpp convert-hf-to-gguf-bitnet.py", converter_fold, {"gguf": ("i2_s",)},
+            Recipe.BITNET_CPP, "bitnet.cpp convert-hf-to-gguf-bitnet.py", "converter_fold", {"gguf": ("i2_s",)},
             arithmetic="fp32 absmean, codes folded to t/s in the master dtype; one fp32 scale per tensor",
         ),
     )
@@ -191,6 +157,8 @@ def recipe_quantizer(recipe: Recipe) -> Quantizer:
     quantizer = RECIPES[recipe].quantize
     if recipe is Recipe.TRANSFORMERS:
         return quantizer
+
+    from .quantize import NonFiniteWeight, first_non_finite
 
     def checked(weight: Dense, linear_class: LinearClass, scale_dtype: str) -> TernaryWeight:
         if (found := first_non_finite(weight)) is not None:

@@ -64,7 +64,6 @@ def scale_mode(wtype: GGMLType, arch: str, recipe: Recipe = Recipe.TRANSFORMERS)
 
 class GGUFWriter:
     name = NAME
-    writes_directory = False
     Options = GGUFOptions
 
     def write(self, ckpt: Checkpoint, out: Path, options: GGUFOptions, progress: Progress) -> WriteReport:

@@ -31,7 +31,6 @@ def _recorded_scales(ckpt: Checkpoint, names: list[str]) -> dict[str, list[str]]
 
 class HFBF16Writer:
     name = NAME
-    writes_directory = True
     Options = HFBF16Options
 
     def write(self, ckpt: Checkpoint, out: Path, options: HFBF16Options, progress: Progress) -> WriteReport:

@@ -36,7 +36,6 @@ def _packed(entry: TensorEntry, linear_class: LinearClass, options: HFPackedOpti
 
 class HFPackedWriter:
     name = NAME
-    writes_directory = True
     Options = HFPackedOptions
 
     def write(self, ckpt: Checkpoint, out: Path, options: HFPackedOptions, progress: Progress) -> WriteReport:

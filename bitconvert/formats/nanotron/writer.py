@@ -207,7 +207,6 @@ class _Plan:
 
 class NanotronWriter:
     name = NAME
-    writes_directory = True
     Options = NanotronOptions
 
     def write(self, ckpt: Checkpoint, out: Path, options: NanotronOptions, progress: Progress) -> WriteReport:
