@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +84,7 @@ def convert(
     check_paths(src, dst, force, directory=directory)
     writer = writer_for(to)
     ckpt = open_checkpoint(src, src_format)
+    _compile_ahead(ckpt, writer.kernels)
     if source.repo_id is not None:  # writers that name the model or its origin (GGUF) read these
         ckpt.origin.model_name = source.repo_id.split("/")[-1]
         ckpt.origin.source_repo = source.repo_id
@@ -111,3 +113,15 @@ def convert(
         report.files = [dst.name]  # the writer only saw the staging path
     report.warnings[:0] = [f"source: {w}" for w in ckpt.warnings]
     return ConvertResult(shown_src, ckpt.format, str(dst), report, time.perf_counter() - start, list(ckpt.notes))
+
+
+def _compile_ahead(ckpt, kernels: tuple[str, ...]) -> None:
+    """Where the writer will quantize large master weights, its compiled loops are compiled (or
+    loaded from numba's cache) in the background while the headers are planned and the first
+    tensors copied, so that the first conversion after installing waits for the compiler as
+    little as the next one."""
+    from .model.checkpoint import Kind
+    from .ternary.fast import jit
+
+    if any(e.kind is Kind.LATENT and math.prod(e.shape) >= jit.MIN_VALUES for e in ckpt.tensors.values()):
+        jit.prepare(*kernels)

@@ -51,6 +51,8 @@ class Writer(Protocol):
     name: str
     #: the frozen dataclass of this writer's options (see formats/options.py)
     Options: type
+    #: the compiled loops (``ternary.fast.jit``) it runs when it quantizes a master, compiled ahead
+    kernels: tuple[str, ...]
 
     def write(self, ckpt: Checkpoint, out: Path, options: Any, progress: Progress) -> WriteReport: ...
 

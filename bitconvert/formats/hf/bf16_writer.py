@@ -32,6 +32,8 @@ def _recorded_scales(ckpt: Checkpoint, names: list[str]) -> dict[str, list[str]]
 class HFBF16Writer:
     name = NAME
     Options = HFBF16Options
+    #: the compiled loops quantizing a master runs (see convert: compiled ahead)
+    kernels = ("block_abs_sums", "codes_flat")
 
     def write(self, ckpt: Checkpoint, out: Path, options: HFBF16Options, progress: Progress) -> WriteReport:
         cfg = ckpt.config

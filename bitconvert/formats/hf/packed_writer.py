@@ -37,6 +37,8 @@ def _packed(entry: TensorEntry, linear_class: LinearClass, options: HFPackedOpti
 class HFPackedWriter:
     name = NAME
     Options = HFPackedOptions
+    #: the compiled loops quantizing and packing a bf16 master runs (see convert: compiled ahead)
+    kernels = ("block_abs_sums", "pack_rows")
 
     def write(self, ckpt: Checkpoint, out: Path, options: HFPackedOptions, progress: Progress) -> WriteReport:
         cfg = ckpt.config

@@ -208,6 +208,8 @@ class _Plan:
 class NanotronWriter:
     name = NAME
     Options = NanotronOptions
+    #: the compiled loops quantizing a master runs (see convert: compiled ahead)
+    kernels = ("block_abs_sums", "codes_flat")
 
     def write(self, ckpt: Checkpoint, out: Path, options: NanotronOptions, progress: Progress) -> WriteReport:
         plan = _resolve(ckpt, options)
