@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
+from ..io.pipeline import return_freed_blocks
 from . import coercion, convert, runtime, upload, verify
 from .common import guarded, out, state
 
@@ -71,6 +72,7 @@ def main() -> None:
     would add up to a second to every run. Exit handlers still run and output is flushed, then the
     process ends with the command's exit code. For use inside another program, call ``app``.
     """
+    return_freed_blocks()  # a streaming conversion's memory stays its pipeline's (see there)
     try:
         app()
     except SystemExit as exc:

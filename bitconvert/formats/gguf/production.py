@@ -16,7 +16,17 @@ import numpy as np
 
 from ...dtypes import Dense, float_bits
 from ...errors import CheckpointError
-from ...model.checkpoint import Checkpoint, TensorEntry, Value, as_dense, entry_as_ternary, quantizing
+from ...model.checkpoint import (
+    ROW_BLOCK_VALUES,
+    Checkpoint,
+    TensorEntry,
+    Value,
+    as_dense,
+    dense_rows,
+    dense_rows_known,
+    entry_as_ternary,
+    quantizing,
+)
 from ...ternary import LinearClass, Scale, TernaryWeight, recover_ternary
 from ...ternary.fast.bf16_codes import bf16_code_rows
 from ...ternary.quantize import bf16_scale_threshold
@@ -25,7 +35,7 @@ from . import i2s_layouts, names, types
 from .plan import Plan, TensorPlan
 from .types import GGMLType
 
-DENSE_SLAB = 1 << 22  # values converted per piece when writing a float tensor
+DENSE_SLAB = ROW_BLOCK_VALUES  # values converted per piece when writing a float tensor
 _CHECK_STEP = 1 << 18  # values overflow-checked at a time: stays in cache
 _BF16_F16_OVERFLOW = 0x4780  # |bf16 bits| from here (65536) to inf round past F16's largest finite value
 _BF16_INF = 0x7F80
@@ -78,6 +88,8 @@ class Producer:
         entry = self.ckpt.tensors[p.hf]
         if p.role != "dense":
             return _ternary(p, self.plan, entry, entry.load())
+        if not p.heads and len(entry.shape) == 2 and dense_rows_known(entry):  # read block by block
+            return Made(_dense_slab(dense_rows(entry, piece.start, piece.stop), types.TYPES[p.tensor.type], entry))
         if piece.start == 0:
             value = entry.load()
             w = value if isinstance(value, Dense) else as_dense(value, "F32")

@@ -145,6 +145,21 @@ class _TensorSource:
 
     # --- the values -----------------------------------------------------------------------------
 
+    def streams_rows(self) -> bool:
+        """Whether :meth:`rows` can read this tensor: float rows as :meth:`load` gives them (no row
+        order to undo, no ``.scale`` to apply)."""
+        t = self.info
+        return t.ggml.kind == "float" and self.scale is None and not self.heads and len(t.shape) == 2
+
+    def rows(self, start: int, stop: int) -> Dense:
+        """Rows ``start:stop`` of a float tensor, read on their own (see TensorEntry.rows)."""
+        t = self.info
+        if not 0 <= start <= stop <= t.shape[0]:
+            raise ValueError(f"rows {start}:{stop} outside tensor {t.name} of {t.shape[0]} rows")
+        row_bytes = t.ggml.nbytes(t.shape[1:])
+        raw = self.f.read_bytes(t.name, start * row_bytes, (stop - start) * row_bytes)
+        return t.ggml.decode_values(raw, (stop - start, *t.shape[1:]))
+
     def load(self) -> Value:
         if self.info.ggml.kind == "ternary":
             return self._load_codes()
@@ -275,7 +290,7 @@ def _entry(
     label = _stored_label(t, scale, f"{layout[0]} layout" + ("" if layout[1] else " assumed"))
     return TensorEntry(
         hf, expected, kind, dtype, str(f.path), src.load, src.stored, label,
-        record=record if kind is Kind.LATENT else None,
+        record=record if kind is Kind.LATENT else None, rows=src.rows if src.streams_rows() else None,
     )  # fmt: skip
 
 
