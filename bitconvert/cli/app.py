@@ -15,6 +15,7 @@ from ..io.pipeline import return_freed_blocks
 from . import coercion, convert, runtime, upload, verify
 from .common import guarded, out, state
 
+
 class _App(typer.Typer):
     """The Typer app, its parameters read without pydantic (see :mod:`.coercion`)."""
 

@@ -49,6 +49,10 @@ def _convert(args: list, env: dict) -> None:
     assert proc.returncode == 0, proc.stderr
 
 
+def _args(to: list, master: Path, dst: Path) -> list:
+    return [to[0], master, dst, *to[1:]]
+
+
 def _compiled_in(cache: Path) -> set[str]:
     """The loops numba compiled into ``cache`` (its index files are named after them)."""
     return {p.name.split(".")[1].split("-")[0].lstrip("_") for p in cache.rglob("*.nbi")}
@@ -67,13 +71,12 @@ def test_first_run_compiles_what_the_job_runs_and_writes_the_same_bytes(master, 
     cache.mkdir()
     suffix = ".gguf" if "gguf" in to else ""
     outs = {run: tmp_path / f"{run}{suffix}" for run in ("first", "second", "numpy")}
-    cmd = lambda dst: [to[0], master, dst, *to[1:]]  # noqa: E731
-    _convert(cmd(outs["first"]), {"NUMBA_CACHE_DIR": str(cache)})
+    _convert(_args(to, master, outs["first"]), {"NUMBA_CACHE_DIR": str(cache)})
     assert _compiled_in(cache) == kernels  # only the loops this job runs
     stamps = {p: p.stat().st_mtime_ns for p in cache.rglob("*.nbi")}
-    _convert(cmd(outs["second"]), {"NUMBA_CACHE_DIR": str(cache)})
+    _convert(_args(to, master, outs["second"]), {"NUMBA_CACHE_DIR": str(cache)})
     assert {p: p.stat().st_mtime_ns for p in cache.rglob("*.nbi")} == stamps  # loaded, not compiled again
-    _convert(cmd(outs["numpy"]), {"BITCONVERT_NO_JIT": "1"})
+    _convert(_args(to, master, outs["numpy"]), {"BITCONVERT_NO_JIT": "1"})
     assert _digest(outs["first"]) == _digest(outs["second"]) == _digest(outs["numpy"])
 
 

@@ -18,9 +18,9 @@ from bitconvert.formats import open_checkpoint
 from bitconvert.formats.gguf import production
 from bitconvert.formats.hf import common
 from bitconvert.model.checkpoint import dense_rows, row_blocks
-from bitconvert.verify import VerifyRequest, run
+from bitconvert.verify import run
 
-WIDE = dict(hidden=1024, intermediate=1024, layers=1, heads=8, kv_heads=8)
+WIDE = {"hidden": 1024, "intermediate": 1024, "layers": 1, "heads": 8, "kv_heads": 8}
 
 
 @pytest.fixture(scope="module")
