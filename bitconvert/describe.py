@@ -56,7 +56,8 @@ def _bytes_on_disk(path: Path) -> int:
 
 
 def _gguf_figures(ckpt: Checkpoint) -> dict[str, Any]:
-    """A GGUF file's own architecture name (beside the model family) and its I2_S byte layout."""
+    """A GGUF file's own architecture name (beside the model family), its I2_S byte layout or TL kernel
+    configuration."""
     gguf = ckpt.facts.gguf
     if gguf is None:
         return {}
@@ -64,6 +65,9 @@ def _gguf_figures(ckpt: Checkpoint) -> dict[str, Any]:
     if gguf.i2s_layout is not None:
         # the layout (bitnet.cpp build) as recorded, or "... (assumed: not recorded)"
         out["i2s_layout"] = gguf.i2s_layout if gguf.i2s_layout_recorded else f"{gguf.i2s_layout} (assumed: not recorded)"
+    if gguf.kernel_config is not None:
+        # TL1/TL2: the kernel configuration the tiles come from, and whether recorded or given
+        out["kernel_config"] = gguf.kernel_config
     return out
 
 
@@ -95,11 +99,14 @@ def describe_checkpoint(path: str | Path, *, stats: bool = True, progress: Progr
             "rms_norm_eps": cfg.rms_norm_eps,
             "hidden_act": cfg.hidden_act,
             "tie_word_embeddings": cfg.tie_word_embeddings,
+            "task": cfg.family.task,
+            "sliding_window": cfg.sliding_window,
+            "layer_types": list(cfg.layer_types),
             "quantization": q.to_dict() if q else None,
         },
         "files": files,
         "bytes_on_disk": _bytes_on_disk(Path(ckpt.path)),
-        "side_files": [p.name for p in ckpt.side_files],
+        "side_files": list(ckpt.side_file_names()),
         "tensors": rows,
         "ternary_tensors": sum(1 for r in rows if r["role"] == "ternary linear"),
         "notes": ckpt.notes,

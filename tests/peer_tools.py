@@ -6,6 +6,7 @@ they are, in a subprocess, with only the additions recorded below.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -188,3 +189,177 @@ def _run(cmd: list[str], who: str) -> None:
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, check=False)
     if done.returncode:
         raise AssertionError(f"{who} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+
+
+# --- microsoft/BitNet gpu/: the W2A8 checkpoint ---------------------------------------------------
+
+#: gpu/convert_safetensors.py then gpu/convert_checkpoint.py, both run as they are, with:
+#: G1 convert_safetensors knows only transformer_configs["2B"] (30 layers): an entry with the test
+#:    master's sizes is added and its convert_back called with the arguments its __main__ passes;
+#: G2 convert_checkpoint imports gpu/model.py, which imports xformers (CUDA only; not installable
+#:    here) and loads bitnet_kernels/libbitnet.so (a CUDA build) with ctypes.CDLL at import: modules
+#:    standing in for xformers.ops / xformers.ops.fmha.attn_bias (names only, unusable), and a CDLL
+#:    that returns a dummy for that one library; nothing of either is called by the conversion;
+#: G3 only when the master's widths are not 2B-4T's: model.ModelArgs() (whose defaults are 2B-4T's,
+#:    and which convert_checkpoint uses to split wqkv and w13) built with the master's widths.
+GPU_DRIVER = r"""
+import ctypes, json, runpy, sys, types
+gpu, safetensors_file, out_dir, sizes = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+sys.path.insert(0, gpu)
+import convert_safetensors
+convert_safetensors.transformer_configs["bitconvert"] = sizes["convert_safetensors"]  # G1
+convert_safetensors.convert_back(safetensors_path=safetensors_file, output_file=out_dir + "/model_state.pt",
+                                 model_name="bitconvert")
+
+class _Unusable:
+    def __init__(self, *a, **k):
+        raise RuntimeError("xformers stand-in")
+
+ops, fmha, attn_bias = (types.ModuleType(n) for n in ("xformers.ops", "xformers.ops.fmha", "xformers.ops.fmha.attn_bias"))
+ops.RMSNorm = ops.rope_padded = attn_bias.BlockDiagonalCausalWithOffsetPaddedKeysMask = _Unusable  # G2
+ops.fmha, fmha.attn_bias = fmha, attn_bias
+sys.modules.update({"xformers": types.ModuleType("xformers"), "xformers.ops": ops, "xformers.ops.fmha": fmha,
+                    "xformers.ops.fmha.attn_bias": attn_bias})
+_cdll = ctypes.CDLL
+ctypes.CDLL = lambda name, *a, **k: types.SimpleNamespace() if str(name).endswith("libbitnet.so") else _cdll(name, *a, **k)
+import model
+if sizes["model_args"] != {k: getattr(model.ModelArgs(), k) for k in sizes["model_args"]}:
+    defaults = model.ModelArgs
+    model.ModelArgs = lambda: defaults(**sizes["model_args"])  # G3
+sys.argv = ["convert_checkpoint.py", "--input", out_dir + "/model_state.pt"]
+runpy.run_path(gpu + "/convert_checkpoint.py", run_name="__main__")
+"""
+
+
+def run_gpu_converter(master: Path, out: Path) -> Path:
+    """microsoft/BitNet's W2A8 files of a BitNetForCausalLM bf16 master, in ``out`` (the
+    intermediate model_state.pt removed, as gpu/README.md does)."""
+    gpu = BITNET / "gpu"
+    if not (gpu / "convert_checkpoint.py").is_file():
+        pytest.skip(f"microsoft/BitNet's gpu/ converter not found at {gpu}")
+    pytest.importorskip("einops", reason="gpu/convert_safetensors.py imports einops")
+    c = json.loads((master / "config.json").read_text())
+    sizes = {
+        "convert_safetensors": dict(n_layer=c["num_hidden_layers"], n_head=c["num_attention_heads"], dim=c["hidden_size"],
+                                    vocab_size=c["vocab_size"], n_local_heads=c["num_key_value_heads"],
+                                    intermediate_size=c["intermediate_size"]),
+        # what convert_checkpoint reads of ModelArgs (it splits wqkv and w13 with them)
+        "model_args": dict(dim=c["hidden_size"], n_heads=c["num_attention_heads"], n_kv_heads=c["num_key_value_heads"],
+                           ffn_dim=c["intermediate_size"]),
+    }  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    driver = out.parent / "gpu_driver.py"
+    driver.write_text(GPU_DRIVER, encoding="utf-8")
+    _run([sys.executable, str(driver), str(gpu), str(master / "model.safetensors"), str(out), json.dumps(sizes)],
+         "microsoft/BitNet's gpu/ converter")  # fmt: skip
+    (out / "model_state.pt").unlink()
+    return out
+
+
+#: gpu/model.py imported with G2's stand-ins, plus G4: xformers.ops.RMSNorm as a module holding a
+#: ``weight`` of its size (what load_state_dict needs of it; it is never run). Builds the model for
+#: each file (BitLinearKernel layers for model_state_int2.pt, BitLinear for model_state_fp16.pt)
+#: and loads the file with strict=True; prints what it loaded.
+GPU_MODEL_DRIVER = r"""
+import ctypes, json, sys, types
+import torch
+gpu, folder, args = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+sys.path.insert(0, gpu)
+
+class RMSNorm(torch.nn.Module):  # G4
+    def __init__(self, dim, eps=1e-6, include_weight=True):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(dim))
+
+class _Unusable:
+    def __init__(self, *a, **k):
+        raise RuntimeError("xformers stand-in")
+
+ops, fmha, attn_bias = (types.ModuleType(n) for n in ("xformers.ops", "xformers.ops.fmha", "xformers.ops.fmha.attn_bias"))
+ops.RMSNorm, ops.rope_padded, attn_bias.BlockDiagonalCausalWithOffsetPaddedKeysMask = RMSNorm, _Unusable, _Unusable
+ops.fmha, fmha.attn_bias = fmha, attn_bias
+sys.modules.update({"xformers": types.ModuleType("xformers"), "xformers.ops": ops, "xformers.ops.fmha": fmha,
+                    "xformers.ops.fmha.attn_bias": attn_bias})
+_cdll = ctypes.CDLL
+ctypes.CDLL = lambda name, *a, **k: types.SimpleNamespace() if str(name).endswith("libbitnet.so") else _cdll(name, *a, **k)
+import model
+report = {}
+for name, kernel in (("model_state_int2.pt", True), ("model_state_fp16.pt", False)):
+    m = model.Transformer(model.ModelArgs(**args, use_kernel=kernel))
+    state = torch.load(folder + "/" + name, weights_only=True)
+    m.load_state_dict(state, strict=True)
+    report[name] = {k: [str(v.dtype), list(v.shape)] for k, v in m.state_dict().items()}
+print(json.dumps(report))
+"""
+
+
+def load_in_gpu_model(folder: Path, config: dict) -> dict:
+    """Load both W2A8 files of ``folder`` into gpu/model.py's Transformer (strict); the loaded state's
+    dtypes and shapes per file."""
+    gpu = BITNET / "gpu"
+    if not (gpu / "model.py").is_file():
+        pytest.skip(f"microsoft/BitNet's gpu/model.py not found at {gpu}")
+    args = dict(dim=config["hidden_size"], n_layers=config["num_hidden_layers"], n_heads=config["num_attention_heads"],
+                n_kv_heads=config["num_key_value_heads"], vocab_size=config["vocab_size"],
+                ffn_dim=config["intermediate_size"])  # fmt: skip
+    driver = folder.parent / "gpu_model_driver.py"
+    driver.write_text(GPU_MODEL_DRIVER, encoding="utf-8")
+    env = dict(os.environ, PYTHONPATH="")
+    done = subprocess.run([sys.executable, str(driver), str(gpu), str(folder), json.dumps(args)], capture_output=True,
+                          text=True, timeout=600, env=env, cwd=folder, check=False)  # fmt: skip
+    if done.returncode:
+        raise AssertionError(f"gpu/model.py could not load {folder}:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+#: bitnet.cpp's embedding converter (``utils/convert-bitnet-embedding-to-gguf.py``) imports gguf-py;
+#: this directory's llama.cpp gguf-py runs it with these additions only:
+#: 1. gguf-py itself first on sys.path (the converter looks for ``utils/gguf-py``, which BitNet lacks);
+#: 2. the I2_S type id 36 (bitnet.cpp's fork of ggml; upstream has no type 36);
+#: 3. GGML_QUANT_SIZES[I2_S] = (1, 1): the converter passes the weight's value shape with its uint8
+#:    bytes, and only (1, 1) leaves that shape unchanged (the byte count comes from the buffer);
+#: 4. where its pre-tokenizer table does not know the tokenizer's hash (every test tokenizer: the
+#:    table holds the published ones'), the pre-tokenizer is named instead of raising ("qwen2" for
+#:    the Qwen3 split regex). Known hashes keep their answer; the Gemma3 path never asks.
+#: Values, layout, tensor order and every other key are the converter's own.
+BITNET_EMBEDDING_DRIVER = r"""
+import enum, importlib.util, sys
+sys.path.insert(0, {gguf_py!r})
+import gguf
+from gguf import constants as k
+members = {{m.name: m.value for m in k.GGMLQuantizationType}}
+members["I2_S"] = 36
+k.GGMLQuantizationType = gguf.GGMLQuantizationType = enum.IntEnum("GGMLQuantizationType", members)
+k.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.I2_S] = (1, 1)
+spec = importlib.util.spec_from_file_location("bitnet_embedding_converter", {script!r})
+conv = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(conv)
+known = conv.get_vocab_base_pre
+def named(tokenizer, arch):
+    try:
+        return known(tokenizer, arch)
+    except NotImplementedError:
+        if {pre!r} is None:
+            raise
+        return {pre!r}
+conv.get_vocab_base_pre = named
+sys.argv = ["convert-bitnet-embedding-to-gguf.py", *sys.argv[1:]]
+conv.main()
+"""
+BITNET_EMBEDDING_CONVERTER = BITNET / "utils" / "convert-bitnet-embedding-to-gguf.py"
+
+
+def run_bitnet_embedding_converter(model: Path, out: Path, outtype: str = "i2_s", pre: str | None = "qwen2") -> Path:
+    """Microsoft's BitNet Embeddings converter on ``model`` (``--outtype i2_s|f16|f32``), into ``out``
+    (``pre=None``: without addition 4, an unknown pre-tokenizer fails as in the converter itself)."""
+    if not BITNET_EMBEDDING_CONVERTER.is_file():
+        pytest.skip(f"bitnet.cpp's embedding converter not found at {BITNET_EMBEDDING_CONVERTER}")
+    driver = out.parent / "bitnet_embedding_driver.py"
+    driver.write_text(
+        BITNET_EMBEDDING_DRIVER.format(gguf_py=str(LLAMA_CPP / "gguf-py"), script=str(BITNET_EMBEDDING_CONVERTER),
+                                       pre=pre),
+        encoding="utf-8",
+    )  # fmt: skip
+    cmd = [sys.executable, str(driver), str(model), "--outfile", str(out), "--outtype", outtype]
+    _run(cmd, "bitnet.cpp's embedding converter")
+    return out

@@ -103,8 +103,8 @@ def test_convert_help_lists_the_formats_and_gguf_types():
     r = run_cli("convert", "--help", env=WIDE)
     assert r.returncode == 0, r.stderr
     assert f"<{'|'.join(writer_names())}>" in r.stdout
-    assert "<tq2_0|tq1_0|i2_s|f16|bf16|f32>" in r.stdout
-    assert "<transformers|onebitllms|llama.cpp|bitnet.cpp>" in r.stdout
+    assert "<tq2_0|tq1_0|i2_s|tl1|tl2|f16|bf16|f32>" in r.stdout
+    assert "<transformers|onebitllms|llama.cpp|bitnet.cpp|bitnet-gpu>" in r.stdout
     assert "SRC" in r.stdout and "DST" in r.stdout
 
 

@@ -19,7 +19,7 @@ from bitconvert.convert import convert
 from bitconvert.errors import UsageError
 from bitconvert.formats import open_checkpoint
 from bitconvert.verify import CONSUMERS, verify_target
-from bitconvert.verify.consumer_checks import fused_error
+from bitconvert.verify.nanotron_checks import fused_error
 
 TOKENS = [315, 39, 276, 75, 78, 270, 257, 75, 67, 0, 220, 51, 261, 220, 80, 84]
 WIDE = {"hidden": 256, "intermediate": 512, "layers": 2, "heads": 4, "kv_heads": 2}  # TQ rows: multiples of 256

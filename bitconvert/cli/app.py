@@ -6,7 +6,8 @@ from __future__ import annotations
 import atexit
 import os
 import sys
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
@@ -61,8 +62,31 @@ def _root(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
+    kernel_config: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--kernel-config",
+            metavar="FILE",
+            help="Read TL1/TL2 GGUFs that record no kernel configuration "
+            "(bitnet.cpp's own) with this kernel_config.ini of the build that wrote them.",
+        ),
+    ] = None,
+    kernel_preset: Annotated[
+        Optional[str],
+        typer.Option(
+            "--kernel-preset",
+            metavar="NAME",
+            help="Read such files with one of bitnet.cpp's preset "
+            "kernel configurations (bitnet_b1_58-large, bitnet_b1_58-3B, Llama3-8B-1.58-100B-tokens).",
+        ),
+    ] = None,
 ) -> None:
     state["debug"] = debug
+    if kernel_config is not None or kernel_preset is not None:
+        # set for the command that follows, in this thread; the GGUF reader takes it when a file is opened
+        from ..formats.gguf.kernel_config import ASSUMED, KernelChoice
+
+        ASSUMED.set(KernelChoice(kernel_config, kernel_preset))
 
 
 def main() -> None:

@@ -50,6 +50,10 @@ def print_inspection(info: dict) -> None:
     )
     q = cfg["quantization"]
     out.print(f"quantization: {json.dumps(q) if q else 'none'}", highlight=False)
+    if info.get("kernel_config"):
+        out.print(f"TL kernel configuration: {info['kernel_config']}", highlight=False)
+    if info.get("i2s_layout"):
+        out.print(f"I2_S layout: {info['i2s_layout']}", highlight=False)
     out.print(f"{len(info['files'])} weight file(s), {info['bytes_on_disk']:,} bytes; side files: "
               f"{', '.join(info['side_files']) or 'none'}", highlight=False)
     table = Table()

@@ -67,6 +67,8 @@ WRITERS: dict[str, Writer] = {}
 # imports the readers only, which need no torch until a tensor is loaded. A test checks the table
 # against what the modules register.
 CATALOGUE: dict[str, tuple[str | None, str | None]] = {
+    # first: a folder of torch.save files with a config.json is this format's, not an HF directory
+    "bitnet-gpu": ("bitnet_gpu.reader", "bitnet_gpu.writer"),
     "hf-bf16": ("hf.bf16", "hf.bf16_writer"),
     "hf-packed": ("hf.packed", "hf.packed_writer"),
     "gguf": ("gguf.reader", "gguf.writer"),
@@ -77,6 +79,7 @@ CATALOGUE: dict[str, tuple[str | None, str | None]] = {
 # of the writer, so that the destination can be checked (and refused) before any writer, numpy or
 # gguf-py is imported. A test converts into every format and checks the table.
 OUTPUT_IS_DIRECTORY: dict[str, bool] = {
+    "bitnet-gpu": True,
     "hf-bf16": True,
     "hf-packed": True,
     "gguf": False,
@@ -87,6 +90,7 @@ OUTPUT_IS_DIRECTORY: dict[str, bool] = {
 # checkpoint imports only those readers (a GGUF file never loads the safetensors readers, nor an HF
 # folder gguf-py). Each is a necessary condition of its reader's own ``detect``, which decides.
 MAY_READ: dict[str, Callable[[Path], bool]] = {
+    "bitnet-gpu": lambda p: p.is_dir() and (p / "model_state_int2.pt").is_file(),
     "hf-bf16": lambda p: p.is_dir() and (p / "config.json").is_file(),
     "hf-packed": lambda p: p.is_dir() and (p / "config.json").is_file(),
     "gguf": lambda p: p.is_file(),
@@ -102,6 +106,7 @@ OPTIONS: dict[str, str] = {
     "hf-bf16": "hf.options:HFBF16Options",
     "gguf": "gguf.options:GGUFOptions",
     "nanotron": "nanotron.options:NanotronOptions",
+    "bitnet-gpu": "bitnet_gpu.options:BitnetGPUOptions",
 }
 
 
@@ -190,6 +195,7 @@ def options_for(fmt: str, given: Mapping[str, Any] | Any = None) -> Any:
 def detect_format(path: Path) -> str:
     if not path.exists():
         raise UsageError(f"{path}: no such file or directory")
+    # in CATALOGUE order (bitnet-gpu before the HF folders), whatever order the modules were imported in
     for name, (reader, _) in CATALOGUE.items():
         if reader and MAY_READ[name](path):
             _load(0, [name])

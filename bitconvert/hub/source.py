@@ -44,6 +44,8 @@ HF_SINGLE = "model.safetensors"
 # bitconvert_kept.safetensors: tensors a Nanotron flavor has no place for (formats/nanotron/config.py KEPT_FILE)
 NANOTRON_FILES = ("config.yaml", "model_config.json", "checkpoint_metadata.json", "bitconvert_kept.safetensors")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")  # as formats/hf/common.py (which imports torch)
+# microsoft/BitNet's W2A8 files (formats/bitnet_gpu/layout.py), read without unpickling beside a config.json
+BITNET_GPU_FILES = ("model_state_int2.pt", "model_state_fp16.pt")
 
 _NAME = r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?"
 _REPO_ID = re.compile(rf"{_NAME}/{_NAME}")
@@ -145,6 +147,8 @@ def _layout_files(paths: Iterable[str], prefix: str, ref: HubRef) -> tuple[str, 
     def side(name: str) -> bool:
         return name in HF_SIDE_FILES or any(fnmatch.fnmatch(name, g) for g in LICENSE_GLOBS)
 
+    if "config.json" in names and BITNET_GPU_FILES[0] in names:
+        return "bitnet-gpu", sorted(n for n in top if side(n) or n in BITNET_GPU_FILES)
     if "config.json" in names:
         if HF_INDEX in names:
             return "hf-index", sorted(n for n in top if side(n) or n == HF_INDEX)

@@ -221,9 +221,9 @@ def staged_output(dst: Path, *, directory: bool, force: bool) -> Iterator[Path]:
     remove_stale(dst)
     stem = f".{dst.name}.bitconvert-{owner_tag()}-{uuid.uuid4().hex[:8]}"
     tmp, old = dst.parent / f"{stem}.partial", dst.parent / f"{stem}.old"
-    if directory:
-        tmp.mkdir()
-    try:
+    try:  # created inside: a signal right after the folder appears still removes it
+        if directory:
+            tmp.mkdir()
         yield tmp
         _move_into_place(tmp, dst, old, force)
     except BaseException as exc:

@@ -3,6 +3,7 @@
 Public API:
 
 * :func:`unpack_ternary` -- packed HF layout to int8/bf16/fp16 codes.
+* :func:`unpack_w2a8` -- microsoft/BitNet's W2A8 GPU layout (``bitnet-gpu``) to int8 codes.
 * :func:`ternary_linear` -- fused W1.58A8 linear layer (GEMV for decode, GEMM for prefill).
 * :func:`prepare_weight` / :class:`PreparedTernaryWeight` -- the load-time form of a weight.
 * :func:`triton_available`, :func:`triton_unavailable_reason`, :func:`uses_triton` -- where the
@@ -13,7 +14,7 @@ Public API:
 from .backend import triton_available, triton_unavailable_reason, uses_triton
 from .layout import PreparedTernaryWeight, prepare_weight
 from .linear import GEMV_MAX_TOKENS, ternary_linear
-from .unpack import unpack_ternary
+from .unpack import unpack_ternary, unpack_w2a8
 
 __all__ = [
     "GEMV_MAX_TOKENS",
@@ -23,5 +24,6 @@ __all__ = [
     "triton_available",
     "triton_unavailable_reason",
     "unpack_ternary",
+    "unpack_w2a8",
     "uses_triton",
 ]

@@ -38,3 +38,25 @@ def unpack_ternary(
     out = torch.empty((packed.shape[0] * VALUES_PER_BYTE, packed.shape[1]), dtype=dtype, device=packed.device)
     launch_unpack(packed, out)
     return out
+
+
+def unpack_w2a8(packed: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Codes ``int8 [N, K]`` of a W2A8 int2 weight (microsoft/BitNet's GPU layout, ``bitnet-gpu``:
+    ``[N, K/4]`` bytes in 16 x 32 tiles), decoded by the addresses and shifts its CUDA kernel uses.
+
+    Runs the Triton kernel on CUDA, and on CPU when Triton was imported with ``TRITON_INTERPRET=1``;
+    otherwise the format's numpy decoder. A field holding 0 (never written) gives -2 in both.
+    """
+    if isinstance(packed, np.ndarray):
+        packed = torch.from_numpy(np.ascontiguousarray(packed))
+    if packed.dim() != 2 or packed.element_size() != 1 or packed.shape[0] % 16 or (packed.shape[1] * 4) % 32:
+        raise ValueError(f"a W2A8 weight is [N, K/4] bytes with N % 16 == 0 and K % 32 == 0, got {tuple(packed.shape)}")
+    if not uses_triton(packed.device):
+        from ..formats.bitnet_gpu.layout import decode_int2
+
+        return torch.from_numpy(decode_int2(packed.contiguous().view(torch.uint8).numpy()))
+    from .triton_w2a8 import launch_w2a8_unpack
+
+    out = torch.empty((packed.shape[0], packed.shape[1] * 4), dtype=torch.int8, device=packed.device)
+    launch_w2a8_unpack(packed, out)
+    return out

@@ -1,7 +1,7 @@
 """The canonical in-memory checkpoint: a config plus lazily loaded, named tensors, each of a declared kind.
 
 Every reader produces a :class:`Checkpoint`, every writer consumes one; they never meet. Tensor
-names are Hugging Face's (``model.layers.3.self_attn.q_proj.weight``) whatever the format. Each
+names are Hugging Face's (``model.layers.3.self_attn.q_proj.weight``, with the family's prefix) whatever the format. Each
 entry says what it is before anything is loaded (:class:`Kind`) and offers two views:
 
 - ``load()``: the value, in numpy: a :class:`~bitconvert.dtypes.Dense` for DENSE and LATENT
@@ -27,7 +27,7 @@ from ..dtypes import CONFIG_NAMES, FLOAT_NAMES, Dense
 from ..errors import CheckpointError
 from ..ternary.linear_class import LinearClass
 from .config import IGNORED_TENSOR_SUFFIXES, ModelConfig
-from .families import EMBEDDING
+from .families import EMBEDDING_ROLE
 
 if TYPE_CHECKING:
     import numpy as np
@@ -116,6 +116,10 @@ class GGUFFacts:
     #: the I2_S byte layout the reader used, and whether the file records it
     i2s_layout: str | None = None
     i2s_layout_recorded: bool = True
+    #: TL1/TL2: the kernel configuration the reader used, and whether recorded or given, in words
+    kernel_config: str | None = None
+    #: ``{arch}.pooling_type`` (llama.cpp's: 1 mean, 2 cls, 3 last token), where the file has one
+    pooling_type: int | None = None
 
 
 @dataclass
@@ -153,6 +157,8 @@ class Checkpoint:
     origin: Origin = field(default_factory=Origin)
     #: what the source evidently lost before bitconvert saw it (a reader's warnings; shown like a writer's)
     warnings: list[str] = field(default_factory=list)
+    #: the folder side files are named relative to, where it is not ``path`` (a GGUF's rebuilt ones)
+    side_root: Path | None = None
 
     def is_quantized_linear(self, name: str) -> bool:
         return name in self._quantized
@@ -171,7 +177,7 @@ class Checkpoint:
     def model_dtype(self) -> str:
         """The dtype a writer states for the model when not told otherwise: the declared one, else
         the embedding's, else bf16."""
-        embed = self.tensors.get(EMBEDDING)
+        embed = self.tensors.get(self.config.tensor_name(EMBEDDING_ROLE))
         if embed is not None and embed.kind is Kind.DENSE and embed.dtype_name in ("F16", "BF16", "F32"):
             return self.declared_dtype() or embed.dtype_name
         return self.declared_dtype() or "BF16"
@@ -194,9 +200,25 @@ class Checkpoint:
         q = self.config.quantization
         return q.linear_class if q else None
 
+    def side_folder(self) -> Path:
+        """The folder side files are named relative to."""
+        return self.side_root or self.path
+
+    def side_file_names(self) -> dict[str, Path]:
+        """The side files by their name relative to the checkpoint folder (``1_Pooling/config.json``)."""
+        return {side_file_name(p, self.side_folder()): p for p in self.side_files}
+
     def first_stored_ternary(self) -> str | None:
         """The first tensor the source holds as codes (a recipe never requantizes those), or None."""
         return next((n for n, e in self.tensors.items() if e.kind is Kind.TERNARY), None)
+
+
+def side_file_name(f: Path, root: Path) -> str:
+    """A side file's name relative to its checkpoint folder (``1_Pooling/config.json``), else its own name."""
+    try:
+        return f.relative_to(root).as_posix() if root.is_dir() else f.name
+    except ValueError:
+        return f.name
 
 
 def float_stored(data: np.ndarray, dtype_name: str) -> Stored:
@@ -300,6 +322,6 @@ def is_ignored_tensor(name: str) -> bool:
 
 __all__ = [
     "Checkpoint", "Facts", "GGUFFacts", "Kind", "NanotronFacts", "Origin", "Stored", "TensorEntry", "Value",
-    "FLOAT_NAMES", "as_dense", "check_tensor_set", "entry_as_ternary", "float_stored", "is_ignored_tensor", "load_recorded",
+    "FLOAT_NAMES", "as_dense", "check_tensor_set", "side_file_name", "entry_as_ternary", "float_stored", "is_ignored_tensor", "load_recorded",
     "quantizing",
 ]  # fmt: skip

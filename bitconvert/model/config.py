@@ -1,4 +1,11 @@
-"""Model configuration: dimensions, tying, RoPE, quantization config; tensor names from the family; config.json I/O."""
+"""Model configuration: dimensions, tying, RoPE, attention layout, quantization config; tensor names
+from the family; config.json I/O.
+
+Keys a config.json leaves out take the family record's transformers class defaults
+(``Family.config_defaults``: Qwen3's head_dim 128, Gemma3's rope bases and sliding window), else
+the values every BitNet family shares. Keys this model does not interpret stay in ``raw`` and are
+written back unchanged.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +21,15 @@ from ..io.files import read_regular
 from ..io.jsonfile import parse_json_text
 from ..io.values import flag, positive, text, token_ids, whole
 from ..ternary.linear_class import LinearClass
-from .families import EMBEDDING, FINAL_NORM, LM_HEAD, Family, detect_family
+from .config_keys import (
+    SLIDING_ATTENTION,
+    activation,
+    attention_layout,
+    optional_float,
+    rope_bases,
+    write_rope_bases,
+)
+from .families import EMBEDDING_ROLE, FINAL_NORM_ROLE, LM_HEAD_ROLE, Family, detect_family
 
 #: Upper bounds on what a config may declare, checked before any per-layer list is built. Far
 #: beyond real models (the deepest have a few hundred layers; GGUF stores these counts as u32),
@@ -25,6 +40,7 @@ MAX_DIM = 2**31 - 1
 
 #: Buffers some exporters save that carry no model state (recomputed from the config).
 IGNORED_TENSOR_SUFFIXES = (".rotary_emb.inv_freq",)
+
 
 
 class QuantMode(str, enum.Enum):
@@ -43,7 +59,7 @@ class QuantConfig:
     rms_norm_eps: float = 1e-6
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "QuantConfig":
+    def from_dict(cls, d: dict[str, Any]) -> QuantConfig:
         skip = d.get("modules_to_not_convert") or []
         if not isinstance(skip, list) or not all(isinstance(m, str) for m in skip):
             raise ValueError(f"quantization_config.modules_to_not_convert must be a list of names, got {skip!r:.80}")
@@ -86,6 +102,19 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
     quantization: QuantConfig | None = None
+    #: each layer's attention (FULL_ATTENTION / SLIDING_ATTENTION); empty: every layer full
+    layer_types: tuple[str, ...] = ()
+    #: tokens a sliding layer sees (itself and the window - 1 before it); None: no sliding layer
+    sliding_window: int | None = None
+    #: the RoPE base of sliding layers (Gemma3's rope_local_base_freq); None: rope_theta everywhere
+    rope_local_theta: float | None = None
+    #: attention scores are scaled by query_pre_attn_scalar^-0.5 (Gemma3); None: head_dim^-0.5
+    query_pre_attn_scalar: float | None = None
+    #: every token attends to every other (Gemma3's use_bidirectional_attention); else causal
+    bidirectional: bool = False
+    #: tanh soft-capping of attention scores / final logits (Gemma2-style); None: none
+    attn_logit_softcapping: float | None = None
+    final_logit_softcapping: float | None = None
     #: the source config.json as read, so keys this model does not interpret survive a conversion
     raw: dict[str, Any] = field(default_factory=dict)
     #: keys that appeared more than once in the source config.json (the last one wins, as in transformers)
@@ -104,9 +133,28 @@ class ModelConfig:
             "head_dim": self.head_dim,
         }
 
+    def tensor_name(self, role: str) -> str:
+        """The HF name of a global tensor (``families.EMBEDDING_ROLE`` ...) in this model's family."""
+        return self.family.global_name(role)
+
+    def layer_prefix(self, layer: int) -> str:
+        return self.family.layer_prefix(layer)
+
+    def norm_offsets(self) -> dict[str, float]:
+        """HF name -> the offset its norm adds to the stored gain (``NormSpec.offset``), where not 0."""
+        out = {
+            self.layer_prefix(i) + n.path + ".weight": n.offset
+            for i in range(self.num_hidden_layers)
+            for n in self.family.norms
+            if n.offset
+        }
+        if self.family.final_norm_offset:
+            out[self.tensor_name(FINAL_NORM_ROLE)] = self.family.final_norm_offset
+        return out
+
     def quantized_linear_names(self) -> list[str]:
         names = [
-            f"model.layers.{i}.{lin.path}.weight" for i in range(self.num_hidden_layers) for lin in self.family.linears
+            f"{self.layer_prefix(i)}{lin.path}.weight" for i in range(self.num_hidden_layers) for lin in self.family.linears
         ]
         skip = self.quantization.modules_to_not_convert if self.quantization else ()
         return [n for n in names if not any(n.startswith(m + ".") or n == m for m in skip)]
@@ -131,14 +179,14 @@ class ModelConfig:
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every tensor this config implies, with its logical (unpacked) shape, in HF naming."""
         d = self.dims()
-        shapes: dict[str, tuple[int, ...]] = {EMBEDDING: (d["vocab"], d["hidden"])}
+        shapes: dict[str, tuple[int, ...]] = {self.tensor_name(EMBEDDING_ROLE): (d["vocab"], d["hidden"])}
         for n in range(self.num_hidden_layers):
-            p = f"model.layers.{n}."
+            p = self.layer_prefix(n)
             for path, dims in self.family.layer_tensors():
                 shapes[p + path + ".weight"] = tuple(d[x] for x in dims)
-        shapes[FINAL_NORM] = (d["hidden"],)
+        shapes[self.tensor_name(FINAL_NORM_ROLE)] = (d["hidden"],)
         if not self.tie_word_embeddings:
-            shapes[LM_HEAD] = (d["vocab"], d["hidden"])
+            shapes[self.tensor_name(LM_HEAD_ROLE)] = (d["vocab"], d["hidden"])
         return shapes
 
     # --- consistency ----------------------------------------------------------------------------
@@ -159,43 +207,59 @@ class ModelConfig:
             out.append(f"num_key_value_heads must be positive, got {self.num_key_value_heads}")
         if self.head_dim <= 0 or self.head_dim % 2:
             out.append(f"head_dim must be a positive even number, got {self.head_dim}")
+        if self.layer_types and len(self.layer_types) != self.num_hidden_layers:
+            out.append(f"layer_types lists {len(self.layer_types)} layers, num_hidden_layers is {self.num_hidden_layers}")
         return out
+
+    @property
+    def hidden_act_key(self) -> str:
+        """The config.json key the family names its activation by (``hidden_act``; Gemma3 ``hidden_activation``)."""
+        return self.family.activation_keys[0]
 
     # --- HF config.json -------------------------------------------------------------------------
 
     @classmethod
-    def from_hf_dict(cls, d: dict[str, Any], path: str | Path = "config.json") -> "ModelConfig":
+    def from_hf_dict(cls, d: dict[str, Any], path: str | Path = "config.json") -> ModelConfig:
         try:
             family = detect_family_of(d)
             heads = whole(d, "num_attention_heads", MAX_DIM)
             hidden = whole(d, "hidden_size", MAX_DIM)
-            head_dim = whole(d, "head_dim", MAX_DIM, None)
+            head_dim = whole(d, "head_dim", MAX_DIM, family.default("head_dim"))
             if head_dim is None:
                 if hidden % heads:
                     raise ValueError(f"hidden_size {hidden} is not a multiple of num_attention_heads {heads}")
                 head_dim = hidden // heads
-            rope = d.get("rope_parameters") or {}
-            if not isinstance(rope, dict):
-                raise ValueError(f"rope_parameters must be an object, got {rope!r:.80}")
+            layers = whole(d, "num_hidden_layers", MAX_LAYERS)
+            theta, local_theta = rope_bases(d, family)
+            layer_types, window = attention_layout(d, family, layers)
             qc = d.get("quantization_config")
             cfg = cls(
                 family=family,
                 hidden_size=hidden,
                 intermediate_size=whole(d, "intermediate_size", MAX_DIM),
-                num_hidden_layers=whole(d, "num_hidden_layers", MAX_LAYERS),
+                num_hidden_layers=layers,
                 num_attention_heads=heads,
                 num_key_value_heads=whole(d, "num_key_value_heads", MAX_DIM, heads),
                 vocab_size=whole(d, "vocab_size", MAX_DIM),
-                max_position_embeddings=whole(d, "max_position_embeddings", 2**63 - 1, 2048),
+                max_position_embeddings=whole(
+                    d, "max_position_embeddings", 2**63 - 1, family.default("max_position_embeddings", 2048)
+                ),
                 rms_norm_eps=positive(d, "rms_norm_eps", 1e-6),
-                rope_theta=positive(d, "rope_theta", None) or positive(rope, "rope_theta", 10000.0),
+                rope_theta=theta,
                 # The shipped configs state tying explicitly; absent, transformers' class default applies.
                 tie_word_embeddings=flag(d, "tie_word_embeddings", family.tied_by_default),
-                hidden_act=text(d, "hidden_act", family.hidden_act),
+                hidden_act=activation(d, family),
                 head_dim=head_dim,
                 bos_token_id=token_ids(d, "bos_token_id", MAX_DIM, single=True),
                 eos_token_id=token_ids(d, "eos_token_id", MAX_DIM),
                 quantization=QuantConfig.from_dict(qc) if isinstance(qc, dict) else None,
+                layer_types=layer_types,
+                sliding_window=window,
+                rope_local_theta=local_theta if SLIDING_ATTENTION in layer_types else None,
+                query_pre_attn_scalar=optional_float(positive(d, "query_pre_attn_scalar", family.default("query_pre_attn_scalar"))),
+                bidirectional=flag(d, "use_bidirectional_attention", False),
+                attn_logit_softcapping=positive(d, "attn_logit_softcapping", None),
+                final_logit_softcapping=positive(d, "final_logit_softcapping", None),
                 raw=copy.deepcopy(d),
             )
         except CheckpointError:
@@ -226,15 +290,12 @@ class ModelConfig:
             max_position_embeddings=self.max_position_embeddings,
             rms_norm_eps=self.rms_norm_eps,
             tie_word_embeddings=self.tie_word_embeddings,
-            hidden_act=self.hidden_act,
             torch_dtype=dtype,
         )
+        d[self.hidden_act_key] = self.hidden_act
         if "dtype" in d:  # transformers 5 names it so; keep both keys saying the same
             d["dtype"] = dtype
-        if "rope_parameters" in d and isinstance(d["rope_parameters"], dict):
-            d["rope_parameters"]["rope_theta"] = self.rope_theta
-        else:
-            d["rope_theta"] = self.rope_theta
+        write_rope_bases(d, self.rope_theta, self.rope_local_theta)
         if self.head_dim != self.hidden_size // self.num_attention_heads or "head_dim" in d:
             d["head_dim"] = self.head_dim
         if self.bos_token_id is not None:

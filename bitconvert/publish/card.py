@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import __version__
-from ..formats.gguf.archs import ACTIVATION_WORDS, graph
-from ..model.families import FAMILIES, Family
+from ..formats.gguf.archs import ACTIVATION_WORDS, graph, tensors_unknown_to
+from ..model.families import CAUSAL_LM, EMBEDDING_TASK, FAMILIES, Family
+from ..model.sentence_transformers import EmbeddingSetup
 from ..verify.consumer_checks import family_name, foreign_sub_norms
 
 
@@ -25,6 +26,8 @@ class CardInput:
     #: how the ternary weights are stored, as the reader labels them (e.g. "U8 packed + BF16 scale", "I2_S")
     storage: list[str] = field(default_factory=list)
     linear_class: str | None = None  # autobitlinear | bitlinear, where known
+    #: an embedding model's sentence-transformers setup (pooling, normalisation, prompts), where it has one
+    embedding: EmbeddingSetup | None = None
 
 
 def _family(fmt: str) -> str:
@@ -38,6 +41,14 @@ def _family(fmt: str) -> str:
 
 
 LIBRARY = {"hf": "transformers", "gguf": "gguf", "nanotron": "nanotron"}
+#: the Hub's pipeline tag and extra tags by the family's task
+PIPELINE = {CAUSAL_LM: "text-generation", EMBEDDING_TASK: "feature-extraction"}
+TASK_TAGS = {CAUSAL_LM: [], EMBEDDING_TASK: ["sentence-transformers", "text-embeddings"]}
+
+
+def _task(card: CardInput) -> str:
+    family = FAMILIES.get(card.architecture)
+    return family.task if family is not None else CAUSAL_LM
 
 
 def front_matter(card: CardInput) -> str:
@@ -47,10 +58,10 @@ def front_matter(card: CardInput) -> str:
     prov = card.provenance or {}
     data = ModelCardData(
         library_name=LIBRARY.get(_family(card.format)),
-        tags=["bitnet", "1.58-bit", card.format],
+        tags=["bitnet", "1.58-bit", card.format, *TASK_TAGS[_task(card)]],
         base_model=prov.get("base_model") or None,
         license=prov.get("license") or None,
-        pipeline_tag="text-generation",
+        pipeline_tag=PIPELINE[_task(card)],
     )
     return data.to_yaml()
 
@@ -94,6 +105,8 @@ def _format_text(card: CardInput) -> str:
 def _loading(card: CardInput) -> str:
     fam, repo = _family(card.format), card.repo_id
     family = FAMILIES.get(card.architecture)
+    if family is not None and family.task == EMBEDDING_TASK:
+        return _embedding_loading(card, family)
     if fam == "hf":
         if family is not None and foreign_sub_norms(family):
             return (
@@ -118,6 +131,36 @@ def _loading(card: CardInput) -> str:
     if fam == "nanotron":
         return "With Nanotron's BitNet support (huggingface/nanotron PR #180), loading this directory.\n"
     return "With bitconvert (`bitconvert inspect`, `bitconvert convert`).\n"
+
+
+def _embedding_loading(card: CardInput, family: Family) -> str:
+    """Where an embedding model with per-projection input norms runs, and where it does not."""
+    unknown = tensors_unknown_to(family, family.gguf_arch)
+    norms = ", ".join(f"`{n.path}.weight`" for n in family.norms if n.gguf in unknown)
+    text = (
+        f"Every projection applies its own RMSNorm before quantizing its input ({norms or 'none'}). "
+        f"transformers and sentence-transformers load `{family.hf_architecture}` without those norms and compute "
+        "another model; upstream llama.cpp refuses the GGUF tensors it does not know. Run it with bitconvert's "
+        "reference runtime or bitnet.cpp's embedding build (I2_S GGUF).\n"
+    )
+    if _family(card.format) == "gguf" and unknown:
+        text += f"\nThis GGUF holds the norms as `blk.N.{unknown[0]}` and the like ({len(unknown)} per layer).\n"
+    return text
+
+
+def _embedding_section(card: CardInput) -> str:
+    """Pooling, normalisation and prompts, as the sentence-transformers side files give them."""
+    setup = card.embedding
+    if _task(card) != EMBEDDING_TASK:
+        return ""
+    if setup is None:
+        return "## Embeddings\n\nNo sentence-transformers files (modules.json): pooling unknown.\n\n"
+    modes = "+".join(setup.pooling.modes) if setup.pooling and setup.pooling.modes else "none"
+    rows = [("Pooling", modes), ("L2 normalisation", "yes" if setup.normalize else "no"),
+            ("Similarity", _cell(setup.similarity)), ("Max sequence length", _cell(setup.max_seq_length))]  # fmt: skip
+    rows += [(f"Prompt `{name}`", f"`{_cell(text)}`" if text else "(none)") for name, text in setup.prompts.items()]
+    table = "".join(f"| {k} | {v} |\n" for k, v in rows)
+    return f"## Embeddings\n\n| | |\n|---|---|\n{table}\n"
 
 
 def _words(activation: str) -> str:
@@ -198,6 +241,7 @@ def render_card(card: CardInput) -> str:
         f"A BitNet b1.58 checkpoint: every linear weight is -1, 0 or +1 with one scale per tensor. "
         f"Architecture: {arch}.\n\n"
         f"## Format: `{card.format}`\n\n{_format_text(card)}{_storage(card)}\n\n"
+        f"{_embedding_section(card)}"
         f"## How to load\n\n{_loading(card)}\n"
         f"## Provenance\n\n{_provenance(card)}\n"
         f"Card generated by bitconvert {__version__}.\n"

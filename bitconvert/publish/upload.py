@@ -244,6 +244,7 @@ def _choose_card(
 
 def _generated_card(source: SourceRef, ckpt, repo_id: str, files: list[PlannedFile]) -> str:
     from ..model.checkpoint import Kind  # numpy: only once there is a checkpoint (a refusal costs none)
+    from ..model.sentence_transformers import read_embedding_setup
     from .card import CardInput, render_card
 
     # what the source records of its own origin, as its reader found it (no second parse of the file)
@@ -263,6 +264,7 @@ def _generated_card(source: SourceRef, ckpt, repo_id: str, files: list[PlannedFi
             provenance=provenance,
             storage=sorted({e.label for e in ckpt.tensors.values() if e.kind is Kind.TERNARY and e.label}),
             linear_class=getattr(ckpt.source_linear_class(), "value", None),
+            embedding=read_embedding_setup(ckpt.side_file_names()),
         )
     )
 

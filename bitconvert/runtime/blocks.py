@@ -122,7 +122,7 @@ class BitNetBlock:
 
 
 #: runtime block name (``Family.runtime_block``) -> the class computing one layer:
-#: ``cls(cfg, "model.layers.N.", parts, where)``, called as ``block(h, index, cos, sin, cache, past)``
+#: ``cls(cfg, cfg.layer_prefix(N), parts, where)``, called as ``block(h, index, cos, sin, cache, past)``
 BLOCKS: dict[str, type] = {}
 
 

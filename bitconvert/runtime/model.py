@@ -32,7 +32,7 @@ from ..formats import Progress, no_progress, open_checkpoint
 from ..formats.options import SHORT_NAMES
 from ..model.checkpoint import Checkpoint, Kind, as_dense
 from ..model.config import ModelConfig
-from ..model.families import EMBEDDING, FINAL_NORM, LM_HEAD
+from ..model.families import EMBEDDING_ROLE, FINAL_NORM_ROLE, LM_HEAD_ROLE
 from ..ternary import LinearClass, TernaryWeight, quantize
 from ..ternary.quantize import matches_record
 from .blocks import ACTIVATIONS, BitNetBlock, block_for
@@ -221,11 +221,11 @@ def load_model(
     ckpt = src if isinstance(src, Checkpoint) else open_checkpoint(src)
     cfg = ckpt.config
     where = str(ckpt.path / "config.json") if ckpt.path.is_dir() else str(ckpt.path)
+    block = block_for(cfg, where)  # first: a family the runtime cannot compute is refused as such
     if cfg.hidden_act not in ACTIVATIONS:
         raise CheckpointError(where, f"hidden_act {cfg.hidden_act!r} is not supported by the runtime (relu2, silu)")
     if _rope_type(cfg) != "default":
         raise CheckpointError(where, f"RoPE type {_rope_type(cfg)!r} is not supported by the runtime (default only)")
-    block = block_for(cfg, where)
     if use_kernels is None:  # by default only where they are fast: the CPU has its own int8 path
         kernel = dev.type == "cuda" and kernels_usable(dev)
     elif use_kernels and not kernels_usable(dev):
@@ -260,10 +260,11 @@ def load_model(
             f"{len(recorded)} weights are stored as floats with a recorded ternary scale; they were quantized online "
             "from the floats, as transformers does, not read as codes + recorded scale"
         )
-    model.embed = parts[EMBEDDING]  # type: ignore[assignment]
-    model.norm = parts[FINAL_NORM]  # type: ignore[assignment]
-    model.lm_head = model.embed if cfg.tie_word_embeddings else parts[LM_HEAD]  # type: ignore[assignment]
-    model.layers = [block(cfg, f"model.layers.{i}.", parts, where) for i in range(cfg.num_hidden_layers)]
+    model.embed = parts[cfg.tensor_name(EMBEDDING_ROLE)]  # type: ignore[assignment]
+    model.norm = parts[cfg.tensor_name(FINAL_NORM_ROLE)]  # type: ignore[assignment]
+    tied = cfg.tie_word_embeddings
+    model.lm_head = model.embed if tied else parts[cfg.tensor_name(LM_HEAD_ROLE)]  # type: ignore[assignment]
+    model.layers = [block(cfg, cfg.layer_prefix(i), parts, where) for i in range(cfg.num_hidden_layers)]
     return model
 
 

@@ -37,6 +37,18 @@ def onebitllms_quantize(weight: Dense, linear_class: LinearClass = LinearClass.B
     return TernaryWeight(codes, Scale("BF16", inv_word.to_bytes(2, "little"), LinearClass.BITLINEAR))
 
 
+def bitnet_gpu_quantize(weight: Dense, linear_class: LinearClass = LinearClass.AUTOBITLINEAR, scale_dtype: str = "BF16") -> TernaryWeight:
+    """``quant_weight_int8`` of gpu/convert_checkpoint.py on the master cast to bf16.
+
+    Its codes are onebitllms' (``s = 1/mean|W|`` and ``W * s`` rounded in bf16); the scale it stores
+    is ``1.0 / s``, a float32 division rounded to bf16: mean|W| as the kernel multiplies it.
+    """
+    inverse = onebitllms_quantize(weight)
+    with np.errstate(divide="ignore", over="ignore"):
+        mean = np.float32(1.0) / np.float32(inverse.scale.item())
+    return TernaryWeight(inverse.codes, Scale.of(float(mean), LinearClass.AUTOBITLINEAR, "BF16"))
+
+
 def converter_fold(weight: Dense, linear_class: LinearClass = LinearClass.AUTOBITLINEAR, scale_dtype: str = "F32") -> TernaryWeight:
     """The codes and folded magnitude ``t / s`` that llama.cpp's and bitnet.cpp's converters compute.
 
@@ -59,6 +71,28 @@ def tq_block_d(codes: np.ndarray, magnitude: float, block: int) -> np.ndarray:
     rows, cols = codes.shape
     used = (codes.reshape(rows, cols // block, block) != 0).any(-1)
     return np.where(used, np.float16(np.float32(magnitude)), np.float16(0))
+
+
+_PY_FLOOR = 1e-5
+
+
+def numpy_absmean(weight: Dense, linear_class: LinearClass = LinearClass.AUTOBITLINEAR, scale_dtype: str = "F32") -> TernaryWeight:
+    """The codes and scale of bitnet.cpp's embedding converter (``quantize_to_i2_s``), bit for bit.
+
+    It takes numpy's ``np.mean(np.abs(w))`` of the flattened float32 copy: a float32 sum in
+    numpy's own (pairwise) order, divided by the count in float32; clamps it below at 1e-5; then
+    ``np.round(w * (1 / mean))`` with the reciprocal in float32 (numpy 2's scalar rules) and
+    clipped to [-1, 1]. The scale it stores is the (clamped) mean itself, in float32.
+    """
+    w = np.ascontiguousarray(weight.float32()).reshape(-1)
+    mean = np.mean(np.abs(w))
+    if float(mean) < _PY_FLOOR:  # max(mean, 1e-5) keeps the Python float: its reciprocal is a double
+        mean, inv = np.float32(_PY_FLOOR), np.float32(1.0 / _PY_FLOOR)
+    else:
+        inv = np.float32(1.0) / np.float32(mean)
+    with np.errstate(over="ignore", invalid="ignore"):
+        codes = np.clip(np.rint(w * inv), -1, 1).astype(np.int8).reshape(weight.shape)
+    return TernaryWeight(codes, Scale.from_mean(np.float32(mean), linear_class, scale_dtype))
 
 
 def transformers_quantize(weight: Dense, linear_class: LinearClass, scale_dtype: str) -> TernaryWeight:

@@ -14,20 +14,14 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 
-from ..dtypes import Dense
 from ..formats.gguf import archs, i2s_layouts
 from ..formats.gguf.parser import GGUFFile
 from ..formats.gguf.types import QK_K
-from ..formats.nanotron.flavors import FLAVORS, NANOTRON_ROPE_THETA
-from ..formats.nanotron.layout import param_specs
 from ..model.checkpoint import Checkpoint, Kind
 from ..model.config import ModelConfig
 from ..model.families import Family
 from ..ternary.linear_class import LinearClass
-from ..ternary.quantize import quantize
-from ..ternary.weight import TernaryWeight
 
 #: values per row each ternary GGUF type (TQ1_0, TQ2_0) needs, as a multiple: ggml's QK_K
 TQ_ROWS = QK_K
@@ -38,6 +32,11 @@ TRANSFORMERS_GGUF_ARCHITECTURE = "llama"
 TRANSFORMERS_SUB_NORMS = {"attn_sub_norm": "self_attn.attn_sub_norm", "ffn_sub_norm": "mlp.ffn_sub_norm"}
 #: the activation bitnet.cpp (llama.cpp submodule 390c3077 or later) replaces by SiLU
 BITNET_CPP_REPLACED_ACTIVATION = "relu2"
+#: what bitnet.cpp's first release (c82b5e6, llama.cpp 406a5036) loads: the GGUF architectures, and
+#: the tensor types of the files bitconvert writes (each run in its prebuilt build)
+BITNET_CPP_ARCHITECTURES = (archs.ARCH_BITNET, archs.ARCH_LLAMA)
+BITNET_CPP_TYPES = ("I2_S", "TQ1_0", "TQ2_0", "F16", "BF16", "F32", "Q8_0")
+BITNET_CPP_TL = ("TL1", "TL2")
 
 
 @dataclass
@@ -176,6 +175,18 @@ def llamacpp_tensor_types(f: Subject) -> Finding:
     return Finding(True, f"every ternary weight's rows are a multiple of {TQ_ROWS} (TQ1_0/TQ2_0)")
 
 
+def llamacpp_known_tensors(f: Subject) -> Finding:
+    """Whether every per-layer tensor of the model is one llama.cpp's loader for the architecture knows."""
+    arch = f.gguf_arch("tq2_0")
+    unknown = archs.tensors_unknown_to(f.cfg.family, arch)
+    if unknown:
+        return Finding(False, f"{f.where('tq2_0')} holds {', '.join(unknown)} per layer, which llama.cpp's {arch!r} "
+                              "loader does not know: it refuses the file", float(len(unknown)), 0.0,
+                       f"{f.cfg.layer_prefix(0)}{f.cfg.family.norm(unknown[0]).path}.weight"
+                       if f.cfg.family.norm(unknown[0]) else None)  # fmt: skip
+    return Finding(True, f"every per-layer tensor is one llama.cpp's {arch!r} loader knows")
+
+
 def llamacpp_ffn_activation(f: Subject) -> Finding:
     arch, act = f.gguf_arch("tq2_0"), f.cfg.hidden_act
     graph = _llamacpp_graph(arch)
@@ -206,9 +217,36 @@ def llamacpp_scale_tensors(f: Subject) -> Finding:
 def bitnetcpp_ffn_activation(f: Subject) -> Finding:
     act = f.cfg.hidden_act
     if act == BITNET_CPP_REPLACED_ACTIVATION:
-        return Finding(False, "relu² model (2B-4T): bitnet.cpp built from its llama.cpp submodule at 390c3077 or "
-                              "later runs the FFN with SiLU")
+        return Finding(False, "relu² model (2B-4T): bitnet.cpp's first release has no relu² graph (its `bitnet` "
+                              "architecture runs SiLU), and builds from its llama.cpp submodule at 390c3077 on run "
+                              "the FFN of `bitnet-b1.58` with SiLU")
     return Finding(True, f"activation {act!r}")
+
+
+def bitnetcpp_architecture(f: Subject) -> Finding:
+    arch = f.gguf_arch("i2_s")
+    detail = f"{f.where('i2_s')}: architecture {arch!r}"
+    if arch in BITNET_CPP_ARCHITECTURES:
+        return Finding(True, detail)
+    later = " (builds from llama.cpp 390c3077 on load it)" if archs.ALIASES.get(arch, arch) == archs.ARCH_BITNET_B158 else ""
+    return Finding(False, f"{detail}, which bitnet.cpp's first release refuses: unknown model architecture{later}")
+
+
+def bitnetcpp_tensor_types(f: Subject) -> Finding:
+    if f.gguf is None:
+        return Finding(True, f"`convert --to gguf` writes types it loads ({', '.join(BITNET_CPP_TYPES)})")
+    found = {t.type_name for t in f.gguf.tensors.values()}
+    tl = sorted(found & set(BITNET_CPP_TL))
+    if tl:
+        names = f.tensor_types(tl[0])
+        return Finding(False, f"{len(names)} {tl[0]} tensors: only a bitnet.cpp built with its lookup-table kernels "
+                              f"for these weight shapes (cmake -DBITNET_X86_TL2=ON / -DBITNET_ARM_TL1=ON after "
+                              "utils/codegen_tl*.py) reads them; the default build has none",
+                       float(len(names)), 0.0, names[0])  # fmt: skip
+    other = sorted(found - set(BITNET_CPP_TYPES))
+    if other:
+        return Finding(False, f"tensor types {', '.join(other)}, which bitnet.cpp's first release does not load")
+    return Finding(True, f"every tensor type is one it loads ({', '.join(sorted(found))})")
 
 
 def bitnetcpp_rows(layout: str) -> Callable[[Subject], Finding]:
@@ -247,114 +285,3 @@ def bitnetcpp_i2_s_layout(layout: str) -> Callable[[Subject], Finding]:
                               "from the same bytes", float(len(i2s)), 0.0, i2s[0])
 
     return check
-
-
-# --- Nanotron (its codebases' facts: formats/nanotron/flavors.py) ---------------------------------
-
-
-def nanotron_sub_norms(f: Subject) -> Finding:
-    subs = [n.path for n in f.cfg.family.norms if n.role in ("attn_sub_norm", "ffn_sub_norm")]
-    if subs:
-        return Finding(False, f"the model has sub-norms ({', '.join(subs)}); no Nanotron model applies them: it "
-                              "computes the network without them", tensor=f"model.layers.0.{subs[0]}.weight")
-    return Finding(True, "no sub-norms")
-
-
-def nanotron_decoder_norms(flavor: str) -> Callable[[Subject], Finding]:
-    """Whether ``flavor``'s decoder layer applies the model's input / post-attention norm weights."""
-
-    def check(f: Subject) -> Finding:
-        if FLAVORS[flavor].decoder_norms:
-            return Finding(True, f"{FLAVORS[flavor].title} applies input_layernorm and post_attention_layernorm")
-        return Finding(False, f"{FLAVORS[flavor].title} has no input_layernorm / post_attention_layernorm and "
-                              "normalizes every BitLinear's input without a weight: the model's decoder norm weights "
-                              "are not applied")
-
-    return check
-
-
-def nanotron_rope_theta(flavor: str) -> Callable[[Subject], Finding]:
-    """The RoPE base ``flavor`` runs with: the config's where it has the field, else Nanotron's default."""
-
-    def check(f: Subject) -> Finding:
-        theta = f.cfg.rope_theta
-        if FLAVORS[flavor].rope_in_config:
-            return Finding(True, f"rope_theta {theta:g}, a config field of {FLAVORS[flavor].title}", theta)
-        ok = theta == NANOTRON_ROPE_THETA
-        detail = f"rope_theta {theta:g}" + ("" if ok else f": the BitNet model's RoPE base is {NANOTRON_ROPE_THETA:g}")
-        return Finding(ok, detail, theta, NANOTRON_ROPE_THETA)
-
-    return check
-
-
-def nanotron_quantization(flavor: str) -> Callable[[Subject], Finding]:
-    """Whether ``flavor``'s linear layers quantize their weights at all."""
-
-    def check(f: Subject) -> Finding:
-        if FLAVORS[flavor].bitnet:
-            return Finding(True, f"{FLAVORS[flavor].title} quantizes its linear weights (BitNet b1.58)")
-        return Finding(False, f"{FLAVORS[flavor].title} has no BitNet layers: it runs the latent weights as plain "
-                              "floats, unquantized, and activations in full precision")
-
-    return check
-
-
-def _effective(latent: np.ndarray) -> np.ndarray:
-    """The ternary weight absmean quantization makes of float32 ``latent`` (Nanotron's ``weight_quant``,
-    transformers' online mode): codes x mean|W|, as float64."""
-    tw = quantize(Dense.of(np.ascontiguousarray(latent, dtype=np.float32)), LinearClass.BITLINEAR, "F32")
-    return tw.dequantize("F32").float64()
-
-
-def nanotron_fused_scales(f: Subject) -> Finding:
-    """Nanotron quantizes the fused qkv_proj / gate_up_proj with one absmean: how far that weight is
-    from the reference's per-projection weights (TP 1), as the worst relative Frobenius error."""
-    worst, where = 0.0, None
-    for parts in fused_parameters(f.cfg).values():
-        err = _fused_error(f.ckpt, parts)
-        if err is not None and err > worst:
-            worst, where = err, parts[0]
-    ok = worst == 0.0
-    detail = "q/k/v (and gate/up) are quantized with one absmean per fused weight"
-    detail += "" if ok else f"; the weights differ from the reference's per-projection ones by up to {worst:.3g}"
-    return Finding(ok, detail, worst, 0.0, where)
-
-
-def fused_parameters(cfg: ModelConfig) -> dict[tuple[int, str], tuple[str, ...]]:
-    """(layer, Nanotron parameter name) -> the HF tensors that fused parameter concatenates, in
-    Nanotron's own layout (``decoder/<i>/pp_block/attn/qkv_proj`` = q|k|v rows)."""
-    out = {}
-    for spec in param_specs(cfg, cfg.vocab_size):
-        if len(spec.parts) > 1:
-            layer = int(spec.path.split("/")[1])
-            out[layer, spec.path.rsplit("/", 1)[-1]] = tuple(p.hf_name for p in spec.parts)
-    return out
-
-
-def fused_error(ckpt: Checkpoint, layer: int, fused: str) -> float | None:
-    """Relative Frobenius difference between Nanotron's quantization of the fused weight ``fused``
-    (``qkv_proj`` or ``gate_up_proj``) of ``layer`` and the reference's per-projection weights."""
-    return _fused_error(ckpt, fused_parameters(ckpt.config)[layer, fused])
-
-
-def _fused_error(ckpt: Checkpoint, parts: tuple[str, ...]) -> float | None:
-    if not all(ckpt.is_quantized_linear(n) for n in parts):
-        return None
-    pairs = [_reference_and_latent(ckpt, n) for n in parts]
-    ref = np.concatenate([r for r, _ in pairs])
-    got = _effective(np.concatenate([latent for _, latent in pairs]))
-    return float(np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-30))
-
-
-def _reference_and_latent(ckpt: Checkpoint, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """The weight the reference runs (float64), and the latent weight Nanotron holds for it (float32):
-    the master's floats, or for stored codes t with magnitude m, t x m / p (p: non-zero fraction),
-    which is what ``--to nanotron --allow-approximate`` writes so that one unfused matrix quantizes
-    back exactly."""
-    value = ckpt.tensors[name].load()
-    if not isinstance(value, TernaryWeight):
-        w = value.float32()
-        return _effective(w), w
-    ref = value.dequantize("F32").float32()
-    p = float(np.count_nonzero(value.codes)) / max(value.codes.size, 1)
-    return ref.astype(np.float64), ref / np.float32(p) if p > 0 else ref

@@ -30,6 +30,7 @@ from ..model.checkpoint import (
     row_blocks,
 )
 from ..model.config import QuantMode
+from ..model.sentence_transformers import MODULES_FILE, read_embedding_setup
 from ..ternary.scale import Scale
 from ..ternary.stats import CodeCounts, code_counts, counts_stats
 from ..ternary.weight import TernaryWeight
@@ -298,26 +299,40 @@ def _ternary_checks(name: str, entry: TensorEntry, counts: CodeCounts, scale: Sc
 
 
 def _side_file_checks(ckpt: Checkpoint, report: VerifyReport) -> None:
-    names = {p.name: p for p in ckpt.side_files}
+    names = ckpt.side_file_names()
     if ckpt.format.startswith("hf-"):
         present = [n for n in TOKENIZER_FILES if n in names]
         report.add(Check("side_files", bool(present),
                          f"tokenizer: {', '.join(present)}" if present else "no tokenizer.json or tokenizer.model"))
-    for p in ckpt.side_files:
+    for name, p in names.items():
         if p.suffix != ".json":
             continue
         try:
-            data = parse_json_text(p.read_bytes(), p.name)
+            data = parse_json_text(p.read_bytes(), name)
         except OSError as exc:
-            report.add(Check("side_files", False, f"{p.name}: cannot read: {exc.strerror or exc}"))
+            report.add(Check("side_files", False, f"{name}: cannot read: {exc.strerror or exc}"))
             continue
         except CheckpointError as exc:
-            report.add(Check("side_files", False, f"{p.name}: not valid JSON: {exc.problem}"))
+            report.add(Check("side_files", False, f"{name}: not valid JSON: {exc.problem}"))
             continue
-        if p.name == "tokenizer.json":
+        if name == "tokenizer.json":
             report.add(_tokenizer_check(p, ckpt.config.vocab_size))
-        elif not isinstance(data, dict):
-            report.add(Check("side_files", False, f"{p.name}: not a JSON object"))
+        elif not isinstance(data, dict) and name != MODULES_FILE:  # modules.json is a list of modules
+            report.add(Check("side_files", False, f"{name}: not a JSON object"))
+    if MODULES_FILE in names:
+        report.add(_sentence_transformers_check(names))
+
+
+def _sentence_transformers_check(names: dict[str, Path]) -> Check:
+    """The sentence-transformers setup the side files describe, read as the GGUF writer and runtime read it."""
+    try:
+        setup = read_embedding_setup(names)
+    except CheckpointError as exc:
+        return Check("side_files", False, f"sentence-transformers setup: {exc}")
+    assert setup is not None
+    modes = "+".join(setup.pooling.modes) if setup.pooling and setup.pooling.modes else "none"
+    normalize = ", L2 normalised" if setup.normalize else ""
+    return Check("side_files", True, f"sentence-transformers: pooling {modes}{normalize}")
 
 
 def _tokenizer_check(path: Path, vocab_size: int) -> Check:

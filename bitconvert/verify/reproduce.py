@@ -8,7 +8,9 @@ temporary directory, then compared tensor by tensor as stored:
 - ``reproduce.scale``: the scale bit for bit, in PUBLISHED's dtype and convention (by how much);
 - ``reproduce.bytes`` (GGUF): the stored bytes, which also hold per-block ``d`` and padding;
 - ``reproduce.nondegenerate``: a published weight whose codes are all zero or all one value;
-- ``reproduce.dense``: embeddings and norms, value for value.
+- ``reproduce.dense``: embeddings and norms (and a master's float weights), value for value;
+- ``reproduce.metadata`` (GGUF, a recipe that writes its producer's own keys): every key, its type,
+  value and place, the vocabulary and pooling included.
 
 With ``recipe="auto"`` every recipe the format takes is tried; the report is that of the recipe
 that reproduces PUBLISHED bit for bit, or else of the closest one (fewest differing codes, then
@@ -27,9 +29,10 @@ import numpy as np
 from ..convert import convert
 from ..dtypes import Dense
 from ..errors import BitconvertError, CheckpointError, UsageError
-from ..formats import Progress, no_progress, open_checkpoint
+from ..formats import Progress, no_progress, open_checkpoint, options_class
+from ..formats.options import fields_of
 from ..model.checkpoint import Checkpoint, Kind, Value
-from ..ternary.recipes import RECIPES, Recipe, check_recipe, recipes_for
+from ..ternary.recipes import RECIPES, Recipe, check_recipe, recipe_record, recipes_for
 from ..ternary.weight import TernaryWeight
 from .report import Check, VerifyReport
 from .values import first_difference, max_abs_diff
@@ -153,14 +156,18 @@ def _attempt(
     if layout is not None:
         options["i2s_layout"] = layout
     out = tmp / (f"{recipe.value}-{layout}.gguf" if pub.format == "gguf" else recipe.value)
+    task = pub.config.family.task
     try:
         # the recipe's record refuses what its producer never writes (a type, a scale convention)
-        check_recipe(recipe, pub.format, options, None, str(master))
+        check_recipe(recipe, pub.format, options, None, str(master), task)
         convert(master, out, pub.format, options)
     except BitconvertError as exc:
         skipped.append(f"{label}: {exc}")
         return None
-    return _Attempt(recipe, _compare(pub, open_checkpoint(out), progress), layout)
+    report = _compare(pub, open_checkpoint(out), progress)
+    if pub.format == "gguf" and recipe_record(recipe, task).gguf_style.metadata != "bitconvert":
+        report.checks.insert(0, _compare_metadata(pub.path, out))
+    return _Attempt(recipe, report, layout)
 
 
 def _options_like(pub: Checkpoint, recipe: Recipe) -> dict[str, Any] | None:
@@ -168,16 +175,27 @@ def _options_like(pub: Checkpoint, recipe: Recipe) -> dict[str, Any] | None:
     ternary = [e for n, e in pub.tensors.items() if pub.is_quantized_linear(n)]
     if pub.format != "gguf":
         dense = [e.dtype_name for e in pub.tensors.values() if e.kind is not Kind.TERNARY]
-        return {"recipe": recipe, "dtype": dense[0] if dense else "BF16",
-                "scale_dtype": ternary[0].dtype_name if ternary else "BF16",
-                "linear_class": pub.source_linear_class()}  # fmt: skip
+        options = {"recipe": recipe, "dtype": dense[0] if dense else "BF16",
+                   "scale_dtype": ternary[0].dtype_name if ternary else "BF16",
+                   "linear_class": pub.source_linear_class()}  # fmt: skip
+        taken = fields_of(options_class(pub.format))  # what this writer has a setting for (bitnet-gpu: no scale options)
+        return {k: v for k, v in options.items() if k in taken}
+    from ..formats.gguf.names import to_gguf
     from ..formats.gguf.parser import GGUFFile
 
     f = GGUFFile(pub.path)
-    types = {t.type_name for t in f.tensors.values()} & {"TQ1_0", "TQ2_0", "I2_S"}
+    types = {t.type_name for t in f.tensors.values()} & {"TQ1_0", "TQ2_0", "I2_S", "TL1", "TL2"}
+    if not types:  # a master's floats: the type its quantized linears are stored in
+        held = {to_gguf(n, pub.config) for n in pub.tensors if pub.is_quantized_linear(n)}
+        types = {f.tensors[n].type_name for n in held if n in f.tensors} & {"F16", "BF16", "F32"}
     if len(types) != 1:
         return None
-    options: dict[str, Any] = {"recipe": recipe, "gguf_type": types.pop().lower()}
+    # reproducing a producer that rounds (F16 norms, F16 embeddings) rounds as it does
+    options: dict[str, Any] = {"recipe": recipe, "gguf_type": types.pop().lower(), "allow_lossy": True}
+    if options["gguf_type"] in ("tl1", "tl2"):  # the tiles it was read with: recorded, or named when reading
+        from ..formats.gguf.tl_files import kernels_for
+
+        options["kernel_config"] = kernels_for(f, None, [])[0]
     embed = f.tensors.get("token_embd.weight")
     if embed is not None and embed.type_name.lower() in ("f16", "bf16", "f32", "q8_0"):
         options["embed_type"] = embed.type_name.lower()
@@ -197,11 +215,11 @@ def _compare(pub: Checkpoint, rebuilt: Checkpoint, progress: Progress) -> Verify
             report.add(Check("reproduce.dense", False, "not in the rebuilt file", name))
             continue
         a, b = pub.tensors[name].load(), rebuilt.tensors[other].load()
-        if pub.is_quantized_linear(name):
+        if pub.is_quantized_linear(name) and not (isinstance(a, Dense) and isinstance(b, Dense)):
             _compare_ternary(name, a, b, report)
             if pub.format == "gguf":  # hf-packed bytes follow from codes + scale: packing is canonical
                 _compare_bytes(name, pub, rebuilt, other, report)
-        else:
+        else:  # dense tensors, and a master's floats stored as floats
             _compare_dense(name, a, b, report)
         del a, b
     progress(len(names), len(names), "")
@@ -268,6 +286,29 @@ def _compare_dense(name: str, a: Value, b: Value, report: VerifyReport) -> None:
     same = a.dtype_name == b.dtype_name and worst == 0.0
     detail = "identical" if same else f"values differ (max abs diff {worst:.6g}; {a.dtype_name} vs {b.dtype_name})"
     report.add(Check("reproduce.dense", same, detail, name, worst, 0.0))
+
+
+def _compare_metadata(published: Path, rebuilt: Path) -> Check:
+    """Every GGUF key of PUBLISHED against the rebuilt file's: the same keys in the same order, each
+    of the same type and value (token lists, scores and types included)."""
+    from ..formats.gguf.parser import GGUFFile
+
+    a, b = GGUFFile(published).metadata, GGUFFile(rebuilt).metadata
+    for i, (ka, kb) in enumerate(zip(list(a), list(b))):
+        if ka != kb:
+            return Check("reproduce.metadata", False, f"key {i} is {ka!r} in the file, {kb!r} rebuilt")
+        va, vb = a[ka], b[kb]
+        same = va.type == vb.type and getattr(va, "item_type", None) == getattr(vb, "item_type", None)
+        if same and isinstance(va.value, np.ndarray):
+            same = isinstance(vb.value, np.ndarray) and va.value.tobytes() == vb.value.tobytes()
+        elif same:
+            same = va.value == vb.value
+        if not same:
+            return Check("reproduce.metadata", False, f"key {ka} differs: {str(va.value)[:60]!r} vs {str(vb.value)[:60]!r}")
+    if len(a) != len(b):
+        extra = list(a)[len(b) :] or list(b)[len(a) :]
+        return Check("reproduce.metadata", False, f"{len(a)} keys in the file, {len(b)} rebuilt (first extra: {extra[0]})")
+    return Check("reproduce.metadata", True, f"all {len(a)} keys identical (vocabulary and pooling included)")
 
 
 # --- GGUF: the stored bytes, which also hold what codes + scale do not (block d of zeros, padding) --

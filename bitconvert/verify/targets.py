@@ -19,14 +19,19 @@ from ..formats import open_checkpoint
 from ..formats.gguf import i2s_layouts
 from ..formats.nanotron.flavors import NANOTRON_ROPE_THETA
 from . import consumer_checks as c
+from . import nanotron_checks as n
+from . import gpu_checks as g
 from .report import Check, VerifyReport
 
 TRANSFORMERS = "huggingface/transformers v5.23"
 LLAMA_CPP = "ggml-org/llama.cpp@0c1e57098"
 BITNET_CPP = "microsoft/BitNet@16da220"
+#: bitnet.cpp's first release, the one tests/peers/test_bitnet_cpp_runtime.py runs (prebuilt)
+BITNET_CPP_RELEASE = "microsoft/BitNet@c82b5e6 (llama.cpp submodule Eddie-Wang1120/llama.cpp@406a5036)"
 NT_PR180 = "huggingface/nanotron@2239f41e (PR #180 head)"
 NT_PR178 = "huggingface/nanotron@e1c3c1a5 (PRs #178/#179)"
 NT_MAIN = "huggingface/nanotron@2411b022 (main)"
+BITNET_GPU = f"{BITNET_CPP} gpu/"
 
 
 @dataclass(frozen=True)
@@ -55,9 +60,25 @@ _LLAMACPP_ACTIVATION = Rule(
 )
 _BITNETCPP_ACTIVATION = Rule(
     "ffn_activation",
-    "builds from its llama.cpp submodule at 390c3077 on run 2B-4T's relu² FFN with SiLU",
-    "https://github.com/microsoft/BitNet/issues/588",
+    "its first release has no relu² graph; builds from its llama.cpp submodule at 390c3077 on run 2B-4T's relu² "
+    "FFN with SiLU",
+    f"https://github.com/microsoft/BitNet/issues/588; {BITNET_CPP_RELEASE} src/llama.cpp (LLM_ARCH_BITNET: SiLU)",
     c.bitnetcpp_ffn_activation,
+)
+_BITNETCPP_ARCHITECTURE = Rule(
+    "architecture",
+    "its first release knows the architectures `bitnet` (1bitLLM) and `llama`, not `bitnet-b1.58` (2B-4T), which "
+    "builds from llama.cpp 390c3077 on load",
+    f"{BITNET_CPP_RELEASE} src/llama.cpp:219-259 (LLM_ARCH_NAMES); run in tests/peers/test_bitnet_cpp_runtime.py",
+    c.bitnetcpp_architecture,
+)
+_BITNETCPP_TYPES = Rule(
+    "tensor_types",
+    f"its first release loads {', '.join(c.BITNET_CPP_TYPES)}; TL1/TL2 only where it is built with the lookup-table "
+    "kernels generated for the file's weight shapes (not the default build)",
+    f"{BITNET_CPP_RELEASE} (each type run in tests/peers/test_bitnet_cpp_runtime.py); {BITNET_CPP} setup_env.py "
+    "(-DBITNET_X86_TL2=OFF / -DBITNET_ARM_TL1=OFF), utils/codegen_tl1.py, utils/codegen_tl2.py",
+    c.bitnetcpp_tensor_types,
 )
 _BITNETCPP_LAYOUT_SOURCE = (f"{BITNET_CPP} src/ggml-bitnet-mad.cpp:11-14 (QK_I2_S 128 on x86, 64 on ARM), quantize_i2_s "
                             ":51 (x86 with ACT_PARALLEL :53, ARM NEON :151)")
@@ -65,6 +86,8 @@ _BITNETCPP_LAYOUT_SOURCE = (f"{BITNET_CPP} src/ggml-bitnet-mad.cpp:11-14 (QK_I2_
 
 def _bitnetcpp(layout: str, build: str) -> tuple[Rule, ...]:
     return (
+        _BITNETCPP_ARCHITECTURE,
+        _BITNETCPP_TYPES,
         _BITNETCPP_ACTIVATION,
         Rule("i2_s_layout", f"{build} reads I2_S in the {layout} byte layout; other layouts are other codes",
              _BITNETCPP_LAYOUT_SOURCE, c.bitnetcpp_i2_s_layout(layout)),
@@ -78,7 +101,7 @@ _NT_SUB_NORMS = Rule(
     "no Nanotron model has the attention / FFN sub-norms of 2B-4T and 1bitLLM",
     f"{NT_PR180} and {NT_PR178} src/nanotron/models/llama_bitnet.py:602-640 (LlamaDecoderLayerBitNet); "
     f"{NT_MAIN} src/nanotron/models/llama.py (LlamaDecoderLayer)",
-    c.nanotron_sub_norms,
+    n.nanotron_sub_norms,
 )
 
 
@@ -88,7 +111,7 @@ def _nt_rope(flavor: str) -> Rule:
         f"the BitNet config has no rope_theta: RoPE runs with base {NANOTRON_ROPE_THETA:g}",
         "src/nanotron/config/models_config.py:69-92 (LlamaBitNetConfig), src/nanotron/models/llama_bitnet.py:51 "
         "(RotaryEmbedding theta=10000.0) and :321-324 (built without theta), at 2239f41e and e1c3c1a5",
-        c.nanotron_rope_theta(flavor),
+        n.nanotron_rope_theta(flavor),
     )
 
 
@@ -97,7 +120,7 @@ _NT_FUSED = Rule(
     "weight_quant takes one absmean per (rank-local) fused qkv_proj / gate_up_proj weight",
     "src/nanotron/parallel/tensor_parallel/nn.py: weight_quant at :326 and its use in the column linear at "
     ":418 (2239f41e); :314, :381 (e1c3c1a5)",
-    c.nanotron_fused_scales,
+    n.nanotron_fused_scales,
 )
 
 CONSUMERS: dict[str, Consumer] = {
@@ -123,6 +146,11 @@ CONSUMERS: dict[str, Consumer] = {
             Rule("tensor_types", "has TQ1_0 (34) and TQ2_0 (35) in blocks of 256 values, no type 36 (I2_S)",
                  f"{LLAMA_CPP} gguf-py/gguf/constants.py:5793-5794 (types), :5957 (QK_K = 256), :5988-5989",
                  c.llamacpp_tensor_types),
+            Rule("known_tensors", "loads, per architecture, the tensors gguf-py's table lists for it and refuses a "
+                                  "file holding others (\"wrong number of tensors\")",
+                 f"{LLAMA_CPP} gguf-py/gguf/constants.py (MODEL_TENSORS); llama-cpp-python 0.3.36 on a GGUF "
+                 "with per-projection norms: \"wrong number of tensors; expected 38, got 24\"",
+                 c.llamacpp_known_tensors),
             _LLAMACPP_ACTIVATION,
             Rule("scale_tensors", "multiplies optional F32 `blk.N.*.scale` [1] tensors in, in every architecture "
                                   "(a generic pass; before it, only `bitnet` loaded them)",
@@ -139,16 +167,30 @@ CONSUMERS: dict[str, Consumer] = {
                                   "input without a weight",
                  f"{NT_PR180} src/nanotron/models/llama_bitnet.py:611, :619, :628, :635 (commented out); "
                  "src/nanotron/parallel/tensor_parallel/nn.py:344 (normalize), :416, :511",
-                 c.nanotron_decoder_norms("pr180")),
+                 n.nanotron_decoder_norms("pr180")),
             _nt_rope("pr180"), _NT_FUSED,
         )),
         Consumer("nanotron-pr178", "Nanotron's BitNet model of PRs #178/#179",
                  (_NT_SUB_NORMS, _nt_rope("pr178"), _NT_FUSED)),
+        Consumer("bitnet-gpu", "microsoft/BitNet's gpu/ model and W2A8 CUDA kernel (model_state_int2.pt / _fp16.pt)", (
+            Rule("format", "generate.py loads the two torch.save files gpu/convert_checkpoint.py writes",
+                 f"{BITNET_GPU}README.md (end-to-end inference), convert_checkpoint.py", g.gpu_format),
+            Rule("model", "every block has attention and FFN sub-norms and a squared-ReLU FFN",
+                 f"{BITNET_GPU}model.py (Attention.attn_sub_norm, FeedForward.ffn_sub_norm, squared_relu)", g.gpu_model),
+            Rule("model_args", "the model is built from ModelArgs() defaults: 2B-4T's sizes, RoPE base 500000",
+                 f"{BITNET_GPU}model.py:40-49 (ModelArgs)", g.gpu_model_args),
+            Rule("kernel_shapes", "bitlinear_int8xint2 has kernels for ten (N, K) shapes at M = 1; any other prints "
+                                  "'required ladder gemm kernel' and returns zeros",
+                 f"{BITNET_GPU}bitnet_kernels/bitnet_kernels.cu:3-35", g.gpu_kernel_shapes),
+            Rule("fused_scales", "the kernel scales row r by ws[r / (N / ws_num)] (wqkv 3840 x 2560: ws_num 3, equal "
+                                 "thirds of 1280 rows), not by the q/k/v split 2560/640/640",
+                 f"{BITNET_GPU}bitnet_kernels/bitnet_kernels.h:80-82, bitnet_kernels.cu:4-5", g.gpu_fused_scales),
+        )),
         Consumer("nanotron-main", "upstream Nanotron main (Llama, no BitNet)", (
             _NT_SUB_NORMS,
             Rule("quantization", "has no BitNet layers: Llama's linears run the weights as given",
                  f"{NT_MAIN} src/nanotron/models/ (no llama_bitnet.py), src/nanotron/models/llama.py "
-                 "(TensorParallelColumnLinear / TensorParallelRowLinear)", c.nanotron_quantization("main")),
+                 "(TensorParallelColumnLinear / TensorParallelRowLinear)", n.nanotron_quantization("main")),
         )),
     )
 }

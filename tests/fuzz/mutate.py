@@ -235,3 +235,89 @@ def mutate_gguf(rng: random.Random, data: bytes, others: list[bytes], fields: li
             buf[pos : pos + width] = (value % (1 << (8 * width))).to_bytes(width, "little")
         return bytes(buf)
     return mutate_bytes(rng, data, others, hot=end)
+
+
+# --- torch.save archives (bitnet-gpu) ----------------------------------------------------------------
+
+#: globals a hostile pickle might name, and torch's own (the reader accepts only the latter)
+ODD_GLOBALS = [b"os\nsystem\n", b"builtins\neval\n", b"posix\nsystem\n", b"torch._utils\n_rebuild_parameter\n",
+               b"torch\nFloatStorage\n", b"torch\nCharStorage\n", b"collections\nOrderedDict\n", b"torch\ndevice\n",
+               b"torch._utils\n_rebuild_tensor_v2\n", b"numpy.core.multiarray\n_reconstruct\n"]  # fmt: skip
+#: opcodes torch's pickles hold and others (protocol 0-5)
+PICKLE_OPCODES = b"().}]qrhjXKMJ\x8actR\x85\x86\x87Qsu\x88\x89NIFLSVUTBCGabeilopg\x80\x8c\x8d\x8e\x93\x94\x95\x96\x97\x98"
+_records: dict[int, list[tuple[str, bytes]]] = {}
+
+
+def _archive_records(data: bytes) -> list[tuple[str, bytes]]:
+    """The records of a (valid, seed) torch.save archive, in order."""
+    import io
+    import zipfile
+
+    key = hash(data)
+    if key not in _records:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            _records[key] = [(i.filename, z.read(i)) for i in z.infolist()]
+    return _records[key]
+
+
+def _rebuilt(records: list[tuple[str, bytes]]) -> bytes:
+    """An archive of these records as torch.save lays them out (the closing records recomputed)."""
+    import tempfile
+    from pathlib import Path
+
+    from bitconvert.io.torch_archive import SERIALIZATION_ID, TorchArchiveWriter
+
+    stem = records[0][0].split("/", 1)[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        w = TorchArchiveWriter(Path(tmp) / "a.pt", stem)
+        for name, payload in records:
+            inner = name.split("/", 1)[1]
+            if inner not in ("version", SERIALIZATION_ID):
+                w.add(inner, payload)
+        w.close()
+        return (Path(tmp) / "a.pt").read_bytes()
+
+
+def mutate_pickle(rng: random.Random, pkl: bytes) -> bytes:
+    buf = bytearray(pkl)
+    op = rng.randrange(5)
+    if op == 0:  # a global renamed
+        at = buf.find(b"c", rng.randrange(len(buf)))
+        end = buf.find(b"\n", buf.find(b"\n", at + 1) + 1) if at >= 0 else -1
+        if at >= 0 and end > 0:
+            buf[at + 1 : end + 1] = rng.choice(ODD_GLOBALS)
+    elif op == 1:  # an opcode inserted, or one replaced
+        pos = rng.randrange(len(buf))
+        if rng.random() < 0.5:
+            buf[pos:pos] = bytes([rng.choice(PICKLE_OPCODES)])
+        else:
+            buf[pos] = rng.choice(PICKLE_OPCODES)
+    elif op == 2:  # an integer operand (K, M, J) set to an interesting value
+        for _ in range(8):
+            pos = rng.randrange(len(buf))
+            if buf[pos] in b"KMJ" and pos + 5 <= len(buf):
+                width = {ord("K"): 1, ord("M"): 2, ord("J"): 4}[buf[pos]]
+                value = rng.choice(INTERESTING_INTS) % (1 << (8 * width))
+                buf[pos + 1 : pos + 1 + width] = value.to_bytes(width, "little")
+                break
+    elif op == 3:  # a slice of the stream repeated or dropped
+        a = rng.randrange(len(buf))
+        b = min(len(buf), a + rng.randrange(1, 64))
+        buf[a:b] = buf[a:b] * rng.choice((0, 2, 3))
+    else:
+        return mutate_bytes(rng, pkl, [], hot=len(pkl))
+    return bytes(buf)
+
+
+def mutate_torch_archive(rng: random.Random, data: bytes, others: list[bytes]) -> bytes:
+    """Half the time the pickle inside, in a well-formed archive; else the archive's own bytes,
+    mostly its headers and directory (the tensor data is CRC-checked on loading)."""
+    if rng.random() < 0.5:
+        records = list(_archive_records(data))
+        records[0] = (records[0][0], mutate_pickle(rng, records[0][1]))
+        return _rebuilt(records)
+    if rng.random() < 0.6:  # the end: central directory and end records
+        tail = min(len(data), 4096)
+        cut = len(data) - tail
+        return data[:cut] + mutate_bytes(rng, data[cut:], [], hot=tail)
+    return mutate_bytes(rng, data, others, hot=512)

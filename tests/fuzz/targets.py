@@ -92,20 +92,43 @@ def _run_gguf(context: str, data: bytes, workdir: Path) -> None:
     _open(path, load=True)
 
 
+#: a TL1 kernel configuration for the 64-wide fixtures' weight shapes (hidden 64, intermediate 128,
+#: two of four heads for k/v), in kernel_config.ini's grammar
+NARROW_KERNELS = "".join(
+    f"[Kernels_{i}]\nm = {m}\nk = {k}\nbm = 32\nbk = 32\nbmm = 32\n\n"
+    for i, (m, k) in enumerate(((64, 64), (32, 64), (128, 64), (64, 128)))
+)
+
+
 def make_gguf_seeds(cache: Path) -> dict[str, bytes]:
     """Small GGUF files written by bitconvert itself from the packed fixtures (cached between runs)."""
     from bitconvert.convert import convert
 
+    kernels = cache / "narrow-kernel_config.ini"
+    kernels.write_text(NARROW_KERNELS)
     seeds = {}
-    for fixture, gtype in (("llama-packed", None), ("bitnet-2b4t-packed", "i2_s")):
+    for fixture, gtype in (("llama-packed", None), ("bitnet-2b4t-packed", "i2_s"), ("1bitllm-packed", "tl1")):
         out = cache / f"{fixture}-{gtype or 'default'}.gguf"
         if not out.exists():
             opts = {"allow_fallback": True} if gtype is None else {"allow_fallback": True, "gguf_type": gtype}
+            if gtype == "tl1":
+                opts = {"gguf_type": gtype, "kernel_config": kernels}
             try:
                 convert(FIXTURES / fixture, out, "gguf", opts)
             except Exception:  # an option this tree's GGUF writer does not take: fall back to its defaults
                 convert(FIXTURES / fixture, out, "gguf", {"allow_fallback": True})
         seeds[f"{fixture}.gguf"] = out.read_bytes()
+    # embedding models: bitconvert's own (offset norms, pooling, recorded side files) and the layout of
+    # bitnet.cpp's embedding converter (F16 norms, an EOS outside the tiny vocabulary, no bitconvert keys)
+    for fixture, opts in (
+        ("bitnet-embedding-gemma3-master", {"gguf_type": "i2_s"}),
+        ("bitnet-embedding-qwen3-master", {"gguf_type": "i2_s", "recipe": "bitnet.cpp", "allow_lossy": True}),
+    ):
+        out = cache / f"{fixture}-{opts.get('recipe', 'default')}.gguf"
+        if (FIXTURES / fixture).is_dir():
+            if not out.exists():
+                convert(FIXTURES / fixture, out, "gguf", opts)
+            seeds[f"{fixture}.gguf"] = out.read_bytes()
     return seeds
 
 
@@ -239,6 +262,105 @@ def tokenizer_target() -> Target:
     return Target("tokenizer", seeds, mutate_json, _run_tokenizer)
 
 
+# --- bitnet.cpp's kernel_config.ini and bitconvert's record of it ---------------------------------
+
+
+def _run_kernel_config(context: str, data: bytes, workdir: Path) -> None:
+    """A kernel_config.ini as --kernel-config reads it (then each tile checked for both TL types), or
+    the JSON record a TL GGUF carries as the reader reads it."""
+    from bitconvert.formats.gguf import kernel_config, tl_layouts
+
+    if context.startswith("record/"):
+        config = kernel_config.from_record(data.decode("utf-8", errors="surrogateescape"), "x.gguf")
+    else:
+        path = workdir / "kernel_config.ini"
+        path.write_bytes(data)
+        config = kernel_config.read_ini(path)
+    for tile in config.tiles:
+        config.tile(tile.m, tile.k)
+        for kind in ("tl1", "tl2"):
+            tl_layouts.tile_problem(kind, tile)
+
+
+def kernel_config_target() -> Target:
+    from bitconvert.formats.gguf import kernel_config
+
+    from .mutate import mutate_bytes
+
+    seeds = {"ini/narrow": NARROW_KERNELS.encode()}
+    for name in kernel_config.PRESET_NAMES:
+        for kind in ("tl1", "tl2"):
+            config = kernel_config.preset(name, kind)
+            seeds[f"ini/{name}-{kind}"] = config.to_ini().encode()
+            used = [(t.m, t.k) for t in config.tiles]
+            seeds[f"record/{name}-{kind}"] = kernel_config.record(config, used).encode()
+    return Target("kernel_config", seeds, mutate_bytes, _run_kernel_config)
+
+
+def _bitnet_gpu_dir(cache: Path) -> Path:
+    """A bitnet-gpu folder bitconvert writes from the 2B-4T-style master (cached between runs)."""
+    from bitconvert.convert import convert
+
+    d = cache / "bitnet-gpu-bitnet-2b4t-master"
+    if not d.exists():
+        convert(FIXTURES / "bitnet-2b4t-master", d, "bitnet-gpu")
+    return d
+
+
+def bitnet_gpu_target(cache: Path) -> Target:
+    """Both torch.save files of a bitnet-gpu folder: zip directory, pickle, then every tensor loaded."""
+    from .mutate import mutate_torch_archive
+
+    folder = _bitnet_gpu_dir(cache)
+    names = ("model_state_int2.pt", "model_state_fp16.pt")
+    seeds = {f"bitnet-gpu/{name}": (folder / name).read_bytes() for name in names}
+
+    def run(context: str, data: bytes, workdir: Path) -> None:
+        name = context.split("/", 1)[1]
+        dst = workdir / "bitnet-gpu"
+        if not dst.exists():
+            shutil.copytree(folder, dst)
+        (dst / name).write_bytes(data)
+        try:
+            _open(dst, load=True)
+        finally:
+            shutil.copyfile(folder / name, dst / name)
+
+    return Target("bitnet-gpu", seeds, mutate_torch_archive, run)
+def _run_sentence_transformers(context: str, data: bytes, workdir: Path) -> None:
+    """modules.json and a module's config as the HF reader collects side files from them, as the GGUF
+    writer (bitconvert's pooling_type, bitnet.cpp's converter's) and ``verify`` read them."""
+    from bitconvert.formats import open_checkpoint
+    from bitconvert.formats.gguf import embedding_converter, metadata
+    from bitconvert.model.sentence_transformers import read_embedding_setup
+    from bitconvert.verify.integrity import _side_file_checks
+    from bitconvert.verify.report import VerifyReport
+
+    fixture, name = context.split("/", 1)
+    dst = _hf_copy(workdir, fixture)
+    (dst / name).write_bytes(data)
+    try:
+        ckpt = open_checkpoint(dst)
+        files = ckpt.side_file_names()
+        read_embedding_setup(files)
+        embedding_converter.pooling_type(files)
+        metadata.embedding_keys(ckpt, "qwen3", [])
+        _side_file_checks(ckpt, VerifyReport(str(dst)))
+    finally:
+        _restore(dst, fixture, (name,))
+
+
+def sentence_transformers_target() -> Target:
+    from .mutate import mutate_json
+
+    seeds = {}
+    for f in ("bitnet-embedding-qwen3-master", "bitnet-embedding-gemma3-master"):
+        for name in ("modules.json", "1_Pooling/config.json", "config_sentence_transformers.json",
+                     "sentence_bert_config.json"):  # fmt: skip
+            seeds[f"{f}/{name}"] = (FIXTURES / f / name).read_bytes()
+    return Target("sentence_transformers", seeds, mutate_json, _run_sentence_transformers)
+
+
 def all_targets(cache: Path) -> dict[str, Callable[[], Target]]:
     """Builders by name: a worker builds only the target it runs."""
     return {
@@ -248,7 +370,11 @@ def all_targets(cache: Path) -> dict[str, Callable[[], Target]]:
         "index": index_target,
         "nanotron": lambda: nanotron_target(cache),
         "tokenizer": tokenizer_target,
+        "kernel_config": kernel_config_target,
+        "bitnet-gpu": lambda: bitnet_gpu_target(cache),
+        "sentence_transformers": sentence_transformers_target,
     }
 
 
-PARSERS = ("safetensors", "gguf", "config", "index", "nanotron", "tokenizer")
+PARSERS = ("safetensors", "gguf", "config", "index", "nanotron", "tokenizer", "kernel_config", "bitnet-gpu",
+           "sentence_transformers")

@@ -15,17 +15,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from gguf.constants import MODEL_ARCH_NAMES, MODEL_TENSORS, TENSOR_NAMES
+
 from ...model.config import ModelConfig
 from ...model.families import FAMILIES, Family
-from .names import layer_name
+from .names import layer_name, name_template
 
 ARCH_BITNET = "bitnet"
 ARCH_BITNET_B158 = "bitnet-b1.58"
 ARCH_LLAMA = "llama"
+ARCH_QWEN3, ARCH_GEMMA3 = "qwen3", "gemma3"
 #: older names of a graph, read as that graph (bitnet.cpp's first 2B-4T files say ``bitnet-25``)
 ALIASES = {"bitnet-25": ARCH_BITNET_B158}
 #: how messages name an activation
-ACTIVATION_WORDS = {"silu": "SiLU", "relu2": "relu²"}
+ACTIVATION_WORDS = {"silu": "SiLU", "relu2": "relu²", "gelu_pytorch_tanh": "GELU (tanh)"}
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,8 @@ GRAPHS = {
     ARCH_BITNET: Graph("llama.cpp", "silu", scale_tensors=True, tied_square_only=True),
     ARCH_BITNET_B158: Graph("bitnet.cpp", "relu2", tied_square_only=True),
     ARCH_LLAMA: Graph("llama.cpp", "silu"),
+    ARCH_QWEN3: Graph("llama.cpp", "silu"),
+    ARCH_GEMMA3: Graph("llama.cpp", "gelu_pytorch_tanh"),
 }
 #: a graph no table entry describes: no .scale tensors (scales fold into block d), no shape rules
 _UNKNOWN = Graph("its consumer", "")
@@ -54,9 +59,13 @@ def graph(arch: str) -> Graph:
     return GRAPHS.get(ALIASES.get(arch, arch), _UNKNOWN)
 
 
+#: the ``--gguf-type`` values only bitnet.cpp reads: a family with ``gguf_arch_i2s`` is written under it
+BITNET_CPP_TYPES = ("i2_s", "tl1", "tl2")
+
+
 def gguf_architecture(family: Family, gguf_type: str) -> str:
     """The ``general.architecture`` a model of ``family`` is written under with ``--gguf-type gguf_type``."""
-    if gguf_type == "i2_s" and family.gguf_arch_i2s:
+    if gguf_type in BITNET_CPP_TYPES and family.gguf_arch_i2s:
         return family.gguf_arch_i2s  # e.g. what bitnet.cpp's ggml-model-i2_s.gguf of 2B-4T declares
     return family.gguf_arch
 
@@ -85,10 +94,26 @@ def family_for(arch: str, activation: str | None, has_tensor: Callable[[str], bo
     return fitting[0]
 
 
+def tensors_unknown_to(family: Family, arch: str) -> list[str]:
+    """The family's per-layer GGUF names that llama.cpp's loader for ``arch`` does not know (gguf-py's
+    table of the tensors each architecture has is what it loads); none for an architecture outside it."""
+    by_name = {name: a for a, name in MODEL_ARCH_NAMES.items()}
+    if arch not in by_name:
+        return []
+    known = {TENSOR_NAMES[t] for t in MODEL_TENSORS[by_name[arch]]}
+    return [s.gguf for s in (*family.norms, *family.linears) if name_template(s.gguf) not in known]
+
+
 def loading_warnings(cfg: ModelConfig, arch: str) -> list[str]:
     """What the consumer of ``arch`` will not load of a model of ``cfg``, or will compute differently, in words."""
     g, family, hidden_act = graph(arch), cfg.family, cfg.hidden_act
     out = []
+    unknown = tensors_unknown_to(family, arch)
+    if unknown:
+        out.append(
+            f"upstream {g.consumer}'s {arch!r} architecture has no {', '.join(unknown)} tensors and refuses a file "
+            f"holding them: this {family.key} model needs a runtime that applies them (bitnet.cpp's embedding build)"
+        )
     if g.tied_square_only and cfg.num_attention_heads * cfg.head_dim != cfg.hidden_size:
         out.append(
             f"heads x head_dim ({cfg.num_attention_heads} x {cfg.head_dim}) differs from hidden_size "

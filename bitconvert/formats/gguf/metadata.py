@@ -14,14 +14,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf.constants import GGML_QUANT_VERSION, Keys
+from gguf.constants import GGML_QUANT_VERSION, Keys, PoolingType
 
 from ... import __version__
 from ...errors import CheckpointError
 from ...io.jsonfile import parse_json_text
-from ...model.checkpoint import Origin
+from ...model.checkpoint import Checkpoint, Origin
 from ...model.config import ModelConfig
-from ...model.families import Family
+from ...model.config_keys import FULL_ATTENTION
+from ...model.families import EMBEDDING_TASK, Family
+from ...model.sentence_transformers import (
+    TOP_LEVEL_FILES,
+    is_sentence_transformers_file,
+    module_folder,
+    read_embedding_setup,
+)
 from ...ternary.records import SCALES_KEY, encode_records
 from . import archs
 from .parser import FLOAT32, GGUFFile
@@ -33,6 +40,12 @@ KEY_SOURCE_FORMAT = "bitconvert.source_format"
 KEY_SCALE_MODE = "bitconvert.scale_mode"
 #: the I2_S byte layout written (see i2s_layouts.py); files without it are read as x86
 KEY_I2S_LAYOUT = "bitconvert.i2s_layout"
+#: the sentence-transformers side files verbatim (JSON: relative name -> text), restored on reading
+KEY_SIDE_FILES = "bitconvert.side_files"
+#: a side file recorded verbatim at most this long (real ones are a few hundred bytes)
+MAX_RECORDED_SIDE_FILE = 1 << 20
+#: GGUF's pooling types by sentence-transformers' pooling mode (llama.cpp has no max or weighted mean)
+POOLING_TYPES = {"mean_tokens": PoolingType.MEAN, "cls_token": PoolingType.CLS, "lasttoken": PoolingType.LAST}
 
 HUB_URL = "https://huggingface.co/"
 #: bitconvert's FFN activation key (gguf-py names none): ``relu2`` (2B-4T) or ``silu`` (1bitLLM)
@@ -57,7 +70,25 @@ def hyperparameters(cfg: ModelConfig, arch: str) -> dict[str, KV]:
         _ROPE.DIMENSION_COUNT: kv_u32(cfg.head_dim),
         HIDDEN_ACTIVATION: kv_str(cfg.hidden_act),
     }
+    if cfg.sliding_window is not None:  # llama.cpp applies it on the layers its graph makes sliding
+        md[_ATTN.SLIDING_WINDOW] = kv_u32(cfg.sliding_window)
+    if cfg.rope_local_theta is not None:
+        md[_ROPE.FREQ_BASE_SWA] = kv_f32(cfg.rope_local_theta)
     return {key.format(arch=arch): value for key, value in md.items()}
+
+
+def embedding_keys(ckpt: Checkpoint, arch: str, warnings: list[str]) -> dict[str, KV]:
+    """``{arch}.pooling_type`` from the sentence-transformers side files, where one mode llama.cpp
+    has is set; an embedding model without one gets a warning and no key."""
+    setup = read_embedding_setup(ckpt.side_file_names())
+    mode = setup.pooling_mode() if setup is not None else None
+    if mode in POOLING_TYPES:
+        return {_LLM.POOLING_TYPE.format(arch=arch): kv_u32(int(POOLING_TYPES[mode]))}
+    if setup is not None and setup.pooling is not None:
+        warnings.append(f"pooling {'+'.join(setup.pooling.modes) or 'none'} has no GGUF pooling_type: none written")
+    elif ckpt.config.family.task == EMBEDDING_TASK:
+        warnings.append("no sentence-transformers pooling config (modules.json, 1_Pooling/): no pooling_type written")
+    return {}
 
 
 def general(
@@ -96,7 +127,9 @@ def source_config(cfg: ModelConfig) -> dict[str, Any]:
     return cfg.raw if cfg.raw else cfg.to_hf_dict(cfg.quantization, "BF16")
 
 
-def bitconvert_keys(cfg: ModelConfig, source_format: str, scale_mode: str, scales: dict[str, Any]) -> dict[str, KV]:
+def bitconvert_keys(
+    cfg: ModelConfig, source_format: str, scale_mode: str, scales: dict[str, Any], side_files: dict[str, Path]
+) -> dict[str, KV]:
     md = {
         KEY_SOURCE_FORMAT: kv_str(source_format),
         KEY_SCALE_MODE: kv_str(scale_mode),
@@ -104,7 +137,53 @@ def bitconvert_keys(cfg: ModelConfig, source_format: str, scale_mode: str, scale
     }
     if scales:
         md[SCALES_KEY] = kv_str(encode_records(scales))
+    recorded = recorded_side_files(side_files)
+    if recorded:
+        md[KEY_SIDE_FILES] = kv_str(json.dumps(recorded, separators=(",", ":"), ensure_ascii=False))
     return md
+
+
+def recorded_side_files(files: dict[str, Path]) -> dict[str, str]:
+    """The sentence-transformers side files as text (a GGUF holds no folder), so converting back
+    restores them; each must be UTF-8 text of at most MAX_RECORDED_SIDE_FILE bytes."""
+    folders = tuple(n.rsplit("/", 1)[0] for n in files if "/" in n)
+    out = {}
+    for name, path in files.items():
+        if not is_sentence_transformers_file(name, folders):
+            continue
+        try:
+            raw = path.read_bytes()
+            if len(raw) > MAX_RECORDED_SIDE_FILE:
+                raise CheckpointError(path, f"side file larger than {MAX_RECORDED_SIDE_FILE} bytes: not recorded in GGUF")
+            out[name] = raw.decode("utf-8")
+        except OSError as exc:
+            raise CheckpointError(path, f"cannot read: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise CheckpointError(path, "side file is not UTF-8 text: it cannot be recorded in the GGUF") from None
+    return out
+
+
+def read_side_files(f: GGUFFile) -> dict[str, str]:
+    """The side files ``bitconvert.side_files`` recorded, by checked relative name (none where absent)."""
+    raw = f.get(KEY_SIDE_FILES)
+    if raw is None:
+        return {}
+    data = parse_json_text(raw, f.path, KEY_SIDE_FILES) if isinstance(raw, str) else None
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        raise CheckpointError(f.path, f"{KEY_SIDE_FILES} is not an object of file texts")
+    out = {}
+    for name, text in data.items():
+        try:  # the GGUF string may hold bytes that are not UTF-8 (kept as surrogates): no file holds those
+            name.encode("utf-8"), text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise CheckpointError(f.path, f"{KEY_SIDE_FILES}: {name!r:.80} is not valid UTF-8 text") from None
+        folder, _, base = name.rpartition("/")
+        checked = module_folder(folder, f.path) if folder else ""
+        plain = base not in ("", ".", "..") and "\\" not in base and "\0" not in base
+        if not plain or not (checked or base in TOP_LEVEL_FILES):
+            raise CheckpointError(f.path, f"{KEY_SIDE_FILES} names {name!r:.80}, not a sentence-transformers file")
+        out[f"{checked}/{base}" if checked else base] = text
+    return out
 
 
 # --- reading ----------------------------------------------------------------------------------
@@ -164,16 +243,19 @@ def source_family(f: GGUFFile) -> tuple[str, Family]:
     return arch, family
 
 
-def _token_id(f: GGUFFile, key: str, vocab: int) -> int | None:
+def _token_id(f: GGUFFile, key: str, vocab: int, notes: list[str]) -> int | None:
     v = f.get(key)
     if v is None:
         return None
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= int(v) < vocab:
-        raise CheckpointError(f.path, f"metadata key {key} is {v!r:.80}, not a token id below {vocab}")
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise CheckpointError(f.path, f"metadata key {key} is {v!r:.80}, not a token id")
+    if not 0 <= int(v) < vocab:  # e.g. bitnet.cpp's embedding converter forces the real vocabulary's EOS
+        notes.append(f"metadata key {key} is {int(v)}, outside the vocabulary of {vocab}: not used as the model's")
+        return None
     return int(v)
 
 
-def derived_hf_config(f: GGUFFile, arch: str, family: Family, tied: bool) -> dict[str, Any]:
+def derived_hf_config(f: GGUFFile, arch: str, family: Family, tied: bool, notes: list[str] | None = None) -> dict[str, Any]:
     """An HF config.json dict rebuilt from the GGUF hyperparameters alone, each checked as read."""
     key = {name: k.format(arch=arch) for name, k in _HYPER_KEYS.items()}
     values = f.size  # a dimension or count of values is bounded by the bytes that hold them
@@ -199,14 +281,29 @@ def derived_hf_config(f: GGUFFile, arch: str, family: Family, tied: bool) -> dic
         "rms_norm_eps": _positive_float(f, key["eps"], 1e-6),
         "rope_theta": _positive_float(f, key["rope_base"], 10000.0),
         "tie_word_embeddings": tied,
-        "hidden_act": _text(f, key["act"], family.hidden_act),
+        family.activation_keys[0]: _text(f, key["act"], family.hidden_act),
         "head_dim": head_dim,
     }
     for tkey, hf in ((_TOK.BOS_ID, "bos_token_id"), (_TOK.EOS_ID, "eos_token_id")):
-        tid = _token_id(f, tkey, vocab)
+        tid = _token_id(f, tkey, vocab, notes if notes is not None else [])
         if tid is not None:
             d[hf] = tid
+    d.update(_attention_layout(f, key, family, layers, notes if notes is not None else []))
     return d
+
+
+def _attention_layout(f: GGUFFile, key: dict[str, str], family: Family, layers: int, notes: list[str]) -> dict:
+    """Sliding-window keys where the file has them; a family whose layers slide by default reads as
+    all full attention where the file says nothing (as llama.cpp runs such a file)."""
+    out: dict[str, Any] = {}
+    if f.get(key["swa_base"]) is not None:
+        out["rope_local_base_freq"] = _positive_float(f, key["swa_base"], 10000.0)
+    if f.get(key["window"]) is not None:
+        out["sliding_window"] = _count(f, key["window"], U32_MAX, "a u32")
+    elif family.default("sliding_window_pattern") is not None:
+        out["layer_types"] = [FULL_ATTENTION] * layers
+        notes.append(f"no {key['window']} in the file: every layer reads as full attention, as llama.cpp runs it")
+    return out
 
 
 def _head_dim(f: GGUFFile, key: dict[str, str], hidden: int, heads: int) -> int:
@@ -224,6 +321,7 @@ _HYPER_KEYS = {
     "heads": _ATTN.HEAD_COUNT, "kv_heads": _ATTN.HEAD_COUNT_KV, "vocab": _LLM.VOCAB_SIZE,
     "context": _LLM.CONTEXT_LENGTH, "eps": _ATTN.LAYERNORM_RMS_EPS, "rope_base": _ROPE.FREQ_BASE,
     "act": HIDDEN_ACTIVATION, "key_length": _ATTN.KEY_LENGTH, "rope_dim": _ROPE.DIMENSION_COUNT,
+    "window": _ATTN.SLIDING_WINDOW, "swa_base": _ROPE.FREQ_BASE_SWA,
 }  # fmt: skip
 _COMPARED = (
     "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
@@ -259,7 +357,7 @@ def read_config(f: GGUFFile, tied: bool, notes: list[str]) -> tuple[str, ModelCo
     derived from the keys, whose floats are as precise as their GGUF type (float32 as llama.cpp writes).
     """
     arch, family = source_family(f)
-    derived = ModelConfig.from_hf_dict(derived_hf_config(f, arch, family, tied), f.path)
+    derived = ModelConfig.from_hf_dict(derived_hf_config(f, arch, family, tied, notes), f.path)
     cfg = recorded_config(f, notes)
     if cfg is not None:
         differ = [k for k in _COMPARED if getattr(cfg, k) != getattr(derived, k)]

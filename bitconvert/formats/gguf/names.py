@@ -1,8 +1,8 @@
 """Hugging Face <-> GGUF tensor names, from the family record, and the Q/K row order of RoPE-interleaving architectures.
 
 A family records each norm's and projection's GGUF name (gguf-py's, e.g. ``attn_sub_norm``) and
-:data:`~bitconvert.model.families.GLOBAL_GGUF` the global ones; gguf-py supplies the per-layer
-prefix (``blk.{bid}``) and which projections RoPE rotates (``attn_q``, ``attn_k``).
+``Family.global_gguf()`` the global ones (HF names with the family's prefix); gguf-py supplies
+the per-layer prefix (``blk.{bid}``) and which projections RoPE rotates (``attn_q``, ``attn_k``).
 
 A family whose GGUF architecture applies RoPE to interleaved pairs where HF rotates halves
 (``family.gguf_permutes_qk``: llama.cpp's ``llama``) stores the Q and K rows permuted per head, as
@@ -17,11 +17,10 @@ import numpy as np
 from gguf.constants import MODEL_TENSOR, TENSOR_NAMES
 
 from ...model.config import ModelConfig
-from ...model.families import GLOBAL_GGUF
 
 #: gguf-py's per-layer prefix, ``blk.{bid}``
 _BLOCK, _, _ = TENSOR_NAMES[MODEL_TENSOR.ATTN_Q].rpartition(".")
-_LAYER = re.compile(r"model\.layers\.(\d+)\.(.+)\.weight")
+_LAYER = re.compile(r"layers\.(\d+)\.(.+)\.weight")
 SCALE_SUFFIX = ".scale"
 WEIGHT_SUFFIX = ".weight"
 
@@ -34,9 +33,20 @@ def _short(tensor: MODEL_TENSOR) -> str:
 _ROPE_HEADS = {_short(MODEL_TENSOR.ATTN_Q): "num_attention_heads", _short(MODEL_TENSOR.ATTN_K): "num_key_value_heads"}
 
 
+def name_template(gguf: str) -> str:
+    """``blk.{bid}.attn_q``: a per-layer name as gguf-py's TENSOR_NAMES spells it."""
+    return f"{_BLOCK}.{gguf}"
+
+
 def layer_name(layer: int, gguf: str) -> str:
     """``blk.3.attn_q.weight`` for layer 3 and the record's GGUF name ``attn_q``."""
     return f"{_BLOCK.format(bid=layer)}.{gguf}{WEIGHT_SUFFIX}"
+
+
+def _layer_match(hf_name: str, config: ModelConfig) -> re.Match | None:
+    """``layers.N.<module path>.weight`` after the family's prefix: (N, module path); None otherwise."""
+    prefix = config.family.prefix
+    return _LAYER.fullmatch(hf_name[len(prefix) :]) if hf_name.startswith(prefix) else None
 
 
 def _layer_modules(config: ModelConfig) -> dict[str, str]:
@@ -47,9 +57,10 @@ def _layer_modules(config: ModelConfig) -> dict[str, str]:
 
 def to_gguf(hf_name: str, config: ModelConfig) -> str | None:
     """``model.layers.3.self_attn.q_proj.weight`` -> ``blk.3.attn_q.weight``; None if unknown."""
-    if hf_name in GLOBAL_GGUF:
-        return GLOBAL_GGUF[hf_name] + WEIGHT_SUFFIX
-    m = _LAYER.fullmatch(hf_name)
+    global_names = config.family.global_gguf()
+    if hf_name in global_names:
+        return global_names[hf_name] + WEIGHT_SUFFIX
+    m = _layer_match(hf_name, config)
     if m is None:
         return None
     gguf = _layer_modules(config).get(m.group(2))
@@ -78,7 +89,7 @@ def permuted_heads(hf_name: str, config: ModelConfig) -> int | None:
     """The head count whose rows are permuted on disk for this tensor, or None when rows stay in order."""
     if not config.family.gguf_permutes_qk:
         return None
-    m = _LAYER.fullmatch(hf_name)
+    m = _layer_match(hf_name, config)
     field = _ROPE_HEADS.get(_layer_modules(config).get(m.group(2), "")) if m else None
     return getattr(config, field) if field else None
 

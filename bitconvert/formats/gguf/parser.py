@@ -219,17 +219,38 @@ class GGUFFile:
         return infos
 
     def _place_tensors(self, infos: list[tuple[str, int, tuple[int, ...], int]], file_size: int) -> None:
-        """Offsets aligned, each equal to the running total, and the data inside the file."""
+        """Offsets aligned, each equal to the running total, and the data inside the file.
+
+        A TL1/TL2 tensor owns the 32 bytes after its padded data, where its scale is. bitnet.cpp's
+        gguf-py lists no tensor there; upstream gguf-py lists a 0-dim F32 ``<name>_scale``, read here
+        as that slot (:attr:`scale_entries`)."""
         self.tensors: dict[str, TensorInfo] = {}
+        self.scale_entries: list[str] = []
         expected = 0
+        previous: TensorInfo | None = None
         for name, gtype, shape, offset in infos:
-            size = types.TYPES[gtype].nbytes(shape)
+            t = types.TYPES[gtype]
+            if t.tiled and self.alignment != DEFAULT_ALIGNMENT:
+                raise CheckpointError(self.path, f"{t.name} needs GGUF's alignment of {DEFAULT_ALIGNMENT}, "
+                                                 f"the file has {self.alignment}", name)  # fmt: skip
+            if (
+                previous is not None
+                and previous.ggml.tiled
+                and self._is_scale_slot(previous, name, gtype, shape, offset)
+            ):
+                self.scale_entries.append(name)
+                continue
+            size = t.nbytes(shape)
             if offset % self.alignment:
                 raise CheckpointError(self.path, f"data offset {offset} is not aligned to {self.alignment}", name)
             if offset != expected:
-                raise CheckpointError(self.path, f"data offset {offset}, expected {expected} (overlap or gap)", name)
+                shared = types.SHARED_IDS.get(gtype)
+                problem = f"data offset {offset}, expected {expected} (overlap or gap)"
+                if shared is not None:
+                    problem += f"; type {gtype} was read as bitnet.cpp's {t.name}, not {shared}, which is not supported"
+                raise CheckpointError(self.path, problem, name)
             expected += -(-size // self.alignment) * self.alignment
-            self.tensors[name] = TensorInfo(name, gtype, shape, self.data_start + offset, size)
+            previous = self.tensors[name] = TensorInfo(name, gtype, shape, self.data_start + offset, size)
         if self.tensors:
             last = list(self.tensors.values())[-1]
             end = last.offset + last.nbytes
@@ -238,10 +259,16 @@ class GGUFFile:
                     self.path, f"file is truncated: tensor data ends at byte {end}, the file has {file_size} bytes"
                 )
 
+    def _is_scale_slot(self, tl: TensorInfo, name: str, gtype: int, shape: tuple[int, ...], offset: int) -> bool:
+        """Whether this entry is upstream gguf-py's listing of TL tensor ``tl``'s scale slot."""
+        slot = tl.offset - self.data_start + tl.nbytes - tl.ggml.tail
+        return name == tl.name + "_scale" and gtype == types.F32 and shape == () and offset == slot
+
     def _check_tensor(self, name: str, ne: list[int], gtype: int) -> None:
         if gtype not in types.TYPES:
-            what = types.UNSUPPORTED.get(gtype) or f"{types.type_name(gtype)} (id {gtype})"
-            raise CheckpointError(self.path, f"tensor type {what} is not supported", name)
+            raise CheckpointError(
+                self.path, f"tensor type {types.type_name(gtype)} (id {gtype}) is not supported", name
+            )
         n = 1
         for d in ne:
             if d < 0:
@@ -252,6 +279,10 @@ class GGUFFile:
         t = types.TYPES[gtype]
         if not ne and t.block > 1 and not t.flat:
             raise CheckpointError(self.path, f"a {t.name} tensor is rows of blocks, so it needs a dimension; this has none", name)
+        if t.tiled and len(ne) != 2:
+            raise CheckpointError(
+                self.path, f"{t.name} tensor with {len(ne)} dimensions; {t.name} holds matrices", name
+            )
         if not t.fits(tuple(reversed(ne))):
             what = f"{n} values" if t.flat else f"row length {ne[0]}"
             raise CheckpointError(self.path, f"{what} is not a multiple of {t.name}'s block of {t.block}", name)

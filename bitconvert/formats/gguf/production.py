@@ -56,6 +56,24 @@ class Made:
     data: np.ndarray  # the piece's bytes (any dtype; written as stored)
     source: str = ""  # quantized weights: how the ternary form was obtained (kept/recovered/quantized)
     magnitude: float | None = None  # quantized weights: mean|W|, exact in float64
+    #: float pieces: values the stored type changed (read back minus the offset), of how many, by how much at most
+    changed: int = 0
+    values: int = 0
+    worst: float = 0.0
+
+
+@dataclass
+class Loss:
+    """What a float tensor's type rounded, summed over its pieces."""
+
+    changed: int = 0
+    values: int = 0
+    worst: float = 0.0
+
+    def add(self, made: Made) -> None:
+        self.changed += made.changed
+        self.values += made.values
+        self.worst = max(self.worst, made.worst)
 
 
 def pieces(plan: Plan) -> list[Piece]:
@@ -89,7 +107,19 @@ class Producer:
         if p.role != "dense":
             return _ternary(p, self.plan, entry, entry.load())
         if not p.heads and len(entry.shape) == 2 and dense_rows_known(entry):  # read block by block
-            return Made(_dense_slab(dense_rows(entry, piece.start, piece.stop), types.TYPES[p.tensor.type], entry))
+            chunk = dense_rows(entry, piece.start, piece.stop)
+        else:
+            chunk = self._loaded_rows(p, entry, piece)
+        t = types.TYPES[p.tensor.type]
+        stored = chunk if not p.offset else Dense(chunk.float32() + np.float32(p.offset), "F32")
+        made = Made(_dense_slab(stored, t, entry))
+        if t.dtype_name is not None and (p.offset or chunk.dtype_name != t.dtype_name):
+            made.changed, made.worst = _rounding(chunk, made.data, t, p.offset)
+            made.values = chunk.size
+        return made
+
+    def _loaded_rows(self, p: TensorPlan, entry: TensorEntry, piece: Piece) -> Dense:
+        """Rows ``piece.start:piece.stop`` of a float tensor loaded whole at its first slab."""
         if piece.start == 0:
             value = entry.load()
             w = value if isinstance(value, Dense) else as_dense(value, "F32")
@@ -100,7 +130,22 @@ class Producer:
         assert rows is not None
         if piece.stop >= rows.shape[0]:
             self._rows = None
-        return Made(_dense_slab(rows.rows(piece.start, piece.stop), types.TYPES[p.tensor.type], entry))
+        return rows.rows(piece.start, piece.stop)
+
+
+def _rounding(source: Dense, stored: np.ndarray, t: GGMLType, offset: float) -> tuple[int, float]:
+    """(how many values of ``source`` the stored bytes do not give back, the largest difference):
+    each read back in float64, minus the norm's offset (exact there), against the source's value."""
+    back = Dense(np.ascontiguousarray(stored).reshape(-1).view(np.uint8).view(_NUMPY[t.dtype_name]), t.dtype_name)
+    got = back.float64().reshape(-1) - offset
+    want = source.float64().reshape(-1)
+    with np.errstate(invalid="ignore"):
+        diff = np.abs(got - want)
+    bad = ~((got == want) | (np.isnan(got) & np.isnan(want)))
+    return int(np.count_nonzero(bad)), float(np.max(diff[bad & ~np.isnan(diff)], initial=0.0))
+
+
+_NUMPY = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}
 
 
 def _ternary(p: TensorPlan, plan: Plan, entry: TensorEntry, value: Value) -> Made:
@@ -108,7 +153,8 @@ def _ternary(p: TensorPlan, plan: Plan, entry: TensorEntry, value: Value) -> Mad
     if made is not None:
         return made
     # float64 holds every stored scale exactly; each output dtype is then rounded to once.
-    tw, source = entry_as_ternary(entry, value, LinearClass.AUTOBITLINEAR, "F64", recipe_quantizer(plan.recipe))
+    quantizer = recipe_quantizer(plan.recipe, plan.task)
+    tw, source = entry_as_ternary(entry, value, LinearClass.AUTOBITLINEAR, "F64", quantizer)
     del value
     codes = names.permute_qk(tw.codes, p.heads) if p.heads else tw.codes
     mag = tw.scale.item()
@@ -157,8 +203,8 @@ def encode_ternary(p: TensorPlan, plan: Plan, codes: np.ndarray, mag: float) -> 
     t = types.TYPES[p.tensor.type]
     mode = plan.mode
     if t.kind == "ternary":
-        if t.flat:  # I2_S: the fp32 scale follows the codes
-            return t.encode(codes, mag, plan.i2s_layout)
+        if t.flat:  # I2_S, TL1, TL2: the fp32 scale follows the codes
+            return t.encode(codes, mag, plan.layout(codes.shape))
         if mode == "blocks":  # llama.cpp's: fp16 d = max|x| per block, 0 for a block of zeros
             return t.encode(codes, tq_block_d(codes, mag, t.block))
         return t.encode(codes, folded_d(mag) if mode == "folded" else 1.0)

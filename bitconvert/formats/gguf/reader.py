@@ -1,23 +1,25 @@
 """The ``gguf`` reader: a GGUF file as a :class:`Checkpoint`, each tensor decoded when loaded.
 
-TQ1_0, TQ2_0, I2_S, F16, BF16, F32 and Q8_0 tensors of every GGUF architecture a family is written
-under (:mod:`.archs`), including llama.cpp-converted files whose scale was folded per block (codes
-and the scale are recovered when every block holding a code has the same ``d``). Codecs are found
-through the type table (``types.py``); bytes no encoder writes are refused, never decoded.
+TQ1_0, TQ2_0, I2_S, TL1, TL2, F16, BF16, F32 and Q8_0 tensors of every GGUF architecture a family is
+written under (:mod:`.archs`), including llama.cpp-converted files whose scale was folded per block
+(codes and the scale are recovered when every block holding a code has the same ``d``). Codecs are
+found through the type table (``types.py``); bytes no encoder writes are refused, never decoded.
+TL1/TL2 tensors are read with the kernel configuration the file records, else the one the caller
+names (:data:`.kernel_config.ASSUMED`), else refused (:mod:`.tl_files`).
 
 What each quantized linear is, before anything is loaded: TQ/I2_S codes, and floats beside a
 ``.scale`` tensor (the writer's F16 fallback, codes), are TERNARY; other floats of a quantized
 linear are LATENT, carrying the exact scale ``bitconvert.ternary_scales`` recorded for them. A
 TERNARY tensor whose blocks disagree on ``d`` (or whose floats are not codes) loads as float32
 values, with a note: the file holds no codes with one scale there.
+
+A norm whose family adds an offset to its gain (Gemma's ``1 + w``) is stored as ``offset + w`` (what
+llama.cpp multiplies by) and loads as ``w``: the stored value minus the offset, in float32 (exact).
 """
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,14 +39,16 @@ from ...model.checkpoint import (
     float_stored,
 )  # fmt: skip
 from ...model.config import ModelConfig, QuantConfig, QuantMode
-from ...model.families import GLOBAL_GGUF, LM_HEAD
+from ...model.families import GLOBAL_GGUF_BY_ROLE, LM_HEAD_ROLE
 from ...ternary.linear_class import LinearClass
 from ...ternary.records import SCALES_KEY, ScaleRecord, decode_records
 from ...ternary.scale import Scale
 from ...ternary.stats import CodeCounts, float_code_counts
+from ...ternary.stats import code_counts as code_counts_of
 from ...ternary.weight import TernaryWeight
 from .. import register_reader
-from . import code_counts, i2s_layouts, metadata, names, tokenizer, types
+from . import code_counts, hf_tokenizer, i2s_layouts, metadata, names, tl_files, tokenizer, types
+from .kernel_config import KernelConfig, Tile
 from .parser import GGUFFile, TensorInfo, is_gguf
 
 NAME = "gguf"
@@ -68,7 +72,7 @@ class _TensorSource:
     record: ScaleRecord | None  # the exact scale recorded under bitconvert.ternary_scales
     heads: int | None  # set for q/k of a family whose rows are permuted on disk
     notes: list[str]
-    i2s_layout: str = i2s_layouts.DEFAULT_LAYOUT  # the byte order of an I2_S tensor
+    layout: str | Tile = i2s_layouts.DEFAULT_LAYOUT  # the byte order of an I2_S (its layout) or TL tensor (its tile)
 
     def fail(self, problem: str) -> CheckpointError:
         return CheckpointError(self.f.path, problem, self.info.name)
@@ -103,9 +107,11 @@ class _TensorSource:
         t = self.info
         raw = self.f.read_bytes(t.name)
         layout = f"gguf:{t.type_name}"
-        if t.ggml.flat:  # I2_S: the fp32 scale follows the codes
+        if t.ggml.flat:  # I2_S, TL1, TL2: the fp32 scale follows the codes
             n = raw.size - t.ggml.tail
             counts = lambda: code_counts.i2s_counts(raw, t.shape)[0]
+            if t.ggml.tiled:
+                counts = lambda: code_counts_of(t.ggml.decode(raw, t.shape, self.layout)[0])
             return Stored(raw, layout, scale=self._in_data_scale(raw[n : n + 4]), counts=counts)
         if t.ggml.kind == "ternary":  # the scale is the d of the blocks holding codes (x a .scale tensor)
             word, counted = code_counts.block_d(raw, t.ggml.id)
@@ -175,11 +181,12 @@ class _TensorSource:
     def _load_codes(self) -> Value:
         t = self.info
         raw = self.f.read_bytes(t.name)
-        problem = t.ggml.first_invalid(raw, t.shape) if t.ggml.first_invalid else None
+        layout = (self.layout,) if t.ggml.flat else ()
+        problem = t.ggml.first_invalid(raw, t.shape, *layout) if t.ggml.first_invalid else None
         if problem is not None:
             raise self.fail(problem)
-        if t.ggml.flat:  # three byte orders, one per bitnet.cpp build; one scale for the whole tensor
-            codes, scale = i2s_layouts.decode(raw, t.shape, self.i2s_layout)
+        if t.ggml.flat:  # a byte order per bitnet.cpp build (I2_S layout, TL tile); one scale per tensor
+            codes, scale = t.ggml.decode(raw, t.shape, self.layout)
             v = float(scale[0])
             if not (0 < v < float("inf")) and not (v == 0 and not codes.any()):  # quantize_i2_s: 0 for all zeros
                 raise self.fail(f"{t.type_name} scale is {v}, not finite and positive")
@@ -213,7 +220,9 @@ class _TensorSource:
         return Dense(self._order(w * np.float32(s.item()) if s is not None else w), "F32")
 
 
-def _stored_label(t: TensorInfo, scale: TensorInfo | None, layout: str) -> str:
+def _stored_label(t: TensorInfo, scale: TensorInfo | None, layout: str | Tile) -> str:
+    if isinstance(layout, Tile):
+        return f"{t.type_name} ({layout.tiles()}) + F32 scale in data"
     if t.ggml.flat:
         return f"{t.type_name} ({layout}) + F32 scale in data"
     if scale is not None:
@@ -227,26 +236,33 @@ class GGUFReader:
     def detect(self, path: Path) -> bool:
         return path.is_file() and (path.suffix.lower() == ".gguf" or is_gguf(path))
 
-    def read(self, path: Path, i2s_layout: str | None = None) -> Checkpoint:
+    def read(self, path: Path, i2s_layout: str | None = None, kernels: KernelConfig | None = None) -> Checkpoint:
         """``i2s_layout`` reads I2_S tensors in that byte layout whatever the file records (``verify
-        --reproduce`` tries each on files that record none)."""
+        --reproduce`` tries each on files that record none); ``kernels`` TL1/TL2 tensors with those
+        tiles (else the recorded ones, else :data:`.kernel_config.ASSUMED`'s)."""
         f = GGUFFile(path)
         notes: list[str] = []
-        tied = GLOBAL_GGUF[LM_HEAD] + names.WEIGHT_SUFFIX not in f.tensors  # no output head: token_embd is it
+        tied = GLOBAL_GGUF_BY_ROLE[LM_HEAD_ROLE] + names.WEIGHT_SUFFIX not in f.tensors  # no output head: token_embd is it
         arch, cfg, precision = metadata.read_config(f, tied, notes)
         records = _records(f)
         layout, recorded = (i2s_layout, True) if i2s_layout else _i2s_layout(f, notes)
+        tiles = tl_files.kernels_for(f, kernels, notes)
         used: set[str] = set()
         entries: dict[str, TensorEntry] = {}
         expected = cfg.expected_shapes()
+        offsets = cfg.norm_offsets()
         for gname, hf in names.from_gguf_table(cfg).items():
             want = (hf, expected[hf])
-            entries[hf] = _entry(f, cfg, gname, want, records.get(hf), used, notes, (layout, recorded))
+            tile = tl_files.tile_for(f, gname, tiles)
+            entries[hf] = _entry(f, cfg, gname, want, records.get(hf), used, notes, (tile or layout, recorded))
+            if hf in offsets:
+                entries[hf] = _without_offset(entries[hf], offsets[hf])
         _check_unused(f, used, notes)
-        tokenizer.check_vocabulary(f, cfg.vocab_size)
+        hf_tokenizer.check_vocabulary(f, cfg.vocab_size)
         has_i2s = any(t.type == types.I2_S for t in f.tensors.values())
         file_type = f.get(metadata.Keys.General.FILE_TYPE)
-        gguf = GGUFFacts(arch, tokenizer.from_gguf(f), file_type, layout if has_i2s else None, recorded)
+        gguf = GGUFFacts(arch, tokenizer.from_gguf(f), file_type, layout if has_i2s else None, recorded,
+                         tiles[1] if tiles else None, _pooling_type(f, arch))  # fmt: skip
         # GGUF's dtypes are its own conventions (F32 norms, the --embed-type); the model's are recorded
         facts = Facts(_linear_class(records), container_dtypes=True, config_precision=precision, gguf=gguf)
         if any(e.kind is Kind.TERNARY for e in entries.values()):
@@ -254,13 +270,13 @@ class GGUFReader:
         ckpt = Checkpoint(NAME, path, cfg, entries, [], notes, facts)
         _read_origin(f, ckpt)
         check_tensor_set(ckpt)
-        ckpt.side_files = _tokenizer_side_files(f, ckpt, notes)
+        ckpt.side_files = hf_tokenizer.side_files(f, ckpt, notes)
         return ckpt
 
 
 def _entry(
     f: GGUFFile, cfg: ModelConfig, gname: str, want: tuple[str, tuple[int, ...]],
-    record: ScaleRecord | None, used: set[str], notes: list[str], layout: tuple[str, bool],
+    record: ScaleRecord | None, used: set[str], notes: list[str], layout: tuple[str | Tile, bool],
 ) -> TensorEntry:  # fmt: skip
     """The entry of one weight the metadata implies (HF name, shape), checked against the file's tensor."""
     hf, expected = want
@@ -287,7 +303,8 @@ def _entry(
     else:
         kind = Kind.LATENT if quantized else Kind.DENSE
         dtype = t.ggml.dtype_name or "F32"
-    label = _stored_label(t, scale, f"{layout[0]} layout" + ("" if layout[1] else " assumed"))
+    shown = layout[0] if isinstance(layout[0], Tile) else f"{layout[0]} layout" + ("" if layout[1] else " assumed")
+    label = _stored_label(t, scale, shown)
     return TensorEntry(
         hf, expected, kind, dtype, str(f.path), src.load, src.stored, label,
         record=record if kind is Kind.LATENT else None, rows=src.rows if src.streams_rows() else None,
@@ -346,17 +363,25 @@ def _read_origin(f: GGUFFile, ckpt: Checkpoint) -> None:
     ckpt.origin.recorded_provenance = parse_provenance(f.get(PROVENANCE_KEY), f.path)
 
 
-def _tokenizer_side_files(f: GGUFFile, ckpt: Checkpoint, notes: list[str]) -> list[Path]:
-    """tokenizer.json / tokenizer_config.json rebuilt in a folder that lives as long as ``ckpt``."""
-    model = f.get(metadata.Keys.Tokenizer.MODEL)
-    if model is None:
-        return []
-    folder = Path(tempfile.mkdtemp(prefix="bitconvert-gguf-tokenizer-"))
-    weakref.finalize(ckpt, shutil.rmtree, folder, True)
-    files = tokenizer.write_hf_tokenizer(f, folder)
-    if not files:
-        notes.append(f"tokenizer model {model!r} is not rebuilt as tokenizer.json (only gpt2 BPE is)")
-    return files
+def _pooling_type(f: GGUFFile, arch: str) -> int | None:
+    value = f.get(metadata.Keys.LLM.POOLING_TYPE.format(arch=arch))
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise CheckpointError(f.path, f"metadata key {arch}.pooling_type is not an integer: {value!r:.80}")
+    return int(value)
+
+
+def _without_offset(entry: TensorEntry, offset: float) -> TensorEntry:
+    """A norm stored as ``offset + w`` loading as ``w`` (float32: the subtraction is exact)."""
+
+    def load() -> Value:
+        value = entry.load()
+        assert isinstance(value, Dense)
+        with np.errstate(invalid="ignore", over="ignore"):  # non-finite values stay so (verify names them)
+            return Dense(value.float32() - np.float32(offset), "F32")
+
+    return replace(entry, load=load, dtype_name="F32", label=f"{entry.label} (stored + {offset:g})", rows=None)
 
 
 register_reader(GGUFReader())

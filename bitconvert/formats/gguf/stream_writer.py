@@ -67,6 +67,10 @@ def kv_strs(values: Iterable[str]) -> KV:
     return KV(ARRAY, list(values), STRING)
 
 
+def kv_f32s(values: Iterable[float]) -> KV:
+    return KV(ARRAY, np.asarray(values if isinstance(values, np.ndarray) else list(values), dtype="<f4"), FLOAT32)
+
+
 def kv_i32s(values: Iterable[int]) -> KV:
     return KV(ARRAY, np.asarray(list(values) if not isinstance(values, np.ndarray) else values, dtype="<i4"), INT32)
 

@@ -11,28 +11,45 @@ GGUF converted back to Hugging Face layout stays usable.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from gguf.constants import Keys, TokenType
 
 from ...errors import CheckpointError
 from ...io.jsonfile import read_json_object
 from .parser import GGUFFile
-from .stream_writer import KV, kv_bool, kv_i32s, kv_str, kv_strs, kv_u32
+from .stream_writer import KV, kv_bool, kv_f32s, kv_i32s, kv_str, kv_strs, kv_u32
 
 NORMAL, CONTROL, USER_DEFINED = int(TokenType.NORMAL), int(TokenType.CONTROL), int(TokenType.USER_DEFINED)
 UNUSED = int(TokenType.UNUSED)
 _TOK = Keys.Tokenizer
+MODEL_KEY = _TOK.MODEL
 
 LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+#: Qwen2 / Qwen3's split: single digits where Llama 3 groups three
+QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+#: llama.cpp's pre-tokenizer name for each split regex it implements
+SPLITS = {LLAMA3_SPLIT: "llama-bpe", QWEN2_SPLIT: "qwen2"}
 TOKENIZER_KEYS_PREFIX = "tokenizer."
+#: the tokenizer model of a GGUF without a vocabulary: llama.cpp (and bitnet.cpp) refuse a file with no
+#: ``tokenizer.ggml.model`` at all ("key not found in model"), and take this one to mean "no
+#: vocabulary; {arch}.vocab_size tokens" (llama-vocab.cpp, LLAMA_VOCAB_TYPE_NONE)
+NO_VOCAB = "no_vocab"
+
+
+def no_vocab() -> dict[str, KV]:
+    """The keys of a GGUF that holds no tokenizer, so that llama.cpp and bitnet.cpp still load it."""
+    return {_TOK.MODEL: kv_str(NO_VOCAB)}
+
+
 NO_TOKENIZER_HINT = "pass --no-tokenizer to write the GGUF without a tokenizer"
 
 
@@ -53,7 +70,7 @@ def _load_json(path: Path | None) -> dict[str, Any]:
         raise CheckpointError(path, f"{exc.problem}; {NO_TOKENIZER_HINT}") from None
 
 
-def _pre_type(pre: dict[str, Any] | None) -> str | None:
+def pre_tokenizer_name(pre: dict[str, Any] | None) -> str | None:
     """llama.cpp's pre-tokenizer name for a tokenizer.json ``pre_tokenizer``, when we recognise it."""
     if not isinstance(pre, dict):
         return None
@@ -68,11 +85,10 @@ def _pre_type(pre: dict[str, Any] | None) -> str | None:
     if (
         steps[0].get("type") == "Split"
         and isinstance(pattern, dict)
-        and pattern.get("Regex") == LLAMA3_SPLIT
         and steps[1].get("type") == "ByteLevel"
         and not steps[1].get("use_regex", True)
     ):
-        return "llama-bpe"
+        return SPLITS.get(pattern.get("Regex"))
     return None
 
 
@@ -81,6 +97,20 @@ def _token_content(value: Any) -> str | None:
         return value
     if isinstance(value, dict) and isinstance(value.get("content"), str):
         return value["content"]
+    return None
+
+
+def _appends(tok: dict[str, Any]) -> str | None:
+    """The special token a TemplateProcessing post-processor appends to a single text (Qwen3-Embedding's
+    ``<|endoftext|>``), if any."""
+    post = tok.get("post_processor")
+    procs = (post.get("processors") if post.get("type") == "Sequence" else [post]) if isinstance(post, dict) else []
+    for p in procs or []:
+        single = p.get("single") if isinstance(p, dict) and p.get("type") == "TemplateProcessing" else None
+        if isinstance(single, list) and len(single) > 1 and isinstance(single[-1], dict):
+            last = (single[-1].get("SpecialToken") or {}).get("id")
+            if isinstance(last, str):
+                return last
     return None
 
 
@@ -135,7 +165,7 @@ def from_side_files(
         raise CheckpointError(
             by_name["tokenizer.json"], f"holds a token or merge that is not valid UTF-8; {NO_TOKENIZER_HINT}"
         )
-    pre = _pre_type(tok.get("pre_tokenizer"))
+    pre = pre_tokenizer_name(tok.get("pre_tokenizer"))
     if pre is None:
         pre = "default"
         out.warnings.append("unrecognised pre-tokenizer in tokenizer.json: wrote tokenizer.ggml.pre = 'default'")
@@ -147,6 +177,26 @@ def from_side_files(
     tcfg = _load_json(by_name.get("tokenizer_config.json"))
     out.kv.update(_special_tokens(tok, tcfg, tokens, bos_id, eos_id))
     return out
+
+
+def llama_from_side_files(files: dict[str, Path], vocab_size: int, config: dict[str, Any], warnings: list[str]) -> dict[str, KV]:
+    """llama.cpp's SPM keys (``model = "llama"``: pieces, scores, types) from a byte-fallback BPE
+    tokenizer.json (Gemma's), special tokens by gguf-py's rules; none, with a warning, without one."""
+    from .special_vocab import special_vocab
+    from .vocabulary import llama_vocabulary
+
+    tok = _load_json(files.get("tokenizer.json"))
+    if not tok:
+        warnings.append("no tokenizer.json: the GGUF has no tokenizer (llama.cpp needs one to run text)")
+        return {}
+    tcfg = _load_json(files.get("tokenizer_config.json"))
+    vocab = llama_vocabulary(tok, tcfg, vocab_size, files["tokenizer.json"])
+    kv = {
+        _TOK.MODEL: kv_str("llama"), _TOK.PRE: kv_str("default"), _TOK.LIST: kv_strs(vocab.tokens),
+        _TOK.SCORES: kv_f32s(vocab.scores), _TOK.TOKEN_TYPE: kv_i32s(vocab.types), _TOK.ADD_PREFIX: kv_bool(False),
+    }  # fmt: skip
+    kv.update(special_vocab(tok, tcfg or None, config, False, source=files["tokenizer.json"]).keys())
+    return kv
 
 
 def _vocabulary(vocab: dict, added_tokens: Any, size: int) -> tuple[list[str], list[int]] | str:
@@ -195,8 +245,10 @@ def _special_tokens(
     bos_token = tokens[bos_id] if bos_id is not None and 0 <= bos_id < len(tokens) else None
     add_bos = tcfg.get("add_bos_token")
     kv[_TOK.ADD_BOS] = kv_bool(add_bos if isinstance(add_bos, bool) else _adds_bos(tok, bos_token))
-    add_eos = tcfg.get("add_eos_token", False)
-    kv[_TOK.ADD_EOS] = kv_bool(add_eos if isinstance(add_eos, bool) else False)
+    eos_token = tokens[eos_id] if eos_id is not None and 0 <= eos_id < len(tokens) else None
+    add_eos = tcfg.get("add_eos_token")
+    appended = _appends(tok)
+    kv[_TOK.ADD_EOS] = kv_bool(add_eos if isinstance(add_eos, bool) else appended is not None and appended == eos_token)
     template = tcfg.get("chat_template")
     if isinstance(template, list):  # named templates: llama.cpp takes the default one
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
@@ -211,147 +263,9 @@ def from_gguf(f: GGUFFile) -> dict[str, KV]:
     return {k: v for k, v in f.metadata.items() if k.startswith(TOKENIZER_KEYS_PREFIX)}
 
 
-# --- GGUF -> tokenizer.json -----------------------------------------------------------------------
-
-
-def _check_utf8(f: GGUFFile, key: str, texts: list[str]) -> None:
-    """JSON files hold UTF-8 only: a GGUF string of other bytes (kept as surrogates) is refused by name."""
-    try:
-        "\n".join(texts).encode("utf-8")
-    except UnicodeEncodeError:
-        bad = next(i for i, t in enumerate(texts) if _not_utf8(t))
-        raise CheckpointError(f.path, f"{key} item {bad} is not valid UTF-8: {texts[bad]!r:.60}") from None
-
-
 def _not_utf8(text: str) -> bool:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
         return True
     return False
-
-
-def check_vocabulary(f: GGUFFile, rows: int) -> None:
-    """Refuse a GGUF vocabulary that no tokenizer could be rebuilt from, before anything is written:
-    more tokens than embedding rows, per-token arrays of other lengths, a special token id outside
-    the list, and (for gpt2 BPE, which maps each string to one id) a token string given twice."""
-    tokens = f.get(_TOK.LIST)
-    if tokens is None:
-        return
-    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
-        raise CheckpointError(f.path, f"{_TOK.LIST} is not a list of strings")
-    if len(tokens) > rows:
-        raise CheckpointError(f.path, f"{_TOK.LIST} has {len(tokens)} tokens for {rows} embedding rows")
-    for key in (_TOK.TOKEN_TYPE, _TOK.SCORES):
-        values = f.get(key)
-        if values is not None and (not hasattr(values, "__len__") or len(values) != len(tokens)):
-            n = len(values) if hasattr(values, "__len__") else "not a list of"
-            raise CheckpointError(f.path, f"{key} has {n} entries for {len(tokens)} tokens")
-    for key in (_TOK.BOS_ID, _TOK.EOS_ID, _TOK.PAD_ID, _TOK.UNK_ID, _TOK.SEP_ID):
-        tid = f.get(key)
-        if tid is not None and not (isinstance(tid, int) and 0 <= tid < len(tokens)):
-            raise CheckpointError(f.path, f"{key} {tid!r} is not the id of one of its {len(tokens)} tokens")
-    if f.get(_TOK.MODEL) == "gpt2":
-        seen: dict[str, int] = {}
-        for i, t in enumerate(tokens):
-            if t in seen:
-                raise CheckpointError(f.path, f"{_TOK.LIST} holds {t!r:.60} twice (ids {seen[t]} and {i})")
-            seen[t] = i
-
-
-def write_hf_tokenizer(f: GGUFFile, out: Path) -> list[Path]:
-    """Rebuild ``tokenizer.json`` and ``tokenizer_config.json`` in ``out`` from a gpt2-model GGUF.
-
-    Returns the files written (none when the GGUF holds no byte-level BPE tokenizer).
-    """
-    if f.get(_TOK.MODEL) != "gpt2":
-        return []
-    tokens = f.get(_TOK.LIST)
-    merges = f.get(_TOK.MERGES) or []
-    if not isinstance(tokens, list) or not isinstance(merges, list):
-        return []
-    _check_utf8(f, _TOK.LIST, tokens)
-    _check_utf8(f, _TOK.MERGES, merges)
-    vocab, added = _hf_vocab(tokens, f.get(_TOK.TOKEN_TYPE))
-    pre_name = f.get(_TOK.PRE)
-    bos_id = f.get(_TOK.BOS_ID)
-    bos = _token(tokens, bos_id)
-    tok = {
-        "version": "1.0",
-        "truncation": None,
-        "padding": None,
-        "added_tokens": added,
-        "normalizer": None,
-        "pre_tokenizer": _hf_pre_tokenizer(pre_name),
-        "post_processor": _hf_bos_template(bos, bos_id) if f.get(_TOK.ADD_BOS) and bos is not None else None,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
-        "model": {
-            "type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
-            "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
-            "ignore_merges": pre_name == "llama-bpe", "vocab": vocab,
-            "merges": [m.split(" ", 1) for m in merges],
-        },
-    }  # fmt: skip
-    files = [out / "tokenizer.json", out / "tokenizer_config.json"]
-    files[0].write_text(json.dumps(tok, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    files[1].write_text(
-        json.dumps(_hf_tokenizer_config(f, tokens), ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
-    )
-    return files
-
-
-def _token(tokens: list[str], tid: Any) -> str | None:
-    return tokens[tid] if isinstance(tid, int) and 0 <= tid < len(tokens) else None
-
-
-def _hf_vocab(tokens: list[str], types: Any) -> tuple[dict[str, int], list[dict[str, Any]]]:
-    """(BPE vocab, added tokens): CONTROL and USER_DEFINED tokens are added tokens, the rest vocab."""
-    integral = isinstance(types, np.ndarray) and types.dtype.kind in "iu" and len(types) == len(tokens)
-    kinds = types.tolist() if integral else [NORMAL] * len(tokens)
-    vocab, added = {}, []
-    for i, (text, kind) in enumerate(zip(tokens, kinds)):
-        if kind in (CONTROL, USER_DEFINED):
-            added.append(
-                {"id": i, "content": text, "single_word": False, "lstrip": False, "rstrip": False,
-                 "normalized": False, "special": kind == CONTROL}
-            )  # fmt: skip
-        else:
-            vocab[text] = i
-    return vocab, added
-
-
-def _hf_pre_tokenizer(pre_name: Any) -> dict[str, Any]:
-    if pre_name == "llama-bpe":
-        return {
-            "type": "Sequence",
-            "pretokenizers": [
-                {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": False},
-                {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
-            ],
-        }
-    return {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
-
-
-def _hf_bos_template(bos: str, bos_id: int) -> dict[str, Any]:
-    return {
-        "type": "TemplateProcessing",
-        "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
-        "pair": [
-            {"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
-            {"SpecialToken": {"id": bos, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}},
-        ],
-        "special_tokens": {bos: {"id": bos, "ids": [bos_id], "tokens": [bos]}},
-    }  # fmt: skip
-
-
-def _hf_tokenizer_config(f: GGUFFile, tokens: list[str]) -> dict[str, Any]:
-    tcfg: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False}
-    for key, name in ((_TOK.BOS_ID, "bos_token"), (_TOK.EOS_ID, "eos_token"), (_TOK.PAD_ID, "pad_token")):
-        text = _token(tokens, f.get(key))
-        if text is not None:
-            tcfg[name] = text
-    template = f.get(_TOK.CHAT_TEMPLATE)
-    if isinstance(template, str):
-        _check_utf8(f, _TOK.CHAT_TEMPLATE, [template])
-        tcfg["chat_template"] = template
-    return tcfg

@@ -8,8 +8,11 @@ the functions that turn values into bytes and back from :mod:`.codecs` and :mod:
   ``encode(Dense [R, C]) -> uint8``, ``decode(raw [R, row bytes], C) -> Dense [R, C]``.
 - ``ternary``: TQ1_0 / TQ2_0, rows of 256-value blocks each with an fp16 ``d``;
   ``encode(codes [R, C], d) -> uint8 [R, row bytes]``, ``decode(raw [R, row bytes], C) -> (codes, d [R, blocks])``.
-- ``ternary`` with ``flat = True``: I2_S, whose 128-value blocks run over the flattened tensor and
-  end in one fp32 scale; ``encode(codes, scale)``, ``decode(raw, shape) -> (codes, scale [1])``.
+- ``ternary`` with ``flat = True``: one fp32 scale per tensor after the codes, in a byte order a
+  build of bitnet.cpp fixes (``encode(codes, scale, layout)``, ``decode(raw, shape, layout) ->
+  (codes, scale [1])``): I2_S, whose 128-value blocks run over the flattened tensor (``layout``: an
+  :mod:`.i2s_layouts` name), and TL1 / TL2 (``tiled``), packed by the tile of a kernel
+  configuration (``layout``: a :class:`.kernel_config.Tile`; sizes from :mod:`.tl_layouts`).
 
 ``first_invalid(raw, shape)`` finds bytes no encoder writes (a 2-bit code 3, a non-canonical base-3
 byte), so a reader refuses a corrupt tensor instead of loading made-up codes.
@@ -26,17 +29,18 @@ import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 
 from ...dtypes import Dense
-from . import codecs, i2s_layouts
+from . import codecs, i2s_layouts, tl_layouts
 
 _Q = GGMLQuantizationType
 
 F32, F16, BF16, Q8_0, TQ1_0, TQ2_0 = (int(_Q.F32), int(_Q.F16), int(_Q.BF16), int(_Q.Q8_0), int(_Q.TQ1_0),
                                       int(_Q.TQ2_0))  # fmt: skip
 #: bitnet.cpp's I2_S. Its fork of ggml numbers types on its own: 36 is I2_S there (gguf-py has no
-#: such type and no id 36), 38 and 39 its TL1/TL2 kernel tiles (39 is MXFP4 upstream).
+#: such type and no id 36), 38 and 39 its TL1/TL2 lookup-table types (39 is MXFP4 upstream).
 I2_S = 36
 TL1, TL2 = 38, 39
-#: bitnet.cpp's llama_ftype for an I2_S model (upstream gives 40 to another type)
+#: bitnet.cpp's llama_ftype for an I2_S model (upstream gives 40 to another type); for TL1/TL2 models
+#: it is the type id itself (38 is MXFP4_MOE upstream)
 FILE_TYPE_I2_S = 40
 #: values per TQ block (ggml's QK_K, 256): what a quantized linear's rows must be a multiple of
 QK_K = codecs.QK_K
@@ -61,9 +65,13 @@ class GGMLType:
     max_finite: float | None = None  # magnitudes at or above this do not fit (F16 overflow)
     file_type: int | None = None  # general.file_type when this is the model's main weight type
     encode_rows: Callable | None = None  # ternary: encode(codes handed out by rows: codecs.CodeRows, R, C, d)
+    #: TL1/TL2: the byte order depends on a kernel tile (the ``layout`` encode/decode/first_invalid take)
+    tiled: bool = False
 
     def nbytes(self, shape: tuple[int, ...]) -> int:
         """Bytes a tensor of ``shape`` (PyTorch order) takes in a GGUF data section, unpadded."""
+        if self.tiled:
+            return tl_layouts.nbytes(self.name.lower(), shape)
         n = math.prod(shape)
         if self.flat:
             return n // self.block * self.block_bytes + self.tail
@@ -71,7 +79,10 @@ class GGMLType:
         return (n // cols) * (cols // self.block) * self.block_bytes if cols else 0
 
     def fits(self, shape: tuple[int, ...]) -> bool:
-        """Whether the blocks tile the tensor: rows of whole blocks (or, flat, the whole tensor)."""
+        """Whether the blocks tile the tensor: rows of whole blocks (or, flat, the whole tensor); a TL
+        tensor is a matrix (which tile packs it is the kernel configuration's business)."""
+        if self.tiled:
+            return len(shape) == 2
         n = shape[-1] if shape and not self.flat else math.prod(shape)
         return n % self.block == 0
 
@@ -115,7 +126,7 @@ def _tq1_0_invalid(raw: np.ndarray, shape: tuple[int, ...]) -> str | None:
     return None if row is None else f"TQ1_0 byte that no ternary values encode (not canonical) in row {row}"
 
 
-def _i2_s_invalid(raw: np.ndarray, shape: tuple[int, ...]) -> str | None:
+def _i2_s_invalid(raw: np.ndarray, shape: tuple[int, ...], layout: str | None = None) -> str | None:
     bad = codecs.first_code_3(raw.reshape(-1)[: math.prod(shape) // 4])
     return None if bad is None else f"I2_S code 3 (not ternary) at value {bad * 4} or after"
 
@@ -140,9 +151,17 @@ TYPES: dict[int, GGMLType] = {
         GGMLType(I2_S, "I2_S", "ternary", _I2_S_BLOCK, _I2_S_BLOCK // 4, i2s_layouts.encode, i2s_layouts.decode,
                  _i2_s_invalid, flat=True, tail=i2s_layouts.TAIL, padding=i2s_layouts.TAIL - 4,
                  file_type=FILE_TYPE_I2_S),
+        # ggml is told one byte per value too; the real size is tl_layouts.nbytes (scale slot included).
+        GGMLType(TL1, "TL1", "ternary", 1, 1, tl_layouts.encode_tl1, tl_layouts.decode_tl1,
+                 tl_layouts.first_invalid_tl1, flat=True, tail=tl_layouts.SLOT, padding=tl_layouts.SLOT - 4,
+                 file_type=TL1, tiled=True),
+        GGMLType(TL2, "TL2", "ternary", 1, 1, tl_layouts.encode_tl2, tl_layouts.decode_tl2,
+                 tl_layouts.first_invalid_tl2, flat=True, tail=tl_layouts.SLOT, padding=tl_layouts.SLOT - 4,
+                 file_type=TL2, tiled=True),
     )
 }  # fmt: skip
-UNSUPPORTED = {TL1: "TL1 (bitnet.cpp kernel-tile layout, not portable)", TL2: "TL2 or MXFP4"}
+#: ids other programs give a meaning bitconvert does not read, where bitconvert reads another
+SHARED_IDS = {TL2: "MXFP4 (upstream llama.cpp's type 39)"}
 #: the names ``--gguf-type`` / ``--embed-type`` take
 BY_OPTION = {t.name.lower(): t for t in TYPES.values()}
 

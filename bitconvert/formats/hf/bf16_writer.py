@@ -74,7 +74,7 @@ class HFBF16Writer:
             rms_norm_eps=src_q.rms_norm_eps,
         )
         write_json(out / "config.json", cfg.to_hf_dict(quant, dtype))
-        report.files += ["config.json"] + copy_side_files(ckpt.side_files, out)
+        report.files += ["config.json"] + copy_side_files(ckpt.side_files, out, ckpt.side_folder())
         if dequantized:
             report.ternary_sources = {"dequantized": dequantized}
         return report

@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from ...model.checkpoint import side_file_name
 from ...model.config import ModelConfig, read_hf_config
+from ...model.sentence_transformers import MODULES_FILE, read_modules
 from ...errors import CheckpointError
 from ...io.jsonfile import read_json_object
 from ...io.pipeline import ahead_budget, produced_ahead
@@ -114,11 +116,14 @@ def _parse_hf_directory(path: Path) -> HFDirectory:
     trainer = sorted(p.name for p in path.iterdir() if p.name in TRAINER_STATE_FILES)
     if trainer:
         notes.append(f"trainer checkpoint: training state ignored and not copied ({', '.join(trainer)})")
-    return HFDirectory(path, config, stored, side_files(path), notes)
+    return HFDirectory(path, config, stored, side_files(path, notes), notes)
 
 
-def side_files(path: Path) -> list[Path]:
-    """Top-level files that travel with the weights: tokenizer, generation config, licence, card."""
+def side_files(path: Path, notes: list[str] | None = None) -> list[Path]:
+    """Files that travel with the weights: the top-level tokenizer, generation config, licence, card,
+    and the files of the sentence-transformers module folders ``modules.json`` names (``1_Pooling/``).
+
+    Each must resolve inside ``path``; a module folder's weights in a pickle are never carried (noted)."""
     out = []
     for p in sorted(path.iterdir()):
         if p.name.startswith(".") or p.name in ("config.json", INDEX_NAME) or not p.is_file():
@@ -126,14 +131,38 @@ def side_files(path: Path) -> list[Path]:
         if p.suffix in NOT_SIDE_FILES or p.name in TRAINER_STATE_FILES:
             continue
         out.append(check_inside(p, path))
+    if (path / MODULES_FILE).is_file():
+        for module in read_modules(check_inside(path / MODULES_FILE, path)):
+            if module.path:
+                out += _module_files(path, module.path, notes if notes is not None else [])
     return out
 
 
-def copy_side_files(files: Iterable[Path], out: Path) -> list[str]:
+def _module_files(root: Path, folder: str, notes: list[str]) -> list[Path]:
+    """The regular files of one sentence-transformers module folder (none where it does not exist)."""
+    where = check_inside(root / folder, root)
+    if not where.is_dir():
+        return []
+    out = []
+    for p in sorted(where.iterdir()):
+        if p.name.startswith(".") or not p.is_file():
+            continue
+        if p.suffix in PICKLE_SUFFIXES:
+            notes.append(f"ignored pickle file in module folder {folder} (never loaded): {p.name}")
+            continue
+        out.append(check_inside(p, root))
+    return out
+
+
+def copy_side_files(files: Iterable[Path], out: Path, root: Path | None = None) -> list[str]:
+    """Copy side files into ``out`` under their names relative to ``root`` (the source folder)."""
     names = []
     for f in files:
-        shutil.copyfile(check_inside(f, f.parent), out / f.name)
-        names.append(f.name)
+        name = side_file_name(f, root) if root is not None else f.name
+        target = out / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(check_inside(f, root if root is not None and root.is_dir() else f.parent), target)
+        names.append(name)
     return names
 
 

@@ -105,7 +105,7 @@ class HFPackedWriter:
         if record.config_keys is not None:
             config.update(record.config_keys(src_q.modules_to_not_convert))
         write_json(out / "config.json", config)
-        report.files += ["config.json"] + copy_side_files(ckpt.side_files, out)
+        report.files += ["config.json"] + copy_side_files(ckpt.side_files, out, ckpt.side_folder())
         report.ternary_sources = dict(how)
         report.details["linear_class"] = linear_class.value
         report.details["recipe"] = options.recipe.value

@@ -278,7 +278,7 @@ def _recorded_config(
     config = ModelConfig.from_hf_dict(hf, path / CHECKPOINT_METADATA)
     _check_against_record(mc, config, path / MODEL_CONFIG)
     sub_norm = config.family.norm("attn_sub_norm") or config.family.norm("ffn_sub_norm")
-    if sub_norm and not sub_norm_folders and f"model.layers.0.{sub_norm.path}.weight" not in kept:
+    if sub_norm and not sub_norm_folders and f"{config.layer_prefix(0)}{sub_norm.path}.weight" not in kept:
         warnings.append(
             f"the recorded {config.family.key} model's sub-norms are not in this checkpoint "
             "(no Nanotron model has them)"

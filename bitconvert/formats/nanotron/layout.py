@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...model.config import ModelConfig
-from ...model.families import EMBEDDING, FINAL_NORM, LM_HEAD
+from ...model.families import EMBEDDING_ROLE, FINAL_NORM_ROLE, LM_HEAD_ROLE
 
 UNSHARDED_FILE = "model_weight.safetensors"
 SHARD_FILE_RE = re.compile(r"model_weight_pp-rank-(\d+)-of-(\d+)_tp-rank-(\d+)-of-(\d+)\.safetensors")
@@ -80,14 +80,14 @@ def param_specs(cfg: ModelConfig, vocab_rows: int, layout: ModelLayout = ModelLa
     the layout has no folder for are in no spec (see :func:`unplaced_tensors`).
     """
     h = cfg.hidden_size
-    embed = Part(EMBEDDING, 0, cfg.vocab_size)
+    embed = Part(cfg.tensor_name(EMBEDDING_ROLE), 0, cfg.vocab_size)
     specs = [ParamSpec("token_position_embeddings/pp_block/token_embedding", (vocab_rows, h), (embed,), 0)]
     for i in range(cfg.num_hidden_layers):
         specs += _decoder_layer_specs(cfg, i, layout)
-    specs.append(ParamSpec("final_layer_norm/pp_block", (h,), (Part(FINAL_NORM, 0, h),), None))
+    specs.append(ParamSpec("final_layer_norm/pp_block", (h,), (Part(cfg.tensor_name(FINAL_NORM_ROLE), 0, h),), None))
     if not cfg.tie_word_embeddings:
         # Tied models keep only the embedding: Nanotron saves a tied parameter under its first name.
-        specs.append(ParamSpec("lm_head/pp_block", (vocab_rows, h), (Part(LM_HEAD, 0, cfg.vocab_size),), 0))
+        specs.append(ParamSpec("lm_head/pp_block", (vocab_rows, h), (Part(cfg.tensor_name(LM_HEAD_ROLE), 0, cfg.vocab_size),), 0))
     return specs
 
 
@@ -104,7 +104,7 @@ def _decoder_layer_specs(cfg: ModelConfig, i: int, layout: ModelLayout) -> list[
     h, inter = cfg.hidden_size, cfg.intermediate_size
     nq, nkv, d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
     q_rows, kv_rows = nq * d, nkv * d
-    hf, nt = f"model.layers.{i}.", f"decoder/{i}/pp_block/"
+    hf, nt = cfg.layer_prefix(i), f"decoder/{i}/pp_block/"
     # the family's projections by role (their GGUF names): Nanotron fuses q|k|v and gate|up
     lin = {spec.gguf: f"{hf}{spec.path}.weight" for spec in cfg.family.linears}
     qkv = (
