@@ -5,7 +5,8 @@
 Each job is ``python -m bitconvert ...`` in a fresh process (start-up included: on inputs of a few
 hundred KB that is nearly all of it), timed from outside; rounds run every job once, in an order
 rotated by one each round, so load from other processes spreads over the jobs alike. The table
-shows each job's median, fastest and slowest wall time and its exit code (checked: 0 for the
+shows each job's median, fastest and slowest wall time, its median CPU time (user + system: the
+steadier figure on a loaded machine) and its exit code (checked: 0 for the
 commands, 2 for the refusals), beside two floors: ``python -c pass`` with this interpreter's site
 packages, and ``bitconvert --version``. The load average before and after is printed too: on a
 shared machine, compare medians taken under similar load.
@@ -74,13 +75,18 @@ def jobs(tmp: Path) -> dict[str, tuple[list[str], int]]:
     }  # fmt: skip
 
 
-def run_once(args: list[str], code: int, name: str) -> float:
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if proc.returncode != code:
-        raise SystemExit(f"{name}: exit {proc.returncode}, expected {code}: {proc.stderr.strip()[-600:]}")
-    return wall
+def run_once(args: list[str], code: int, name: str) -> tuple[float, float]:
+    """(wall seconds, CPU seconds: user + system of the process and its children)."""
+    with tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        if os.waitstatus_to_exitcode(status) != code:
+            err.seek(0)
+            text = err.read().decode(errors="replace")
+            raise SystemExit(f"{name}: exit {os.waitstatus_to_exitcode(status)}, expected {code}: {text.strip()[-600:]}")
+    return wall, usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -97,14 +103,17 @@ def main() -> None:
         names = list(table)
         load_before = os.getloadavg()
         walls: dict[str, list[float]] = {n: [] for n in names}
+        cpus: dict[str, list[float]] = {n: [] for n in names}
         for r in range(args.rounds):
             for name in names[r % len(names):] + names[: r % len(names)]:
-                walls[name].append(run_once(*table[name], name))
+                wall, cpu = run_once(*table[name], name)
+                walls[name].append(wall)
+                cpus[name].append(cpu)
         load_after = os.getloadavg()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     rows = {n: {"median_s": round(statistics.median(w), 3), "min_s": round(min(w), 3), "max_s": round(max(w), 3),
-                "exit": table[n][1]} for n, w in walls.items()}  # fmt: skip
+                "cpu_median_s": round(statistics.median(cpus[n]), 3), "exit": table[n][1]} for n, w in walls.items()}  # fmt: skip
     summary = {"rounds": args.rounds, "cores": os.cpu_count(), "load_before": [round(x, 2) for x in load_before],
                "load_after": [round(x, 2) for x in load_after], "jobs": rows}  # fmt: skip
     if args.json:
@@ -112,9 +121,9 @@ def main() -> None:
         return
     print(f"{args.rounds} alternated rounds; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after "
           f"({os.cpu_count()} cores)")
-    print(f"{'job':<44}{'median s':>10}{'min s':>8}{'max s':>8}  exit")
+    print(f"{'job':<44}{'median s':>10}{'min s':>8}{'max s':>8}{'CPU s':>8}  exit")
     for name, r in rows.items():
-        print(f"{name:<44}{r['median_s']:>10.3f}{r['min_s']:>8.3f}{r['max_s']:>8.3f}  {r['exit']}")
+        print(f"{name:<44}{r['median_s']:>10.3f}{r['min_s']:>8.3f}{r['max_s']:>8.3f}{r['cpu_median_s']:>8.3f}  {r['exit']}")
 
 
 if __name__ == "__main__":

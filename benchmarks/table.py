@@ -1,10 +1,10 @@
 """Benchmark: the big conversions at 2B and 8B against the floors and the peers, in ONE alternated run.
 
-    python benchmarks/table.py [--sizes 2b 8b] [--rounds 2] [--dir bench-out] [--keep] [--json]
+    python benchmarks/table.py [--sizes 2b 8b] [--rounds 2] [--dir bench-out] [--layers-8b N] [--keep] [--json]
 
 Synthetic masters (benchmarks/synthetic.py: the 2B-4T shapes, 4.83 GB in one file; the same
-architecture at Llama3-8B-1.58's widths, 15.0 GB in four shards) are made once under ``--dir`` and
-kept there; everything a run writes beside them is deleted at its end (``--keep`` keeps the
+architecture at Llama3-8B-1.58's widths, 15.0 GB in four shards; ``--layers-8b N`` keeps its widths
+and vocabulary with fewer layers, where disk is short) are made once under ``--dir`` and kept there; everything a run writes beside them is deleted at its end (``--keep`` keeps the
 reference outputs: the packed model and the bf16 GGUF llama.cpp quantizes). Each job runs in its own
 process; rounds run every job of every size once, in an order rotated by one each round, so load
 from other processes spreads over all jobs alike. Before each job its input is read once (warm
@@ -83,11 +83,11 @@ COPY, READ, PACK, TQ2, I2S, GGUF_PY, LLAMA_CPP, VERIFY, INSPECT = (
 )  # fmt: skip
 
 
-def prepare_size(size: str, root: Path) -> dict:
-    """The master of ``size`` (made once, kept), a work folder, and the inputs some jobs read: the
-    packed model (verify, inspect) and the bf16 GGUF llama.cpp quantizes."""
-    master = root / f"{size}-bf16"
-    ensure_master(master, size=size)
+def prepare_size(size: str, root: Path, layers: int | None = None) -> dict:
+    """The master of ``size`` (made once, kept; ``layers``: fewer than the model's own), a work folder,
+    and the inputs some jobs read: the packed model (verify, inspect) and the bf16 GGUF llama.cpp quantizes."""
+    master = root / (f"{size}-bf16" + (f"-{layers}layers" if layers else ""))
+    ensure_master(master, layers, size=size)
     work = root / f"table-{size}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -199,10 +199,11 @@ def main() -> None:
     ap.add_argument("--sizes", nargs="+", choices=("2b", "8b"), default=["2b", "8b"])
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--dir", type=Path, default=ROOT / "bench-out")
+    ap.add_argument("--layers-8b", type=int, default=None, help="8b: this many layers (default: its 32)")
     ap.add_argument("--keep", action="store_true", help="keep the reference outputs (packed, bf16 GGUF)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    prepared = {size: prepare_size(size, args.dir) for size in args.sizes}
+    prepared = {size: prepare_size(size, args.dir, args.layers_8b if size == "8b" else None) for size in args.sizes}
     table = {f"{size} {name}": job for size, s in prepared.items() for name, job in jobs(s).items()}
     load_before = os.getloadavg()
     try:

@@ -95,21 +95,32 @@ def test_small_jobs_compile_nothing(tmp_path):
     assert proc.stdout.strip() == "False" and _compiled_in(cache) == set()
 
 
-def test_prepare_compiles_in_the_background_and_waiters_get_the_same_loop(monkeypatch):
-    kernel = jit._Kernel("codes_flat", jit._warm_codes_flat)
+def test_prepare_compiles_in_the_background_and_callers_meanwhile_run_numpy(monkeypatch):
+    """While the background thread compiles a loop, callers get None (they run the numpy definition:
+    nobody waits for the compiler); once it is compiled every caller gets the same loop."""
+    started, release = threading.Event(), threading.Event()
+
+    def slow_warm_up(k):  # holds the compilation open until the callers have asked
+        started.set()
+        release.wait(60)
+        jit._warm_codes_flat(k)
+
+    kernel = jit._Kernel("codes_flat", slow_warm_up)
     monkeypatch.setitem(jit._KERNELS, "codes_flat", kernel)
     jit.prepare("codes_flat")
     workers = [t for t in threading.enumerate() if t.name == "bitconvert-jit"]
-    got: list = []
-    waiters = [threading.Thread(target=lambda: got.append(jit.kernels().codes_flat)) for _ in range(3)]
-    for t in [*waiters]:
-        t.start()
-    for t in [*workers, *waiters]:
+    assert started.wait(60)
+    during = [jit.kernels().codes_flat for _ in range(3)]
+    release.set()
+    for t in workers:
         t.join()
-    assert len(got) == 3 and got[0] is not None and all(g is got[0] for g in got)
+    after = [jit.kernels().codes_flat for _ in range(3)]
+    assert during == [None, None, None]
+    assert after[0] is not None and all(g is after[0] for g in after)
+    assert not any(t.daemon for t in workers)  # the process lets it finish (the cache is written) before exiting
     bits = np.array([0x3F80, 0xBF80, 0x0001, 0x8001], dtype=np.uint16)  # 1.0, -1.0, tiny, -tiny
     out = np.empty(4, dtype=np.uint8)
-    got[0](bits, 0x3F00, out, 0, 4)
+    after[0](bits, 0x3F00, out, 0, 4)
     assert out.tolist() == [1, 255, 0, 0]
 
 

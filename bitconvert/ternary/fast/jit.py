@@ -13,6 +13,7 @@ reassociates floating-point additions unless asked (``fastmath`` is off), so res
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 from collections.abc import Callable
@@ -56,11 +57,20 @@ class _Kernel:
         self.compiled: Callable | None = None
 
     def get(self) -> Callable | None:
-        with self.lock:  # a second caller waits for the first one's compilation
+        """The compiled loop; None where it cannot be compiled, and while another thread compiles
+        it: the caller runs the numpy definition meanwhile (the same results), so the first
+        conversion after installing never waits for the compiler."""
+        if self.done:
+            return self.compiled
+        if not self.lock.acquire(blocking=False):
+            return None
+        try:
             if not self.done:
                 self.compiled = self._compile()
                 self.done = True
             return self.compiled
+        finally:
+            self.lock.release()
 
     def _compile(self) -> Callable | None:
         jit = _usable_numba()
@@ -107,8 +117,13 @@ def prepare(*names: str) -> None:
     """Compile (or load from the cache) the loops ``names`` in a background thread, so that the
     first weight that needs them does not wait for the compiler: a conversion calls this as it
     starts, and reads headers and copies its first tensors meanwhile. numba's compiler releases
-    the GIL while LLVM works; a loop asked for before it is ready waits for it."""
-    threading.Thread(target=lambda: [_KERNELS[n].get() for n in names], name="bitconvert-jit", daemon=True).start()
+    the GIL while LLVM works; a weight that asks for a loop before it is ready is done by numpy."""
+    # The process lets it finish before exiting (not a daemon; joined at exit, as the command line
+    # leaves through os._exit after the exit handlers), so that the cache is written even by a job
+    # shorter than the compilation and the next run loads it.
+    worker = threading.Thread(target=lambda: [_KERNELS[n].get() for n in names], name="bitconvert-jit")
+    worker.start()
+    atexit.register(worker.join)
 
 
 def _warm_block_abs_sums(k: Callable) -> None:
