@@ -11,7 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, ROOT
+from conftest import FIXTURES, ROOT, make_checkpoint
+
+from bitconvert.formats.gguf.kernel_config import KernelConfig, Tile
 
 HIDDEN_TORCH = """\
 import os, traceback
@@ -21,6 +23,10 @@ raise ImportError("No module named 'torch' (hidden by the test)")
 """
 
 M, P, M256 = FIXTURES / "bitnet-2b4t-master", FIXTURES / "bitnet-2b4t-packed", FIXTURES / "bitnet-2b4t-256-master"
+EMBED = FIXTURES / "bitnet-embedding-qwen3-master"
+#: a TL1 kernel configuration for the 256-wide master's four weight shapes (bitnet.cpp's tiles: bm, bk, bmm)
+TL1 = KernelConfig("tiny tl1", (Tile(256, 256, 128, 64, 64), Tile(128, 256, 128, 128, 32), Tile(512, 256, 256, 128, 32),
+                                Tile(256, 512, 128, 64, 32)))  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +65,8 @@ def test_the_readme_first_command(no_torch, tmp_path):
 
 def _steps(out: Path) -> list[list]:
     """Each command, in an order where every input exists by the time it is read."""
+    tl = make_checkpoint(out / "tl-master", "llama", "master", hidden=256, intermediate=512, layers=2, heads=4, kv_heads=2)
+    (out / "tl1.ini").write_text(TL1.to_ini())
     return [
         ["pack", M, out / "packed"],
         ["unpack", P, out / "unpacked"],
@@ -82,6 +90,18 @@ def _steps(out: Path) -> list[list]:
         ["verify", out / "packed", "--manifest-check", out / "manifest.json", "--json"],
         ["upload", P, "org/name", "--dry-run"],
         ["upload", out / "i2s.gguf", "org/name", "--dry-run"],
+        # the W2A8 GPU layout, TL1, and an embedding model
+        ["convert", M, out / "gpu", "--to", "bitnet-gpu"],
+        ["inspect", out / "gpu"],
+        ["verify", out / "gpu"],
+        ["convert", out / "gpu", out / "from-gpu", "--to", "hf-packed"],
+        ["convert", tl, out / "tl1.gguf", "--to", "gguf", "--gguf-type", "tl1", "--kernel-config", out / "tl1.ini"],
+        ["inspect", out / "tl1.gguf"],
+        ["convert", EMBED, out / "embed.gguf", "--to", "gguf", "--gguf-type", "i2_s", "--allow-lossy"],
+        ["convert", EMBED, out / "embed-packed", "--to", "hf-packed"],
+        ["verify", out / "embed-packed", "--against", EMBED],
+        ["inspect", out / "embed.gguf"],
+        ["upload", out / "embed-packed", "org/name", "--dry-run"],
     ]
 
 
