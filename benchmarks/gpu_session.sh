@@ -10,7 +10,7 @@
 # Steps, each under `timeout` with the budget below, all run even when one fails; the exit status
 # is 0 only when every step passed:
 #   1. preflight   GPU and versions; installs what is missing from .whl/ (see below)  -> env.txt
-#   2. kernels     TRITON_INTERPRET=0 pytest tests/test_kernels.py                     -> kernel_tests.log
+#   2. kernels     TRITON_INTERPRET=0 pytest tests/runtime/test_ternary_kernels.py     -> kernel_tests.log
 #      (meanwhile, in the background: the 30-layer 2B-4T-shaped checkpoint for step 4, on the CPU)
 #   3. kernel bench  benchmarks/kernels.py --json                                      -> kernels.txt, kernels.json
 #   4. runtime bench benchmarks/runtime.py --device cuda (runtime vs transformers)     -> runtime.txt, runtime.json
@@ -26,7 +26,8 @@
 #   BitNetHfQuantizer.validate_environment), so without it the transformers column fails;
 # - psutil: a requirement of accelerate (memory queries for device maps); imported lazily, carried anyway;
 # - gguf: NOT needed by these steps (bitconvert, bitconvert.runtime, bitconvert.kernels and
-#   tests/test_kernels.py import without it; only the GGUF format code does), carried for completeness.
+#   tests/runtime/test_ternary_kernels.py import without it; only the GGUF format code does),
+#   carried for completeness.
 # Each is installed (into /tmp/site, on PYTHONPATH) only when its module does not import already.
 # Prepared on the development machine (CPython 3.11 there; the GPU image has 3.12) with the versions
 # installed there (`pip show gguf accelerate psutil`):
@@ -164,7 +165,7 @@ if (( HAVE_CUDA )); then
     GEN_PID=$!
 fi
 run_step kernel-tests "$KERNEL_TESTS_S" "$OUT/kernel_tests.log" \
-    env TRITON_INTERPRET=0 "$PY" -m pytest -q -p no:cacheprovider tests/test_kernels.py
+    env TRITON_INTERPRET=0 "$PY" -m pytest -q -p no:cacheprovider tests/runtime/test_ternary_kernels.py
 
 MODEL_ARGS=()
 if [[ -n $GEN_PID ]]; then

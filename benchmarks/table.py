@@ -4,9 +4,9 @@
 
 Synthetic masters (benchmarks/synthetic.py: the 2B-4T shapes, 4.83 GB in one file; the same
 architecture at Llama3-8B-1.58's widths, 15.0 GB in four shards; ``--layers-8b N`` keeps its widths
-and vocabulary with fewer layers, where disk is short) are made once under ``--dir`` and kept there; everything a run writes beside them is deleted at its end (``--keep`` keeps the
-reference outputs: the packed model and the bf16 GGUF llama.cpp quantizes). Each job runs in its own
-process; rounds run every job of every size once, in an order rotated by one each round, so load
+and vocabulary with fewer layers, where disk is short) are made once under ``--dir`` and kept
+there; everything a run writes beside them is deleted at its end (``--keep`` keeps the reference
+outputs: the packed model and the bf16 GGUF llama.cpp quantizes). Each job runs in its own process; rounds run every job of every size once, in an order rotated by one each round, so load
 from other processes spreads over all jobs alike. Before each job its input is read once (warm
 page cache); every output is fsynced. Per job: median wall time, median CPU time (user + system),
 the largest peak RSS (the child's own VmHWM, see peakmem.py), and the load average at its start.
@@ -22,9 +22,9 @@ the largest peak RSS (the child's own VmHWM, see peakmem.py), and the load avera
 - bitconvert verify       of the packed model (written before the rounds)
 - bitconvert inspect      ``inspect --json`` of the packed model
 
-The targets it checks (issue "instant on small inputs ... the memory floor at 8B"): pack <= 0.5x the
-copy and <= 5x the read floor; TQ2_0 >= 6x faster than gguf-py and >= 4x faster than llama.cpp's
-quantizer; peak RSS <= 1 GB, growing <= 10 % from 2B to 8B; 8B/2B time <= byte ratio + 15 %.
+The targets it checks: pack <= 0.5x the copy and <= 5x the read floor; TQ2_0 >= 6x faster than
+gguf-py and >= 4x faster than llama.cpp's quantizer; peak RSS <= 1 GB, growing <= 10 % from 2B to
+8B; 8B/2B time <= the byte ratio + 15 %.
 """
 
 from __future__ import annotations

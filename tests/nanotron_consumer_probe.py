@@ -1,4 +1,5 @@
-"""What one Nanotron source tree computes, asked of Nanotron's own code (run by tests/test_consumers.py).
+"""What one Nanotron source tree computes, asked of Nanotron's own code
+(run by tests/peers/test_nanotron_consumer_rules.py).
 
     python nanotron_consumer_probe.py PEERS_DIR TREE MASTER_DIR OUT.json
 

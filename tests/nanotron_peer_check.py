@@ -1,6 +1,7 @@
 """Load checkpoints with Nanotron's own code (one flavor's source tree), check them, save them back.
 
-Run by tests/test_nanotron_peer.py in a subprocess (under ``torchrun --nproc-per-node N`` for TP > 1):
+Run by tests/peers/test_nanotron_loads_our_checkpoints.py in a subprocess (under ``torchrun
+--nproc-per-node N`` for TP > 1):
 
     python nanotron_peer_check.py PEERS_DIR TREE JOBS.json OUT_DIR
 

@@ -191,6 +191,22 @@ def _run(cmd: list[str], who: str) -> None:
         raise AssertionError(f"{who} failed ({done.returncode}):\n{done.stderr[-3000:]}")
 
 
+# --- llama.cpp itself (llama-cpp-python) -------------------------------------------------------------
+
+LLAMA_CPP_WHEEL = "pip install --find-links ../shared/wheels llama-cpp-python==0.3.36"
+
+
+def llama_cpp_logits(path: Path, tokens: list[int]):
+    """llama.cpp's logits (a float32 torch tensor, one row per token) for ``tokens`` run through ``path``."""
+    import torch
+
+    llama_cpp = pytest.importorskip("llama_cpp", reason=f"llama-cpp-python is not installed ({LLAMA_CPP_WHEEL})")
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, logits_all=True, verbose=False, n_threads=2)
+    try:
+        llm.eval(tokens)
+        return torch.tensor(np.array(llm.scores[: len(tokens)]), dtype=torch.float32)
+    finally:
+        llm.close()
 # --- microsoft/BitNet gpu/: the W2A8 checkpoint ---------------------------------------------------
 
 #: gpu/convert_safetensors.py then gpu/convert_checkpoint.py, both run as they are, with:

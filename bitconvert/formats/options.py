@@ -173,7 +173,7 @@ def max_shard_size_field() -> Any:
 def recipe_option(fmt: str, choices: Iterable[str], help: str) -> Any:
     """``--recipe``: which producer's quantization a master is reproduced with; the first choice is
     the default. ``choices`` are the names of ``ternary.recipes.recipes_for(fmt)``, written out so
-    that reading them needs no numpy (tests/test_cli_options.py checks they agree)."""
+    that reading them needs no numpy (tests/cli/test_write_options.py checks they agree)."""
     choices = tuple(choices)
     return option(choices[0], "--recipe", help, recipe_parser(fmt), choices=choices)
 

@@ -4,7 +4,7 @@ The table below is the one place these facts live: each :class:`Rule` says what 
 where that is written (upstream file and line at the commit we checked, or the issue), and checks
 a checkpoint against it. A rule fails where the consumer would compute a different model than the
 reference runtime (``bitconvert/runtime``), or would not load it at all. Where the consumer runs in
-this project's tests (transformers, llama-cpp-python 0.3.36, Nanotron on CPU), tests/test_consumers.py
+this project's tests (transformers, llama-cpp-python 0.3.36, Nanotron on CPU), tests/peers/
 shows the fact by running it. docs/consumers.md lists the same table for people.
 """
 

@@ -32,11 +32,11 @@ from bitnet_cpp_peers import (
 )
 from conftest import make_checkpoint
 
+from bitconvert import runtime
 from bitconvert.convert import convert
 from bitconvert.verify import verify_target
 
 pytestmark = pytest.mark.skipif(runtime_skip_reason() is not None, reason=str(runtime_skip_reason()))
-runtime = pytest.importorskip("bitconvert.runtime", reason="bitconvert.runtime (reference runtime) is not available")
 
 TOKENS = [315, 1, 5, 17, 42, 7, 3, 100, 200, 250, 300, 64]  # BOS + 11 ids, all below the vocabulary (320)
 DIMS = {"hidden": 256, "intermediate": 512, "layers": 2, "heads": 4, "kv_heads": 2}

@@ -46,7 +46,9 @@ class Graph:
 
 GRAPHS = {
     ARCH_BITNET: Graph("llama.cpp", "silu", scale_tensors=True, tied_square_only=True),
-    ARCH_BITNET_B158: Graph("bitnet.cpp", "relu2", tied_square_only=True),
+    # bitnet.cpp's builds that load bitnet-b1.58 (llama.cpp fork from 390c3077) build its FFN with SiLU too
+    # (microsoft/BitNet#588; the relu² fixes are open): no released runtime computes 2B-4T's relu² from a GGUF
+    ARCH_BITNET_B158: Graph("bitnet.cpp", "silu", tied_square_only=True),
     ARCH_LLAMA: Graph("llama.cpp", "silu"),
     ARCH_QWEN3: Graph("llama.cpp", "silu"),
     ARCH_GEMMA3: Graph("llama.cpp", "gelu_pytorch_tanh"),

@@ -1,0 +1,31 @@
+"""Edit GGUF files in tests: metadata keys replaced or removed, tensors copied byte for byte."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def rewrite_gguf(src: Path, dst: Path, changes: dict) -> Path:
+    """``src`` with metadata keys replaced (a KV) or removed (None); tensors copied byte for byte."""
+    from bitconvert.formats.gguf.parser import GGUFFile
+    from bitconvert.formats.gguf.stream_writer import GGUFStreamWriter, PlannedGGUFTensor
+
+    f = GGUFFile(src)
+    md = dict(f.metadata)
+    for key, kv in changes.items():
+        if kv is None:
+            md.pop(key, None)
+        else:
+            md[key] = kv
+    plan = [PlannedGGUFTensor(t.name, t.type, t.shape) for t in f.tensors.values()]
+    with GGUFStreamWriter(dst, md, plan) as w:
+        for t in f.tensors.values():
+            w.write(t.name, f.read_bytes(t.name))
+    return dst
+
+
+def kv(kind: str, value):
+    """A metadata value of ``kind`` (u32, str, f32, strs) as the stream writer stores it."""
+    from bitconvert.formats.gguf import stream_writer as sw
+
+    return {"u32": sw.kv_u32, "str": sw.kv_str, "f32": sw.kv_f32, "strs": sw.kv_strs}[kind](value)
