@@ -13,7 +13,7 @@ import typer
 
 from .. import __version__
 from ..io.pipeline import return_freed_blocks
-from . import coercion, convert, runtime, upload, verify
+from . import coercion, convert, embed, runtime, upload, verify
 from .common import guarded, out, state
 
 
@@ -45,6 +45,7 @@ COMMANDS = (
     verify.verify,
     runtime.run,
     runtime.logits,
+    embed.embed,
 )
 for command in COMMANDS:
     app.command()(guarded(command))

@@ -49,10 +49,13 @@ def run(
         raise UsageError("give exactly one of --prompt TEXT or --tokens 1,2,3")
     compute_dtype = _compute_dtype(dtype)
     require("runtime", "bitconvert run")
+    from ..model.families import CAUSAL_LM
     from ..runtime import Generation, TextTokenizer, load_model, stop_token_ids
+    from ..runtime.model import refuse_unless
 
     ids = parse_tokens(tokens) if tokens is not None else None
     ckpt = open_checkpoint(src)
+    refuse_unless(ckpt.config, CAUSAL_LM, src)  # an embedding model generates nothing
     tok = TextTokenizer.from_checkpoint(ckpt)
     if ids is None:
         if tok is None:
@@ -133,9 +136,15 @@ def logits(
     require("runtime", "bitconvert logits")
     import numpy as np
 
+    from ..formats import open_checkpoint
+    from ..model.families import CAUSAL_LM
     from ..runtime import load_model
+    from ..runtime.model import refuse_unless
+
+    ckpt = open_checkpoint(src)
+    refuse_unless(ckpt.config, CAUSAL_LM, src)  # an embedding model has no next-token logits
     with progress_bar(not json_out) as progress:
-        model = load_model(src, device, compute_dtype, progress=progress)
+        model = load_model(ckpt, device, compute_dtype, progress=progress)
     result = model.logits(ids).numpy()
     with staged_output(out_path, directory=False, force=force) as tmp:
         with open(tmp, "xb") as f:

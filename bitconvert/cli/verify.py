@@ -31,6 +31,11 @@ def verify(
         bool,
         typer.Option("--logits", help="Also compare the reference runtime's logits (with --against or --roundtrip)."),
     ] = False,
+    embeddings: Annotated[
+        bool,
+        typer.Option("--embeddings", help="Also compare the runtime's sentence embeddings (embedding models; "
+                     "with --against or --roundtrip)."),
+    ] = False,
     roundtrip: Annotated[
         Optional[Literal[tuple(writer_names())]],
         typer.Option("--roundtrip", help="Convert SRC to this format and back in a temp dir; compare.",
@@ -58,6 +63,11 @@ def verify(
     min_argmax_agreement: Annotated[
         float, typer.Option("--min-argmax-agreement", help="Fraction of positions whose top token must agree.")
     ] = 1.0,
+    min_cosine: Annotated[
+        Optional[float],
+        typer.Option("--min-cosine", help="Lowest cosine allowed per text with --embeddings "
+                     "(default 1-1e-6: float32 arithmetic, REF running with the weights as SRC holds them)."),
+    ] = None,
     device: Device = "cpu",
     target: Annotated[
         Optional[str],
@@ -90,9 +100,9 @@ def verify(
     if junit is not None:
         check_output(junit, force=True, what="JUnit report")  # before any work, and before an error report
     with _reported_errors(src, junit, json_out):
-        report = _run(src, against, logits, tokens, device, roundtrip, target, reproduce, recipe, manifest,
-                      manifest_check, Thresholds(max_code_mismatches, scale_rtol, atol, logits_atol,
-                                                 min_argmax_agreement), json_out)  # fmt: skip
+        report = _run(src, against, logits, embeddings, tokens, device, roundtrip, target, reproduce, recipe,
+                      manifest, manifest_check, Thresholds(max_code_mismatches, scale_rtol, atol, logits_atol,
+                                                           min_argmax_agreement, min_cosine), json_out)  # fmt: skip
     if junit is not None:
         report.write_junit(junit)
     if json_out:
@@ -103,12 +113,12 @@ def verify(
         raise typer.Exit(1)
 
 
-def _run(src, against, logits, tokens, device, roundtrip, target, reproduce, recipe, manifest, manifest_check,
+def _run(src, against, logits, embeddings, tokens, device, roundtrip, target, reproduce, recipe, manifest, manifest_check,
          thresholds, json_out):  # fmt: skip
     from ..verify import VerifyRequest, run
 
     request = VerifyRequest(
-        against=against, logits=logits, tokens=parse_tokens(tokens) if tokens is not None else None, device=device,
+        against=against, logits=logits, embeddings=embeddings, tokens=parse_tokens(tokens) if tokens is not None else None, device=device,
         roundtrip=roundtrip, target=target, reproduce=reproduce, recipe=recipe, manifest=manifest,
         manifest_check=manifest_check, thresholds=thresholds,
     )  # fmt: skip

@@ -152,6 +152,14 @@ class ModelConfig:
             out[self.tensor_name(FINAL_NORM_ROLE)] = self.family.final_norm_offset
         return out
 
+    def layer_attention(self, layer: int) -> tuple[float, int | None]:
+        """(RoPE base, sliding window) of layer ``layer``: a sliding layer sees itself and the
+        ``window - 1`` tokens before it and rotates with ``rope_local_theta`` where the config has one;
+        any other layer is full causal attention with ``rope_theta`` (window None)."""
+        if self.layer_types and self.layer_types[layer] == SLIDING_ATTENTION and self.sliding_window is not None:
+            return (self.rope_local_theta or self.rope_theta), self.sliding_window
+        return self.rope_theta, None
+
     def quantized_linear_names(self) -> list[str]:
         names = [
             f"{self.layer_prefix(i)}{lin.path}.weight" for i in range(self.num_hidden_layers) for lin in self.family.linears

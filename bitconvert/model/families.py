@@ -220,7 +220,7 @@ register_family(Family(
     "qwen3-embedding", "BitNet Embeddings, Qwen3 backbone (microsoft/bitnet-embedding-0.6b)", "Qwen3Model", "qwen3",
     "silu", False,
     norms=STANDARD_NORMS + head_norms() + input_norms(),
-    model_types=("qwen3",), gguf_arch="qwen3", nanotron=False, runtime_block="qwen3-embedding",
+    model_types=("qwen3",), gguf_arch="qwen3", nanotron=False, runtime_block="normed-projections",
     task=EMBEDDING_TASK, prefix="",
     config_defaults=(
         ("head_dim", 128), ("rope_theta", 10000.0), ("max_position_embeddings", 32768), ("sliding_window", 4096),
@@ -238,7 +238,7 @@ register_family(Family(
         NormSpec("ffn_norm", "pre_feedforward_layernorm", "hidden", "ffn_norm", GEMMA_OFFSET),
         NormSpec("post_ffn_norm", "post_feedforward_layernorm", "hidden", "post_ffw_norm", GEMMA_OFFSET),
     ) + head_norms(GEMMA_OFFSET) + input_norms(),
-    model_types=("gemma3_text",), gguf_arch="gemma3", nanotron=False, runtime_block="gemma3-embedding",
+    model_types=("gemma3_text",), gguf_arch="gemma3", nanotron=False, runtime_block="normed-projections",
     task=EMBEDDING_TASK, prefix="", final_norm_offset=GEMMA_OFFSET,
     activation_keys=("hidden_activation", "hidden_act"), embedding_scale="sqrt_hidden", gguf_vocab="llama",
     config_defaults=(

@@ -58,6 +58,19 @@ class Pooling:
     dimension: int | None = None
 
 
+@dataclass(frozen=True)
+class DenseLayer:
+    """A Dense module's settings: ``activation(x @ W.T + b)`` on the pooled vector, its weights in the
+    module folder's ``model.safetensors`` (``linear.weight``, ``linear.bias``)."""
+
+    folder: str
+    in_features: int
+    out_features: int
+    bias: bool
+    #: the activation's class as sentence-transformers saves it (``torch.nn.modules.activation.Tanh``)
+    activation: str
+
+
 @dataclass
 class EmbeddingSetup:
     """What the side files say an embedding model does after its backbone."""
@@ -70,6 +83,8 @@ class EmbeddingSetup:
     similarity: str | None = None
     max_seq_length: int | None = None
     do_lower_case: bool = False
+    #: the Dense modules' settings, by module folder
+    dense: dict[str, DenseLayer] = field(default_factory=dict)
 
     def pooling_mode(self) -> str | None:
         """The one pooling mode, when the Pooling module applies exactly one; else None."""
@@ -143,6 +158,24 @@ def parse_pooling(data: Any, source: str | Path) -> Pooling:
     return Pooling(modes, _flag(data, "include_prompt", True, source), dim)
 
 
+def _whole(data: Mapping[str, Any], key: str, source: str | Path) -> int:
+    value = data.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise _fail(source, f"{key} must be a positive whole number, got {value!r:.80}")
+    return value
+
+
+def parse_dense(data: Any, source: str | Path, folder: str) -> DenseLayer:
+    """A Dense module's ``config.json``: its widths, bias and activation class."""
+    if not isinstance(data, dict):
+        raise _fail(source, "Dense config is not a JSON object")
+    activation = data.get("activation_function", "torch.nn.modules.activation.Tanh")
+    if not isinstance(activation, str):
+        raise _fail(source, f"activation_function must be a class name, got {activation!r:.80}")
+    return DenseLayer(folder, _whole(data, "in_features", source), _whole(data, "out_features", source),
+                      _flag(data, "bias", True, source), activation)  # fmt: skip
+
+
 def _parse_st_config(data: Any, source: str | Path, setup: EmbeddingSetup) -> None:
     if not isinstance(data, dict):
         raise _fail(source, "not a JSON object")
@@ -194,6 +227,10 @@ def read_embedding_setup(files: Mapping[str, Path]) -> EmbeddingSetup | None:
         if name in files and pooling.path:
             setup.pooling = parse_pooling(_read(files[name]), files[name])
     setup.normalize = any(m.kind == "Normalize" for m in setup.modules)
+    for module in setup.modules:
+        name = f"{module.path}/{MODULE_CONFIG}"
+        if module.kind == "Dense" and module.path and name in files:
+            setup.dense[module.path] = parse_dense(_read(files[name]), files[name], module.path)
     if ST_CONFIG_FILE in files:
         _parse_st_config(_read(files[ST_CONFIG_FILE]), files[ST_CONFIG_FILE], setup)
     if SBERT_CONFIG_FILE in files:

@@ -30,12 +30,40 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "relu2": lambda x: torch.square(F.relu(x)),
     "silu": F.silu,
     "swish": F.silu,
+    # transformers' GELUTanh (Gemma's gelu_pytorch_tanh): torch's own tanh approximation
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
 }
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float, past: int, window: int | None = None
+) -> torch.Tensor:
+    """Causal attention of ``q [heads, T, d]`` over ``k, v [kv_heads, S, d]`` (the past ones first),
+    grouped KV heads, scores times ``scaling``; ``[T, heads * d]``. Token ``past + i`` sees every key
+    up to itself, or with a ``window`` only itself and the ``window - 1`` keys before it."""
+    heads, t, d = q.shape
+    kv_heads, s = k.shape[0], k.shape[1]
+    groups = heads // kv_heads
+    if groups > 1:  # kv head j serves query heads j*groups .. j*groups + groups-1
+        k = k[:, None].expand(kv_heads, groups, s, d).reshape(heads, s, d)
+        v = v[:, None].expand(kv_heads, groups, s, d).reshape(heads, s, d)
+    if window is None and t == 1:
+        out = F.scaled_dot_product_attention(q[None], k[None], v[None], scale=scaling)
+    elif window is None and past == 0:
+        out = F.scaled_dot_product_attention(q[None], k[None], v[None], is_causal=True, scale=scaling)
+    else:  # new tokens after cached ones, or a window: each sees what the mask allows
+        seen = torch.arange(s, device=q.device)[None, :]
+        at = (past + torch.arange(t, device=q.device))[:, None]
+        mask = seen <= at
+        if window is not None:
+            mask &= seen > at - window
+        out = F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=mask, scale=scaling)
+    return out[0].transpose(0, 1).reshape(t, heads * d)
 
 
 class BitNetBlock:
@@ -96,20 +124,7 @@ class BitNetBlock:
         k = k * cos + rotate_half(k) * sin
         if cache is not None:
             k, v = cache.update(index, k, v)
-        groups = c.num_attention_heads // c.num_key_value_heads
-        if groups > 1:  # kv head j serves query heads j*groups .. j*groups + groups-1
-            s = k.shape[1]
-            k = k[:, None].expand(c.num_key_value_heads, groups, s, d).reshape(c.num_attention_heads, s, d)
-            v = v[:, None].expand(c.num_key_value_heads, groups, s, d).reshape(c.num_attention_heads, s, d)
-        if t == 1:
-            out = F.scaled_dot_product_attention(q[None], k[None], v[None], scale=self.scaling)
-        elif past == 0:
-            out = F.scaled_dot_product_attention(q[None], k[None], v[None], is_causal=True, scale=self.scaling)
-        else:  # several new tokens after cached ones: each sees the past and the new ones up to itself
-            s = k.shape[1]
-            mask = torch.arange(s, device=x.device)[None, :] <= (past + torch.arange(t, device=x.device))[:, None]
-            out = F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=mask, scale=self.scaling)
-        out = out[0].transpose(0, 1).reshape(t, c.num_attention_heads * d)
+        out = attend(q, k, v, self.scaling, past)
         if self.attn_sub_norm is not None:
             out = rms_norm(out, self.attn_sub_norm, self.eps)
         return self.o(out)

@@ -43,6 +43,17 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.
     return h if weight is None else weight * h
 
 
+def offset_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, offset: float) -> torch.Tensor:
+    """An RMSNorm whose gain is ``offset + weight`` (``NormSpec.offset``). Without an offset it is
+    :func:`rms_norm`; with one it is Gemma's kind, which transformers (Gemma3RMSNorm) multiplies in
+    fp32 before casting back, where Llama's casts back first."""
+    if not offset:
+        return rms_norm(x, weight, eps)
+    h = x.to(torch.float32)
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return (h * (offset + weight.to(torch.float32))).to(x.dtype)
+
+
 class TernaryLinear:
     """One quantized projection; call it on ``[..., in_features]`` activations."""
 

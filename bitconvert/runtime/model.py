@@ -32,12 +32,16 @@ from ..formats import Progress, no_progress, open_checkpoint
 from ..formats.options import SHORT_NAMES
 from ..model.checkpoint import Checkpoint, Kind, as_dense
 from ..model.config import ModelConfig
-from ..model.families import EMBEDDING_ROLE, FINAL_NORM_ROLE, LM_HEAD_ROLE
+from ..model.families import CAUSAL_LM, EMBEDDING_ROLE, FINAL_NORM_ROLE, LM_HEAD_ROLE
 from ..ternary import LinearClass, TernaryWeight, quantize
 from ..ternary.quantize import matches_record
+from . import normed_block  # noqa: F401  (registers the embedding families' block)
 from .blocks import ACTIVATIONS, BitNetBlock, block_for
 from .cache import KVCache
-from .linear import TernaryLinear, kernels_usable, rms_norm
+from .linear import TernaryLinear, kernels_usable, offset_rms_norm
+
+#: what the token embeddings are multiplied by before the first layer (``Family.embedding_scale``)
+EMBEDDING_SCALES = {"none": lambda cfg: None, "sqrt_hidden": lambda cfg: cfg.hidden_size**0.5}
 
 #: compute dtypes the runtime runs in, by name
 COMPUTE_DTYPES = ("F32", "BF16", "F16")
@@ -63,8 +67,17 @@ class RuntimeModel:
         self.norm: torch.Tensor
         self.lm_head: torch.Tensor
         d = config.head_dim
-        self.inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
-        self.inv_freq = self.inv_freq.to(device)
+        #: each layer's RoPE base (Gemma3's sliding layers rotate with their own), and its frequencies
+        self.layer_bases = [config.layer_attention(i)[0] for i in range(config.num_hidden_layers)]
+        self.inv_freqs = {
+            base: (1.0 / (base ** (torch.arange(0, d, 2, dtype=torch.float32) / d))).to(device)
+            for base in sorted(set(self.layer_bases) | {config.rope_theta})
+        }
+        self.inv_freq = self.inv_freqs[config.rope_theta]
+        scale = EMBEDDING_SCALES[config.family.embedding_scale](config)
+        #: the embedding multiplier, in the compute dtype as transformers casts it (None: none)
+        self.embed_scale = None if scale is None else torch.tensor(scale, dtype=torch.float32).to(device, dtype)
+        self.final_norm_offset = config.family.final_norm_offset
         self.eps = config.rms_norm_eps
         self.source = ""
         #: how weights were interpreted where that is worth knowing
@@ -85,11 +98,13 @@ class RuntimeModel:
             raise UsageError(f"token id {int(ids[bad][0])} is outside the vocabulary (0..{self.config.vocab_size - 1})")
         return ids.to(self.device)
 
-    @torch.inference_mode()
-    def forward(
-        self, tokens: Sequence[int] | torch.Tensor, cache: KVCache | None = None, last_only: bool = False
-    ) -> torch.Tensor:
-        """float32 logits ``[T, vocab]`` (``[1, vocab]`` with ``last_only``) for ``tokens`` after the cache."""
+    def refuse_unless(self, task: str) -> None:
+        """A UsageError unless this model computes ``task`` (a causal LM's logits, an embedding model's
+        hidden states for pooling): one line naming the model and what it computes instead."""
+        refuse_unless(self.config, task, self.source)
+
+    def _backbone(self, tokens: Sequence[int], cache: KVCache | None) -> torch.Tensor:
+        """The final-normed hidden states ``[T, hidden]`` (compute dtype) of ``tokens`` after the cache."""
         ids = self._check_tokens(tokens.tolist() if isinstance(tokens, torch.Tensor) else tokens)
         t = ids.numel()
         past = cache.length if cache is not None else 0
@@ -97,18 +112,39 @@ class RuntimeModel:
             limit = self.config.max_position_embeddings
             raise UsageError(f"{past + t} positions exceed the model's max_position_embeddings ({limit})")
         positions = torch.arange(past, past + t, device=self.device, dtype=torch.float32)
-        freqs = positions[:, None] * self.inv_freq[None, :]
-        emb = torch.cat((freqs, freqs), dim=-1)
-        cos, sin = emb.cos().to(self.dtype), emb.sin().to(self.dtype)
+        ropes = {}
+        for base, inv_freq in self.inv_freqs.items():
+            freqs = positions[:, None] * inv_freq[None, :]
+            emb = torch.cat((freqs, freqs), dim=-1)
+            ropes[base] = (emb.cos().to(self.dtype), emb.sin().to(self.dtype))
         h = self.embed[ids]
+        if self.embed_scale is not None:
+            h = h * self.embed_scale
         for i, layer in enumerate(self.layers):
+            cos, sin = ropes[self.layer_bases[i]]
             h = layer(h, i, cos, sin, cache, past)
         if cache is not None:
             cache.advance(t)
+        return h
+
+    @torch.inference_mode()
+    def forward(
+        self, tokens: Sequence[int] | torch.Tensor, cache: KVCache | None = None, last_only: bool = False
+    ) -> torch.Tensor:
+        """float32 logits ``[T, vocab]`` (``[1, vocab]`` with ``last_only``) for ``tokens`` after the cache."""
+        self.refuse_unless(CAUSAL_LM)
+        h = self._backbone(tokens, cache)
         if last_only:
             h = h[-1:]
-        h = rms_norm(h, self.norm, self.eps)
+        h = offset_rms_norm(h, self.norm, self.eps, self.final_norm_offset)
         return F.linear(h, self.lm_head).to(torch.float32)
+
+    @torch.inference_mode()
+    def hidden_states(self, tokens: Sequence[int]) -> torch.Tensor:
+        """float32 ``[T, hidden]`` on the CPU: the backbone's output after its final norm, what an
+        embedding model pools (one sequence, no cache)."""
+        h = offset_rms_norm(self._backbone(tokens, None), self.norm, self.eps, self.final_norm_offset)
+        return h.to(torch.float32).cpu()
 
     def logits(self, tokens: Sequence[int]) -> torch.Tensor:
         """float32 logits ``[T, vocab]`` on the CPU for one sequence, no cache kept."""
@@ -145,6 +181,17 @@ def release_freed_memory() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+def refuse_unless(cfg: ModelConfig, task: str, source: object) -> None:
+    """A UsageError naming ``source`` unless its model computes ``task`` (``Family.task``)."""
+    if cfg.family.task == task:
+        return
+    if task == CAUSAL_LM:
+        raise UsageError(f"{source}: {cfg.family.title} is an embedding model, it has no next-token logits "
+                         "to run or generate with; use bitconvert embed")  # fmt: skip
+    raise UsageError(f"{source}: {cfg.family.title} is a causal language model, not an embedding model; "
+                     "use bitconvert run or logits")  # fmt: skip
 
 
 def _device(device: str | torch.device) -> torch.device:
@@ -223,7 +270,11 @@ def load_model(
     where = str(ckpt.path / "config.json") if ckpt.path.is_dir() else str(ckpt.path)
     block = block_for(cfg, where)  # first: a family the runtime cannot compute is refused as such
     if cfg.hidden_act not in ACTIVATIONS:
-        raise CheckpointError(where, f"hidden_act {cfg.hidden_act!r} is not supported by the runtime (relu2, silu)")
+        known = ", ".join(ACTIVATIONS)
+        raise CheckpointError(where, f"hidden_act {cfg.hidden_act!r} is not supported by the runtime ({known})")
+    if cfg.bidirectional or cfg.attn_logit_softcapping is not None:
+        what = "bidirectional attention" if cfg.bidirectional else "attention logit soft-capping"
+        raise CheckpointError(where, f"{what} is not supported by the runtime (causal attention without capping only)")
     if _rope_type(cfg) != "default":
         raise CheckpointError(where, f"RoPE type {_rope_type(cfg)!r} is not supported by the runtime (default only)")
     if use_kernels is None:  # by default only where they are fast: the CPU has its own int8 path
@@ -275,7 +326,9 @@ def compute_logits(
     dtype: str | torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """float32 logits ``[len(tokens), vocab]`` (on the CPU) of the reference runtime for ``src``."""
-    model = load_model(src, device, dtype)
+    ckpt = src if isinstance(src, Checkpoint) else open_checkpoint(src)
+    refuse_unless(ckpt.config, CAUSAL_LM, ckpt.path)  # before anything is loaded
+    model = load_model(ckpt, device, dtype)
     try:
         return model.logits(tokens)
     finally:

@@ -105,6 +105,10 @@ class TextTokenizer:
             ids = [bos] + ids
         return ids
 
+    def special_ids(self) -> set[int]:
+        """The ids of the tokenizer's special added tokens (``<|endoftext|>``, ``<eos>``, ...)."""
+        return {i for i, tok in self.tokenizer.get_added_tokens_decoder().items() if tok.special}
+
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 

@@ -18,13 +18,15 @@ from typing import Sequence
 import numpy as np
 
 from ..dtypes import Dense
-from ..errors import CheckpointError
+from ..errors import CheckpointError, UsageError
 from ..formats import Progress, no_progress, open_checkpoint
 from ..model.checkpoint import Checkpoint, Value, load_recorded
+from ..model.families import EMBEDDING_TASK
 from ..ternary.linear_class import LinearClass
 from ..ternary.quantize import quantize
 from ..ternary.scale import Scale
 from ..ternary.weight import TernaryWeight
+from .as_stored import as_stored_by, default_tokens
 from .report import Check, Thresholds, VerifyReport
 from .values import READ_ERRORS, first_difference, max_abs_diff, read_problem, recorded
 
@@ -44,18 +46,6 @@ CONFIG_FIELDS = (
 )
 
 
-def default_tokens(vocab_size: int, n: int = 16, bos: int | None = None) -> list[int]:
-    """A fixed token sequence for --logits: deterministic, spread over the vocabulary (torch's
-    generator, as it always was: the logits comparison runs on torch anyway)."""
-    import torch
-
-    g = torch.Generator().manual_seed(1234)
-    ids = torch.randint(0, vocab_size, (n,), generator=g).tolist()
-    if bos is not None and 0 <= bos < vocab_size:
-        ids[0] = bos
-    return ids
-
-
 def verify_against(
     src: str | Path,
     ref: str | Path,
@@ -64,11 +54,13 @@ def verify_against(
     logits: bool = False,
     tokens: Sequence[int] | None = None,
     device: str = "cpu",
+    embeddings: bool = False,
     src_format: str | None = None,
     ref_format: str | None = None,
     progress: Progress = no_progress,
 ) -> VerifyReport:
-    """Compare SRC with REF: config, tensor set, codes, scales, dense tensors, optionally logits."""
+    """Compare SRC with REF: config, tensor set, codes, scales, dense tensors, optionally logits (causal
+    LMs) or sentence embeddings (embedding models; a UsageError names the one that fits)."""
     report = VerifyReport(str(src), mode="against", against=str(ref))
     opened = []
     for role, path, fmt in (("src", src, src_format), ("ref", ref, ref_format)):
@@ -79,13 +71,27 @@ def verify_against(
     if len(opened) < 2:
         return report
     a, b = opened
+    _refuse_other_task(a, logits, embeddings)
     report.add(Check("open", True, f"src {a.format}, ref {b.format}"))
     _config_check(a, b, report)  # its own check: a config difference never hides the tensors'
     _tensor_checks(a, b, thresholds, report, progress)
     if logits:
         _logits_checks(a, b, thresholds, tokens, device, report)
+    if embeddings:
+        from .embeddings import embedding_checks
+
+        embedding_checks(a, b, report, device, thresholds.min_cosine)
     _summarize(report)
     return report
+
+
+def _refuse_other_task(ckpt: Checkpoint, logits: bool, embeddings: bool) -> None:
+    """--logits on an embedding model, --embeddings on a causal LM: a usage error naming the other."""
+    task = ckpt.config.family.task
+    if logits and task == EMBEDDING_TASK:
+        raise UsageError(f"{ckpt.path} is an embedding model ({ckpt.config.family.title}): compare with --embeddings")
+    if embeddings and task != EMBEDDING_TASK:
+        raise UsageError(f"{ckpt.path} is not an embedding model ({ckpt.config.family.title}): compare with --logits")
 
 
 def _config_value(ckpt: Checkpoint, field: str) -> object:
@@ -217,7 +223,7 @@ def _logits_checks(
 
     from ..runtime import compute_logits
 
-    a_run, b_run, basis = a, _as_stored_by(b, a), ""
+    a_run, b_run, basis = a, as_stored_by(b, a), ""
     if b_run is not b:
         basis = f"; REF's master weights run as SRC stores them ({_stored_scale_kinds(a)})"
     cfg = a.config
@@ -243,30 +249,6 @@ def _logits_checks(
     report.figures["logits_max_abs_diff"] = worst
     report.figures["argmax_agreement"] = agree
     report.figures["tokens"] = ids
-
-
-def _as_stored_by(master: Checkpoint, stored: Checkpoint) -> Checkpoint:
-    """``master`` with each latent quantized linear replaced by its ternary form as ``stored`` holds
-    that weight (its scale's convention and dtype): the model the stored file means, if the
-    conversion was exact. ``master`` itself where it has no latent weight ``stored`` stores quantized."""
-    from dataclasses import replace
-
-    from ..model.checkpoint import Kind, entry_as_ternary
-
-    swaps = {}
-    for name, entry in master.tensors.items():
-        other = stored.tensors.get(name)
-        if entry.kind is not Kind.LATENT or other is None or other.kind is not Kind.TERNARY:
-            continue
-        scale = other.stored().scale or other.load().scale
-
-        def load(entry=entry, scale=scale):
-            return entry_as_ternary(entry, entry.load(), scale.linear_class, scale.dtype_name)[0]
-
-        swaps[name] = replace(entry, kind=Kind.TERNARY, load=load, dtype_name=scale.dtype_name)
-    if not swaps:
-        return master
-    return replace(master, tensors={**master.tensors, **swaps})
 
 
 def _stored_scale_kinds(ckpt: Checkpoint) -> str:

@@ -20,6 +20,8 @@ class Thresholds:
     atol: float = 0.0  # max abs difference of a dense tensor, REF cast to SRC's dtype
     logits_atol: float = 1e-4  # max abs difference of the runtime's float32 logits
     argmax_agreement: float = 1.0  # fraction of positions whose top token agrees
+    #: lowest cosine of SRC's sentence embedding to REF's (None: derived from how SRC holds its linears)
+    min_cosine: float | None = None
 
 
 @dataclass(slots=True)

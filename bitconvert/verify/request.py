@@ -28,6 +28,8 @@ class VerifyRequest:
     against: str | Path | None = None
     #: with ``against`` or ``roundtrip``: also compare the reference runtime's logits (torch)
     logits: bool = False
+    #: with ``against`` or ``roundtrip``, for embedding models: compare the runtime's sentence embeddings
+    embeddings: bool = False
     #: token ids for ``logits`` (default: a fixed sequence of 16)
     tokens: Sequence[int] | None = None
     #: where the runtime computes ``logits``
@@ -55,6 +57,10 @@ class VerifyRequest:
         th = self.thresholds
         if self.logits and self.against is None and self.roundtrip is None:
             raise UsageError("--logits compares two models: add --against REF or --roundtrip FORMAT")
+        if self.embeddings and self.against is None and self.roundtrip is None:
+            raise UsageError("--embeddings compares two models: add --against REF or --roundtrip FORMAT")
+        if self.embeddings and self.logits:
+            raise UsageError("--logits compares causal LMs, --embeddings embedding models: give one")
         if self.tokens is not None and not self.logits:
             raise UsageError("--tokens is used by --logits only")
         if self.reproduce is None and self.recipe != "auto":
@@ -63,6 +69,8 @@ class VerifyRequest:
             raise UsageError(f"--min-argmax-agreement is a fraction between 0 and 1, got {th.argmax_agreement}")
         if min(th.code_mismatches, th.scale_rtol, th.atol, th.logits_atol) < 0:
             raise UsageError("thresholds must not be negative")
+        if th.min_cosine is not None and not -1 <= th.min_cosine <= 1:
+            raise UsageError(f"--min-cosine is a cosine between -1 and 1, got {th.min_cosine}")
         if isinstance(self.manifest_check, (str, Path)) and not Path(self.manifest_check).exists():
             raise UsageError(f"{self.manifest_check}: no such file")
         if self.manifest is not None:
@@ -77,8 +85,8 @@ class VerifyRequest:
             from .targets import consumer
 
             consumer(self.target)  # an unknown consumer, before any reading
-        if self.logits:  # last: it imports torch
-            require("runtime", "verify --logits")
+        if self.logits or self.embeddings:  # last: it imports torch
+            require("runtime", "verify --logits" if self.logits else "verify --embeddings")
 
     @property
     def hashed(self) -> bool:
@@ -104,13 +112,14 @@ def run(src: str | Path, request: VerifyRequest = VerifyRequest(), *, progress: 
         from .compare import verify_against
 
         report.merge(verify_against(src, request.against, thresholds=th, logits=request.logits,
-                                    tokens=request.tokens, device=request.device, src_format=request.format,
+                                    embeddings=request.embeddings, tokens=request.tokens, device=request.device, src_format=request.format,
                                     progress=progress), "against.")  # fmt: skip
     if request.roundtrip is not None:
         from .roundtrip import verify_roundtrip
 
         report.merge(verify_roundtrip(src, request.roundtrip, thresholds=th, options=request.roundtrip_options,
-                                      logits=request.logits, progress=progress), "roundtrip.")  # fmt: skip
+                                      logits=request.logits, embeddings=request.embeddings,
+                                      progress=progress), "roundtrip.")  # fmt: skip
     if request.reproduce is not None:
         from .reproduce import verify_reproduce
 

@@ -51,6 +51,7 @@ def verify_roundtrip(
     thresholds: Thresholds = Thresholds(),
     options: Mapping[str, Any] | None = None,
     logits: bool = False,
+    embeddings: bool = False,
     progress: Progress = no_progress,
 ) -> VerifyReport:
     """Convert ``src`` to ``fmt`` and back, and compare both results with ``src``."""
@@ -81,7 +82,9 @@ def verify_roundtrip(
                 report.add(Check(leg, False, str(exc)))
                 return report
             report.add(Check(leg, True, f"{Path(a).name} -> {to}"))
-        report.extend(verify_against(mid, src, thresholds=thresholds, logits=logits, progress=progress), "there.")
-        report.extend(verify_against(back, src, thresholds=thresholds, logits=logits, progress=progress), "back.")
+        report.extend(verify_against(mid, src, thresholds=thresholds, logits=logits, embeddings=embeddings,
+                                      progress=progress), "there.")
+        report.extend(verify_against(back, src, thresholds=thresholds, logits=logits, embeddings=embeddings,
+                                      progress=progress), "back.")
     report.figures["failed"] = len(report.failures)
     return report

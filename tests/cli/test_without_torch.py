@@ -118,6 +118,8 @@ def test_conversion_verification_and_upload_without_torch(no_torch, tmp_path):
         (["run", P, "--tokens", "1,2"], "bitconvert run"),
         (["logits", P, "--tokens", "1,2", "--out", "{tmp}/l.npy"], "bitconvert logits"),
         (["verify", P, "--against", M, "--logits"], "verify --logits"),
+        (["embed", EMBED, "--text", "hello"], "bitconvert embed"),
+        (["verify", EMBED, "--against", EMBED, "--embeddings"], "verify --embeddings"),
     ],
 )
 def test_the_runtime_refuses_in_one_line_naming_the_extra(no_torch, tmp_path, args, what):

@@ -268,9 +268,9 @@ def test_nanotron_refuses_in_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("command", [["run", "--prompt", "hi"], ["logits", "--tokens", "1,2", "--out", "x.npy"]])
-def test_the_runtime_refuses_in_one_line_until_it_has_the_blocks(command, tmp_path):
+def test_run_and_logits_refuse_an_embedding_model_in_one_line(command, tmp_path):
     done = run_cli(command[0], MASTERS[QWEN3], *command[1:], cwd=tmp_path)
-    assert done.returncode == 1 and "runs as block 'qwen3-embedding', which the runtime lacks" in done.stderr
+    assert done.returncode == 2 and "is an embedding model" in done.stderr and "bitconvert embed" in done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
 

@@ -327,6 +327,12 @@ def bitnet_gpu_target(cache: Path) -> Target:
             shutil.copyfile(folder / name, dst / name)
 
     return Target("bitnet-gpu", seeds, mutate_torch_archive, run)
+#: a Dense module's config.json, fuzzed as a folder that modules.json names (no fixture has one)
+DENSE_CONFIG = "2_Dense/config.json"
+DENSE_SEED = json.dumps({"in_features": 256, "out_features": 64, "bias": True,
+                         "activation_function": "torch.nn.modules.activation.Tanh"}).encode()  # fmt: skip
+
+
 def _run_sentence_transformers(context: str, data: bytes, workdir: Path) -> None:
     """modules.json and a module's config as the HF reader collects side files from them, as the GGUF
     writer (bitconvert's pooling_type, bitnet.cpp's converter's) and ``verify`` read them."""
@@ -338,6 +344,14 @@ def _run_sentence_transformers(context: str, data: bytes, workdir: Path) -> None
 
     fixture, name = context.split("/", 1)
     dst = _hf_copy(workdir, fixture)
+    touched = (name,)
+    if name == DENSE_CONFIG:
+        (dst / "2_Dense").mkdir(exist_ok=True)
+        modules = json.loads((FIXTURES / fixture / "modules.json").read_text())
+        modules.append({"idx": len(modules), "name": str(len(modules)), "path": "2_Dense",
+                        "type": "sentence_transformers.models.Dense"})  # fmt: skip
+        (dst / "modules.json").write_text(json.dumps(modules))
+        touched = (name, "modules.json")
     (dst / name).write_bytes(data)
     try:
         ckpt = open_checkpoint(dst)
@@ -347,7 +361,7 @@ def _run_sentence_transformers(context: str, data: bytes, workdir: Path) -> None
         metadata.embedding_keys(ckpt, "qwen3", [])
         _side_file_checks(ckpt, VerifyReport(str(dst)))
     finally:
-        _restore(dst, fixture, (name,))
+        _restore(dst, fixture, touched)
 
 
 def sentence_transformers_target() -> Target:
@@ -358,6 +372,7 @@ def sentence_transformers_target() -> Target:
         for name in ("modules.json", "1_Pooling/config.json", "config_sentence_transformers.json",
                      "sentence_bert_config.json"):  # fmt: skip
             seeds[f"{f}/{name}"] = (FIXTURES / f / name).read_bytes()
+        seeds[f"{f}/{DENSE_CONFIG}"] = DENSE_SEED
     return Target("sentence_transformers", seeds, mutate_json, _run_sentence_transformers)
 
 

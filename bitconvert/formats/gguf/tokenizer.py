@@ -88,7 +88,8 @@ def pre_tokenizer_name(pre: dict[str, Any] | None) -> str | None:
         and steps[1].get("type") == "ByteLevel"
         and not steps[1].get("use_regex", True)
     ):
-        return SPLITS.get(pattern.get("Regex"))
+        regex = pattern.get("Regex")
+        return SPLITS.get(regex) if isinstance(regex, str) else None
     return None
 
 
@@ -100,31 +101,38 @@ def _token_content(value: Any) -> str | None:
     return None
 
 
+def _templates(tok: dict[str, Any]) -> list[list[Any]]:
+    """The ``single`` piece lists of the TemplateProcessing post-processors of a tokenizer.json (any
+    shape the file has that is not one is skipped: the file is the user's, not ours)."""
+    post = tok.get("post_processor")
+    if not isinstance(post, dict):
+        return []
+    procs = post.get("processors") if post.get("type") == "Sequence" else [post]
+    if not isinstance(procs, list):
+        return []
+    singles = (p.get("single") for p in procs if isinstance(p, dict) and p.get("type") == "TemplateProcessing")
+    return [single for single in singles if isinstance(single, list)]
+
+
+def _special_id(piece: Any) -> Any:
+    special = piece.get("SpecialToken") if isinstance(piece, dict) else None
+    return special.get("id") if isinstance(special, dict) else None
+
+
 def _appends(tok: dict[str, Any]) -> str | None:
     """The special token a TemplateProcessing post-processor appends to a single text (Qwen3-Embedding's
     ``<|endoftext|>``), if any."""
-    post = tok.get("post_processor")
-    procs = (post.get("processors") if post.get("type") == "Sequence" else [post]) if isinstance(post, dict) else []
-    for p in procs or []:
-        single = p.get("single") if isinstance(p, dict) and p.get("type") == "TemplateProcessing" else None
-        if isinstance(single, list) and len(single) > 1 and isinstance(single[-1], dict):
-            last = (single[-1].get("SpecialToken") or {}).get("id")
-            if isinstance(last, str):
-                return last
+    for single in _templates(tok):
+        last = _special_id(single[-1]) if len(single) > 1 else None
+        if isinstance(last, str):
+            return last
     return None
 
 
 def _adds_bos(tok: dict[str, Any], bos: str | None) -> bool:
-    post = tok.get("post_processor")
-    if not isinstance(post, dict) or bos is None:
+    if bos is None:
         return False
-    procs = post.get("processors") if post.get("type") == "Sequence" else [post]
-    for p in procs or []:
-        if isinstance(p, dict) and p.get("type") == "TemplateProcessing":
-            for piece in p.get("single") or []:
-                if isinstance(piece, dict) and (piece.get("SpecialToken") or {}).get("id") == bos:
-                    return True
-    return False
+    return any(_special_id(piece) == bos for single in _templates(tok) for piece in single)
 
 
 def from_side_files(
