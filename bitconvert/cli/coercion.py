@@ -42,6 +42,8 @@ def _reader(annotation: Any, info) -> str | None:
         return None
     if annotation is str:
         return "text"
+    if annotation == list[str]:  # a repeatable text option (embed --text): its values, as a list
+        return "texts"
     if annotation is bool:
         return "flag"
     if annotation is int:
@@ -79,6 +81,10 @@ if RuntimeParam is not None:
             reader = self.reader
             if reader == "text":
                 return value if isinstance(value, str) else _UNSURE
+            if reader == "texts":
+                if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+                    return list(value)
+                return _UNSURE
             if reader == "flag":
                 return value if isinstance(value, bool) else _UNSURE
             if reader == "whole":

@@ -20,6 +20,7 @@ from bitconvert.cli import app, coercion
 #: values tried per kind of reader: certain ones, and ones the light reader must leave to typer or refuse
 VALUES = {
     "text": ["abc", "", "ünïcode", "1,2,3", " spaced "],
+    "texts": [("a", "b"), ["x"], (), ("ünïcode", ""), ("1,2", "3"), None, (1, "a")],
     "whole": ["0", "7", "-3", "007", "+5", "1.0", "1.5", "x", "", "1_000", " 3 ", "٣", 12],
     "decimal": ["0", "1.5", "-2.25", "1e-3", "1E5", "inf", "nan", ".5", "5.", "x", "", "1_000", 0.5, 2],
     "flag": [True, False, "yes", "0"],
