@@ -131,6 +131,8 @@ def _check_float_file(fp: _SavedFile, int2: _SavedFile, layout: list[GPUTensor])
     for g in layout:
         if g.fused:
             fp.expect(g.key, FLOAT_NAMES, g.shape)
+        elif g.key not in int2.tensors:  # checked against int2 itself later; the fp16 file is read first
+            raise CheckpointError(int2.path, "missing tensor", g.key)
         else:
             fp.expect(g.key, (int2.tensors[g.key].dtype_name,), g.shape)
     extra = sorted(set(fp.tensors) - {g.key for g in layout})
