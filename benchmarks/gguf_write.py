@@ -52,38 +52,43 @@ def weight_quant(w):  # llama.cpp's BitnetModel.weight_quant
     w = w.float()
     s = 1 / w.abs().mean().clamp(min=1e-5)
     return (w * s).round().clamp(-1, 1) / s
-with safe_open(src, "pt") as st:
-    names = sorted(st.keys(), key=order)
-    w = gguf.GGUFWriter(dst, "bitnet")
-    plan = []
-    for n in names:
-        shape = tuple(st.get_slice(n).get_shape())
-        if n.endswith(tuple(p + ".weight" for p in LINEARS)):
-            q = gguf.GGMLQuantizationType.TQ2_0
-        elif n == "model.embed_tokens.weight":
-            q = gguf.GGMLQuantizationType.F16
-        else:
-            q = gguf.GGMLQuantizationType.F32
-        bsize, tsize = gguf.GGML_QUANT_SIZES[q]
-        nbytes = int(np.prod(shape)) // bsize * tsize
-        # shape given in values (not bytes) for the TQ2_0 tensors, hence a non-uint8 dtype
-        dtype = np.float16 if q == gguf.GGMLQuantizationType.F16 else np.float32
-        raw = q if q == gguf.GGMLQuantizationType.TQ2_0 else None
-        w.add_tensor_info(gname(n), shape, np.dtype(dtype), nbytes, raw_dtype=raw)
-        plan.append((n, q))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_ti_data_to_file()
-    for n, q in plan:
-        t = st.get_tensor(n)
-        if q == gguf.GGMLQuantizationType.TQ2_0:
-            data = gguf.quants.quantize(weight_quant(t).numpy(), q)
-        elif q == gguf.GGMLQuantizationType.F16:
-            data = t.to(torch.float16).numpy()
-        else:
-            data = t.to(torch.float32).numpy()
-        w.write_tensor_data(data)
-    w.close()
+# SRC: one safetensors file, or a master's folder (every shard)
+files = [src] if os.path.isfile(src) else sorted(os.path.join(src, f) for f in os.listdir(src) if f.endswith(".safetensors"))
+where = {}
+for f in files:
+    h = safe_open(f, "pt")
+    where.update((n, h) for n in h.keys())
+names = sorted(where, key=order)
+w = gguf.GGUFWriter(dst, "bitnet")
+plan = []
+for n in names:
+    shape = tuple(where[n].get_slice(n).get_shape())
+    if n.endswith(tuple(p + ".weight" for p in LINEARS)):
+        q = gguf.GGMLQuantizationType.TQ2_0
+    elif n == "model.embed_tokens.weight":
+        q = gguf.GGMLQuantizationType.F16
+    else:
+        q = gguf.GGMLQuantizationType.F32
+    bsize, tsize = gguf.GGML_QUANT_SIZES[q]
+    nbytes = int(np.prod(shape)) // bsize * tsize
+    # shape given in values (not bytes) for the TQ2_0 tensors, hence a non-uint8 dtype
+    dtype = np.float16 if q == gguf.GGMLQuantizationType.F16 else np.float32
+    raw = q if q == gguf.GGMLQuantizationType.TQ2_0 else None
+    w.add_tensor_info(gname(n), shape, np.dtype(dtype), nbytes, raw_dtype=raw)
+    plan.append((n, q))
+w.write_header_to_file()
+w.write_kv_data_to_file()
+w.write_ti_data_to_file()
+for n, q in plan:
+    t = where[n].get_tensor(n)
+    if q == gguf.GGMLQuantizationType.TQ2_0:
+        data = gguf.quants.quantize(weight_quant(t).numpy(), q)
+    elif q == gguf.GGMLQuantizationType.F16:
+        data = t.to(torch.float16).numpy()
+    else:
+        data = t.to(torch.float32).numpy()
+    w.write_tensor_data(data)
+w.close()
 fd = os.open(dst, os.O_RDONLY); os.fsync(fd); os.close(fd)
 """
 

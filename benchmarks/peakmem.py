@@ -24,25 +24,25 @@ atexit.register(_report)
 
 
 def run_measured(code: str, *args: str, env: dict | None = None) -> dict:
-    """Run ``code`` (with ``sys.argv[1:] == args``); return wall seconds, peak RSS MB and exit code."""
+    """Run ``code`` (with ``sys.argv[1:] == args``); return wall and CPU seconds, peak RSS MB and exit code."""
     fd, report = tempfile.mkstemp(prefix="bitconvert-hwm-")
     os.close(fd)
-    start = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-c", _PRELUDE + code, report, *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    wall = time.perf_counter() - start
+    with tempfile.TemporaryFile() as errors:
+        start = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-c", _PRELUDE + code, report, *args],
+                                stdout=subprocess.DEVNULL, stderr=errors, env=env)  # fmt: skip
+        _, status, usage = os.wait4(proc.pid, 0)  # CPU time of the child alone (its maxrss is not: see above)
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        errors.seek(0)
+        stderr = errors.read().decode(errors="replace")
     try:
         with open(report) as f:
             kb = int(f.read() or 0)
     finally:
         os.unlink(report)
-    return {"wall_s": round(wall, 2), "peak_rss_mb": round(kb / 1024, 1), "returncode": proc.returncode,
-            "stderr": proc.stderr[-2000:]}
+    return {"wall_s": round(wall, 2), "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
+            "peak_rss_mb": round(kb / 1024, 1), "returncode": proc.returncode, "stderr": stderr[-2000:]}
 
 
 BITCONVERT = "import sys\nfrom bitconvert.cli import main\nsys.argv[0] = 'bitconvert'\nmain()\n"

@@ -1,9 +1,14 @@
-"""Full-size synthetic BitNet b1.58 2B-4T bf16 master, for benchmarks (no real weights needed).
+"""Full-size synthetic BitNet b1.58 bf16 masters, for benchmarks (no real weights needed).
 
-    python benchmarks/synthetic.py OUT_DIR [--layers 30]
+    python benchmarks/synthetic.py OUT_DIR [--size 2b|8b] [--layers N]
 
-Same tensor names, shapes, dtype and config.json as microsoft/bitnet-b1.58-2B-4T-bf16 (30 layers:
-4.83 GB in one model.safetensors). Written tensor by tensor, so memory stays at one tensor.
+- ``2b``: the tensor names, shapes, dtype and config.json of microsoft/bitnet-b1.58-2B-4T-bf16
+  (30 layers: 4.83 GB in one model.safetensors).
+- ``8b``: the same 2B-4T architecture (BitNetForCausalLM, relu², sub-norms, tied embedding) at the
+  widths of Llama3-8B-1.58 (hidden 4096, intermediate 14336, 32 layers, 32/8 heads, vocabulary
+  128,256): 15.0 GB in four shards with their index, as published 8B checkpoints are stored.
+
+Weights are N(0, 0.02) (norms 1 + N(0, 0.1)), written tensor by tensor, so memory stays at one tensor.
 """
 
 from __future__ import annotations
@@ -47,6 +52,14 @@ CONFIG_2B4T = {
 }
 
 
+CONFIG_8B = dict(
+    CONFIG_2B4T, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+    num_key_value_heads=8, max_position_embeddings=8192,
+)
+#: size -> (config, number of shards)
+SIZES = {"2b": (CONFIG_2B4T, 1), "8b": (CONFIG_8B, 4)}
+
+
 def shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
     h, i, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
     kv = cfg["num_key_value_heads"] * h // cfg["num_attention_heads"]
@@ -70,39 +83,69 @@ def shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def write_synthetic(out: Path, layers: int = 30, seed: int = 0) -> Path:
-    cfg = dict(CONFIG_2B4T, num_hidden_layers=layers)
+def write_synthetic(out: Path, layers: int | None = None, seed: int = 0, size: str = "2b") -> Path:
+    base, shards = SIZES[size]
+    cfg = dict(base, num_hidden_layers=layers or base["num_hidden_layers"])
     out.mkdir(parents=True, exist_ok=True)
     plan = [PlannedTensor(n, "BF16", s) for n, s in sorted(shapes(cfg).items())]
     g = torch.Generator().manual_seed(seed)
-    with SafetensorsWriter(out / "model.safetensors", plan, {"format": "pt"}) as w:
-        for t in plan:
-            if len(t.shape) == 1:
-                x = 1.0 + 0.1 * torch.randn(t.shape, generator=g)
-            else:
-                x = torch.randn(t.shape, generator=g) * 0.02
-            w.write(t.name, Dense.from_torch(x.to(torch.bfloat16)))
+    groups = _split(plan, shards)
+    names = ["model.safetensors"] if shards == 1 else [f"model-{i + 1:05d}-of-{shards:05d}.safetensors" for i in range(shards)]
+    for fname, group in zip(names, groups):
+        with SafetensorsWriter(out / fname, group, {"format": "pt"}) as w:
+            for t in group:
+                if len(t.shape) == 1:
+                    x = 1.0 + 0.1 * torch.randn(t.shape, generator=g)
+                else:
+                    x = torch.randn(t.shape, generator=g) * 0.02
+                w.write(t.name, Dense.from_torch(x.to(torch.bfloat16)))
+    if shards > 1:
+        index = {"metadata": {"total_size": sum(t.nbytes for t in plan)},
+                 "weight_map": {t.name: f for f, group in zip(names, groups) for t in group}}
+        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copyfile(ROOT / "fixtures" / "tokenizer" / f, out / f)
     return out
 
 
-def ensure_master(master: Path, layers: int) -> None:
-    """The synthetic master at ``master`` with ``layers`` layers: kept if it is there, else (re)written."""
+def _split(plan: list[PlannedTensor], shards: int) -> list[list[PlannedTensor]]:
+    """Tensors in order, cut into ``shards`` files of about equal size."""
+    total = sum(t.nbytes for t in plan)
+    groups: list[list[PlannedTensor]] = [[] for _ in range(shards)]
+    done = 0
+    for t in plan:
+        groups[min(shards - 1, done * shards // total)].append(t)
+        done += t.nbytes
+    return [g for g in groups if g]
+
+
+def weight_files(master: Path) -> list[Path]:
+    return sorted(master.glob("*.safetensors"))
+
+
+def master_bytes(master: Path) -> int:
+    return sum(f.stat().st_size for f in weight_files(master))
+
+
+def ensure_master(master: Path, layers: int | None = None, size: str = "2b") -> None:
+    """The synthetic master at ``master``: kept if it is there with this config, else (re)written."""
+    base = SIZES[size][0]
+    want = dict(base, num_hidden_layers=layers or base["num_hidden_layers"])
     cfg = master / "config.json"
-    if (master / "model.safetensors").is_file() and cfg.is_file():
-        if json.loads(cfg.read_text()).get("num_hidden_layers") == layers:
+    if weight_files(master) and cfg.is_file():
+        if json.loads(cfg.read_text()) == want:
             return
         shutil.rmtree(master)
-    write_synthetic(master, layers)
+    write_synthetic(master, layers, size=size)
 
 
 def warm(path: Path) -> None:
-    """Read ``path`` once so every timed job starts from a warm page cache."""
-    with open(path, "rb") as f:
-        while f.read(64 << 20):
-            pass
+    """Read ``path`` (a file, or a master's weight files) once so every timed job starts from a warm page cache."""
+    for f in weight_files(path) if path.is_dir() else [path]:
+        with open(f, "rb") as fh:
+            while fh.read(64 << 20):
+                pass
 
 
 def prepare(doc: str, work_name: str, *, rounds: int | None = None) -> tuple[argparse.Namespace, Path, Path]:
@@ -126,7 +169,8 @@ def prepare(doc: str, work_name: str, *, rounds: int | None = None) -> tuple[arg
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path)
-    ap.add_argument("--layers", type=int, default=30)
+    ap.add_argument("--size", choices=sorted(SIZES), default="2b")
+    ap.add_argument("--layers", type=int, default=None, help="default: the model's own")
     args = ap.parse_args()
-    p = write_synthetic(args.out, args.layers)
-    print(f"wrote {p} ({(p / 'model.safetensors').stat().st_size:,} bytes)")
+    p = write_synthetic(args.out, args.layers, size=args.size)
+    print(f"wrote {p} ({master_bytes(p):,} bytes in {len(weight_files(p))} file(s))")

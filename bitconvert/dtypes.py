@@ -34,8 +34,6 @@ _TYPES: dict[str, tuple[str, str]] = {
 }
 NAMES = tuple(_TYPES)
 FLOAT_NAMES = ("F16", "BF16", "F32", "F64")
-#: what a user types for a float dtype (``--dtype bf16``) -> its safetensors name
-SHORT_NAMES = {"bf16": "BF16", "f16": "F16", "f32": "F32"}
 #: float dtypes as config.json names them (``torch_dtype``)
 CONFIG_NAMES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32", "float64": "F64"}
 

@@ -14,10 +14,21 @@ import typer.main
 from typer._click.exceptions import ClickException, UsageError  # typer 0.29 vendors click (pinned in pyproject)
 
 from .. import __version__
-from . import convert, embed, runtime, upload, verify
+from ..io.pipeline import return_freed_blocks
+from . import coercion, convert, embed, runtime, upload, verify
 from .common import INTERRUPTED_EXIT, Quiet, err, fail_line, guarded, out, state, usage_error_line
 
-app = typer.Typer(
+
+class _App(typer.Typer):
+    """The Typer app, its parameters read without pydantic (see :mod:`.coercion`)."""
+
+    def __call__(self, *args, **kwargs):
+        command = typer.main.get_command(self)
+        coercion.install(command)
+        return command(*args, **kwargs)
+
+
+app = _App(
     name="bitconvert",
     help="Convert, verify and run BitNet b1.58 (ternary) checkpoints.",
     no_args_is_help=True,
@@ -91,6 +102,7 @@ def main() -> None:
     would add up to a second to every run. Exit handlers still run and output is flushed, then the
     process ends with the command's exit code. For use inside another program, call ``app``.
     """
+    return_freed_blocks()  # a streaming conversion's memory stays its pipeline's (see there)
     try:
         # not standalone: a usage error comes back here, to be said in one line (typer draws a box)
         code = app(standalone_mode=False)

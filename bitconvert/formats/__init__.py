@@ -8,10 +8,11 @@ reader -> Checkpoint -> writer.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import CheckpointError, UsageError
 from ..io.suggest import no_such_path
@@ -50,10 +51,10 @@ class Reader(Protocol):
 
 class Writer(Protocol):
     name: str
-    #: True when the output is a directory, False for a single file (e.g. GGUF)
-    writes_directory: bool
     #: the frozen dataclass of this writer's options (see formats/options.py)
     Options: type
+    #: the compiled loops (``ternary.fast.jit``) it runs when it quantizes a master, compiled ahead
+    kernels: tuple[str, ...]
 
     def write(self, ckpt: Checkpoint, out: Path, options: Any, progress: Progress) -> WriteReport: ...
 
@@ -73,6 +74,28 @@ CATALOGUE: dict[str, tuple[str | None, str | None]] = {
     "hf-packed": ("hf.packed", "hf.packed_writer"),
     "gguf": ("gguf.reader", "gguf.writer"),
     "nanotron": ("nanotron.reader", "nanotron.writer"),
+}
+
+# What each writer's output is: a directory, or one file (GGUF). Data here rather than an attribute
+# of the writer, so that the destination can be checked (and refused) before any writer, numpy or
+# gguf-py is imported. A test converts into every format and checks the table.
+OUTPUT_IS_DIRECTORY: dict[str, bool] = {
+    "bitnet-gpu": True,
+    "hf-bf16": True,
+    "hf-packed": True,
+    "gguf": False,
+    "nanotron": True,
+}
+
+# Which readers could claim a path, judged from the path alone (a stat or two), so that opening a
+# checkpoint imports only those readers (a GGUF file never loads the safetensors readers, nor an HF
+# folder gguf-py). Each is a necessary condition of its reader's own ``detect``, which decides.
+MAY_READ: dict[str, Callable[[Path], bool]] = {
+    "bitnet-gpu": lambda p: p.is_dir() and (p / "model_state_int2.pt").is_file(),
+    "hf-bf16": lambda p: p.is_dir() and (p / "config.json").is_file(),
+    "hf-packed": lambda p: p.is_dir() and (p / "config.json").is_file(),
+    "gguf": lambda p: p.is_file(),
+    "nanotron": lambda p: p.is_dir() and (p / "model_config.json").is_file() and (p / "model").is_dir(),
 }
 
 # Each writer's options class, in a light module of its format (no numpy, no writer): the command
@@ -104,10 +127,11 @@ def register_writer(writer: Writer) -> Writer:
     return writer
 
 
-def _load(half: int) -> None:
-    for modules in CATALOGUE.values():
-        if modules[half]:
-            importlib.import_module(f"{__name__}.{modules[half]}")
+def _load(half: int, names: Iterable[str] | None = None) -> None:
+    for name in CATALOGUE if names is None else names:
+        module = CATALOGUE[name][half]
+        if module:
+            importlib.import_module(f"{__name__}.{module}")
 
 
 def load_readers() -> None:
@@ -132,10 +156,18 @@ def _unknown_writer(name: str) -> UsageError:
     return UsageError(f"unknown output format {name!r}; choose one of: {', '.join(writer_names())}")
 
 
-def writer_for(name: str) -> Writer:
-    load_writers()
-    if name not in WRITERS:
+def writes_directory(name: str) -> bool:
+    """Whether writer ``name`` writes a directory (else one file); no module is imported."""
+    if name not in OUTPUT_IS_DIRECTORY:
         raise _unknown_writer(name)
+    return OUTPUT_IS_DIRECTORY[name]
+
+
+def writer_for(name: str) -> Writer:
+    """Writer ``name``, importing its module only (each writer imports what it needs)."""
+    if CATALOGUE.get(name, (None, None))[1] is None:
+        raise _unknown_writer(name)
+    _load(1, [name])
     return WRITERS[name]
 
 
@@ -162,15 +194,16 @@ def options_for(fmt: str, given: Mapping[str, Any] | Any = None) -> Any:
 
 
 def detect_format(path: Path) -> str:
-    load_readers()
     if not path.exists():
         raise UsageError(no_such_path(path))
     if path.is_file() and path.suffix == ".safetensors":  # a checkpoint is the folder: config.json lies beside
         raise UsageError(f"{path}: a .safetensors file is one part of a checkpoint; pass its folder ({path.parent})")
-    # in CATALOGUE order, whatever order the modules were imported (and registered) in
-    for name in CATALOGUE:
-        if name in READERS and READERS[name].detect(path):
-            return name
+    # in CATALOGUE order (bitnet-gpu before the HF folders), whatever order the modules were imported in
+    for name, (reader, _) in CATALOGUE.items():
+        if reader and MAY_READ[name](path):
+            _load(0, [name])
+            if READERS[name].detect(path):
+                return name
     raise CheckpointError(path, "not a checkpoint bitconvert can read (no config.json with safetensors weights, no GGUF)")
 
 
@@ -193,13 +226,14 @@ def open_checkpoint(path: str | Path, format: str | None = None) -> Checkpoint:
     from ..hub.source import local_source  # hf://ORG/NAME[@REV] -> local snapshot; other paths unchanged
 
     path = local_source(path)
-    load_readers()
     token = _OPENING.set({})
     try:
         if format is None:
             format = detect_format(path)
-        elif format not in READERS:
-            raise UsageError(f"unknown input format {format!r}; choose one of: {', '.join(sorted(READERS))}")
+        elif CATALOGUE.get(format, (None, None))[0] is None:
+            readable = sorted(name for name, (reader, _) in CATALOGUE.items() if reader)
+            raise UsageError(f"unknown input format {format!r}; choose one of: {', '.join(readable)}")
+        _load(0, [format])
         return READERS[format].read(path)
     finally:
         _OPENING.reset(token)

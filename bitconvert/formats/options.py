@@ -24,6 +24,8 @@ from ..errors import UsageError
 
 #: the float dtypes a ``--dtype`` takes, as typed on the command line
 FLOAT_CHOICES = ("bf16", "f16", "f32")
+#: what a user types for a float dtype (``--dtype bf16``) -> its safetensors name
+SHORT_NAMES = {"bf16": "BF16", "f16": "F16", "f32": "F32"}
 
 
 def option(
@@ -93,8 +95,6 @@ def dtype_parser(flag: str, allowed: Iterable[str] = FLOAT_CHOICES) -> Callable[
     allowed = tuple(allowed)
 
     def parse(value: Any):
-        from ..dtypes import SHORT_NAMES  # numpy: only once a value is read
-
         names = {SHORT_NAMES[a]: a for a in allowed}
         if value in names:
             return value
@@ -107,7 +107,7 @@ def dtype_parser(flag: str, allowed: Iterable[str] = FLOAT_CHOICES) -> Callable[
 
 
 def parse_linear_class(value: Any):
-    from ..ternary import LinearClass
+    from ..ternary.linear_class import LinearClass
 
     if value is None or isinstance(value, LinearClass):
         return value

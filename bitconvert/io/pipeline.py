@@ -7,6 +7,9 @@ arithmetic and file I/O overlap instead of taking turns, in bounded memory.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import sys
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator, Protocol, Sequence, TypeVar
@@ -62,3 +65,27 @@ def produced_ahead(plan: Sequence[P], produce: Callable[[P], T], ahead_bytes: in
         finally:
             for future, _ in queue:
                 future.cancel()
+
+
+#: glibc's mallopt parameter for the size from which blocks are mapped on their own
+_M_MMAP_THRESHOLD = -3
+
+
+def return_freed_blocks() -> bool:
+    """Have blocks of 1 MiB and more (tensor pieces, row blocks) mapped on their own, so that each
+    goes back to the system when freed; returns whether the C library took the setting.
+
+    glibc raises that threshold to the size of the largest block freed so far (up to 32 MiB):
+    from then on every piece of that size comes from the heap, and heap memory freed by one thread
+    and asked for by another stays resident, so a streaming conversion's peak memory would grow with
+    the number of pieces it makes (a third more at 2B) and the kernel would spend as long again
+    trimming and re-faulting heap pages. The command line sets this once at start-up; a program
+    that calls the library can do the same (or set ``MALLOC_MMAP_THRESHOLD_=1048576``).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, 1 << 20))
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt): its own allocator decides
+        return False

@@ -131,6 +131,19 @@ class SafetensorsFile:
         t = self.tensors[name]
         return Dense.from_bytes(self.read_bytes(name), t.dtype_name, t.shape)
 
+    def read_rows(self, name: str, start: int, stop: int) -> Dense:
+        """Rows ``start:stop`` (of the first axis) of a tensor, read on their own with pread: a large
+        tensor streamed in row blocks has one block resident at a time (a mapping's touched pages
+        stay resident until the whole tensor is unmapped)."""
+        t = self.tensors[name]
+        rows = t.shape[0] if t.shape else 1
+        if not 0 <= start <= stop <= rows:
+            raise ValueError(f"rows {start}:{stop} outside tensor {name} of {rows} rows")
+        row_bytes = t.nbytes // rows if rows else 0
+        n = (stop - start) * row_bytes
+        raw = read_exact(self.path, t.offset + start * row_bytes, n, t.name) if n else np.empty(0, dtype=np.uint8)
+        return Dense.from_bytes(raw, t.dtype_name, (stop - start, *t.shape[1:]))
+
     def read_bytes(self, name: str) -> np.ndarray:
         """The tensor's stored bytes, flat uint8 (for checks and hashes on bytes)."""
         t = self.tensors[name]
@@ -212,16 +225,28 @@ class SafetensorsWriter:
         self._file.write(len(raw).to_bytes(8, "little"))
         self._file.write(raw)
         self._next = 0
+        self._rows = 0  # rows of the next tensor written so far
 
     def write(self, name: str, value: Dense) -> None:
+        """Write the next planned tensor: whole, or as consecutive blocks of rows (its first axis),
+        so that a large tensor never needs to be in memory at once."""
         want = self.plan[self._next]
-        if name != want.name or value.dtype_name != want.dtype_name or value.shape != want.shape:
+        if want.shape:
+            fits = value.shape[1:] == want.shape[1:] and len(value.shape) == len(want.shape)
+            fits = fits and self._rows + value.shape[0] <= want.shape[0]
+        else:
+            fits = value.shape == want.shape
+        if name != want.name or value.dtype_name != want.dtype_name or not fits:
             raise ValueError(
-                f"writer expected {want.name} {want.dtype_name} {want.shape}, got {name} {value.dtype_name} {value.shape}"
+                f"writer expected {want.name} {want.dtype_name} {want.shape} (rows {self._rows}:), got {name} "
+                f"{value.dtype_name} {value.shape}"
             )
         if value.size:
             self._file.write(memoryview(value.raw()))
-        self._next += 1
+        self._rows += value.shape[0] if want.shape else 0
+        if not want.shape or self._rows == want.shape[0]:
+            self._next += 1
+            self._rows = 0
 
     def close(self) -> None:
         if self._next != len(self.plan):

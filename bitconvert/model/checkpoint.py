@@ -17,6 +17,7 @@ magnitude (or still matches the scale its ``record`` wrote down), else quantized
 from __future__ import annotations
 
 import enum
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +83,10 @@ class TensorEntry:
     #: LATENT: the floats were written for online quantization (codes x mean|W| / p): their scale is
     #: mean|values|, so they are quantized, never recovered as codes x one magnitude
     online: bool = False
+    #: DENSE/LATENT stored as rows of values: ``rows(start, stop)`` is ``load().rows(start, stop)``,
+    #: read on its own, so that a large tensor (an embedding) streams in row blocks (see
+    #: :func:`dense_rows`); None where only ``load()`` can read it
+    rows: Callable[[int, int], Dense] | None = None
 
     @property
     def ternary(self) -> bool:
@@ -255,6 +260,35 @@ def load_recorded(entry: TensorEntry) -> Value:
         if kept is not None:
             return kept
     return value
+
+
+#: values per block of rows when a large float tensor is read, converted or written by rows (8 MB of bf16)
+ROW_BLOCK_VALUES = 1 << 22
+
+
+def row_blocks(shape: tuple[int, ...], values_per_block: int = ROW_BLOCK_VALUES) -> list[tuple[int, int]]:
+    """``[start, stop)`` ranges of the first axis of ``shape`` holding about ``values_per_block``
+    values each (at least one row; one range for an empty or 0-d tensor)."""
+    rows = shape[0] if shape else 1
+    per_row = math.prod(shape[1:]) if len(shape) > 1 else 1
+    step = max(1, values_per_block // max(1, per_row))
+    return [(r, min(r + step, rows)) for r in range(0, rows, step)] or [(0, rows)]
+
+
+def dense_rows_known(entry: TensorEntry) -> bool:
+    """Whether :func:`dense_rows` reads ``entry`` (a DENSE/LATENT entry whose reader streams rows)."""
+    return entry.rows is not None and entry.kind is not Kind.TERNARY
+
+
+def dense_rows(entry: TensorEntry, start: int, stop: int) -> Dense:
+    """Rows ``start:stop`` of a DENSE/LATENT entry's value (``load().rows(start, stop)``), read on
+    their own where the reader can (:func:`dense_rows_known`), else off the whole value."""
+    if dense_rows_known(entry):
+        return entry.rows(start, stop)
+    value = entry.load()
+    if not isinstance(value, Dense):
+        raise TypeError(f"{entry.name}: {type(value).__name__} has no rows of values")
+    return value.rows(start, stop)
 
 
 def as_dense(value: Value, dtype_name: str) -> Dense:

@@ -13,7 +13,6 @@ from ..hub.errors import HubError, hub_errors
 from ..hub.source import PICKLE_SUFFIXES, SourceRef, check_repo_id, resolve_source
 from ..io.provenance import sha256_file, visible_files
 from ..io.suggest import no_such_path
-from ..model.checkpoint import Kind
 from ..secrets import one_line, scrub_secrets
 
 CARD_NAME = "README.md"
@@ -245,6 +244,7 @@ def _choose_card(
 
 
 def _generated_card(source: SourceRef, ckpt, repo_id: str, files: list[PlannedFile]) -> str:
+    from ..model.checkpoint import Kind  # numpy: only once there is a checkpoint (a refusal costs none)
     from ..model.sentence_transformers import read_embedding_setup
     from .card import CardInput, render_card
 

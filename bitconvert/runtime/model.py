@@ -26,9 +26,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..dtypes import SHORT_NAMES, Dense, dtype_name, torch_dtype
+from ..dtypes import Dense, dtype_name, torch_dtype
 from ..errors import CheckpointError, UsageError
 from ..formats import Progress, no_progress, open_checkpoint
+from ..formats.options import SHORT_NAMES
 from ..model.checkpoint import Checkpoint, Kind, as_dense
 from ..model.config import ModelConfig
 from ..model.families import CAUSAL_LM, EMBEDDING_ROLE, FINAL_NORM_ROLE, LM_HEAD_ROLE

@@ -28,23 +28,23 @@ the settings it forces, and :func:`check_recipe` is the one place a request is r
 A producer that writes other models differently has one record per task (``RecipeRecord.by_task``,
 keyed by ``Family.task``): :func:`recipe_record` picks the one for a model.
 
-Pure functions on numpy values: no files, no printing.
+The records are data (importing them loads no numpy); the producers' arithmetic is in
+:mod:`.producers`, pure functions on numpy values. No files, no printing.
 """
 
 from __future__ import annotations
 
 import enum
+import importlib
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import numpy as np
-
-from ..dtypes import Dense, f32_to_bf16, bf16_to_f32
 from ..errors import UsageError
 from .linear_class import LinearClass
-from .quantize import MEAN_ABS_FLOOR, NonFiniteWeight, first_non_finite, mean_abs, quantize
-from .scale import Scale
-from .weight import TernaryWeight
+
+if TYPE_CHECKING:
+    from ..dtypes import Dense
+    from .weight import TernaryWeight
 
 
 #: the task names of ``Family.task`` (model/families.py) a record may be specific to
@@ -60,91 +60,18 @@ class Recipe(str, enum.Enum):
 
 
 #: ``(latent weight, linear_class, scale dtype name) -> TernaryWeight``
-Quantizer = Callable[[Dense, LinearClass, str], TernaryWeight]
+Quantizer = Callable[["Dense", LinearClass, str], "TernaryWeight"]
+
+#: the producers' arithmetic, in numpy (:mod:`.producers`): imported when a weight is quantized, so
+#: that reading or refusing a ``--recipe`` costs no numpy
+_PRODUCERS = f"{__package__}.producers"
+_FROM_PRODUCERS = ("onebitllms_quantize", "bitnet_gpu_quantize", "converter_fold", "tq_block_d", "numpy_absmean")
 
 
-def onebitllms_quantize(weight: Dense, linear_class: LinearClass = LinearClass.BITLINEAR, scale_dtype: str = "BF16") -> TernaryWeight:
-    """onebitllms' ``_weight_quant`` on the master cast to bf16: every step rounded in bf16.
-
-    torch takes a bf16 tensor's mean as the float32 sum of its float32 values divided in float32,
-    then rounded to bf16; ``1 / mean`` and each ``w * s`` are float32 operations rounded to bf16.
-    """
-    w = weight.to("BF16")
-    mean = bf16_to_f32(f32_to_bf16(np.array([mean_abs(w)], dtype=np.float32)))[0]
-    mean = max(mean, bf16_to_f32(f32_to_bf16(np.array([MEAN_ABS_FLOOR])))[0])
-    with np.errstate(divide="ignore", over="ignore"):
-        inv = bf16_to_f32(f32_to_bf16(np.array([np.float32(1.0) / mean], dtype=np.float32)))[0]
-    codes = np.empty(w.shape, dtype=np.int8)
-    flat, out = w.data.reshape(-1), codes.reshape(-1)
-    step = 1 << 16
-    with np.errstate(over="ignore", invalid="ignore"):
-        for a in range(0, flat.size, step):
-            product = bf16_to_f32(f32_to_bf16(bf16_to_f32(flat[a : a + step]) * inv))
-            out[a : a + step] = np.clip(np.rint(product), -1, 1)
-    inv_word = int(f32_to_bf16(np.array([inv], dtype=np.float32))[0])
-    return TernaryWeight(codes, Scale("BF16", inv_word.to_bytes(2, "little"), LinearClass.BITLINEAR))
-
-
-def bitnet_gpu_quantize(weight: Dense, linear_class: LinearClass = LinearClass.AUTOBITLINEAR, scale_dtype: str = "BF16") -> TernaryWeight:
-    """``quant_weight_int8`` of gpu/convert_checkpoint.py on the master cast to bf16.
-
-    Its codes are onebitllms' (``s = 1/mean|W|`` and ``W * s`` rounded in bf16); the scale it stores
-    is ``1.0 / s``, a float32 division rounded to bf16: mean|W| as the kernel multiplies it.
-    """
-    inverse = onebitllms_quantize(weight)
-    with np.errstate(divide="ignore", over="ignore"):
-        mean = np.float32(1.0) / np.float32(inverse.scale.item())
-    return TernaryWeight(inverse.codes, Scale.of(float(mean), LinearClass.AUTOBITLINEAR, "BF16"))
-
-
-def converter_fold(weight: Dense, linear_class: LinearClass = LinearClass.AUTOBITLINEAR, scale_dtype: str = "F32") -> TernaryWeight:
-    """The codes and folded magnitude ``t / s`` that llama.cpp's and bitnet.cpp's converters compute.
-
-    Both converters turn a bf16 tensor into fp32 before their ``weight_quant``, which returns the
-    folded floats in the dtype it was given: the magnitude is ``1 / (1/mean)`` in fp32, then
-    rounded once more to fp16 for an fp16 master.
-    """
-    dtype = "F16" if weight.dtype_name == "F16" else "F32"
-    tw = quantize(weight, LinearClass.BITLINEAR, "F32")  # codes, and s = 1/mean in fp32
-    with np.errstate(divide="ignore", over="ignore"):
-        magnitude = np.float32(1.0) / np.float32(tw.scale.item())
-    return TernaryWeight(tw.codes, Scale.of(float(magnitude), LinearClass.AUTOBITLINEAR, dtype))
-
-
-def tq_block_d(codes: np.ndarray, magnitude: float, block: int) -> np.ndarray:
-    """ggml's per-block fp16 ``d = max|x|`` of folded values ``codes x magnitude``, ``[rows, cols/block]``.
-
-    A block of zeros has ``d = 0``; every other block has the magnitude rounded to fp16.
-    """
-    rows, cols = codes.shape
-    used = (codes.reshape(rows, cols // block, block) != 0).any(-1)
-    return np.where(used, np.float16(np.float32(magnitude)), np.float16(0))
-
-
-_PY_FLOOR = 1e-5
-
-
-def numpy_absmean(weight: Dense, linear_class: LinearClass = LinearClass.AUTOBITLINEAR, scale_dtype: str = "F32") -> TernaryWeight:
-    """The codes and scale of bitnet.cpp's embedding converter (``quantize_to_i2_s``), bit for bit.
-
-    It takes numpy's ``np.mean(np.abs(w))`` of the flattened float32 copy: a float32 sum in
-    numpy's own (pairwise) order, divided by the count in float32; clamps it below at 1e-5; then
-    ``np.round(w * (1 / mean))`` with the reciprocal in float32 (numpy 2's scalar rules) and
-    clipped to [-1, 1]. The scale it stores is the (clamped) mean itself, in float32.
-    """
-    w = np.ascontiguousarray(weight.float32()).reshape(-1)
-    mean = np.mean(np.abs(w))
-    if float(mean) < _PY_FLOOR:  # max(mean, 1e-5) keeps the Python float: its reciprocal is a double
-        mean, inv = np.float32(_PY_FLOOR), np.float32(1.0 / _PY_FLOOR)
-    else:
-        inv = np.float32(1.0) / np.float32(mean)
-    with np.errstate(over="ignore", invalid="ignore"):
-        codes = np.clip(np.rint(w * inv), -1, 1).astype(np.int8).reshape(weight.shape)
-    return TernaryWeight(codes, Scale.from_mean(np.float32(mean), linear_class, scale_dtype))
-
-
-def _transformers(weight: Dense, linear_class: LinearClass, scale_dtype: str) -> TernaryWeight:
-    return quantize(weight, linear_class, scale_dtype)
+def __getattr__(name: str) -> Any:
+    if name in _FROM_PRODUCERS:
+        return getattr(importlib.import_module(_PRODUCERS), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -175,7 +102,8 @@ class RecipeRecord:
 
     recipe: Recipe
     producer: str
-    quantize: Quantizer
+    #: the quantizer's name in :mod:`.producers`
+    quantizer: str
     #: output format -> the GGUF types it writes there (None: every type the format takes)
     writes: dict[str, tuple[str, ...] | None]
     #: writer settings the producer always uses: option name -> (the value, in words for a refusal)
@@ -192,6 +120,10 @@ class RecipeRecord:
     gguf_style: GGUFStyle = field(default_factory=GGUFStyle)
     #: the same producer's record for models of another task (``Family.task``): task -> record
     by_task: dict[str, RecipeRecord] = field(default_factory=dict)
+
+    @property
+    def quantize(self) -> Quantizer:
+        return getattr(importlib.import_module(_PRODUCERS), self.quantizer)
 
 
 def _onebitllms_config(not_converted: tuple[str, ...]) -> dict[str, Any]:
@@ -210,27 +142,27 @@ RECIPES: dict[Recipe, RecipeRecord] = {
     r.recipe: r
     for r in (
         RecipeRecord(
-            Recipe.TRANSFORMERS, "transformers' WeightQuant", _transformers,
+            Recipe.TRANSFORMERS, "transformers' WeightQuant", "transformers_quantize",
             {"hf-packed": None, "gguf": None, "bitnet-gpu": None},
             arithmetic="fp32 on the master's values, round half to even; scale per --linear-class and --scale-dtype",
         ),
         RecipeRecord(
-            Recipe.ONEBITLLMS, "onebitllms 0.0.4 quantize_to_1bit", onebitllms_quantize, {"hf-packed": None},
+            Recipe.ONEBITLLMS, "onebitllms 0.0.4 quantize_to_1bit", "onebitllms_quantize", {"hf-packed": None},
             forces={"linear_class": (LinearClass.BITLINEAR, "bitlinear (1/mean|W|)"), "scale_dtype": ("BF16", "bf16 scales")},
             config_keys=_onebitllms_config,
             arithmetic="master cast to bf16; 1/mean|W| and W*s rounded to bf16; 1/mean|W| stored in bf16",
         ),
         RecipeRecord(
-            Recipe.LLAMA_CPP, "llama.cpp convert_hf_to_gguf.py", converter_fold, {"gguf": ("tq1_0", "tq2_0")},
+            Recipe.LLAMA_CPP, "llama.cpp convert_hf_to_gguf.py", "converter_fold", {"gguf": ("tq1_0", "tq2_0")},
             gguf_scale_mode="blocks", defaults={"embed_type": "f16"},
             arithmetic="fp32 absmean, codes folded to t/s in the master dtype; fp16 d = max|x| per block",
         ),
         RecipeRecord(
-            Recipe.BITNET_CPP, "bitnet.cpp convert-hf-to-gguf-bitnet.py", converter_fold, {"gguf": ("i2_s", "tl1", "tl2")},
+            Recipe.BITNET_CPP, "bitnet.cpp convert-hf-to-gguf-bitnet.py", "converter_fold", {"gguf": ("i2_s", "tl1", "tl2")},
             defaults={"embed_type": "f16"},
             arithmetic="fp32 absmean, codes folded to t/s in the master dtype; one fp32 scale per tensor",
             by_task={EMBEDDING: RecipeRecord(
-                Recipe.BITNET_CPP, "bitnet.cpp convert-bitnet-embedding-to-gguf.py", numpy_absmean,
+                Recipe.BITNET_CPP, "bitnet.cpp convert-bitnet-embedding-to-gguf.py", "numpy_absmean",
                 {"gguf": ("i2_s", "f16")},
                 forces={"embed_type": ("f16", "F16 token embeddings"), "i2s_layout": ("x86", "the x86 I2_S layout")},
                 arithmetic="numpy fp32 absmean of the flattened weight, max(mean, 1e-5); scale mean|W| in I2_S's tail; "
@@ -244,7 +176,7 @@ RECIPES: dict[Recipe, RecipeRecord] = {
             )},
         ),
         RecipeRecord(
-            Recipe.BITNET_GPU, "microsoft/BitNet gpu/convert_checkpoint.py", bitnet_gpu_quantize, {"bitnet-gpu": None},
+            Recipe.BITNET_GPU, "microsoft/BitNet gpu/convert_checkpoint.py", "bitnet_gpu_quantize", {"bitnet-gpu": None},
             arithmetic="master cast to bf16; 1/mean|W| and W*s rounded to bf16; 1/s stored in bf16 (mean|W|)",
         ),
     )
@@ -299,6 +231,8 @@ def recipe_quantizer(recipe: Recipe, task: str = CAUSAL_LM) -> Quantizer:
     quantizer = recipe_record(recipe, task).quantize
     if recipe is Recipe.TRANSFORMERS:
         return quantizer
+
+    from .quantize import NonFiniteWeight, first_non_finite
 
     def checked(weight: Dense, linear_class: LinearClass, scale_dtype: str) -> TernaryWeight:
         if (found := first_non_finite(weight)) is not None:

@@ -9,6 +9,7 @@ reader names the problem in its own words. Both ways give the same checks; numpy
 
 from __future__ import annotations
 
+import math
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator, Literal
@@ -18,7 +19,16 @@ from ..errors import CheckpointError
 from ..formats import Progress, no_progress, open_checkpoint
 from ..formats.hf.packed import NAME as PACKED_LAYOUT
 from ..io.jsonfile import parse_json_text
-from ..model.checkpoint import Checkpoint, Kind, TensorEntry, load_recorded
+from ..model.checkpoint import (
+    ROW_BLOCK_VALUES,
+    Checkpoint,
+    Kind,
+    TensorEntry,
+    dense_rows,
+    dense_rows_known,
+    load_recorded,
+    row_blocks,
+)
 from ..model.config import QuantMode
 from ..model.sentence_transformers import MODULES_FILE, read_embedding_setup
 from ..ternary.scale import Scale
@@ -166,6 +176,8 @@ def _off_the_bytes(entry: TensorEntry, hashed: bool) -> Read | None:
     float words checked as they are, None where only the value tells (then it is loaded)."""
     if hashed and entry.kind is not Kind.TERNARY:
         return None  # a digest hashes the values load() gives (a reader may reorder rows, e.g. GGUF q/k)
+    if _by_rows(entry):
+        return "rows", None  # checked block by block of rows (an embedding): memory is one block
     try:
         stored = entry.stored()
     except READ_ERRORS:
@@ -183,6 +195,27 @@ def _off_the_bytes(entry: TensorEntry, hashed: bool) -> Read | None:
     if stored.layout != "floats" or (stored.dtype_name or entry.dtype_name) not in EXPONENT_BITS:
         return None  # quantized or converted on loading (GGUF Q8_0 embeddings)
     return "floats", stored
+
+
+def _by_rows(entry: TensorEntry) -> bool:
+    """A large float tensor whose reader streams its rows (see TensorEntry.rows)."""
+    if entry.kind is Kind.TERNARY or (entry.kind is Kind.LATENT and entry.record is not None):
+        return False
+    return dense_rows_known(entry) and math.prod(entry.shape) > ROW_BLOCK_VALUES and len(entry.shape) > 1
+
+
+def _rows_checks(name: str, entry: TensorEntry, report: VerifyReport) -> None:
+    """``readable`` and ``finite`` of a large float tensor, counted block by block of rows."""
+    bad, dtype_name = 0, entry.dtype_name
+    try:
+        for start, stop in row_blocks(entry.shape, ROW_BLOCK_VALUES):
+            block = dense_rows(entry, start, stop)
+            bad += non_finite_count(block.raw(), block.dtype_name)
+            dtype_name = block.dtype_name
+    except READ_ERRORS as exc:
+        report.add(Check("readable", False, f"{entry.source}: {read_problem(exc)}", name))
+        return
+    _float_verdicts(name, entry, bad, math.prod(entry.shape), dtype_name, report)
 
 
 def _read_ahead(ckpt: Checkpoint, hashed: bool) -> Iterator[tuple[str, TensorEntry, Read]]:
@@ -209,6 +242,9 @@ def _tensor_checks(ckpt: Checkpoint, report: VerifyReport, progress: Progress, h
             digests[name] = packed_ternary_digest(entry.shape, stored.data, stored.scale) if hashed else None
         elif how == "floats":
             _float_checks(name, entry, data.data, data.dtype_name or entry.dtype_name, report)
+            digests[name] = None
+        elif how == "rows":
+            _rows_checks(name, entry, report)
             digests[name] = None
         elif how == "error":
             report.add(Check("readable", False, f"{entry.source}: {read_problem(data)}", name))
@@ -238,9 +274,12 @@ def _value_checks(name: str, entry: TensorEntry, value, report: VerifyReport, ha
 
 def _float_checks(name: str, entry: TensorEntry, raw, dtype_name: str, report: VerifyReport) -> None:
     """``readable`` and ``finite`` of float values, from their words (inf and nan: all exponent bits set)."""
-    bad = non_finite_count(raw, dtype_name)
+    _float_verdicts(name, entry, non_finite_count(raw, dtype_name), raw.size // itemsize(dtype_name), dtype_name, report)
+
+
+def _float_verdicts(name: str, entry: TensorEntry, bad: int, values: int, dtype_name: str, report: VerifyReport) -> None:
     report.add(Check("readable", True, f"{entry.label or torch_name(dtype_name)} {list(entry.shape)}", name))
-    detail = f"{bad} of {raw.size // itemsize(dtype_name)} values are inf or nan" if bad else "all finite"
+    detail = f"{bad} of {values} values are inf or nan" if bad else "all finite"
     report.add(Check("finite", bad == 0, detail, name, float(bad), 0.0))
 
 

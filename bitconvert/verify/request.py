@@ -79,9 +79,9 @@ class VerifyRequest:
         if self.reproduce is not None and not Path(self.reproduce).exists():
             raise UsageError(no_such_path(self.reproduce))
         if self.roundtrip is not None:
-            from ..formats import writer_for
+            from ..formats import writes_directory
 
-            writer_for(self.roundtrip)  # an unknown format, before any work
+            writes_directory(self.roundtrip)  # an unknown format, before any work (no writer imported)
         if self.target is not None:
             from .targets import consumer
 
@@ -103,9 +103,9 @@ def run(src: str | Path, request: VerifyRequest = VerifyRequest(), *, progress: 
     When ``request.manifest`` is set, the manifest is written there (atomically) if SRC passed,
     and ``report.manifest_written`` names it; otherwise a note says why not.
     """
+    request.check()  # before the checks' modules (and numpy) are imported: a refusal costs none
     from .integrity import verify_integrity
 
-    request.check()
     th = request.thresholds
     report = verify_integrity(src, manifest_check=request.manifest_check, format=request.format,
                               progress=progress, digests=request.hashed)  # fmt: skip

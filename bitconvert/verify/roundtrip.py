@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 from ..convert import convert
 from ..errors import BitconvertError, CheckpointError
-from ..formats import Progress, no_progress, open_checkpoint, writer_for
+from ..formats import Progress, no_progress, open_checkpoint, options_class, writes_directory
 from ..formats.options import fields_of
 from ..model.checkpoint import Checkpoint, Kind
 from .compare import verify_against
@@ -34,12 +34,12 @@ def options_like(ckpt: Checkpoint, fmt: str) -> dict[str, Any]:
         "dtype": dense.most_common(1)[0][0] if dense else "BF16",
         "scale_dtype": scales.most_common(1)[0][0] if scales else "BF16",
     }
-    taken = fields_of(writer_for(fmt).Options)
+    taken = fields_of(options_class(fmt))
     return {k: v for k, v in wanted.items() if k in taken}
 
 
 def _target_path(tmp: Path, stem: str, fmt: str) -> Path:
-    if writer_for(fmt).writes_directory:
+    if writes_directory(fmt):
         return tmp / stem
     return tmp / (f"{stem}.gguf" if "gguf" in fmt else f"{stem}.{fmt}")
 
@@ -57,7 +57,7 @@ def verify_roundtrip(
     """Convert ``src`` to ``fmt`` and back, and compare both results with ``src``."""
     src = Path(src)
     report = VerifyReport(str(src), mode="roundtrip", against=fmt)
-    writer_for(fmt)  # an unknown format is a usage error before any work
+    writes_directory(fmt)  # an unknown format is a usage error before any work (no writer imported)
     try:
         ckpt = open_checkpoint(src)
     except CheckpointError as exc:

@@ -95,6 +95,7 @@ class BitnetGPUWriter:
     name = NAME
     writes_directory = True
     Options = BitnetGPUOptions
+    kernels = ("block_abs_sums", "codes_flat")
 
     def write(self, ckpt: Checkpoint, out: Path, options: BitnetGPUOptions, progress: Progress) -> WriteReport:
         tensors, lost = _plan(ckpt, options)

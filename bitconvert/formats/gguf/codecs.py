@@ -123,14 +123,15 @@ def encode_planes_rows(
     bytes go to. Stored codes t + 1 are packed in 64-bit words of eight byte lanes."""
     words = block // 32  # per plane
     compiled = jit.kernels(rows * cols)
-    if compiled is not None:  # the same bytes, one compiled pass instead of the word arithmetic below
+    kernel = compiled.pack_code_planes if compiled is not None else None
+    if kernel is not None:  # the same bytes, one compiled pass instead of the word arithmetic below
 
         def encode(steps: list[tuple[int, int]]) -> None:
             for r0, r1 in steps:
                 target = into(r0, r1)
                 halves = target.shape[-1] // (block // 4)
                 grid = _view(target, (r1 - r0, cols // block // halves, halves, block // 4))
-                compiled.pack_code_planes(code_rows(r0, r1).reshape(r1 - r0, cols), *shifts, grid)
+                kernel(code_rows(r0, r1).reshape(r1 - r0, cols), *shifts, grid)
 
         _split(_row_steps(rows, cols), encode)
         return

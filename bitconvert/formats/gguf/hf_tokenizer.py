@@ -5,12 +5,16 @@
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
+import weakref
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ...errors import CheckpointError
+from . import metadata, tokenizer
 from .parser import GGUFFile
 from .tokenizer import CONTROL, NORMAL, SPLITS, USER_DEFINED, _TOK, _not_utf8
 
@@ -160,3 +164,26 @@ def _hf_tokenizer_config(f: GGUFFile, tokens: list[str]) -> dict[str, Any]:
         _check_utf8(f, _TOK.CHAT_TEMPLATE, [template])
         tcfg["chat_template"] = template
     return tcfg
+
+
+def side_files(f: GGUFFile, ckpt: Any, notes: list[str]) -> list[Path]:
+    """tokenizer.json / tokenizer_config.json rebuilt, and the sentence-transformers files bitconvert
+    recorded, in a folder that lives as long as ``ckpt`` (its paths name the files as in the source)."""
+    model = f.get(metadata.Keys.Tokenizer.MODEL)
+    if model == tokenizer.NO_VOCAB:  # a file written without a tokenizer says so; nothing to rebuild
+        model = None
+    recorded = metadata.read_side_files(f)
+    if model is None and not recorded:
+        return []
+    folder = Path(tempfile.mkdtemp(prefix="bitconvert-gguf-tokenizer-"))
+    weakref.finalize(ckpt, shutil.rmtree, folder, True)
+    files = write_hf_tokenizer(f, folder) if model is not None else []
+    if model is not None and not files:
+        notes.append(f"tokenizer model {model!r} is not rebuilt as tokenizer.json (only gpt2 BPE is)")
+    for name, text in recorded.items():
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        files.append(path)
+    ckpt.side_root = folder
+    return files

@@ -16,7 +16,17 @@ import numpy as np
 
 from ...dtypes import Dense, float_bits
 from ...errors import CheckpointError
-from ...model.checkpoint import Checkpoint, TensorEntry, Value, as_dense, entry_as_ternary, quantizing
+from ...model.checkpoint import (
+    ROW_BLOCK_VALUES,
+    Checkpoint,
+    TensorEntry,
+    Value,
+    as_dense,
+    dense_rows,
+    dense_rows_known,
+    entry_as_ternary,
+    quantizing,
+)
 from ...ternary import LinearClass, Scale, TernaryWeight, recover_ternary
 from ...ternary.fast.bf16_codes import bf16_code_rows
 from ...ternary.quantize import bf16_scale_threshold
@@ -25,7 +35,7 @@ from . import i2s_layouts, names, types
 from .plan import Plan, TensorPlan
 from .types import GGMLType
 
-DENSE_SLAB = 1 << 22  # values converted per piece when writing a float tensor
+DENSE_SLAB = ROW_BLOCK_VALUES  # values converted per piece when writing a float tensor
 _CHECK_STEP = 1 << 18  # values overflow-checked at a time: stays in cache
 _BF16_F16_OVERFLOW = 0x4780  # |bf16 bits| from here (65536) to inf round past F16's largest finite value
 _BF16_INF = 0x7F80
@@ -96,6 +106,20 @@ class Producer:
         entry = self.ckpt.tensors[p.hf]
         if p.role != "dense":
             return _ternary(p, self.plan, entry, entry.load())
+        if not p.heads and len(entry.shape) == 2 and dense_rows_known(entry):  # read block by block
+            chunk = dense_rows(entry, piece.start, piece.stop)
+        else:
+            chunk = self._loaded_rows(p, entry, piece)
+        t = types.TYPES[p.tensor.type]
+        stored = chunk if not p.offset else Dense(chunk.float32() + np.float32(p.offset), "F32")
+        made = Made(_dense_slab(stored, t, entry))
+        if t.dtype_name is not None and (p.offset or chunk.dtype_name != t.dtype_name):
+            made.changed, made.worst = _rounding(chunk, made.data, t, p.offset)
+            made.values = chunk.size
+        return made
+
+    def _loaded_rows(self, p: TensorPlan, entry: TensorEntry, piece: Piece) -> Dense:
+        """Rows ``piece.start:piece.stop`` of a float tensor loaded whole at its first slab."""
         if piece.start == 0:
             value = entry.load()
             w = value if isinstance(value, Dense) else as_dense(value, "F32")
@@ -106,14 +130,7 @@ class Producer:
         assert rows is not None
         if piece.stop >= rows.shape[0]:
             self._rows = None
-        chunk = rows.rows(piece.start, piece.stop)
-        t = types.TYPES[p.tensor.type]
-        stored = chunk if not p.offset else Dense(chunk.float32() + np.float32(p.offset), "F32")
-        made = Made(_dense_slab(stored, t, entry))
-        if t.dtype_name is not None and (p.offset or chunk.dtype_name != t.dtype_name):
-            made.changed, made.worst = _rounding(chunk, made.data, t, p.offset)
-            made.values = chunk.size
-        return made
+        return rows.rows(piece.start, piece.stop)
 
 
 def _rounding(source: Dense, stored: np.ndarray, t: GGMLType, offset: float) -> tuple[int, float]:

@@ -19,9 +19,6 @@ llama.cpp multiplies by) and loads as ``w``: the stored value minus the offset, 
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-import weakref
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -154,6 +151,21 @@ class _TensorSource:
 
     # --- the values -----------------------------------------------------------------------------
 
+    def streams_rows(self) -> bool:
+        """Whether :meth:`rows` can read this tensor: float rows as :meth:`load` gives them (no row
+        order to undo, no ``.scale`` to apply)."""
+        t = self.info
+        return t.ggml.kind == "float" and self.scale is None and not self.heads and len(t.shape) == 2
+
+    def rows(self, start: int, stop: int) -> Dense:
+        """Rows ``start:stop`` of a float tensor, read on their own (see TensorEntry.rows)."""
+        t = self.info
+        if not 0 <= start <= stop <= t.shape[0]:
+            raise ValueError(f"rows {start}:{stop} outside tensor {t.name} of {t.shape[0]} rows")
+        row_bytes = t.ggml.nbytes(t.shape[1:])
+        raw = self.f.read_bytes(t.name, start * row_bytes, (stop - start) * row_bytes)
+        return t.ggml.decode_values(raw, (stop - start, *t.shape[1:]))
+
     def load(self) -> Value:
         if self.info.ggml.kind == "ternary":
             return self._load_codes()
@@ -258,7 +270,7 @@ class GGUFReader:
         ckpt = Checkpoint(NAME, path, cfg, entries, [], notes, facts)
         _read_origin(f, ckpt)
         check_tensor_set(ckpt)
-        ckpt.side_files = _side_files(f, ckpt, notes)
+        ckpt.side_files = hf_tokenizer.side_files(f, ckpt, notes)
         return ckpt
 
 
@@ -295,7 +307,7 @@ def _entry(
     label = _stored_label(t, scale, shown)
     return TensorEntry(
         hf, expected, kind, dtype, str(f.path), src.load, src.stored, label,
-        record=record if kind is Kind.LATENT else None,
+        record=record if kind is Kind.LATENT else None, rows=src.rows if src.streams_rows() else None,
     )  # fmt: skip
 
 
@@ -351,29 +363,6 @@ def _read_origin(f: GGUFFile, ckpt: Checkpoint) -> None:
     ckpt.origin.recorded_provenance = parse_provenance(f.get(PROVENANCE_KEY), f.path)
 
 
-def _side_files(f: GGUFFile, ckpt: Checkpoint, notes: list[str]) -> list[Path]:
-    """tokenizer.json / tokenizer_config.json rebuilt, and the sentence-transformers files bitconvert
-    recorded, in a folder that lives as long as ``ckpt`` (its paths name the files as in the source)."""
-    model = f.get(metadata.Keys.Tokenizer.MODEL)
-    if model == tokenizer.NO_VOCAB:  # a file written without a tokenizer says so; nothing to rebuild
-        model = None
-    recorded = metadata.read_side_files(f)
-    if model is None and not recorded:
-        return []
-    folder = Path(tempfile.mkdtemp(prefix="bitconvert-gguf-tokenizer-"))
-    weakref.finalize(ckpt, shutil.rmtree, folder, True)
-    files = hf_tokenizer.write_hf_tokenizer(f, folder) if model is not None else []
-    if model is not None and not files:
-        notes.append(f"tokenizer model {model!r} is not rebuilt as tokenizer.json (only gpt2 BPE is)")
-    for name, text in recorded.items():
-        path = folder / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-        files.append(path)
-    ckpt.side_root = folder
-    return files
-
-
 def _pooling_type(f: GGUFFile, arch: str) -> int | None:
     value = f.get(metadata.Keys.LLM.POOLING_TYPE.format(arch=arch))
     if value is None:
@@ -392,7 +381,7 @@ def _without_offset(entry: TensorEntry, offset: float) -> TensorEntry:
         with np.errstate(invalid="ignore", over="ignore"):  # non-finite values stay so (verify names them)
             return Dense(value.float32() - np.float32(offset), "F32")
 
-    return replace(entry, load=load, dtype_name="F32", label=f"{entry.label} (stored + {offset:g})")
+    return replace(entry, load=load, dtype_name="F32", label=f"{entry.label} (stored + {offset:g})", rows=None)
 
 
 register_reader(GGUFReader())

@@ -76,8 +76,9 @@ def scale_mode(wtype: GGMLType, arch: str, record: RecipeRecord) -> str:
 
 class GGUFWriter:
     name = NAME
-    writes_directory = False
     Options = GGUFOptions
+    #: the compiled loops quantizing a bf16 master into TQ1_0/TQ2_0/I2_S runs (see convert: compiled ahead)
+    kernels = ("block_abs_sums", "codes_flat", "pack_code_planes")
 
     def write(self, ckpt: Checkpoint, out: Path, options: GGUFOptions, progress: Progress) -> WriteReport:
         report = WriteReport(NAME)

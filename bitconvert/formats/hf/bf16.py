@@ -66,6 +66,7 @@ class HFBF16Reader:
                 name, t.shape, Kind.LATENT if quantized else Kind.DENSE, t.dtype_name, str(st.path),
                 lambda st=st, t=t: st.read(t.name), lambda st=st, t=t, r=record: _stored(st, t, r), t.dtype_name,
                 record=record, online=quantized and values == VALUES_ONLINE,
+                rows=lambda a, b, st=st, t=t: st.read_rows(t.name, a, b),
             )  # fmt: skip
         ckpt = Checkpoint(NAME, path, cfg, entries, d.side_files, notes)
         ckpt.origin.recorded_provenance = read_provenance_file(path)

@@ -6,13 +6,13 @@ from pathlib import Path
 
 from ...dtypes import Dense
 from ...io.safetensors import PlannedTensor
-from ...model.checkpoint import Checkpoint, Kind, as_dense
+from ...model.checkpoint import Checkpoint, Kind, as_dense, dense_rows, dense_rows_known
 from ...model.config import QuantConfig, QuantMode
 from ...ternary import LinearClass, TernaryWeight
 from ...ternary.records import SCALES_KEY, VALUES_EXACT, VALUES_KEY, VALUES_ONLINE, encode_record, encode_records
 from .. import Progress, WriteReport, register_writer
 from .bf16 import NAME
-from .common import copy_side_files, ordered_names, write_json, write_safetensors_dir
+from .common import Piece, copy_side_files, ordered_names, write_json, write_safetensors_dir
 from .options import HFBF16Options
 
 
@@ -31,8 +31,9 @@ def _recorded_scales(ckpt: Checkpoint, names: list[str]) -> dict[str, list[str]]
 
 class HFBF16Writer:
     name = NAME
-    writes_directory = True
     Options = HFBF16Options
+    #: it never quantizes: floats are written as they are, ternary weights dequantized
+    kernels = ()
 
     def write(self, ckpt: Checkpoint, out: Path, options: HFBF16Options, progress: Progress) -> WriteReport:
         cfg = ckpt.config
@@ -48,15 +49,21 @@ class HFBF16Writer:
             metadata[VALUES_KEY] = VALUES_ONLINE if online else VALUES_EXACT
         dequantized = 0
 
-        def produce(t: PlannedTensor) -> Dense:
+        def produce(piece: Piece) -> Dense:
             nonlocal dequantized
+            t = piece.tensor
+            if not piece.whole:  # a block of rows of a large float tensor (the embedding)
+                return dense_rows(ckpt.tensors[t.name], piece.start, piece.stop).to(t.dtype_name)
             value = ckpt.tensors[t.name].load()
             if not isinstance(value, TernaryWeight):
                 return as_dense(value, t.dtype_name)
             dequantized += 1
             return value.online_master(t.dtype_name) if online else value.dequantize(t.dtype_name)
 
-        write_safetensors_dir(out, plan, produce, options.max_shard_size, metadata, progress, report)
+        def by_rows(t: PlannedTensor) -> bool:
+            return dense_rows_known(ckpt.tensors[t.name])
+
+        write_safetensors_dir(out, plan, produce, options.max_shard_size, metadata, progress, report, by_rows)
         src_q = cfg.quantization or QuantConfig()
         # transformers quantizes float masters on the fly only through AutoBitLinear's online mode.
         quant = QuantConfig(

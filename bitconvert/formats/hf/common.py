@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from ...model.sentence_transformers import MODULES_FILE, read_modules
 from ...errors import CheckpointError
 from ...io.jsonfile import read_json_object
 from ...io.pipeline import ahead_budget, produced_ahead
+from ...model.checkpoint import ROW_BLOCK_VALUES, row_blocks
 from ...io.safetensors import PlannedTensor, SafetensorsFile, SafetensorsWriter, StoredTensor
 from ...dtypes import Dense
 from .. import Progress, WriteReport, parsed_once
@@ -200,33 +202,68 @@ def plan_shards(plan: list[PlannedTensor], max_shard_size: int) -> list[list[Pla
     return shards
 
 
+@dataclass(frozen=True)
+class Piece:
+    """What one production step makes: a planned tensor whole, or rows ``start:stop`` of it."""
+
+    tensor: PlannedTensor
+    start: int
+    stop: int
+    whole: bool
+
+    @property
+    def nbytes(self) -> int:
+        rows = self.tensor.shape[0] if self.tensor.shape else 1
+        return self.tensor.nbytes * (self.stop - self.start) // rows if rows else 0
+
+
+def pieces(plan: list[PlannedTensor], by_rows: Callable[[PlannedTensor], bool]) -> list[Piece]:
+    """Each planned tensor as one piece, or (where ``by_rows`` says its rows can be produced on
+    their own, and it is larger than a block) as blocks of rows: memory follows the block, not the
+    tensor (an embedding is vocabulary x hidden)."""
+    out = []
+    for t in plan:
+        rows = t.shape[0] if t.shape else 1
+        if t.shape and math.prod(t.shape) > ROW_BLOCK_VALUES and by_rows(t):
+            out += [Piece(t, a, b, False) for a, b in row_blocks(t.shape, ROW_BLOCK_VALUES)]
+        else:
+            out.append(Piece(t, 0, rows, True))
+    return out
+
+
 def write_safetensors_dir(
     out: Path,
     plan: list[PlannedTensor],
-    produce: Callable[[PlannedTensor], Dense],
+    produce: Callable[[Piece], Dense],
     max_shard_size: int,
     metadata: dict[str, str],
     progress: Progress,
     report: WriteReport,
+    by_rows: Callable[[PlannedTensor], bool] = lambda t: False,
 ) -> None:
-    """Write ``plan`` as one file or as shards plus an index, producing each tensor just in time."""
+    """Write ``plan`` as one file or as shards plus an index, producing each piece just in time
+    (see :func:`pieces`: ``produce`` gets whole tensors, and row blocks of those ``by_rows`` allows)."""
     shards = plan_shards(plan, max_shard_size)
     n = len(shards)
     names = [SINGLE_NAME] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
     weight_map: dict[str, str] = {}
     done = 0
-    tensors = produced_ahead(plan, produce, ahead_budget(plan))
+    work = pieces(plan, by_rows)
+    made = produced_ahead(work, produce, ahead_budget(work))
+    at = 0
     try:
         for fname, shard in zip(names, shards):
             with SafetensorsWriter(out / fname, shard, metadata) as w:
                 for t in shard:
                     progress(done, len(plan), t.name)
-                    w.write(t.name, next(tensors))
+                    while at < len(work) and work[at].tensor is t:
+                        w.write(t.name, next(made))
+                        at += 1
                     weight_map[t.name] = fname
                     done += 1
             report.files.append(fname)
     finally:
-        tensors.close()
+        made.close()
     total = sum(t.nbytes for t in plan)
     if n > 1:
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}

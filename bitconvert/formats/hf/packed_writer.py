@@ -8,12 +8,21 @@ from pathlib import Path
 from ...dtypes import Dense
 from ...errors import CheckpointError
 from ...io.safetensors import PlannedTensor
-from ...model.checkpoint import Checkpoint, Kind, TensorEntry, as_dense, entry_as_ternary, quantizing
+from ...model.checkpoint import (
+    Checkpoint,
+    Kind,
+    TensorEntry,
+    as_dense,
+    dense_rows,
+    dense_rows_known,
+    entry_as_ternary,
+    quantizing,
+)
 from ...model.config import QuantConfig, QuantMode
 from ...ternary import VALUES_PER_BYTE, LinearClass, Scale, pack_codes, quantize_packed, recover_ternary
 from ...ternary.recipes import RECIPES, Recipe, check_recipe, recipe_quantizer
 from .. import Progress, WriteReport, register_writer
-from .common import copy_side_files, ordered_names, write_json, write_safetensors_dir
+from .common import Piece, copy_side_files, ordered_names, write_json, write_safetensors_dir
 from .options import HFPackedOptions
 from .packed import NAME, scale_name
 
@@ -36,8 +45,9 @@ def _packed(entry: TensorEntry, linear_class: LinearClass, options: HFPackedOpti
 
 class HFPackedWriter:
     name = NAME
-    writes_directory = True
     Options = HFPackedOptions
+    #: the compiled loops quantizing and packing a bf16 master runs (see convert: compiled ahead)
+    kernels = ("block_abs_sums", "pack_rows")
 
     def write(self, ckpt: Checkpoint, out: Path, options: HFPackedOptions, progress: Progress) -> WriteReport:
         cfg = ckpt.config
@@ -64,18 +74,25 @@ class HFPackedWriter:
         pending_scales: dict[str, Dense] = {}
         how = Counter()
 
-        def produce(t: PlannedTensor) -> Dense:
+        def produce(piece: Piece) -> Dense:
+            t = piece.tensor
             if t.name in pending_scales:
                 return pending_scales.pop(t.name)
             entry = ckpt.tensors[t.name]
             if not ckpt.is_quantized_linear(t.name):
+                if not piece.whole:  # a block of rows of a large dense tensor (the embedding)
+                    return dense_rows(entry, piece.start, piece.stop).to(t.dtype_name)
                 return as_dense(entry.load(), t.dtype_name)
             packed, scale, source = _packed(entry, linear_class, options)
             how[source] += 1
             pending_scales[scale_name(t.name)] = Dense.from_bytes(scale.data, scale.dtype_name, (1,))
             return packed
 
-        write_safetensors_dir(out, plan, produce, options.max_shard_size, {"format": "pt"}, progress, report)
+        def by_rows(t: PlannedTensor) -> bool:
+            entry = ckpt.tensors.get(t.name)
+            return entry is not None and not ckpt.is_quantized_linear(t.name) and dense_rows_known(entry)
+
+        write_safetensors_dir(out, plan, produce, options.max_shard_size, {"format": "pt"}, progress, report, by_rows)
         src_q = cfg.quantization or QuantConfig()
         quant = QuantConfig(
             linear_class=linear_class,

@@ -214,8 +214,9 @@ class _Plan:
 
 class NanotronWriter:
     name = NAME
-    writes_directory = True
     Options = NanotronOptions
+    #: the compiled loops quantizing a master runs (see convert: compiled ahead)
+    kernels = ("block_abs_sums", "codes_flat")
 
     def write(self, ckpt: Checkpoint, out: Path, options: NanotronOptions, progress: Progress) -> WriteReport:
         plan = _resolve(ckpt, options)

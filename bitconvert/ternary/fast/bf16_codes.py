@@ -65,10 +65,11 @@ def codes_into(bits: np.ndarray, threshold: int, out: np.ndarray) -> None:
     """Codes (uint8 mod 256) of flat finite bf16 bit patterns into the flat ``out``."""
 
     compiled = jit.kernels(bits.size)
+    kernel = compiled.codes_flat if compiled is not None else None
 
     def part(span: tuple[int, int]) -> None:
-        if compiled is not None:
-            return compiled.codes_flat(bits, threshold, out, span[0], span[1])
+        if kernel is not None:
+            return kernel(bits, threshold, out, span[0], span[1])
         tmp = np.empty(min(CHUNK, span[1] - span[0]), dtype=np.uint8)
         for start in range(span[0], span[1], CHUNK):
             stop = min(start + CHUNK, span[1])
@@ -86,10 +87,11 @@ def pack_planes(planes: np.ndarray, threshold: int, out: np.ndarray) -> None:
     step = max(1, CHUNK // (4 * max(cols, 1)))
 
     compiled = jit.kernels(planes.size)
+    kernel = compiled.pack_rows if compiled is not None else None
 
     def part(span: tuple[int, int]) -> None:
-        if compiled is not None:
-            return compiled.pack_rows(planes, threshold, out, span[0], span[1])
+        if kernel is not None:
+            return kernel(planes, threshold, out, span[0], span[1])
         codes = np.empty((4, min(step, span[1] - span[0]), cols), dtype=np.uint8)
         tmp = np.empty_like(codes)
         for r0 in range(span[0], span[1], step):
@@ -121,6 +123,7 @@ def bf16_code_rows(
     cols = bits.shape[1]
     local = threading.local()  # one buffer per calling thread
     compiled = jit.kernels(bits.size)  # the same comparisons as one compiled loop, where numba is
+    kernel = compiled.codes_flat if compiled is not None else None
 
     def rows(r0: int, r1: int) -> np.ndarray:
         n = (r1 - r0) * cols
@@ -129,8 +132,8 @@ def bf16_code_rows(
             held = local.held = (np.empty(n, dtype=np.uint8), np.empty(n, dtype=np.uint8))
         out, tmp = (b[:n].reshape(r1 - r0, cols) for b in held)
         src = bits[r0:r1] if order is None else bits[order[r0:r1]]
-        if compiled is not None:
-            compiled.codes_flat(src.reshape(-1), threshold, out.reshape(-1), 0, n)
+        if kernel is not None:
+            kernel(src.reshape(-1), threshold, out.reshape(-1), 0, n)
         else:
             _codes_into(src, threshold, out, tmp)
         return out

@@ -13,66 +13,135 @@ reassociates floating-point additions unless asked (``fastmath`` is off), so res
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
-from types import SimpleNamespace
+from collections.abc import Callable
 
 import numpy as np
-
-_lock = threading.Lock()
-_loaded: list[SimpleNamespace | None] = []
 
 #: below this many values numpy is done before numba has loaded its cache (about half a second)
 MIN_VALUES = 1 << 20
 
+_lock = threading.Lock()
+#: [the numba decorator] once numba is imported and usable, [None] where it is not
+_numba: list = []
 
-def kernels(values: int | None = None) -> SimpleNamespace | None:
-    """The compiled functions (``range_abs_sum``, ``pack_rows``, ``codes_flat``,
-    ``pack_code_planes``), or None where
-    numba is missing, ``BITCONVERT_NO_JIT`` is set, or ``values`` (the size of the job) is too small
-    to pay for loading them. numba is imported on the first call that uses it, so commands that
-    never quantize a large weight do not pay for it."""
-    if values is not None and values < MIN_VALUES:
-        return None
+
+def _usable_numba():
+    """numba's ``njit`` configured as the kernels use it, or None (missing, or ``BITCONVERT_NO_JIT``)."""
     with _lock:
-        if not _loaded:
-            _loaded.append(_compile_all())
-        return _loaded[0]
+        if not _numba:
+            _numba.append(_import_numba())
+        return _numba[0]
 
 
-def _compile_all() -> SimpleNamespace | None:
+def _import_numba():
     if os.environ.get("BITCONVERT_NO_JIT"):
         return None
     try:
         from numba import njit
     except ImportError:  # numba missing: numpy does the work
         return None
-    try:
-        jit = njit(nogil=True, cache=True, error_model="numpy")
-        # the helpers first: a compiled function resolves the functions it calls from these globals
-        globals()["_add_abs_rows"] = jit(_add_abs_rows)
-        globals()["_block_sums"] = jit(_block_sums)
-        found = SimpleNamespace(
-            range_abs_sum=jit(_range_abs_sum),
-            pack_rows=jit(_pack_rows),
-            codes_flat=jit(_codes_flat),
-            pack_code_planes=jit(_pack_code_planes),
-        )
-        _warm_up(found)
-    except Exception:  # no cache location, an LLVM that refuses: numpy gives the same results
+    return njit(nogil=True, cache=True, error_model="numpy")
+
+
+class _Kernel:
+    """One compiled loop: the Python definition below, compiled (or loaded from numba's on-disk
+    cache) for the argument types its callers pass, the first time it is asked for."""
+
+    def __init__(self, name: str, warm_up: Callable[[Callable], None], helpers: tuple[str, ...] = ()) -> None:
+        self.name, self.warm_up, self.helpers = name, warm_up, helpers
+        self.lock = threading.Lock()
+        self.done = False
+        self.compiled: Callable | None = None
+
+    def get(self) -> Callable | None:
+        """The compiled loop; None where it cannot be compiled, and while another thread compiles
+        it: the caller runs the numpy definition meanwhile (the same results), so the first
+        conversion after installing never waits for the compiler."""
+        if self.done:
+            return self.compiled
+        if not self.lock.acquire(blocking=False):
+            return None
+        try:
+            if not self.done:
+                self.compiled = self._compile()
+                self.done = True
+            return self.compiled
+        finally:
+            self.lock.release()
+
+    def _compile(self) -> Callable | None:
+        jit = _usable_numba()
+        if jit is None:
+            return None
+        try:
+            for helper in self.helpers:  # a compiled function resolves the functions it calls from these globals
+                with _lock:
+                    if not hasattr(globals()[helper], "py_func"):
+                        globals()[helper] = jit(globals()[helper])
+            compiled = jit(globals()[f"_{self.name}"])
+            self.warm_up(compiled)
+        except Exception:  # no cache location, an LLVM that refuses: numpy gives the same results
+            return None
+        return compiled
+
+
+class Kernels:
+    """The compiled loops by name (``block_abs_sums``, ``pack_rows``, ``codes_flat``,
+    ``pack_code_planes``), each compiled on first use; a loop that cannot be compiled is None and
+    its caller stays on numpy. A job compiles only the loops it runs (a TQ2_0 conversion never
+    waits for the hf-packed packer), and :func:`prepare` compiles them ahead, beside other work."""
+
+    def __getattr__(self, name: str) -> Callable | None:
+        if name not in _KERNELS:
+            raise AttributeError(name)
+        return _KERNELS[name].get()
+
+
+_kernels = Kernels()
+
+
+def kernels(values: int | None = None) -> Kernels | None:
+    """The compiled loops (see :class:`Kernels`), or None where numba is missing,
+    ``BITCONVERT_NO_JIT`` is set, or ``values`` (the size of the job) is too small to pay for
+    loading them. numba is imported on the first call that uses it, so commands that never
+    quantize a large weight do not pay for it."""
+    if values is not None and values < MIN_VALUES:
         return None
-    return found
+    return _kernels if _usable_numba() is not None else None
 
 
-def _warm_up(k: SimpleNamespace) -> None:
-    """Compile (or load from the cache) for the argument types the callers pass, once, here."""
-    bits = np.zeros(64, dtype=np.uint16)
-    k.range_abs_sum(bits, 0, 64, 8, 16, 4)
-    k.pack_rows(bits.reshape(4, 2, 8), 1, np.empty((2, 8), dtype=np.uint8), 0, 2)
-    k.codes_flat(bits, 1, np.empty(64, dtype=np.uint8), 0, 64)
+def prepare(*names: str) -> None:
+    """Compile (or load from the cache) the loops ``names`` in a background thread, so that the
+    first weight that needs them does not wait for the compiler: a conversion calls this as it
+    starts, and reads headers and copies its first tensors meanwhile. numba's compiler releases
+    the GIL while LLVM works; a weight that asks for a loop before it is ready is done by numpy."""
+    # The process lets it finish before exiting (not a daemon; joined at exit, as the command line
+    # leaves through os._exit after the exit handlers), so that the cache is written even by a job
+    # shorter than the compilation and the next run loads it.
+    worker = threading.Thread(target=lambda: [_KERNELS[n].get() for n in names], name="bitconvert-jit")
+    worker.start()
+    atexit.register(worker.join)
+
+
+def _warm_block_abs_sums(k: Callable) -> None:
+    k(np.zeros(64, dtype=np.uint16), 0, 2, 2, 16, np.empty((2, 16), dtype=np.float32))
+
+
+def _warm_pack_rows(k: Callable) -> None:
+    k(np.zeros((4, 2, 8), dtype=np.uint16), 1, np.empty((2, 8), dtype=np.uint8), 0, 2)
+
+
+def _warm_codes_flat(k: Callable) -> None:
+    k(np.zeros(64, dtype=np.uint16), 1, np.empty(64, dtype=np.uint8), 0, 64)
+
+
+def _warm_pack_code_planes(k: Callable) -> None:
     codes = np.zeros((2, 256), dtype=np.uint8)
-    k.pack_code_planes(codes, 0, 2, 4, 6, np.empty((2, 1, 66), dtype=np.uint8)[:, :, :64].reshape(2, 1, 2, 32))  # GGUF TQ2_0
-    k.pack_code_planes(codes, 6, 4, 2, 0, np.empty((2, 64), dtype=np.uint8).reshape(2, 2, 1, 32))  # I2_S
+    k(codes, 0, 2, 4, 6, np.empty((2, 1, 66), dtype=np.uint8)[:, :, :64].reshape(2, 1, 2, 32))  # GGUF TQ2_0
+    k(codes, 6, 4, 2, 0, np.empty((2, 64), dtype=np.uint8).reshape(2, 2, 1, 32))  # I2_S
 
 
 def _add_abs_rows(bits, first, count, cols, words, floats, acc):
@@ -93,82 +162,20 @@ def _add_abs_rows(bits, first, count, cols, words, floats, acc):
                 acc[c] += row[c]
 
 
-def _block_sums(bits, first, rows, step, cols, words, floats, out):
-    """out[k] = the sequential sum of rows k*step .. k*step+step-1 (each row: |x| of ``cols`` values)."""
-    acc = np.empty(cols, dtype=np.float32)
-    for k in range(rows // step):
-        acc[:] = 0
-        _add_abs_rows(bits, first + k * step * cols, step, cols, words, floats, acc)
-        out[k, :] = acc
-
-
-def _range_abs_sum(bits, begin, end, lanes, step, ilp):
-    """torchsum's ``_range_sum`` over |bf16| patterns, in the same order (see there for the levels)."""
-    n = end - begin
-    vec_count = n // lanes
-    rows = vec_count // ilp
-    cols = ilp * lanes
-    group = step * step
-    full = rows // group * group
-    words = np.zeros(64 * cols, dtype=np.uint32)
+def _block_abs_sums(bits, first, blocks, step, cols, out):
+    """out[k, c] = the sequential float32 sum over rows k*step .. k*step+step-1 of |x[row, c]|, the
+    rows being ``cols`` bf16 values each from flat index ``first``: the first level of torch's
+    cascade (:func:`bitconvert.ternary.fast.summation._range_sum` does the rest, on these sums).
+    Elements are assigned one by one: slice assignment costs numba seconds of compiling."""
+    words = np.empty(64 * cols, dtype=np.uint32)
     floats = words.view(np.float32)
-    level1 = np.empty((step, cols), dtype=np.float32)
-    level2 = np.zeros((max(full // group, 1), cols), dtype=np.float32)
-    for g in range(full // group):
-        _block_sums(bits, begin + g * group * cols, group, step, cols, words, floats, level1)
-        for k in range(step):
-            for c in range(cols):
-                level2[g, c] += level1[k, c]
-    # rows after the last whole group: whole blocks into acc1, the remaining rows into acc0
-    rest = rows - full
-    blocks = rest // step
-    acc1 = np.zeros(cols, dtype=np.float32)
-    acc0 = np.zeros(cols, dtype=np.float32)
-    if blocks:
-        partials = np.empty((blocks, cols), dtype=np.float32)
-        _block_sums(bits, begin + full * cols, blocks * step, step, cols, words, floats, partials)
-        for k in range(blocks):
-            for c in range(cols):
-                acc1[c] += partials[k, c]
-    _add_abs_rows(bits, begin + (full + blocks * step) * cols, rest - blocks * step, cols, words, floats, acc0)
-    # the level-2 partials fold the same way: whole blocks of ``step`` into acc3, the rest into acc2
-    n2 = full // group
-    n3 = n2 // step
-    acc3 = np.zeros(cols, dtype=np.float32)
-    acc2 = np.zeros(cols, dtype=np.float32)
-    inner = np.empty(cols, dtype=np.float32)
-    for k in range(n3):
-        inner[:] = 0
-        for j in range(step):
-            for c in range(cols):
-                inner[c] += level2[k * step + j, c]
+    acc = np.empty(cols, dtype=np.float32)
+    for k in range(blocks):
         for c in range(cols):
-            acc3[c] += inner[c]
-    for k in range(n3 * step, n2):
+            acc[c] = 0
+        _add_abs_rows(bits, first + k * step * cols, step, cols, words, floats, acc)
         for c in range(cols):
-            acc2[c] += level2[k, c]
-    partial = np.empty(cols, dtype=np.float32)
-    for c in range(cols):
-        partial[c] = ((acc0[c] + acc1[c]) + acc2[c]) + acc3[c]
-    # leftover whole vectors go to the first accumulator, then the accumulators are added
-    for v in range(rows * ilp, vec_count):
-        for lane in range(lanes):
-            words[lane] = np.uint32(bits[begin + v * lanes + lane] & 0x7FFF) << np.uint32(16)
-        for lane in range(lanes):
-            partial[lane] += floats[lane]
-    vec = np.zeros(lanes, dtype=np.float32)
-    for lane in range(lanes):
-        vec[lane] = partial[lane]
-    for k in range(1, ilp):
-        for lane in range(lanes):
-            vec[lane] += partial[k * lanes + lane]
-    total = np.float32(0)
-    for i in range(begin + vec_count * lanes, end):
-        words[0] = np.uint32(bits[i] & 0x7FFF) << np.uint32(16)
-        total = np.float32(total + floats[0])
-    for lane in range(lanes):
-        total = np.float32(total + vec[lane])
-    return total
+            out[k, c] = acc[c]
 
 
 def _pack_rows(planes, threshold, out, r0, r1):
@@ -218,3 +225,13 @@ def _codes_flat(bits, threshold, out, start, stop):
     for i in range(src.size):
         v = src[i]
         dst[i] = np.uint8(v > t) - np.uint8(v > neg) - np.uint8(v > hi)
+
+
+#: every compiled loop: how it is warmed up (compiled for its callers' argument types) and the
+#: compiled helpers it calls
+_KERNELS = {
+    "block_abs_sums": _Kernel("block_abs_sums", _warm_block_abs_sums, helpers=("_add_abs_rows",)),
+    "pack_rows": _Kernel("pack_rows", _warm_pack_rows),
+    "codes_flat": _Kernel("codes_flat", _warm_codes_flat),
+    "pack_code_planes": _Kernel("pack_code_planes", _warm_pack_code_planes),
+}

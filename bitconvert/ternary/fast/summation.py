@@ -90,7 +90,9 @@ def _level_step(span: tuple[int, int], lanes: int) -> int:
     return 1 << max(4, _ceil_log2(rows) // LEVELS)
 
 
-def _range_sum(reader: "_AbsReader | _Values", begin: int, end: int, lanes: int) -> np.float32:
+def _range_sum(reader: "_AbsReader | _Values", begin: int, end: int, lanes: int, block_sums=None) -> np.float32:
+    """torch's sum over one thread's range. ``block_sums(first, blocks, step, cols)``, where given,
+    computes the first level of the cascade (the compiled loop, for bf16); numpy does it otherwise."""
     n = end - begin
     vec_count = n // lanes
     rows = vec_count // ILP
@@ -98,17 +100,22 @@ def _range_sum(reader: "_AbsReader | _Values", begin: int, end: int, lanes: int)
     step = _level_step((begin, end), lanes)
     group = step * step  # rows folded into one level-2 partial
     full = rows // group * group
-    per = max(group, CHUNK_ROWS // group * group)
-    level2 = []
-    for r0 in range(0, full, per):
-        r1 = min(r0 + per, full)
-        x = reader.read(begin + r0 * cols, begin + r1 * cols).reshape(-1, step, cols)
-        level2.append(_seq(_seq(x, 1).reshape(-1, step, cols), 1))
-    rest = reader.read(begin + full * cols, begin + rows * cols).reshape(-1, cols)
-    blocks = rest.shape[0] // step
-    acc1 = _seq(_seq(rest[: blocks * step].reshape(blocks, step, cols), 1), 0)
-    acc0 = _seq(rest[blocks * step :], 0)
-    b2 = np.concatenate(level2) if level2 else np.zeros((0, cols), np.float32)
+    blocks = (rows - full) // step  # whole blocks of ``step`` rows after the last whole group
+    if block_sums is not None:
+        level1 = block_sums(begin, full // step + blocks, step, cols)
+        b2 = _seq(level1[: full // step].reshape(-1, step, cols), 1)
+        acc1 = _seq(level1[full // step :], 0)
+    else:
+        per = max(group, CHUNK_ROWS // group * group)
+        level2 = []
+        for r0 in range(0, full, per):
+            r1 = min(r0 + per, full)
+            x = reader.read(begin + r0 * cols, begin + r1 * cols).reshape(-1, step, cols)
+            level2.append(_seq(_seq(x, 1).reshape(-1, step, cols), 1))
+        b2 = np.concatenate(level2) if level2 else np.zeros((0, cols), np.float32)
+        rest = reader.read(begin + full * cols, begin + (full + blocks * step) * cols)
+        acc1 = _seq(_seq(rest.reshape(blocks, step, cols), 1), 0)
+    acc0 = _seq(reader.read(begin + (full + blocks * step) * cols, begin + rows * cols).reshape(-1, cols), 0)
     n3 = b2.shape[0] // step
     acc3 = _seq(_seq(b2[: n3 * step].reshape(n3, step, cols), 1), 0)
     acc2 = _seq(b2[n3 * step :], 0)
@@ -123,6 +130,17 @@ def _range_sum(reader: "_AbsReader | _Values", begin: int, end: int, lanes: int)
         for v in vec:
             total = np.float32(total + v)
     return total
+
+
+def _compiled_block_sums(kernel, bits: np.ndarray):
+    """``block_sums`` for :func:`_range_sum` from the compiled loop over the bf16 words ``bits``."""
+
+    def block_sums(first: int, blocks: int, step: int, cols: int) -> np.ndarray:
+        out = np.empty((blocks, cols), dtype=np.float32)
+        kernel(bits, first, blocks, step, cols, out)
+        return out
+
+    return block_sums
 
 
 class _Values:
@@ -145,12 +163,12 @@ def abs_sum(values: np.ndarray, dtype_name: str, threads: int, lanes: int) -> np
     n = values.size
     compiled = _compiled_for(n, lanes) if dtype_name == "BF16" else None
 
+    block_sums = _compiled_block_sums(compiled, values) if compiled is not None else None
+
     def range_sum(span: tuple[int, int]) -> np.float32:
-        if compiled is not None:
-            return np.float32(compiled.range_abs_sum(values, span[0], span[1], lanes, _level_step(span, lanes), ILP))
         capacity = min(span[1] - span[0], CHUNK_ROWS * ILP * lanes) + ILP * lanes
         reader = _AbsReader(values, capacity) if dtype_name == "BF16" else _FloatAbsReader(values, capacity)
-        return _range_sum(reader, span[0], span[1], lanes)
+        return _range_sum(reader, span[0], span[1], lanes, block_sums)
 
     if n < GRAIN or threads == 1:
         return np.float32(np.float32(0) + range_sum((0, n)))
@@ -167,23 +185,25 @@ _compiled_agrees: dict[int, bool] = {}
 
 
 def _compiled_for(n: int, lanes: int):
-    """The compiled loops for a job of ``n`` values, once they have given the numpy definition's
-    result on a probe (checked once per SIMD width and process); else None."""
+    """The compiled first level of the cascade for a job of ``n`` values, once it has given the
+    numpy definition's result on a probe (checked once per SIMD width and process); else None."""
     compiled = jit.kernels(n)
-    if compiled is None:
+    kernel = compiled.block_abs_sums if compiled is not None else None
+    if kernel is None:
         return None
     with _lock:
         if lanes not in _compiled_agrees:
             probe = np.random.default_rng(lanes).integers(0, 0x4000, size=(1 << 20) + 4099, dtype=np.uint16)
+            reader = _AbsReader(probe, CHUNK_ROWS * ILP * lanes + ILP * lanes)
             for begin, end in ((0, probe.size), (77, probe.size - 5)):
-                want = _range_sum(_AbsReader(probe, CHUNK_ROWS * ILP * lanes + ILP * lanes), begin, end, lanes)
-                got = compiled.range_abs_sum(probe, begin, end, lanes, _level_step((begin, end), lanes), ILP)
+                want = _range_sum(reader, begin, end, lanes)
+                got = _range_sum(reader, begin, end, lanes, _compiled_block_sums(kernel, probe))
                 if np.float32(got).tobytes() != np.float32(want).tobytes():
                     _compiled_agrees[lanes] = False
                     break
             else:
                 _compiled_agrees[lanes] = True
-        return compiled if _compiled_agrees[lanes] else None
+        return kernel if _compiled_agrees[lanes] else None
 
 
 def calibrated_lanes(threads: int) -> int | None:
