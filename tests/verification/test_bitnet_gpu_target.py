@@ -4,10 +4,10 @@ rule passing the checkpoint it should and failing the one it should not."""
 from __future__ import annotations
 
 import pytest
+from conftest import FIXTURES, make_checkpoint
 
 from bitconvert.convert import convert
 from bitconvert.verify.targets import verify_target
-from conftest import FIXTURES, make_checkpoint
 
 
 def _checks(report) -> dict:
@@ -24,7 +24,10 @@ def shapes_2b(tmp_path_factory):
 
 def test_format_and_model_rules(tmp_path):
     convert(FIXTURES / "bitnet-2b4t-master", tmp_path / "gpu", "bitnet-gpu")
-    src, gpu = _checks(verify_target(FIXTURES / "bitnet-2b4t-master", "bitnet-gpu")), _checks(verify_target(tmp_path / "gpu", "bitnet-gpu"))
+    src, gpu = (
+        _checks(verify_target(FIXTURES / "bitnet-2b4t-master", "bitnet-gpu")),
+        _checks(verify_target(tmp_path / "gpu", "bitnet-gpu")),
+    )
     assert not src["format"].passed and "convert with --to bitnet-gpu" in src["format"].detail
     assert gpu["format"].passed and gpu["model"].passed and src["model"].passed
     for checks in (src, gpu):  # 64 wide: not ModelArgs' sizes, and no kernel for its shapes

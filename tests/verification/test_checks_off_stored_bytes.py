@@ -17,12 +17,11 @@ import numpy as np
 import pytest
 from conftest import FIXTURES
 
-import bitconvert.verify.integrity as integrity
 from bitconvert.formats import open_checkpoint
 from bitconvert.formats.gguf.parser import GGUFFile
 from bitconvert.io.safetensors import SafetensorsFile
 from bitconvert.model.checkpoint import Stored
-from bitconvert.verify import verify_integrity
+from bitconvert.verify import integrity, verify_integrity
 
 PACKED = ["bitnet-2b4t-packed", "1bitllm-packed", "llama-packed"]
 
@@ -249,5 +248,9 @@ def test_hf_checks_off_stored_bytes_equal_the_checks_of_loaded_tensors(fixture, 
     failed = [c for c in on_bytes[0] if not c[1]]
     assert bool(failed) == damaged
     if damaged and fixture in PACKED:
-        assert {c[3] for c in failed} == {"model.norm.weight", "model.layers.0.mlp.up_proj.weight",
-                                          "model.layers.0.mlp.down_proj.weight", "model.layers.1.mlp.down_proj.weight"}
+        assert {c[3] for c in failed} == {
+            "model.norm.weight",
+            "model.layers.0.mlp.up_proj.weight",
+            "model.layers.0.mlp.down_proj.weight",
+            "model.layers.1.mlp.down_proj.weight",
+        }

@@ -10,39 +10,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import FIXTURES, cli, read_all
-from safetensors.torch import save_file
+from conftest import FIXTURES, cli
+from verify_tools import LLAMA_PACKED, PACKED, SOURCES, Q, damaged_copy, failing, fails
 
 from bitconvert.verify import verify_integrity
-
-PACKED = FIXTURES / "bitnet-2b4t-packed"
-LLAMA_PACKED = FIXTURES / "llama-packed"
-Q = "model.layers.1.self_attn.q_proj.weight"
-SOURCES = [f"{kind}-{layout}" for layout in ("master", "packed") for kind in ("bitnet-2b4t", "1bitllm", "llama")]
-
-
-def damaged_copy(src: Path, out: Path, edit) -> Path:
-    """Copy ``src`` and rewrite its model.safetensors after ``edit(tensors)`` changed the dict."""
-    shutil.copytree(src, out)
-    tensors = read_all(src)
-    edit(tensors)
-    (out / "model.safetensors").unlink()
-    tensors = {k: v.contiguous() for k, v in tensors.items()}
-    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
-    return out
-
-
-def failing(result) -> list[dict]:
-    data = json.loads(result.stdout)
-    return [c for c in data["checks"] if not c["passed"]]
-
-
-def fails(report) -> list[tuple[str, str | None]]:
-    return [(c.name, c.tensor) for c in report.failures]
 
 
 def test_every_shipped_fixture_passes(fixture_dir):

@@ -133,8 +133,9 @@ def test_the_command_line_reports_json_junit_and_exit_codes(onebitllms_output, t
     assert ok.returncode == 0, ok.stderr
     data = json.loads(ok.stdout)
     assert data["figures"]["recipe"] == "onebitllms" and data["passed"]
-    bad = edited_copy(onebitllms_output, tmp_path / "z",
-                      lambda t: t.__setitem__(TARGET, torch.full_like(t[TARGET], 85)))
+    bad = edited_copy(
+        onebitllms_output, tmp_path / "z", lambda t: t.__setitem__(TARGET, torch.full_like(t[TARGET], 85))
+    )
     junit = tmp_path / "r.xml"
     failed = cli("verify", bad, "--reproduce", MASTER, "--recipe", "onebitllms", "--junit", junit)
     assert failed.returncode == 1

@@ -34,8 +34,15 @@ def ggufs(wide_checkpoint, converted) -> dict[str, Path]:
 
 
 def test_every_rule_names_its_upstream_source():
-    assert set(CONSUMERS) >= {"transformers", "llama.cpp", "bitnet.cpp", "bitnet.cpp-arm", "nanotron-pr180",
-                              "nanotron-pr178", "nanotron-main"}
+    assert set(CONSUMERS) >= {
+        "transformers",
+        "llama.cpp",
+        "bitnet.cpp",
+        "bitnet.cpp-arm",
+        "nanotron-pr180",
+        "nanotron-pr178",
+        "nanotron-main",
+    }
     for who in CONSUMERS.values():
         assert who.rules
         for rule in who.rules:

@@ -91,8 +91,10 @@ def test_requests_that_do_not_fit_the_model_are_usage_errors():
     master = MASTERS["qwen3"]
     for args, message in (
         ((master, "--against", master, "--logits"), "is an embedding model"),
-        ((FIXTURES / "bitnet-2b4t-master", "--against", FIXTURES / "bitnet-2b4t-master", "--embeddings"),
-         "is not an embedding model"),
+        (
+            (FIXTURES / "bitnet-2b4t-master", "--against", FIXTURES / "bitnet-2b4t-master", "--embeddings"),
+            "is not an embedding model",
+        ),
         ((master, "--embeddings"), "--embeddings compares two models"),
         ((master, "--against", master, "--embeddings", "--min-cosine", "2"), "--min-cosine"),
     ):
