@@ -10,12 +10,11 @@ import shutil
 import stat
 import struct
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FIXTURES, ROOT, make_checkpoint, run_cli
+from conftest import FIXTURES, make_checkpoint, run_cli
 
 from bitconvert.formats import open_checkpoint
 from bitconvert.formats.gguf.parser import GGUFFile
