@@ -11,6 +11,7 @@ from typing import Any, Mapping
 from .errors import UsageError
 from .formats import Progress, WriteReport, no_progress, open_checkpoint, options_for, writer_for, writes_directory
 from .io.staging import check_output, check_paths, staged_output
+from .io.suggest import no_such_path
 
 
 @dataclass
@@ -78,7 +79,7 @@ def convert(
     if is_hf_uri(src):
         check_output(dst, directory=directory, force=force)  # an existing DST is refused before the download
     elif not Path(src).exists():
-        raise UsageError(f"{src}: no such file or directory")
+        raise UsageError(no_such_path(src))
     source = resolve_source(src)  # hf://ORG/NAME[@REV] -> local snapshot; local paths unchanged
     shown_src, src = source.uri or str(src), source.path
     check_paths(src, dst, force, directory=directory)

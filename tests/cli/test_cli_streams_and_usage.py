@@ -172,6 +172,12 @@ def test_a_mistyped_path_gets_the_close_names_beside_it(tmp_path):
     assert f"did you mean {FIXTURES / 'bitnet-2b4t-256-master'}" in one_line(r.stderr)
     r = run_cli("inspect", tmp_path / "nothing-like-it")
     assert one_line(r.stderr).endswith("nothing-like-it: no such file or directory")
+    # the writing commands, which refuse a missing SRC before loading any writer, say the same
+    for command in (("pack",), ("unpack",), ("convert", "--to", "gguf")):
+        r = run_cli(command[0], FIXTURES / "bitnet-2b4t-pakced", tmp_path / "out", *command[1:])
+        line = one_line(r.stderr)
+        assert r.returncode == 2 and f"did you mean {FIXTURES / 'bitnet-2b4t-packed'}" in line, (command, line)
+        assert not (tmp_path / "out").exists()
 
 
 # --- Nanotron reshards ------------------------------------------------------------------------------
