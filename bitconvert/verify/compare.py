@@ -26,7 +26,7 @@ from ..ternary.linear_class import LinearClass
 from ..ternary.quantize import quantize
 from ..ternary.scale import Scale
 from ..ternary.weight import TernaryWeight
-from .as_stored import as_stored_by, default_tokens
+from .as_stored import as_stored_by, default_tokens, dense_as_stored_by
 from .report import Check, Thresholds, VerifyReport
 from .values import READ_ERRORS, first_difference, max_abs_diff, read_problem, recorded
 
@@ -217,7 +217,7 @@ def _logits_checks(
 
     Where REF is a master (latent floats) and SRC stores ternary weights, the master is run as SRC
     stores it: quantized, its scales rounded to SRC's dtype and convention (a bf16 ``weight_scale``
-    is what 2B-4T ships). The figure then measures the conversion, not the precision the format was
+    is what 2B-4T ships), and its dense tensors in SRC's float types. The figure then measures the conversion, not the precision the format was
     chosen for; a changed code or scale still shows. SRC, under test, always runs as it is."""
     import torch
 
@@ -226,6 +226,11 @@ def _logits_checks(
     a_run, b_run, basis = a, as_stored_by(b, a), ""
     if b_run is not b:
         basis = f"; REF's master weights run as SRC stores them ({_stored_scale_kinds(a)})"
+    # dense tensors too: SRC written with another --dtype holds REF's values at its own precision, which the
+    # tensor checks measure; the logits then measure the conversion, as for the scales
+    b_run, casts = dense_as_stored_by(b_run, a)
+    if casts:
+        basis += f"; REF's dense tensors cast as SRC stores them ({', '.join(casts)})"
     cfg = a.config
     bos = cfg.bos_token_id if isinstance(cfg.bos_token_id, int) else None
     ids = list(tokens) if tokens is not None else default_tokens(cfg.vocab_size, bos=bos)
@@ -236,16 +241,35 @@ def _logits_checks(
     worst = float(diff.max()) if torch.isfinite(diff).all() else float("inf")
     pos = int(diff.max(dim=-1).values.argmax())
     passed = worst <= th.logits_atol
-    hint = "" if passed else (
-        f"; the limit is --logits-atol {th.logits_atol:g}: codes or scales differ (see the tensor checks), "
-        "or the runtimes' activation arithmetic does at this precision"
+    hint = (
+        ""
+        if passed
+        else (
+            f"; the limit is --logits-atol {th.logits_atol:g}: codes or scales differ (see the tensor checks), "
+            "or the runtimes' activation arithmetic does at this precision"
+        )
     )
-    report.add(Check("logits", passed,
-                     f"max abs diff over {len(ids)} tokens x {la.shape[-1]} vocab (worst at position {pos}){basis}{hint}",
-                     None, worst, th.logits_atol))
+    report.add(
+        Check(
+            "logits",
+            passed,
+            f"max abs diff over {len(ids)} tokens x {la.shape[-1]} vocab (worst at position {pos}){basis}{hint}",
+            None,
+            worst,
+            th.logits_atol,
+        )
+    )
     agree = (la.argmax(-1) == lb.argmax(-1)).double().mean().item()
-    report.add(Check("argmax", agree >= th.argmax_agreement, f"top token agrees at {agree:.1%} of {len(ids)} positions",
-                     None, agree, th.argmax_agreement))
+    report.add(
+        Check(
+            "argmax",
+            agree >= th.argmax_agreement,
+            f"top token agrees at {agree:.1%} of {len(ids)} positions",
+            None,
+            agree,
+            th.argmax_agreement,
+        )
+    )
     report.figures["logits_max_abs_diff"] = worst
     report.figures["argmax_agreement"] = agree
     report.figures["tokens"] = ids

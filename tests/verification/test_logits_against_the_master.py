@@ -51,3 +51,13 @@ def test_one_flipped_code_fails_and_says_what_limits_it(tmp_path, scale_dtype):
     assert "against.logits" in names and "against.codes" in names, names
     (logits,) = [c for c in failing(r) if c["name"] == "against.logits"]
     assert logits["figure"] > logits["threshold"] and "limit" in logits["detail"], logits
+
+
+@pytest.mark.parametrize("kind", ["bitnet-2b4t", "1bitllm", "llama", "bitnet-2b4t-256"])
+def test_the_shipped_packed_fixtures_pass_against_their_masters(kind):
+    """1bitLLM's packed fixture holds its fp16 master's dense tensors in bf16 (a --dtype choice, which
+    the tensor checks measure): the master runs with them in bf16 too, and the line says so."""
+    report = verify_against(FIXTURES / f"{kind}-packed", FIXTURES / f"{kind}-master", logits=True)
+    assert report.passed and report.figures["logits_max_abs_diff"] == 0.0, [c.detail for c in report.failures]
+    (logits,) = [c for c in report.checks if c.name == "logits"]
+    assert ("F16 -> BF16" in logits.detail) == (kind == "1bitllm"), logits.detail
