@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from ..errors import CheckpointError
 from ..model.config import ModelConfig
+from ..model.families import Family, LinearSpec
 from .cache import KVCache
 from .linear import DenseLinear, TernaryLinear, rms_norm
 
@@ -66,11 +67,32 @@ def attend(
     return out[0].transpose(0, 1).reshape(t, heads * d)
 
 
+#: the projections a decoder block multiplies with, by the last part of their path (``q_proj`` -> ``q``)
+PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+def projections_of(family: Family, block: str, where: str) -> dict[str, LinearSpec]:
+    """The family's linears a block multiplies with, by short name; a one-line CheckpointError naming
+    what the family lacks (a projection, or the attention / FFN norm every block applies)."""
+    found = {lin.path.rsplit(".", 1)[-1].removesuffix("_proj"): lin for lin in family.linears}
+    missing = [p for p in PROJECTIONS if p not in found]
+    if missing or family.norm("attn_norm") is None or family.norm("ffn_norm") is None:
+        raise CheckpointError(
+            where, f"family {family.key!r} lacks what runtime block {block!r} computes with "
+            f"({', '.join(missing) or 'attn_norm/ffn_norm'})"
+        )  # fmt: skip
+    return found
+
+
+def as_linear(part: object) -> Linear:
+    """A loaded projection as the block calls it: a weight the loader did not convert is dense."""
+    return part if isinstance(part, (TernaryLinear, DenseLinear)) else DenseLinear(part)  # type: ignore[arg-type]
+
+
 class BitNetBlock:
     """One decoder layer; call it on the hidden states ``[T, hidden]`` of the tokens being processed."""
 
-    #: the projections this block multiplies with, by the last part of their path (``q_proj`` -> ``q``)
-    PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
+    PROJECTIONS = PROJECTIONS  # the attributes below, by short name
 
     def __init__(self, cfg: ModelConfig, prefix: str, parts: Mapping[str, object], where: str) -> None:
         family = cfg.family
@@ -78,27 +100,19 @@ class BitNetBlock:
         self.eps = cfg.rms_norm_eps
         self.scaling = cfg.head_dim**-0.5
         self.act = ACTIVATIONS[cfg.hidden_act]
-        found = {lin.path.rsplit(".", 1)[-1].removesuffix("_proj"): lin.path for lin in family.linears}
-        missing = [p for p in self.PROJECTIONS if p not in found]
-        if missing or family.norm("attn_norm") is None or family.norm("ffn_norm") is None:
-            raise CheckpointError(
-                where, f"family {family.key!r} lacks what runtime block 'bitnet' computes with "
-                f"({', '.join(missing) or 'attn_norm/ffn_norm'})"
-            )  # fmt: skip
+        found = projections_of(family, "bitnet", where)
 
         def tensor(role: str) -> torch.Tensor | None:
             spec = family.norm(role)
             return None if spec is None else parts[f"{prefix}{spec.path}.weight"]  # type: ignore[return-value]
 
-        def linear(path: str) -> Linear:
-            p = parts[f"{prefix}{path}.weight"]
-            return p if isinstance(p, (TernaryLinear, DenseLinear)) else DenseLinear(p)  # not converted: dense
-
         self.attn_norm = tensor("attn_norm")
         self.ffn_norm = tensor("ffn_norm")
         self.attn_sub_norm = tensor("attn_sub_norm")
         self.ffn_sub_norm = tensor("ffn_sub_norm")
-        self.q, self.k, self.v, self.o, self.gate, self.up, self.down = (linear(found[p]) for p in self.PROJECTIONS)
+        self.q, self.k, self.v, self.o, self.gate, self.up, self.down = (
+            as_linear(parts[f"{prefix}{found[p].path}.weight"]) for p in PROJECTIONS
+        )
 
     def linears(self) -> Iterator[Linear]:
         return iter((self.q, self.k, self.v, self.o, self.gate, self.up, self.down))

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from ..dtypes import Dense
-from ..ternary import VALUES_PER_BYTE, LinearClass, TernaryWeight, pack_codes
 from ..kernels.activations import quantize_activations
+from ..ternary import VALUES_PER_BYTE, LinearClass, TernaryWeight, pack_codes
 
 _int_mm_works: dict[str, bool] = {}
 

@@ -24,13 +24,10 @@ from collections.abc import Iterator, Mapping
 
 import torch
 
-from ..errors import CheckpointError
 from ..model.config import ModelConfig
-from .blocks import ACTIVATIONS, attend, register_block, rotate_half
+from .blocks import ACTIVATIONS, PROJECTIONS, Linear, as_linear, attend, projections_of, register_block, rotate_half
 from .cache import KVCache
-from .linear import DenseLinear, TernaryLinear, offset_rms_norm, rms_norm
-
-Linear = TernaryLinear | DenseLinear
+from .linear import offset_rms_norm, rms_norm
 
 
 class PreNormedLinear:
@@ -53,7 +50,7 @@ class PreNormedLinear:
 class NormedBlock:
     """One decoder layer with per-projection input norms; ``block(h, index, cos, sin, cache, past)``."""
 
-    PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
+    PROJECTIONS = PROJECTIONS  # the attributes below, by short name
     #: the layer norms this block applies where the family has them (the first two it needs)
     ROLES = ("attn_norm", "ffn_norm", "q_norm", "k_norm", "post_attn_norm", "post_ffn_norm")
 
@@ -63,18 +60,11 @@ class NormedBlock:
         self.eps = cfg.rms_norm_eps
         self.scaling = (cfg.query_pre_attn_scalar or cfg.head_dim) ** -0.5
         self.act = ACTIVATIONS[cfg.hidden_act]
-        by_short = {lin.path.rsplit(".", 1)[-1].removesuffix("_proj"): lin for lin in family.linears}
-        missing = [p for p in self.PROJECTIONS if p not in by_short]
-        if missing or family.norm("attn_norm") is None or family.norm("ffn_norm") is None:
-            raise CheckpointError(
-                where, f"family {family.key!r} lacks what runtime block {family.runtime_block!r} computes with "
-                f"({', '.join(missing) or 'attn_norm/ffn_norm'})"
-            )  # fmt: skip
+        by_short = projections_of(family, family.runtime_block, where)
 
         def linear(short: str) -> Linear | PreNormedLinear:
             spec = by_short[short]
-            p = parts[f"{prefix}{spec.path}.weight"]
-            lin = p if isinstance(p, (TernaryLinear, DenseLinear)) else DenseLinear(p)  # type: ignore[arg-type]
+            lin = as_linear(parts[f"{prefix}{spec.path}.weight"])
             norm = family.input_norm(spec)
             if norm is None:
                 return lin
@@ -86,7 +76,7 @@ class NormedBlock:
             spec = family.norm(role)
             if spec is not None:
                 self.layer_norms[role] = (parts[f"{prefix}{spec.path}.weight"], spec.offset)  # type: ignore[assignment]
-        self.q, self.k, self.v, self.o, self.gate, self.up, self.down = (linear(p) for p in self.PROJECTIONS)
+        self.q, self.k, self.v, self.o, self.gate, self.up, self.down = (linear(p) for p in PROJECTIONS)
 
     def linears(self) -> Iterator[Linear | PreNormedLinear]:
         return iter((self.q, self.k, self.v, self.o, self.gate, self.up, self.down))

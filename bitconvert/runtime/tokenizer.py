@@ -12,9 +12,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ..model.checkpoint import Checkpoint
 from ..errors import CheckpointError
 from ..io.jsonfile import read_json_object
+from ..model.checkpoint import Checkpoint
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
