@@ -1,8 +1,22 @@
-"""Edit GGUF files in tests: metadata keys replaced or removed, tensors copied byte for byte."""
+"""GGUF files in tests: written by bitconvert, or edited (metadata keys replaced or removed, tensors
+copied byte for byte); random ternary codes to encode."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import numpy as np
+
+
+def random_codes(rows: int, cols: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(-1, 2, (rows, cols)).astype(np.int8)
+
+
+def to_gguf(src: Path, dst: Path, gguf_type: str = "tq2_0", **extra) -> dict:
+    """``convert SRC DST --to gguf`` through the library; the write report as a dict."""
+    from bitconvert.convert import convert
+
+    return convert(src, dst, "gguf", {"gguf_type": gguf_type, **extra}).to_dict()
 
 
 def rewrite_gguf(src: Path, dst: Path, changes: dict) -> Path:

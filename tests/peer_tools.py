@@ -379,3 +379,18 @@ def run_bitnet_embedding_converter(model: Path, out: Path, outtype: str = "i2_s"
     cmd = [sys.executable, str(driver), str(model), "--outfile", str(out), "--outtype", outtype]
     _run(cmd, "bitnet.cpp's embedding converter")
     return out
+
+
+def bf16_master_copy(master: Path, out: Path) -> Path:
+    """``master`` with its weights in bf16 (``torch_dtype`` too), the dtype 2B-4T ships: llama.cpp's
+    converter folds bf16 weights in fp32 (fp16 ones in fp16), bitnet.cpp's packs no TL from fp16."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(master, out)
+    tensors = {k: v.to(torch.bfloat16) for k, v in load_file(str(master / "model.safetensors")).items()}
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["torch_dtype"] = "bfloat16"
+    (out / "config.json").write_text(json.dumps(cfg))
+    return out

@@ -5,12 +5,11 @@ bitnet.cpp lays it out."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import gguf
 import numpy as np
 import pytest
 from conftest import FIXTURES, cli
+from gguf_tools import random_codes, to_gguf
 
 from bitconvert.convert import convert
 from bitconvert.describe import describe_checkpoint
@@ -23,15 +22,6 @@ from bitconvert.formats.gguf.parser import GGUFFile
 from bitconvert.ternary import LinearClass, as_ternary
 
 Q = gguf.GGMLQuantizationType
-
-
-def random_codes(rows: int, cols: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(-1, 2, (rows, cols)).astype(np.int8)
-
-
-def to_gguf(src: Path, dst: Path, gguf_type: str = "tq2_0", **extra) -> dict:
-    opts = {"gguf_type": gguf_type, **extra}
-    return convert(src, dst, "gguf", opts).to_dict()
 
 
 @pytest.mark.parametrize("kind", ["tq2_0", "tq1_0"])

@@ -11,7 +11,7 @@ import gguf
 import numpy as np
 import pytest
 from conftest import FIXTURES
-from gguf_tools import kv, rewrite_gguf
+from gguf_tools import kv, rewrite_gguf, to_gguf
 
 from bitconvert.convert import convert
 from bitconvert.describe import describe_checkpoint
@@ -23,11 +23,6 @@ from bitconvert.ternary import LinearClass, TernaryWeight, as_ternary
 
 Q = gguf.GGMLQuantizationType
 KINDS = ("1bitllm", "bitnet-2b4t", "llama")
-
-
-def to_gguf(src: Path, dst: Path, gguf_type: str = "tq2_0", **extra) -> dict:
-    opts = {"gguf_type": gguf_type, **extra}
-    return convert(src, dst, "gguf", opts).to_dict()
 
 
 def _write_like_llama_cpp(path: Path, ckpt_dir: Path, perturb: bool = False) -> dict[str, TernaryWeight]:

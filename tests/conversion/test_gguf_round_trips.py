@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import FIXTURES, read_all
-from gguf_tools import rewrite_gguf
+from gguf_tools import rewrite_gguf, to_gguf
 
 from bitconvert.convert import convert
 from bitconvert.dtypes import Dense
@@ -23,11 +23,6 @@ from bitconvert.formats.gguf.names import permute_qk
 from bitconvert.formats.gguf.parser import GGUFFile
 
 KINDS = ("1bitllm", "bitnet-2b4t", "llama")
-
-
-def to_gguf(src: Path, dst: Path, gguf_type: str = "tq2_0", **extra) -> dict:
-    opts = {"gguf_type": gguf_type, **extra}
-    return convert(src, dst, "gguf", opts).to_dict()
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -61,7 +56,9 @@ def test_an_embedding_type_that_rounds_is_said(wide_checkpoint, tmp_path):
     the untied output): the conversion counts them per tensor; bf16 holds every value."""
     r = convert(wide_checkpoint["llama-packed"], tmp_path / "f16.gguf", "gguf", {"embed_type": "f16"})
     said = [w for w in r.report.warnings if "values change when stored as F16" in w]
-    assert said and all(w.startswith(("lm_head.weight (output.weight)", "model.embed_tokens.weight")) for w in said), said
+    assert said and all(w.startswith(("lm_head.weight (output.weight)", "model.embed_tokens.weight")) for w in said), (
+        said
+    )
     r = convert(wide_checkpoint["llama-packed"], tmp_path / "bf16.gguf", "gguf", {"embed_type": "bf16"})
     assert not any("values change" in w for w in r.report.warnings), r.report.warnings
 

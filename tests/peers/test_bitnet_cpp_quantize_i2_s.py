@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from gguf_tools import random_codes
 from peer_tools import compile_quantize_i2_s, run_quantize_i2_s
 
 from bitconvert.formats.gguf.i2s_layouts import LAYOUTS, encode, layout_problem
-
-
-def random_codes(rows: int, cols: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(-1, 2, (rows, cols)).astype(np.int8)
 
 
 @pytest.fixture(scope="module")

@@ -11,14 +11,13 @@ models of their real widths (marked slow).
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from bitnet_cpp_peers import BITNET, convert_with_peer, read_gguf, run_codegen, run_converter
 from conftest import make_checkpoint, run_cli
+from peer_tools import bf16_master_copy
 
 from bitconvert.convert import convert
 from bitconvert.errors import CheckpointError
@@ -38,26 +37,13 @@ TINY_TILES = {
 TL_TYPES = ("TL1", "TL2")
 
 
-def bf16_copy(master: Path, out: Path) -> Path:
-    """The master with bf16 weights: bitnet.cpp's converter cannot pack TL from fp16 (1bitLLM's dtype)."""
-    from safetensors.torch import load_file, save_file
-
-    shutil.copytree(master, out)
-    tensors = {k: v.to(torch.bfloat16) for k, v in load_file(str(master / "model.safetensors")).items()}
-    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
-    cfg = json.loads((out / "config.json").read_text())
-    cfg["torch_dtype"] = "bfloat16"
-    (out / "config.json").write_text(json.dumps(cfg))
-    return out
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tl-models")
     fp16 = make_checkpoint(root / "1bitllm-fp16", "1bitllm", "master", **DIMS, seed=5)
     return {
         "1bitllm-fp16": fp16,
-        "1bitllm": bf16_copy(fp16, root / "1bitllm"),
+        "1bitllm": bf16_master_copy(fp16, root / "1bitllm"),
         "2b4t": make_checkpoint(root / "2b4t", "bitnet-2b4t", "master", **DIMS, seed=7),
         "2b4t-packed": make_checkpoint(root / "2b4t-packed", "bitnet-2b4t", "packed", **DIMS, seed=7),
         # bitnet.cpp's LlamaModel does not ternary-quantize a float master (it packs sign(W), scale
@@ -243,7 +229,7 @@ def test_presets_bytes_equal_bitnet_cpp_converter(tmp_path, name, kind):
     dims = {"hidden": hidden, "intermediate": ffn, "layers": 1, "heads": heads, "kv_heads": kv}
     model = make_checkpoint(tmp_path / "model", family, layout, **dims, seed=11)
     if layout == "master":
-        model = bf16_copy(model, tmp_path / "bf16")
+        model = bf16_master_copy(model, tmp_path / "bf16")
     config = kernel_config.preset(name, kind)
     broken = [t for t in config.tiles if tl_layouts.tile_problem(kind, t)]
     options = {"gguf_type": kind, "kernel_preset": name, "embed_type": "f16",

@@ -4,13 +4,10 @@ see peer_tools.py); a bitnet.cpp file, which records no I2_S layout, reads as x8
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import pytest
-import torch
-from peer_tools import run_llama_cpp_converter
+from peer_tools import bf16_master_copy, run_llama_cpp_converter
 
 from bitconvert.convert import convert
 from bitconvert.describe import describe_checkpoint
@@ -26,25 +23,12 @@ def quantized_tensors(path: Path) -> dict[str, bytes]:
     }
 
 
-def as_bf16_master(master: Path, out: Path) -> Path:
-    """The same model with bf16 weights: llama.cpp's converter folds those in fp32, not fp16."""
-    from safetensors.torch import load_file, save_file
-
-    shutil.copytree(master, out)
-    tensors = {k: v.to(torch.bfloat16) for k, v in load_file(str(master / "model.safetensors")).items()}
-    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
-    cfg = json.loads((out / "config.json").read_text())
-    cfg["torch_dtype"] = "bfloat16"
-    (out / "config.json").write_text(json.dumps(cfg))
-    return out
-
-
 @pytest.mark.parametrize("gguf_type,dtype", [("tq2_0", "f16"), ("tq1_0", "f16"), ("tq2_0", "bf16")])
 def test_the_llama_cpp_recipe_writes_llama_cpps_bytes(tiny_checkpoint, llama_cpp_gguf, tmp_path, gguf_type, dtype):
     # 1bitLLM naming: llama.cpp's converter maps its sub-norms (inner_attn_ln, ffn_layernorm)
     master = tiny_checkpoint("1bitllm", "master", wide=True)  # an fp16 latent master, as 1bitLLM's
     if dtype == "bf16":
-        master = as_bf16_master(master, tmp_path / "bf16-master")
+        master = bf16_master_copy(master, tmp_path / "bf16-master")
         theirs = quantized_tensors(run_llama_cpp_converter(master, tmp_path / "theirs.gguf", gguf_type))
     else:
         theirs = quantized_tensors(llama_cpp_gguf(master, gguf_type))

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import gguf
 import numpy as np
 import pytest
 import torch
 from conftest import FIXTURES, read_all
+from gguf_tools import random_codes, to_gguf
 
 from bitconvert.convert import convert
 from bitconvert.dtypes import Dense
@@ -22,15 +22,6 @@ from bitconvert.ternary import LinearClass, as_ternary
 from bitconvert.verify import verify_target
 
 Q = gguf.GGMLQuantizationType
-
-
-def random_codes(rows: int, cols: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(-1, 2, (rows, cols)).astype(np.int8)
-
-
-def to_gguf(src: Path, dst: Path, gguf_type: str = "tq2_0", **extra) -> dict:
-    opts = {"gguf_type": gguf_type, **extra}
-    return convert(src, dst, "gguf", opts).to_dict()
 
 
 @pytest.mark.parametrize("qtype", [Q.TQ2_0, Q.TQ1_0])
