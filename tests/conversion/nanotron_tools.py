@@ -39,3 +39,19 @@ def tree(path: Path) -> dict[str, bytes]:
         for p in sorted(path.rglob("*"))
         if p.is_file() and p.name != PROVENANCE
     }
+
+
+def count_row_reads(monkeypatch) -> list[int]:
+    """The bytes of each Nanotron shard read from now on (``shards.read_rows`` patched to count)."""
+    from bitconvert.formats.nanotron import shards
+
+    reads: list[int] = []
+    real = shards.read_rows
+
+    def counting(shard_, start, stop):
+        out = real(shard_, start, stop)
+        reads.append(out.nbytes)
+        return out
+
+    monkeypatch.setattr(shards, "read_rows", counting)
+    return reads

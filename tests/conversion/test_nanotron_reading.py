@@ -8,7 +8,7 @@ import json
 
 import torch
 from conftest import FIXTURES, cli, read_all
-from nanotron_tools import SHARD, shard, to
+from nanotron_tools import SHARD, count_row_reads, shard, to
 from safetensors.torch import save_file
 
 from bitconvert.formats import open_checkpoint
@@ -59,8 +59,8 @@ def test_a_checkpoint_that_lost_parts_in_nanotron_reads_with_warnings(tmp_path, 
 def test_every_entry_says_what_it_is(tmp_path):
     """Latent linears LATENT, norms and embeddings DENSE, weights behind a recorded scale TERNARY; stored
     bytes are the floats in HF row order, counted against the written magnitude where recorded."""
-    from bitconvert.formats.nanotron.options import FLAVOR_CHOICES, VERSIONS
     from bitconvert.formats.nanotron.flavors import FLAVORS
+    from bitconvert.formats.nanotron.options import FLAVOR_CHOICES, VERSIONS
     from bitconvert.model.checkpoint import Kind
 
     assert tuple(FLAVORS) == FLAVOR_CHOICES and VERSIONS == ("1.4", "1.5")
@@ -89,19 +89,9 @@ def test_every_entry_says_what_it_is(tmp_path):
 
 def test_opening_reads_no_tensor_data(tmp_path, monkeypatch):
     """Opening (what `inspect --no-stats` does) reads headers only, even where scales are recorded."""
-    from bitconvert.formats.nanotron import shards as nanotron
-
     nt = tmp_path / "nt"
     to(FIXTURES / "llama-packed", nt, "nanotron", tp=2, allow_approximate=True)
-    reads: list[int] = []
-    real = nanotron.read_rows
-
-    def counting(shard_, start, stop):
-        out = real(shard_, start, stop)
-        reads.append(out.nbytes)
-        return out
-
-    monkeypatch.setattr(nanotron, "read_rows", counting)
+    reads = count_row_reads(monkeypatch)
     ckpt = open_checkpoint(nt)
     assert sum(e.ternary for e in ckpt.tensors.values()) == 14 and reads == []
     ckpt.tensors["model.layers.0.self_attn.o_proj.weight"].load()

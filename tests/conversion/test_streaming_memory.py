@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 from conftest import ROOT
-from nanotron_tools import shard, to
+from nanotron_tools import count_row_reads, shard, to
 
 from bitconvert.io.pipeline import ahead_budget
 from bitconvert.io.safetensors import SafetensorsFile
@@ -85,19 +85,9 @@ def test_nanotron_both_ways_peaks_far_below_the_model_size(tiny_checkpoint, tmp_
 
 def test_reading_nanotron_touches_each_stored_byte_once(tmp_path, nanotron_masters, monkeypatch):
     """Every HF tensor is read from exactly its rows of each rank file: no whole-model or whole-param load."""
-    from bitconvert.formats.nanotron import shards as nanotron
-
     nt = tmp_path / "nt"
     to(nanotron_masters["bitnet-2b4t"], nt, "nanotron", tp=4)
-    reads: list[int] = []
-    real = nanotron.read_rows
-
-    def counting(shard_, start, stop):
-        out = real(shard_, start, stop)
-        reads.append(out.nbytes)
-        return out
-
-    monkeypatch.setattr(nanotron, "read_rows", counting)
+    reads = count_row_reads(monkeypatch)
     to(nt, tmp_path / "back", "hf-bf16")
     stored = sum(shard(f)[0].numel() * 2 for f in (nt / "model/model").rglob("*.safetensors"))
     assert sum(reads) == stored

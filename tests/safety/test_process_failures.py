@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import FIXTURES, one_line_error, run_cli
-from refusals import leftovers, tree_digest
+from refusals import copy_fixture, leftovers, tree_digest
 
 MASTER = FIXTURES / "bitnet-2b4t-master"
 PACKED = FIXTURES / "bitnet-2b4t-packed"
@@ -23,9 +23,7 @@ PACKED = FIXTURES / "bitnet-2b4t-packed"
 
 @pytest.fixture
 def src(tmp_path) -> Path:
-    copy = tmp_path / "src"
-    shutil.copytree(MASTER, copy)
-    return copy
+    return copy_fixture(tmp_path, MASTER.name)
 
 
 def _limit_file_size():

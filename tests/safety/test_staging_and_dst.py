@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,9 +21,7 @@ PACKED = FIXTURES / "bitnet-2b4t-packed"
 
 @pytest.fixture
 def src(tmp_path) -> Path:
-    copy = tmp_path / "src"
-    shutil.copytree(MASTER, copy)
-    return copy
+    return copy_fixture(tmp_path, MASTER.name)
 
 
 def listing(path: Path) -> list[str]:
