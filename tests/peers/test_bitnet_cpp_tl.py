@@ -208,7 +208,10 @@ def test_cli_reads_bitnet_cpp_files_with_the_configuration_named(models, configs
 @pytest.mark.parametrize("name", kernel_config.PRESET_NAMES)
 @pytest.mark.parametrize("kind", ["tl1", "tl2"])
 def test_preset_numbers_are_bitnet_cpp_presets(name, kind):
-    shipped = read_ini(BITNET / "preset_kernels" / name / f"kernel_config_{kind}.ini")
+    ini = BITNET / "preset_kernels" / name / f"kernel_config_{kind}.ini"
+    if not ini.is_file():
+        pytest.skip(f"bitnet.cpp's preset kernel configurations not found at {ini.parent.parent}")
+    shipped = read_ini(ini)
     assert kernel_config.preset(name, kind).tiles == shipped.tiles
 
 

@@ -169,6 +169,8 @@ def test_the_converter_runs_unmodified_but_for_the_recorded_additions(tmp_path):
     output of a run without the pre-tokenizer addition fails where the test tokenizer is unknown."""
     from peer_tools import BITNET_EMBEDDING_CONVERTER, BITNET_EMBEDDING_DRIVER
 
+    if not BITNET_EMBEDDING_CONVERTER.is_file():
+        pytest.skip(f"microsoft/BitNet's embedding converter not found at {BITNET_EMBEDDING_CONVERTER}")
     source = BITNET_EMBEDDING_CONVERTER.read_text(encoding="utf-8")
     assert "def quantize_to_i2_s" in source and "special_vocab.special_token_ids[\"eos\"] = 151643" in source
     assert "conv.get_vocab_base_pre = named" in BITNET_EMBEDDING_DRIVER and "conv.main()" in BITNET_EMBEDDING_DRIVER
