@@ -27,7 +27,7 @@ T = TypeVar("T")
 
 
 #: produced tensors may queue up to this many bytes ahead of the writer (plus the one being written)
-AHEAD_BYTES = 192 << 20
+AHEAD_BYTES = 32 << 20
 
 
 def ahead_budget(plan: Sequence[Planned]) -> int:

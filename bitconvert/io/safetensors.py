@@ -14,7 +14,7 @@ import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -173,6 +173,35 @@ def map_private(path: Path, offset: int, length: int, tensor: str | None = None)
     except OSError as exc:
         raise CheckpointError(path, f"cannot read: {exc.strerror or exc}", tensor) from None
     return memoryview(m)[offset - start :]
+
+
+def page_release(values: np.ndarray) -> Callable[[int, int], None] | None:
+    """``release(start, stop)`` for a C-contiguous array viewing a private mapping (:func:`map_private`):
+    hands back to the system the pages that flat elements ``start:stop`` cover whole, so a weight
+    read front to back in pieces is never resident whole (its file's pages stay in the page cache,
+    and reading them again maps them again). None where ``values`` views no mapping.
+
+    Handing back a private mapping's pages also drops anything written to them: only for values
+    that are read, never written.
+    """
+    owner: Any = values
+    while isinstance(owner, np.ndarray):
+        owner = owner.base
+    if isinstance(owner, memoryview):
+        owner = owner.obj
+    if not isinstance(owner, mmap.mmap) or not values.flags.c_contiguous or not hasattr(mmap, "MADV_DONTNEED"):
+        return None
+    mapping = owner
+    first = values.ctypes.data - np.frombuffer(mapping, dtype=np.uint8, count=1).ctypes.data
+    item, page = values.itemsize, mmap.PAGESIZE
+
+    def release(start: int, stop: int) -> None:
+        lo = -(-(first + start * item) // page) * page  # pages wholly inside the range only
+        hi = (first + stop * item) // page * page
+        if hi > lo:
+            mapping.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+
+    return release
 
 
 def read_exact(path: Path, offset: int, length: int, tensor: str | None = None) -> bytearray:

@@ -19,7 +19,7 @@ import numpy as np
 from ..dtypes import EXPONENT_BITS, Dense
 from ..errors import BitconvertError
 from .fast.bf16_codes import CHUNK, codes_into, pack_planes, zero_threshold
-from .fast.summation import abs_sum, summation_order
+from .fast.summation import Release, abs_sum, summation_order
 from .linear_class import LinearClass
 from .packing import VALUES_PER_BYTE, pack_codes
 from .records import ScaleRecord
@@ -55,7 +55,7 @@ def first_non_finite(weight: Dense) -> tuple[tuple[int, ...], float] | None:
     return None
 
 
-def mean_abs(weight: Dense) -> np.float32:
+def mean_abs(weight: Dense, release: Release | None = None) -> np.float32:
     """mean|W| in float32, bit-identical to torch's ``weight.float().abs().mean()``."""
     n = weight.size
     if not n:
@@ -65,14 +65,14 @@ def mean_abs(weight: Dense) -> np.float32:
     if order is None:  # a platform whose order is not reproduced: numpy's own sum
         total = np.abs(weight.float32()).sum(dtype=np.float32)
     else:
-        total = abs_sum(flat, weight.dtype_name, *order)
+        total = abs_sum(flat, weight.dtype_name, *order, release=release)
     with np.errstate(over="ignore", invalid="ignore"):
         return np.float32(total) / np.float32(n)
 
 
-def _scale_of(weight: Dense) -> tuple[np.float32, np.float32, int | None]:
+def _scale_of(weight: Dense, release: Release | None = None) -> tuple[np.float32, np.float32, int | None]:
     """(mean|W| floored, s = 1/mean|W|, the zero threshold where the bf16 fast path applies)."""
-    m = mean_abs(weight)
+    m = mean_abs(weight, release)
     # one cheap test per tensor: any NaN or Inf makes the mean non-finite (an overflowing sum of
     # finite values does too, so look for the element before blaming one)
     if not np.isfinite(m) and weight.size and (found := first_non_finite(weight)) is not None:
@@ -84,10 +84,11 @@ def _scale_of(weight: Dense) -> tuple[np.float32, np.float32, int | None]:
     return np.float32(m), inv, (zero_threshold(inv) if fast else None)
 
 
-def bf16_scale_threshold(weight: Dense) -> tuple[np.float32, int | None]:
+def bf16_scale_threshold(weight: Dense, release: Release | None = None) -> tuple[np.float32, int | None]:
     """(mean|W| floored, as :func:`absmean_quantize` returns it; the zero threshold of the codes, or
-    None where the bf16 bit-pattern path does not apply). Raises NonFiniteWeight as it does."""
-    m, _, threshold = _scale_of(weight)
+    None where the bf16 bit-pattern path does not apply). Raises NonFiniteWeight as it does.
+    ``release`` is told of each stretch of the flat weight once summed."""
+    m, _, threshold = _scale_of(weight, release)
     return m, threshold
 
 
@@ -116,23 +117,51 @@ def quantize(weight: Dense, linear_class: LinearClass, scale_dtype: str = "BF16"
     return TernaryWeight(codes, Scale.from_mean(m, linear_class, scale_dtype))
 
 
-def quantize_packed(weight: Dense, linear_class: LinearClass, scale_dtype: str = "BF16") -> tuple[np.ndarray, Scale]:
+def quantize_packed(
+    weight: Dense, linear_class: LinearClass, scale_dtype: str = "BF16", release: Release | None = None
+) -> tuple[np.ndarray, Scale]:
     """``pack_codes(quantize(weight).codes)`` and its scale, with the same bits, in one pass.
 
     For bf16 weights each row block of four code planes is quantized and packed while in cache:
-    no int8 codes or float32 copy of the weight exist at any time.
+    no int8 codes or float32 copy of the weight exist at any time. ``release``: see :class:`PackedRows`.
     """
-    if len(weight.shape) != 2 or weight.shape[0] % VALUES_PER_BYTE:
-        raise ValueError(f"quantize_packed expects [R, C] with R a multiple of 4, got {weight.shape}")
-    m, _, threshold = _scale_of(weight)
-    if threshold is None:
-        tw = quantize(weight, linear_class, scale_dtype)
-        return pack_codes(tw.codes), tw.scale
-    rows, cols = weight.shape
-    planes = np.ascontiguousarray(weight.data).reshape(VALUES_PER_BYTE, rows // VALUES_PER_BYTE, cols)
-    packed = np.empty((rows // VALUES_PER_BYTE, cols), dtype=np.uint8)
-    pack_planes(planes, threshold, packed)
-    return packed, Scale.from_mean(m, linear_class, scale_dtype)
+    packing = PackedRows(weight, linear_class, scale_dtype, release)
+    return packing.rows(0, packing.packed_rows), packing.scale
+
+
+class PackedRows:
+    """:func:`quantize_packed` of one weight a block of packed rows at a time, so that neither the
+    packed weight nor (for a mapped one) its values are ever held whole.
+
+    Making it takes the scale (one pass over the weight); :meth:`rows` then packs the rows asked for.
+    ``release`` (flat indices of the weight) is told of the values each pass has finished reading:
+    a weight mapped from its file hands those pages back (see ``io.safetensors.page_release``).
+    """
+
+    def __init__(
+        self, weight: Dense, linear_class: LinearClass, scale_dtype: str = "BF16", release: Release | None = None
+    ) -> None:
+        if len(weight.shape) != 2 or weight.shape[0] % VALUES_PER_BYTE:
+            raise ValueError(f"quantize_packed expects [R, C] with R a multiple of 4, got {weight.shape}")
+        rows, cols = weight.shape
+        self.packed_rows, self.release = rows // VALUES_PER_BYTE, release
+        m, _, self.threshold = _scale_of(weight, release)
+        self.whole: np.ndarray | None = None
+        if self.threshold is None:  # not bf16, or no single threshold: the arithmetic, then packing
+            tw = quantize(weight, linear_class, scale_dtype)
+            self.whole, self.scale = pack_codes(tw.codes), tw.scale
+            return
+        self.planes = np.ascontiguousarray(weight.data).reshape(VALUES_PER_BYTE, self.packed_rows, cols)
+        self.scale = Scale.from_mean(m, linear_class, scale_dtype)
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Packed rows ``start:stop`` (uint8 ``[stop - start, C]``)."""
+        if self.whole is not None:
+            return self.whole[start:stop]
+        out = np.empty((stop - start, self.planes.shape[2]), dtype=np.uint8)
+        assert self.threshold is not None
+        pack_planes(self.planes, self.threshold, out, self.release, start)
+        return out
 
 
 def recover_ternary(weight: Dense) -> TernaryWeight | None:

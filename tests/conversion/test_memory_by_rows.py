@@ -78,17 +78,33 @@ def _digest(path: Path) -> str:
         ("gguf", {"embed_type": "f16"}),
         ("gguf", {"embed_type": "q8_0"}),
         ("gguf", {"gguf_type": "i2_s", "embed_type": "bf16"}),
+        ("gguf", {"gguf_type": "tq1_0"}),
+        ("gguf", {"gguf_type": "i2_s", "i2s_layout": "arm"}),
+        ("gguf", {"gguf_type": "i2_s", "i2s_layout": "x86-rows"}),
     ],
 )
 def test_blocks_of_rows_write_the_bytes_of_whole_tensors(masters, tmp_path, monkeypatch, to, options):
-    src = masters[4096]
+    # quantized weights too: 1024 x 1024, packed or encoded three rows at a time
+    _same_bytes_by_blocks(masters[4096], tmp_path, monkeypatch, to, options)
+
+
+@pytest.mark.parametrize(
+    "to, options", [("hf-packed", {}), ("gguf", {"gguf_type": "tq2_0"}), ("gguf", {"gguf_type": "i2_s"})]
+)
+def test_blocks_of_weights_not_quantized_from_bf16_bits_are_slices_of_the_whole(tmp_path, monkeypatch, to, options):
+    # an fp16 master (1bitLLM's) is quantized whole by the arithmetic path, then written by blocks
+    src = make_checkpoint(tmp_path / "fp16", "1bitllm", "master", **WIDE)
+    _same_bytes_by_blocks(src, tmp_path, monkeypatch, to, options)
+
+
+def _same_bytes_by_blocks(src: Path, tmp_path: Path, monkeypatch, to: str, options: dict) -> None:
     name = "m.gguf" if to == "gguf" else "m"
     (tmp_path / "whole").mkdir()
     (tmp_path / "blocks").mkdir()
     convert(src, tmp_path / "whole" / name, to, options)  # 4M values a block: one block for 4096 x 1024
-    for module in (common, production):
-        monkeypatch.setattr(module, "ROW_BLOCK_VALUES" if module is common else "DENSE_SLAB", 3 * 1024 + 5)
-    convert(src, tmp_path / "blocks" / name, to, options)  # four rows a block: 1024 blocks per tensor
+    for module, name_ in ((common, "ROW_BLOCK_VALUES"), (production, "DENSE_SLAB"), (production, "TERNARY_SLAB")):
+        monkeypatch.setattr(module, name_, 3 * 1024 + 5)
+    convert(src, tmp_path / "blocks" / name, to, options)  # three rows a block: 342 blocks per tensor
     whole, blocks = tmp_path / "whole" / name, tmp_path / "blocks" / name
     if to == "gguf":  # the header records the command's DST: compare from the first tensor on
         from bitconvert.formats.gguf.parser import GGUFFile

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
 from ...dtypes import Dense, float_bits
 from ...errors import CheckpointError
+from ...io.safetensors import page_release
 from ...model.checkpoint import (
     ROW_BLOCK_VALUES,
     Checkpoint,
@@ -36,6 +38,7 @@ from .plan import Plan, TensorPlan
 from .types import GGMLType
 
 DENSE_SLAB = ROW_BLOCK_VALUES  # values converted per piece when writing a float tensor
+TERNARY_SLAB = 4 * ROW_BLOCK_VALUES  # values of a quantized weight encoded per piece (a few MB of output)
 _CHECK_STEP = 1 << 18  # values overflow-checked at a time: stays in cache
 _BF16_F16_OVERFLOW = 0x4780  # |bf16 bits| from here (65536) to inf round past F16's largest finite value
 _BF16_INF = 0x7F80
@@ -80,7 +83,7 @@ def pieces(plan: Plan) -> list[Piece]:
     out = []
     for i, p in enumerate(plan.tensors):
         if p.role != "dense":
-            out.append(Piece(i, 0, 0, p.tensor.nbytes))
+            out += _ternary_pieces(i, p, plan)
             continue
         shape = p.tensor.shape
         cols = shape[-1] if shape else 1
@@ -93,6 +96,21 @@ def pieces(plan: Plan) -> list[Piece]:
     return out
 
 
+def _ternary_pieces(index: int, p: TensorPlan, plan: Plan) -> list[Piece]:
+    """A quantized weight whole (``stop`` 0), or by blocks of rows where its type encodes rows on
+    their own (TQ1_0, TQ2_0 and I2_S's block layouts): the last block carries the type's tail."""
+    t, shape = types.TYPES[p.tensor.type], p.tensor.shape
+    rows, cols = (math.prod(shape[:-1]), shape[-1]) if len(shape) > 1 else (1, 0)
+    if p.role != "ternary" or rows * cols <= TERNARY_SLAB or not _encodes_rows(t, plan, cols):
+        return [Piece(index, 0, 0, p.tensor.nbytes)]
+    row_bytes = (p.tensor.nbytes - t.tail) // rows
+    step = max(1, TERNARY_SLAB // cols)
+    return [
+        Piece(index, r, min(r + step, rows), (min(r + step, rows) - r) * row_bytes + (t.tail if r + step >= rows else 0))
+        for r in range(0, rows, step)
+    ]
+
+
 class Producer:
     """``producer(piece) -> Made``, called in plan order (a float tensor is loaded at its first slab)."""
 
@@ -100,12 +118,15 @@ class Producer:
         self.ckpt = ckpt
         self.plan = plan
         self._rows: Dense | None = None  # the float tensor being sliced, as [rows, cols]
+        self._encode: RowBytes | None = None  # the quantized weight being encoded by blocks of rows
 
     def __call__(self, piece: Piece) -> Made:
         p = self.plan.tensors[piece.index]
         entry = self.ckpt.tensors[p.hf]
-        if p.role != "dense":
+        if p.role != "dense" and not piece.stop:
             return _ternary(p, self.plan, entry, entry.load())
+        if p.role != "dense":
+            return self._ternary_rows(p, entry, piece)
         if not p.heads and len(entry.shape) == 2 and dense_rows_known(entry):  # read block by block
             chunk = dense_rows(entry, piece.start, piece.stop)
         else:
@@ -116,6 +137,26 @@ class Producer:
         if t.dtype_name is not None and (p.offset or chunk.dtype_name != t.dtype_name):
             made.changed, made.worst = _rounding(chunk, made.data, t, p.offset)
             made.values = chunk.size
+        return made
+
+    def _ternary_rows(self, p: TensorPlan, entry: TensorEntry, piece: Piece) -> Made:
+        """The bytes of rows ``piece.start:piece.stop`` of a quantized weight; its first block
+        takes the scale and says how the weight was obtained (and its magnitude)."""
+        shape = p.tensor.shape
+        rows = math.prod(shape[:-1])
+        made = Made(np.empty(0, np.uint8))
+        if piece.start == 0:
+            value = entry.load()
+            found = _bits_encoder(p, self.plan, entry, value)
+            if found is None:  # not straight from bf16 bits: the whole weight's bytes, sliced
+                whole = _ternary(p, self.plan, entry, value)
+                found = (lambda a, b: _row_bytes(whole.data, a, b, rows, types.TYPES[p.tensor.type].tail)), whole.source, whole.magnitude
+            self._encode, made.source, made.magnitude = found
+            del value
+        assert self._encode is not None
+        made.data = self._encode(piece.start, piece.stop)
+        if piece.stop >= rows:
+            self._encode = None
         return made
 
     def _loaded_rows(self, p: TensorPlan, entry: TensorEntry, piece: Piece) -> Dense:
@@ -161,9 +202,24 @@ def _ternary(p: TensorPlan, plan: Plan, entry: TensorEntry, value: Value) -> Mad
     return Made(encode_ternary(p, plan, codes, mag), source, mag)
 
 
+#: ``encode(start, stop)``: the bytes of rows ``start:stop`` of one quantized weight (the last rows
+#: with the type's tail)
+RowBytes = Callable[[int, int], np.ndarray]
+
+
 def _ternary_from_bits(p: TensorPlan, plan: Plan, entry: TensorEntry, value: Value) -> Made | None:
     """TQ1_0/TQ2_0/I2_S bytes of a bf16 master straight from its bits, where that is what quantizing
     gives; else None."""
+    found = _bits_encoder(p, plan, entry, value)
+    if found is None:
+        return None
+    encode, source, mag = found
+    return Made(encode(0, value.shape[0]), source, mag)
+
+
+def _bits_encoder(p: TensorPlan, plan: Plan, entry: TensorEntry, value: Value) -> tuple[RowBytes, str, float] | None:
+    """(rows -> bytes, "quantized", mean|W|) of a bf16 master weight straight from its bits (the
+    scale taken first, in one pass), where that is what quantizing gives; else None."""
     t = types.TYPES[p.tensor.type]
     if p.role != "ternary" or plan.recipe is not Recipe.TRANSFORMERS or entry.record is not None:
         return None
@@ -171,19 +227,34 @@ def _ternary_from_bits(p: TensorPlan, plan: Plan, entry: TensorEntry, value: Val
         return None
     if not _encodes_rows(t, plan, value.shape[1]) or recover_ternary(value) is not None:
         return None
+    release = page_release(value.data)  # read twice, never written: a mapped weight is never resident whole
     with quantizing(entry):
-        m, threshold = bf16_scale_threshold(value)
+        m, threshold = bf16_scale_threshold(value, release)
     if threshold is None:
         return None
     mag = float(np.float32(m))  # as quantize(value, AUTOBITLINEAR, "F64") stores it
     rows, cols = value.shape
     order = names.permute_qk(np.arange(rows), p.heads) if p.heads else None
-    code_rows = bf16_code_rows(value.data, threshold, order)
-    if t.id == types.I2_S:
-        data = i2s_layouts.encode_rows(code_rows, rows, cols, mag, plan.i2s_layout)
-    else:
-        data = t.encode_rows(code_rows, rows, cols, folded_d(mag) if plan.mode == "folded" else 1.0)
-    return Made(data, "quantized", mag)
+    code_rows = bf16_code_rows(value.data, threshold, order, release)
+    d = folded_d(mag) if plan.mode == "folded" else 1.0
+
+    def encode(start: int, stop: int) -> np.ndarray:
+        def block(r0: int, r1: int) -> np.ndarray:
+            return code_rows(start + r0, start + r1)
+
+        if t.id != types.I2_S:
+            return t.encode_rows(block, stop - start, cols, d)
+        data = i2s_layouts.encode_rows(block, stop - start, cols, mag, plan.i2s_layout)
+        return data if stop >= rows else data[: -i2s_layouts.TAIL]  # the tail (scale) ends the tensor
+
+    return encode, "quantized", mag
+
+
+def _row_bytes(data: np.ndarray, start: int, stop: int, rows: int, tail: int) -> np.ndarray:
+    """Rows ``start:stop`` of a quantized weight's bytes laid out row after row (then ``tail`` bytes)."""
+    flat = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+    per_row = (flat.size - tail) // rows
+    return flat[start * per_row : stop * per_row + (tail if stop >= rows else 0)]
 
 
 def folded_d(magnitude: float) -> np.float16:

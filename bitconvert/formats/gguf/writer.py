@@ -28,6 +28,7 @@ asked, with a warning per tensor they round.
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from pathlib import Path
 
@@ -321,9 +322,9 @@ def _stream(
                     if loss.changed:
                         rounded.append(_rounded(ckpt, plan, p, loss))
                     continue
-                m = next(made)
+                m = next(made)  # a quantized weight whole, or its first block of rows
                 how[m.source] += 1
-                w.write(p.tensor.name, m.data)
+                w.write_parts(p.tensor.name, itertools.chain([m.data], (next(made).data for _ in range(count[i] - 1))))
                 mag = m.magnitude
                 if plan.mode == "folded" and p.role == "ternary":
                     folded = float(production.folded_d(mag))

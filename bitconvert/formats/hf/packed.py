@@ -12,7 +12,7 @@ import numpy as np
 from ...dtypes import FLOAT_NAMES
 from ...errors import CheckpointError
 from ...io.provenance import read_provenance_file
-from ...io.safetensors import SafetensorsFile, StoredTensor
+from ...io.safetensors import SafetensorsFile, StoredTensor, page_release
 from ...model.checkpoint import Checkpoint, Kind, Stored, TensorEntry, check_tensor_set, float_stored, is_ignored_tensor
 from ...ternary.linear_class import LinearClass
 from ...ternary.packing import VALUES_PER_BYTE, first_invalid_code, unpack_codes
@@ -76,7 +76,7 @@ def _entry(name: str, st: SafetensorsFile, t: StoredTensor, sst: SafetensorsFile
         raw = st.read_bytes(t.name)
         scale = _stored_scale(sst, stt, linear_class)
         if packed:
-            return Stored(raw, NAME, scale=scale, counts=lambda: packed_code_counts(raw))
+            return Stored(raw, NAME, scale=scale, counts=lambda: packed_code_counts(raw, page_release(raw)))  # read, never written
         return Stored(raw, "floats", t.dtype_name, scale)
 
     label = f"{t.dtype_name}{' packed' if packed else ''} + {stt.dtype_name} scale"

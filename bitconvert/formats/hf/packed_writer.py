@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import Callable
+
+import numpy as np
 
 from ...dtypes import Dense
 from ...errors import CheckpointError
-from ...io.safetensors import PlannedTensor
+from ...io.safetensors import PlannedTensor, page_release
 from ...model.checkpoint import (
     Checkpoint,
     Kind,
@@ -19,28 +22,34 @@ from ...model.checkpoint import (
     quantizing,
 )
 from ...model.config import QuantConfig, QuantMode
-from ...ternary import VALUES_PER_BYTE, LinearClass, Scale, pack_codes, quantize_packed, recover_ternary
+from ...ternary import VALUES_PER_BYTE, LinearClass, Scale, pack_codes, recover_ternary
+from ...ternary.quantize import PackedRows
 from ...ternary.recipes import RECIPES, Recipe, check_recipe, recipe_quantizer
 from .. import Progress, WriteReport, register_writer
 from .common import Piece, copy_side_files, ordered_names, write_json, write_safetensors_dir
 from .options import HFPackedOptions
 from .packed import NAME, scale_name
 
+#: ``rows(start, stop)``: packed rows of one quantized weight
+Rows = Callable[[int, int], np.ndarray]
 
-def _packed(entry: TensorEntry, linear_class: LinearClass, options: HFPackedOptions) -> tuple[Dense, Scale, str]:
-    """Packed codes, scale and how they were obtained (see ``as_ternary``).
 
-    A master quantized with the default recipe is quantized and packed in one pass; anything
-    else goes through its ternary form (kept, recovered, or quantized by ``options.recipe``).
+def _packed(entry: TensorEntry, linear_class: LinearClass, options: HFPackedOptions) -> tuple[Rows, Scale, str]:
+    """Packed rows on demand, the scale and how they were obtained (see ``as_ternary``).
+
+    A master quantized with the default recipe is quantized and packed a block of rows at a time
+    after one pass for its scale, its mapped pages handed back as they are read; anything else goes
+    through its ternary form (kept, recovered, or quantized by ``options.recipe``).
     """
     value = entry.load()
     fused = options.recipe is Recipe.TRANSFORMERS and entry.kind is Kind.LATENT and entry.record is None
     if fused and isinstance(value, Dense) and len(value.shape) == 2 and recover_ternary(value) is None:
-        with quantizing(entry):
-            packed, scale = quantize_packed(value, linear_class, options.scale_dtype)
-        return Dense(packed, "U8"), scale, "quantized"
+        with quantizing(entry):  # read and never written: a mapped weight's pages go back as they are read
+            packing = PackedRows(value, linear_class, options.scale_dtype, page_release(value.data))
+        return packing.rows, packing.scale, "quantized"
     tw, source = entry_as_ternary(entry, value, linear_class, options.scale_dtype, recipe_quantizer(options.recipe))
-    return Dense(pack_codes(tw.codes), "U8"), tw.scale, source
+    packed = pack_codes(tw.codes)
+    return lambda start, stop: packed[start:stop], tw.scale, source
 
 
 class HFPackedWriter:
@@ -73,6 +82,7 @@ class HFPackedWriter:
 
         pending_scales: dict[str, Dense] = {}
         how = Counter()
+        packing: list[Rows] = []  # the quantized weight whose blocks of packed rows are being made
 
         def produce(piece: Piece) -> Dense:
             t = piece.tensor
@@ -83,14 +93,19 @@ class HFPackedWriter:
                 if not piece.whole:  # a block of rows of a large dense tensor (the embedding)
                     return dense_rows(entry, piece.start, piece.stop).to(t.dtype_name)
                 return as_dense(entry.load(), t.dtype_name)
-            packed, scale, source = _packed(entry, linear_class, options)
-            how[source] += 1
-            pending_scales[scale_name(t.name)] = Dense.from_bytes(scale.data, scale.dtype_name, (1,))
+            if piece.start == 0:  # the weight's first block: its scale, and how its rows are made
+                rows, scale, source = _packed(entry, linear_class, options)
+                packing[:] = [rows]
+                how[source] += 1
+                pending_scales[scale_name(t.name)] = Dense.from_bytes(scale.data, scale.dtype_name, (1,))
+            packed = Dense(packing[0](piece.start, piece.stop), "U8")
+            if piece.stop == t.shape[0]:
+                packing.clear()
             return packed
 
-        def by_rows(t: PlannedTensor) -> bool:
+        def by_rows(t: PlannedTensor) -> bool:  # quantized weights too: a block of packed rows at a time
             entry = ckpt.tensors.get(t.name)
-            return entry is not None and not ckpt.is_quantized_linear(t.name) and dense_rows_known(entry)
+            return entry is not None and (ckpt.is_quantized_linear(t.name) or dense_rows_known(entry))
 
         write_safetensors_dir(out, plan, produce, options.max_shard_size, {"format": "pt"}, progress, report, by_rows)
         src_q = cfg.quantization or QuantConfig()

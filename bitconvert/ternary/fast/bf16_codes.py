@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 
 from . import jit
+from .summation import Release
 from .workers import cores, spans, split_map
 
 #: elements per step when mapping a weight to codes: small enough to stay in cache
@@ -78,45 +79,60 @@ def codes_into(bits: np.ndarray, threshold: int, out: np.ndarray) -> None:
     split_map(part, spans(bits.size, cores(), CHUNK))
 
 
-def pack_planes(planes: np.ndarray, threshold: int, out: np.ndarray) -> None:
-    """Packed row-block bytes of ``planes`` ([4, R/4, C] bit patterns) into ``out`` ([R/4, C]).
+def pack_planes(
+    planes: np.ndarray, threshold: int, out: np.ndarray, release: Release | None = None, first: int = 0
+) -> None:
+    """Packed row-block bytes of ``planes`` ([4, R/4, C] bit patterns) into ``out``: its rows are
+    packed rows ``first .. first + len(out)`` (all ``R/4`` of them by default).
 
     Byte [r, c] = sum over planes i of (code + 1) << 2i, computed mod 256 a few rows at a time.
+    ``release`` (flat indices of ``planes``) is told of each block of rows once it is packed.
     """
-    quarter, cols = out.shape
+    quarter, cols = planes.shape[1:]
     step = max(1, CHUNK // (4 * max(cols, 1)))
 
     compiled = jit.kernels(planes.size)
     kernel = compiled.pack_rows if compiled is not None else None
+    batch = max(step, (1 << 18) // max(cols, 1))  # rows per compiled call: 4 planes of about 512 KB
+
+    def done(r0: int, r1: int) -> None:
+        if release is not None:
+            for plane in range(4):
+                release((plane * quarter + r0) * cols, (plane * quarter + r1) * cols)
 
     def part(span: tuple[int, int]) -> None:
         if kernel is not None:
-            return kernel(planes, threshold, out, span[0], span[1])
+            for r0 in range(span[0], span[1], batch):
+                r1 = min(r0 + batch, span[1])
+                kernel(planes, threshold, out, r0, r1, first)
+                done(r0, r1)
+            return
         codes = np.empty((4, min(step, span[1] - span[0]), cols), dtype=np.uint8)
         tmp = np.empty_like(codes)
         for r0 in range(span[0], span[1], step):
             r1 = min(r0 + step, span[1])
             c, t = codes[:, : r1 - r0], tmp[:, : r1 - r0]
             _codes_into(planes[:, r0:r1], threshold, c, t)
-            o = out[r0:r1]
+            o = out[r0 - first : r1 - first]
             np.left_shift(c[3], 6, out=o)
             for plane in (2, 1):
                 np.left_shift(c[plane], 2 * plane, out=t[0])
                 o += t[0]
             o += c[0]
             o += 0x55  # the +1 of every plane: 1 + 4 + 16 + 64
+            done(r0, r1)
 
-    split_map(part, spans(quarter, cores(), step))
+    split_map(part, [(first + a, first + b) for a, b in spans(len(out), cores(), step)])
 
 
 def bf16_code_rows(
-    bits: np.ndarray, threshold: int, order: np.ndarray | None = None
+    bits: np.ndarray, threshold: int, order: np.ndarray | None = None, release: Release | None = None
 ) -> Callable[[int, int], np.ndarray]:
     """``rows(r0, r1)``: the codes of rows ``r0:r1`` of the 2-D bf16 words ``bits`` as uint8 mod 256
     (255 is -1), the codes :func:`~bitconvert.ternary.quantize.absmean_quantize` gives, for ``threshold``
     from :func:`~bitconvert.ternary.quantize.bf16_scale_threshold`. With ``order``, output row ``r`` holds the
     codes of input row ``order[r]``. Each call reuses its thread's buffer: consume it before that
-    thread's next call.
+    thread's next call. ``release`` (flat indices of ``bits``) is told of the rows each call has read.
     """
     if bits.dtype != np.uint16 or bits.ndim != 2:
         raise ValueError(f"bf16_code_rows expects 2-D bf16 words, got {bits.dtype} {tuple(bits.shape)}")
@@ -136,6 +152,9 @@ def bf16_code_rows(
             kernel(src.reshape(-1), threshold, out.reshape(-1), 0, n)
         else:
             _codes_into(src, threshold, out, tmp)
+        if release is not None:
+            read = (r0, r1) if order is None else (int(order[r0:r1].min()), int(order[r0:r1].max()) + 1)
+            release(read[0] * cols, read[1] * cols)
         return out
 
     return rows

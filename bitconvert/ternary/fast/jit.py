@@ -131,7 +131,7 @@ def _warm_block_abs_sums(k: Callable) -> None:
 
 
 def _warm_pack_rows(k: Callable) -> None:
-    k(np.zeros((4, 2, 8), dtype=np.uint16), 1, np.empty((2, 8), dtype=np.uint8), 0, 2)
+    k(np.zeros((4, 2, 8), dtype=np.uint16), 1, np.empty((2, 8), dtype=np.uint8), 0, 2, 0)
 
 
 def _warm_codes_flat(k: Callable) -> None:
@@ -178,13 +178,14 @@ def _block_abs_sums(bits, first, blocks, step, cols, out):
             out[k, c] = acc[c]
 
 
-def _pack_rows(planes, threshold, out, r0, r1):
-    """Packed row-block bytes for rows r0..r1 of ``out``: sum over planes i of (code + 1) << 2i."""
+def _pack_rows(planes, threshold, out, r0, r1, first):
+    """Packed row-block bytes for rows r0..r1 of the packed weight into ``out``, whose row 0 is row
+    ``first``: sum over planes i of (code + 1) << 2i."""
     hi = np.uint16(0x8000 + threshold)
     t = np.uint16(threshold)
     neg = np.uint16(0x7FFF)
     for r in range(r0, r1):
-        o = out[r]
+        o = out[r - first]
         p0, p1, p2, p3 = planes[0, r], planes[1, r], planes[2, r], planes[3, r]
         for c in range(o.size):
             byte = np.uint8(0x55)  # the +1 of every plane

@@ -27,6 +27,7 @@ import platform
 import sys
 import threading
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -40,6 +41,12 @@ ILP = 4
 CHUNK_ROWS = 4096
 LANE_CANDIDATES = (8, 16, 4, 32)
 
+#: ``release(start, stop)``: called once flat values ``start:stop`` have been read (a mapped weight
+#: hands their pages back there; see :func:`bitconvert.io.safetensors.page_release`)
+Release = Callable[[int, int], None]
+#: values per call of the compiled first level: a mapped weight's pages go back in steps of about 2 MB
+COMPILED_BATCH = 1 << 20
+
 _calibration: dict[int, int | None] = {}
 _lock = threading.Lock()
 
@@ -52,15 +59,18 @@ class _AbsReader:
     """|x| of bf16 bit patterns as float32, into reused buffers: the bits, sign cleared, become
     the high half of each float32 (two contiguous passes; faster than a strided store)."""
 
-    def __init__(self, bits: np.ndarray, capacity: int) -> None:
+    def __init__(self, bits: np.ndarray, capacity: int, release: Release | None = None) -> None:
         self.bits = bits
         self.magnitudes = np.empty(capacity, dtype=np.uint16)
         self.words = np.empty(capacity, dtype=np.uint32)
+        self.release = release
 
     def read(self, start: int, stop: int) -> np.ndarray:
         n = stop - start
         mag, words = self.magnitudes[:n], self.words[:n]
         np.bitwise_and(self.bits[start:stop], 0x7FFF, out=mag)
+        if self.release is not None:
+            self.release(start, stop)
         np.left_shift(mag, 16, out=words, dtype=np.uint32)
         return words.view(np.float32)
 
@@ -68,14 +78,17 @@ class _AbsReader:
 class _FloatAbsReader:
     """|x| of float16/float32/float64 values as float32 (torch's ``.float()`` then ``abs``), into a reused buffer."""
 
-    def __init__(self, values: np.ndarray, capacity: int) -> None:
+    def __init__(self, values: np.ndarray, capacity: int, release: Release | None = None) -> None:
         self.values = values
         self.out = np.empty(capacity, dtype=np.float32)
+        self.release = release
 
     def read(self, start: int, stop: int) -> np.ndarray:
         out = self.out[: stop - start]
         with np.errstate(over="ignore"):  # float64 beyond float32's range is inf, as in torch
             out[:] = self.values[start:stop]
+        if self.release is not None:
+            self.release(start, stop)
         return np.abs(out, out=out)
 
 
@@ -132,12 +145,19 @@ def _range_sum(reader: "_AbsReader | _Values", begin: int, end: int, lanes: int,
     return total
 
 
-def _compiled_block_sums(kernel, bits: np.ndarray):
-    """``block_sums`` for :func:`_range_sum` from the compiled loop over the bf16 words ``bits``."""
+def _compiled_block_sums(kernel, bits: np.ndarray, release: Release | None = None):
+    """``block_sums`` for :func:`_range_sum` from the compiled loop over the bf16 words ``bits``
+    (blocks are independent sums: a batch of them per call gives the same results)."""
 
     def block_sums(first: int, blocks: int, step: int, cols: int) -> np.ndarray:
         out = np.empty((blocks, cols), dtype=np.float32)
-        kernel(bits, first, blocks, step, cols, out)
+        size = step * cols
+        batch = max(1, COMPILED_BATCH // size)
+        for k in range(0, blocks, batch):
+            n = min(batch, blocks - k)
+            kernel(bits, first + k * size, n, step, cols, out[k : k + n])
+            if release is not None:
+                release(first + k * size, first + (k + n) * size)
         return out
 
     return block_sums
@@ -158,16 +178,17 @@ def abs_sum_bf16(bits: np.ndarray, threads: int, lanes: int) -> np.float32:
     return abs_sum(bits, "BF16", threads, lanes)
 
 
-def abs_sum(values: np.ndarray, dtype_name: str, threads: int, lanes: int) -> np.float32:
-    """torch's ``w.float().abs().sum()`` of flat stored values (bf16 as its uint16 words), bit for bit."""
+def abs_sum(values: np.ndarray, dtype_name: str, threads: int, lanes: int, release: Release | None = None) -> np.float32:
+    """torch's ``w.float().abs().sum()`` of flat stored values (bf16 as its uint16 words), bit for bit.
+    ``release`` is told of each stretch of values once it has been read."""
     n = values.size
     compiled = _compiled_for(n, lanes) if dtype_name == "BF16" else None
 
-    block_sums = _compiled_block_sums(compiled, values) if compiled is not None else None
+    block_sums = _compiled_block_sums(compiled, values, release) if compiled is not None else None
 
     def range_sum(span: tuple[int, int]) -> np.float32:
         capacity = min(span[1] - span[0], CHUNK_ROWS * ILP * lanes) + ILP * lanes
-        reader = _AbsReader(values, capacity) if dtype_name == "BF16" else _FloatAbsReader(values, capacity)
+        reader = (_AbsReader if dtype_name == "BF16" else _FloatAbsReader)(values, capacity, release)
         return _range_sum(reader, span[0], span[1], lanes, block_sums)
 
     if n < GRAIN or threads == 1:
