@@ -14,7 +14,7 @@ import typer.main
 from typer._click.exceptions import ClickException, UsageError  # typer 0.29 vendors click (pinned in pyproject)
 
 from .. import __version__
-from ..io.pipeline import return_freed_blocks
+from ..io.pipeline import tune_allocator
 from . import coercion, convert, embed, runtime, upload, verify
 from .common import INTERRUPTED_EXIT, Quiet, err, fail_line, guarded, out, state, usage_error_line
 
@@ -102,7 +102,11 @@ def main() -> None:
     would add up to a second to every run. Exit handlers still run and output is flushed, then the
     process ends with the command's exit code. For use inside another program, call ``app``.
     """
-    return_freed_blocks()  # a streaming conversion's memory stays its pipeline's (see there)
+    tune_allocator()  # pieces reused from the heap, memory bounded (see there)
+    # numba imports scipy where it is installed, and each OpenBLAS (numpy's, scipy's) starts a thread
+    # per core that spins after start-up; nothing the command line runs multiplies float matrices in
+    # numpy, so they would only take the cores the conversion uses. Set before numpy is imported.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     try:
         # not standalone: a usage error comes back here, to be said in one line (typer draws a box)
         code = app(standalone_mode=False)

@@ -7,12 +7,11 @@ arithmetic and file I/O overlap instead of taking turns, in bounded memory.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import sys
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator, Protocol, Sequence, TypeVar
+
+from .writeback import libc
 
 
 class Planned(Protocol):
@@ -67,25 +66,31 @@ def produced_ahead(plan: Sequence[P], produce: Callable[[P], T], ahead_bytes: in
                 future.cancel()
 
 
-#: glibc's mallopt parameter for the size from which blocks are mapped on their own
+#: glibc's mallopt parameters: the size from which blocks are mapped on their own, and how much
+#: free memory the heap keeps before giving it back
 _M_MMAP_THRESHOLD = -3
+_M_TRIM_THRESHOLD = -1
+#: the pieces production makes are a few MB (rows of a tensor, at most ``ROW_BLOCK_VALUES`` values):
+#: below this they come from the heap and are reused; whole large tensors are mapped on their own
+MMAP_THRESHOLD = 16 << 20
+#: free heap kept for the next pieces instead of being given back and faulted in again
+TRIM_THRESHOLD = 64 << 20
 
 
-def return_freed_blocks() -> bool:
-    """Have blocks of 1 MiB and more (tensor pieces, row blocks) mapped on their own, so that each
-    goes back to the system when freed; returns whether the C library took the setting.
+def tune_allocator() -> bool:
+    """Fix the C library's allocation thresholds for streaming; returns whether it took them.
 
-    glibc raises that threshold to the size of the largest block freed so far (up to 32 MiB):
-    from then on every piece of that size comes from the heap, and heap memory freed by one thread
-    and asked for by another stays resident, so a streaming conversion's peak memory would grow with
-    the number of pieces it makes (a third more at 2B) and the kernel would spend as long again
-    trimming and re-faulting heap pages. The command line sets this once at start-up; a program
-    that calls the library can do the same (or set ``MALLOC_MMAP_THRESHOLD_=1048576``).
+    glibc moves its mmap threshold up to the largest block freed so far, which makes memory follow
+    the order tensors happen to come in; and with blocks of 1 MiB mapped on their own (what we did
+    before the pieces were bounded) every piece is faulted in and zeroed by the kernel, then
+    unmapped: a third of a conversion's CPU time. With fixed thresholds the pieces are reused from
+    the heap, and the heap keeps at most ``TRIM_THRESHOLD`` free: peak memory is the pipeline's
+    budget plus that, whatever the model's size. The command line sets this once at start-up; a
+    program that calls the library can do the same (or set ``MALLOC_MMAP_THRESHOLD_`` and
+    ``MALLOC_TRIM_THRESHOLD_`` in the environment).
     """
-    if not sys.platform.startswith("linux"):
+    lib = libc()  # the process's own: finding it by name would run ldconfig in a subprocess
+    mallopt = getattr(lib, "mallopt", None) if lib is not None else None
+    if mallopt is None:  # not glibc (musl has no mallopt): its own allocator decides
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, 1 << 20))
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt): its own allocator decides
-        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))

@@ -8,10 +8,12 @@ then streams each tensor's bytes; nothing but the tensor being written is held.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import mmap
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -21,6 +23,7 @@ import numpy as np
 from ..dtypes import NAMES, Dense, itemsize
 from ..errors import CheckpointError
 from .jsonfile import parse_json_text
+from .writeback import WriteBehind
 
 #: safetensors itself refuses headers above 100 MB.
 MAX_HEADER_BYTES = 100_000_000
@@ -144,12 +147,22 @@ class SafetensorsFile:
         raw = read_exact(self.path, t.offset + start * row_bytes, n, t.name) if n else np.empty(0, dtype=np.uint8)
         return Dense.from_bytes(raw, t.dtype_name, (stop - start, *t.shape[1:]))
 
+    def row_slice(self, name: str, start: int, stop: int) -> "FileSlice":
+        """Where rows ``start:stop`` of a tensor lie in the file, for a writer that copies them as stored."""
+        t = self.tensors[name]
+        rows = t.shape[0] if t.shape else 1
+        if not 0 <= start <= stop <= rows:
+            raise ValueError(f"rows {start}:{stop} outside tensor {name} of {rows} rows")
+        row_bytes = t.nbytes // rows if rows else 0
+        shape = (stop - start, *t.shape[1:]) if t.shape else ()
+        return FileSlice(self.path, t.offset + start * row_bytes, (stop - start) * row_bytes, t.dtype_name, shape)
+
     def read_bytes(self, name: str) -> np.ndarray:
         """The tensor's stored bytes, flat uint8 (for checks and hashes on bytes)."""
         t = self.tensors[name]
         return np.frombuffer(self._buffer(t), dtype=np.uint8) if t.nbytes else np.empty(0, dtype=np.uint8)
 
-    def _buffer(self, t: StoredTensor) -> memoryview | bytearray:
+    def _buffer(self, t: StoredTensor) -> memoryview | np.ndarray:
         if t.nbytes >= MAP_MIN_BYTES:
             return map_private(self.path, t.offset, t.nbytes, t.name)
         return read_exact(self.path, t.offset, t.nbytes, t.name)
@@ -194,19 +207,36 @@ def page_release(values: np.ndarray) -> Callable[[int, int], None] | None:
     mapping = owner
     first = values.ctypes.data - np.frombuffer(mapping, dtype=np.uint8, count=1).ctypes.data
     item, page = values.itemsize, mmap.PAGESIZE
+    pending = threading.local()  # per thread: the contiguous stretch read and not yet handed back
 
-    def release(start: int, stop: int) -> None:
+    def drop(start: int, stop: int) -> None:
         lo = -(-(first + start * item) // page) * page  # pages wholly inside the range only
         hi = (first + stop * item) // page * page
         if hi > lo:
             mapping.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
+    def release(start: int, stop: int) -> None:
+        # each hand-back flushes the other cores' TLBs: one call per RELEASE_STEP bytes read, not per piece
+        lo, hi = getattr(pending, "span", (start, start))
+        if start != hi:
+            drop(lo, hi)
+            lo = start
+        if (stop - lo) * item >= RELEASE_STEP:
+            drop(lo, stop)
+            lo = stop
+        pending.span = (lo, stop)
+
     return release
 
 
-def read_exact(path: Path, offset: int, length: int, tensor: str | None = None) -> bytearray:
-    """``length`` bytes at ``offset`` with pread: only they become resident, whatever the file's size."""
-    buf = bytearray(length)
+#: bytes a mapped weight's reader goes through between two hand-backs of its pages (each thread)
+RELEASE_STEP = 4 << 20
+
+
+def read_exact(path: Path, offset: int, length: int, tensor: str | None = None) -> np.ndarray:
+    """``length`` bytes at ``offset`` (flat uint8) with pread: only they become resident, whatever the
+    file's size. The buffer is not zeroed first: pread fills every byte or the read fails."""
+    buf = np.empty(length, dtype=np.uint8)
     try:
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -222,6 +252,58 @@ def read_exact(path: Path, offset: int, length: int, tensor: str | None = None) 
     except OSError as exc:
         raise CheckpointError(path, f"cannot read: {exc.strerror or exc}", tensor) from None
     return buf
+
+
+@dataclass(frozen=True)
+class FileSlice:
+    """Stored bytes a writer keeps as they are (rows of a tensor whose dtype does not change): it
+    copies them file to file in the kernel (:func:`copy_slice`), never through this process's memory."""
+
+    path: Path
+    offset: int
+    nbytes: int
+    dtype_name: str
+    shape: tuple[int, ...]
+
+
+#: copy_file_range errors that mean "not between these two files": copy through memory instead
+_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF, errno.ETXTBSY}
+
+
+def copy_slice(part: FileSlice, out_fd: int) -> int:
+    """Append ``part``'s bytes at ``out_fd``'s position (its file flushed first); returns the count.
+    ``copy_file_range`` where the kernel can, else pread and write a few MB at a time."""
+    done = 0
+    try:
+        src = os.open(part.path, os.O_RDONLY)
+    except OSError as exc:
+        raise CheckpointError(part.path, f"cannot read: {exc.strerror or exc}") from None
+    try:
+        kernel = hasattr(os, "copy_file_range")
+        while done < part.nbytes:
+            if kernel:
+                try:
+                    n = os.copy_file_range(src, out_fd, part.nbytes - done, part.offset + done)
+                except OSError as exc:
+                    if exc.errno not in _NO_KERNEL_COPY:
+                        raise
+                    kernel = False
+                    continue
+            else:
+                chunk = os.pread(src, min(_COPY_CHUNK, part.nbytes - done), part.offset + done)
+                n = len(chunk)
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(out_fd, view) :]
+            if n <= 0:
+                raise CheckpointError(part.path, "file ended while reading the tensor")
+            done += n
+    finally:
+        os.close(src)
+    return done
+
+
+_COPY_CHUNK = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -253,12 +335,14 @@ class SafetensorsWriter:
         self._file = open(path, "xb")
         self._file.write(len(raw).to_bytes(8, "little"))
         self._file.write(raw)
+        self._behind = WriteBehind(self._file.fileno())  # the disk writes while the rest is made
         self._next = 0
         self._rows = 0  # rows of the next tensor written so far
 
-    def write(self, name: str, value: Dense) -> None:
+    def write(self, name: str, value: Dense | FileSlice) -> None:
         """Write the next planned tensor: whole, or as consecutive blocks of rows (its first axis),
-        so that a large tensor never needs to be in memory at once."""
+        so that a large tensor never needs to be in memory at once; a :class:`FileSlice` is copied
+        file to file."""
         want = self.plan[self._next]
         if want.shape:
             fits = value.shape[1:] == want.shape[1:] and len(value.shape) == len(want.shape)
@@ -270,8 +354,11 @@ class SafetensorsWriter:
                 f"writer expected {want.name} {want.dtype_name} {want.shape} (rows {self._rows}:), got {name} "
                 f"{value.dtype_name} {value.shape}"
             )
-        if value.size:
-            self._file.write(memoryview(value.raw()))
+        if isinstance(value, FileSlice):
+            self._file.flush()
+            self._behind.wrote(copy_slice(value, self._file.fileno()))
+        elif value.size:
+            self._behind.wrote(self._file.write(memoryview(value.raw())))
         self._rows += value.shape[0] if want.shape else 0
         if not want.shape or self._rows == want.shape[0]:
             self._next += 1

@@ -32,6 +32,7 @@ from .families import EMBEDDING_ROLE
 if TYPE_CHECKING:
     import numpy as np
 
+    from ..io.safetensors import FileSlice
     from ..ternary.records import ScaleRecord
     from ..ternary.scale import Scale
     from ..ternary.stats import CodeCounts
@@ -87,6 +88,9 @@ class TensorEntry:
     #: read on its own, so that a large tensor (an embedding) streams in row blocks (see
     #: :func:`dense_rows`); None where only ``load()`` can read it
     rows: Callable[[int, int], Dense] | None = None
+    #: DENSE/LATENT stored as rows in a file: ``row_bytes(start, stop)`` is where those rows lie, so a
+    #: writer that keeps their dtype copies them file to file; None where they are not plain bytes in a file
+    row_bytes: Callable[[int, int], FileSlice] | None = None
 
     @property
     def ternary(self) -> bool:

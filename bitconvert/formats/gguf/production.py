@@ -17,10 +17,11 @@ import numpy as np
 
 from ...dtypes import Dense, float_bits
 from ...errors import CheckpointError
-from ...io.safetensors import page_release
+from ...io.safetensors import FileSlice, page_release
 from ...model.checkpoint import (
     ROW_BLOCK_VALUES,
     Checkpoint,
+    Kind,
     TensorEntry,
     Value,
     as_dense,
@@ -52,11 +53,13 @@ class Piece:
     start: int
     stop: int
     nbytes: int
+    #: rows copied as stored, file to file (a FileSlice): they take no memory while they wait
+    copied: bool = False
 
 
 @dataclass
 class Made:
-    data: np.ndarray  # the piece's bytes (any dtype; written as stored)
+    data: np.ndarray | FileSlice  # the piece's bytes (any dtype; written as stored), or where they lie in a file
     source: str = ""  # quantized weights: how the ternary form was obtained (kept/recovered/quantized)
     magnitude: float | None = None  # quantized weights: mean|W|, exact in float64
     #: float pieces: values the stored type changed (read back minus the offset), of how many, by how much at most
@@ -79,11 +82,18 @@ class Loss:
         self.worst = max(self.worst, made.worst)
 
 
-def pieces(plan: Plan) -> list[Piece]:
+def pieces(plan: Plan, ckpt: Checkpoint | None = None) -> list[Piece]:
+    """The production units of ``plan``, in order; with ``ckpt``, float tensors stored in the
+    type they are written in are copied as stored."""
     out = []
     for i, p in enumerate(plan.tensors):
         if p.role != "dense":
             out += _ternary_pieces(i, p, plan)
+            continue
+        if ckpt is not None and _copies_as_stored(p, ckpt.tensors[p.hf]):
+            rows = p.tensor.shape[0]
+            step = max(1, DENSE_SLAB // max(1, p.tensor.shape[1]))
+            out += [Piece(i, r, min(r + step, rows), 0, True) for r in range(0, rows, step)]
             continue
         shape = p.tensor.shape
         cols = shape[-1] if shape else 1
@@ -94,6 +104,15 @@ def pieces(plan: Plan) -> list[Piece]:
             stop = min(r + step, rows)
             out.append(Piece(i, r, stop, (stop - r) * row_bytes))
     return out
+
+
+def _copies_as_stored(p: TensorPlan, entry: TensorEntry) -> bool:
+    """Whether a float tensor's GGUF bytes are its stored bytes: its own dtype, no offset, no permutation."""
+    t = types.TYPES[p.tensor.type]
+    return (
+        entry.row_bytes is not None and entry.kind is not Kind.TERNARY and not p.heads and not p.offset
+        and t.dtype_name == entry.dtype_name and len(entry.shape) == 2 and tuple(entry.shape) == tuple(p.tensor.shape)
+    )  # fmt: skip
 
 
 def _ternary_pieces(index: int, p: TensorPlan, plan: Plan) -> list[Piece]:
@@ -127,6 +146,8 @@ class Producer:
             return _ternary(p, self.plan, entry, entry.load())
         if p.role != "dense":
             return self._ternary_rows(p, entry, piece)
+        if piece.copied and entry.row_bytes is not None:  # the stored bytes themselves, copied file to file
+            return Made(entry.row_bytes(piece.start, piece.stop))
         if not p.heads and len(entry.shape) == 2 and dense_rows_known(entry):  # read block by block
             chunk = dense_rows(entry, piece.start, piece.stop)
         else:

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from gguf.constants import Keys
 
+from ...io.safetensors import FileSlice, copy_slice
+from ...io.writeback import WriteBehind
 from . import types
 from .parser import (
     ARRAY,
@@ -131,6 +133,7 @@ class GGUFStreamWriter:
         raw = b"".join(head)
         self._file = open(path, "xb")
         self._file.write(raw + b"\0" * _pad(len(raw), alignment))
+        self._behind = WriteBehind(self._file.fileno())  # the disk writes while the rest is encoded
         self._next = 0
         # Writes run on a thread (the kernel copy releases the GIL) so the next tensor is encoded
         # meanwhile; the queue holds at most two pieces, so memory stays bounded.
@@ -146,7 +149,11 @@ class GGUFStreamWriter:
                 return
             if self._error is None:
                 try:
-                    self._file.write(buf)
+                    if isinstance(buf, FileSlice):  # stored bytes kept as they are: copied file to file
+                        self._file.flush()
+                        self._behind.wrote(copy_slice(buf, self._file.fileno()))
+                    else:
+                        self._behind.wrote(self._file.write(buf))
                 except BaseException as exc:  # reported to the caller on its next write or close
                     self._error = exc
 
@@ -162,18 +169,20 @@ class GGUFStreamWriter:
     def write(self, name: str, data: np.ndarray | bytes) -> None:
         self.write_parts(name, [data])
 
-    def write_parts(self, name: str, parts: Iterable[np.ndarray | bytes]) -> None:
-        """One tensor's bytes, given in consecutive pieces (so a large tensor is never copied whole)."""
+    def write_parts(self, name: str, parts: Iterable[np.ndarray | bytes | FileSlice]) -> None:
+        """One tensor's bytes, given in consecutive pieces (so a large tensor is never copied whole);
+        a :class:`FileSlice` is copied file to file."""
         want = self.plan[self._next]
         if name != want.name:
             raise ValueError(f"GGUF writer expected tensor {want.name}, got {name}")
         written = 0
         for part in parts:
-            buf = part if isinstance(part, (bytes, bytearray)) else _as_bytes(part)
-            if written + len(buf) > want.nbytes:
+            buf = part if isinstance(part, (bytes, bytearray, FileSlice)) else _as_bytes(part)
+            size = buf.nbytes if isinstance(buf, FileSlice) else len(buf)
+            if written + size > want.nbytes:
                 raise ValueError(f"GGUF writer got more than the {want.nbytes} bytes planned for {want.name}")
             self._put(buf)
-            written += len(buf)
+            written += size
         if written != want.nbytes:
             raise ValueError(f"GGUF writer expected {want.nbytes} bytes for {want.name}, got {written}")
         self._put(b"\0" * _pad(want.nbytes, self.alignment))

@@ -309,7 +309,7 @@ def _stream(
     folded_err = 0.0
     rounded: list[str] = []
     total = len(plan.tensors)
-    work = production.pieces(plan)
+    work = production.pieces(plan, ckpt)
     count = Counter(piece.index for piece in work)
     made = produced_ahead(work, production.Producer(ckpt, plan), ahead_budget(work))
     try:

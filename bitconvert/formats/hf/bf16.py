@@ -67,6 +67,7 @@ class HFBF16Reader:
                 lambda st=st, t=t: st.read(t.name), lambda st=st, t=t, r=record: _stored(st, t, r), t.dtype_name,
                 record=record, online=quantized and values == VALUES_ONLINE,
                 rows=lambda a, b, st=st, t=t: st.read_rows(t.name, a, b),
+                row_bytes=lambda a, b, st=st, t=t: st.row_slice(t.name, a, b),
             )  # fmt: skip
         ckpt = Checkpoint(NAME, path, cfg, entries, d.side_files, notes)
         ckpt.origin.recorded_provenance = read_provenance_file(path)

@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...dtypes import Dense
-from ...io.safetensors import PlannedTensor
-from ...model.checkpoint import Checkpoint, Kind, as_dense, dense_rows, dense_rows_known
+from ...io.safetensors import FileSlice, PlannedTensor
+from ...model.checkpoint import Checkpoint, Kind, as_dense, dense_rows_known
 from ...model.config import QuantConfig, QuantMode
 from ...ternary import LinearClass, TernaryWeight
 from ...ternary.records import SCALES_KEY, VALUES_EXACT, VALUES_KEY, VALUES_ONLINE, encode_record, encode_records
 from .. import Progress, WriteReport, register_writer
 from .bf16 import NAME
-from .common import Piece, copy_side_files, ordered_names, write_json, write_safetensors_dir
+from .common import Piece, copies_as_stored, copy_side_files, dense_piece, ordered_names, write_json, write_safetensors_dir
 from .options import HFBF16Options
 
 
@@ -49,11 +49,11 @@ class HFBF16Writer:
             metadata[VALUES_KEY] = VALUES_ONLINE if online else VALUES_EXACT
         dequantized = 0
 
-        def produce(piece: Piece) -> Dense:
+        def produce(piece: Piece) -> Dense | FileSlice:
             nonlocal dequantized
             t = piece.tensor
             if not piece.whole:  # a block of rows of a large float tensor (the embedding)
-                return dense_rows(ckpt.tensors[t.name], piece.start, piece.stop).to(t.dtype_name)
+                return dense_piece(ckpt.tensors[t.name], piece)
             value = ckpt.tensors[t.name].load()
             if not isinstance(value, TernaryWeight):
                 return as_dense(value, t.dtype_name)
@@ -63,7 +63,9 @@ class HFBF16Writer:
         def by_rows(t: PlannedTensor) -> bool:
             return dense_rows_known(ckpt.tensors[t.name])
 
-        write_safetensors_dir(out, plan, produce, options.max_shard_size, metadata, progress, report, by_rows)
+        write_safetensors_dir(
+            out, plan, produce, options.max_shard_size, metadata, progress, report, by_rows, copies_as_stored(ckpt)
+        )
         src_q = cfg.quantization or QuantConfig()
         # transformers quantizes float masters on the fly only through AutoBitLinear's online mode.
         quant = QuantConfig(

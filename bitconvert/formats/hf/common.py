@@ -16,8 +16,8 @@ from ...model.sentence_transformers import MODULES_FILE, read_modules
 from ...errors import CheckpointError
 from ...io.jsonfile import read_json_object
 from ...io.pipeline import ahead_budget, produced_ahead
-from ...model.checkpoint import ROW_BLOCK_VALUES, row_blocks
-from ...io.safetensors import PlannedTensor, SafetensorsFile, SafetensorsWriter, StoredTensor
+from ...model.checkpoint import ROW_BLOCK_VALUES, Checkpoint, Kind, TensorEntry, dense_rows, row_blocks
+from ...io.safetensors import FileSlice, PlannedTensor, SafetensorsFile, SafetensorsWriter, StoredTensor
 from ...dtypes import Dense
 from .. import Progress, WriteReport, parsed_once
 
@@ -210,36 +210,62 @@ class Piece:
     start: int
     stop: int
     whole: bool
+    #: copied file to file (a FileSlice): it takes no memory while it waits to be written
+    copied: bool = False
 
     @property
     def nbytes(self) -> int:
         rows = self.tensor.shape[0] if self.tensor.shape else 1
-        return self.tensor.nbytes * (self.stop - self.start) // rows if rows else 0
+        return 0 if self.copied or not rows else self.tensor.nbytes * (self.stop - self.start) // rows
 
 
-def pieces(plan: list[PlannedTensor], by_rows: Callable[[PlannedTensor], bool]) -> list[Piece]:
+def pieces(
+    plan: list[PlannedTensor],
+    by_rows: Callable[[PlannedTensor], bool],
+    copies: Callable[[PlannedTensor], bool] = lambda t: False,
+) -> list[Piece]:
     """Each planned tensor as one piece, or (where ``by_rows`` says its rows can be produced on
     their own, and it is larger than a block) as blocks of rows: memory follows the block, not the
-    tensor (an embedding is vocabulary x hidden)."""
+    tensor (an embedding is vocabulary x hidden). ``copies``: whose blocks are copied as stored."""
     out = []
     for t in plan:
         rows = t.shape[0] if t.shape else 1
         if t.shape and math.prod(t.shape) > ROW_BLOCK_VALUES and by_rows(t):
-            out += [Piece(t, a, b, False) for a, b in row_blocks(t.shape, ROW_BLOCK_VALUES)]
+            copied = copies(t)
+            out += [Piece(t, a, b, False, copied) for a, b in row_blocks(t.shape, ROW_BLOCK_VALUES)]
         else:
             out.append(Piece(t, 0, rows, True))
     return out
 
 
+def copies_as_stored(ckpt: Checkpoint) -> Callable[[PlannedTensor], bool]:
+    """Whether a planned tensor's rows are the source's stored bytes (same dtype, rows in a file)."""
+
+    def copies(t: PlannedTensor) -> bool:
+        entry = ckpt.tensors.get(t.name)
+        return entry is not None and entry.row_bytes is not None and entry.kind is not Kind.TERNARY and entry.dtype_name == t.dtype_name
+
+    return copies
+
+
+def dense_piece(entry: TensorEntry, piece: Piece) -> Dense | FileSlice:
+    """A block of rows of a dense tensor in the planned dtype: where the piece is copied as stored,
+    where its bytes lie; else the values read and converted."""
+    if piece.copied and entry.row_bytes is not None:
+        return entry.row_bytes(piece.start, piece.stop)
+    return dense_rows(entry, piece.start, piece.stop).to(piece.tensor.dtype_name)
+
+
 def write_safetensors_dir(
     out: Path,
     plan: list[PlannedTensor],
-    produce: Callable[[Piece], Dense],
+    produce: Callable[[Piece], Dense | FileSlice],
     max_shard_size: int,
     metadata: dict[str, str],
     progress: Progress,
     report: WriteReport,
     by_rows: Callable[[PlannedTensor], bool] = lambda t: False,
+    copies: Callable[[PlannedTensor], bool] = lambda t: False,
 ) -> None:
     """Write ``plan`` as one file or as shards plus an index, producing each piece just in time
     (see :func:`pieces`: ``produce`` gets whole tensors, and row blocks of those ``by_rows`` allows)."""
@@ -248,7 +274,7 @@ def write_safetensors_dir(
     names = [SINGLE_NAME] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
     weight_map: dict[str, str] = {}
     done = 0
-    work = pieces(plan, by_rows)
+    work = pieces(plan, by_rows, copies)
     made = produced_ahead(work, produce, ahead_budget(work))
     at = 0
     try:

@@ -110,6 +110,7 @@ class HFPackedReader:
                     name, t.shape, Kind.DENSE, t.dtype_name, str(st.path), lambda st=st, t=t: st.read(t.name),
                     lambda st=st, t=t: float_stored(st.read_bytes(t.name), t.dtype_name), t.dtype_name,
                     rows=lambda a, b, st=st, t=t: st.read_rows(t.name, a, b),
+                    row_bytes=lambda a, b, st=st, t=t: st.row_slice(t.name, a, b),
                 )
                 continue
             sname = scale_name(name)

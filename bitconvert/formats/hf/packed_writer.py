@@ -10,13 +10,12 @@ import numpy as np
 
 from ...dtypes import Dense
 from ...errors import CheckpointError
-from ...io.safetensors import PlannedTensor, page_release
+from ...io.safetensors import FileSlice, PlannedTensor, page_release
 from ...model.checkpoint import (
     Checkpoint,
     Kind,
     TensorEntry,
     as_dense,
-    dense_rows,
     dense_rows_known,
     entry_as_ternary,
     quantizing,
@@ -26,7 +25,7 @@ from ...ternary import VALUES_PER_BYTE, LinearClass, Scale, pack_codes, recover_
 from ...ternary.quantize import PackedRows
 from ...ternary.recipes import RECIPES, Recipe, check_recipe, recipe_quantizer
 from .. import Progress, WriteReport, register_writer
-from .common import Piece, copy_side_files, ordered_names, write_json, write_safetensors_dir
+from .common import Piece, copies_as_stored, copy_side_files, dense_piece, ordered_names, write_json, write_safetensors_dir
 from .options import HFPackedOptions
 from .packed import NAME, scale_name
 
@@ -84,14 +83,14 @@ class HFPackedWriter:
         how = Counter()
         packing: list[Rows] = []  # the quantized weight whose blocks of packed rows are being made
 
-        def produce(piece: Piece) -> Dense:
+        def produce(piece: Piece) -> Dense | FileSlice:
             t = piece.tensor
             if t.name in pending_scales:
                 return pending_scales.pop(t.name)
             entry = ckpt.tensors[t.name]
             if not ckpt.is_quantized_linear(t.name):
                 if not piece.whole:  # a block of rows of a large dense tensor (the embedding)
-                    return dense_rows(entry, piece.start, piece.stop).to(t.dtype_name)
+                    return dense_piece(entry, piece)
                 return as_dense(entry.load(), t.dtype_name)
             if piece.start == 0:  # the weight's first block: its scale, and how its rows are made
                 rows, scale, source = _packed(entry, linear_class, options)
@@ -107,7 +106,9 @@ class HFPackedWriter:
             entry = ckpt.tensors.get(t.name)
             return entry is not None and (ckpt.is_quantized_linear(t.name) or dense_rows_known(entry))
 
-        write_safetensors_dir(out, plan, produce, options.max_shard_size, {"format": "pt"}, progress, report, by_rows)
+        write_safetensors_dir(
+            out, plan, produce, options.max_shard_size, {"format": "pt"}, progress, report, by_rows, copies_as_stored(ckpt)
+        )
         src_q = cfg.quantization or QuantConfig()
         quant = QuantConfig(
             linear_class=linear_class,

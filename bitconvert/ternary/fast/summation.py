@@ -115,9 +115,8 @@ def _range_sum(reader: "_AbsReader | _Values", begin: int, end: int, lanes: int,
     full = rows // group * group
     blocks = (rows - full) // step  # whole blocks of ``step`` rows after the last whole group
     if block_sums is not None:
-        level1 = block_sums(begin, full // step + blocks, step, cols)
-        b2 = _seq(level1[: full // step].reshape(-1, step, cols), 1)
-        acc1 = _seq(level1[full // step :], 0)
+        b2, tail = block_sums(begin, full // step, blocks, step, cols)
+        acc1 = _seq(tail, 0)
     else:
         per = max(group, CHUNK_ROWS // group * group)
         level2 = []
@@ -146,19 +145,28 @@ def _range_sum(reader: "_AbsReader | _Values", begin: int, end: int, lanes: int,
 
 
 def _compiled_block_sums(kernel, bits: np.ndarray, release: Release | None = None):
-    """``block_sums`` for :func:`_range_sum` from the compiled loop over the bf16 words ``bits``
-    (blocks are independent sums: a batch of them per call gives the same results)."""
+    """``block_sums`` for :func:`_range_sum` from the compiled loop over the bf16 words ``bits``:
+    ``block_sums(first, grouped, extra, step, cols)`` gives the level-2 sums of the first ``grouped``
+    level-1 blocks (whole groups of ``step``) and the level-1 sums of the ``extra`` blocks after them.
+    Blocks and groups are independent sums, so they are made a batch of whole groups per call and
+    folded at once: memory stays a batch, whatever the weight's size, with the same results."""
 
-    def block_sums(first: int, blocks: int, step: int, cols: int) -> np.ndarray:
-        out = np.empty((blocks, cols), dtype=np.float32)
+    def block_sums(first: int, grouped: int, extra: int, step: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
         size = step * cols
-        batch = max(1, COMPILED_BATCH // size)
-        for k in range(0, blocks, batch):
-            n = min(batch, blocks - k)
-            kernel(bits, first + k * size, n, step, cols, out[k : k + n])
+        per = max(step, COMPILED_BATCH // size // step * step)  # blocks per call: whole groups
+        out = np.empty((min(per, max(grouped, extra)), cols), dtype=np.float32)
+        level2 = []
+        for k in range(0, grouped, per):
+            n = min(per, grouped - k)
+            kernel(bits, first + k * size, n, step, cols, out[:n])
             if release is not None:
                 release(first + k * size, first + (k + n) * size)
-        return out
+            level2.append(_seq(out[:n].reshape(-1, step, cols), 1))
+        tail = out[:extra]
+        kernel(bits, first + grouped * size, extra, step, cols, tail)
+        if release is not None:
+            release(first + grouped * size, first + (grouped + extra) * size)
+        return (np.concatenate(level2) if level2 else np.zeros((0, cols), np.float32)), tail
 
     return block_sums
 
