@@ -4,7 +4,8 @@ A conversion writes its output into the page cache far faster than a disk takes 
 starts writing only once a tenth of memory is dirty, so for a model of a few GB almost all of it
 is still to be written when the file is fsynced, and the command waits for all of it then. Starting
 the writeback of each stretch as soon as it is written (``sync_file_range``, which does not wait)
-lets the disk work while the rest is computed, so the final fsync finds little left to do.
+lets the disk work while the rest is computed, so the final fsync finds little left to do. The
+output stays in the page cache (reading it next, as ``verify`` does, costs no disk read).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from functools import lru_cache
 
 #: bytes written between two starts of writeback
 STEP = 32 << 20
-#: sync_file_range flag: start writing the dirty pages of the range, do not wait
-_SYNC_FILE_RANGE_WRITE = 2
+#: sync_file_range flag: start writing the range's dirty pages, do not wait
+_WRITE = 2
 
 
 @lru_cache(maxsize=1)
@@ -42,7 +43,8 @@ def _sync_file_range():
 
 class WriteBehind:
     """Told how many bytes went to a file descriptor, starts their writeback every :data:`STEP`
-    bytes. Advisory: where the call is missing or fails, the final fsync does all the work, as before."""
+    bytes; nothing waits for the disk. Advisory: where the call is missing or fails, the final
+    fsync does all the work, as before."""
 
     def __init__(self, fd: int, start: int = 0) -> None:
         self.fd = fd
@@ -51,8 +53,8 @@ class WriteBehind:
 
     def wrote(self, nbytes: int) -> None:
         self.at += nbytes
-        if self.at - self.done >= STEP:
-            fn = _sync_file_range()
-            if fn is not None:
-                fn(self.fd, self.done, self.at - self.done, _SYNC_FILE_RANGE_WRITE)
-            self.done = self.at
+        fn = _sync_file_range()
+        if self.at - self.done < STEP or fn is None:
+            return
+        fn(self.fd, self.done, self.at - self.done, _WRITE)
+        self.done = self.at
