@@ -14,9 +14,10 @@ import math
 import mmap
 import os
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -147,7 +148,7 @@ class SafetensorsFile:
         raw = read_exact(self.path, t.offset + start * row_bytes, n, t.name) if n else np.empty(0, dtype=np.uint8)
         return Dense.from_bytes(raw, t.dtype_name, (stop - start, *t.shape[1:]))
 
-    def row_slice(self, name: str, start: int, stop: int) -> "FileSlice":
+    def row_slice(self, name: str, start: int, stop: int) -> FileSlice:
         """Where rows ``start:stop`` of a tensor lie in the file, for a writer that copies them as stored."""
         t = self.tensors[name]
         rows = t.shape[0] if t.shape else 1
@@ -373,7 +374,7 @@ class SafetensorsWriter:
         os.fsync(self._file.fileno())
         self._file.close()
 
-    def __enter__(self) -> "SafetensorsWriter":
+    def __enter__(self) -> SafetensorsWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -8,7 +8,8 @@ magnitude (``unpack`` output) are counted by comparing their words with that mag
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 

@@ -10,8 +10,8 @@ codes as quantizing it, never materialised as one int8 array.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

@@ -12,7 +12,15 @@ from ...ternary import LinearClass, TernaryWeight
 from ...ternary.records import SCALES_KEY, VALUES_EXACT, VALUES_KEY, VALUES_ONLINE, encode_record, encode_records
 from .. import Progress, WriteReport, register_writer
 from .bf16 import NAME
-from .common import Piece, copies_as_stored, copy_side_files, dense_piece, ordered_names, write_json, write_safetensors_dir
+from .common import (
+    Piece,
+    copies_as_stored,
+    copy_side_files,
+    dense_piece,
+    ordered_names,
+    write_json,
+    write_safetensors_dir,
+)
 from .options import HFBF16Options
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -25,7 +25,15 @@ from ...ternary import VALUES_PER_BYTE, LinearClass, Scale, pack_codes, recover_
 from ...ternary.quantize import PackedRows
 from ...ternary.recipes import RECIPES, Recipe, check_recipe, recipe_quantizer
 from .. import Progress, WriteReport, register_writer
-from .common import Piece, copies_as_stored, copy_side_files, dense_piece, ordered_names, write_json, write_safetensors_dir
+from .common import (
+    Piece,
+    copies_as_stored,
+    copy_side_files,
+    dense_piece,
+    ordered_names,
+    write_json,
+    write_safetensors_dir,
+)
 from .options import HFPackedOptions
 from .packed import NAME, scale_name
 

@@ -26,8 +26,8 @@ import os
 import platform
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -103,7 +103,7 @@ def _level_step(span: tuple[int, int], lanes: int) -> int:
     return 1 << max(4, _ceil_log2(rows) // LEVELS)
 
 
-def _range_sum(reader: "_AbsReader | _Values", begin: int, end: int, lanes: int, block_sums=None) -> np.float32:
+def _range_sum(reader: _AbsReader | _Values, begin: int, end: int, lanes: int, block_sums=None) -> np.float32:
     """torch's sum over one thread's range. ``block_sums(first, blocks, step, cols)``, where given,
     computes the first level of the cascade (the compiled loop, for bf16); numpy does it otherwise."""
     n = end - begin
