@@ -189,6 +189,10 @@ def map_private(path: Path, offset: int, length: int, tensor: str | None = None)
     return memoryview(m)[offset - start :]
 
 
+#: bytes a mapped weight's reader goes through between two hand-backs of its pages (each thread)
+RELEASE_STEP = 4 << 20
+
+
 def page_release(values: np.ndarray) -> Callable[[int, int], None] | None:
     """``release(start, stop)`` for a C-contiguous array viewing a private mapping (:func:`map_private`):
     hands back to the system the pages that flat elements ``start:stop`` cover whole, so a weight
@@ -228,10 +232,6 @@ def page_release(values: np.ndarray) -> Callable[[int, int], None] | None:
         pending.span = (lo, stop)
 
     return release
-
-
-#: bytes a mapped weight's reader goes through between two hand-backs of its pages (each thread)
-RELEASE_STEP = 4 << 20
 
 
 def read_exact(path: Path, offset: int, length: int, tensor: str | None = None) -> np.ndarray:

@@ -284,6 +284,12 @@ def dense_rows_known(entry: TensorEntry) -> bool:
     return entry.rows is not None and entry.kind is not Kind.TERNARY
 
 
+def rows_copied_as(entry: TensorEntry, dtype_name: str) -> bool:
+    """Whether rows of ``entry`` written in ``dtype_name`` are its stored bytes, copied as they lie in
+    their file (``entry.row_bytes``): a DENSE/LATENT entry stored in that very dtype."""
+    return entry.row_bytes is not None and entry.kind is not Kind.TERNARY and entry.dtype_name == dtype_name
+
+
 def dense_rows(entry: TensorEntry, start: int, stop: int) -> Dense:
     """Rows ``start:stop`` of a DENSE/LATENT entry's value (``load().rows(start, stop)``), read on
     their own where the reader can (:func:`dense_rows_known`), else off the whole value."""

@@ -21,8 +21,6 @@ CodeCounts = tuple[int, int, int, int]
 
 #: bytes per step: small enough to stay in cache
 _CHUNK = 1 << 16
-#: bytes counted between two hand-backs of a mapped tensor's pages
-_RELEASE_EVERY = 16 * _CHUNK
 
 #: for each byte, how many of its four 2-bit fields hold 0, 1, 2 and 3 (codes -1, 0, +1; 3 is invalid)
 FIELD_COUNTS = np.array(
@@ -38,16 +36,14 @@ def _flat_bytes(packed: Any) -> np.ndarray:
 
 def packed_code_counts(packed: Any, release: Callable[[int, int], None] | None = None) -> CodeCounts:
     """Counts of codes -1, 0, +1 and of invalid fields (3) in packed bytes, from a byte histogram.
-    ``release`` is told of the bytes counted so far, about every megabyte (a mapped tensor hands
-    its pages back there: see ``io.safetensors.page_release``)."""
+    ``release`` is told of each chunk once counted (a mapped tensor hands its pages back there, a
+    few MB at a time: see ``io.safetensors.page_release``)."""
     flat = _flat_bytes(packed)
     hist = np.zeros(256, dtype=np.int64)
     for start in range(0, flat.size, _CHUNK):
         hist += np.bincount(flat[start : start + _CHUNK], minlength=256)
-        if release is not None and (start + _CHUNK) % _RELEASE_EVERY == 0:
-            release(start + _CHUNK - _RELEASE_EVERY, start + _CHUNK)
-    if release is not None:
-        release(flat.size // _RELEASE_EVERY * _RELEASE_EVERY, flat.size)
+        if release is not None:
+            release(start, min(start + _CHUNK, flat.size))
     minus, zero, plus, invalid = (int(v) for v in hist @ FIELD_COUNTS)
     return minus, zero, plus, invalid
 

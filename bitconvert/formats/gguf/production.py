@@ -21,7 +21,6 @@ from ...io.safetensors import FileSlice, page_release
 from ...model.checkpoint import (
     ROW_BLOCK_VALUES,
     Checkpoint,
-    Kind,
     TensorEntry,
     Value,
     as_dense,
@@ -29,6 +28,7 @@ from ...model.checkpoint import (
     dense_rows_known,
     entry_as_ternary,
     quantizing,
+    rows_copied_as,
 )
 from ...ternary import LinearClass, Scale, TernaryWeight, recover_ternary
 from ...ternary.fast.bf16_codes import bf16_code_rows
@@ -90,29 +90,23 @@ def pieces(plan: Plan, ckpt: Checkpoint | None = None) -> list[Piece]:
         if p.role != "dense":
             out += _ternary_pieces(i, p, plan)
             continue
-        if ckpt is not None and _copies_as_stored(p, ckpt.tensors[p.hf]):
-            rows = p.tensor.shape[0]
-            step = max(1, DENSE_SLAB // max(1, p.tensor.shape[1]))
-            out += [Piece(i, r, min(r + step, rows), 0, True) for r in range(0, rows, step)]
-            continue
+        copied = ckpt is not None and _copies_as_stored(p, ckpt.tensors[p.hf])
         shape = p.tensor.shape
         cols = shape[-1] if shape else 1
         rows = math.prod(shape[:-1]) if len(shape) > 1 else 1
-        row_bytes = types.TYPES[p.tensor.type].nbytes((cols,))
+        row_bytes = 0 if copied else types.TYPES[p.tensor.type].nbytes((cols,))  # a copy takes no memory
         step = max(1, DENSE_SLAB // max(1, cols))
         for r in range(0, max(rows, 1), step):  # an empty tensor is still one (empty) piece
             stop = min(r + step, rows)
-            out.append(Piece(i, r, stop, (stop - r) * row_bytes))
+            out.append(Piece(i, r, stop, (stop - r) * row_bytes, copied))
     return out
 
 
 def _copies_as_stored(p: TensorPlan, entry: TensorEntry) -> bool:
     """Whether a float tensor's GGUF bytes are its stored bytes: its own dtype, no offset, no permutation."""
-    t = types.TYPES[p.tensor.type]
-    return (
-        entry.row_bytes is not None and entry.kind is not Kind.TERNARY and not p.heads and not p.offset
-        and t.dtype_name == entry.dtype_name and len(entry.shape) == 2 and tuple(entry.shape) == tuple(p.tensor.shape)
-    )  # fmt: skip
+    dtype_name = types.TYPES[p.tensor.type].dtype_name
+    same_rows = len(entry.shape) == 2 and tuple(entry.shape) == tuple(p.tensor.shape)
+    return dtype_name is not None and rows_copied_as(entry, dtype_name) and same_rows and not p.heads and not p.offset
 
 
 def _ternary_pieces(index: int, p: TensorPlan, plan: Plan) -> list[Piece]:
@@ -171,7 +165,8 @@ class Producer:
             found = _bits_encoder(p, self.plan, entry, value)
             if found is None:  # not straight from bf16 bits: the whole weight's bytes, sliced
                 whole = _ternary(p, self.plan, entry, value)
-                found = (lambda a, b: _row_bytes(whole.data, a, b, rows, types.TYPES[p.tensor.type].tail)), whole.source, whole.magnitude
+                tail = types.TYPES[p.tensor.type].tail
+                found = (lambda a, b: _row_bytes(whole.data, a, b, rows, tail)), whole.source, whole.magnitude
             self._encode, made.source, made.magnitude = found
             del value
         assert self._encode is not None

@@ -16,7 +16,7 @@ from ...model.sentence_transformers import MODULES_FILE, read_modules
 from ...errors import CheckpointError
 from ...io.jsonfile import read_json_object
 from ...io.pipeline import ahead_budget, produced_ahead
-from ...model.checkpoint import ROW_BLOCK_VALUES, Checkpoint, Kind, TensorEntry, dense_rows, row_blocks
+from ...model.checkpoint import ROW_BLOCK_VALUES, Checkpoint, TensorEntry, dense_rows, row_blocks, rows_copied_as
 from ...io.safetensors import FileSlice, PlannedTensor, SafetensorsFile, SafetensorsWriter, StoredTensor
 from ...dtypes import Dense
 from .. import Progress, WriteReport, parsed_once
@@ -243,7 +243,7 @@ def copies_as_stored(ckpt: Checkpoint) -> Callable[[PlannedTensor], bool]:
 
     def copies(t: PlannedTensor) -> bool:
         entry = ckpt.tensors.get(t.name)
-        return entry is not None and entry.row_bytes is not None and entry.kind is not Kind.TERNARY and entry.dtype_name == t.dtype_name
+        return entry is not None and rows_copied_as(entry, t.dtype_name)
 
     return copies
 

@@ -44,7 +44,7 @@ LANE_CANDIDATES = (8, 16, 4, 32)
 #: ``release(start, stop)``: called once flat values ``start:stop`` have been read (a mapped weight
 #: hands their pages back there; see :func:`bitconvert.io.safetensors.page_release`)
 Release = Callable[[int, int], None]
-#: values per call of the compiled first level: a mapped weight's pages go back in steps of about 2 MB
+#: values per call of the compiled first level (2 MB of bf16): its sums are folded a batch at a time
 COMPILED_BATCH = 1 << 20
 
 _calibration: dict[int, int | None] = {}
