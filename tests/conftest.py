@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -45,6 +46,16 @@ WIDE_SEED = 5
 def fixture_dir(request) -> Path:
     """Each shipped fixture checkpoint in turn."""
     return FIXTURES / request.param
+
+
+def lossless_llama(out: Path) -> Path:
+    """The Llama fixture master with RoPE base 10000, copied to ``out``: a Llama-architecture BitNet
+    model Nanotron's PR #180 at e1c3c1a5 (flavor pr178) holds whole."""
+    src = Path(shutil.copytree(FIXTURES / "llama-master", out))
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["rope_theta"] = 10000.0
+    (src / "config.json").write_text(json.dumps(cfg))
+    return src
 
 
 # --- the command line -------------------------------------------------------------------------------

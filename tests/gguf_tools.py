@@ -1,5 +1,5 @@
 """GGUF files in tests: written by bitconvert, or edited (metadata keys replaced or removed, tensors
-copied byte for byte); random ternary codes to encode."""
+copied byte for byte); random ternary codes to encode; what ``verify --target`` says of a file."""
 
 from __future__ import annotations
 
@@ -43,3 +43,31 @@ def kv(kind: str, value):
     from bitconvert.formats.gguf import stream_writer as sw
 
     return {"u32": sw.kv_u32, "str": sw.kv_str, "f32": sw.kv_f32, "strs": sw.kv_strs}[kind](value)
+
+
+#: (family, GGUF type) of the files the consumer-rule tests check: SiLU (1bitLLM) and relu² (2B-4T)
+#: in TQ2_0, 2B-4T in I2_S
+CONSUMER_GGUFS = (("1bitllm", "tq2_0"), ("bitnet-2b4t", "tq2_0"), ("bitnet-2b4t", "i2_s"))
+
+
+def consumer_ggufs(wide_checkpoint, converted) -> dict[str, Path]:
+    """The :data:`CONSUMER_GGUFS` of the wide packed checkpoints, by ``"family-type"``."""
+    return {
+        f"{kind}-{gtype}": converted(wide_checkpoint[f"{kind}-packed"], "gguf", gguf_type=gtype)
+        for kind, gtype in CONSUMER_GGUFS
+    }
+
+
+def rule_outcomes(src, target: str) -> dict[str, bool]:
+    """rule name -> passed, for one consumer (``verify --target``)."""
+    from bitconvert.verify import verify_target
+
+    return {c.name.split(".")[-1]: c.passed for c in verify_target(src, target).checks}
+
+
+def rule_check(src, target: str, rule: str):
+    """The check of one consumer rule on ``src``."""
+    from bitconvert.verify import verify_target
+
+    return next(c for c in verify_target(src, target).checks if c.name == f"{target}.{rule}")
+

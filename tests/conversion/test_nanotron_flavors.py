@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import FIXTURES, cli, read_all
+from conftest import FIXTURES, cli, lossless_llama, read_all
 from nanotron_tools import shard, to, tree
 from safetensors.torch import save_file
 
@@ -122,23 +122,14 @@ def test_a_lossy_conversion_stops_unless_allowed(tmp_path):
 
 def test_a_model_the_flavor_holds_converts_without_allow_lossy(tmp_path):
     """A Llama-architecture BitNet model with RoPE base 10000 fits PR #180 at e1c3c1a5 whole: no warning."""
-    src = _lossless_llama(tmp_path)
+    src = lossless_llama(tmp_path / "src")
     report = convert(src, tmp_path / "nt", "nanotron", {"flavor": "pr178", "tp": 2}).report
     assert not report.warnings and not (tmp_path / "nt/bitconvert_kept.safetensors").exists()
 
 
-def _lossless_llama(root: Path) -> Path:
-    """A Llama-architecture master with RoPE base 10000: PR #180 at e1c3c1a5 (pr178) holds it whole."""
-    src = Path(shutil.copytree(FIXTURES / "llama-master", root / "src"))
-    cfg = json.loads((src / "config.json").read_text())
-    cfg["rope_theta"] = 10000.0
-    (src / "config.json").write_text(json.dumps(cfg))
-    return src
-
-
 def test_resharding_keeps_the_source_flavor(tmp_path):
     """Nanotron -> Nanotron changes the TP size only: the source's flavor (and RoPE row order) unless told."""
-    src = _lossless_llama(tmp_path)
+    src = lossless_llama(tmp_path / "src")
     for tp in (1, 2):
         convert(src, tmp_path / f"direct{tp}", "nanotron", {"flavor": "pr178", "tp": tp})
     report = convert(tmp_path / "direct2", tmp_path / "2to1", "nanotron", {"tp": 1}).report  # no flavor, not lossy

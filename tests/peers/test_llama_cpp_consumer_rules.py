@@ -10,31 +10,18 @@ import gguf
 import numpy as np
 import pytest
 import torch
+from gguf_tools import consumer_ggufs, rule_check, rule_outcomes
 from peer_tools import llama_cpp_logits as peer_logits
 
 from bitconvert.formats.gguf.parser import GGUFFile
 from bitconvert.runtime import compute_logits
-from bitconvert.verify import verify_target
 
 TOKENS = [315, 39, 276, 75, 78, 270, 257, 75, 67, 0, 220, 51, 261, 220, 80, 84]
 
 
-def outcome(src, target: str) -> dict[str, bool]:
-    """rule name -> passed, for one consumer."""
-    return {c.name.split(".")[-1]: c.passed for c in verify_target(src, target).checks}
-
-
-def check_of(src, target: str, rule: str):
-    return next(c for c in verify_target(src, target).checks if c.name == f"{target}.{rule}")
-
-
 @pytest.fixture(scope="module")
-def ggufs(tiny_checkpoint, converted) -> dict[str, Path]:
-    """GGUF files of the wide packed checkpoints: SiLU (1bitLLM) and relu² (2B-4T) in TQ2_0, 2B-4T in I2_S."""
-    return {
-        f"{kind}-{gtype}": converted(tiny_checkpoint(kind, "packed", wide=True), "gguf", gguf_type=gtype)
-        for kind, gtype in (("1bitllm", "tq2_0"), ("bitnet-2b4t", "tq2_0"), ("bitnet-2b4t", "i2_s"))
-    }
+def ggufs(wide_checkpoint, converted) -> dict[str, Path]:
+    return consumer_ggufs(wide_checkpoint, converted)
 
 
 def llama_cpp_logits(path: Path) -> torch.Tensor:
@@ -51,8 +38,8 @@ def test_llama_cpp_runs_silu_whatever_the_file_says(ggufs):
     cos_relu2 = min_cosine(compute_logits(relu2, TOKENS), llama_cpp_logits(relu2))
     print(f"\nllama.cpp vs runtime, min cosine: SiLU model {cos_silu:.6f}, relu² model {cos_relu2:.6f}")
     assert cos_silu > 0.9995 and cos_relu2 < 0.999
-    assert all(outcome(silu, "llama.cpp").values())
-    c = check_of(relu2, "llama.cpp", "ffn_activation")
+    assert all(rule_outcomes(silu, "llama.cpp").values())
+    c = rule_check(relu2, "llama.cpp", "ffn_activation")
     assert not c.passed and "'relu2'" in c.detail
 
 
@@ -60,9 +47,9 @@ def test_llama_cpp_refuses_bitnet_cpp_files(ggufs):
     path = ggufs["bitnet-2b4t-i2_s"]
     with pytest.raises((ValueError, RuntimeError)):
         llama_cpp_logits(path)
-    got = outcome(path, "llama.cpp")
+    got = rule_outcomes(path, "llama.cpp")
     assert not got["architecture"] and not got["tensor_types"]
-    assert "'bitnet-b1.58'" in check_of(path, "llama.cpp", "architecture").detail
+    assert "'bitnet-b1.58'" in rule_check(path, "llama.cpp", "architecture").detail
 
 
 def test_llama_cpp_applies_scale_tensors_in_the_bitnet_architecture(ggufs, tmp_path):
@@ -77,7 +64,7 @@ def test_llama_cpp_applies_scale_tensors_in_the_bitnet_architecture(ggufs, tmp_p
     theirs = llama_cpp_logits(patched)
     assert min_cosine(theirs, llama_cpp_logits(src)) < 0.99  # the scales are used ...
     assert min_cosine(theirs, compute_logits(patched, TOKENS)) > 0.9995  # ... as the runtime uses them
-    assert outcome(patched, "llama.cpp")["scale_tensors"]
+    assert rule_outcomes(patched, "llama.cpp")["scale_tensors"]
 
 
 def with_scale_tensors(src: Path, out: Path, value: float) -> Path:
@@ -119,6 +106,6 @@ def test_llama_cpp_applies_scale_tensors_in_the_llama_architecture_too(tiny_chec
     assert min_cosine(ours, compute_logits(plain, TOKENS)) < 0.99  # the scales matter ...
     assert min_cosine(theirs, ours) > 0.9995  # ... and llama.cpp applies them like the runtime
     for path in (plain, scaled):
-        assert outcome(path, "llama.cpp")["scale_tensors"]
-    c = check_of(scaled, "llama.cpp", "scale_tensors")
+        assert rule_outcomes(path, "llama.cpp")["scale_tensors"]
+    c = rule_check(scaled, "llama.cpp", "scale_tensors")
     assert c.figure == 14 and "'llama' too" in c.detail

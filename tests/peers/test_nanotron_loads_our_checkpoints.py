@@ -16,14 +16,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import FIXTURES, ROOT, read_all
+from conftest import FIXTURES, ROOT, lossless_llama, read_all
 
 from bitconvert.convert import convert
 from bitconvert.formats import open_checkpoint
@@ -59,15 +58,6 @@ def _missing(flavor: str) -> list[str]:
     return [m for m in NEEDS[flavor] if importlib.util.find_spec(m) is None]
 
 
-def _lossless_llama(root: Path) -> Path:
-    """A Llama-architecture BitNet master with RoPE base 10000: what PR #180 at e1c3c1a5 holds whole."""
-    src = Path(shutil.copytree(FIXTURES / "llama-master", root / "llama-rope10k"))
-    cfg = json.loads((src / "config.json").read_text())
-    cfg["rope_theta"] = 10000.0
-    (src / "config.json").write_text(json.dumps(cfg))
-    return src
-
-
 def _run_nanotron(flavor: str, tp: int, jobs: list[dict], work: Path) -> list[list[dict]]:
     """Run the peer check once for all ``jobs``; per job, the result of every rank."""
     out = work / f"out-{flavor}-tp{tp}"
@@ -97,7 +87,7 @@ def peer_runs(tmp_path_factory) -> dict:
     """Every fixture architecture converted for every flavor at TP 1 and 2, loaded and saved by Nanotron."""
     work = tmp_path_factory.mktemp("nanotron_peer")
     masters = {kind: FIXTURES / f"{kind}-master" for kind in KINDS}
-    masters["llama-rope10k"] = _lossless_llama(work)
+    masters["llama-rope10k"] = lossless_llama(work / "llama-rope10k")
     runs = {}
     for flavor in TREES:
         if _missing(flavor):

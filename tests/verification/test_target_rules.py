@@ -9,28 +9,16 @@ from pathlib import Path
 
 import pytest
 from conftest import FIXTURES, ROOT, cli
+from gguf_tools import consumer_ggufs, rule_check, rule_outcomes
 
 from bitconvert.convert import convert
 from bitconvert.errors import UsageError
 from bitconvert.verify import CONSUMERS, verify_target
 
 
-def outcome(src, target: str) -> dict[str, bool]:
-    """rule name -> passed, for one consumer."""
-    return {c.name.split(".")[-1]: c.passed for c in verify_target(src, target).checks}
-
-
-def check_of(src, target: str, rule: str):
-    return next(c for c in verify_target(src, target).checks if c.name == f"{target}.{rule}")
-
-
 @pytest.fixture(scope="module")
 def ggufs(wide_checkpoint, converted) -> dict[str, Path]:
-    """GGUF files of the wide packed checkpoints: SiLU (1bitLLM) and relu² (2B-4T) in TQ2_0, 2B-4T in I2_S."""
-    return {
-        f"{kind}-{gtype}": converted(wide_checkpoint[f"{kind}-packed"], "gguf", gguf_type=gtype)
-        for kind, gtype in (("1bitllm", "tq2_0"), ("bitnet-2b4t", "tq2_0"), ("bitnet-2b4t", "i2_s"))
-    }
+    return consumer_ggufs(wide_checkpoint, converted)
 
 
 def test_every_rule_names_its_upstream_source():
@@ -77,27 +65,27 @@ def test_the_command_line_names_the_consumer_and_the_difference(wide_checkpoint,
 
 
 def test_transformers_has_no_gguf_loader_for_bitnet(ggufs):
-    assert outcome(FIXTURES / "llama-packed", "transformers")["format"]
-    assert outcome(FIXTURES / "llama-master", "transformers")["format"]
-    c = check_of(ggufs["1bitllm-tq2_0"], "transformers", "format")
+    assert rule_outcomes(FIXTURES / "llama-packed", "transformers")["format"]
+    assert rule_outcomes(FIXTURES / "llama-master", "transformers")["format"]
+    c = rule_check(ggufs["1bitllm-tq2_0"], "transformers", "format")
     assert not c.passed and "no GGUF loader for architecture 'bitnet'" in c.detail
 
 
 def test_bitnet_cpps_activation_layout_and_row_rules(tiny_checkpoint, wide_checkpoint, ggufs, tmp_path):
     for target in ("bitnet.cpp", "bitnet.cpp-arm"):
-        c = check_of(wide_checkpoint["bitnet-2b4t-packed"], target, "ffn_activation")
+        c = rule_check(wide_checkpoint["bitnet-2b4t-packed"], target, "ffn_activation")
         assert not c.passed and "390c3077" in c.detail
-        assert outcome(wide_checkpoint["1bitllm-packed"], target)["ffn_activation"]
+        assert rule_outcomes(wide_checkpoint["1bitllm-packed"], target)["ffn_activation"]
     # the byte layout: bitconvert's default I2_S is x86; --i2s-layout arm is what ARM builds read
     x86 = ggufs["bitnet-2b4t-i2_s"]
     arm = tmp_path / "arm.gguf"
     convert(wide_checkpoint["bitnet-2b4t-packed"], arm, "gguf", {"gguf_type": "i2_s", "i2s_layout": "arm"})
-    assert outcome(x86, "bitnet.cpp")["i2_s_layout"] and not outcome(x86, "bitnet.cpp-arm")["i2_s_layout"]
-    assert outcome(arm, "bitnet.cpp-arm")["i2_s_layout"] and not outcome(arm, "bitnet.cpp")["i2_s_layout"]
-    assert outcome(ggufs["1bitllm-tq2_0"], "bitnet.cpp-arm")["i2_s_layout"]  # no I2_S tensor
+    assert rule_outcomes(x86, "bitnet.cpp")["i2_s_layout"] and not rule_outcomes(x86, "bitnet.cpp-arm")["i2_s_layout"]
+    assert rule_outcomes(arm, "bitnet.cpp-arm")["i2_s_layout"] and not rule_outcomes(arm, "bitnet.cpp")["i2_s_layout"]
+    assert rule_outcomes(ggufs["1bitllm-tq2_0"], "bitnet.cpp-arm")["i2_s_layout"]  # no I2_S tensor
     # rows: 40 x 40 = 1600 values fill 64-value blocks (ARM) but not 128-value ones (x86)
     odd = tiny_checkpoint("llama", "packed", hidden=40, intermediate=80, kv_heads=4)
-    c = check_of(odd, "bitnet.cpp", "i2_s_rows")
+    c = rule_check(odd, "bitnet.cpp", "i2_s_rows")
     assert not c.passed and "x86 layout" in c.detail
-    assert outcome(odd, "bitnet.cpp-arm")["i2_s_rows"]
-    assert outcome(wide_checkpoint["1bitllm-packed"], "bitnet.cpp")["i2_s_rows"]
+    assert rule_outcomes(odd, "bitnet.cpp-arm")["i2_s_rows"]
+    assert rule_outcomes(wide_checkpoint["1bitllm-packed"], "bitnet.cpp")["i2_s_rows"]
