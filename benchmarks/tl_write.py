@@ -1,6 +1,6 @@
 """Benchmark: TL1/TL2 GGUF of the full-size synthetic 2B-4T master, bitconvert beside bitnet.cpp's converter.
 
-    python benchmarks/tl_write.py --dir /tmp/bench/2b4t-bf16 [--layers 30] [--types tl2,tl1] [--no-peer] [--json]
+    python benchmarks/tl_write.py --dir bench-out/2b4t-bf16 [--layers 30] [--types tl2,tl1] [--no-peer] [--json]
 
 The master (4.8 GB, benchmarks/synthetic.py) is made at ``--dir`` when missing; the outputs go beside
 it and are deleted at the end (the master too with ``--clean``). No preset fits 2B-4T's weight shapes
