@@ -107,6 +107,8 @@ def main() -> None:
     # per core that spins after start-up; nothing the command line runs multiplies float matrices in
     # numpy, so they would only take the cores the conversion uses. Set before numpy is imported.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    # and this process's numba is the conversion's alone: it loads without scipy's BLAS (see jit)
+    os.environ.setdefault("BITCONVERT_NUMBA_WITHOUT_SCIPY", "1")
     try:
         # not standalone: a usage error comes back here, to be said in one line (typer draws a box)
         code = app(standalone_mode=False)

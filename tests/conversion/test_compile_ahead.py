@@ -61,9 +61,9 @@ def _compiled_in(cache: Path) -> set[str]:
 @pytest.mark.parametrize(
     "to, kernels",
     [
-        (["pack"], {"block_abs_sums", "add_abs_rows", "pack_rows"}),
-        (["convert", "--to", "gguf", "--gguf-type", "tq2_0"], {"block_abs_sums", "add_abs_rows", "codes_flat", "pack_code_planes"}),
-        (["convert", "--to", "gguf", "--gguf-type", "i2_s"], {"block_abs_sums", "add_abs_rows", "codes_flat", "pack_code_planes"}),
+        (["pack"], {"block_abs_sums", "pack_rows"}),
+        (["convert", "--to", "gguf", "--gguf-type", "tq2_0"], {"block_abs_sums", "codes_flat", "pack_code_planes"}),
+        (["convert", "--to", "gguf", "--gguf-type", "i2_s"], {"block_abs_sums", "codes_flat", "pack_code_planes"}),
     ],
 )
 def test_first_run_compiles_what_the_job_runs_and_writes_the_same_bytes(master, tmp_path, to, kernels):
@@ -78,6 +78,63 @@ def test_first_run_compiles_what_the_job_runs_and_writes_the_same_bytes(master, 
     assert {p: p.stat().st_mtime_ns for p in cache.rglob("*.nbi")} == stamps  # loaded, not compiled again
     _convert(_args(to, master, outs["numpy"]), {"BITCONVERT_NO_JIT": "1"})
     assert _digest(outs["first"]) == _digest(outs["second"]) == _digest(outs["numpy"])
+
+
+def test_each_loop_compiles_as_one_function(tmp_path):
+    """numba compiles every numpy function a loop calls (``np.empty``, ``min``, ``view``, slice
+    assignment) as a function of its own, each costing the user's first conversion a tenth of a
+    second or more: with an empty cache, warming every loop compiles the loops' own definitions and
+    nothing else (pack_code_planes twice: for TQ2_0's strided blocks and I2_S's contiguous ones)."""
+    code = (
+        "from numba.core import event\n"
+        "from bitconvert.ternary.fast import jit\n"
+        "compiled = []\n"
+        "class Seen(event.Listener):\n"
+        "    def on_start(self, e): compiled.append(e.data['dispatcher'].py_func.__qualname__)\n"
+        "    def on_end(self, e): pass\n"
+        "event.register('numba:compile', Seen())\n"
+        "assert all(k.get() is not None for k in jit._KERNELS.values())\n"
+        "print(' '.join(compiled))\n"
+    )
+    cache = tmp_path / "numba-cache"
+    cache.mkdir()
+    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "NUMBA_CACHE_DIR": str(cache)},
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    loops = ["_block_abs_sums", "_pack_rows", "_codes_flat", "_pack_code_planes", "_pack_code_planes"]
+    assert proc.stdout.split() == loops
+
+
+def test_the_command_lines_numba_loads_without_scipys_blas(tmp_path):
+    """numba imports scipy.linalg's BLAS wrappers as it starts (0.15 s of Python holding the lock, on
+    every run): a process whose numba is the conversion's alone loads it without them, and scipy.linalg
+    still imports afterwards. The command line's own process is one."""
+    pytest.importorskip("scipy.linalg")
+    code = (
+        "import sys\n"
+        "from bitconvert.ternary.fast import jit\n"
+        "assert jit.kernels().block_abs_sums is not None\n"
+        "print('scipy.linalg' in sys.modules)\n"
+        "import scipy.linalg, numpy\n"
+        "print(scipy.linalg.norm(numpy.ones(4)))\n"
+    )
+    run = {k: v for k, v in os.environ.items() if k != "BITCONVERT_NUMBA_WITHOUT_SCIPY"}
+    for flag, loaded in (("1", "False"), (None, "True")):
+        env = {**run, "NUMBA_CACHE_DIR": str(tmp_path / "cache")} | (
+            {"BITCONVERT_NUMBA_WITHOUT_SCIPY": flag} if flag else {}
+        )
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.split() == [loaded, "2.0"]
+    probe = (
+        "import atexit, os, sys\n"
+        "from bitconvert.cli import main\n"
+        "atexit.register(lambda: print(os.environ.get('BITCONVERT_NUMBA_WITHOUT_SCIPY'), file=sys.stderr))\n"
+        "sys.argv = ['bitconvert', '--version']\n"
+        "main()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], env=run, capture_output=True, text=True, timeout=600)
+    assert proc.stderr.strip().splitlines()[-1] == "1"  # the command line sets it for its process
 
 
 def test_small_jobs_compile_nothing(tmp_path):

@@ -186,7 +186,7 @@ def test_compiled_loops_that_disagree_with_numpy_are_not_used(monkeypatch):
 
     from bitconvert.ternary.fast import summation as torchsum
 
-    wrong = SimpleNamespace(block_abs_sums=lambda bits, first, blocks, step, cols, out: out.fill(1.0))
+    wrong = SimpleNamespace(block_abs_sums=lambda bits, first, blocks, step, cols, out, *scratch: out.fill(1.0))
     monkeypatch.setattr(jit, "kernels", lambda values=None: wrong)
     monkeypatch.setattr(torchsum, "_compiled_agrees", {})
     w = (torch.randn(2 << 20, generator=torch.Generator().manual_seed(5)) * 0.02).bfloat16()

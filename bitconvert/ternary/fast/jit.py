@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 import threading
 from collections.abc import Callable
 
@@ -41,17 +42,37 @@ def _import_numba():
         return None
     try:
         from numba import njit
+
+        if os.environ.get("BITCONVERT_NUMBA_WITHOUT_SCIPY") and "scipy.linalg" not in sys.modules:
+            _load_numba_without_scipy()
     except ImportError:  # numba missing: numpy does the work
         return None
     return njit(nogil=True, cache=True, error_model="numpy")
+
+
+def _load_numba_without_scipy() -> None:
+    """Load numba's typing and lowering registries while ``import scipy.linalg`` fails.
+
+    Where scipy is installed numba imports its BLAS wrappers as it loads them, to offer
+    ``np.dot`` and ``np.linalg`` in compiled code: 0.15 s of Python holding the interpreter lock on
+    every run, and OpenBLAS threads, for loops that never use them. Only for a process whose numba
+    is ours alone (the command line sets ``BITCONVERT_NUMBA_WITHOUT_SCIPY``): compiled code there
+    has no BLAS functions. scipy.linalg itself imports normally afterwards."""
+    from numba.core.registry import cpu_target
+
+    sys.modules["scipy.linalg"] = None  # type: ignore[assignment]  # numba catches the ImportError
+    try:
+        cpu_target.target_context.refresh()
+    finally:
+        del sys.modules["scipy.linalg"]
 
 
 class _Kernel:
     """One compiled loop: the Python definition below, compiled (or loaded from numba's on-disk
     cache) for the argument types its callers pass, the first time it is asked for."""
 
-    def __init__(self, name: str, warm_up: Callable[[Callable], None], helpers: tuple[str, ...] = ()) -> None:
-        self.name, self.warm_up, self.helpers = name, warm_up, helpers
+    def __init__(self, name: str, warm_up: Callable[[Callable], None]) -> None:
+        self.name, self.warm_up = name, warm_up
         self.lock = threading.Lock()
         self.done = False
         self.compiled: Callable | None = None
@@ -77,10 +98,6 @@ class _Kernel:
         if jit is None:
             return None
         try:
-            for helper in self.helpers:  # a compiled function resolves the functions it calls from these globals
-                with _lock:
-                    if not hasattr(globals()[helper], "py_func"):
-                        globals()[helper] = jit(globals()[helper])
             compiled = jit(globals()[f"_{self.name}"])
             self.warm_up(compiled)
         except Exception:  # no cache location, an LLVM that refuses: numpy gives the same results
@@ -127,7 +144,14 @@ def prepare(*names: str) -> None:
 
 
 def _warm_block_abs_sums(k: Callable) -> None:
-    k(np.zeros(64, dtype=np.uint16), 0, 2, 2, 16, np.empty((2, 16), dtype=np.float32))
+    k(np.zeros(64, dtype=np.uint16), 0, 2, 2, 16, np.empty((2, 16), dtype=np.float32), *abs_scratch(16))
+
+
+def abs_scratch(cols: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The scratch arrays ``block_abs_sums`` works in for rows of ``cols`` values: ``words`` and
+    ``floats`` (one buffer of 64 rows) and ``acc``; one set per thread."""
+    words = np.empty(64 * cols, dtype=np.uint32)
+    return words, words.view(np.float32), np.empty(cols, dtype=np.float32)
 
 
 def _warm_pack_rows(k: Callable) -> None:
@@ -144,36 +168,33 @@ def _warm_pack_code_planes(k: Callable) -> None:
     k(codes, 6, 4, 2, 0, np.empty((2, 64), dtype=np.uint8).reshape(2, 2, 1, 32))  # I2_S
 
 
-def _add_abs_rows(bits, first, count, cols, words, floats, acc):
-    """acc += |row| for ``count`` rows of ``cols`` bf16 values from flat index ``first``, in row order.
-
-    ``words``/``floats`` are one scratch buffer seen as uint32 and float32: a batch of rows is
-    widened there in one loop (numba has no scalar bit cast), then added row by row.
-    """
-    batch = words.size // cols
-    for r0 in range(0, count, batch):
-        n = min(batch, count - r0) * cols
-        src = bits[first + r0 * cols : first + r0 * cols + n]  # a slice: plain loops LLVM vectorizes
-        for i in range(n):
-            words[i] = np.uint32(src[i] & 0x7FFF) << np.uint32(16)
-        for r in range(n // cols):
-            row = floats[r * cols : (r + 1) * cols]
-            for c in range(cols):
-                acc[c] += row[c]
-
-
-def _block_abs_sums(bits, first, blocks, step, cols, out):
+def _block_abs_sums(bits, first, blocks, step, cols, out, words, floats, acc):
     """out[k, c] = the sequential float32 sum over rows k*step .. k*step+step-1 of |x[row, c]|, the
     rows being ``cols`` bf16 values each from flat index ``first``: the first level of torch's
     cascade (:func:`bitconvert.ternary.fast.summation._range_sum` does the rest, on these sums).
-    Elements are assigned one by one: slice assignment costs numba seconds of compiling."""
-    words = np.empty(64 * cols, dtype=np.uint32)
-    floats = words.view(np.float32)
-    acc = np.empty(cols, dtype=np.float32)
+
+    ``words``/``floats`` are one scratch buffer of whole rows seen as uint32 and float32 (numba has
+    no scalar bit cast: a batch of rows is widened there in one loop, then added row by row), and
+    ``acc`` holds ``cols`` floats. The caller allocates them, and elements are assigned one by one,
+    because every numpy function used in here (``empty``, ``view``, ``min``, slice assignment) is a
+    function numba compiles too: a user's first conversion would wait for them."""
+    batch = words.size // cols
     for k in range(blocks):
         for c in range(cols):
             acc[c] = 0
-        _add_abs_rows(bits, first + k * step * cols, step, cols, words, floats, acc)
+        start = first + k * step * cols
+        for r0 in range(0, step, batch):
+            n = step - r0
+            if n > batch:  # noqa: PLR1730 (numba compiles min() as one more function)
+                n = batch
+            n *= cols
+            src = bits[start + r0 * cols : start + r0 * cols + n]  # a slice: plain loops LLVM vectorizes
+            for i in range(n):
+                words[i] = np.uint32(src[i] & 0x7FFF) << np.uint32(16)
+            for r in range(n // cols):
+                row = floats[r * cols : (r + 1) * cols]
+                for c in range(cols):
+                    acc[c] += row[c]
         for c in range(cols):
             out[k, c] = acc[c]
 
@@ -228,10 +249,9 @@ def _codes_flat(bits, threshold, out, start, stop):
         dst[i] = np.uint8(v > t) - np.uint8(v > neg) - np.uint8(v > hi)
 
 
-#: every compiled loop: how it is warmed up (compiled for its callers' argument types) and the
-#: compiled helpers it calls
+#: every compiled loop and how it is warmed up (compiled for its callers' argument types)
 _KERNELS = {
-    "block_abs_sums": _Kernel("block_abs_sums", _warm_block_abs_sums, helpers=("_add_abs_rows",)),
+    "block_abs_sums": _Kernel("block_abs_sums", _warm_block_abs_sums),
     "pack_rows": _Kernel("pack_rows", _warm_pack_rows),
     "codes_flat": _Kernel("codes_flat", _warm_codes_flat),
     "pack_code_planes": _Kernel("pack_code_planes", _warm_pack_code_planes),

@@ -155,15 +155,16 @@ def _compiled_block_sums(kernel, bits: np.ndarray, release: Release | None = Non
         size = step * cols
         per = max(step, COMPILED_BATCH // size // step * step)  # blocks per call: whole groups
         out = np.empty((min(per, max(grouped, extra)), cols), dtype=np.float32)
+        scratch = jit.abs_scratch(cols)  # this call's own: the threads' ranges run side by side
         level2 = []
         for k in range(0, grouped, per):
             n = min(per, grouped - k)
-            kernel(bits, first + k * size, n, step, cols, out[:n])
+            kernel(bits, first + k * size, n, step, cols, out[:n], *scratch)
             if release is not None:
                 release(first + k * size, first + (k + n) * size)
             level2.append(_seq(out[:n].reshape(-1, step, cols), 1))
         tail = out[:extra]
-        kernel(bits, first + grouped * size, extra, step, cols, tail)
+        kernel(bits, first + grouped * size, extra, step, cols, tail, *scratch)
         if release is not None:
             release(first + grouped * size, first + (grouped + extra) * size)
         return (np.concatenate(level2) if level2 else np.zeros((0, cols), np.float32)), tail
