@@ -8,7 +8,6 @@ then streams each tensor's bytes; nothing but the tensor being written is held.
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import mmap
@@ -24,7 +23,7 @@ import numpy as np
 from ..dtypes import NAMES, Dense, itemsize
 from ..errors import CheckpointError
 from .jsonfile import parse_json_text
-from .writeback import WriteBehind
+from .output import FileSlice, OutputFile
 
 #: safetensors itself refuses headers above 100 MB.
 MAX_HEADER_BYTES = 100_000_000
@@ -256,58 +255,6 @@ def read_exact(path: Path, offset: int, length: int, tensor: str | None = None) 
 
 
 @dataclass(frozen=True)
-class FileSlice:
-    """Stored bytes a writer keeps as they are (rows of a tensor whose dtype does not change): it
-    copies them file to file in the kernel (:func:`copy_slice`), never through this process's memory."""
-
-    path: Path
-    offset: int
-    nbytes: int
-    dtype_name: str
-    shape: tuple[int, ...]
-
-
-#: copy_file_range errors that mean "not between these two files": copy through memory instead
-_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF, errno.ETXTBSY}
-
-
-def copy_slice(part: FileSlice, out_fd: int) -> int:
-    """Append ``part``'s bytes at ``out_fd``'s position (its file flushed first); returns the count.
-    ``copy_file_range`` where the kernel can, else pread and write a few MB at a time."""
-    done = 0
-    try:
-        src = os.open(part.path, os.O_RDONLY)
-    except OSError as exc:
-        raise CheckpointError(part.path, f"cannot read: {exc.strerror or exc}") from None
-    try:
-        kernel = hasattr(os, "copy_file_range")
-        while done < part.nbytes:
-            if kernel:
-                try:
-                    n = os.copy_file_range(src, out_fd, part.nbytes - done, part.offset + done)
-                except OSError as exc:
-                    if exc.errno not in _NO_KERNEL_COPY:
-                        raise
-                    kernel = False
-                    continue
-            else:
-                chunk = os.pread(src, min(_COPY_CHUNK, part.nbytes - done), part.offset + done)
-                n = len(chunk)
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(out_fd, view) :]
-            if n <= 0:
-                raise CheckpointError(part.path, "file ended while reading the tensor")
-            done += n
-    finally:
-        os.close(src)
-    return done
-
-
-_COPY_CHUNK = 8 << 20
-
-
-@dataclass(frozen=True)
 class PlannedTensor:
     name: str
     dtype_name: str
@@ -333,10 +280,8 @@ class SafetensorsWriter:
             offset += t.nbytes
         raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
         raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
-        self._file = open(path, "xb")
-        self._file.write(len(raw).to_bytes(8, "little"))
-        self._file.write(raw)
-        self._behind = WriteBehind(self._file.fileno())  # the disk writes while the rest is made
+        self._out = OutputFile(path, 8 + len(raw) + offset)
+        self._out.write(len(raw).to_bytes(8, "little") + raw)
         self._next = 0
         self._rows = 0  # rows of the next tensor written so far
 
@@ -356,10 +301,9 @@ class SafetensorsWriter:
                 f"{value.dtype_name} {value.shape}"
             )
         if isinstance(value, FileSlice):
-            self._file.flush()
-            self._behind.wrote(copy_slice(value, self._file.fileno()))
+            self._out.copy(value)
         elif value.size:
-            self._behind.wrote(self._file.write(memoryview(value.raw())))
+            self._out.write(value.raw())
         self._rows += value.shape[0] if want.shape else 0
         if not want.shape or self._rows == want.shape[0]:
             self._next += 1
@@ -368,11 +312,9 @@ class SafetensorsWriter:
     def close(self) -> None:
         if self._next != len(self.plan):
             missing = self.plan[self._next].name
-            self._file.close()
+            self._out.discard()
             raise ValueError(f"{self.path}: closed before tensor {missing} was written")
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
+        self._out.close()
 
     def __enter__(self) -> SafetensorsWriter:
         return self
@@ -381,4 +323,4 @@ class SafetensorsWriter:
         if exc_type is None:
             self.close()
         else:
-            self._file.close()
+            self._out.discard()

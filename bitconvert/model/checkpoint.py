@@ -32,7 +32,7 @@ from .families import EMBEDDING_ROLE
 if TYPE_CHECKING:
     import numpy as np
 
-    from ..io.safetensors import FileSlice
+    from ..io.output import FileSlice
     from ..ternary.records import ScaleRecord
     from ..ternary.scale import Scale
     from ..ternary.stats import CodeCounts

@@ -16,9 +16,10 @@ from conftest import make_checkpoint
 from bitconvert.convert import convert
 from bitconvert.errors import CheckpointError
 from bitconvert.formats.hf import common
-from bitconvert.io import safetensors, writeback
+from bitconvert.io import output, writeback
+from bitconvert.io.output import FileSlice, copy_slice
 from bitconvert.io.pipeline import tune_allocator
-from bitconvert.io.safetensors import FileSlice, SafetensorsFile, copy_slice, map_private, page_release
+from bitconvert.io.safetensors import SafetensorsFile, map_private, page_release
 
 WIDE = {"hidden": 1024, "intermediate": 1024, "layers": 1, "heads": 8, "kv_heads": 8, "vocab": 4096}
 
@@ -33,11 +34,17 @@ def _packed_bytes(src: Path, out: Path) -> bytes:
     return (out / "model.safetensors").read_bytes()
 
 
+@pytest.fixture(autouse=True)
+def _through_the_page_cache(monkeypatch):
+    """These tests look at the cached path (file-to-file copies, writeback); the direct one has its own."""
+    monkeypatch.setenv("BITCONVERT_BUFFERED_WRITES", "1")
+
+
 def test_rows_kept_as_stored_are_copied_file_to_file_with_the_bytes_of_the_values(master, tmp_path, monkeypatch):
     through_memory = _packed_bytes(master, tmp_path / "whole")  # 4096 x 1024: one piece, read and written
     copied = []
-    real = safetensors.copy_slice
-    monkeypatch.setattr(safetensors, "copy_slice", lambda part, fd: copied.append(part) or real(part, fd))
+    real = output.copy_slice
+    monkeypatch.setattr(output, "copy_slice", lambda part, fd, at: copied.append(part) or real(part, fd, at))
     monkeypatch.setattr(common, "ROW_BLOCK_VALUES", 1000 * 1024)  # blocks of 1000 rows: copied
     assert _packed_bytes(master, tmp_path / "copied") == through_memory
     names = {(p.shape[0], p.dtype_name) for p in copied}
@@ -62,9 +69,9 @@ def test_a_source_that_ends_early_is_one_error_naming_it(tmp_path, monkeypatch, 
     if not kernel:
         monkeypatch.delattr(os, "copy_file_range")
     with open(tmp_path / "out.bin", "wb") as out:
-        assert copy_slice(FileSlice(src, 100, 3000, "U8", (3000,)), out.fileno()) == 3000
+        assert copy_slice(FileSlice(src, 100, 3000, "U8", (3000,)), out.fileno(), 0) == 3000
         with pytest.raises(CheckpointError, match="file ended while reading the tensor") as err:
-            copy_slice(FileSlice(src, 4000, 200, "U8", (200,)), out.fileno())
+            copy_slice(FileSlice(src, 4000, 200, "U8", (200,)), out.fileno(), 3000)
     assert str(src) in str(err.value)
     assert (tmp_path / "out.bin").read_bytes()[:3000] == (bytes(range(256)) * 16)[100:3100]
 

@@ -17,7 +17,8 @@ import numpy as np
 
 from ...dtypes import Dense, float_bits
 from ...errors import CheckpointError
-from ...io.safetensors import FileSlice, page_release
+from ...io.output import FileSlice
+from ...io.safetensors import page_release
 from ...model.checkpoint import (
     ROW_BLOCK_VALUES,
     Checkpoint,

@@ -7,7 +7,6 @@ cannot name bitnet.cpp's I2_S type (id 36), whose byte size ggml special-cases.
 
 from __future__ import annotations
 
-import os
 import queue
 import struct
 import threading
@@ -18,8 +17,7 @@ from pathlib import Path
 import numpy as np
 from gguf.constants import Keys
 
-from ...io.safetensors import FileSlice, copy_slice
-from ...io.writeback import WriteBehind
+from ...io.output import FileSlice, OutputFile
 from . import types
 from .parser import (
     ARRAY,
@@ -131,9 +129,9 @@ class GGUFStreamWriter:
             head.append(struct.pack("<IQ", t.type, offset))
             offset += t.nbytes + _pad(t.nbytes, alignment)
         raw = b"".join(head)
-        self._file = open(path, "xb")
-        self._file.write(raw + b"\0" * _pad(len(raw), alignment))
-        self._behind = WriteBehind(self._file.fileno())  # the disk writes while the rest is encoded
+        raw += b"\0" * _pad(len(raw), alignment)
+        self._out = OutputFile(path, len(raw) + offset)
+        self._out.write(raw)
         self._next = 0
         # Writes run on a thread (the kernel copy releases the GIL) so the next tensor is encoded
         # meanwhile; the queue holds at most two pieces, so memory stays bounded.
@@ -150,10 +148,9 @@ class GGUFStreamWriter:
             if self._error is None:
                 try:
                     if isinstance(buf, FileSlice):  # stored bytes kept as they are: copied file to file
-                        self._file.flush()
-                        self._behind.wrote(copy_slice(buf, self._file.fileno()))
+                        self._out.copy(buf)
                     else:
-                        self._behind.wrote(self._file.write(buf))
+                        self._out.write(buf)
                 except BaseException as exc:  # reported to the caller on its next write or close
                     self._error = exc
 
@@ -195,10 +192,9 @@ class GGUFStreamWriter:
                 raise self._error
             if self._next != len(self.plan):
                 raise ValueError(f"{self.path}: closed before tensor {self.plan[self._next].name} was written")
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            self._out.close()
         finally:
-            self._file.close()
+            self._out.discard()
 
     def __enter__(self) -> GGUFStreamWriter:
         return self
@@ -208,4 +204,4 @@ class GGUFStreamWriter:
             self.close()
         else:
             self._stop()
-            self._file.close()
+            self._out.discard()

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...dtypes import Dense
-from ...io.safetensors import FileSlice, PlannedTensor
+from ...io.output import FileSlice
+from ...io.safetensors import PlannedTensor
 from ...model.checkpoint import Checkpoint, Kind, as_dense, dense_rows_known
 from ...model.config import QuantConfig, QuantMode
 from ...ternary import LinearClass, TernaryWeight

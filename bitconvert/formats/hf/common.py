@@ -10,15 +10,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from ...model.checkpoint import side_file_name
-from ...model.config import ModelConfig, read_hf_config
-from ...model.sentence_transformers import MODULES_FILE, read_modules
+from ...dtypes import Dense
 from ...errors import CheckpointError
 from ...io.jsonfile import read_json_object
+from ...io.output import FileSlice
 from ...io.pipeline import ahead_budget, produced_ahead
-from ...model.checkpoint import ROW_BLOCK_VALUES, Checkpoint, TensorEntry, dense_rows, row_blocks, rows_copied_as
-from ...io.safetensors import FileSlice, PlannedTensor, SafetensorsFile, SafetensorsWriter, StoredTensor
-from ...dtypes import Dense
+from ...io.safetensors import PlannedTensor, SafetensorsFile, SafetensorsWriter, StoredTensor
+from ...model.checkpoint import (
+    ROW_BLOCK_VALUES,
+    Checkpoint,
+    TensorEntry,
+    dense_rows,
+    row_blocks,
+    rows_copied_as,
+    side_file_name,
+)
+from ...model.config import ModelConfig, read_hf_config
+from ...model.sentence_transformers import MODULES_FILE, read_modules
 from .. import Progress, WriteReport, parsed_once
 
 INDEX_NAME = "model.safetensors.index.json"

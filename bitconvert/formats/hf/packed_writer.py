@@ -10,7 +10,8 @@ import numpy as np
 
 from ...dtypes import Dense
 from ...errors import CheckpointError
-from ...io.safetensors import FileSlice, PlannedTensor, page_release
+from ...io.output import FileSlice
+from ...io.safetensors import PlannedTensor, page_release
 from ...model.checkpoint import (
     Checkpoint,
     Kind,
