@@ -24,9 +24,8 @@ the largest peak RSS (the child's own VmHWM, see peakmem.py), and the load avera
 - bitconvert inspect      ``inspect --json`` of the packed model
 
 The targets it checks: pack <= 0.5x the copy and <= 5x the read floor; the first pack (empty
-compile cache) <= 1.3x the others; TQ2_0 >= 6x faster than
-gguf-py and >= 4x faster than llama.cpp's quantizer; peak RSS <= 1 GB, growing <= 10 % from 2B to
-8B; 8B/2B time <= the byte ratio + 15 %.
+compile cache) <= 1.3x the others; TQ2_0 >= 6x faster than gguf-py and >= 4x faster than llama.cpp's
+quantizer; peak RSS <= 1 GB, growing <= 10 % from 2B to 8B; 8B/2B time <= the byte ratio + 15 %.
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@ made durable at close.
 Large outputs on a local disk bypass the page cache (``O_DIRECT``): the bytes go from an aligned
 staging buffer straight to the device. Written through the cache, every page is first allocated
 (with memory full of a multi-GB source, reclaimed from the cache) and filled by a copy in the
-kernel, and on a machine whose memory has been through a few large files that costs several
-seconds of system time per GB, more than the conversion's own arithmetic; past the cache it costs
-one copy into the staging buffer, and the source a conversion reads stays cached. The price: the
+kernel, and on a machine whose memory has been through a few large files that costs about a
+second of system time per GB written, as much as the conversion's own arithmetic; past the cache it
+costs one copy into the staging buffer, and the source a conversion reads stays cached. The price: the
 output is not in the cache for whatever reads it next (``verify`` reads it from the disk).
 
 Small outputs, filesystems other than ext4, XFS and btrfs (network mounts, where every direct write
@@ -124,10 +124,8 @@ def filesystem_type(path: Path) -> str | None:
             continue
         point = fields[4].replace("\\040", " ")
         inside = target == point or target.startswith(point.rstrip("/") + "/")
-        if inside and len(point) > best:  # the deepest mount holding it (the last such wins, as mounted over)
+        if inside and len(point) >= best:  # the deepest mount holding it; of equals the last (mounted over)
             best, found = len(point), line.split(" - ", 1)[1].split(" ")[0]
-        elif inside and len(point) == best:
-            found = line.split(" - ", 1)[1].split(" ")[0]
     return found
 
 

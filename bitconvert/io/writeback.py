@@ -1,10 +1,11 @@
-"""Writing large outputs without waiting for the disk at the end.
+"""Writing an output through the page cache without waiting for the disk at the end.
 
-A conversion writes its output into the page cache far faster than a disk takes it; the kernel
-starts writing only once a tenth of memory is dirty, so for a model of a few GB almost all of it
-is still to be written when the file is fsynced, and the command waits for all of it then. Starting
+Outputs that do not go past the cache (see :mod:`bitconvert.io.output`) are written into it far
+faster than a disk takes them; the kernel starts writing only once a tenth of memory is dirty, so
+for a model of a few GB almost all of it is still to be written when the file is fsynced, and the
+command waits for all of it then. Starting
 the writeback of each stretch as soon as it is written (``sync_file_range``, which does not wait)
-lets the disk work while the rest is computed, so the final fsync finds little left to do. The
+lets the disk work while the rest is computed, so the final fsync finds little left to do. Such an
 output stays in the page cache (reading it next, as ``verify`` does, costs no disk read).
 """
 
